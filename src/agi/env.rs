@@ -1,0 +1,151 @@
+//! The `agi_*` environment block Asterisk sends first on every FastAGI connection.
+
+use std::collections::HashMap;
+
+/// At most this many variables: Asterisk sends about 22 plus one per argument.
+pub const MAX_VARIABLES: usize = 256;
+
+/// The parsed environment of one AGI session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgiEnv {
+    vars: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    #[error("environment line without `agi_` name and `: `: {0:?}")]
+    Malformed(String),
+    #[error("environment block has more than {MAX_VARIABLES} variables")]
+    TooManyVariables,
+    #[error("environment block has no agi_network_script: is this a FastAGI peer?")]
+    NoScript,
+}
+
+impl AgiEnv {
+    /// Add one `agi_name: value` line. The block ends with an empty line, which the caller
+    /// detects before calling this.
+    pub fn push_line(&mut self, line: &str) -> Result<(), EnvError> {
+        let (name, value) = line
+            .split_once(':')
+            .filter(|(name, _)| name.starts_with("agi_") && !name.contains(' '))
+            .ok_or_else(|| EnvError::Malformed(line.chars().take(80).collect()))?;
+        if self.vars.len() >= MAX_VARIABLES {
+            return Err(EnvError::TooManyVariables);
+        }
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        self.vars.insert(name.to_owned(), value.to_owned());
+        Ok(())
+    }
+
+    /// Check that the block describes a FastAGI request.
+    pub fn validate(&self) -> Result<(), EnvError> {
+        if self.vars.contains_key("agi_network_script") {
+            Ok(())
+        } else {
+            Err(EnvError::NoScript)
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    /// The script name from `agi_network_script`, without a query string or slashes:
+    /// `verify?x=1` is `verify`.
+    pub fn script(&self) -> &str {
+        let full = self.get("agi_network_script").unwrap_or_default();
+        let path = full.split(['?', '#']).next().unwrap_or_default();
+        path.trim_matches('/')
+    }
+
+    /// `agi_arg_N`, counted from 1 as in the dialplan.
+    pub fn arg(&self, n: usize) -> Option<&str> {
+        self.get(&format!("agi_arg_{n}"))
+    }
+
+    pub fn channel(&self) -> &str {
+        self.get("agi_channel").unwrap_or_default()
+    }
+
+    pub fn uniqueid(&self) -> &str {
+        self.get("agi_uniqueid").unwrap_or_default()
+    }
+
+    pub fn language(&self) -> &str {
+        self.get("agi_language").unwrap_or("en")
+    }
+
+    pub fn len(&self) -> usize {
+        self.vars.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vars.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(lines: &[&str]) -> AgiEnv {
+        let mut env = AgiEnv::default();
+        for l in lines {
+            env.push_line(l).unwrap();
+        }
+        env
+    }
+
+    #[test]
+    fn parses_capture_block_with_args_and_query() {
+        let e = env(&[
+            "agi_network: yes",
+            "agi_network_script: verify?x=1&lang=en",
+            "agi_channel: PJSIP/qa-00000008",
+            "agi_uniqueid: 1795786223.14",
+            "agi_accountcode: ",
+            "agi_arg_1: code=4821",
+            "agi_arg_2: +15551234567",
+        ]);
+        e.validate().unwrap();
+        assert_eq!(e.script(), "verify");
+        assert_eq!(e.arg(1), Some("code=4821"));
+        assert_eq!(e.arg(2), Some("+15551234567"));
+        assert_eq!(e.arg(3), None);
+        assert_eq!(e.get("agi_accountcode"), Some(""));
+        assert_eq!(e.channel(), "PJSIP/qa-00000008");
+    }
+
+    #[test]
+    fn script_path_variants() {
+        for (raw, want) in [
+            ("verify", "verify"),
+            ("/verify", "verify"),
+            ("verify?x=1", "verify"),
+            ("manual/", "manual"),
+        ] {
+            assert_eq!(env(&[&format!("agi_network_script: {raw}")]).script(), want);
+        }
+    }
+
+    #[test]
+    fn rejects_garbage_and_floods() {
+        let mut e = AgiEnv::default();
+        assert!(matches!(
+            e.push_line("GET / HTTP/1.1"),
+            Err(EnvError::Malformed(_))
+        ));
+        assert!(matches!(
+            e.push_line("agi_x y: 1"),
+            Err(EnvError::Malformed(_))
+        ));
+        for i in 0..MAX_VARIABLES {
+            e.push_line(&format!("agi_arg_{i}: x")).unwrap();
+        }
+        assert_eq!(
+            e.push_line("agi_one_more: x"),
+            Err(EnvError::TooManyVariables)
+        );
+        assert_eq!(AgiEnv::default().validate(), Err(EnvError::NoScript));
+    }
+}

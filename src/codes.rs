@@ -1,0 +1,130 @@
+//! Confirmation codes: drawn from the OS CSPRNG, stored only as a keyed hash, compared in
+//! constant time.
+
+use std::path::Path;
+
+use hmac::{Hmac, Mac};
+use rand::rngs::OsRng;
+use rand::Rng;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+/// Allowed code lengths.
+pub const LENGTHS: std::ops::RangeInclusive<u32> = 4..=10;
+
+/// A fresh code of `length` decimal digits (leading zeros allowed).
+pub fn generate(length: u32) -> String {
+    (0..length)
+        .map(|_| char::from(b'0' + OsRng.gen_range(0..10u8)))
+        .collect()
+}
+
+/// HMAC-SHA256 over the verification id and the code, with the server secret as key.
+#[derive(Clone)]
+pub struct CodeHasher {
+    key: Vec<u8>,
+}
+
+impl CodeHasher {
+    pub fn new(key: Vec<u8>) -> Self {
+        Self { key }
+    }
+
+    /// The hex digest stored for `code` of verification `id`. Binding the id means one
+    /// verification's hash says nothing about another's.
+    pub fn hash(&self, id: &str, code: &str) -> String {
+        hex::encode(self.digest(id, code))
+    }
+
+    fn digest(&self, id: &str, code: &str) -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key");
+        mac.update(id.as_bytes());
+        mac.update(b"\0");
+        mac.update(code.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `entered` is the code behind `stored_hex`, in constant time.
+    pub fn matches(&self, id: &str, entered: &str, stored_hex: &str) -> bool {
+        let Ok(stored) = hex::decode(stored_hex) else {
+            return false;
+        };
+        self.digest(id, entered).ct_eq(stored.as_slice()).into()
+    }
+}
+
+/// The HMAC key: `secret` when set, else the hex key in `file`, created (mode 0600) with 32
+/// random bytes on first run. Several daemons sharing one database need the same key.
+pub fn server_key(secret: &str, file: &Path) -> std::io::Result<Vec<u8>> {
+    if !secret.is_empty() {
+        return Ok(secret.as_bytes().to_vec());
+    }
+    match std::fs::read_to_string(file) {
+        Ok(text) => hex::decode(text.trim()).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is not a hex key: {e}", file.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; 32] = OsRng.gen();
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut out = options.open(file)?;
+            std::io::Write::write_all(&mut out, format!("{}\n", hex::encode(key)).as_bytes())?;
+            tracing::info!(file = %file.display(), "created a new secret key for confirmation codes");
+            Ok(key.to_vec())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_have_the_length_and_only_digits() {
+        for len in LENGTHS {
+            let c = generate(len);
+            assert_eq!(c.len(), len as usize);
+            assert!(c.bytes().all(|b| b.is_ascii_digit()));
+        }
+    }
+
+    #[test]
+    fn codes_vary() {
+        let a: std::collections::HashSet<_> = (0..50).map(|_| generate(10)).collect();
+        assert!(a.len() > 45);
+    }
+
+    #[test]
+    fn hash_is_keyed_and_bound_to_the_id() {
+        let h = CodeHasher::new(b"secret-one".to_vec());
+        let stored = h.hash("vf1", "123456");
+        assert_ne!(stored, "123456");
+        assert!(h.matches("vf1", "123456", &stored));
+        assert!(!h.matches("vf1", "123457", &stored));
+        assert!(!h.matches("vf2", "123456", &stored));
+        assert!(!h.matches("vf1", "12345", &stored));
+        assert!(!CodeHasher::new(b"other".to_vec()).matches("vf1", "123456", &stored));
+        assert!(!h.matches("vf1", "123456", "not hex"));
+    }
+
+    #[test]
+    fn server_key_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        let first = server_key("", &file).unwrap();
+        assert_eq!(first.len(), 32);
+        assert_eq!(server_key("", &file).unwrap(), first);
+        assert_eq!(
+            server_key("configured-secret!", &file).unwrap(),
+            b"configured-secret!"
+        );
+        std::fs::write(&file, "zz").unwrap();
+        assert!(server_key("", &file).is_err());
+    }
+}

@@ -1,0 +1,414 @@
+//! Configuration: built-in defaults, then `callverify.toml`, then environment variables
+//! `CALLVERIFY_<SECTION>_<KEY>` (e.g. `CALLVERIFY_AGI_LISTEN`, `CALLVERIFY_DATABASE_URL`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::agi::{ServerConfig, Timeouts};
+use crate::flow::FlowSettings;
+use crate::phone::PhonePolicy;
+use crate::verifications::Policy;
+
+pub const ENV_PREFIX: &str = "CALLVERIFY_";
+pub const DEFAULT_FILE: &str = "callverify.toml";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub agi: AgiSection,
+    pub database: DatabaseSection,
+    pub verification: VerificationSection,
+    pub security: SecuritySection,
+    pub dialer: DialerSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgiSection {
+    pub listen: String,
+    /// Networks or addresses allowed to connect (AGI itself has no authentication).
+    pub allow: Vec<String>,
+    pub max_sessions: u32,
+    pub env_timeout_secs: u64,
+    pub reply_timeout_secs: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for AgiSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:4573".into(),
+            allow: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            max_sessions: 1000,
+            env_timeout_secs: 5,
+            reply_timeout_secs: 120,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSection {
+    /// `sqlite://FILE` or `postgres://USER:PASSWORD@HOST/DB`.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseSection {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://callverify.db".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerificationSection {
+    pub code_length: u32,
+    pub code_ttl_secs: u64,
+    pub max_attempts: u32,
+    pub lockout_secs: u64,
+    pub ack_prompts: u32,
+    pub ack_wait_ms: u64,
+    pub entry_silences: u32,
+    pub digit_timeout_ms: u64,
+}
+
+impl Default for VerificationSection {
+    fn default() -> Self {
+        Self {
+            code_length: 6,
+            code_ttl_secs: 600,
+            max_attempts: 3,
+            lockout_secs: 24 * 3600,
+            ack_prompts: 3,
+            ack_wait_ms: 5000,
+            entry_silences: 3,
+            digit_timeout_ms: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecuritySection {
+    /// Key for the codes' HMAC; when empty, the key in `secret_file` (created if missing).
+    pub secret: String,
+    pub secret_file: String,
+}
+
+impl Default for SecuritySection {
+    fn default() -> Self {
+        Self {
+            secret: String::new(),
+            secret_file: "callverify.secret".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DialerSection {
+    /// ISO 3166 country codes that may be called.
+    pub allowed_countries: Vec<String>,
+}
+
+impl Default for DialerSection {
+    fn default() -> Self {
+        Self {
+            allowed_countries: vec!["US".into(), "CA".into()],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {name}: {message}")]
+    Env { name: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl Config {
+    /// Defaults, then the file (`path`, or `callverify.toml` if present), then `vars`.
+    pub fn load(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut tree = toml::Value::try_from(Config::default()).expect("defaults serialize");
+        let file = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_FILE)).filter(|p| p.exists()),
+        };
+        if let Some(path) = &file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let parsed: toml::Value = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.clone(),
+                message: e.message().to_owned(),
+            })?;
+            merge(&mut tree, parsed);
+        }
+        for (name, value) in vars {
+            if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+                apply_env(&mut tree, &name, rest, &value)?;
+            }
+        }
+        let config: Config = tree
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: file.unwrap_or_else(|| PathBuf::from("(defaults and environment)")),
+                message: e.message().to_owned(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.agi_listen()?;
+        self.agi_server()?;
+        let v = &self.verification;
+        if !crate::codes::LENGTHS.contains(&v.code_length) {
+            return invalid("verification.code_length", "must be between 4 and 10");
+        }
+        if v.max_attempts == 0 {
+            return invalid("verification.max_attempts", "must be at least 1");
+        }
+        if !self.security.secret.is_empty() && self.security.secret.len() < 16 {
+            return invalid("security.secret", "must be at least 16 characters");
+        }
+        Ok(())
+    }
+
+    pub fn agi_listen(&self) -> Result<SocketAddr, ConfigError> {
+        self.agi.listen.parse().map_err(|_| ConfigError::Invalid {
+            key: "agi.listen",
+            message: format!(
+                "{:?} is not HOST:PORT, e.g. 127.0.0.1:4573",
+                self.agi.listen
+            ),
+        })
+    }
+
+    pub fn agi_server(&self) -> Result<ServerConfig, ConfigError> {
+        let allow = self
+            .agi
+            .allow
+            .iter()
+            .map(|a| {
+                a.parse::<IpNet>()
+                    .or_else(|_| a.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| ConfigError::Invalid {
+                        key: "agi.allow",
+                        message: format!("{a:?} is not an address or network like 10.0.0.0/8"),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.agi.max_sessions == 0 {
+            return invalid("agi.max_sessions", "must be at least 1");
+        }
+        Ok(ServerConfig {
+            allow,
+            max_sessions: self.agi.max_sessions as usize,
+            timeouts: Timeouts {
+                env: Duration::from_secs(self.agi.env_timeout_secs),
+                reply: Duration::from_secs(self.agi.reply_timeout_secs),
+            },
+            grace: Duration::from_secs(self.agi.shutdown_grace_secs),
+        })
+    }
+
+    pub fn policy(&self) -> Policy {
+        let v = &self.verification;
+        Policy {
+            code_length: v.code_length,
+            code_ttl: Duration::from_secs(v.code_ttl_secs),
+            max_attempts: v.max_attempts,
+            lockout: Duration::from_secs(v.lockout_secs),
+        }
+    }
+
+    pub fn flow_settings(&self) -> FlowSettings {
+        let v = &self.verification;
+        FlowSettings {
+            ack_prompts: v.ack_prompts,
+            ack_wait: Duration::from_millis(v.ack_wait_ms),
+            entry_silences: v.entry_silences.max(1),
+            digit_timeout: Duration::from_millis(v.digit_timeout_ms),
+        }
+    }
+
+    pub fn phone_policy(&self) -> PhonePolicy {
+        PhonePolicy {
+            allowed_countries: self
+                .dialer
+                .allowed_countries
+                .iter()
+                .map(|c| c.trim().to_ascii_uppercase())
+                .collect(),
+        }
+    }
+}
+
+fn invalid<T>(key: &'static str, message: &str) -> Result<T, ConfigError> {
+    Err(ConfigError::Invalid {
+        key,
+        message: message.to_owned(),
+    })
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(base), toml::Value::Table(over)) => {
+            for (k, v) in over {
+                match base.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        base.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, over) => *slot = over,
+    }
+}
+
+/// Set `section.key` from `CALLVERIFY_SECTION_KEY`, typed like the default it replaces.
+fn apply_env(
+    tree: &mut toml::Value,
+    name: &str,
+    rest: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let env_err = |message: String| ConfigError::Env {
+        name: name.to_owned(),
+        message,
+    };
+    let rest = rest.to_ascii_lowercase();
+    let Some((section, key)) = rest.split_once('_') else {
+        tracing::warn!(variable = name, "ignored: not CALLVERIFY_<SECTION>_<KEY>");
+        return Ok(());
+    };
+    let Some(slot) = tree.get_mut(section).and_then(|s| s.get_mut(key)) else {
+        // Settings of parts not built into this version (e.g. AMI) are ignored, not fatal.
+        tracing::warn!(variable = name, "ignored: no such setting in this version");
+        return Ok(());
+    };
+    *slot = match slot {
+        toml::Value::Integer(_) => toml::Value::Integer(
+            value
+                .trim()
+                .parse()
+                .map_err(|_| env_err(format!("{value:?} is not a whole number")))?,
+        ),
+        toml::Value::Boolean(_) => toml::Value::Boolean(
+            value
+                .trim()
+                .parse()
+                .map_err(|_| env_err(format!("{value:?} is not true or false")))?,
+        ),
+        toml::Value::Array(_) => toml::Value::Array(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
+        _ => toml::Value::String(value.to_owned()),
+    };
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = Config::load(Some(Path::new("/dev/null")), env(&[])).unwrap();
+        assert_eq!(c.agi.listen, "127.0.0.1:4573");
+        assert_eq!(c.database.url, "sqlite://callverify.db");
+        assert_eq!(c.verification.code_length, 6);
+        assert_eq!(c.verification.max_attempts, 3);
+        assert_eq!(c.verification.lockout_secs, 86400);
+        assert_eq!(c.phone_policy().allowed_countries, vec!["US", "CA"]);
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[agi]\nlisten = \"0.0.0.0:5000\"\nmax_sessions = 5\n[verification]\ncode_length = 8\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("CALLVERIFY_AGI_MAX_SESSIONS", "7"),
+                ("CALLVERIFY_DATABASE_URL", "postgres://u@h/db"),
+                ("CALLVERIFY_DIALER_ALLOWED_COUNTRIES", "us, gb"),
+                ("CALLVERIFY_AMI_HOST", "pbx"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.agi.listen, "0.0.0.0:5000");
+        assert_eq!(c.agi.max_sessions, 7);
+        assert_eq!(c.verification.code_length, 8);
+        assert_eq!(c.database.url, "postgres://u@h/db");
+        assert_eq!(c.phone_policy().allowed_countries, vec!["US", "GB"]);
+    }
+
+    #[test]
+    fn clear_errors() {
+        let bad_num = Config::load(
+            Some(Path::new("/dev/null")),
+            env(&[("CALLVERIFY_AGI_MAX_SESSIONS", "lots")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad_num.contains("CALLVERIFY_AGI_MAX_SESSIONS"), "{bad_num}");
+        let bad_listen = Config::load(
+            Some(Path::new("/dev/null")),
+            env(&[("CALLVERIFY_AGI_LISTEN", "nowhere")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad_listen.contains("agi.listen"), "{bad_listen}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[agi]\nlisten_on = \"x\"\n").unwrap();
+        let unknown = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(unknown.contains("listen_on"), "{unknown}");
+        let missing = Config::load(Some(&dir.path().join("nope.toml")), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("nope.toml"), "{missing}");
+    }
+}

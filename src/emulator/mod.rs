@@ -1,0 +1,391 @@
+//! An emulated Asterisk 22 for tests and benchmarks: it connects to the daemon as res_agi
+//! does and answers each command with the bytes a real Asterisk 22.10.1 sends
+//! (`shared/captures/asterisk-agi-*.txt`), while a scripted callee presses keys, stays
+//! silent or hangs up.
+//!
+//! Replies are immediate: prompts take no time to play.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// What the callee does at the next prompt that listens for keys.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Press these keys (a STREAM FILE takes only the first, if it is an escape digit).
+    Press(String),
+    /// Press nothing: the next GET DATA or WAIT FOR DIGIT times out.
+    Silence,
+    /// Hang up while the next command runs: `200 result=-1`, then `HANGUP`.
+    HangUp,
+    /// Hang up between commands: `HANGUP` arrives before the next reply, which is a `511`.
+    HangUpBetween,
+    /// Keep the next command waiting until the value turns true (a caller thinking).
+    Hold(watch::Receiver<bool>),
+}
+
+/// One emulated call: the environment block, the callee's actions, and canned replies.
+#[derive(Debug, Clone)]
+pub struct Call {
+    env: Vec<String>,
+    actions: VecDeque<Action>,
+    overrides: Vec<(String, String)>,
+    missing_prompts: Vec<String>,
+    reply_timeout: Duration,
+}
+
+/// What happened on the wire.
+#[derive(Debug, Clone, Default)]
+pub struct Transcript {
+    /// Every command line the daemon sent, in order.
+    pub commands: Vec<String>,
+    /// The daemon closed the connection (as it must: Asterisk never does).
+    pub closed_by_daemon: bool,
+}
+
+impl Transcript {
+    /// The prompts played (STREAM FILE and GET DATA), in order.
+    pub fn prompts(&self) -> Vec<&str> {
+        self.commands
+            .iter()
+            .filter_map(|c| {
+                c.strip_prefix("STREAM FILE ")
+                    .or_else(|| c.strip_prefix("GET DATA "))
+            })
+            .filter_map(|rest| rest.split(' ').next())
+            .collect()
+    }
+
+    pub fn count_prompt(&self, file: &str) -> usize {
+        self.prompts().iter().filter(|p| **p == file).count()
+    }
+}
+
+/// The 22 variables of an originated PJSIP call (capture session 4), for `script` and `args`.
+pub fn outbound_env(script: &str, args: &[&str]) -> Vec<String> {
+    let mut env: Vec<String> = [
+        "agi_network: yes".to_string(),
+        format!("agi_network_script: {script}"),
+        format!("agi_request: agi://127.0.0.1:4573/{script}"),
+        "agi_channel: PJSIP/callverify-trunk-00000004".into(),
+        "agi_language: en".into(),
+        "agi_type: PJSIP".into(),
+        "agi_uniqueid: 1795786096.5".into(),
+        "agi_version: 22.10.1".into(),
+        "agi_callerid: +15550001111".into(),
+        "agi_calleridname: QA Verify".into(),
+        "agi_callingpres: 0".into(),
+        "agi_callingani2: 0".into(),
+        "agi_callington: 0".into(),
+        "agi_callingtns: 0".into(),
+        "agi_dnid: unknown".into(),
+        "agi_rdnis: unknown".into(),
+        "agi_context: callverify-outbound".into(),
+        "agi_extension: s".into(),
+        "agi_priority: 3".into(),
+        "agi_enhanced: 0.0".into(),
+        "agi_accountcode: ".into(),
+        "agi_threadid: 140144681268928".into(),
+    ]
+    .into();
+    env.extend(
+        args.iter()
+            .enumerate()
+            .map(|(i, a)| format!("agi_arg_{}: {a}", i + 1)),
+    );
+    env
+}
+
+impl Call {
+    /// A dialer call for verification `id`: `agi://HOST/verify` with `agi_arg_1` = id.
+    pub fn verify(id: &str) -> Self {
+        Self::with_env(outbound_env("verify", &[id]))
+    }
+
+    /// A call whose environment block is exactly these lines (then the empty line).
+    pub fn with_env(env: Vec<String>) -> Self {
+        Self {
+            env,
+            actions: VecDeque::new(),
+            overrides: Vec::new(),
+            missing_prompts: Vec::new(),
+            reply_timeout: Duration::from_secs(30),
+        }
+    }
+
+    pub fn then(mut self, action: Action) -> Self {
+        self.actions.push_back(action);
+        self
+    }
+
+    pub fn press(self, keys: &str) -> Self {
+        self.then(Action::Press(keys.into()))
+    }
+
+    pub fn silence(self) -> Self {
+        self.then(Action::Silence)
+    }
+
+    pub fn hang_up(self) -> Self {
+        self.then(Action::HangUp)
+    }
+
+    /// Answer the first command starting with `prefix` with `raw` (whole lines, with `\n`).
+    pub fn reply_once(mut self, prefix: &str, raw: &str) -> Self {
+        self.overrides.push((prefix.into(), raw.into()));
+        self
+    }
+
+    /// Play `file` as a prompt that is not installed: `200 result=-1 endpos=0`.
+    pub fn missing_prompt(mut self, file: &str) -> Self {
+        self.missing_prompts.push(file.into());
+        self
+    }
+
+    /// Connect to the daemon at `addr` and play the call through.
+    pub async fn run(self, addr: SocketAddr) -> std::io::Result<Transcript> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        self.run_on(stream).await
+    }
+
+    async fn run_on(mut self, stream: TcpStream) -> std::io::Result<Transcript> {
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        let mut block = self.env.join("\n");
+        block.push_str("\n\n");
+        write.write_all(block.as_bytes()).await?;
+        let mut channel = Channel::default();
+        let mut transcript = Transcript::default();
+        let mut line = String::new();
+        loop {
+            if matches!(self.actions.front(), Some(Action::HangUpBetween)) && !channel.dead {
+                self.actions.pop_front();
+                channel.dead = true;
+                write.write_all(b"HANGUP\n").await?;
+            }
+            line.clear();
+            let n = tokio::time::timeout(self.reply_timeout, read.read_line(&mut line))
+                .await
+                .map_err(|_| std::io::Error::other("daemon sent no command in time"))??;
+            if n == 0 {
+                transcript.closed_by_daemon = true;
+                return Ok(transcript);
+            }
+            let command = line.trim_end_matches('\n').to_owned();
+            let reply = self.respond(&command, &mut channel).await;
+            transcript.commands.push(command);
+            if let Err(e) = write.write_all(reply.as_bytes()).await {
+                // The daemon may close right after its HANGUP; that is the normal end.
+                if channel.dead {
+                    transcript.closed_by_daemon = true;
+                    return Ok(transcript);
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    async fn respond(&mut self, command: &str, channel: &mut Channel) -> String {
+        if let Some(i) = self
+            .overrides
+            .iter()
+            .position(|(p, _)| command.starts_with(p.as_str()))
+        {
+            return self.overrides.remove(i).1;
+        }
+        let words = split_args(command);
+        let verb = verb_of(&words);
+        let args = &words[verb.split(' ').count().min(words.len())..];
+        // Commands Asterisk still runs on a dead channel (asterisk-agi-hangup.txt).
+        match verb {
+            "GET VARIABLE" => {
+                let name = args.first().map(String::as_str).unwrap_or_default();
+                return match channel.vars.get(name) {
+                    Some(v) => format!("200 result=1 ({v})\n"),
+                    None => "200 result=0\n".into(),
+                };
+            }
+            "SET VARIABLE" => {
+                if let [name, value, ..] = args {
+                    channel.vars.insert(name.clone(), value.clone());
+                }
+                return "200 result=1\n".into();
+            }
+            "EXEC" | "NOOP" => return "200 result=0\n".into(),
+            "VERBOSE" => return "200 result=1\n".into(),
+            "" => return "510 Invalid or unknown command\n".into(),
+            _ => {}
+        }
+        if channel.dead {
+            return DEAD.into();
+        }
+        while let Some(Action::Hold(rx)) = self.actions.front() {
+            let mut rx = rx.clone();
+            let _ = rx.wait_for(|go| *go).await;
+            self.actions.pop_front();
+        }
+        if matches!(self.actions.front(), Some(Action::HangUp)) {
+            self.actions.pop_front();
+            channel.dead = true;
+            return match verb {
+                "STREAM FILE" => "200 result=-1 endpos=0\nHANGUP\n".into(),
+                _ => "200 result=-1\nHANGUP\n".into(),
+            };
+        }
+        match verb {
+            "ANSWER" => "200 result=0\n".into(),
+            "HANGUP" => {
+                channel.dead = true;
+                "200 result=1\nHANGUP\n".into()
+            }
+            "CHANNEL STATUS" => "200 result=6\n".into(),
+            "STREAM FILE" => {
+                let file = args.first().map(String::as_str).unwrap_or_default();
+                if self.missing_prompts.iter().any(|m| m == file) {
+                    return "200 result=-1 endpos=0\n".into();
+                }
+                let escape = args.get(1).map(String::as_str).unwrap_or_default();
+                match self.take_key_if(|k| escape.contains(k)) {
+                    Some(key) => format!("200 result={} endpos=3404\n", u32::from(key)),
+                    None => "200 result=0 endpos=3404\n".into(),
+                }
+            }
+            "GET DATA" => {
+                let max: usize = args.get(2).and_then(|m| m.parse().ok()).unwrap_or(1024);
+                match self.actions.front() {
+                    Some(Action::Press(_)) => {
+                        let Some(Action::Press(keys)) = self.actions.pop_front() else {
+                            unreachable!()
+                        };
+                        let typed: String = keys.chars().take_while(|k| *k != '#').collect();
+                        let ended = keys.contains('#') || typed.chars().count() >= max;
+                        let digits: String = typed.chars().take(max).collect();
+                        if ended {
+                            format!("200 result={digits}\n")
+                        } else {
+                            format!("200 result={digits} (timeout)\n")
+                        }
+                    }
+                    Some(Action::Silence) | None => {
+                        self.actions.pop_front();
+                        "200 result= (timeout)\n".into()
+                    }
+                    Some(_) => "200 result= (timeout)\n".into(),
+                }
+            }
+            "WAIT FOR DIGIT" => match self.take_key_if(|_| true) {
+                Some(key) => format!("200 result={}\n", u32::from(key)),
+                None => {
+                    if matches!(self.actions.front(), Some(Action::Silence)) {
+                        self.actions.pop_front();
+                    }
+                    "200 result=0\n".into()
+                }
+            },
+            "SAY DIGITS" | "SAY NUMBER" => "200 result=0\n".into(),
+            "RECORD FILE" => "200 result=0 (timeout) endpos=0\n".into(),
+            _ => "510 Invalid or unknown command\n".into(),
+        }
+    }
+
+    /// Take the next press if its first key passes `accept`.
+    fn take_key_if(&mut self, accept: impl Fn(char) -> bool) -> Option<char> {
+        let Some(Action::Press(keys)) = self.actions.front() else {
+            return None;
+        };
+        let key = keys.chars().next().filter(|k| accept(*k))?;
+        self.actions.pop_front();
+        Some(key)
+    }
+}
+
+const DEAD: &str = "511 Command Not Permitted on a dead channel or intercept routine\n";
+
+#[derive(Default)]
+struct Channel {
+    dead: bool,
+    vars: HashMap<String, String>,
+}
+
+const VERBS: &[&str] = &[
+    "ANSWER",
+    "HANGUP",
+    "NOOP",
+    "EXEC",
+    "VERBOSE",
+    "CHANNEL STATUS",
+    "STREAM FILE",
+    "GET DATA",
+    "WAIT FOR DIGIT",
+    "SAY DIGITS",
+    "SAY NUMBER",
+    "RECORD FILE",
+    "GET VARIABLE",
+    "SET VARIABLE",
+];
+
+fn verb_of(words: &[String]) -> &'static str {
+    VERBS
+        .iter()
+        .find(|verb| {
+            let parts: Vec<&str> = verb.split(' ').collect();
+            words.len() >= parts.len() && parts.iter().zip(words).all(|(p, w)| p == w)
+        })
+        .copied()
+        .unwrap_or("")
+}
+
+/// Split like res_agi.c's `parse_args`: spaces separate, double quotes group, `\` escapes.
+fn split_args(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let (mut quoted, mut escaped, mut started) = (false, false, false);
+    for c in line.chars() {
+        match c {
+            _ if escaped => {
+                current.push(c);
+                escaped = false;
+            }
+            '\\' => escaped = true,
+            '"' => {
+                quoted = !quoted;
+                started = true;
+            }
+            ' ' | '\t' if !quoted => {
+                if started || !current.is_empty() {
+                    words.push(std::mem::take(&mut current));
+                }
+                started = false;
+            }
+            _ => current.push(c),
+        }
+    }
+    if started || !current.is_empty() {
+        words.push(current);
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_like_res_agi() {
+        assert_eq!(
+            split_args(r#"STREAM FILE beep """#),
+            vec!["STREAM", "FILE", "beep", ""]
+        );
+        assert_eq!(
+            split_args(r#"VERBOSE "say \"hi\" \\ x" 1"#),
+            vec!["VERBOSE", r#"say "hi" \ x"#, "1"]
+        );
+        assert_eq!(verb_of(&split_args("GET DATA x 1 2")), "GET DATA");
+        assert_eq!(verb_of(&split_args("FOO BAR")), "");
+    }
+}

@@ -1,0 +1,101 @@
+//! Call flows: what each FastAGI script says and does. Flows speak typed AGI calls and the
+//! verification rules; they never touch sockets or the store directly.
+
+pub mod entry;
+pub mod prompts;
+pub mod verify;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::agi::{AgiError, Handler, Session};
+use crate::verifications::{Verifications, VerifyError};
+use prompts::Prompt;
+
+/// Timing and patience of the flows.
+#[derive(Debug, Clone)]
+pub struct FlowSettings {
+    /// How often "press #" is asked after the greeting.
+    pub ack_prompts: u32,
+    /// How long to wait for `#` after "press #" has played.
+    pub ack_wait: Duration,
+    /// Silent code prompts before the call ends (silence never uses up an attempt).
+    pub entry_silences: u32,
+    /// GET DATA's wait for each key.
+    pub digit_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    #[error(transparent)]
+    Agi(#[from] AgiError),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+}
+
+/// Routes each FastAGI session to its flow by script name.
+pub struct Router {
+    service: Arc<Verifications>,
+    settings: FlowSettings,
+}
+
+impl Router {
+    pub fn new(service: Arc<Verifications>, settings: FlowSettings) -> Self {
+        Self { service, settings }
+    }
+}
+
+impl Handler for Router {
+    async fn handle<S: AsyncRead + AsyncWrite + Unpin + Send>(&self, session: &mut Session<S>) {
+        let span = tracing::Span::current();
+        let result = match session.env().script() {
+            "verify" => match session.env().arg(1).map(str::to_owned) {
+                Some(id) => {
+                    span.record("verification", id.as_str());
+                    verify::run(session, &self.service, &self.settings, &id).await
+                }
+                None => {
+                    tracing::warn!("verify called without a verification id (agi_arg_1)");
+                    goodbye(session, Prompt::NotAvailable).await
+                }
+            },
+            other => {
+                tracing::warn!(script = other, "unknown FastAGI script");
+                let message = format!("callverify: unknown script {other}");
+                session.verbose(&message, 1).await.map_err(FlowError::from)
+            }
+        };
+        match result {
+            Ok(()) => {}
+            Err(FlowError::Agi(e)) if e.is_hangup() => tracing::info!("caller hung up"),
+            Err(e) => {
+                tracing::error!(error = %e, "call flow failed");
+                // Say sorry rather than leave the caller in silence; this may fail too.
+                if !session.hung_up() {
+                    let _ = goodbye(session, Prompt::TechnicalProblem).await;
+                }
+            }
+        }
+    }
+}
+
+/// Say `prompt`, then goodbye, then hang up.
+async fn goodbye<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    session: &mut Session<S>,
+    prompt: Prompt,
+) -> Result<(), FlowError> {
+    play(session, prompt).await?;
+    play(session, Prompt::Goodbye).await?;
+    session.hangup().await?;
+    Ok(())
+}
+
+/// Play a prompt to its end, with no key interrupting it.
+async fn play<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    session: &mut Session<S>,
+    prompt: Prompt,
+) -> Result<(), AgiError> {
+    session.stream_file(prompt.file(), "").await.map(drop)
+}

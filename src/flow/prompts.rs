@@ -1,0 +1,136 @@
+//! Every sentence the calls speak, in one place: the file name Asterisk plays (from
+//! `sounds/<lang>/`, picked by the channel's language) and the text a voice talent or a
+//! text-to-speech script records for each language.
+
+/// A prompt the flows play.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prompt {
+    Greeting,
+    PressPound,
+    NotPound,
+    NoAcknowledgement,
+    EnterCode,
+    CodeIncorrect,
+    Verified,
+    LockedOut,
+    NoInput,
+    Expired,
+    NotAvailable,
+    TechnicalProblem,
+    /// Asterisk's stock core sound.
+    Goodbye,
+}
+
+impl Prompt {
+    pub const ALL: &'static [Prompt] = &[
+        Prompt::Greeting,
+        Prompt::PressPound,
+        Prompt::NotPound,
+        Prompt::NoAcknowledgement,
+        Prompt::EnterCode,
+        Prompt::CodeIncorrect,
+        Prompt::Verified,
+        Prompt::LockedOut,
+        Prompt::NoInput,
+        Prompt::Expired,
+        Prompt::NotAvailable,
+        Prompt::TechnicalProblem,
+        Prompt::Goodbye,
+    ];
+
+    /// The name passed to STREAM FILE / GET DATA, without extension.
+    pub fn file(self) -> &'static str {
+        match self {
+            Prompt::Greeting => "callverify/greeting",
+            Prompt::PressPound => "callverify/press-pound",
+            Prompt::NotPound => "callverify/not-pound",
+            Prompt::NoAcknowledgement => "callverify/no-acknowledgement",
+            Prompt::EnterCode => "callverify/enter-code",
+            Prompt::CodeIncorrect => "callverify/code-incorrect",
+            Prompt::Verified => "callverify/verified",
+            Prompt::LockedOut => "callverify/locked-out",
+            Prompt::NoInput => "callverify/no-input",
+            Prompt::Expired => "callverify/expired",
+            Prompt::NotAvailable => "callverify/not-available",
+            Prompt::TechnicalProblem => "callverify/technical-problem",
+            Prompt::Goodbye => "goodbye",
+        }
+    }
+
+    /// The words of the prompt in `language` (`en`, `es`); English when there is no text for
+    /// the language.
+    pub fn text(self, language: &str) -> &'static str {
+        let (en, es) = match self {
+            Prompt::Greeting => (
+                "Hello. This is an automated call to verify your phone number.",
+                "Hola. Esta es una llamada automática para verificar su número de teléfono.",
+            ),
+            Prompt::PressPound => (
+                "If you were expecting this call, please press the pound key.",
+                "Si esperaba esta llamada, pulse la tecla numeral.",
+            ),
+            Prompt::NotPound => (
+                "That was not the pound key.",
+                "Esa no era la tecla numeral.",
+            ),
+            Prompt::NoAcknowledgement => (
+                "We did not receive your confirmation. We will not verify your number on this call.",
+                "No recibimos su confirmación. No verificaremos su número en esta llamada.",
+            ),
+            Prompt::EnterCode => (
+                "Please enter the code shown on your screen, followed by the pound key.",
+                "Introduzca el código que aparece en su pantalla, seguido de la tecla numeral.",
+            ),
+            Prompt::CodeIncorrect => (
+                "That code is not correct.",
+                "Ese código no es correcto.",
+            ),
+            Prompt::Verified => (
+                "Thank you. Your phone number has been verified.",
+                "Gracias. Su número de teléfono ha sido verificado.",
+            ),
+            Prompt::LockedOut => (
+                "You have used all your attempts. You can try again after 24 hours.",
+                "Ha agotado todos sus intentos. Puede volver a intentarlo dentro de 24 horas.",
+            ),
+            Prompt::NoInput => (
+                "We did not receive a code. Please start the verification again from the web site.",
+                "No recibimos ningún código. Inicie de nuevo la verificación desde el sitio web.",
+            ),
+            Prompt::Expired => (
+                "This verification has expired. Please start again from the web site.",
+                "Esta verificación ha caducado. Vuelva a empezar desde el sitio web.",
+            ),
+            Prompt::NotAvailable => (
+                "There is no verification waiting for this call.",
+                "No hay ninguna verificación pendiente para esta llamada.",
+            ),
+            Prompt::TechnicalProblem => (
+                "We are sorry, we cannot verify your number right now because of a technical problem. Please try again later.",
+                "Lo sentimos, no podemos verificar su número ahora por un problema técnico. Inténtelo más tarde.",
+            ),
+            Prompt::Goodbye => ("Goodbye.", "Adiós."),
+        };
+        if language.starts_with("es") {
+            es
+        } else {
+            en
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_prompt_has_a_distinct_file_and_text() {
+        let files: std::collections::HashSet<_> = Prompt::ALL.iter().map(|p| p.file()).collect();
+        assert_eq!(files.len(), Prompt::ALL.len());
+        for p in Prompt::ALL {
+            assert!(!p.text("en").is_empty());
+            assert_ne!(p.text("en"), p.text("es"), "{p:?}");
+            assert_eq!(p.text("fr"), p.text("en"));
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The verification call, as users of the product know it: acknowledge with `#`, enter the
+//! code shown on screen, three attempts, then a 24-hour lockout.
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::entry::{self, Entry};
+use super::prompts::Prompt;
+use super::{goodbye, play, FlowError, FlowSettings};
+use crate::agi::Session;
+use crate::store::{CallOutcome, Status};
+use crate::verifications::{Call, CallStart, CodeCheck, Verifications, VerifyError};
+
+/// Keys accepted while the "press #" prompt plays: any key stops it, only `#` acknowledges.
+const ANY_KEY: &str = "0123456789*#";
+
+/// Run the `verify` script for verification `id` (from `agi_arg_1`).
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    session: &mut Session<S>,
+    service: &Verifications,
+    settings: &FlowSettings,
+    id: &str,
+) -> Result<(), FlowError> {
+    let (channel, uniqueid) = (
+        session.env().channel().to_owned(),
+        session.env().uniqueid().to_owned(),
+    );
+    let call = match service.begin_call(id, &channel, &uniqueid).await {
+        Ok(CallStart::Ready(call)) => call,
+        Ok(CallStart::NotCallable(status)) => {
+            tracing::warn!(%status, "verification is not waiting for a call");
+            let prompt = match status {
+                Status::Expired => Prompt::Expired,
+                _ => Prompt::NotAvailable,
+            };
+            return goodbye(session, prompt).await;
+        }
+        Err(VerifyError::NotFound(_)) => {
+            tracing::warn!("unknown verification id");
+            return goodbye(session, Prompt::NotAvailable).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let result = converse(session, service, settings, &call).await;
+    let outcome = match &result {
+        Ok(outcome) => *outcome,
+        Err(FlowError::Agi(e)) if e.is_hangup() => CallOutcome::HungUp,
+        Err(_) => CallOutcome::Error,
+    };
+    tracing::info!(%outcome, "call ended");
+    service.end_call(&call, outcome).await?;
+    if let Err(e) = result {
+        if !matches!(&e, FlowError::Agi(a) if a.is_hangup()) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+async fn converse<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    session: &mut Session<S>,
+    service: &Verifications,
+    settings: &FlowSettings,
+    call: &Call,
+) -> Result<CallOutcome, FlowError> {
+    // The dialer's call is already up; ANSWER is harmless then and needed for inbound tests.
+    session.answer().await?;
+    if !acknowledged(session, settings).await? {
+        goodbye(session, Prompt::NoAcknowledgement).await?;
+        return Ok(CallOutcome::NoAcknowledgement);
+    }
+    let length = u32::try_from(call.verification.code_length).unwrap_or(6);
+    let mut silences = 0;
+    loop {
+        let entered =
+            entry::keypad(session, Prompt::EnterCode, length, settings.digit_timeout).await?;
+        let Entry::Code(digits) = entered else {
+            silences += 1;
+            if silences >= settings.entry_silences {
+                goodbye(session, Prompt::NoInput).await?;
+                return Ok(CallOutcome::NoInput);
+            }
+            continue;
+        };
+        match service.check_code(call, &digits).await? {
+            CodeCheck::Verified => {
+                goodbye(session, Prompt::Verified).await?;
+                return Ok(CallOutcome::Verified);
+            }
+            CodeCheck::Wrong { .. } => play(session, Prompt::CodeIncorrect).await?,
+            CodeCheck::LockedOut => {
+                play(session, Prompt::CodeIncorrect).await?;
+                goodbye(session, Prompt::LockedOut).await?;
+                return Ok(CallOutcome::LockedOut);
+            }
+            CodeCheck::Expired => {
+                goodbye(session, Prompt::Expired).await?;
+                return Ok(CallOutcome::Expired);
+            }
+        }
+    }
+}
+
+/// Greeting, then "press # if you were expecting this call", asked again a few times on
+/// silence or a wrong key.
+async fn acknowledged<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    session: &mut Session<S>,
+    settings: &FlowSettings,
+) -> Result<bool, FlowError> {
+    if session.stream_file(Prompt::Greeting.file(), "#").await? == Some('#') {
+        return Ok(true);
+    }
+    for _ in 0..settings.ack_prompts {
+        let key = match session
+            .stream_file(Prompt::PressPound.file(), ANY_KEY)
+            .await?
+        {
+            Some(key) => Some(key),
+            None => session.wait_for_digit(settings.ack_wait).await?,
+        };
+        match key {
+            Some('#') => return Ok(true),
+            Some(_) => play(session, Prompt::NotPound).await?,
+            None => {}
+        }
+    }
+    Ok(false)
+}

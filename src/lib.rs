@@ -1,0 +1,14 @@
+//! callverify: a self-hosted phone-verification service for Asterisk.
+//!
+//! The layout follows DESIGN.md: `agi` speaks FastAGI, `flow` drives calls, `verifications`
+//! holds the rules, `store` persists them, `daemon` wires them together.
+
+pub mod agi;
+pub mod codes;
+pub mod config;
+pub mod daemon;
+pub mod emulator;
+pub mod flow;
+pub mod phone;
+pub mod store;
+pub mod verifications;

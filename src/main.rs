@@ -1,0 +1,221 @@
+//! The `callverify` command line: the daemon and the admin's tools around it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use callverify::config::Config;
+use callverify::daemon;
+use callverify::verifications::{NewVerification, VerifyError, View};
+
+#[derive(Parser)]
+#[command(
+    name = "callverify",
+    version,
+    about = "Phone verification calls for Asterisk: a FastAGI daemon and its tools",
+    long_about = "Phone verification calls for Asterisk.\n\n\
+        `callverify serve` runs the FastAGI daemon that drives verification calls; \
+        `callverify verify start` creates a verification and prints its code.\n\
+        Settings come from callverify.toml (or --config) and CALLVERIFY_<SECTION>_<KEY> \
+        environment variables; logging from RUST_LOG (default: info).",
+    after_help = "Exit status: 0 on success, 1 on an error, 2 on a usage error."
+)]
+struct Cli {
+    /// Configuration file [default: ./callverify.toml if it exists]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: FastAGI on agi.listen (default 127.0.0.1:4573)
+    Serve,
+    /// Apply the database migrations and exit
+    Migrate,
+    /// Create and inspect verifications
+    #[command(subcommand)]
+    Verify(VerifyCommand),
+}
+
+#[derive(Subcommand)]
+enum VerifyCommand {
+    /// Create a verification; prints its id and the code to show the user
+    Start(StartArgs),
+    /// Show a verification's status
+    Status(IdArgs),
+    /// Cancel a verification that has not ended
+    Cancel(IdArgs),
+}
+
+#[derive(Args)]
+struct StartArgs {
+    /// Number to verify, in international form, e.g. +14155550101
+    #[arg(long)]
+    phone: String,
+    /// The web app's reference for the user
+    #[arg(long = "user", value_name = "REF")]
+    user_ref: String,
+    /// Language of the call's prompts, e.g. en or es
+    #[arg(long)]
+    locale: Option<String>,
+    /// Digits in the code (4-10) [default: verification.code_length]
+    #[arg(long)]
+    code_length: Option<u32>,
+    /// Print JSON, as the HTTP API does
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct IdArgs {
+    /// The verification id (vf_...)
+    id: String,
+    /// Print JSON, as the HTTP API does
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = !matches!(cli.command, Command::Serve);
+    init_logging(quiet);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config =
+        Config::load(cli.config.as_deref(), std::env::vars()).context("invalid configuration")?;
+    match cli.command {
+        Command::Serve => {
+            let service = daemon::open(&config).await?;
+            let listener = daemon::bind(&config).await?;
+            daemon::run(&config, service, listener, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            daemon::open(&config).await?;
+            println!("migrations applied to {}", redact_url(&config.database.url));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(command) => verify(&config, command).await,
+    }
+}
+
+async fn verify(config: &Config, command: VerifyCommand) -> anyhow::Result<ExitCode> {
+    let service = daemon::open(config).await?;
+    let (result, json) = match command {
+        VerifyCommand::Start(a) => (
+            service
+                .start(NewVerification {
+                    phone: a.phone,
+                    user_ref: a.user_ref,
+                    locale: a.locale,
+                    code_length: a.code_length,
+                    is_test: false,
+                })
+                .await,
+            a.json,
+        ),
+        VerifyCommand::Status(a) => (service.get(&a.id).await, a.json),
+        VerifyCommand::Cancel(a) => (service.cancel(&a.id).await, a.json),
+    };
+    service.store().close().await;
+    match result {
+        Ok(view) => {
+            print_view(&view, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(VerifyError::Store(e)) => Err(e.into()),
+        Err(e) => {
+            print_error(&e, json);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn print_view(view: &View, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(view).expect("views serialize"));
+        return;
+    }
+    println!("id:                 {}", view.id);
+    if let Some(code) = &view.code {
+        println!("code:               {code}");
+    }
+    println!("status:             {}", view.status);
+    println!("phone:              {}", view.phone);
+    println!("user:               {}", view.user_ref);
+    println!("attempts remaining: {}", view.attempts_remaining);
+    println!("expires at:         {}", view.expires_at);
+    if let Some(at) = &view.verified_at {
+        println!("verified at:        {at}");
+    }
+}
+
+/// The API's error shape on stdout with --json; one line on stderr either way.
+fn print_error(e: &VerifyError, json: bool) {
+    if json {
+        let mut error = serde_json::json!({ "code": e.code(), "message": e.to_string() });
+        if let VerifyError::LockedOut { retry_at } = e {
+            error["retry_at"] = callverify::verifications::rfc3339(*retry_at).into();
+        }
+        println!("{}", serde_json::json!({ "error": error }));
+    }
+    eprintln!("error: {} ({e})", e.code());
+}
+
+/// A database URL without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,415 @@
+//! Persistence of verifications, call attempts and lockouts, on SQLite or Postgres.
+//!
+//! One set of queries serves both backends through sqlx's `Any` driver: every statement uses
+//! `$N` placeholders (which SQLite reads too), integer columns are 64-bit on both, times are
+//! Unix milliseconds. Each state change is one conditional statement (or a transaction that
+//! starts with a write), so two calls, or two daemons on one Postgres, cannot race it.
+
+mod status;
+
+pub use status::{CallOutcome, Status};
+
+use std::str::FromStr;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor, Row};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("sql/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("sql/postgres");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database URL {0:?}: use sqlite://FILE or postgres://USER@HOST/DB")]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored value {value:?} in column {column} is not valid")]
+    Corrupt { column: &'static str, value: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A verification as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerificationRow {
+    pub id: String,
+    pub phone: String,
+    pub user_ref: String,
+    pub code_hash: String,
+    pub code_length: i64,
+    pub status: Status,
+    pub attempts_used: i64,
+    pub max_attempts: i64,
+    pub locale: String,
+    pub is_test: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub expires_at: i64,
+    pub verified_at: Option<i64>,
+}
+
+/// One call attempt of a verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRow {
+    pub id: i64,
+    pub verification_id: String,
+    pub channel: String,
+    pub uniqueid: String,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub outcome: Option<CallOutcome>,
+}
+
+/// What recovery after a crash closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Recovered {
+    pub attempts: u64,
+    pub verifications: u64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+const VERIFICATION_COLUMNS: &str = "id, phone, user_ref, code_hash, code_length, status, \
+     attempts_used, max_attempts, locale, is_test, created_at, updated_at, expires_at, verified_at";
+
+impl Store {
+    /// Connect to `url` (`sqlite://callverify.db`, `postgres://...`). A SQLite file is
+    /// created if missing and put in WAL mode.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if url.starts_with("sqlite:") {
+            let url = if url.contains("mode=") {
+                url.to_owned()
+            } else if url.contains('?') {
+                format!("{url}&mode=rwc")
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            (Backend::Sqlite, url)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_owned())
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Apply the migrations under `sql/<backend>/`.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub async fn insert_verification(&self, v: &VerificationRow) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO verifications ({VERIFICATION_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        ))
+        .bind(&v.id)
+        .bind(&v.phone)
+        .bind(&v.user_ref)
+        .bind(&v.code_hash)
+        .bind(v.code_length)
+        .bind(v.status.as_str())
+        .bind(v.attempts_used)
+        .bind(v.max_attempts)
+        .bind(&v.locale)
+        .bind(i64::from(v.is_test))
+        .bind(v.created_at)
+        .bind(v.updated_at)
+        .bind(v.expires_at)
+        .bind(v.verified_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn verification(&self, id: &str) -> Result<Option<VerificationRow>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {VERIFICATION_COLUMNS} FROM verifications WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| verification_from_row(&r)).transpose()
+    }
+
+    /// Move a verification from one of `from` to `to`; false if it was in another state.
+    pub async fn transition(
+        &self,
+        id: &str,
+        from: &[Status],
+        to: Status,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let verified_at = (to == Status::Verified).then_some(now);
+        let done = sqlx::query(&format!(
+            "UPDATE verifications SET status = $1, updated_at = $2, \
+             verified_at = COALESCE($3, verified_at) \
+             WHERE id = $4 AND status IN ({})",
+            status_list(from)
+        ))
+        .bind(to.as_str())
+        .bind(now)
+        .bind(verified_at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Start a call attempt: `pending` becomes `calling` and an attempt row is opened, both
+    /// or neither. `None` when the verification is not `pending` (unknown, ended, or already
+    /// in a call: a verification is never in two calls at once).
+    pub async fn begin_attempt(
+        &self,
+        id: &str,
+        channel: &str,
+        uniqueid: &str,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(
+            "UPDATE verifications SET status = 'calling', updated_at = $1 \
+             WHERE id = $2 AND status = 'pending' AND expires_at > $1",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let attempt: i64 = sqlx::query(
+            "INSERT INTO call_attempts (verification_id, channel, uniqueid, started_at) \
+             VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(id)
+        .bind(channel)
+        .bind(uniqueid)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        tx.commit().await?;
+        Ok(Some(attempt))
+    }
+
+    /// Count one wrong entry; returns the number used so far.
+    pub async fn count_wrong_entry(&self, id: &str, now: i64) -> Result<i64, StoreError> {
+        let used: i64 = sqlx::query(
+            "UPDATE verifications SET attempts_used = attempts_used + 1, updated_at = $1 \
+             WHERE id = $2 RETURNING attempts_used",
+        )
+        .bind(now)
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?;
+        Ok(used)
+    }
+
+    /// Mark a verification `failed` and lock its number and user until `until`.
+    pub async fn fail_and_lock_out(
+        &self,
+        v: &VerificationRow,
+        until: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE verifications SET status = 'failed', updated_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(&v.id)
+            .execute(&mut *tx)
+            .await?;
+        for (kind, subject) in [("phone", &v.phone), ("user", &v.user_ref)] {
+            sqlx::query(
+                "INSERT INTO lockouts (kind, subject, locked_until, verification_id, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(kind)
+            .bind(subject)
+            .bind(until)
+            .bind(&v.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The latest end of a lockout in force for this number or this user.
+    pub async fn locked_until(
+        &self,
+        phone: &str,
+        user_ref: &str,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT MAX(locked_until) FROM lockouts WHERE locked_until > $1 AND \
+             ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))",
+        )
+        .bind(now)
+        .bind(phone)
+        .bind(user_ref)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?)
+    }
+
+    /// Close an attempt with its outcome; a verification still `calling` goes back to
+    /// `pending` so that it can be called again.
+    pub async fn finish_attempt(
+        &self,
+        attempt: i64,
+        verification_id: &str,
+        outcome: CallOutcome,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE call_attempts SET ended_at = $1, outcome = $2 \
+             WHERE id = $3 AND ended_at IS NULL",
+        )
+        .bind(now)
+        .bind(outcome.as_str())
+        .bind(attempt)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE verifications SET status = 'pending', updated_at = $1 \
+             WHERE id = $2 AND status = 'calling'",
+        )
+        .bind(now)
+        .bind(verification_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn attempts(&self, verification_id: &str) -> Result<Vec<AttemptRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, verification_id, channel, uniqueid, started_at, ended_at, outcome \
+             FROM call_attempts WHERE verification_id = $1 ORDER BY id",
+        )
+        .bind(verification_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let outcome: Option<String> = r.try_get(6)?;
+                Ok(AttemptRow {
+                    id: r.try_get(0)?,
+                    verification_id: r.try_get(1)?,
+                    channel: r.try_get(2)?,
+                    uniqueid: r.try_get(3)?,
+                    started_at: r.try_get(4)?,
+                    ended_at: r.try_get(5)?,
+                    outcome: outcome.map(|o| parse_column("outcome", &o)).transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    /// After a crash: close every open attempt as `interrupted` and put verifications left
+    /// `calling` back to `pending`. Wrong entries were counted as they happened and stay.
+    pub async fn recover_interrupted(&self, now: i64) -> Result<Recovered, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let attempts = sqlx::query(
+            "UPDATE call_attempts SET ended_at = $1, outcome = 'interrupted' WHERE ended_at IS NULL",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let verifications = sqlx::query(
+            "UPDATE verifications SET status = 'pending', updated_at = $1 WHERE status = 'calling'",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(Recovered {
+            attempts,
+            verifications,
+        })
+    }
+}
+
+fn status_list(statuses: &[Status]) -> String {
+    statuses
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn parse_column<T: FromStr>(column: &'static str, value: &str) -> Result<T, StoreError> {
+    value.parse().map_err(|_| StoreError::Corrupt {
+        column,
+        value: value.to_owned(),
+    })
+}
+
+fn verification_from_row(r: &sqlx::any::AnyRow) -> Result<VerificationRow, StoreError> {
+    let status: String = r.try_get("status")?;
+    Ok(VerificationRow {
+        id: r.try_get("id")?,
+        phone: r.try_get("phone")?,
+        user_ref: r.try_get("user_ref")?,
+        code_hash: r.try_get("code_hash")?,
+        code_length: r.try_get("code_length")?,
+        status: parse_column("status", &status)?,
+        attempts_used: r.try_get("attempts_used")?,
+        max_attempts: r.try_get("max_attempts")?,
+        locale: r.try_get("locale")?,
+        is_test: r.try_get::<i64, _>("is_test")? != 0,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        expires_at: r.try_get("expires_at")?,
+        verified_at: r.try_get("verified_at")?,
+    })
+}

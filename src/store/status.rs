@@ -1,0 +1,89 @@
+//! The states a verification goes through and the ways a call attempt can end, as stored.
+
+use std::fmt;
+use std::str::FromStr;
+
+macro_rules! stored_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ();
+            fn from_str(s: &str) -> Result<Self, ()> {
+                match s { $($text => Ok($name::$variant),)+ _ => Err(()) }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+    };
+}
+
+stored_enum! {
+    /// A verification's status, as DESIGN.md names them for the web app.
+    Status {
+        Pending => "pending",
+        Calling => "calling",
+        Verified => "verified",
+        Failed => "failed",
+        Unanswered => "unanswered",
+        Expired => "expired",
+        Canceled => "canceled",
+    }
+}
+
+impl Status {
+    /// No call will change it any more.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::Pending | Status::Calling)
+    }
+}
+
+stored_enum! {
+    /// How one call attempt ended.
+    CallOutcome {
+        Verified => "verified",
+        LockedOut => "locked_out",
+        NoAcknowledgement => "no_ack",
+        NoInput => "no_input",
+        HungUp => "hung_up",
+        Expired => "expired",
+        Error => "error",
+        Interrupted => "interrupted",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_through_text() {
+        for s in Status::ALL {
+            assert_eq!(s.as_str().parse::<Status>(), Ok(*s));
+        }
+        for o in CallOutcome::ALL {
+            assert_eq!(o.as_str().parse::<CallOutcome>(), Ok(*o));
+        }
+        assert!("bogus".parse::<Status>().is_err());
+    }
+}

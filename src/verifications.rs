@@ -1,0 +1,391 @@
+//! The rules of a verification: creation (number policy, lockouts, the code), status, and
+//! what a call may do to it (start, check an entered code, end). Flows and the CLI call these;
+//! only this module decides state changes.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::rngs::OsRng;
+use rand::Rng;
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::codes::{self, CodeHasher};
+use crate::phone::{PhoneError, PhoneNumber, PhonePolicy};
+use crate::store::{CallOutcome, Status, Store, StoreError, VerificationRow};
+
+/// Tunables of the verification rules.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub code_length: u32,
+    pub code_ttl: Duration,
+    pub max_attempts: u32,
+    pub lockout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("invalid phone number: {0}")]
+    InvalidPhone(#[from] PhoneError),
+    #[error("invalid user reference: {0}")]
+    InvalidUserRef(&'static str),
+    #[error("invalid locale {0:?}: use a language tag such as en or en_US")]
+    InvalidLocale(String),
+    #[error("invalid code length {0}: it must be between 4 and 10")]
+    InvalidCodeLength(u32),
+    #[error("this number or user is locked out until {}", rfc3339(*retry_at))]
+    LockedOut { retry_at: i64 },
+    #[error("no verification with id {0:?}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl VerifyError {
+    /// The stable error code the web app and scripts match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            VerifyError::InvalidPhone(_) => "invalid_phone",
+            VerifyError::InvalidUserRef(_) => "invalid_user_ref",
+            VerifyError::InvalidLocale(_) => "invalid_locale",
+            VerifyError::InvalidCodeLength(_) => "invalid_code_length",
+            VerifyError::LockedOut { .. } => "locked_out",
+            VerifyError::NotFound(_) => "not_found",
+            VerifyError::Store(_) => "internal",
+        }
+    }
+}
+
+/// What the web app asks for.
+#[derive(Debug, Clone, Default)]
+pub struct NewVerification {
+    pub phone: String,
+    pub user_ref: String,
+    pub locale: Option<String>,
+    pub code_length: Option<u32>,
+    pub is_test: bool,
+}
+
+/// A verification as shown to the web app (never with its code, except at creation).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct View {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    pub status: Status,
+    pub phone: String,
+    pub user_ref: String,
+    pub locale: String,
+    pub attempts_remaining: i64,
+    pub created_at: String,
+    pub expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub test: bool,
+}
+
+/// A call in progress on a verification.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub attempt_id: i64,
+    pub verification: VerificationRow,
+}
+
+/// Whether a call may go ahead.
+#[derive(Debug)]
+pub enum CallStart {
+    Ready(Call),
+    /// The verification is not waiting for a call: already in one, or ended.
+    NotCallable(Status),
+}
+
+/// The verdict on one entered code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeCheck {
+    Verified,
+    Wrong { remaining: i64 },
+    LockedOut,
+    Expired,
+}
+
+pub struct Verifications {
+    store: Store,
+    hasher: CodeHasher,
+    phones: PhonePolicy,
+    policy: Policy,
+}
+
+impl Verifications {
+    pub fn new(store: Store, hasher: CodeHasher, phones: PhonePolicy, policy: Policy) -> Self {
+        Self {
+            store,
+            hasher,
+            phones,
+            policy,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Create a verification and its code. The code is returned here and never again.
+    pub async fn start(&self, new: NewVerification) -> Result<View, VerifyError> {
+        let phone = self.phones.parse(&new.phone)?;
+        let user_ref = validate_user_ref(&new.user_ref)?;
+        let code_length = new.code_length.unwrap_or(self.policy.code_length);
+        if !codes::LENGTHS.contains(&code_length) {
+            return Err(VerifyError::InvalidCodeLength(code_length));
+        }
+        let locale = validate_locale(new.locale.as_deref())?;
+        let now = now_ms();
+        if let Some(retry_at) = self
+            .store
+            .locked_until(phone.as_str(), user_ref, now)
+            .await?
+        {
+            return Err(VerifyError::LockedOut { retry_at });
+        }
+        let id = new_id();
+        let code = codes::generate(code_length);
+        let row = VerificationRow {
+            code_hash: self.hasher.hash(&id, &code),
+            id,
+            phone: phone.as_str().to_owned(),
+            user_ref: user_ref.to_owned(),
+            code_length: code_length.into(),
+            status: Status::Pending,
+            attempts_used: 0,
+            max_attempts: self.policy.max_attempts.into(),
+            locale,
+            is_test: new.is_test,
+            created_at: now,
+            updated_at: now,
+            expires_at: now + millis(self.policy.code_ttl),
+            verified_at: None,
+        };
+        self.store.insert_verification(&row).await?;
+        tracing::info!(verification = %row.id, phone = %phone.masked(), "verification created");
+        let mut view = view(&row);
+        view.code = Some(code);
+        Ok(view)
+    }
+
+    /// The verification as it stands; one past its expiry while waiting becomes `expired`.
+    pub async fn get(&self, id: &str) -> Result<View, VerifyError> {
+        let mut row = self.row(id).await?;
+        let now = now_ms();
+        if row.status == Status::Pending
+            && now >= row.expires_at
+            && self
+                .store
+                .transition(id, &[Status::Pending], Status::Expired, now)
+                .await?
+        {
+            row.status = Status::Expired;
+        }
+        Ok(view(&row))
+    }
+
+    /// Cancel a verification that has not ended.
+    pub async fn cancel(&self, id: &str) -> Result<View, VerifyError> {
+        self.store
+            .transition(
+                id,
+                &[Status::Pending, Status::Calling],
+                Status::Canceled,
+                now_ms(),
+            )
+            .await?;
+        self.get(id).await
+    }
+
+    async fn row(&self, id: &str) -> Result<VerificationRow, VerifyError> {
+        if !valid_id(id) {
+            return Err(VerifyError::NotFound(id.chars().take(64).collect()));
+        }
+        self.store
+            .verification(id)
+            .await?
+            .ok_or_else(|| VerifyError::NotFound(id.to_owned()))
+    }
+
+    /// A call for verification `id` has reached the daemon on `channel`.
+    pub async fn begin_call(
+        &self,
+        id: &str,
+        channel: &str,
+        uniqueid: &str,
+    ) -> Result<CallStart, VerifyError> {
+        let now = now_ms();
+        match self.store.begin_attempt(id, channel, uniqueid, now).await? {
+            Some(attempt_id) => Ok(CallStart::Ready(Call {
+                attempt_id,
+                verification: self.row(id).await?,
+            })),
+            // Not pending: report what it is instead (expiring it if it is due).
+            None => Ok(CallStart::NotCallable(self.get(id).await?.status)),
+        }
+    }
+
+    /// Check a code the callee entered. Wrong entries are counted in the store at once, so a
+    /// crash cannot give an attempt back.
+    pub async fn check_code(&self, call: &Call, entered: &str) -> Result<CodeCheck, VerifyError> {
+        let v = &call.verification;
+        let now = now_ms();
+        if now >= v.expires_at {
+            self.store
+                .transition(&v.id, &[Status::Calling], Status::Expired, now)
+                .await?;
+            return Ok(CodeCheck::Expired);
+        }
+        if self.hasher.matches(&v.id, entered, &v.code_hash) {
+            let verified = self
+                .store
+                .transition(&v.id, &[Status::Calling], Status::Verified, now)
+                .await?;
+            // Not `calling` any more: canceled meanwhile.
+            return Ok(if verified {
+                tracing::info!("code correct: verified");
+                CodeCheck::Verified
+            } else {
+                CodeCheck::Expired
+            });
+        }
+        let used = self.store.count_wrong_entry(&v.id, now).await?;
+        let remaining = (v.max_attempts - used).max(0);
+        tracing::info!(remaining, "wrong code entered");
+        if remaining > 0 {
+            return Ok(CodeCheck::Wrong { remaining });
+        }
+        let until = now + millis(self.policy.lockout);
+        self.store.fail_and_lock_out(v, until, now).await?;
+        tracing::warn!(phone = %PhoneNumber::from_stored(v.phone.clone()).masked(),
+            "attempts used up: number and user locked out");
+        Ok(CodeCheck::LockedOut)
+    }
+
+    /// Record how the call ended.
+    pub async fn end_call(&self, call: &Call, outcome: CallOutcome) -> Result<(), VerifyError> {
+        self.store
+            .finish_attempt(call.attempt_id, &call.verification.id, outcome, now_ms())
+            .await?;
+        Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    millis(since)
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// An RFC 3339 UTC timestamp, as the API shows times.
+pub fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn view(row: &VerificationRow) -> View {
+    View {
+        id: row.id.clone(),
+        code: None,
+        status: row.status,
+        phone: row.phone.clone(),
+        user_ref: row.user_ref.clone(),
+        locale: row.locale.clone(),
+        attempts_remaining: (row.max_attempts - row.attempts_used).max(0),
+        created_at: rfc3339(row.created_at),
+        expires_at: rfc3339(row.expires_at),
+        verified_at: row.verified_at.map(rfc3339),
+        test: row.is_test,
+    }
+}
+
+const ID_PREFIX: &str = "vf_";
+const ID_ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
+
+/// `vf_` and 24 characters from a 32-letter alphabet: 120 random bits.
+fn new_id() -> String {
+    let mut id = String::from(ID_PREFIX);
+    id.extend((0..24).map(|_| char::from(ID_ALPHABET[OsRng.gen_range(0..ID_ALPHABET.len())])));
+    id
+}
+
+/// Ids come from callers (AGI arguments, URLs): anything not shaped like one is unknown.
+pub fn valid_id(id: &str) -> bool {
+    (ID_PREFIX.len() + 1..=64).contains(&id.len())
+        && id.starts_with(ID_PREFIX)
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn validate_user_ref(user_ref: &str) -> Result<&str, VerifyError> {
+    if user_ref.is_empty() {
+        return Err(VerifyError::InvalidUserRef("it is empty"));
+    }
+    if user_ref.chars().count() > 128 {
+        return Err(VerifyError::InvalidUserRef(
+            "it is longer than 128 characters",
+        ));
+    }
+    if user_ref.chars().any(char::is_control) {
+        return Err(VerifyError::InvalidUserRef(
+            "it contains control characters",
+        ));
+    }
+    Ok(user_ref)
+}
+
+fn validate_locale(locale: Option<&str>) -> Result<String, VerifyError> {
+    let locale = locale.unwrap_or("en");
+    let ok = (2..=16).contains(&locale.len())
+        && locale
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(locale.to_owned())
+    } else {
+        Err(VerifyError::InvalidLocale(
+            locale.chars().take(32).collect(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_random_and_recognised() {
+        let a = new_id();
+        assert_ne!(a, new_id());
+        assert!(valid_id(&a));
+        assert_eq!(a.len(), 27);
+        for bad in ["", "vf_", "x", "vf_a b", "vf_a;DROP", &"vf_a".repeat(20)] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn user_refs() {
+        assert!(validate_user_ref("alice").is_ok());
+        assert!(validate_user_ref("").is_err());
+        assert!(validate_user_ref("a\nb").is_err());
+        assert!(validate_user_ref(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_500), "1970-01-01T00:00:01.5Z");
+    }
+}

@@ -1,0 +1,144 @@
+//! Shared test harness: an in-process daemon on a fresh store, SQLite or a real Postgres.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use callverify::config::Config;
+use callverify::daemon;
+use callverify::verifications::{NewVerification, Verifications, View};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const PHONE: &str = "+14155550101";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Environment variable naming the Postgres server the tests create their databases on.
+pub const POSTGRES_ENV: &str = "CALLVERIFY_TEST_POSTGRES_URL";
+
+/// A URL for a new, empty database of kind `db` (the SQLite file lives in `dir`).
+pub async fn fresh_database(db: Db, dir: &std::path::Path) -> String {
+    match db {
+        Db::Sqlite => format!("sqlite://{}", dir.join("test.db").display()),
+        Db::Postgres => {
+            let admin = std::env::var(POSTGRES_ENV).unwrap_or_else(|_| {
+                panic!(
+                    "{POSTGRES_ENV} is not set: the Postgres store tests need a real server. \
+                     Run ./scripts/test, which starts one, or point {POSTGRES_ENV} at a \
+                     server where this user may CREATE DATABASE."
+                )
+            });
+            use sqlx::Connection;
+            sqlx::any::install_default_drivers();
+            let mut conn = sqlx::AnyConnection::connect(&admin)
+                .await
+                .expect("connect to the test Postgres server");
+            let name = format!("cvtest_{}", callverify::codes::generate(10));
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .expect("create a test database");
+            let base = admin.rsplit_once('/').expect("URL with a database").0;
+            format!("{base}/{name}")
+        }
+    }
+}
+
+pub struct Daemon {
+    pub addr: SocketAddr,
+    pub service: Arc<Verifications>,
+    pub config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    pub dir: tempfile::TempDir,
+}
+
+/// Test settings: short waits, a fresh store, port chosen by the OS.
+pub fn test_config(url: String, dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.database.url = url;
+    config.agi.listen = "127.0.0.1:0".into();
+    config.agi.env_timeout_secs = 1;
+    config.agi.reply_timeout_secs = 5;
+    config.agi.shutdown_grace_secs = 5;
+    config.security.secret_file = dir.join("secret").display().to_string();
+    config
+}
+
+pub async fn start(db: Db) -> Daemon {
+    start_with(db, |_| {}).await
+}
+
+pub async fn start_with(db: Db, tweak: impl FnOnce(&mut Config)) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(db, dir.path()).await;
+    let mut config = test_config(url, dir.path());
+    tweak(&mut config);
+    let service = daemon::open(&config).await.expect("open the store");
+    let listener = daemon::bind(&config).await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel();
+    let task = {
+        let config = config.clone();
+        let service = service.clone();
+        tokio::spawn(async move {
+            daemon::run(&config, service, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("daemon run");
+        })
+    };
+    Daemon {
+        addr,
+        service,
+        config,
+        stop: Some(stop),
+        task: Some(task),
+        dir,
+    }
+}
+
+impl Daemon {
+    pub async fn new_verification(&self, phone: &str, user: &str) -> View {
+        self.service
+            .start(NewVerification {
+                phone: phone.into(),
+                user_ref: user.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("start a verification")
+    }
+
+    pub async fn status(&self, id: &str) -> View {
+        self.service.get(id).await.expect("status")
+    }
+
+    /// Signal shutdown and wait for the daemon to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("daemon task");
+        }
+    }
+
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    pub async fn join(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.await.expect("daemon task");
+        }
+    }
+}
