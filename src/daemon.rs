@@ -77,7 +77,6 @@ pub async fn run(
         "callverify serving FastAGI"
     );
     crate::agi::serve(listener, config.agi_server()?, router, shutdown).await;
-    service.store().close().await;
     tracing::info!("callverify stopped");
     Ok(())
 }

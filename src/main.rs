@@ -117,7 +117,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve => {
             let service = daemon::open(&config).await?;
             let listener = daemon::bind(&config).await?;
-            daemon::run(&config, service, listener, shutdown_signal()).await?;
+            daemon::run(&config, service.clone(), listener, shutdown_signal()).await?;
+            service.store().close().await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {

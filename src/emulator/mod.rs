@@ -48,6 +48,11 @@ pub struct Transcript {
 }
 
 impl Transcript {
+    fn closed(mut self) -> Self {
+        self.closed_by_daemon = true;
+        self
+    }
+
     /// The prompts played (STREAM FILE and GET DATA), in order.
     pub fn prompts(&self) -> Vec<&str> {
         self.commands
@@ -158,9 +163,12 @@ impl Call {
         let mut read = BufReader::new(read);
         let mut block = self.env.join("\n");
         block.push_str("\n\n");
-        write.write_all(block.as_bytes()).await?;
-        let mut channel = Channel::default();
         let mut transcript = Transcript::default();
+        match write.write_all(block.as_bytes()).await {
+            Err(e) if closed_on(&e) => return Ok(transcript.closed()),
+            other => other?,
+        }
+        let mut channel = Channel::default();
         let mut line = String::new();
         loop {
             if matches!(self.actions.front(), Some(Action::HangUpBetween)) && !channel.dead {
@@ -169,23 +177,23 @@ impl Call {
                 write.write_all(b"HANGUP\n").await?;
             }
             line.clear();
-            let n = tokio::time::timeout(self.reply_timeout, read.read_line(&mut line))
+            let read = tokio::time::timeout(self.reply_timeout, read.read_line(&mut line))
                 .await
-                .map_err(|_| std::io::Error::other("daemon sent no command in time"))??;
-            if n == 0 {
-                transcript.closed_by_daemon = true;
-                return Ok(transcript);
+                .map_err(|_| std::io::Error::other("daemon sent no command in time"))?;
+            match read {
+                Ok(0) => return Ok(transcript.closed()),
+                Ok(_) => {}
+                Err(e) if closed_on(&e) => return Ok(transcript.closed()),
+                Err(e) => return Err(e),
             }
             let command = line.trim_end_matches('\n').to_owned();
             let reply = self.respond(&command, &mut channel).await;
             transcript.commands.push(command);
-            if let Err(e) = write.write_all(reply.as_bytes()).await {
-                // The daemon may close right after its HANGUP; that is the normal end.
-                if channel.dead {
-                    transcript.closed_by_daemon = true;
-                    return Ok(transcript);
-                }
-                return Err(e);
+            match write.write_all(reply.as_bytes()).await {
+                Ok(()) => {}
+                // The daemon may close right after its HANGUP, or refuse us at once.
+                Err(e) if closed_on(&e) => return Ok(transcript.closed()),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -302,6 +310,14 @@ impl Call {
         self.actions.pop_front();
         Some(key)
     }
+}
+
+/// The daemon closed or reset the connection.
+fn closed_on(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+    )
 }
 
 const DEAD: &str = "511 Command Not Permitted on a dead channel or intercept routine\n";

@@ -72,8 +72,13 @@ impl Handler for Router {
             Err(FlowError::Agi(e)) if e.is_hangup() => tracing::info!("caller hung up"),
             Err(e) => {
                 tracing::error!(error = %e, "call flow failed");
-                // Say sorry rather than leave the caller in silence; this may fail too.
-                if !session.hung_up() {
+                // Say sorry rather than leave the caller in silence, when the connection
+                // is still in step (a refused command or a store failure).
+                let in_step = matches!(
+                    e,
+                    FlowError::Verify(_) | FlowError::Agi(AgiError::Refused { .. })
+                );
+                if in_step && !session.hung_up() {
                     let _ = goodbye(session, Prompt::TechnicalProblem).await;
                 }
             }
