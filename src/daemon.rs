@@ -11,7 +11,7 @@ use crate::codes::{server_key, CodeHasher};
 use crate::config::{Config, ConfigError};
 use crate::flow::Router;
 use crate::store::{Store, StoreError};
-use crate::verifications::{now_ms, Verifications};
+use crate::verifications::{Verifications, VerifyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -19,6 +19,8 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
     #[error("cannot read or create the secret key file {path}: {source}")]
     Key {
         path: PathBuf,
@@ -43,7 +45,20 @@ pub async fn open(config: &Config) -> Result<Arc<Verifications>, DaemonError> {
         CodeHasher::new(key),
         config.phone_policy(),
         config.policy(),
+        daemon_name(config),
     )))
+}
+
+/// This daemon's name on its call attempts: one daemon per host and FastAGI address can run,
+/// so at its start none of its earlier attempts can still be live.
+fn daemon_name(config: &Config) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}/{}", config.agi.listen)
 }
 
 /// Bind the FastAGI listener (separately, so that a caller can learn the port when it asked
@@ -62,7 +77,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let recovered = service.store().recover_interrupted(now_ms()).await?;
+    let recovered = service.recover_interrupted().await?;
     if recovered.attempts > 0 || recovered.verifications > 0 {
         tracing::warn!(
             attempts = recovered.attempts,

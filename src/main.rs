@@ -123,7 +123,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate => {
             daemon::open(&config).await?;
-            println!("migrations applied to {}", redact_url(&config.database.url));
+            println!(
+                "migrations applied to {}",
+                callverify::store::redact_url(&config.database.url)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify(command) => verify(&config, command).await,
@@ -191,18 +194,6 @@ fn print_error(e: &VerifyError, json: bool) {
         println!("{}", serde_json::json!({ "error": error }));
     }
     eprintln!("error: {} ({e})", e.code());
-}
-
-/// A database URL without its password, for messages.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 async fn shutdown_signal() {

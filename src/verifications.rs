@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use crate::codes::{self, CodeHasher};
 use crate::phone::{PhoneError, PhoneNumber, PhonePolicy};
-use crate::store::{CallOutcome, Status, Store, StoreError, VerificationRow};
+use crate::store::{CallOutcome, Recovered, Status, Store, StoreError, VerificationRow};
 
 /// Tunables of the verification rules.
 #[derive(Debug, Clone)]
@@ -98,6 +98,8 @@ pub enum CallStart {
     Ready(Call),
     /// The verification is not waiting for a call: already in one, or ended.
     NotCallable(Status),
+    /// Its number or user is locked out (after another verification used up its attempts).
+    LockedOut,
 }
 
 /// The verdict on one entered code.
@@ -109,21 +111,43 @@ pub enum CodeCheck {
     Expired,
 }
 
+/// How long a call attempt can possibly last: an attempt open longer was left by a daemon
+/// that is gone, and recovery closes it whoever owned it.
+const STALE_ATTEMPT: Duration = Duration::from_secs(3600);
+
 pub struct Verifications {
     store: Store,
     hasher: CodeHasher,
     phones: PhonePolicy,
     policy: Policy,
+    /// Which daemon this is (host and FastAGI address), recorded on each call attempt.
+    daemon: String,
 }
 
 impl Verifications {
-    pub fn new(store: Store, hasher: CodeHasher, phones: PhonePolicy, policy: Policy) -> Self {
+    pub fn new(
+        store: Store,
+        hasher: CodeHasher,
+        phones: PhonePolicy,
+        policy: Policy,
+        daemon: String,
+    ) -> Self {
         Self {
             store,
             hasher,
             phones,
             policy,
+            daemon,
         }
+    }
+
+    /// At start: close the call attempts an earlier run of this daemon left open.
+    pub async fn recover_interrupted(&self) -> Result<Recovered, VerifyError> {
+        let now = now_ms();
+        Ok(self
+            .store
+            .recover_interrupted(&self.daemon, now - millis(STALE_ATTEMPT), now)
+            .await?)
     }
 
     pub fn store(&self) -> &Store {
@@ -219,14 +243,28 @@ impl Verifications {
         uniqueid: &str,
     ) -> Result<CallStart, VerifyError> {
         let now = now_ms();
-        match self.store.begin_attempt(id, channel, uniqueid, now).await? {
-            Some(attempt_id) => Ok(CallStart::Ready(Call {
+        let started = self
+            .store
+            .begin_attempt(id, channel, uniqueid, &self.daemon, now)
+            .await?;
+        if let Some(attempt_id) = started {
+            return Ok(CallStart::Ready(Call {
                 attempt_id,
                 verification: self.row(id).await?,
-            })),
-            // Not pending: report what it is instead (expiring it if it is due).
-            None => Ok(CallStart::NotCallable(self.get(id).await?.status)),
+            }));
         }
+        // Not callable: say why (expiring it if it is due).
+        let row = self.row(id).await?;
+        if row.status == Status::Pending
+            && self
+                .store
+                .locked_until(&row.phone, &row.user_ref, now)
+                .await?
+                .is_some()
+        {
+            return Ok(CallStart::LockedOut);
+        }
+        Ok(CallStart::NotCallable(self.get(id).await?.status))
     }
 
     /// Check a code the callee entered. Wrong entries are counted in the store at once, so a
@@ -253,16 +291,19 @@ impl Verifications {
                 CodeCheck::Expired
             });
         }
-        let used = self.store.count_wrong_entry(&v.id, now).await?;
+        let lock_until = now + millis(self.policy.lockout);
+        let Some(used) = self.store.count_wrong_entry(v, lock_until, now).await? else {
+            return Ok(CodeCheck::Expired);
+        };
         let remaining = (v.max_attempts - used).max(0);
         tracing::info!(remaining, "wrong code entered");
         if remaining > 0 {
             return Ok(CodeCheck::Wrong { remaining });
         }
-        let until = now + millis(self.policy.lockout);
-        self.store.fail_and_lock_out(v, until, now).await?;
-        tracing::warn!(phone = %PhoneNumber::from_stored(v.phone.clone()).masked(),
-            "attempts used up: number and user locked out");
+        tracing::warn!(
+            phone = %PhoneNumber::from_stored(v.phone.clone()).masked(),
+            "attempts used up: number and user locked out"
+        );
         Ok(CodeCheck::LockedOut)
     }
 

@@ -218,12 +218,8 @@ async fn calls_past_the_grace_period_are_ended_and_recovered_as_interrupted() {
     d.signal_stop();
     d.join().await;
     in_progress.abort();
-    let store = d.service.store();
     assert_eq!(d.status(&v.id).await.status, Status::Calling);
-    let recovered = store
-        .recover_interrupted(callverify::verifications::now_ms())
-        .await
-        .unwrap();
+    let recovered = d.service.recover_interrupted().await.unwrap();
     assert_eq!((recovered.attempts, recovered.verifications), (1, 1));
     assert_eq!(d.status(&v.id).await.status, Status::Pending);
 }

@@ -2,6 +2,7 @@
 //! captures show) calls the daemon's `verify` script; the store's state is checked after.
 //! Every scenario runs on SQLite and on a real Postgres server.
 
+#[macro_use]
 mod common;
 
 use callverify::emulator::{Action, Call};
@@ -95,6 +96,7 @@ async fn right_on_third_try(db: Db) {
 async fn three_wrong_entries_lock_out_number_and_user(db: Db) {
     let d = common::start(db).await;
     let v = d.new_verification(PHONE, "carol").await;
+    let sibling = d.new_verification("+14155550124", "carol").await;
     let bad = wrong(v.code.as_deref().unwrap());
     let t = Call::verify(&v.id)
         .press("#")
@@ -135,6 +137,10 @@ async fn three_wrong_entries_lock_out_number_and_user(db: Db) {
         t.prompts()[0..2],
         [Prompt::NotAvailable.file(), Prompt::Goodbye.file()]
     );
+    // Nor can another verification of the locked user, made before the lockout.
+    let t = Call::verify(&sibling.id).press("#").run(d.addr).await.unwrap();
+    assert_eq!(t.prompts()[0], Prompt::LockedOut.file());
+    assert_eq!(d.status(&sibling.id).await.status, Status::Pending);
     d.new_verification("+14155550123", "dave").await;
     d.stop().await;
 }
@@ -360,23 +366,6 @@ async fn expired_verification(db: Db) {
     assert_eq!(t.prompts()[0], Prompt::Expired.file());
     assert_eq!(d.status(&v.id).await.status, Status::Expired);
     d.stop().await;
-}
-
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test]
-            async fn $scenario() {
-                super::$scenario(super::Db::Sqlite).await
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test]
-            async fn $scenario() {
-                super::$scenario(super::Db::Postgres).await
-            })*
-        }
-    };
 }
 
 on_both_backends!(

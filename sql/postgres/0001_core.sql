@@ -24,6 +24,7 @@ CREATE TABLE call_attempts (
     verification_id TEXT NOT NULL REFERENCES verifications (id),
     channel         TEXT NOT NULL,
     uniqueid        TEXT NOT NULL,
+    daemon          TEXT NOT NULL,
     started_at      BIGINT NOT NULL,
     ended_at        BIGINT,
     outcome         TEXT

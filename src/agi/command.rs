@@ -56,10 +56,18 @@ pub enum Command {
     Raw(String),
 }
 
+/// Longest command line Asterisk reads whole: res_agi.c reads into `AGI_BUF_LEN` (2048)
+/// bytes, newline and terminator included, and would run the rest as a second command.
+pub const MAX_COMMAND_LEN: usize = 2046;
+
 /// A command that cannot be put on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("AGI command argument contains a line break: {0:?}")]
-pub struct UnsendableCommand(pub String);
+pub enum UnsendableCommand {
+    #[error("AGI command argument contains a line break: {0:?}")]
+    LineBreak(String),
+    #[error("AGI command is {0} bytes long; Asterisk reads at most {MAX_COMMAND_LEN}")]
+    TooLong(usize),
+}
 
 impl Command {
     /// The command line without its trailing `\n`.
@@ -121,7 +129,10 @@ impl Command {
             Command::Raw(text) => line.push_str(text),
         }
         if line.contains(['\n', '\r', '\0']) {
-            return Err(UnsendableCommand(line));
+            return Err(UnsendableCommand::LineBreak(line));
+        }
+        if line.len() > MAX_COMMAND_LEN {
+            return Err(UnsendableCommand::TooLong(line.len()));
         }
         Ok(line)
     }
@@ -242,7 +253,26 @@ mod tests {
         }
         .encode()
         .unwrap_err();
-        assert!(err.0.contains("HANGUP"));
+        assert!(matches!(err, UnsendableCommand::LineBreak(l) if l.contains("HANGUP")));
         assert!(Command::Raw("NOOP\r".into()).encode().is_err());
+    }
+
+    #[test]
+    fn refuses_lines_asterisk_would_split() {
+        let value = "x".repeat(MAX_COMMAND_LEN);
+        let err = Command::SetVariable {
+            name: "X".into(),
+            value,
+        }
+        .encode()
+        .unwrap_err();
+        assert_eq!(err, UnsendableCommand::TooLong(MAX_COMMAND_LEN + 15));
+        let fits = "x".repeat(MAX_COMMAND_LEN - "SET VARIABLE X ".len());
+        assert!(Command::SetVariable {
+            name: "X".into(),
+            value: fits
+        }
+        .encode()
+        .is_ok());
     }
 }

@@ -1,7 +1,7 @@
 //! A FastAGI TCP connection framed into lines.
 //!
-//! Lines are bounded (Asterisk's own buffer is 8 KiB): a longer one is a protocol error, not a
-//! reason to grow memory. Bytes that are not UTF-8 (a Latin-1 caller name) are kept lossily
+//! Lines are bounded at 8 KiB, far above anything Asterisk sends: a longer one is a protocol
+//! error, not a reason to grow memory. A peer that closes mid-line has closed, not erred. Bytes that are not UTF-8 (a Latin-1 caller name) are kept lossily
 //! rather than failing the call.
 
 use bytes::{Buf, BytesMut};
@@ -18,6 +18,17 @@ pub enum LineError {
     TooLong,
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl LineError {
+    /// The peer closed or reset the connection.
+    pub fn is_disconnect(&self) -> bool {
+        use std::io::ErrorKind::*;
+        matches!(self, LineError::Io(e) if matches!(
+            e.kind(),
+            BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof
+        ))
+    }
 }
 
 /// Splits on `\n`, drops a `\r` before it, and refuses lines over [`MAX_LINE`].
@@ -50,6 +61,18 @@ impl Decoder for LineCodec {
         let text = String::from_utf8_lossy(line).into_owned();
         buf.advance(end + 1);
         Ok(Some(text))
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<String>, LineError> {
+        match self.decode(buf)? {
+            Some(line) => Ok(Some(line)),
+            None => {
+                // An unfinished last line is dropped: the peer is gone either way.
+                buf.clear();
+                self.scanned = 0;
+                Ok(None)
+            }
+        }
     }
 }
 

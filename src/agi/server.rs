@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tracing::{field, Instrument};
 
 use super::session::{Session, Timeouts};
+use crate::phone::mask_digit_runs;
 
 /// What runs a call once its environment block is read. The session's span has the empty
 /// fields `verification` and `script` for the handler to fill.
@@ -129,7 +130,8 @@ async fn run_session<H: Handler>(
         };
         let span = tracing::Span::current();
         span.record("script", session.env().script());
-        span.record("channel", session.env().channel());
+        // A channel name can hold the dialled number (Local/+1415...@ctx): masked.
+        span.record("channel", mask_digit_runs(session.env().channel()));
         tracing::debug!(variables = session.env().len(), "FastAGI session started");
         handler.handle(&mut session).await;
         session.close().await;

@@ -38,7 +38,7 @@ pub enum AgiError {
     #[error("no reply from Asterisk within {0:?}")]
     Timeout(Duration),
     #[error(transparent)]
-    Line(#[from] LineError),
+    Line(LineError),
     #[error(transparent)]
     Malformed(#[from] MalformedReply),
     #[error(transparent)]
@@ -47,6 +47,18 @@ pub enum AgiError {
     Env(#[from] EnvError),
     #[error("Asterisk refused `{command}`: {reply}")]
     Refused { command: String, reply: Reply },
+    #[error("the connection to Asterisk is out of step after an earlier error")]
+    OutOfStep,
+}
+
+impl From<LineError> for AgiError {
+    fn from(e: LineError) -> Self {
+        if e.is_disconnect() {
+            AgiError::Closed
+        } else {
+            AgiError::Line(e)
+        }
+    }
 }
 
 impl AgiError {
@@ -69,6 +81,9 @@ pub struct Session<S> {
     conn: Connection<S>,
     env: AgiEnv,
     hung_up: bool,
+    /// False once an exchange failed midway: a late reply would be read as the answer to
+    /// the next command, so no further command is sent.
+    in_step: bool,
     timeouts: Timeouts,
 }
 
@@ -83,6 +98,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             conn,
             env,
             hung_up: false,
+            in_step: true,
             timeouts,
         })
     }
@@ -99,8 +115,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Send any command and return Asterisk's final reply as it is (the escape hatch).
     pub async fn send(&mut self, command: &Command) -> Result<Reply, AgiError> {
         let line = command.encode()?;
+        if !self.in_step {
+            return Err(AgiError::OutOfStep);
+        }
+        let result = self.exchange(&line).await;
+        self.in_step = result.is_ok();
+        result
+    }
+
+    async fn exchange(&mut self, line: &str) -> Result<Reply, AgiError> {
         tracing::trace!(command = %line, "agi >>");
-        self.conn.write_line(&line).await?;
+        self.conn.write_line(line).await?;
         let reply = timeout(self.timeouts.reply, self.read_reply())
             .await
             .map_err(|_| AgiError::Timeout(self.timeouts.reply))??;
@@ -501,6 +526,39 @@ mod tests {
         };
         let err = Session::accept(ours, t).await.err().unwrap();
         assert!(matches!(err, AgiError::Timeout(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn after_a_timeout_no_further_command_is_sent() {
+        let (ours, theirs) = tokio::io::duplex(4096);
+        let t = Timeouts {
+            env: Duration::from_secs(1),
+            reply: Duration::from_millis(50),
+        };
+        let (r, mut w) = tokio::io::split(theirs);
+        w.write_all(ENV.as_bytes()).await.unwrap();
+        let mut s = Session::accept(ours, t).await.unwrap();
+        assert!(matches!(s.answer().await, Err(AgiError::Timeout(_))));
+        // The late reply arrives; it must not be taken as the answer to the next command.
+        w.write_all(b"200 result=0\n").await.unwrap();
+        assert!(matches!(s.channel_status().await, Err(AgiError::OutOfStep)));
+        let mut sent = String::new();
+        let mut r = BufReader::new(r);
+        r.read_line(&mut sent).await.unwrap();
+        assert_eq!(sent, "ANSWER\n");
+    }
+
+    #[tokio::test]
+    async fn a_peer_closing_mid_line_is_a_hang_up() {
+        let (ours, theirs) = tokio::io::duplex(4096);
+        let (_r, mut w) = tokio::io::split(theirs);
+        w.write_all(ENV.as_bytes()).await.unwrap();
+        let mut s = Session::accept(ours, timeouts()).await.unwrap();
+        w.write_all(b"200 res").await.unwrap();
+        drop(w);
+        drop(_r);
+        let err = s.answer().await.unwrap_err();
+        assert!(err.is_hangup(), "{err:?}");
     }
 
     #[tokio::test]

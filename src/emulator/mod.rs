@@ -169,6 +169,13 @@ impl Call {
             other => other?,
         }
         let mut channel = Channel::default();
+        if let Some(number) = self
+            .env
+            .iter()
+            .find_map(|l| l.strip_prefix("agi_callerid: "))
+        {
+            channel.vars.insert("CALLERID(num)".into(), number.into());
+        }
         let mut line = String::new();
         loop {
             if matches!(self.actions.front(), Some(Action::HangUpBetween)) && !channel.dead {
@@ -232,18 +239,32 @@ impl Call {
         if channel.dead {
             return DEAD.into();
         }
-        while let Some(Action::Hold(rx)) = self.actions.front() {
-            let mut rx = rx.clone();
-            let _ = rx.wait_for(|go| *go).await;
-            self.actions.pop_front();
+        if let Some(usage) = usage_error(verb, args.len()) {
+            return usage;
         }
-        if matches!(self.actions.front(), Some(Action::HangUp)) {
-            self.actions.pop_front();
-            channel.dead = true;
-            return match verb {
-                "STREAM FILE" => "200 result=-1 endpos=0\nHANGUP\n".into(),
-                _ => "200 result=-1\nHANGUP\n".into(),
-            };
+        let escape = match verb {
+            "STREAM FILE" => args[1].as_str(),
+            "RECORD FILE" => args[2].as_str(),
+            _ => "",
+        };
+        // The callee acts while Asterisk listens for keys; other commands return at once.
+        let listening = matches!(verb, "GET DATA" | "WAIT FOR DIGIT")
+            || (matches!(verb, "STREAM FILE" | "RECORD FILE") && !escape.is_empty());
+        if listening {
+            while let Some(Action::Hold(rx)) = self.actions.front() {
+                let mut rx = rx.clone();
+                let _ = rx.wait_for(|go| *go).await;
+                self.actions.pop_front();
+            }
+            if matches!(self.actions.front(), Some(Action::HangUp)) {
+                self.actions.pop_front();
+                channel.dead = true;
+                return match verb {
+                    "STREAM FILE" => "200 result=-1 endpos=1600\nHANGUP\n".into(),
+                    "RECORD FILE" => "200 result=-1 (hangup) endpos=1600\nHANGUP\n".into(),
+                    _ => "200 result=-1\nHANGUP\n".into(),
+                };
+            }
         }
         match verb {
             "ANSWER" => "200 result=0\n".into(),
@@ -253,11 +274,9 @@ impl Call {
             }
             "CHANNEL STATUS" => "200 result=6\n".into(),
             "STREAM FILE" => {
-                let file = args.first().map(String::as_str).unwrap_or_default();
-                if self.missing_prompts.iter().any(|m| m == file) {
+                if self.missing_prompts.contains(&args[0]) {
                     return "200 result=-1 endpos=0\n".into();
                 }
-                let escape = args.get(1).map(String::as_str).unwrap_or_default();
                 match self.take_key_if(|k| escape.contains(k)) {
                     Some(key) => format!("200 result={} endpos=3404\n", u32::from(key)),
                     None => "200 result=0 endpos=3404\n".into(),
@@ -265,11 +284,8 @@ impl Call {
             }
             "GET DATA" => {
                 let max: usize = args.get(2).and_then(|m| m.parse().ok()).unwrap_or(1024);
-                match self.actions.front() {
-                    Some(Action::Press(_)) => {
-                        let Some(Action::Press(keys)) = self.actions.pop_front() else {
-                            unreachable!()
-                        };
+                match self.actions.pop_front() {
+                    Some(Action::Press(keys)) => {
                         let typed: String = keys.chars().take_while(|k| *k != '#').collect();
                         let ended = keys.contains('#') || typed.chars().count() >= max;
                         let digits: String = typed.chars().take(max).collect();
@@ -279,25 +295,35 @@ impl Call {
                             format!("200 result={digits} (timeout)\n")
                         }
                     }
-                    Some(Action::Silence) | None => {
-                        self.actions.pop_front();
+                    Some(Action::Silence) | None => "200 result= (timeout)\n".into(),
+                    Some(other) => {
+                        self.actions.push_front(other);
                         "200 result= (timeout)\n".into()
                     }
-                    Some(_) => "200 result= (timeout)\n".into(),
                 }
             }
             "WAIT FOR DIGIT" => match self.take_key_if(|_| true) {
                 Some(key) => format!("200 result={}\n", u32::from(key)),
                 None => {
-                    if matches!(self.actions.front(), Some(Action::Silence)) {
-                        self.actions.pop_front();
-                    }
+                    self.take_silence();
                     "200 result=0\n".into()
                 }
             },
             "SAY DIGITS" | "SAY NUMBER" => "200 result=0\n".into(),
-            "RECORD FILE" => "200 result=0 (timeout) endpos=0\n".into(),
+            "RECORD FILE" => match self.take_key_if(|k| escape.contains(k)) {
+                Some(key) => format!("200 result={} (dtmf) endpos=10560\n", u32::from(key)),
+                None => {
+                    self.take_silence();
+                    "200 result=0 (timeout) endpos=24000\n".into()
+                }
+            },
             _ => "510 Invalid or unknown command\n".into(),
+        }
+    }
+
+    fn take_silence(&mut self) {
+        if matches!(self.actions.front(), Some(Action::Silence)) {
+            self.actions.pop_front();
         }
     }
 
@@ -310,6 +336,28 @@ impl Call {
         self.actions.pop_front();
         Some(key)
     }
+}
+
+/// Fewest arguments each command takes, as res_agi.c checks them; fewer gets the 520 block
+/// (first and last lines as res_agi.c sends them; the usage text between is abridged).
+fn usage_error(verb: &str, args: usize) -> Option<String> {
+    let (min, usage) = match verb {
+        "STREAM FILE" => (2, "STREAM FILE <filename> <escape_digits> [sample offset]"),
+        "GET DATA" => (1, "GET DATA <file to be streamed> [timeout] [maxdigits]"),
+        "WAIT FOR DIGIT" => (1, "WAIT FOR DIGIT <timeout>"),
+        "SAY DIGITS" => (2, "SAY DIGITS <number> <escape_digits>"),
+        "SAY NUMBER" => (2, "SAY NUMBER <number> <escape_digits> [gender]"),
+        "RECORD FILE" => (
+            4,
+            "RECORD FILE <filename> <format> <escape_digits> <timeout> [offset samples] [BEEP] [s=silence]",
+        ),
+        _ => return None,
+    };
+    (args < min).then(|| {
+        format!(
+            "520-Invalid command syntax.  Proper usage follows:\n Usage: {usage}\n520 End of proper usage.\n"
+        )
+    })
 }
 
 /// The daemon closed or reset the connection.
@@ -350,7 +398,11 @@ fn verb_of(words: &[String]) -> &'static str {
         .iter()
         .find(|verb| {
             let parts: Vec<&str> = verb.split(' ').collect();
-            words.len() >= parts.len() && parts.iter().zip(words).all(|(p, w)| p == w)
+            words.len() >= parts.len()
+                && parts
+                    .iter()
+                    .zip(words)
+                    .all(|(p, w)| p.eq_ignore_ascii_case(w))
         })
         .copied()
         .unwrap_or("")

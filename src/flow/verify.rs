@@ -34,6 +34,10 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
             };
             return goodbye(session, prompt).await;
         }
+        Ok(CallStart::LockedOut) => {
+            tracing::warn!("number or user is locked out");
+            return goodbye(session, Prompt::LockedOut).await;
+        }
         Err(VerifyError::NotFound(_)) => {
             tracing::warn!("unknown verification id");
             return goodbye(session, Prompt::NotAvailable).await;

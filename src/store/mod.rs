@@ -20,7 +20,7 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("sql/postgres");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("unsupported database URL {0:?}: use sqlite://FILE or postgres://USER@HOST/DB")]
+    #[error("unsupported database URL {}: use sqlite://FILE or postgres://USER@HOST/DB", redact_url(.0))]
     UnsupportedUrl(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -198,20 +198,26 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Start a call attempt: `pending` becomes `calling` and an attempt row is opened, both
-    /// or neither. `None` when the verification is not `pending` (unknown, ended, or already
-    /// in a call: a verification is never in two calls at once).
+    /// Start a call attempt by `daemon`: `pending` becomes `calling` and an attempt row is
+    /// opened, both or neither. `None` when the verification may not be called: unknown,
+    /// not `pending` (a verification is never in two calls at once), expired, out of
+    /// attempts, or its number or user locked out.
     pub async fn begin_attempt(
         &self,
         id: &str,
         channel: &str,
         uniqueid: &str,
+        daemon: &str,
         now: i64,
     ) -> Result<Option<i64>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let claimed = sqlx::query(
             "UPDATE verifications SET status = 'calling', updated_at = $1 \
-             WHERE id = $2 AND status = 'pending' AND expires_at > $1",
+             WHERE id = $2 AND status = 'pending' AND expires_at > $1 \
+             AND attempts_used < max_attempts \
+             AND NOT EXISTS (SELECT 1 FROM lockouts l WHERE l.locked_until > $1 AND \
+                 ((l.kind = 'phone' AND l.subject = verifications.phone) OR \
+                  (l.kind = 'user' AND l.subject = verifications.user_ref)))",
         )
         .bind(now)
         .bind(id)
@@ -221,12 +227,13 @@ impl Store {
             return Ok(None);
         }
         let attempt: i64 = sqlx::query(
-            "INSERT INTO call_attempts (verification_id, channel, uniqueid, started_at) \
-             VALUES ($1, $2, $3, $4) RETURNING id",
+            "INSERT INTO call_attempts (verification_id, channel, uniqueid, daemon, started_at) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
         )
         .bind(id)
         .bind(channel)
         .bind(uniqueid)
+        .bind(daemon)
         .bind(now)
         .fetch_one(&mut *tx)
         .await?
@@ -235,48 +242,50 @@ impl Store {
         Ok(Some(attempt))
     }
 
-    /// Count one wrong entry; returns the number used so far.
-    pub async fn count_wrong_entry(&self, id: &str, now: i64) -> Result<i64, StoreError> {
-        let used: i64 = sqlx::query(
-            "UPDATE verifications SET attempts_used = attempts_used + 1, updated_at = $1 \
-             WHERE id = $2 RETURNING attempts_used",
-        )
-        .bind(now)
-        .bind(id)
-        .fetch_one(&self.pool)
-        .await?
-        .try_get(0)?;
-        Ok(used)
-    }
-
-    /// Mark a verification `failed` and lock its number and user until `until`.
-    pub async fn fail_and_lock_out(
+    /// Count one wrong entry of a verification in a call; when that uses up its attempts, it
+    /// becomes `failed` and its number and user are locked out until `lock_until`, in the
+    /// same transaction. Returns the entries used so far, or `None` if the verification is
+    /// no longer in a call (canceled or expired meanwhile): nothing is counted then.
+    pub async fn count_wrong_entry(
         &self,
         v: &VerificationRow,
-        until: i64,
+        lock_until: i64,
         now: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<i64>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE verifications SET status = 'failed', updated_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(&v.id)
-            .execute(&mut *tx)
-            .await?;
-        for (kind, subject) in [("phone", &v.phone), ("user", &v.user_ref)] {
-            sqlx::query(
-                "INSERT INTO lockouts (kind, subject, locked_until, verification_id, created_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(kind)
-            .bind(subject)
-            .bind(until)
-            .bind(&v.id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        let Some(row) = sqlx::query(
+            "UPDATE verifications SET attempts_used = attempts_used + 1, updated_at = $1 \
+             WHERE id = $2 AND status = 'calling' RETURNING attempts_used, max_attempts",
+        )
+        .bind(now)
+        .bind(&v.id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let (used, max): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        if used >= max {
+            sqlx::query("UPDATE verifications SET status = 'failed' WHERE id = $1")
+                .bind(&v.id)
+                .execute(&mut *tx)
+                .await?;
+            for (kind, subject) in [("phone", &v.phone), ("user", &v.user_ref)] {
+                sqlx::query(
+                    "INSERT INTO lockouts (kind, subject, locked_until, verification_id, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(kind)
+                .bind(subject)
+                .bind(lock_until)
+                .bind(&v.id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(Some(used))
     }
 
     /// The latest end of a lockout in force for this number or this user.
@@ -353,19 +362,32 @@ impl Store {
             .collect()
     }
 
-    /// After a crash: close every open attempt as `interrupted` and put verifications left
-    /// `calling` back to `pending`. Wrong entries were counted as they happened and stay.
-    pub async fn recover_interrupted(&self, now: i64) -> Result<Recovered, StoreError> {
+    /// After a crash: close as `interrupted` the attempts left open by `daemon` (which, now
+    /// starting, cannot have calls) and any attempt started before `stale_before`, and put
+    /// verifications left `calling` without an open attempt back to `pending`. Wrong
+    /// entries were counted as they happened and stay counted. Other daemons' live calls on
+    /// a shared database are left alone.
+    pub async fn recover_interrupted(
+        &self,
+        daemon: &str,
+        stale_before: i64,
+        now: i64,
+    ) -> Result<Recovered, StoreError> {
         let mut tx = self.pool.begin().await?;
         let attempts = sqlx::query(
-            "UPDATE call_attempts SET ended_at = $1, outcome = 'interrupted' WHERE ended_at IS NULL",
+            "UPDATE call_attempts SET ended_at = $1, outcome = 'interrupted' \
+             WHERE ended_at IS NULL AND (daemon = $2 OR started_at < $3)",
         )
         .bind(now)
+        .bind(daemon)
+        .bind(stale_before)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         let verifications = sqlx::query(
-            "UPDATE verifications SET status = 'pending', updated_at = $1 WHERE status = 'calling'",
+            "UPDATE verifications SET status = 'pending', updated_at = $1 \
+             WHERE status = 'calling' AND NOT EXISTS (SELECT 1 FROM call_attempts a \
+                 WHERE a.verification_id = verifications.id AND a.ended_at IS NULL)",
         )
         .bind(now)
         .execute(&mut *tx)
@@ -376,6 +398,18 @@ impl Store {
             attempts,
             verifications,
         })
+    }
+}
+
+/// A database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
     }
 }
 

@@ -142,3 +142,22 @@ impl Daemon {
         }
     }
 }
+
+/// Run each named `async fn(Db)` scenario as two tests, on SQLite and on Postgres.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(super::Db::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(super::Db::Postgres).await
+            })*
+        }
+    };
+}
