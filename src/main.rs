@@ -1,5 +1,6 @@
 //! The `callverify` command line: the daemon and the admin's tools around it.
 
+mod bench;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -41,6 +42,8 @@ enum Command {
     /// Create and inspect verifications
     #[command(subcommand)]
     Verify(VerifyCommand),
+    /// Measure the daemon under many concurrent emulated Asterisk sessions
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -130,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify(command) => verify(&config, command).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

@@ -247,10 +247,10 @@ impl Verifications {
             .store
             .begin_attempt(id, channel, uniqueid, &self.daemon, now)
             .await?;
-        if let Some(attempt_id) = started {
+        if let Some((attempt_id, verification)) = started {
             return Ok(CallStart::Ready(Call {
                 attempt_id,
-                verification: self.row(id).await?,
+                verification,
             }));
         }
         // Not callable: say why (expiring it if it is due).

@@ -95,11 +95,13 @@ async fn wrong_entries_lock_out_in_one_step(db: Db) {
     let (s, _dir) = store(db).await;
     let v = row("vf_w", "+14155550101", "alice");
     s.insert_verification(&v).await.unwrap();
-    let attempt = s
+    let (attempt, claimed) = s
         .begin_attempt("vf_w", "c", "u", "d1", now_ms())
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(claimed.status, Status::Calling);
+    assert_eq!(claimed.phone, v.phone);
     let now = now_ms();
     assert_eq!(
         s.count_wrong_entry(&v, now + DAY, now).await.unwrap(),

@@ -138,7 +138,11 @@ async fn three_wrong_entries_lock_out_number_and_user(db: Db) {
         [Prompt::NotAvailable.file(), Prompt::Goodbye.file()]
     );
     // Nor can another verification of the locked user, made before the lockout.
-    let t = Call::verify(&sibling.id).press("#").run(d.addr).await.unwrap();
+    let t = Call::verify(&sibling.id)
+        .press("#")
+        .run(d.addr)
+        .await
+        .unwrap();
     assert_eq!(t.prompts()[0], Prompt::LockedOut.file());
     assert_eq!(d.status(&sibling.id).await.status, Status::Pending);
     d.new_verification("+14155550123", "dave").await;

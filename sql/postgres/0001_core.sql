@@ -15,9 +15,6 @@ CREATE TABLE verifications (
     expires_at    BIGINT NOT NULL,
     verified_at   BIGINT
 );
-CREATE INDEX verifications_phone ON verifications (phone);
-CREATE INDEX verifications_user ON verifications (user_ref);
-CREATE INDEX verifications_status ON verifications (status);
 
 CREATE TABLE call_attempts (
     id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -15,9 +15,6 @@ CREATE TABLE verifications (
     expires_at    INTEGER NOT NULL,
     verified_at   INTEGER
 );
-CREATE INDEX verifications_phone ON verifications (phone);
-CREATE INDEX verifications_user ON verifications (user_ref);
-CREATE INDEX verifications_status ON verifications (status);
 
 CREATE TABLE call_attempts (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,

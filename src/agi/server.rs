@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{field, Instrument};
 
-use super::session::{Session, Timeouts};
+use super::session::{AgiError, Session, Timeouts};
 use crate::phone::mask_digit_runs;
 
 /// What runs a call once its environment block is read. The session's span has the empty
@@ -123,6 +123,11 @@ async fn run_session<H: Handler>(
         let _ = stream.set_nodelay(true);
         let mut session = match Session::accept(stream, timeouts).await {
             Ok(session) => session,
+            // A port check (monitoring, a load balancer) connects and closes: not worth a warning.
+            Err(AgiError::Closed) => {
+                tracing::debug!("peer closed before sending an environment block");
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "FastAGI session refused: bad environment block");
                 return;

@@ -45,6 +45,9 @@ pub struct Transcript {
     pub commands: Vec<String>,
     /// The daemon closed the connection (as it must: Asterisk never does).
     pub closed_by_daemon: bool,
+    /// For each command, the time from our previous write (the environment block or a
+    /// reply) to its arrival: the daemon's turnaround.
+    pub turnarounds: Vec<std::time::Duration>,
 }
 
 impl Transcript {
@@ -177,6 +180,7 @@ impl Call {
             channel.vars.insert("CALLERID(num)".into(), number.into());
         }
         let mut line = String::new();
+        let mut last_write = std::time::Instant::now();
         loop {
             if matches!(self.actions.front(), Some(Action::HangUpBetween)) && !channel.dead {
                 self.actions.pop_front();
@@ -193,6 +197,7 @@ impl Call {
                 Err(e) if closed_on(&e) => return Ok(transcript.closed()),
                 Err(e) => return Err(e),
             }
+            transcript.turnarounds.push(last_write.elapsed());
             let command = line.trim_end_matches('\n').to_owned();
             let reply = self.respond(&command, &mut channel).await;
             transcript.commands.push(command);
@@ -202,6 +207,7 @@ impl Call {
                 Err(e) if closed_on(&e) => return Ok(transcript.closed()),
                 Err(e) => return Err(e),
             }
+            last_write = std::time::Instant::now();
         }
     }
 

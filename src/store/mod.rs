@@ -2,18 +2,23 @@
 //!
 //! One set of queries serves both backends through sqlx's `Any` driver: every statement uses
 //! `$N` placeholders (which SQLite reads too), integer columns are 64-bit on both, times are
-//! Unix milliseconds. Each state change is one conditional statement (or a transaction that
-//! starts with a write), so two calls, or two daemons on one Postgres, cannot race it.
+//! Unix milliseconds. Each state change is one conditional statement, or a transaction where
+//! several must go together, so two calls, or two daemons on one Postgres, cannot race it.
+//! [`engine`] decides how the statements reach the database.
 
+mod engine;
 mod status;
 
 pub use status::{CallOutcome, Status};
 
 use std::str::FromStr;
 
+use futures::future::BoxFuture;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyConnection, Connection, Executor, Row};
+
+use engine::{Engine, Op};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("sql/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("sql/postgres");
@@ -28,6 +33,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored value {value:?} in column {column} is not valid")]
     Corrupt { column: &'static str, value: String },
+    #[error("database commit failed: {0}")]
+    Commit(String),
+    #[error("the store is closed")]
+    Closed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +85,18 @@ pub struct Recovered {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: AnyPool,
+    engine: Engine,
     backend: Backend,
+}
+
+/// Box an operation for the engine.
+fn op<T, F>(f: F) -> Op<T>
+where
+    F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T, StoreError>>
+        + Send
+        + 'static,
+{
+    Box::new(f)
 }
 
 const VERIFICATION_COLUMNS: &str = "id, phone, user_ref, code_hash, code_length, status, \
@@ -88,7 +107,7 @@ impl Store {
     /// created if missing and put in WAL mode.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
-        let (backend, url) = if url.starts_with("sqlite:") {
+        if url.starts_with("sqlite:") {
             let url = if url.contains("mode=") {
                 url.to_owned()
             } else if url.contains('?') {
@@ -96,30 +115,28 @@ impl Store {
             } else {
                 format!("{url}?mode=rwc")
             };
-            (Backend::Sqlite, url)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            (Backend::Postgres, url.to_owned())
-        } else {
+            let mut conn = AnyConnection::connect_with(&AnyConnectOptions::from_str(&url)?).await?;
+            conn.execute(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+            )
+            .await?;
+            return Ok(Self {
+                engine: Engine::writer(conn),
+                backend: Backend::Sqlite,
+            });
+        }
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
-        };
-        let options = AnyConnectOptions::from_str(&url)?;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
-                        )
-                        .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
+            .connect_with(AnyConnectOptions::from_str(url)?)
             .await?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            engine: Engine::Pool(pool),
+            backend: Backend::Postgres,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -132,46 +149,67 @@ impl Store {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator.run(&self.pool).await?;
-        Ok(())
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    migrator.run_direct(c).await?;
+                    Ok(())
+                })
+            }))
+            .await
     }
 
+    /// Finish pending writes and close the database connections.
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.engine.close().await;
     }
 
     pub async fn insert_verification(&self, v: &VerificationRow) -> Result<(), StoreError> {
-        sqlx::query(&format!(
-            "INSERT INTO verifications ({VERIFICATION_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-        ))
-        .bind(&v.id)
-        .bind(&v.phone)
-        .bind(&v.user_ref)
-        .bind(&v.code_hash)
-        .bind(v.code_length)
-        .bind(v.status.as_str())
-        .bind(v.attempts_used)
-        .bind(v.max_attempts)
-        .bind(&v.locale)
-        .bind(i64::from(v.is_test))
-        .bind(v.created_at)
-        .bind(v.updated_at)
-        .bind(v.expires_at)
-        .bind(v.verified_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let v = v.clone();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    sqlx::query(&format!(
+                        "INSERT INTO verifications ({VERIFICATION_COLUMNS}) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                    ))
+                    .bind(&v.id)
+                    .bind(&v.phone)
+                    .bind(&v.user_ref)
+                    .bind(&v.code_hash)
+                    .bind(v.code_length)
+                    .bind(v.status.as_str())
+                    .bind(v.attempts_used)
+                    .bind(v.max_attempts)
+                    .bind(&v.locale)
+                    .bind(i64::from(v.is_test))
+                    .bind(v.created_at)
+                    .bind(v.updated_at)
+                    .bind(v.expires_at)
+                    .bind(v.verified_at)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(())
+                })
+            }))
+            .await
     }
 
     pub async fn verification(&self, id: &str) -> Result<Option<VerificationRow>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {VERIFICATION_COLUMNS} FROM verifications WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| verification_from_row(&r)).transpose()
+        let id = id.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let row = sqlx::query(&format!(
+                        "SELECT {VERIFICATION_COLUMNS} FROM verifications WHERE id = $1"
+                    ))
+                    .bind(&id)
+                    .fetch_optional(&mut *c)
+                    .await?;
+                    row.map(|r| verification_from_row(&r)).transpose()
+                })
+            }))
+            .await
     }
 
     /// Move a verification from one of `from` to `to`; false if it was in another state.
@@ -182,26 +220,36 @@ impl Store {
         to: Status,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let verified_at = (to == Status::Verified).then_some(now);
-        let done = sqlx::query(&format!(
-            "UPDATE verifications SET status = $1, updated_at = $2, \
-             verified_at = COALESCE($3, verified_at) \
-             WHERE id = $4 AND status IN ({})",
-            status_list(from)
-        ))
-        .bind(to.as_str())
-        .bind(now)
-        .bind(verified_at)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let (id, from) = (id.to_owned(), status_list(from));
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let verified_at = (to == Status::Verified).then_some(now);
+                    let done = sqlx::query(&format!(
+                        "UPDATE verifications SET status = $1, updated_at = $2, \
+                         verified_at = COALESCE($3, verified_at) \
+                         WHERE id = $4 AND status IN ({from})"
+                    ))
+                    .bind(to.as_str())
+                    .bind(now)
+                    .bind(verified_at)
+                    .bind(&id)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                })
+            }))
+            .await
     }
 
-    /// Start a call attempt by `daemon`: `pending` becomes `calling` and an attempt row is
-    /// opened, both or neither. `None` when the verification may not be called: unknown,
-    /// not `pending` (a verification is never in two calls at once), expired, out of
-    /// attempts, or its number or user locked out.
+    /// Start a call attempt by `daemon`: `pending` becomes `calling`, then an attempt row is
+    /// opened; returns the attempt and the verification. `None` when the verification may
+    /// not be called: unknown, not `pending` (a verification is never in two calls at once),
+    /// expired, out of attempts, or its number or user locked out.
+    ///
+    /// No transaction of its own, as this runs on every call: if the second statement fails
+    /// or the daemon dies between the two, the verification is `calling` with no open
+    /// attempt, which is undone here or by recovery at the next start.
     pub async fn begin_attempt(
         &self,
         id: &str,
@@ -209,37 +257,61 @@ impl Store {
         uniqueid: &str,
         daemon: &str,
         now: i64,
-    ) -> Result<Option<i64>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let claimed = sqlx::query(
-            "UPDATE verifications SET status = 'calling', updated_at = $1 \
-             WHERE id = $2 AND status = 'pending' AND expires_at > $1 \
-             AND attempts_used < max_attempts \
-             AND NOT EXISTS (SELECT 1 FROM lockouts l WHERE l.locked_until > $1 AND \
-                 ((l.kind = 'phone' AND l.subject = verifications.phone) OR \
-                  (l.kind = 'user' AND l.subject = verifications.user_ref)))",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        if claimed.rows_affected() != 1 {
-            return Ok(None);
-        }
-        let attempt: i64 = sqlx::query(
-            "INSERT INTO call_attempts (verification_id, channel, uniqueid, daemon, started_at) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        )
-        .bind(id)
-        .bind(channel)
-        .bind(uniqueid)
-        .bind(daemon)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
-        tx.commit().await?;
-        Ok(Some(attempt))
+    ) -> Result<Option<(i64, VerificationRow)>, StoreError> {
+        let (id, channel, uniqueid, daemon) = (
+            id.to_owned(),
+            channel.to_owned(),
+            uniqueid.to_owned(),
+            daemon.to_owned(),
+        );
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let claimed = sqlx::query(&format!(
+                        "UPDATE verifications SET status = 'calling', updated_at = $1 \
+                         WHERE id = $2 AND status = 'pending' AND expires_at > $1 \
+                         AND attempts_used < max_attempts \
+                         AND NOT EXISTS (SELECT 1 FROM lockouts l WHERE l.locked_until > $1 AND \
+                             ((l.kind = 'phone' AND l.subject = verifications.phone) OR \
+                              (l.kind = 'user' AND l.subject = verifications.user_ref))) \
+                         RETURNING {VERIFICATION_COLUMNS}"
+                    ))
+                    .bind(now)
+                    .bind(&id)
+                    .fetch_optional(&mut *c)
+                    .await?;
+                    let Some(row) = claimed else {
+                        return Ok(None);
+                    };
+                    let verification = verification_from_row(&row)?;
+                    let inserted = sqlx::query(
+                        "INSERT INTO call_attempts \
+                         (verification_id, channel, uniqueid, daemon, started_at) \
+                         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                    )
+                    .bind(&id)
+                    .bind(&channel)
+                    .bind(&uniqueid)
+                    .bind(&daemon)
+                    .bind(now)
+                    .fetch_one(&mut *c)
+                    .await;
+                    match inserted {
+                        Ok(row) => Ok(Some((row.try_get(0)?, verification))),
+                        Err(e) => {
+                            let _ = sqlx::query(
+                                "UPDATE verifications SET status = 'pending' \
+                                 WHERE id = $1 AND status = 'calling'",
+                            )
+                            .bind(&id)
+                            .execute(&mut *c)
+                            .await;
+                            Err(e.into())
+                        }
+                    }
+                })
+            }))
+            .await
     }
 
     /// Count one wrong entry of a verification in a call; when that uses up its attempts, it
@@ -252,40 +324,49 @@ impl Store {
         lock_until: i64,
         now: i64,
     ) -> Result<Option<i64>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let Some(row) = sqlx::query(
-            "UPDATE verifications SET attempts_used = attempts_used + 1, updated_at = $1 \
-             WHERE id = $2 AND status = 'calling' RETURNING attempts_used, max_attempts",
-        )
-        .bind(now)
-        .bind(&v.id)
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let (used, max): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-        if used >= max {
-            sqlx::query("UPDATE verifications SET status = 'failed' WHERE id = $1")
-                .bind(&v.id)
-                .execute(&mut *tx)
-                .await?;
-            for (kind, subject) in [("phone", &v.phone), ("user", &v.user_ref)] {
-                sqlx::query(
-                    "INSERT INTO lockouts (kind, subject, locked_until, verification_id, created_at) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(kind)
-                .bind(subject)
-                .bind(lock_until)
-                .bind(&v.id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(Some(used))
+        let (id, phone, user_ref) = (v.id.clone(), v.phone.clone(), v.user_ref.clone());
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let mut tx = c.begin().await?;
+                    let Some(row) = sqlx::query(
+                        "UPDATE verifications SET attempts_used = attempts_used + 1, \
+                         updated_at = $1 WHERE id = $2 AND status = 'calling' \
+                         RETURNING attempts_used, max_attempts",
+                    )
+                    .bind(now)
+                    .bind(&id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    else {
+                        return Ok(None);
+                    };
+                    let (used, max): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+                    if used >= max {
+                        sqlx::query("UPDATE verifications SET status = 'failed' WHERE id = $1")
+                            .bind(&id)
+                            .execute(&mut *tx)
+                            .await?;
+                        for (kind, subject) in [("phone", &phone), ("user", &user_ref)] {
+                            sqlx::query(
+                                "INSERT INTO lockouts \
+                                 (kind, subject, locked_until, verification_id, created_at) \
+                                 VALUES ($1, $2, $3, $4, $5)",
+                            )
+                            .bind(kind)
+                            .bind(subject)
+                            .bind(lock_until)
+                            .bind(&id)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                    }
+                    tx.commit().await?;
+                    Ok(Some(used))
+                })
+            }))
+            .await
     }
 
     /// The latest end of a lockout in force for this number or this user.
@@ -295,20 +376,27 @@ impl Store {
         user_ref: &str,
         now: i64,
     ) -> Result<Option<i64>, StoreError> {
-        let row = sqlx::query(
-            "SELECT MAX(locked_until) FROM lockouts WHERE locked_until > $1 AND \
-             ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))",
-        )
-        .bind(now)
-        .bind(phone)
-        .bind(user_ref)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get::<Option<i64>, _>(0)?)
+        let (phone, user_ref) = (phone.to_owned(), user_ref.to_owned());
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let row = sqlx::query(
+                        "SELECT MAX(locked_until) FROM lockouts WHERE locked_until > $1 AND \
+                         ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))",
+                    )
+                    .bind(now)
+                    .bind(&phone)
+                    .bind(&user_ref)
+                    .fetch_one(&mut *c)
+                    .await?;
+                    Ok(row.try_get::<Option<i64>, _>(0)?)
+                })
+            }))
+            .await
     }
 
-    /// Close an attempt with its outcome; a verification still `calling` goes back to
-    /// `pending` so that it can be called again.
+    /// Close an attempt with its outcome. A verification the call did not end (`calling`
+    /// still) goes back to `pending`, so that it can be called again.
     pub async fn finish_attempt(
         &self,
         attempt: i64,
@@ -316,50 +404,53 @@ impl Store {
         outcome: CallOutcome,
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE call_attempts SET ended_at = $1, outcome = $2 \
-             WHERE id = $3 AND ended_at IS NULL",
-        )
-        .bind(now)
-        .bind(outcome.as_str())
-        .bind(attempt)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE verifications SET status = 'pending', updated_at = $1 \
-             WHERE id = $2 AND status = 'calling'",
-        )
-        .bind(now)
-        .bind(verification_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let verification_id = verification_id.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    // The attempt first: a crash between the two leaves a `calling`
+                    // verification with no open attempt, which recovery puts back.
+                    sqlx::query(
+                        "UPDATE call_attempts SET ended_at = $1, outcome = $2 \
+                         WHERE id = $3 AND ended_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(outcome.as_str())
+                    .bind(attempt)
+                    .execute(&mut *c)
+                    .await?;
+                    if !outcome.ends_verification() {
+                        sqlx::query(
+                            "UPDATE verifications SET status = 'pending', updated_at = $1 \
+                             WHERE id = $2 AND status = 'calling'",
+                        )
+                        .bind(now)
+                        .bind(&verification_id)
+                        .execute(&mut *c)
+                        .await?;
+                    }
+                    Ok(())
+                })
+            }))
+            .await
     }
 
     pub async fn attempts(&self, verification_id: &str) -> Result<Vec<AttemptRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, verification_id, channel, uniqueid, started_at, ended_at, outcome \
-             FROM call_attempts WHERE verification_id = $1 ORDER BY id",
-        )
-        .bind(verification_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let outcome: Option<String> = r.try_get(6)?;
-                Ok(AttemptRow {
-                    id: r.try_get(0)?,
-                    verification_id: r.try_get(1)?,
-                    channel: r.try_get(2)?,
-                    uniqueid: r.try_get(3)?,
-                    started_at: r.try_get(4)?,
-                    ended_at: r.try_get(5)?,
-                    outcome: outcome.map(|o| parse_column("outcome", &o)).transpose()?,
+        let verification_id = verification_id.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let rows = sqlx::query(
+                        "SELECT id, verification_id, channel, uniqueid, started_at, ended_at, \
+                         outcome FROM call_attempts WHERE verification_id = $1 ORDER BY id",
+                    )
+                    .bind(&verification_id)
+                    .fetch_all(&mut *c)
+                    .await?;
+                    rows.iter().map(attempt_from_row).collect()
                 })
-            })
-            .collect()
+            }))
+            .await
     }
 
     /// After a crash: close as `interrupted` the attempts left open by `daemon` (which, now
@@ -373,31 +464,38 @@ impl Store {
         stale_before: i64,
         now: i64,
     ) -> Result<Recovered, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let attempts = sqlx::query(
-            "UPDATE call_attempts SET ended_at = $1, outcome = 'interrupted' \
-             WHERE ended_at IS NULL AND (daemon = $2 OR started_at < $3)",
-        )
-        .bind(now)
-        .bind(daemon)
-        .bind(stale_before)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let verifications = sqlx::query(
-            "UPDATE verifications SET status = 'pending', updated_at = $1 \
-             WHERE status = 'calling' AND NOT EXISTS (SELECT 1 FROM call_attempts a \
-                 WHERE a.verification_id = verifications.id AND a.ended_at IS NULL)",
-        )
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(Recovered {
-            attempts,
-            verifications,
-        })
+        let daemon = daemon.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let mut tx = c.begin().await?;
+                    let attempts = sqlx::query(
+                        "UPDATE call_attempts SET ended_at = $1, outcome = 'interrupted' \
+                         WHERE ended_at IS NULL AND (daemon = $2 OR started_at < $3)",
+                    )
+                    .bind(now)
+                    .bind(&daemon)
+                    .bind(stale_before)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    let verifications = sqlx::query(
+                        "UPDATE verifications SET status = 'pending', updated_at = $1 \
+                         WHERE status = 'calling' AND NOT EXISTS (SELECT 1 FROM call_attempts a \
+                             WHERE a.verification_id = verifications.id AND a.ended_at IS NULL)",
+                    )
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    tx.commit().await?;
+                    Ok(Recovered {
+                        attempts,
+                        verifications,
+                    })
+                })
+            }))
+            .await
     }
 }
 
@@ -425,6 +523,19 @@ fn parse_column<T: FromStr>(column: &'static str, value: &str) -> Result<T, Stor
     value.parse().map_err(|_| StoreError::Corrupt {
         column,
         value: value.to_owned(),
+    })
+}
+
+fn attempt_from_row(r: &sqlx::any::AnyRow) -> Result<AttemptRow, StoreError> {
+    let outcome: Option<String> = r.try_get(6)?;
+    Ok(AttemptRow {
+        id: r.try_get(0)?,
+        verification_id: r.try_get(1)?,
+        channel: r.try_get(2)?,
+        uniqueid: r.try_get(3)?,
+        started_at: r.try_get(4)?,
+        ended_at: r.try_get(5)?,
+        outcome: outcome.map(|o| parse_column("outcome", &o)).transpose()?,
     })
 }
 

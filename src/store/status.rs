@@ -72,6 +72,17 @@ stored_enum! {
     }
 }
 
+impl CallOutcome {
+    /// The call moved the verification out of `calling` itself (to verified, failed or
+    /// expired), so it need not be put back to `pending`.
+    pub fn ends_verification(self) -> bool {
+        matches!(
+            self,
+            CallOutcome::Verified | CallOutcome::LockedOut | CallOutcome::Expired
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

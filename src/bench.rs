@@ -1,0 +1,359 @@
+//! `callverify bench`: many concurrent emulated Asterisk sessions through the verify flow.
+//!
+//! 1. Throughput: `--sessions` calls, `--concurrency` at a time, each acknowledging with `#`
+//!    and keying the right code, against the daemon on a fresh SQLite store; then the same
+//!    number of sessions and round trips against a bare tokio line server that answers from
+//!    a fixed script with no store, as the yardstick.
+//! 2. Memory: the daemon as a child process (`callverify serve`) with `--waiting` calls all
+//!    waiting for input at once; its resident memory is read from /proc.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use callverify::config::Config;
+use callverify::daemon;
+use callverify::emulator::{Action, Call, Transcript};
+use callverify::store::Status;
+use callverify::verifications::{NewVerification, Verifications};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Sessions in the throughput run
+    #[arg(long, default_value_t = 20_000)]
+    sessions: usize,
+    /// Sessions in flight at once in the throughput run
+    #[arg(long, default_value_t = 100)]
+    concurrency: usize,
+    /// Sessions held waiting for input at once in the memory run (0 skips it)
+    #[arg(long, default_value_t = 10_000)]
+    waiting: usize,
+}
+
+/// The commands the bare server sends: as many round trips as the verify flow makes.
+const BARE_SCRIPT: &[&str] = &[
+    "ANSWER",
+    "STREAM FILE callverify/greeting #",
+    "GET DATA callverify/enter-code 5000 6",
+    "STREAM FILE callverify/verified \"\"",
+    "STREAM FILE goodbye \"\"",
+    "HANGUP",
+];
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
+    let dir = tempfile::tempdir().context("creating a scratch directory")?;
+    let config = bench_config(dir.path(), args.concurrency.max(args.waiting) + 64);
+    println!(
+        "callverify bench: {} sessions, {} at a time; {} waiting (SQLite, {} cores)",
+        args.sessions,
+        args.concurrency,
+        args.waiting,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    let daemon_run = throughput_daemon(&config, &args).await?;
+    daemon_run.print("daemon (verify flow, SQLite)");
+    let bare_run = throughput_bare(&args).await?;
+    bare_run.print("bare tokio line server");
+    println!(
+        "daemon / bare: {:.0}% of the bare server's sessions/s",
+        100.0 * daemon_run.per_sec() / bare_run.per_sec()
+    );
+    if args.waiting > 0 {
+        memory_run(&config, dir.path(), args.waiting).await?;
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn bench_config(dir: &Path, max_sessions: usize) -> Config {
+    let mut config = Config::default();
+    config.database.url = format!("sqlite://{}", dir.join("bench.db").display());
+    config.security.secret_file = dir.join("bench.secret").display().to_string();
+    config.agi.listen = "127.0.0.1:0".into();
+    config.agi.max_sessions = u32::try_from(max_sessions).unwrap_or(u32::MAX);
+    config.agi.reply_timeout_secs = 300;
+    config.database.max_connections = 1;
+    config
+}
+
+struct RunStats {
+    sessions: usize,
+    elapsed: Duration,
+    turnarounds: Vec<Duration>,
+}
+
+impl RunStats {
+    fn per_sec(&self) -> f64 {
+        self.sessions as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn print(&self, name: &str) {
+        let mut t = self.turnarounds.clone();
+        t.sort_unstable();
+        let pct = |p: f64| t[((t.len() as f64 * p) as usize).min(t.len() - 1)];
+        println!(
+            "{name}: {:.0} sessions/s ({} sessions in {:.2} s, {} round trips); \
+             command turnaround p50 {:?} p99 {:?}",
+            self.per_sec(),
+            self.sessions,
+            self.elapsed.as_secs_f64(),
+            t.len(),
+            pct(0.50),
+            pct(0.99)
+        );
+    }
+}
+
+/// New verifications with their codes.
+async fn create(service: &Verifications, n: usize) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let view = service
+            .start(NewVerification {
+                phone: "+14155550101".into(),
+                user_ref: format!("bench-{i}"),
+                ..Default::default()
+            })
+            .await?;
+        out.push((view.id, view.code.unwrap_or_default()));
+    }
+    Ok(out)
+}
+
+async fn drive(
+    addr: std::net::SocketAddr,
+    calls: Vec<Call>,
+    concurrency: usize,
+) -> anyhow::Result<(Duration, Vec<Transcript>)> {
+    let limit = Arc::new(Semaphore::new(concurrency));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(calls.len());
+    for call in calls {
+        let permit = limit.clone().acquire_owned().await?;
+        tasks.push(tokio::spawn(async move {
+            let t = call.run(addr).await;
+            drop(permit);
+            t
+        }));
+    }
+    let mut transcripts = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        transcripts.push(t.await??);
+    }
+    Ok((started.elapsed(), transcripts))
+}
+
+async fn throughput_daemon(config: &Config, args: &BenchArgs) -> anyhow::Result<RunStats> {
+    let service = daemon::open(config).await?;
+    let listener = daemon::bind(config).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = {
+        let (config, service) = (config.clone(), service.clone());
+        tokio::spawn(async move {
+            daemon::run(&config, service, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        })
+    };
+    let made = Instant::now();
+    let codes = create(&service, args.sessions).await?;
+    println!(
+        "created {} verifications in {:.2} s",
+        codes.len(),
+        made.elapsed().as_secs_f64()
+    );
+    let calls = codes
+        .iter()
+        .map(|(id, code)| Call::verify(id).press("#").press(code))
+        .collect();
+    let (elapsed, transcripts) = drive(addr, calls, args.concurrency).await?;
+    for (id, _) in codes.iter().step_by((codes.len() / 50).max(1)) {
+        if service.get(id).await?.status != Status::Verified {
+            bail!("verification {id} did not end verified: the benchmark is not valid");
+        }
+    }
+    let _ = stop.send(());
+    server.await??;
+    Ok(RunStats {
+        sessions: transcripts.len(),
+        elapsed,
+        turnarounds: transcripts
+            .into_iter()
+            .flat_map(|t| t.turnarounds)
+            .collect(),
+    })
+}
+
+async fn throughput_bare(args: &BenchArgs) -> anyhow::Result<RunStats> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(bare_session(stream));
+        }
+    });
+    let calls = (0..args.sessions)
+        .map(|_| Call::verify("vf_bench").press("#").press("123456"))
+        .collect();
+    let (elapsed, transcripts) = drive(addr, calls, args.concurrency).await?;
+    server.abort();
+    Ok(RunStats {
+        sessions: transcripts.len(),
+        elapsed,
+        turnarounds: transcripts
+            .into_iter()
+            .flat_map(|t| t.turnarounds)
+            .collect(),
+    })
+}
+
+/// Read the environment block, then send the fixed script, one reply per command.
+async fn bare_session(stream: TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if read.read_line(&mut line).await? == 0 || line == "\n" {
+            break;
+        }
+    }
+    for command in BARE_SCRIPT {
+        write.write_all(command.as_bytes()).await?;
+        write.write_all(b"\n").await?;
+        loop {
+            line.clear();
+            if read.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            if line != "HANGUP\n" {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn memory_run(config: &Config, dir: &Path, waiting: usize) -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .current_dir(dir)
+        .env("CALLVERIFY_DATABASE_URL", &config.database.url)
+        .env(
+            "CALLVERIFY_SECURITY_SECRET_FILE",
+            &config.security.secret_file,
+        )
+        .env("CALLVERIFY_AGI_LISTEN", addr.to_string())
+        .env(
+            "CALLVERIFY_AGI_MAX_SESSIONS",
+            config.agi.max_sessions.to_string(),
+        )
+        .env("CALLVERIFY_AGI_REPLY_TIMEOUT_SECS", "600")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting `callverify serve` for the memory run")?;
+    let pid = child.id().context("daemon pid")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("the daemon did not start listening on {addr}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let idle_kib = proc_status_kib(pid, "VmRSS:")?;
+    let service = daemon::open(config).await?;
+    let codes = create(&service, waiting).await?;
+    let (go, hold) = watch::channel(false);
+    let calls: Vec<Call> = codes
+        .iter()
+        .map(|(id, code)| {
+            Call::verify(id)
+                .press("#")
+                .then(Action::Hold(hold.clone()))
+                .press(code)
+        })
+        .collect();
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(calls.len());
+    for call in calls {
+        tasks.push(tokio::spawn(call.run(addr)));
+    }
+    // All waiting: every call has a call attempt open.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let calling = count_status(&service, &codes, Status::Calling).await?;
+        if calling == waiting {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {calling} of {waiting} sessions reached the code prompt");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let the last ones get from the code prompt's start to waiting on it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_kib = proc_status_kib(pid, "VmRSS:")?;
+    println!(
+        "memory: {waiting} sessions waiting for input after {:.1} s: daemon RSS {:.1} MiB \
+         (idle {:.1} MiB, {:.1} KiB per session)",
+        started.elapsed().as_secs_f64(),
+        rss_kib as f64 / 1024.0,
+        idle_kib as f64 / 1024.0,
+        (rss_kib - idle_kib) as f64 / waiting as f64
+    );
+    go.send(true)?;
+    for t in tasks {
+        t.await??;
+    }
+    let peak_kib = proc_status_kib(pid, "VmHWM:")?;
+    let verified = count_status(&service, &codes, Status::Verified).await?;
+    println!(
+        "memory: all released; {verified} of {waiting} verified; daemon peak RSS {:.1} MiB",
+        peak_kib as f64 / 1024.0
+    );
+    child.start_kill()?;
+    child.wait().await?;
+    Ok(())
+}
+
+async fn count_status(
+    service: &Verifications,
+    codes: &[(String, String)],
+    status: Status,
+) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for (id, _) in codes {
+        n += usize::from(service.get(id).await?.status == status);
+    }
+    Ok(n)
+}
+
+/// A `kB` field of /proc/PID/status, e.g. `VmRSS:` or `VmHWM:`.
+fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .context("reading the daemon's memory from /proc (Linux only)")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
