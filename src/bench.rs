@@ -127,11 +127,12 @@ async fn create(service: &Verifications, n: usize) -> anyhow::Result<Vec<(String
     Ok(out)
 }
 
+/// Run `calls` against `addr`, `concurrency` at a time.
 async fn drive(
     addr: std::net::SocketAddr,
     calls: Vec<Call>,
     concurrency: usize,
-) -> anyhow::Result<(Duration, Vec<Transcript>)> {
+) -> anyhow::Result<RunStats> {
     let limit = Arc::new(Semaphore::new(concurrency));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(calls.len());
@@ -143,11 +144,17 @@ async fn drive(
             t
         }));
     }
-    let mut transcripts = Vec::with_capacity(tasks.len());
+    let mut turnarounds = Vec::new();
+    let sessions = tasks.len();
     for t in tasks {
-        transcripts.push(t.await??);
+        let transcript: Transcript = t.await??;
+        turnarounds.extend(transcript.turnarounds);
     }
-    Ok((started.elapsed(), transcripts))
+    Ok(RunStats {
+        sessions,
+        elapsed: started.elapsed(),
+        turnarounds,
+    })
 }
 
 async fn throughput_daemon(config: &Config, args: &BenchArgs) -> anyhow::Result<RunStats> {
@@ -175,7 +182,7 @@ async fn throughput_daemon(config: &Config, args: &BenchArgs) -> anyhow::Result<
         .iter()
         .map(|(id, code)| Call::verify(id).press("#").press(code))
         .collect();
-    let (elapsed, transcripts) = drive(addr, calls, args.concurrency).await?;
+    let stats = drive(addr, calls, args.concurrency).await?;
     for (id, _) in codes.iter().step_by((codes.len() / 50).max(1)) {
         if service.get(id).await?.status != Status::Verified {
             bail!("verification {id} did not end verified: the benchmark is not valid");
@@ -183,14 +190,7 @@ async fn throughput_daemon(config: &Config, args: &BenchArgs) -> anyhow::Result<
     }
     let _ = stop.send(());
     server.await??;
-    Ok(RunStats {
-        sessions: transcripts.len(),
-        elapsed,
-        turnarounds: transcripts
-            .into_iter()
-            .flat_map(|t| t.turnarounds)
-            .collect(),
-    })
+    Ok(stats)
 }
 
 async fn throughput_bare(args: &BenchArgs) -> anyhow::Result<RunStats> {
@@ -207,16 +207,9 @@ async fn throughput_bare(args: &BenchArgs) -> anyhow::Result<RunStats> {
     let calls = (0..args.sessions)
         .map(|_| Call::verify("vf_bench").press("#").press("123456"))
         .collect();
-    let (elapsed, transcripts) = drive(addr, calls, args.concurrency).await?;
+    let stats = drive(addr, calls, args.concurrency).await;
     server.abort();
-    Ok(RunStats {
-        sessions: transcripts.len(),
-        elapsed,
-        turnarounds: transcripts
-            .into_iter()
-            .flat_map(|t| t.turnarounds)
-            .collect(),
-    })
+    stats
 }
 
 /// Read the environment block, then send the fixed script, one reply per command.
