@@ -386,6 +386,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid_and_says_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("callverify.example.toml");
+        let example = Config::load(Some(&path), env(&[])).unwrap();
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        assert_eq!(toml::Value::try_from(example).unwrap(), defaults);
+    }
+
+    #[test]
     fn clear_errors() {
         let bad_num = Config::load(
             Some(Path::new("/dev/null")),
