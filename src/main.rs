@@ -42,6 +42,8 @@ enum Command {
     /// Create and inspect verifications
     #[command(subcommand)]
     Verify(VerifyCommand),
+    /// List the prompts the calls play, with their words per language
+    Prompts(PromptsArgs),
     /// Measure the daemon under many concurrent emulated Asterisk sessions
     Bench(bench::BenchArgs),
 }
@@ -73,6 +75,13 @@ struct StartArgs {
     /// Print JSON, as the HTTP API does
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct PromptsArgs {
+    /// Print tab-separated lines: language, file, core|callverify, text (for scripts)
+    #[arg(long)]
+    tsv: bool,
 }
 
 #[derive(Args)]
@@ -113,6 +122,29 @@ fn init_logging(quiet: bool) {
         .init();
 }
 
+/// The prompt catalogue, for people (a table) or for the prompt-generation script (TSV).
+fn print_prompts(tsv: bool) {
+    use callverify::flow::prompts::{Prompt, LANGUAGES};
+    for language in LANGUAGES {
+        for prompt in Prompt::ALL {
+            let kind = if prompt.is_core_sound() {
+                "core"
+            } else {
+                "callverify"
+            };
+            if tsv {
+                println!(
+                    "{language}\t{}\t{kind}\t{}",
+                    prompt.file(),
+                    prompt.text(language)
+                );
+            } else {
+                println!("{language}  {:34} {}", prompt.file(), prompt.text(language));
+            }
+        }
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config =
         Config::load(cli.config.as_deref(), std::env::vars()).context("invalid configuration")?;
@@ -134,6 +166,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Verify(command) => verify(&config, command).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Prompts(args) => {
+            print_prompts(args.tsv);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

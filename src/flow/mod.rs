@@ -14,6 +14,9 @@ use crate::agi::{AgiError, Handler, Session};
 use crate::verifications::{Verifications, VerifyError};
 use prompts::Prompt;
 
+/// The FastAGI scripts the daemon serves (`agi://HOST:PORT/<script>`).
+pub const SCRIPTS: &[&str] = &["verify"];
+
 /// Timing and patience of the flows.
 #[derive(Debug, Clone)]
 pub struct FlowSettings {

@@ -17,9 +17,20 @@ pub enum Prompt {
     Expired,
     NotAvailable,
     TechnicalProblem,
+    /// The QA line says the test code after this.
+    TestCodeIs,
+    SupportWelcome,
+    SupportMenu,
+    SupportClosed,
+    SupportInstructions,
+    SupportThanks,
+    SupportNoMessage,
     /// Asterisk's stock core sound.
     Goodbye,
 }
+
+/// Languages the catalogue has words for (and `asterisk/sounds/` ships recordings of).
+pub const LANGUAGES: &[&str] = &["en", "es"];
 
 impl Prompt {
     pub const ALL: &'static [Prompt] = &[
@@ -35,6 +46,13 @@ impl Prompt {
         Prompt::Expired,
         Prompt::NotAvailable,
         Prompt::TechnicalProblem,
+        Prompt::TestCodeIs,
+        Prompt::SupportWelcome,
+        Prompt::SupportMenu,
+        Prompt::SupportClosed,
+        Prompt::SupportInstructions,
+        Prompt::SupportThanks,
+        Prompt::SupportNoMessage,
         Prompt::Goodbye,
     ];
 
@@ -53,8 +71,20 @@ impl Prompt {
             Prompt::Expired => "callverify/expired",
             Prompt::NotAvailable => "callverify/not-available",
             Prompt::TechnicalProblem => "callverify/technical-problem",
+            Prompt::TestCodeIs => "callverify/test-code-is",
+            Prompt::SupportWelcome => "callverify/support-welcome",
+            Prompt::SupportMenu => "callverify/support-menu",
+            Prompt::SupportClosed => "callverify/support-closed",
+            Prompt::SupportInstructions => "callverify/support-instructions",
+            Prompt::SupportThanks => "callverify/support-thanks",
+            Prompt::SupportNoMessage => "callverify/support-no-message",
             Prompt::Goodbye => "goodbye",
         }
+    }
+
+    /// Asterisk's stock core sounds ship with Asterisk; the rest ship in `asterisk/sounds/`.
+    pub fn is_core_sound(self) -> bool {
+        !self.file().starts_with("callverify/")
     }
 
     /// The words of the prompt in `language` (`en`, `es`); English when there is no text for
@@ -108,6 +138,34 @@ impl Prompt {
             Prompt::TechnicalProblem => (
                 "We are sorry, we cannot verify your number right now because of a technical problem. Please try again later.",
                 "Lo sentimos, no podemos verificar su número ahora por un problema técnico. Inténtelo más tarde.",
+            ),
+            Prompt::TestCodeIs => (
+                "This is a test call. Your test code is",
+                "Esta es una llamada de prueba. Su código de prueba es",
+            ),
+            Prompt::SupportWelcome => (
+                "Thank you for calling phone verification support.",
+                "Gracias por llamar al servicio de asistencia de verificación telefónica.",
+            ),
+            Prompt::SupportMenu => (
+                "To speak with a member of our staff, press 1. To leave a message for manual verification, press 2.",
+                "Para hablar con una persona de nuestro equipo, pulse 1. Para dejar un mensaje de verificación manual, pulse 2.",
+            ),
+            Prompt::SupportClosed => (
+                "Our staff answer calls Monday to Friday, from 5 AM to 5 PM Pacific time. Messages are accepted 24 hours a day.",
+                "Nuestro equipo atiende de lunes a viernes, de 5 de la mañana a 5 de la tarde, hora del Pacífico. Aceptamos mensajes las 24 horas.",
+            ),
+            Prompt::SupportInstructions => (
+                "After the tone, say that you want your number verified. Then say your username, spell your username, and say your registered email address. Press the pound key when you are done.",
+                "Después del tono, diga que quiere verificar su número. Luego diga su nombre de usuario, deletréelo y diga su correo electrónico registrado. Pulse la tecla numeral al terminar.",
+            ),
+            Prompt::SupportThanks => (
+                "Thank you. Your message has been recorded. Our staff will verify your number and let you know.",
+                "Gracias. Su mensaje ha sido grabado. Nuestro equipo verificará su número y se lo comunicará.",
+            ),
+            Prompt::SupportNoMessage => (
+                "We did not hear a message.",
+                "No hemos oído ningún mensaje.",
             ),
             Prompt::Goodbye => ("Goodbye.", "Adiós."),
         };
