@@ -12,6 +12,11 @@ use subtle::ConstantTimeEq;
 /// Allowed code lengths.
 pub const LENGTHS: std::ops::RangeInclusive<u32> = 4..=10;
 
+/// Whether `code` could be a code: 4 to 10 decimal digits.
+pub fn is_valid_code(code: &str) -> bool {
+    LENGTHS.contains(&(code.len() as u32)) && code.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// A fresh code of `length` decimal digits (leading zeros allowed).
 pub fn generate(length: u32) -> String {
     (0..length)

@@ -24,6 +24,15 @@ pub struct Config {
     pub verification: VerificationSection,
     pub security: SecuritySection,
     pub dialer: DialerSection,
+    pub qa: QaSection,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QaSection {
+    /// Code of the QA line's test verifications (so a scripted caller can key it); when
+    /// empty, a random code that the call says first.
+    pub code: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,6 +199,9 @@ impl Config {
         if v.max_attempts == 0 {
             return invalid("verification.max_attempts", "must be at least 1");
         }
+        if !self.qa.code.is_empty() && !crate::codes::is_valid_code(&self.qa.code) {
+            return invalid("qa.code", "must be 4 to 10 digits");
+        }
         if !self.security.secret.is_empty() && self.security.secret.len() < 16 {
             return invalid("security.secret", "must be at least 16 characters");
         }
@@ -251,6 +263,7 @@ impl Config {
             ack_wait: Duration::from_millis(v.ack_wait_ms),
             entry_silences: v.entry_silences.max(1),
             digit_timeout: Duration::from_millis(v.digit_timeout_ms),
+            qa_code: Some(self.qa.code.clone()).filter(|c| !c.is_empty()),
         }
     }
 

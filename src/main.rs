@@ -183,7 +183,6 @@ async fn verify(config: &Config, command: VerifyCommand) -> anyhow::Result<ExitC
                     user_ref: a.user_ref,
                     locale: a.locale,
                     code_length: a.code_length,
-                    is_test: false,
                 })
                 .await,
             a.json,

@@ -63,7 +63,6 @@ pub struct NewVerification {
     pub user_ref: String,
     pub locale: Option<String>,
     pub code_length: Option<u32>,
-    pub is_test: bool,
 }
 
 /// A verification as shown to the web app (never with its code, except at creation).
@@ -163,34 +162,72 @@ impl Verifications {
             return Err(VerifyError::InvalidCodeLength(code_length));
         }
         let locale = validate_locale(new.locale.as_deref())?;
-        let now = now_ms();
         if let Some(retry_at) = self
             .store
-            .locked_until(phone.as_str(), user_ref, now)
+            .locked_until(phone.as_str(), user_ref, now_ms())
             .await?
         {
             return Err(VerifyError::LockedOut { retry_at });
         }
+        let view = self
+            .create(
+                phone.as_str(),
+                user_ref,
+                codes::generate(code_length),
+                locale,
+                false,
+            )
+            .await?;
+        tracing::info!(verification = %view.id, phone = %phone.masked(), "verification created");
+        Ok(view)
+    }
+
+    /// A throw-away verification for a QA test call on `channel_id` (its uniqueid), with
+    /// `code` (e.g. from `qa.code`, so a scripted caller can key it) or a random one. It is
+    /// marked as a test and its number and user are the call's own, so that its lockouts
+    /// touch no real user.
+    pub async fn start_test(
+        &self,
+        channel_id: &str,
+        code: Option<&str>,
+    ) -> Result<View, VerifyError> {
+        let code = match code {
+            Some(c) if codes::is_valid_code(c) => c.to_owned(),
+            Some(c) => return Err(VerifyError::InvalidCodeLength(c.len() as u32)),
+            None => codes::generate(self.policy.code_length),
+        };
+        let subject = format!("qa:{}", channel_id.chars().take(64).collect::<String>());
+        self.create(&subject, &subject, code, "en".into(), true)
+            .await
+    }
+
+    async fn create(
+        &self,
+        phone: &str,
+        user_ref: &str,
+        code: String,
+        locale: String,
+        is_test: bool,
+    ) -> Result<View, VerifyError> {
+        let now = now_ms();
         let id = new_id();
-        let code = codes::generate(code_length);
         let row = VerificationRow {
             code_hash: self.hasher.hash(&id, &code),
             id,
-            phone: phone.as_str().to_owned(),
+            phone: phone.to_owned(),
             user_ref: user_ref.to_owned(),
-            code_length: code_length.into(),
+            code_length: code.len() as i64,
             status: Status::Pending,
             attempts_used: 0,
             max_attempts: self.policy.max_attempts.into(),
             locale,
-            is_test: new.is_test,
+            is_test,
             created_at: now,
             updated_at: now,
             expires_at: now + millis(self.policy.code_ttl),
             verified_at: None,
         };
         self.store.insert_verification(&row).await?;
-        tracing::info!(verification = %row.id, phone = %phone.masked(), "verification created");
         let mut view = view(&row);
         view.code = Some(code);
         Ok(view)

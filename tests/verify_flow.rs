@@ -372,6 +372,49 @@ async fn expired_verification(db: Db) {
     d.stop().await;
 }
 
+async fn qa_line_with_a_configured_code(db: Db) {
+    let d = common::start_with(db, |c| c.qa.code = "4821".into()).await;
+    let t = Call::with_env(callverify::emulator::outbound_env("qa", &[]))
+        .press("#")
+        .press("4821")
+        .run(d.addr)
+        .await
+        .unwrap();
+    assert_eq!(t.count_prompt(Prompt::TestCodeIs.file()), 0);
+    assert_eq!(t.count_prompt(Prompt::Verified.file()), 1);
+    assert!(t.closed_by_daemon);
+    d.stop().await;
+}
+
+async fn qa_line_says_a_random_code_and_locks_out_no_real_user(db: Db) {
+    let d = common::start(db).await;
+    let t = Call::with_env(callverify::emulator::outbound_env("qa", &[]))
+        .press("#")
+        .press("0000000")
+        .press("0000000")
+        .press("0000000")
+        .run(d.addr)
+        .await
+        .unwrap();
+    let said = t
+        .commands
+        .iter()
+        .find_map(|c| c.strip_prefix("SAY DIGITS "))
+        .expect("the test code is said");
+    let code = said.split(' ').next().unwrap();
+    assert_eq!(code.len(), 6, "{said}");
+    let test_code_is = t
+        .commands
+        .iter()
+        .position(|c| c.contains(Prompt::TestCodeIs.file()))
+        .unwrap();
+    assert!(t.commands[test_code_is + 1].starts_with("SAY DIGITS"));
+    assert_eq!(t.count_prompt(Prompt::LockedOut.file()), 1);
+    // The lockout is the test call's own: real numbers and users are untouched.
+    d.new_verification(PHONE, "alice").await;
+    d.stop().await;
+}
+
 on_both_backends!(
     happy_path,
     right_on_third_try,
@@ -385,4 +428,6 @@ on_both_backends!(
     missing_prompt_is_not_a_hang_up,
     unknown_and_missing_ids,
     expired_verification,
+    qa_line_with_a_configured_code,
+    qa_line_says_a_random_code_and_locks_out_no_real_user,
 );

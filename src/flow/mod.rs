@@ -3,6 +3,7 @@
 
 pub mod entry;
 pub mod prompts;
+pub mod qa;
 pub mod verify;
 
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use crate::verifications::{Verifications, VerifyError};
 use prompts::Prompt;
 
 /// The FastAGI scripts the daemon serves (`agi://HOST:PORT/<script>`).
-pub const SCRIPTS: &[&str] = &["verify"];
+pub const SCRIPTS: &[&str] = &["verify", "qa"];
 
 /// Timing and patience of the flows.
 #[derive(Debug, Clone)]
@@ -28,6 +29,8 @@ pub struct FlowSettings {
     pub entry_silences: u32,
     /// GET DATA's wait for each key.
     pub digit_timeout: Duration,
+    /// The QA line's fixed test code, if configured.
+    pub qa_code: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +67,7 @@ impl Handler for Router {
                     goodbye(session, Prompt::NotAvailable).await
                 }
             },
+            "qa" => qa::run(session, &self.service, &self.settings).await,
             other => {
                 tracing::warn!(script = other, "unknown FastAGI script");
                 let message = format!("callverify: unknown script {other}");
