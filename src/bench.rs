@@ -77,8 +77,12 @@ fn bench_config(dir: &Path, max_sessions: usize) -> Config {
     config.database.url = format!("sqlite://{}", dir.join("bench.db").display());
     config.security.secret_file = dir.join("bench.secret").display().to_string();
     config.agi.listen = "127.0.0.1:0".into();
+    config.http.listen = "127.0.0.1:0".into();
     config.agi.max_sessions = u32::try_from(max_sessions).unwrap_or(u32::MAX);
     config.agi.reply_timeout_secs = 300;
+    // Every bench call is for one number and a few users: no rate limits here.
+    config.verification.max_per_number_per_hour = u32::MAX;
+    config.verification.max_per_user_per_hour = u32::MAX;
     config.database.max_connections = 1;
     config
 }
@@ -121,7 +125,8 @@ async fn create(service: &Verifications, n: usize) -> anyhow::Result<Vec<(String
                 user_ref: format!("bench-{i}"),
                 ..Default::default()
             })
-            .await?;
+            .await?
+            .view;
         out.push((view.id, view.code.unwrap_or_default()));
     }
     Ok(out)
@@ -159,13 +164,13 @@ async fn drive(
 
 async fn throughput_daemon(config: &Config, args: &BenchArgs) -> anyhow::Result<RunStats> {
     let service = daemon::open(config).await?;
-    let listener = daemon::bind(config).await?;
-    let addr = listener.local_addr()?;
+    let listeners = daemon::bind(config).await?;
+    let addr = listeners.agi.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = {
         let (config, service) = (config.clone(), service.clone());
         tokio::spawn(async move {
-            daemon::run(&config, service, listener, async {
+            daemon::run(&config, service, listeners, async {
                 let _ = stopped.await;
             })
             .await
@@ -254,6 +259,7 @@ async fn memory_run(config: &Config, dir: &Path, waiting: usize) -> anyhow::Resu
             &config.security.secret_file,
         )
         .env("CALLVERIFY_AGI_LISTEN", addr.to_string())
+        .env("CALLVERIFY_HTTP_LISTEN", "127.0.0.1:0")
         .env(
             "CALLVERIFY_AGI_MAX_SESSIONS",
             config.agi.max_sessions.to_string(),

@@ -20,6 +20,7 @@ pub const DEFAULT_FILE: &str = "callverify.toml";
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub agi: AgiSection,
+    pub http: HttpSection,
     pub database: DatabaseSection,
     pub verification: VerificationSection,
     pub security: SecuritySection,
@@ -62,6 +63,24 @@ impl Default for AgiSection {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// The web app's JSON API (and, later, the support console).
+    pub listen: String,
+    /// Larger request bodies are refused with 413.
+    pub max_body_bytes: u64,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DatabaseSection {
     /// `sqlite://FILE` or `postgres://USER:PASSWORD@HOST/DB`.
     pub url: String,
@@ -88,6 +107,9 @@ pub struct VerificationSection {
     pub ack_wait_ms: u64,
     pub entry_silences: u32,
     pub digit_timeout_ms: u64,
+    pub max_per_number_per_hour: u32,
+    pub max_per_user_per_hour: u32,
+    pub max_per_api_key_per_hour: u32,
 }
 
 impl Default for VerificationSection {
@@ -101,6 +123,9 @@ impl Default for VerificationSection {
             ack_wait_ms: 5000,
             entry_silences: 3,
             digit_timeout_ms: 5000,
+            max_per_number_per_hour: 5,
+            max_per_user_per_hour: 5,
+            max_per_api_key_per_hour: 1000,
         }
     }
 }
@@ -192,6 +217,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.agi_listen()?;
         self.agi_server()?;
+        self.http_listen()?;
         let v = &self.verification;
         if !crate::codes::LENGTHS.contains(&v.code_length) {
             return invalid("verification.code_length", "must be between 4 and 10");
@@ -214,6 +240,16 @@ impl Config {
             message: format!(
                 "{:?} is not HOST:PORT, e.g. 127.0.0.1:4573",
                 self.agi.listen
+            ),
+        })
+    }
+
+    pub fn http_listen(&self) -> Result<SocketAddr, ConfigError> {
+        self.http.listen.parse().map_err(|_| ConfigError::Invalid {
+            key: "http.listen",
+            message: format!(
+                "{:?} is not HOST:PORT, e.g. 127.0.0.1:8080",
+                self.http.listen
             ),
         })
     }
@@ -253,6 +289,9 @@ impl Config {
             code_ttl: Duration::from_secs(v.code_ttl_secs),
             max_attempts: v.max_attempts,
             lockout: Duration::from_secs(v.lockout_secs),
+            per_number_per_hour: v.max_per_number_per_hour,
+            per_user_per_hour: v.max_per_user_per_hour,
+            per_key_per_hour: v.max_per_api_key_per_hour,
         }
     }
 

@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::api::ApiState;
 use crate::codes::{server_key, CodeHasher};
 use crate::config::{Config, ConfigError};
 use crate::flow::Router;
+use crate::keys::ApiKeys;
 use crate::store::{Store, StoreError};
 use crate::verifications::{Verifications, VerifyError};
 
@@ -26,11 +28,14 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot listen for FastAGI on {addr}: {source} (is another callverify running? set agi.listen)")]
+    #[error("cannot listen for {what} on {addr}: {source} (is another callverify running?)")]
     Bind {
+        what: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("the HTTP API failed: {0}")]
+    Http(std::io::Error),
 }
 
 /// Open the store (applying migrations) and build the verification rules on it.
@@ -61,20 +66,30 @@ fn daemon_name(config: &Config) -> String {
     format!("{host}/{}", config.agi.listen)
 }
 
-/// Bind the FastAGI listener (separately, so that a caller can learn the port when it asked
-/// for port 0).
-pub async fn bind(config: &Config) -> Result<TcpListener, DaemonError> {
-    let addr = config.agi_listen()?;
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| DaemonError::Bind { addr, source })
+/// The daemon's listening sockets, bound before it runs (so that a caller can learn the
+/// ports when it asked for port 0).
+pub struct Listeners {
+    pub agi: TcpListener,
+    pub http: TcpListener,
 }
 
-/// Run the daemon on `listener` until `shutdown` completes and calls in progress are done.
+pub async fn bind(config: &Config) -> Result<Listeners, DaemonError> {
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Bind { what, addr, source })
+    };
+    Ok(Listeners {
+        agi: bind(config.agi_listen()?, "FastAGI (agi.listen)").await?,
+        http: bind(config.http_listen()?, "the HTTP API (http.listen)").await?,
+    })
+}
+
+/// Run the daemon until `shutdown` completes and calls in progress are done.
 pub async fn run(
     config: &Config,
     service: Arc<Verifications>,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let recovered = service.recover_interrupted().await?;
@@ -86,12 +101,38 @@ pub async fn run(
         );
     }
     let router = Arc::new(Router::new(service.clone(), config.flow_settings()));
+    let api = Arc::new(ApiState::new(
+        service.clone(),
+        ApiKeys::new(service.store().clone()),
+        usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX),
+    ));
+    let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
-        agi = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        agi = %local(&listeners.agi),
+        http = %local(&listeners.http),
         database = ?service.store().backend(),
-        "callverify serving FastAGI"
+        "callverify serving"
     );
-    crate::agi::serve(listener, config.agi_server()?, router, shutdown).await;
+    // One shutdown signal, seen by every server.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let http = tokio::spawn(crate::api::serve(
+        listeners.http,
+        api,
+        wait(stopped.clone()),
+    ));
+    let agi = crate::agi::serve(listeners.agi, config.agi_server()?, router, wait(stopped));
+    let signal = async {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    tokio::join!(agi, signal);
+    match http.await {
+        Ok(result) => result.map_err(DaemonError::Http)?,
+        Err(e) => tracing::error!(error = %e, "the HTTP API task failed"),
+    }
     tracing::info!("callverify stopped");
     Ok(())
 }

@@ -4,11 +4,13 @@
 //! holds the rules, `store` persists them, `daemon` wires them together.
 
 pub mod agi;
+pub mod api;
 pub mod codes;
 pub mod config;
 pub mod daemon;
 pub mod emulator;
 pub mod flow;
+pub mod keys;
 pub mod phone;
 pub mod store;
 pub mod verifications;

@@ -42,6 +42,9 @@ enum Command {
     /// Create and inspect verifications
     #[command(subcommand)]
     Verify(VerifyCommand),
+    /// Manage the web app's API keys
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// List the prompts the calls play, with their words per language
     Prompts(PromptsArgs),
     /// Measure the daemon under many concurrent emulated Asterisk sessions
@@ -75,6 +78,20 @@ struct StartArgs {
     /// Print JSON, as the HTTP API does
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; prints it once (the store keeps only its hash)
+    Create {
+        /// What the key is for, e.g. "web app production"
+        #[arg(long)]
+        name: String,
+    },
+    /// List keys (without their secrets)
+    List,
+    /// Revoke a key by its id (key_...)
+    Revoke { id: String },
 }
 
 #[derive(Args)]
@@ -122,6 +139,49 @@ fn init_logging(quiet: bool) {
         .init();
 }
 
+async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode> {
+    let service = daemon::open(config).await?;
+    let keys = callverify::keys::ApiKeys::new(service.store().clone());
+    let code = match command {
+        KeysCommand::Create { name } => {
+            let (row, secret) = keys.create(&name).await?;
+            eprintln!(
+                "created API key {} ({}); it is shown only now:",
+                row.id, row.name
+            );
+            println!("{secret}");
+            ExitCode::SUCCESS
+        }
+        KeysCommand::List => {
+            for k in keys.list().await? {
+                let state = match k.revoked_at {
+                    Some(at) => format!("revoked {}", callverify::verifications::rfc3339(at)),
+                    None => "active".into(),
+                };
+                println!(
+                    "{}  {}  created {}  {}",
+                    k.id,
+                    state,
+                    callverify::verifications::rfc3339(k.created_at),
+                    k.name
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        KeysCommand::Revoke { id } => {
+            if keys.revoke(&id).await? {
+                println!("revoked {id}");
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("error: no active key {id:?} (see `callverify keys list`)");
+                ExitCode::FAILURE
+            }
+        }
+    };
+    service.store().close().await;
+    Ok(code)
+}
+
 /// The prompt catalogue, for people (a table) or for the prompt-generation script (TSV).
 fn print_prompts(tsv: bool) {
     use callverify::flow::prompts::{Prompt, LANGUAGES};
@@ -151,8 +211,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve => {
             let service = daemon::open(&config).await?;
-            let listener = daemon::bind(&config).await?;
-            daemon::run(&config, service.clone(), listener, shutdown_signal()).await?;
+            let listeners = daemon::bind(&config).await?;
+            daemon::run(&config, service.clone(), listeners, shutdown_signal()).await?;
             service.store().close().await;
             Ok(ExitCode::SUCCESS)
         }
@@ -165,6 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify(command) => verify(&config, command).await,
+        Command::Keys(command) => keys(&config, command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Prompts(args) => {
             print_prompts(args.tsv);
@@ -183,8 +244,10 @@ async fn verify(config: &Config, command: VerifyCommand) -> anyhow::Result<ExitC
                     user_ref: a.user_ref,
                     locale: a.locale,
                     code_length: a.code_length,
+                    ..Default::default()
                 })
-                .await,
+                .await
+                .map(|started| started.view),
             a.json,
         ),
         VerifyCommand::Status(a) => (service.get(&a.id).await, a.json),

@@ -12,7 +12,9 @@ use time::OffsetDateTime;
 
 use crate::codes::{self, CodeHasher};
 use crate::phone::{PhoneError, PhoneNumber, PhonePolicy};
-use crate::store::{CallOutcome, Recovered, Status, Store, StoreError, VerificationRow};
+use crate::store::{
+    CallOutcome, Idempotent, RateSubject, Recovered, Status, Store, StoreError, VerificationRow,
+};
 
 /// Tunables of the verification rules.
 #[derive(Debug, Clone)]
@@ -21,6 +23,10 @@ pub struct Policy {
     pub code_ttl: Duration,
     pub max_attempts: u32,
     pub lockout: Duration,
+    /// Verifications one number, one user, one API key may start in an hour.
+    pub per_number_per_hour: u32,
+    pub per_user_per_hour: u32,
+    pub per_key_per_hour: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +43,19 @@ pub enum VerifyError {
     LockedOut { retry_at: i64 },
     #[error("no verification with id {0:?}")]
     NotFound(String),
+    #[error("too many verifications for this {subject}: try again after {}", rfc3339(*retry_at))]
+    RateLimited {
+        subject: &'static str,
+        retry_at: i64,
+    },
+    #[error(
+        "invalid callback_url: it must be an http:// or https:// URL of at most 2048 characters"
+    )]
+    InvalidCallbackUrl,
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyConflict,
+    #[error("the verification has ended ({0}) and cannot be canceled")]
+    NotCancelable(Status),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -51,6 +70,10 @@ impl VerifyError {
             VerifyError::InvalidCodeLength(_) => "invalid_code_length",
             VerifyError::LockedOut { .. } => "locked_out",
             VerifyError::NotFound(_) => "not_found",
+            VerifyError::RateLimited { .. } => "rate_limited",
+            VerifyError::InvalidCallbackUrl => "invalid_callback_url",
+            VerifyError::IdempotencyConflict => "idempotency_conflict",
+            VerifyError::NotCancelable(_) => "not_cancelable",
             VerifyError::Store(_) => "internal",
         }
     }
@@ -63,6 +86,20 @@ pub struct NewVerification {
     pub user_ref: String,
     pub locale: Option<String>,
     pub code_length: Option<u32>,
+    pub callback_url: Option<String>,
+    /// The API key asking (rate-limited per key); none from the CLI.
+    pub api_key_id: Option<String>,
+    /// `Idempotency-Key` and a hash of the request it came with.
+    pub idempotency: Option<(String, String)>,
+}
+
+/// What [`Verifications::start`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    pub view: View,
+    /// The idempotency key was used before: this is the verification it made (no new call,
+    /// and the code is not shown again).
+    pub replayed: bool,
 }
 
 /// A verification as shown to the web app (never with its code, except at creation).
@@ -94,7 +131,7 @@ pub struct Call {
 /// Whether a call may go ahead.
 #[derive(Debug)]
 pub enum CallStart {
-    Ready(Call),
+    Ready(Box<Call>),
     /// The verification is not waiting for a call: already in one, or ended.
     NotCallable(Status),
     /// Its number or user is locked out (after another verification used up its attempts).
@@ -154,7 +191,7 @@ impl Verifications {
     }
 
     /// Create a verification and its code. The code is returned here and never again.
-    pub async fn start(&self, new: NewVerification) -> Result<View, VerifyError> {
+    pub async fn start(&self, new: NewVerification) -> Result<Started, VerifyError> {
         let phone = self.phones.parse(&new.phone)?;
         let user_ref = validate_user_ref(&new.user_ref)?;
         let code_length = new.code_length.unwrap_or(self.policy.code_length);
@@ -162,24 +199,79 @@ impl Verifications {
             return Err(VerifyError::InvalidCodeLength(code_length));
         }
         let locale = validate_locale(new.locale.as_deref())?;
+        let callback_url = new.callback_url.map(validate_callback_url).transpose()?;
+        let now = now_ms();
         if let Some(retry_at) = self
             .store
-            .locked_until(phone.as_str(), user_ref, now_ms())
+            .locked_until(phone.as_str(), user_ref, now)
             .await?
         {
             return Err(VerifyError::LockedOut { retry_at });
         }
-        let view = self
-            .create(
-                phone.as_str(),
-                user_ref,
-                codes::generate(code_length),
-                locale,
-                false,
-            )
-            .await?;
-        tracing::info!(verification = %view.id, phone = %phone.masked(), "verification created");
-        Ok(view)
+        let limits = [
+            (
+                RateSubject::Phone,
+                "number",
+                Some(phone.as_str()),
+                self.policy.per_number_per_hour,
+            ),
+            (
+                RateSubject::User,
+                "user",
+                Some(user_ref),
+                self.policy.per_user_per_hour,
+            ),
+            (
+                RateSubject::ApiKey,
+                "API key",
+                new.api_key_id.as_deref(),
+                self.policy.per_key_per_hour,
+            ),
+        ];
+        let hour = 3_600_000;
+        for (subject, name, value, limit) in limits {
+            let Some(value) = value else { continue };
+            let (count, oldest) = self.store.created_since(subject, value, now - hour).await?;
+            if count >= i64::from(limit) {
+                return Err(VerifyError::RateLimited {
+                    subject: name,
+                    retry_at: oldest.unwrap_or(now) + hour,
+                });
+            }
+        }
+        let code = codes::generate(code_length);
+        let mut row = self.new_row(phone.as_str(), user_ref, &code, locale, false);
+        row.api_key_id = new.api_key_id.clone();
+        row.callback_url = callback_url;
+        if let (Some(key_id), Some((idem_key, request_hash))) = (&new.api_key_id, &new.idempotency)
+        {
+            let found = self
+                .store
+                .insert_verification_idempotent(&row, key_id, idem_key, request_hash)
+                .await?;
+            if let Idempotent::Existing {
+                request_hash: earlier,
+                verification_id,
+            } = found
+            {
+                if &earlier != request_hash {
+                    return Err(VerifyError::IdempotencyConflict);
+                }
+                return Ok(Started {
+                    view: self.get(&verification_id).await?,
+                    replayed: true,
+                });
+            }
+        } else {
+            self.store.insert_verification(&row).await?;
+        }
+        tracing::info!(verification = %row.id, phone = %phone.masked(), "verification created");
+        let mut view = view(&row);
+        view.code = Some(code);
+        Ok(Started {
+            view,
+            replayed: false,
+        })
     }
 
     /// A throw-away verification for a QA test call on `channel_id` (its uniqueid), with
@@ -197,22 +289,25 @@ impl Verifications {
             None => codes::generate(self.policy.code_length),
         };
         let subject = format!("qa:{}", channel_id.chars().take(64).collect::<String>());
-        self.create(&subject, &subject, code, "en".into(), true)
-            .await
+        let row = self.new_row(&subject, &subject, &code, "en".into(), true);
+        self.store.insert_verification(&row).await?;
+        let mut view = view(&row);
+        view.code = Some(code);
+        Ok(view)
     }
 
-    async fn create(
+    fn new_row(
         &self,
         phone: &str,
         user_ref: &str,
-        code: String,
+        code: &str,
         locale: String,
         is_test: bool,
-    ) -> Result<View, VerifyError> {
+    ) -> VerificationRow {
         let now = now_ms();
         let id = new_id();
-        let row = VerificationRow {
-            code_hash: self.hasher.hash(&id, &code),
+        VerificationRow {
+            code_hash: self.hasher.hash(&id, code),
             id,
             phone: phone.to_owned(),
             user_ref: user_ref.to_owned(),
@@ -226,11 +321,9 @@ impl Verifications {
             updated_at: now,
             expires_at: now + millis(self.policy.code_ttl),
             verified_at: None,
-        };
-        self.store.insert_verification(&row).await?;
-        let mut view = view(&row);
-        view.code = Some(code);
-        Ok(view)
+            api_key_id: None,
+            callback_url: None,
+        }
     }
 
     /// The verification as it stands; one past its expiry while waiting becomes `expired`.
@@ -251,7 +344,9 @@ impl Verifications {
 
     /// Cancel a verification that has not ended.
     pub async fn cancel(&self, id: &str) -> Result<View, VerifyError> {
-        self.store
+        let current = self.get(id).await?;
+        let canceled = self
+            .store
             .transition(
                 id,
                 &[Status::Pending, Status::Calling],
@@ -259,6 +354,9 @@ impl Verifications {
                 now_ms(),
             )
             .await?;
+        if !canceled {
+            return Err(VerifyError::NotCancelable(current.status));
+        }
         self.get(id).await
     }
 
@@ -285,10 +383,10 @@ impl Verifications {
             .begin_attempt(id, channel, uniqueid, &self.daemon, now)
             .await?;
         if let Some((attempt_id, verification)) = started {
-            return Ok(CallStart::Ready(Call {
+            return Ok(CallStart::Ready(Box::new(Call {
                 attempt_id,
                 verification,
-            }));
+            })));
         }
         // Not callable: say why (expiring it if it is due).
         let row = self.row(id).await?;
@@ -394,9 +492,14 @@ const ID_ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
 
 /// `vf_` and 24 characters from a 32-letter alphabet: 120 random bits.
 fn new_id() -> String {
-    let mut id = String::from(ID_PREFIX);
-    id.extend((0..24).map(|_| char::from(ID_ALPHABET[OsRng.gen_range(0..ID_ALPHABET.len())])));
-    id
+    random_token(ID_PREFIX, 24)
+}
+
+/// `prefix` and `len` random characters from a 32-letter alphabet without look-alikes.
+pub fn random_token(prefix: &str, len: usize) -> String {
+    let mut token = String::from(prefix);
+    token.extend((0..len).map(|_| char::from(ID_ALPHABET[OsRng.gen_range(0..ID_ALPHABET.len())])));
+    token
 }
 
 /// Ids come from callers (AGI arguments, URLs): anything not shaped like one is unknown.
@@ -421,6 +524,17 @@ fn validate_user_ref(user_ref: &str) -> Result<&str, VerifyError> {
         ));
     }
     Ok(user_ref)
+}
+
+fn validate_callback_url(url: String) -> Result<String, VerifyError> {
+    let ok = url.len() <= 2048
+        && (url.starts_with("https://") || url.starts_with("http://"))
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(url)
+    } else {
+        Err(VerifyError::InvalidCallbackUrl)
+    }
 }
 
 fn validate_locale(locale: Option<&str>) -> Result<String, VerifyError> {

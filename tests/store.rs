@@ -39,6 +39,8 @@ fn row(id: &str, phone: &str, user: &str) -> VerificationRow {
         updated_at: now,
         expires_at: now + 600_000,
         verified_at: None,
+        api_key_id: None,
+        callback_url: None,
     }
 }
 

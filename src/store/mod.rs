@@ -27,16 +27,30 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("sql/postgres");
 pub enum StoreError {
     #[error("unsupported database URL {}: use sqlite://FILE or postgres://USER@HOST/DB", redact_url(.0))]
     UnsupportedUrl(String),
+    // The sqlx errors are in the message, not chained as sources, so that a report of the
+    // chain does not say them twice.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     #[error("stored value {value:?} in column {column} is not valid")]
     Corrupt { column: &'static str, value: String },
     #[error("database commit failed: {0}")]
     Commit(String),
     #[error("the store is closed")]
     Closed,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +76,48 @@ pub struct VerificationRow {
     pub updated_at: i64,
     pub expires_at: i64,
     pub verified_at: Option<i64>,
+    /// The API key that created it (none when made with the CLI).
+    pub api_key_id: Option<String>,
+    /// Where its status changes are posted, if not the configured URL.
+    pub callback_url: Option<String>,
+}
+
+/// An API key as stored (the key itself is not: only its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// What a creation with an idempotency key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Idempotent {
+    Inserted,
+    /// The key was used before, for the request with this hash and this verification.
+    Existing {
+        request_hash: String,
+        verification_id: String,
+    },
+}
+
+/// Who a rate limit counts creations of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateSubject {
+    Phone,
+    User,
+    ApiKey,
+}
+
+impl RateSubject {
+    fn column(self) -> &'static str {
+        match self {
+            RateSubject::Phone => "phone",
+            RateSubject::User => "user_ref",
+            RateSubject::ApiKey => "api_key_id",
+        }
+    }
 }
 
 /// One call attempt of a verification.
@@ -100,7 +156,8 @@ where
 }
 
 const VERIFICATION_COLUMNS: &str = "id, phone, user_ref, code_hash, code_length, status, \
-     attempts_used, max_attempts, locale, is_test, created_at, updated_at, expires_at, verified_at";
+     attempts_used, max_attempts, locale, is_test, created_at, updated_at, expires_at, verified_at, \
+     api_key_id, callback_url";
 
 impl Store {
     /// Connect to `url` (`sqlite://callverify.db`, `postgres://...`). A SQLite file is
@@ -168,28 +225,176 @@ impl Store {
         let v = v.clone();
         self.engine
             .run(op(move |c| {
+                Box::pin(async move { insert_verification(c, &v).await })
+            }))
+            .await
+    }
+
+    /// Insert `v` unless `idem_key` of `api_key_id` was used before: one creation per key,
+    /// whatever the retries.
+    pub async fn insert_verification_idempotent(
+        &self,
+        v: &VerificationRow,
+        api_key_id: &str,
+        idem_key: &str,
+        request_hash: &str,
+    ) -> Result<Idempotent, StoreError> {
+        let v = v.clone();
+        let (api_key_id, idem_key, request_hash) = (
+            api_key_id.to_owned(),
+            idem_key.to_owned(),
+            request_hash.to_owned(),
+        );
+        self.engine
+            .run(op(move |c| {
                 Box::pin(async move {
-                    sqlx::query(&format!(
-                        "INSERT INTO verifications ({VERIFICATION_COLUMNS}) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                    let existing = |row: sqlx::any::AnyRow| -> Result<Idempotent, StoreError> {
+                        Ok(Idempotent::Existing {
+                            request_hash: row.try_get(0)?,
+                            verification_id: row.try_get(1)?,
+                        })
+                    };
+                    let find = "SELECT request_hash, verification_id FROM idempotency_keys \
+                                WHERE api_key_id = $1 AND idem_key = $2";
+                    if let Some(row) = sqlx::query(find)
+                        .bind(&api_key_id)
+                        .bind(&idem_key)
+                        .fetch_optional(&mut *c)
+                        .await?
+                    {
+                        return existing(row);
+                    }
+                    let inserted = async {
+                        let mut tx = c.begin().await?;
+                        insert_verification(&mut tx, &v).await?;
+                        sqlx::query(
+                            "INSERT INTO idempotency_keys \
+                             (api_key_id, idem_key, request_hash, verification_id, created_at) \
+                             VALUES ($1, $2, $3, $4, $5)",
+                        )
+                        .bind(&api_key_id)
+                        .bind(&idem_key)
+                        .bind(&request_hash)
+                        .bind(&v.id)
+                        .bind(v.created_at)
+                        .execute(&mut *tx)
+                        .await?;
+                        tx.commit().await?;
+                        Ok::<_, StoreError>(())
+                    }
+                    .await;
+                    match inserted {
+                        Ok(()) => Ok(Idempotent::Inserted),
+                        // Another daemon won the race for this key: report its creation.
+                        Err(e) => match sqlx::query(find)
+                            .bind(&api_key_id)
+                            .bind(&idem_key)
+                            .fetch_optional(&mut *c)
+                            .await?
+                        {
+                            Some(row) => existing(row),
+                            None => Err(e),
+                        },
+                    }
+                })
+            }))
+            .await
+    }
+
+    /// How many verifications `subject` = `value` created since `since`, and the oldest.
+    pub async fn created_since(
+        &self,
+        subject: RateSubject,
+        value: &str,
+        since: i64,
+    ) -> Result<(i64, Option<i64>), StoreError> {
+        let value = value.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let row = sqlx::query(&format!(
+                        "SELECT COUNT(*), MIN(created_at) FROM verifications \
+                         WHERE {} = $1 AND created_at > $2 AND is_test = 0",
+                        subject.column()
                     ))
-                    .bind(&v.id)
-                    .bind(&v.phone)
-                    .bind(&v.user_ref)
-                    .bind(&v.code_hash)
-                    .bind(v.code_length)
-                    .bind(v.status.as_str())
-                    .bind(v.attempts_used)
-                    .bind(v.max_attempts)
-                    .bind(&v.locale)
-                    .bind(i64::from(v.is_test))
-                    .bind(v.created_at)
-                    .bind(v.updated_at)
-                    .bind(v.expires_at)
-                    .bind(v.verified_at)
+                    .bind(&value)
+                    .bind(since)
+                    .fetch_one(&mut *c)
+                    .await?;
+                    Ok((row.try_get(0)?, row.try_get(1)?))
+                })
+            }))
+            .await
+    }
+
+    pub async fn insert_api_key(&self, key: &ApiKeyRow, key_hash: &str) -> Result<(), StoreError> {
+        let (key, key_hash) = (key.clone(), key_hash.to_owned());
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO api_keys (id, name, key_hash, created_at) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(&key.id)
+                    .bind(&key.name)
+                    .bind(&key_hash)
+                    .bind(key.created_at)
                     .execute(&mut *c)
                     .await?;
                     Ok(())
+                })
+            }))
+            .await
+    }
+
+    /// The key whose hash is `key_hash`, revoked or not.
+    pub async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, StoreError> {
+        let key_hash = key_hash.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let row = sqlx::query(
+                        "SELECT id, name, created_at, revoked_at FROM api_keys WHERE key_hash = $1",
+                    )
+                    .bind(&key_hash)
+                    .fetch_optional(&mut *c)
+                    .await?;
+                    row.map(|r| api_key_from_row(&r)).transpose()
+                })
+            }))
+            .await
+    }
+
+    pub async fn api_keys(&self) -> Result<Vec<ApiKeyRow>, StoreError> {
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let rows = sqlx::query(
+                        "SELECT id, name, created_at, revoked_at FROM api_keys ORDER BY created_at",
+                    )
+                    .fetch_all(&mut *c)
+                    .await?;
+                    rows.iter().map(api_key_from_row).collect()
+                })
+            }))
+            .await
+    }
+
+    /// Revoke a key; false if there is no such key or it was revoked already.
+    pub async fn revoke_api_key(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(&id)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
                 })
             }))
             .await
@@ -526,6 +731,41 @@ fn parse_column<T: FromStr>(column: &'static str, value: &str) -> Result<T, Stor
     })
 }
 
+async fn insert_verification(c: &mut AnyConnection, v: &VerificationRow) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "INSERT INTO verifications ({VERIFICATION_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+    ))
+    .bind(&v.id)
+    .bind(&v.phone)
+    .bind(&v.user_ref)
+    .bind(&v.code_hash)
+    .bind(v.code_length)
+    .bind(v.status.as_str())
+    .bind(v.attempts_used)
+    .bind(v.max_attempts)
+    .bind(&v.locale)
+    .bind(i64::from(v.is_test))
+    .bind(v.created_at)
+    .bind(v.updated_at)
+    .bind(v.expires_at)
+    .bind(v.verified_at)
+    .bind(&v.api_key_id)
+    .bind(&v.callback_url)
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
+fn api_key_from_row(r: &sqlx::any::AnyRow) -> Result<ApiKeyRow, StoreError> {
+    Ok(ApiKeyRow {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        created_at: r.try_get(2)?,
+        revoked_at: r.try_get(3)?,
+    })
+}
+
 fn attempt_from_row(r: &sqlx::any::AnyRow) -> Result<AttemptRow, StoreError> {
     let outcome: Option<String> = r.try_get(6)?;
     Ok(AttemptRow {
@@ -556,5 +796,7 @@ fn verification_from_row(r: &sqlx::any::AnyRow) -> Result<VerificationRow, Store
         updated_at: r.try_get("updated_at")?,
         expires_at: r.try_get("expires_at")?,
         verified_at: r.try_get("verified_at")?,
+        api_key_id: r.try_get("api_key_id")?,
+        callback_url: r.try_get("callback_url")?,
     })
 }

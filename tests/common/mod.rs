@@ -51,6 +51,7 @@ pub async fn fresh_database(db: Db, dir: &std::path::Path) -> String {
 
 pub struct Daemon {
     pub addr: SocketAddr,
+    pub http: SocketAddr,
     pub service: Arc<Verifications>,
     pub config: Config,
     stop: Option<oneshot::Sender<()>>,
@@ -63,10 +64,14 @@ pub fn test_config(url: String, dir: &std::path::Path) -> Config {
     let mut config = Config::default();
     config.database.url = url;
     config.agi.listen = "127.0.0.1:0".into();
+    config.http.listen = "127.0.0.1:0".into();
     config.agi.env_timeout_secs = 1;
     config.agi.reply_timeout_secs = 5;
     config.agi.shutdown_grace_secs = 5;
     config.security.secret_file = dir.join("secret").display().to_string();
+    // Tests make many verifications per number; the rate-limit tests set their own.
+    config.verification.max_per_number_per_hour = 1000;
+    config.verification.max_per_user_per_hour = 1000;
     config
 }
 
@@ -80,14 +85,15 @@ pub async fn start_with(db: Db, tweak: impl FnOnce(&mut Config)) -> Daemon {
     let mut config = test_config(url, dir.path());
     tweak(&mut config);
     let service = daemon::open(&config).await.expect("open the store");
-    let listener = daemon::bind(&config).await.expect("bind");
-    let addr = listener.local_addr().unwrap();
+    let listeners = daemon::bind(&config).await.expect("bind");
+    let addr = listeners.agi.local_addr().unwrap();
+    let http = listeners.http.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel();
     let task = {
         let config = config.clone();
         let service = service.clone();
         tokio::spawn(async move {
-            daemon::run(&config, service, listener, async {
+            daemon::run(&config, service, listeners, async {
                 let _ = stopped.await;
             })
             .await
@@ -96,6 +102,7 @@ pub async fn start_with(db: Db, tweak: impl FnOnce(&mut Config)) -> Daemon {
     };
     Daemon {
         addr,
+        http,
         service,
         config,
         stop: Some(stop),
@@ -114,6 +121,7 @@ impl Daemon {
             })
             .await
             .expect("start a verification")
+            .view
     }
 
     pub async fn status(&self, id: &str) -> View {
