@@ -24,6 +24,7 @@ pub struct Config {
     pub database: DatabaseSection,
     pub verification: VerificationSection,
     pub security: SecuritySection,
+    pub ami: AmiSection,
     pub dialer: DialerSection,
     pub qa: QaSection,
 }
@@ -149,15 +150,59 @@ impl Default for SecuritySection {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct AmiSection {
+    /// Asterisk's manager host; empty: no dialer (verifications wait for inbound calls).
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub secret: String,
+    pub keepalive_secs: u64,
+    pub action_timeout_secs: u64,
+}
+
+impl Default for AmiSection {
+    fn default() -> Self {
+        Self {
+            host: String::new(),
+            port: 5038,
+            username: "callverify".into(),
+            secret: String::new(),
+            keepalive_secs: 20,
+            action_timeout_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DialerSection {
     /// ISO 3166 country codes that may be called.
     pub allowed_countries: Vec<String>,
+    /// The Originate channel; `{number}` is the E.164 number.
+    pub channel: String,
+    /// Caller ID shown to the callee, e.g. `"Verify" <+14155550000>`; empty: the trunk's.
+    pub caller_id: String,
+    pub ring_timeout_secs: u64,
+    /// Calls in progress at once (the trunk's capacity).
+    pub max_concurrent: u32,
+    /// New calls started per second.
+    pub max_per_second: u32,
+    /// Calls per verification (busy, no answer, no acknowledgement), then `unanswered`.
+    pub max_dials: u32,
+    pub retry_delay_secs: u64,
 }
 
 impl Default for DialerSection {
     fn default() -> Self {
         Self {
             allowed_countries: vec!["US".into(), "CA".into()],
+            channel: "PJSIP/{number}@callverify-trunk".into(),
+            caller_id: String::new(),
+            ring_timeout_secs: 30,
+            max_concurrent: 10,
+            max_per_second: 2,
+            max_dials: 3,
+            retry_delay_secs: 300,
         }
     }
 }
@@ -224,6 +269,27 @@ impl Config {
         }
         if v.max_attempts == 0 {
             return invalid("verification.max_attempts", "must be at least 1");
+        }
+        if !self.dialer.channel.contains("{number}") {
+            return invalid(
+                "dialer.channel",
+                "must contain {number}, e.g. PJSIP/{number}@trunk",
+            );
+        }
+        if self.dialer.max_dials == 0
+            || self.dialer.max_concurrent == 0
+            || self.dialer.max_per_second == 0
+        {
+            return invalid(
+                "dialer",
+                "max_dials, max_concurrent and max_per_second must be at least 1",
+            );
+        }
+        if !self.ami.host.is_empty() && self.ami.secret.is_empty() {
+            return invalid(
+                "ami.secret",
+                "is needed when ami.host is set (CALLVERIFY_AMI_SECRET)",
+            );
         }
         if !self.qa.code.is_empty() && !crate::codes::is_valid_code(&self.qa.code) {
             return invalid("qa.code", "must be 4 to 10 digits");
@@ -292,6 +358,8 @@ impl Config {
             per_number_per_hour: v.max_per_number_per_hour,
             per_user_per_hour: v.max_per_user_per_hour,
             per_key_per_hour: v.max_per_api_key_per_hour,
+            max_dials: self.dialer.max_dials,
+            retry_delay: Duration::from_secs(self.dialer.retry_delay_secs),
         }
     }
 
@@ -426,6 +494,8 @@ mod tests {
                 ("CALLVERIFY_DATABASE_URL", "postgres://u@h/db"),
                 ("CALLVERIFY_DIALER_ALLOWED_COUNTRIES", "us, gb"),
                 ("CALLVERIFY_AMI_HOST", "pbx"),
+                ("CALLVERIFY_AMI_SECRET", "s3cret"),
+                ("CALLVERIFY_SPEECH_MODEL", "/models"),
                 ("OTHER", "x"),
             ]),
         )
@@ -435,6 +505,7 @@ mod tests {
         assert_eq!(c.verification.code_length, 8);
         assert_eq!(c.database.url, "postgres://u@h/db");
         assert_eq!(c.phone_policy().allowed_countries, vec!["US", "GB"]);
+        assert_eq!((c.ami.host.as_str(), c.ami.port), ("pbx", 5038));
     }
 
     #[test]

@@ -7,9 +7,13 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use std::time::Duration;
+
+use crate::ami::{Ami, AmiConfig};
 use crate::api::ApiState;
 use crate::codes::{server_key, CodeHasher};
 use crate::config::{Config, ConfigError};
+use crate::dialer::{Dialer, DialerConfig};
 use crate::flow::Router;
 use crate::keys::ApiKeys;
 use crate::store::{Store, StoreError};
@@ -36,6 +40,42 @@ pub enum DaemonError {
     },
     #[error("the HTTP API failed: {0}")]
     Http(std::io::Error),
+}
+
+/// Start the AMI connection and the dialer when `ami.host` is set.
+fn start_dialer(
+    config: &Config,
+    service: &Arc<Verifications>,
+    stopped: &tokio::sync::watch::Receiver<bool>,
+) -> Option<Ami> {
+    if config.ami.host.is_empty() {
+        tracing::info!("ami.host is not set: no outbound calls (the dialer is idle)");
+        return None;
+    }
+    let ami = Ami::start(
+        AmiConfig {
+            host: config.ami.host.clone(),
+            port: config.ami.port,
+            username: config.ami.username.clone(),
+            secret: config.ami.secret.clone(),
+            keepalive: Duration::from_secs(config.ami.keepalive_secs.max(1)),
+            action_timeout: Duration::from_secs(config.ami.action_timeout_secs.max(1)),
+        },
+        stopped.clone(),
+    );
+    let dialer = Dialer::new(
+        DialerConfig {
+            channel: config.dialer.channel.clone(),
+            caller_id: config.dialer.caller_id.clone(),
+            ring_timeout: Duration::from_secs(config.dialer.ring_timeout_secs),
+            max_concurrent: config.dialer.max_concurrent as usize,
+            max_per_second: config.dialer.max_per_second,
+        },
+        service.clone(),
+        ami.clone(),
+    );
+    tokio::spawn(dialer.run(stopped.clone()));
+    Some(ami)
 }
 
 /// Open the store (applying migrations) and build the verification rules on it.
@@ -101,11 +141,16 @@ pub async fn run(
         );
     }
     let router = Arc::new(Router::new(service.clone(), config.flow_settings()));
-    let api = Arc::new(ApiState::new(
+    // One shutdown signal, seen by every part.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let ami = start_dialer(config, &service, &stopped);
+    let mut api = ApiState::new(
         service.clone(),
         ApiKeys::new(service.store().clone()),
         usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX),
-    ));
+    );
+    api.ami = ami.map(|a| a.state());
+    let api = Arc::new(api);
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         agi = %local(&listeners.agi),
@@ -113,8 +158,6 @@ pub async fn run(
         database = ?service.store().backend(),
         "callverify serving"
     );
-    // One shutdown signal, seen by every server.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };

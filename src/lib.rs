@@ -4,10 +4,12 @@
 //! holds the rules, `store` persists them, `daemon` wires them together.
 
 pub mod agi;
+pub mod ami;
 pub mod api;
 pub mod codes;
 pub mod config;
 pub mod daemon;
+pub mod dialer;
 pub mod emulator;
 pub mod flow;
 pub mod keys;

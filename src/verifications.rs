@@ -27,6 +27,9 @@ pub struct Policy {
     pub per_number_per_hour: u32,
     pub per_user_per_hour: u32,
     pub per_key_per_hour: u32,
+    /// Calls the dialer makes at most for one verification, and the wait between them.
+    pub max_dials: u32,
+    pub retry_delay: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -442,10 +445,33 @@ impl Verifications {
         Ok(CodeCheck::LockedOut)
     }
 
+    /// When a verification whose call ended with `outcome` is due its next call, if ever.
+    pub fn next_call(&self, outcome: CallOutcome, now: i64) -> Option<i64> {
+        outcome
+            .retried()
+            .then(|| now + millis(self.policy.retry_delay))
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn daemon(&self) -> &str {
+        &self.daemon
+    }
+
     /// Record how the call ended.
     pub async fn end_call(&self, call: &Call, outcome: CallOutcome) -> Result<(), VerifyError> {
+        let now = now_ms();
         self.store
-            .finish_attempt(call.attempt_id, &call.verification.id, outcome, now_ms())
+            .finish_attempt(
+                call.attempt_id,
+                &call.verification.id,
+                outcome,
+                self.next_call(outcome, now),
+                self.policy.max_dials.into(),
+                now,
+            )
             .await?;
         Ok(())
     }

@@ -140,7 +140,7 @@ async fn wrong_entries_lock_out_in_one_step(db: Db) {
     );
     // No more counting once the call's verification has ended.
     assert_eq!(s.count_wrong_entry(&v, now + DAY, now).await.unwrap(), None);
-    s.finish_attempt(attempt, "vf_w", CallOutcome::LockedOut, now)
+    s.finish_attempt(attempt, "vf_w", CallOutcome::LockedOut, None, 3, now)
         .await
         .unwrap();
     assert_eq!(

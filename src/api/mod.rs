@@ -18,6 +18,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::ami::AmiState;
 
 use crate::keys::ApiKeys;
 use crate::store::ApiKeyRow;
@@ -31,6 +34,8 @@ pub struct ApiState {
     pub service: Arc<Verifications>,
     pub keys: ApiKeys,
     pub max_body_bytes: usize,
+    /// The AMI connection's state, when the dialer runs.
+    pub ami: Option<watch::Receiver<AmiState>>,
     replays: Replays,
 }
 
@@ -40,6 +45,7 @@ impl ApiState {
             service,
             keys,
             max_body_bytes,
+            ami: None,
             replays: Replays::default(),
         }
     }
@@ -75,10 +81,14 @@ pub async fn serve(
 }
 
 async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
-    match state.service.store().verification("vf_healthcheck").await {
-        Ok(_) => Json(serde_json::json!({ "status": "ok" })).into_response(),
-        Err(e) => ApiError::from(e).into_response(),
+    if let Err(e) = state.service.store().verification("vf_healthcheck").await {
+        return ApiError::from(e).into_response();
     }
+    let ami = match &state.ami {
+        Some(rx) => rx.borrow().as_str(),
+        None => "not_configured",
+    };
+    Json(serde_json::json!({ "status": "ok", "ami": ami })).into_response()
 }
 
 async fn openapi() -> Response {

@@ -13,6 +13,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+pub mod ami;
+
 /// What the callee does at the next prompt that listens for keys.
 #[derive(Debug, Clone)]
 pub enum Action {
@@ -123,6 +125,16 @@ impl Call {
             missing_prompts: Vec::new(),
             reply_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// Set `agi_uniqueid`, as Asterisk does from an Originate's ChannelId.
+    pub fn uniqueid(mut self, uniqueid: &str) -> Self {
+        for line in &mut self.env {
+            if line.starts_with("agi_uniqueid: ") {
+                *line = format!("agi_uniqueid: {uniqueid}");
+            }
+        }
+        self
     }
 
     pub fn then(mut self, action: Action) -> Self {

@@ -132,6 +132,17 @@ pub struct AttemptRow {
     pub outcome: Option<CallOutcome>,
 }
 
+/// A verification the dialer is to call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialJob {
+    pub verification_id: String,
+    pub phone: String,
+    pub locale: String,
+    /// The Originate's ChannelId and ActionID; Asterisk makes it the channel's Uniqueid.
+    pub channel_id: String,
+    pub dial_attempts: i64,
+}
+
 /// What recovery after a crash closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Recovered {
@@ -154,6 +165,11 @@ where
 {
     Box::new(f)
 }
+
+/// A lockout in force for the verification's number or user (at time `$1`).
+const LOCKED_OUT: &str = "SELECT 1 FROM lockouts l WHERE l.locked_until > $1 AND \
+     ((l.kind = 'phone' AND l.subject = verifications.phone) OR \
+      (l.kind = 'user' AND l.subject = verifications.user_ref))";
 
 const VERIFICATION_COLUMNS: &str = "id, phone, user_ref, code_hash, code_length, status, \
      attempts_used, max_attempts, locale, is_test, created_at, updated_at, expires_at, verified_at, \
@@ -474,15 +490,16 @@ impl Store {
                 Box::pin(async move {
                     let claimed = sqlx::query(&format!(
                         "UPDATE verifications SET status = 'calling', updated_at = $1 \
-                         WHERE id = $2 AND status = 'pending' AND expires_at > $1 \
-                         AND attempts_used < max_attempts \
-                         AND NOT EXISTS (SELECT 1 FROM lockouts l WHERE l.locked_until > $1 AND \
-                             ((l.kind = 'phone' AND l.subject = verifications.phone) OR \
-                              (l.kind = 'user' AND l.subject = verifications.user_ref))) \
+                         WHERE id = $2 AND expires_at > $1 AND attempts_used < max_attempts \
+                         AND (status = 'pending' OR (status = 'calling' AND channel_id = $3 \
+                             AND NOT EXISTS (SELECT 1 FROM call_attempts a \
+                                 WHERE a.verification_id = verifications.id AND a.uniqueid = $3))) \
+                         AND NOT EXISTS ({LOCKED_OUT}) \
                          RETURNING {VERIFICATION_COLUMNS}"
                     ))
                     .bind(now)
                     .bind(&id)
+                    .bind(&uniqueid)
                     .fetch_optional(&mut *c)
                     .await?;
                     let Some(row) = claimed else {
@@ -601,12 +618,15 @@ impl Store {
     }
 
     /// Close an attempt with its outcome. A verification the call did not end (`calling`
-    /// still) goes back to `pending`, so that it can be called again.
+    /// still) is released: `pending` again, due its next call at `next_call_at` (none: the
+    /// dialer leaves it), or `unanswered` once it has had `max_dials` dialer calls.
     pub async fn finish_attempt(
         &self,
         attempt: i64,
         verification_id: &str,
         outcome: CallOutcome,
+        next_call_at: Option<i64>,
+        max_dials: i64,
         now: i64,
     ) -> Result<(), StoreError> {
         let verification_id = verification_id.to_owned();
@@ -625,16 +645,110 @@ impl Store {
                     .execute(&mut *c)
                     .await?;
                     if !outcome.ends_verification() {
-                        sqlx::query(
-                            "UPDATE verifications SET status = 'pending', updated_at = $1 \
-                             WHERE id = $2 AND status = 'calling'",
-                        )
-                        .bind(now)
-                        .bind(&verification_id)
-                        .execute(&mut *c)
-                        .await?;
+                        release(c, &verification_id, None, next_call_at, max_dials, now).await?;
                     }
                     Ok(())
+                })
+            }))
+            .await
+    }
+
+    /// Claim up to `limit` verifications due a call for `daemon`'s dialer: each becomes
+    /// `calling` with a fresh ChannelId. On Postgres, daemons sharing the queue skip each
+    /// other's rows (`FOR UPDATE SKIP LOCKED`).
+    pub async fn claim_due(
+        &self,
+        daemon: &str,
+        limit: i64,
+        now: i64,
+    ) -> Result<Vec<DialJob>, StoreError> {
+        let daemon = daemon.to_owned();
+        let skip_locked = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let rows = sqlx::query(&format!(
+                        "UPDATE verifications SET status = 'calling', \
+                         dial_attempts = dial_attempts + 1, \
+                         channel_id = id || '-' || CAST(dial_attempts + 1 AS TEXT), \
+                         claimed_by = $2, claimed_at = $1, updated_at = $1 \
+                         WHERE status = 'pending' AND id IN (SELECT id FROM verifications \
+                             WHERE status = 'pending' AND next_call_at <= $1 AND expires_at > $1 \
+                             AND attempts_used < max_attempts AND NOT EXISTS ({LOCKED_OUT}) \
+                             ORDER BY next_call_at LIMIT $3 {skip_locked}) \
+                         RETURNING id, phone, locale, channel_id, dial_attempts"
+                    ))
+                    .bind(now)
+                    .bind(&daemon)
+                    .bind(limit)
+                    .fetch_all(&mut *c)
+                    .await?;
+                    rows.iter()
+                        .map(|r| {
+                            Ok(DialJob {
+                                verification_id: r.try_get(0)?,
+                                phone: r.try_get(1)?,
+                                locale: r.try_get(2)?,
+                                channel_id: r.try_get(3)?,
+                                dial_attempts: r.try_get(4)?,
+                            })
+                        })
+                        .collect()
+                })
+            }))
+            .await
+    }
+
+    /// A dialer call that never reached the daemon (busy, no answer, failed): recorded as
+    /// an attempt and the verification released as [`Store::finish_attempt`] does. Nothing
+    /// happens if the call did reach the daemon (an attempt with this ChannelId exists) or
+    /// the verification has moved on. Returns whether it applied.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn dial_failed(
+        &self,
+        job: &DialJob,
+        channel: &str,
+        daemon: &str,
+        outcome: CallOutcome,
+        next_call_at: Option<i64>,
+        max_dials: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let (job, channel, daemon) = (job.clone(), channel.to_owned(), daemon.to_owned());
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let mut tx = c.begin().await?;
+                    let released = release(
+                        &mut tx,
+                        &job.verification_id,
+                        Some(&job.channel_id),
+                        next_call_at,
+                        max_dials,
+                        now,
+                    )
+                    .await?;
+                    if released {
+                        sqlx::query(
+                            "INSERT INTO call_attempts (verification_id, channel, uniqueid, \
+                             daemon, started_at, ended_at, outcome) \
+                             SELECT id, $2, $3, $4, COALESCE(claimed_at, $5), $5, $6 \
+                             FROM verifications WHERE id = $1",
+                        )
+                        .bind(&job.verification_id)
+                        .bind(&channel)
+                        .bind(&job.channel_id)
+                        .bind(&daemon)
+                        .bind(now)
+                        .bind(outcome.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(released)
                 })
             }))
             .await
@@ -685,11 +799,16 @@ impl Store {
                     .await?
                     .rows_affected();
                     let verifications = sqlx::query(
-                        "UPDATE verifications SET status = 'pending', updated_at = $1 \
+                        "UPDATE verifications SET status = 'pending', updated_at = $1, \
+                         next_call_at = CASE WHEN claimed_by IS NULL THEN next_call_at ELSE $1 END, \
+                         channel_id = NULL, claimed_by = NULL, claimed_at = NULL \
                          WHERE status = 'calling' AND NOT EXISTS (SELECT 1 FROM call_attempts a \
-                             WHERE a.verification_id = verifications.id AND a.ended_at IS NULL)",
+                             WHERE a.verification_id = verifications.id AND a.ended_at IS NULL) \
+                         AND (claimed_by IS NULL OR claimed_by = $2 OR claimed_at < $3)",
                     )
                     .bind(now)
+                    .bind(&daemon)
+                    .bind(stale_before)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -731,10 +850,46 @@ fn parse_column<T: FromStr>(column: &'static str, value: &str) -> Result<T, Stor
     })
 }
 
+/// Put a `calling` verification (of the dialer call `channel_id`, if given, and with no
+/// attempt of that call) back to `pending`, due again at `next_call_at`, or `unanswered`
+/// when a retry is due but it has had `max_dials` calls.
+async fn release(
+    c: &mut AnyConnection,
+    id: &str,
+    channel_id: Option<&str>,
+    next_call_at: Option<i64>,
+    max_dials: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let give_up_at = if next_call_at.is_some() {
+        max_dials
+    } else {
+        i64::MAX
+    };
+    let done = sqlx::query(
+        "UPDATE verifications SET \
+         status = CASE WHEN dial_attempts >= $1 THEN 'unanswered' ELSE 'pending' END, \
+         next_call_at = $2, channel_id = NULL, claimed_by = NULL, claimed_at = NULL, \
+         updated_at = $3 \
+         WHERE id = $4 AND status = 'calling' \
+         AND ($5 = '' OR (channel_id = $5 AND NOT EXISTS (SELECT 1 FROM call_attempts a \
+             WHERE a.verification_id = verifications.id AND a.uniqueid = $5)))",
+    )
+    .bind(give_up_at)
+    .bind(next_call_at)
+    .bind(now)
+    .bind(id)
+    .bind(channel_id.unwrap_or_default())
+    .execute(c)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 async fn insert_verification(c: &mut AnyConnection, v: &VerificationRow) -> Result<(), StoreError> {
+    // Due a call at once, except test verifications, which the QA line calls itself.
     sqlx::query(&format!(
-        "INSERT INTO verifications ({VERIFICATION_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        "INSERT INTO verifications ({VERIFICATION_COLUMNS}, next_call_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
     ))
     .bind(&v.id)
     .bind(&v.phone)
@@ -752,6 +907,7 @@ async fn insert_verification(c: &mut AnyConnection, v: &VerificationRow) -> Resu
     .bind(v.verified_at)
     .bind(&v.api_key_id)
     .bind(&v.callback_url)
+    .bind((!v.is_test).then_some(v.created_at))
     .execute(c)
     .await?;
     Ok(())

@@ -69,10 +69,25 @@ stored_enum! {
         Expired => "expired",
         Error => "error",
         Interrupted => "interrupted",
+        Busy => "busy",
+        NoAnswer => "no_answer",
+        DialFailed => "dial_failed",
     }
 }
 
 impl CallOutcome {
+    /// Worth calling again later (the callee was not reached or did not acknowledge), up to
+    /// the dialer's limit; other endings are left to the user to start again.
+    pub fn retried(self) -> bool {
+        matches!(
+            self,
+            CallOutcome::NoAcknowledgement
+                | CallOutcome::Busy
+                | CallOutcome::NoAnswer
+                | CallOutcome::DialFailed
+        )
+    }
+
     /// The call moved the verification out of `calling` itself (to verified, failed or
     /// expired), so it need not be put back to `pending`.
     pub fn ends_verification(self) -> bool {

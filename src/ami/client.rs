@@ -1,0 +1,280 @@
+//! The AMI connection: login, actions answered by ActionID, events broadcast, a keepalive
+//! `Ping`, and reconnection with backoff. One task owns the socket.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::codec::Framed;
+
+use super::message::{AmiCodec, AmiCodecError, Frame, Message};
+
+#[derive(Debug, Clone)]
+pub struct AmiConfig {
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub secret: String,
+    /// A `Ping` this often; no answer within `action_timeout` drops the connection.
+    pub keepalive: Duration,
+    pub action_timeout: Duration,
+}
+
+/// Where the connection stands, for the dialer and `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AmiState {
+    Connecting,
+    Connected,
+    /// Asterisk refused the credentials; retried with backoff (an admin may fix them).
+    LoginFailed,
+    Disconnected,
+}
+
+impl AmiState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AmiState::Connecting => "connecting",
+            AmiState::Connected => "connected",
+            AmiState::LoginFailed => "login_failed",
+            AmiState::Disconnected => "disconnected",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AmiError {
+    #[error("not connected to the Asterisk Manager Interface")]
+    NotConnected,
+    #[error("no AMI response within {0:?}")]
+    Timeout(Duration),
+    #[error("AMI refused {action}: {message}")]
+    Refused { action: String, message: String },
+    #[error(transparent)]
+    Codec(#[from] AmiCodecError),
+    #[error("cannot connect to AMI: {0}")]
+    Connect(std::io::Error),
+    #[error("AMI login refused ({0}): check ami.username and ami.secret against manager.conf")]
+    LoginFailed(String),
+    #[error("AMI closed the connection")]
+    Closed,
+}
+
+type Reply = oneshot::Sender<Result<Message, AmiError>>;
+
+/// A handle on the AMI connection; cheap to clone.
+#[derive(Clone)]
+pub struct Ami {
+    requests: mpsc::Sender<(Message, Reply)>,
+    events: broadcast::Sender<Message>,
+    state: watch::Receiver<AmiState>,
+    timeout: Duration,
+}
+
+impl Ami {
+    /// Start the connection task; it runs until `shutdown` turns true.
+    pub fn start(config: AmiConfig, shutdown: watch::Receiver<bool>) -> Self {
+        let (requests, queue) = mpsc::channel(256);
+        let (events, _) = broadcast::channel(4096);
+        let (state_tx, state) = watch::channel(AmiState::Connecting);
+        let timeout = config.action_timeout;
+        tokio::spawn(manage(config, queue, events.clone(), state_tx, shutdown));
+        Self {
+            requests,
+            events,
+            state,
+            timeout,
+        }
+    }
+
+    /// Send `action` (which carries its ActionID) and wait for its response.
+    pub async fn send(&self, action: Message) -> Result<Message, AmiError> {
+        if *self.state.borrow() != AmiState::Connected {
+            return Err(AmiError::NotConnected);
+        }
+        let name = action.get("Action").unwrap_or_default().to_owned();
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send((action, reply))
+            .await
+            .map_err(|_| AmiError::NotConnected)?;
+        let response = tokio::time::timeout(self.timeout, answer)
+            .await
+            .map_err(|_| AmiError::Timeout(self.timeout))?
+            .map_err(|_| AmiError::Closed)??;
+        if response.is_success() {
+            Ok(response)
+        } else {
+            Err(AmiError::Refused {
+                action: name,
+                message: response.get("Message").unwrap_or_default().to_owned(),
+            })
+        }
+    }
+
+    pub fn events(&self) -> broadcast::Receiver<Message> {
+        self.events.subscribe()
+    }
+
+    pub fn state(&self) -> watch::Receiver<AmiState> {
+        self.state.clone()
+    }
+}
+
+async fn manage(
+    config: AmiConfig,
+    mut queue: mpsc::Receiver<(Message, Reply)>,
+    events: broadcast::Sender<Message>,
+    state: watch::Sender<AmiState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(500);
+    let addr = format!("{}:{}", config.host, config.port);
+    while !*shutdown.borrow() {
+        let _ = state.send(AmiState::Connecting);
+        match connect(&addr, &config).await {
+            Ok(framed) => {
+                tracing::info!(%addr, "AMI connected and logged in");
+                let _ = state.send(AmiState::Connected);
+                backoff = Duration::from_millis(500);
+                let why = session(framed, &config, &mut queue, &events, &mut shutdown).await;
+                let _ = state.send(AmiState::Disconnected);
+                if *shutdown.borrow() {
+                    break;
+                }
+                tracing::warn!(%addr, reason = %why, "AMI connection lost; reconnecting");
+            }
+            Err(AmiError::LoginFailed(message)) => {
+                let _ = state.send(AmiState::LoginFailed);
+                tracing::error!(%addr, user = %config.username, %message,
+                    "AMI login refused: check ami.username and ami.secret against manager.conf");
+            }
+            Err(e) => {
+                let _ = state.send(AmiState::Disconnected);
+                tracing::warn!(%addr, error = %e, retry_in = ?backoff, "AMI unavailable");
+            }
+        }
+        // Requests queued while down are answered at once rather than left waiting.
+        while let Ok((_, reply)) = queue.try_recv() {
+            let _ = reply.send(Err(AmiError::NotConnected));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+type Conn = Framed<TcpStream, AmiCodec>;
+
+async fn connect(addr: &str, config: &AmiConfig) -> Result<Conn, AmiError> {
+    let stream = tokio::time::timeout(config.action_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| AmiError::Timeout(config.action_timeout))?
+        .map_err(AmiError::Connect)?;
+    stream.set_nodelay(true).map_err(AmiError::Connect)?;
+    let mut framed = Framed::new(stream, AmiCodec::default());
+    let mut login = Message::action("Login", "callverify-login");
+    login
+        .push("Username", config.username.as_str())
+        .push("Secret", config.secret.as_str())
+        .push("Events", "call");
+    framed.send(&login).await?;
+    let answer = tokio::time::timeout(config.action_timeout, async {
+        while let Some(frame) = framed.next().await {
+            if let Frame::Message(m) = frame? {
+                if m.event().is_none() && m.action_id() == Some("callverify-login") {
+                    return Ok(m);
+                }
+            }
+        }
+        Err(AmiError::Closed)
+    })
+    .await
+    .map_err(|_| AmiError::Timeout(config.action_timeout))??;
+    if answer.is_success() {
+        Ok(framed)
+    } else {
+        Err(AmiError::LoginFailed(
+            answer.get("Message").unwrap_or("refused").to_owned(),
+        ))
+    }
+}
+
+/// Serve one logged-in connection until it fails or shutdown; returns why it ended.
+async fn session(
+    mut framed: Conn,
+    config: &AmiConfig,
+    queue: &mut mpsc::Receiver<(Message, Reply)>,
+    events: &broadcast::Sender<Message>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> String {
+    let mut pending: HashMap<String, Reply> = HashMap::new();
+    let mut keepalive = tokio::time::interval(config.keepalive);
+    keepalive.reset();
+    let mut ping_sent: Option<tokio::time::Instant> = None;
+    let mut pings = 0u64;
+    let why = loop {
+        tokio::select! {
+            frame = framed.next() => match frame {
+                None => break "closed by Asterisk".to_owned(),
+                Some(Err(e)) => break e.to_string(),
+                Some(Ok(Frame::Banner(_))) => {}
+                Some(Ok(Frame::Message(m))) => {
+                    if m.event().is_some() {
+                        let _ = events.send(m);
+                    } else if let Some(reply) = m.action_id().and_then(|id| pending.remove(id)) {
+                        let _ = reply.send(Ok(m));
+                    } else if m.action_id().is_some_and(|id| id.starts_with("callverify-ping")) {
+                        ping_sent = None;
+                    }
+                }
+            },
+            request = queue.recv() => {
+                let Some((action, reply)) = request else { break "shut down".to_owned() };
+                let Some(id) = action.action_id().map(str::to_owned) else {
+                    let _ = reply.send(Err(AmiError::Refused {
+                        action: action.get("Action").unwrap_or_default().to_owned(),
+                        message: "no ActionID".into(),
+                    }));
+                    continue;
+                };
+                match framed.send(&action).await {
+                    Ok(()) => { pending.insert(id, reply); }
+                    Err(AmiCodecError::LineBreak(field)) => {
+                        let _ = reply.send(Err(AmiCodecError::LineBreak(field).into()));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(AmiError::Closed));
+                        break e.to_string();
+                    }
+                }
+            }
+            _ = keepalive.tick() => {
+                if let Some(sent) = ping_sent {
+                    if sent.elapsed() > config.action_timeout {
+                        break "keepalive Ping unanswered".to_owned();
+                    }
+                    continue;
+                }
+                pings += 1;
+                let ping = Message::action("Ping", &format!("callverify-ping-{pings}"));
+                if let Err(e) = framed.send(&ping).await {
+                    break e.to_string();
+                }
+                ping_sent = Some(tokio::time::Instant::now());
+            }
+            _ = shutdown.changed() => {
+                let logoff = Message::action("Logoff", "callverify-logoff");
+                let _ = framed.send(&logoff).await;
+                break "shut down".to_owned();
+            }
+        }
+    };
+    for (_, reply) in pending {
+        let _ = reply.send(Err(AmiError::Closed));
+    }
+    why
+}

@@ -1,0 +1,222 @@
+//! The dialer: claims verifications due a call and originates each through AMI into the
+//! `callverify-outbound` context; learns from `OriginateResponse` and `Hangup` events the
+//! calls that never reached the daemon (busy, no answer, failed) and schedules retries.
+//! Calls that are answered reach the daemon over FastAGI, whose flow records them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, watch};
+
+use crate::ami::{Ami, AmiState, Message};
+use crate::phone::mask_digit_runs;
+use crate::store::{CallOutcome, DialJob};
+use crate::verifications::{now_ms, Verifications};
+
+#[derive(Debug, Clone)]
+pub struct DialerConfig {
+    /// `PJSIP/{number}@callverify-trunk`.
+    pub channel: String,
+    pub caller_id: String,
+    pub ring_timeout: Duration,
+    pub max_concurrent: usize,
+    pub max_per_second: u32,
+}
+
+/// Where Originate sends the answered call (DESIGN.md).
+pub const CONTEXT: &str = "callverify-outbound";
+
+struct InFlight {
+    job: DialJob,
+    channel: String,
+    since: Instant,
+}
+
+pub struct Dialer {
+    config: DialerConfig,
+    service: Arc<Verifications>,
+    ami: Ami,
+    calls: HashMap<String, InFlight>,
+}
+
+impl Dialer {
+    pub fn new(config: DialerConfig, service: Arc<Verifications>, ami: Ami) -> Self {
+        Self {
+            config,
+            service,
+            ami,
+            calls: HashMap::new(),
+        }
+    }
+
+    /// Run until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut events = self.ami.events();
+        let mut state = self.ami.state();
+        // Ticks of 1/max_per_second: one new call per tick at most keeps the rate.
+        let per_call = Duration::from_secs(1) / self.config.max_per_second.max(1);
+        let mut tick = tokio::time::interval(per_call.min(Duration::from_millis(250)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_call = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                event = events.recv() => match event {
+                    Ok(m) => self.on_event(&m).await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "dialer fell behind AMI events; stale calls are swept");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                _ = tick.tick() => {
+                    self.sweep().await;
+                    if *state.borrow_and_update() == AmiState::Connected
+                        && self.calls.len() < self.config.max_concurrent
+                        && Instant::now() >= next_call
+                    {
+                        if self.dial_one().await {
+                            next_call = Instant::now() + per_call;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claim one due verification and originate it; false if none was due.
+    async fn dial_one(&mut self) -> bool {
+        let jobs = match self
+            .service
+            .store()
+            .claim_due(self.service.daemon(), 1, now_ms())
+            .await
+        {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::error!(error = %e, "dialer cannot read the queue");
+                return false;
+            }
+        };
+        let Some(job) = jobs.into_iter().next() else {
+            return false;
+        };
+        let channel = self.config.channel.replace("{number}", &job.phone);
+        let span = tracing::info_span!("dial", verification = %job.verification_id,
+            channel = %mask_digit_runs(&channel), attempt = job.dial_attempts);
+        let _enter = span.enter();
+        let mut originate = Message::action("Originate", &job.channel_id);
+        originate
+            .push("Channel", channel.as_str())
+            .push("Context", CONTEXT)
+            .push("Exten", "s")
+            .push("Priority", "1")
+            .push("Async", "true")
+            .push("ChannelId", job.channel_id.as_str())
+            .push("Timeout", self.config.ring_timeout.as_millis().to_string())
+            .push("Variable", format!("CALLVERIFY_ID={}", job.verification_id))
+            .push("Variable", format!("CALLVERIFY_LANG={}", job.locale));
+        if !self.config.caller_id.is_empty() {
+            originate.push("CallerID", self.config.caller_id.as_str());
+        }
+        match self.ami.send(originate).await {
+            Ok(_) => {
+                tracing::info!("call originated");
+                self.calls.insert(
+                    job.channel_id.clone(),
+                    InFlight {
+                        job,
+                        channel,
+                        since: Instant::now(),
+                    },
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Originate refused");
+                self.failed(&job, &channel, CallOutcome::DialFailed).await;
+            }
+        }
+        true
+    }
+
+    async fn on_event(&mut self, m: &Message) {
+        match m.event() {
+            // Correlated by ActionID: on failure its Uniqueid is `<unknown>`.
+            Some("OriginateResponse") => {
+                let Some(id) = m.action_id() else { return };
+                if m.get("Response") == Some("Success") {
+                    if let Some(call) = self.calls.get(id) {
+                        tracing::info!(verification = %call.job.verification_id, "call answered");
+                    }
+                    return;
+                }
+                let Some(call) = self.calls.remove(id) else {
+                    return;
+                };
+                // Reason 3: no answer; 5: busy; 8: congestion; 0: failed, which a 486
+                // Busy Here also gives (the Hangup cause says which, but comes after).
+                let outcome = match m.get("Reason") {
+                    Some("3") => CallOutcome::NoAnswer,
+                    Some("5") => CallOutcome::Busy,
+                    _ => CallOutcome::DialFailed,
+                };
+                tracing::info!(verification = %call.job.verification_id,
+                    reason = m.get("Reason").unwrap_or_default(), %outcome, "call not answered");
+                self.failed(&call.job, &call.channel, outcome).await;
+            }
+            Some("Hangup") => {
+                let Some(call) = m.get("Uniqueid").and_then(|u| self.calls.remove(u)) else {
+                    return;
+                };
+                // After an answered call this changes nothing (the flow recorded it); a
+                // call that hung up before reaching the daemon is released here.
+                let outcome = match m.get("Cause") {
+                    Some("17") => CallOutcome::Busy,
+                    Some("18" | "19") => CallOutcome::NoAnswer,
+                    _ => CallOutcome::DialFailed,
+                };
+                self.failed(&call.job, &call.channel, outcome).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// Calls whose events were lost (AMI dropped, events missed): after the ring timeout
+    /// and a margin they are released unless the daemon has them.
+    async fn sweep(&mut self) {
+        let limit = self.config.ring_timeout + Duration::from_secs(60);
+        let stale: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.since.elapsed() > limit)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            if let Some(call) = self.calls.remove(&id) {
+                self.failed(&call.job, &call.channel, CallOutcome::DialFailed)
+                    .await;
+            }
+        }
+    }
+
+    async fn failed(&self, job: &DialJob, channel: &str, outcome: CallOutcome) {
+        let now = now_ms();
+        let result = self
+            .service
+            .store()
+            .dial_failed(
+                job,
+                channel,
+                self.service.daemon(),
+                outcome,
+                self.service.next_call(outcome, now),
+                self.service.policy().max_dials.into(),
+                now,
+            )
+            .await;
+        if let Err(e) = result {
+            tracing::error!(verification = %job.verification_id, error = %e,
+                "cannot record a failed call");
+        }
+    }
+}

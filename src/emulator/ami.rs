@@ -1,0 +1,302 @@
+//! An emulated Asterisk 22 Manager Interface, for tests: the banner, Login, Ping, Logoff and
+//! async Originate, answered with the messages and event sequences of
+//! `shared/captures/asterisk-ami-*.txt`. What happens to each originated call is decided per
+//! number: answered (then the callee's FastAGI call is played against the daemon, as
+//! Asterisk would run the dialplan), busy, no answer, no such endpoint, or the connection
+//! dropped.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
+
+use super::Call;
+
+/// What the callee's side does with an originated call.
+#[derive(Debug, Clone)]
+pub enum Callee {
+    /// Answers; the FastAGI call then presses these keys, one press per prompt.
+    Answer(Vec<String>),
+    /// `486 Busy Here`: OriginateResponse Reason 0, then Hangup Cause 17.
+    Busy,
+    /// Rings until the timeout: OriginateResponse Reason 3, then Hangup Cause 19.
+    NoAnswer,
+    /// No such endpoint: OriginateResponse Reason 0 and no channel at all.
+    NoEndpoint,
+    /// The AMI connection drops right after the Originate is queued.
+    DropConnection,
+    /// Never says anything more about the call.
+    Silent,
+}
+
+/// One Originate the peer received.
+#[derive(Debug, Clone)]
+pub struct Originated {
+    pub action_id: String,
+    pub channel: String,
+    pub channel_id: String,
+    pub variables: Vec<String>,
+    pub context: String,
+    pub exten: String,
+}
+
+#[derive(Default)]
+struct Shared {
+    callees: HashMap<String, Callee>,
+    originated: Vec<Originated>,
+    logins: Vec<(String, bool)>,
+    /// Every logged-in connection gets every event, as with `read=call`.
+    listeners: Vec<mpsc::UnboundedSender<String>>,
+}
+
+/// The emulated AMI server.
+#[derive(Clone)]
+pub struct AmiPeer {
+    pub addr: SocketAddr,
+    shared: Arc<Mutex<Shared>>,
+    username: String,
+    secret: String,
+    agi: Arc<Mutex<Option<SocketAddr>>>,
+}
+
+const BANNER: &str = "Asterisk Call Manager/11.0.0";
+
+impl AmiPeer {
+    /// Listen on loopback, accepting `username` / `secret`.
+    pub async fn start(username: &str, secret: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let peer = Self {
+            addr: listener.local_addr()?,
+            shared: Arc::default(),
+            username: username.into(),
+            secret: secret.into(),
+            agi: Arc::default(),
+        };
+        let server = peer.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(server.clone().connection(stream));
+            }
+        });
+        Ok(peer)
+    }
+
+    /// Where answered calls' FastAGI sessions go (the daemon's agi.listen).
+    pub fn set_agi(&self, addr: SocketAddr) {
+        *self.agi.lock().unwrap() = Some(addr);
+    }
+
+    /// What the callee at `number` (as in the Originate channel) does.
+    pub fn callee(&self, number: &str, callee: Callee) {
+        self.shared
+            .lock()
+            .unwrap()
+            .callees
+            .insert(number.into(), callee);
+    }
+
+    pub fn originated(&self) -> Vec<Originated> {
+        self.shared.lock().unwrap().originated.clone()
+    }
+
+    /// (username, accepted) of each Login.
+    pub fn logins(&self) -> Vec<(String, bool)> {
+        self.shared.lock().unwrap().logins.clone()
+    }
+
+    /// Drop every AMI connection (as when Asterisk restarts).
+    pub fn drop_connections(&self) {
+        self.shared.lock().unwrap().listeners.clear();
+    }
+
+    async fn connection(self, stream: TcpStream) {
+        let (read, write) = stream.into_split();
+        let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(8192));
+        let mut out = FramedWrite::new(write, LinesCodec::new());
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        // The writer: every message ends with an empty line; lines end in CR LF.
+        let writer = tokio::spawn(async move {
+            if out.send(format!("{BANNER}\r")).await.is_err() {
+                return;
+            }
+            while let Some(message) = rx.recv().await {
+                for line in message.split("\r\n") {
+                    if out.send(format!("{line}\r")).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let mut headers: Vec<(String, String)> = Vec::new();
+        let mut logged_in = false;
+        while let Some(Ok(line)) = lines.next().await {
+            let line = line.trim_end_matches('\r').to_owned();
+            if !line.is_empty() {
+                if let Some((k, v)) = line.split_once(": ") {
+                    headers.push((k.to_owned(), v.to_owned()));
+                }
+                continue;
+            }
+            let action = std::mem::take(&mut headers);
+            let get = |key: &str| {
+                action
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            let id = get("ActionID");
+            match get("Action").to_ascii_lowercase().as_str() {
+                "login" => {
+                    let ok = get("Username") == self.username && get("Secret") == self.secret;
+                    self.shared
+                        .lock()
+                        .unwrap()
+                        .logins
+                        .push((get("Username"), ok));
+                    if !ok {
+                        // Asterisk answers after about a second, then closes.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let _ = tx.send(format!(
+                            "Response: Error\r\nActionID: {id}\r\nMessage: Authentication failed\r\n"
+                        ));
+                        break;
+                    }
+                    logged_in = true;
+                    let _ = tx.send(format!(
+                        "Response: Success\r\nActionID: {id}\r\nMessage: Authentication accepted\r\n"
+                    ));
+                    let _ = tx.send(
+                        "Event: FullyBooted\r\nPrivilege: system,all\r\nUptime: 145\r\nLastReload: 145\r\nStatus: Fully Booted\r\n"
+                            .into(),
+                    );
+                    self.shared.lock().unwrap().listeners.push(tx.clone());
+                }
+                _ if !logged_in => {
+                    let _ = tx.send(format!(
+                        "Response: Error\r\nActionID: {id}\r\nMessage: Permission denied\r\n"
+                    ));
+                }
+                "ping" => {
+                    let _ = tx.send(format!(
+                        "Response: Success\r\nActionID: {id}\r\nPing: Pong\r\nTimestamp: 1795786096.123456\r\n"
+                    ));
+                }
+                "logoff" => {
+                    let _ = tx.send(format!(
+                        "Response: Goodbye\r\nActionID: {id}\r\nMessage: Thanks for all the fish.\r\n"
+                    ));
+                    break;
+                }
+                "originate" => {
+                    if get("Channel").is_empty() {
+                        let _ = tx.send(format!(
+                            "Response: Error\r\nActionID: {id}\r\nMessage: Channel not specified\r\n"
+                        ));
+                        continue;
+                    }
+                    let _ = tx.send(format!(
+                        "Response: Success\r\nActionID: {id}\r\nMessage: Originate successfully queued\r\n"
+                    ));
+                    let call = Originated {
+                        action_id: id,
+                        channel: get("Channel"),
+                        channel_id: get("ChannelId"),
+                        variables: action
+                            .iter()
+                            .filter(|(k, _)| k.eq_ignore_ascii_case("Variable"))
+                            .map(|(_, v)| v.clone())
+                            .collect(),
+                        context: get("Context"),
+                        exten: get("Exten"),
+                    };
+                    let callee = {
+                        let mut shared = self.shared.lock().unwrap();
+                        shared.originated.push(call.clone());
+                        shared
+                            .callees
+                            .iter()
+                            .find(|(number, _)| call.channel.contains(number.as_str()))
+                            .map(|(_, c)| c.clone())
+                            .unwrap_or(Callee::Silent)
+                    };
+                    if matches!(callee, Callee::DropConnection) {
+                        break;
+                    }
+                    tokio::spawn(self.clone().play(call, callee));
+                }
+                other => {
+                    let _ = tx.send(format!(
+                        "Response: Error\r\nActionID: {id}\r\nMessage: Invalid/unknown command: {other}. Use Action: ListCommands to show available commands.\r\n"
+                    ));
+                }
+            }
+        }
+        drop(tx);
+        writer.abort();
+    }
+
+    fn broadcast(&self, message: String) {
+        let mut shared = self.shared.lock().unwrap();
+        shared.listeners.retain(|l| l.send(message.clone()).is_ok());
+    }
+
+    async fn play(self, call: Originated, callee: Callee) {
+        let cid = &call.channel_id;
+        let channel = format!(
+            "{}-00000006",
+            call.channel.split('@').next().unwrap_or("PJSIP/x")
+        );
+        let failure = |reason: &str| {
+            format!(
+                "Event: OriginateResponse\r\nPrivilege: call,all\r\nActionID: {}\r\nResponse: Failure\r\nChannel: {}\r\nContext: {}\r\nExten: {}\r\nReason: {reason}\r\nUniqueid: <unknown>\r\nCallerIDNum: <unknown>\r\nCallerIDName: <unknown>\r\n",
+                call.action_id, call.channel, call.context, call.exten
+            )
+        };
+        let hangup = |cause: &str, text: &str| {
+            format!(
+                "Event: Hangup\r\nPrivilege: call,all\r\nChannel: {channel}\r\nChannelState: 0\r\nChannelStateDesc: Down\r\nCallerIDNum: <unknown>\r\nCallerIDName: <unknown>\r\nConnectedLineNum: <unknown>\r\nConnectedLineName: <unknown>\r\nLanguage: en\r\nAccountCode: \r\nContext: {}\r\nExten: s\r\nPriority: 1\r\nUniqueid: {cid}\r\nLinkedid: {cid}\r\nCause: {cause}\r\nCause-txt: {text}\r\n",
+                call.context
+            )
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        match callee {
+            Callee::Busy => {
+                self.broadcast(failure("0"));
+                self.broadcast(hangup("17", "User busy"));
+            }
+            Callee::NoAnswer => {
+                self.broadcast(failure("3"));
+                self.broadcast(hangup("19", "User alerting, no answer"));
+            }
+            Callee::NoEndpoint => self.broadcast(failure("0")),
+            Callee::Answer(keys) => {
+                self.broadcast(format!(
+                    "Event: OriginateResponse\r\nPrivilege: call,all\r\nActionID: {}\r\nResponse: Success\r\nChannel: {channel}\r\nContext: {}\r\nExten: {}\r\nReason: 4\r\nUniqueid: {cid}\r\nCallerIDNum: +15550001111\r\nCallerIDName: QA Verify\r\n",
+                    call.action_id, call.context, call.exten
+                ));
+                let id = call
+                    .variables
+                    .iter()
+                    .find_map(|v| v.strip_prefix("CALLVERIFY_ID="))
+                    .unwrap_or_default()
+                    .to_owned();
+                let agi = *self.agi.lock().unwrap();
+                if let Some(agi) = agi {
+                    let mut fastagi = Call::verify(&id).uniqueid(cid);
+                    for k in &keys {
+                        fastagi = fastagi.press(k);
+                    }
+                    let _ = fastagi.run(agi).await;
+                }
+                self.broadcast(hangup("16", "Normal Clearing"));
+            }
+            Callee::DropConnection | Callee::Silent => {}
+        }
+    }
+}
