@@ -71,13 +71,11 @@ impl Dialer {
                 },
                 _ = tick.tick() => {
                     self.sweep().await;
-                    if *state.borrow_and_update() == AmiState::Connected
+                    let may_dial = *state.borrow_and_update() == AmiState::Connected
                         && self.calls.len() < self.config.max_concurrent
-                        && Instant::now() >= next_call
-                    {
-                        if self.dial_one().await {
-                            next_call = Instant::now() + per_call;
-                        }
+                        && Instant::now() >= next_call;
+                    if may_dial && self.dial_one().await {
+                        next_call = Instant::now() + per_call;
                     }
                 }
             }
