@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, watch};
+use tracing::Instrument;
 
 use crate::ami::{Ami, AmiState, Message};
 use crate::phone::mask_digit_runs;
@@ -31,7 +32,13 @@ struct InFlight {
     job: DialJob,
     channel: String,
     since: Instant,
+    /// OriginateResponse said Reason 0 (failed), which a busy callee also gives; the
+    /// Hangup that follows, if any, tells busy from failed.
+    failed_at: Option<Instant>,
 }
+
+/// How long a failed call waits for its Hangup event to say why.
+const HANGUP_GRACE: Duration = Duration::from_secs(2);
 
 pub struct Dialer {
     config: DialerConfig,
@@ -96,13 +103,21 @@ impl Dialer {
                 return false;
             }
         };
-        let Some(job) = jobs.into_iter().next() else {
-            return false;
-        };
+        let dialed = !jobs.is_empty();
+        for job in jobs {
+            self.originate(job).await;
+        }
+        dialed
+    }
+
+    async fn originate(&mut self, job: DialJob) {
         let channel = self.config.channel.replace("{number}", &job.phone);
         let span = tracing::info_span!("dial", verification = %job.verification_id,
             channel = %mask_digit_runs(&channel), attempt = job.dial_attempts);
-        let _enter = span.enter();
+        self.originate_in(job, channel).instrument(span).await;
+    }
+
+    async fn originate_in(&mut self, job: DialJob, channel: String) {
         let mut originate = Message::action("Originate", &job.channel_id);
         originate
             .push("Channel", channel.as_str())
@@ -126,6 +141,7 @@ impl Dialer {
                         job,
                         channel,
                         since: Instant::now(),
+                        failed_at: None,
                     },
                 );
             }
@@ -134,7 +150,6 @@ impl Dialer {
                 self.failed(&job, &channel, CallOutcome::DialFailed).await;
             }
         }
-        true
     }
 
     async fn on_event(&mut self, m: &Message) {
@@ -148,15 +163,20 @@ impl Dialer {
                     }
                     return;
                 }
-                let Some(call) = self.calls.remove(id) else {
-                    return;
-                };
-                // Reason 3: no answer; 5: busy; 8: congestion; 0: failed, which a 486
-                // Busy Here also gives (the Hangup cause says which, but comes after).
+                // Reason 3: no answer; 5: busy; 0: failed, which a 486 Busy Here also
+                // gives: then the Hangup that follows says which.
                 let outcome = match m.get("Reason") {
                     Some("3") => CallOutcome::NoAnswer,
                     Some("5") => CallOutcome::Busy,
-                    _ => CallOutcome::DialFailed,
+                    _ => {
+                        if let Some(call) = self.calls.get_mut(id) {
+                            call.failed_at = Some(Instant::now());
+                        }
+                        return;
+                    }
+                };
+                let Some(call) = self.calls.remove(id) else {
+                    return;
                 };
                 tracing::info!(verification = %call.job.verification_id,
                     reason = m.get("Reason").unwrap_or_default(), %outcome, "call not answered");
@@ -179,14 +199,17 @@ impl Dialer {
         }
     }
 
-    /// Calls whose events were lost (AMI dropped, events missed): after the ring timeout
-    /// and a margin they are released unless the daemon has them.
+    /// Failed calls whose Hangup did not come (no channel was made), and calls whose events
+    /// were lost (AMI dropped, events missed): after twice the ring timeout and a margin
+    /// they are released, unless the daemon has them.
     async fn sweep(&mut self) {
-        let limit = self.config.ring_timeout + Duration::from_secs(60);
+        let limit = self.config.ring_timeout * 2 + Duration::from_secs(5);
         let stale: Vec<String> = self
             .calls
             .iter()
-            .filter(|(_, c)| c.since.elapsed() > limit)
+            .filter(|(_, c)| {
+                c.since.elapsed() > limit || c.failed_at.is_some_and(|t| t.elapsed() > HANGUP_GRACE)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in stale {

@@ -132,7 +132,10 @@ async fn manage(
     let mut backoff = Duration::from_millis(500);
     let addr = format!("{}:{}", config.host, config.port);
     while !*shutdown.borrow() {
-        let _ = state.send(AmiState::Connecting);
+        // A refused login stays the state while retrying, so that it shows.
+        if *state.borrow() != AmiState::LoginFailed {
+            let _ = state.send(AmiState::Connecting);
+        }
         match connect(&addr, &config).await {
             Ok(framed) => {
                 tracing::info!(%addr, "AMI connected and logged in");

@@ -20,8 +20,9 @@ use super::Call;
 /// What the callee's side does with an originated call.
 #[derive(Debug, Clone)]
 pub enum Callee {
-    /// Answers; the FastAGI call then presses these keys, one press per prompt.
-    Answer(Vec<String>),
+    /// Answers; the FastAGI call then presses these keys, one press per prompt (read when
+    /// the call is answered, so a test can fill them in after creating the verification).
+    Answer(Keys),
     /// `486 Busy Here`: OriginateResponse Reason 0, then Hangup Cause 17.
     Busy,
     /// Rings until the timeout: OriginateResponse Reason 3, then Hangup Cause 19.
@@ -32,6 +33,18 @@ pub enum Callee {
     DropConnection,
     /// Never says anything more about the call.
     Silent,
+}
+
+/// Keys a callee presses, shared with the test.
+pub type Keys = Arc<Mutex<Vec<String>>>;
+
+impl Callee {
+    /// Answers and presses `keys`.
+    pub fn answer(keys: &[&str]) -> Self {
+        Callee::Answer(Arc::new(Mutex::new(
+            keys.iter().map(|k| k.to_string()).collect(),
+        )))
+    }
 }
 
 /// One Originate the peer received.
@@ -165,7 +178,9 @@ impl AmiPeer {
                         let _ = tx.send(format!(
                             "Response: Error\r\nActionID: {id}\r\nMessage: Authentication failed\r\n"
                         ));
-                        break;
+                        drop(tx);
+                        let _ = writer.await;
+                        return;
                     }
                     logged_in = true;
                     let _ = tx.send(format!(
@@ -289,6 +304,7 @@ impl AmiPeer {
                 let agi = *self.agi.lock().unwrap();
                 if let Some(agi) = agi {
                     let mut fastagi = Call::verify(&id).uniqueid(cid);
+                    let keys = keys.lock().unwrap().clone();
                     for k in &keys {
                         fastagi = fastagi.press(k);
                     }

@@ -112,7 +112,9 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        let ungrouped = match conn.begin().await {
+        // IMMEDIATE: take the write lock up front (waiting on busy_timeout), rather than
+        // fail on upgrading a read lock when another process (a CLI, a second daemon) wrote.
+        let ungrouped = match conn.begin_with("BEGIN IMMEDIATE").await {
             Ok(mut tx) => {
                 let mut finishes = Vec::with_capacity(group.len());
                 for job in group {

@@ -127,6 +127,8 @@ pub struct AttemptRow {
     pub verification_id: String,
     pub channel: String,
     pub uniqueid: String,
+    /// Which daemon handled it (host/FastAGI address).
+    pub daemon: String,
     pub started_at: i64,
     pub ended_at: Option<i64>,
     pub outcome: Option<CallOutcome>,
@@ -670,15 +672,18 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
+                    // MATERIALIZED: Postgres would otherwise rescan the LIMIT subquery and
+                    // claim more rows than asked.
                     let rows = sqlx::query(&format!(
-                        "UPDATE verifications SET status = 'calling', \
-                         dial_attempts = dial_attempts + 1, \
-                         channel_id = id || '-' || CAST(dial_attempts + 1 AS TEXT), \
-                         claimed_by = $2, claimed_at = $1, updated_at = $1 \
-                         WHERE status = 'pending' AND id IN (SELECT id FROM verifications \
+                        "WITH due AS MATERIALIZED (SELECT id FROM verifications \
                              WHERE status = 'pending' AND next_call_at <= $1 AND expires_at > $1 \
                              AND attempts_used < max_attempts AND NOT EXISTS ({LOCKED_OUT}) \
                              ORDER BY next_call_at LIMIT $3 {skip_locked}) \
+                         UPDATE verifications SET status = 'calling', \
+                         dial_attempts = dial_attempts + 1, \
+                         channel_id = id || '-' || CAST(dial_attempts + 1 AS TEXT), \
+                         claimed_by = $2, claimed_at = $1, updated_at = $1 \
+                         WHERE status = 'pending' AND id IN (SELECT id FROM due) \
                          RETURNING id, phone, locale, channel_id, dial_attempts"
                     ))
                     .bind(now)
@@ -722,6 +727,14 @@ impl Store {
             .run(op(move |c| {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
+                    let claimed_at: Option<i64> =
+                        sqlx::query("SELECT claimed_at FROM verifications WHERE id = $1")
+                            .bind(&job.verification_id)
+                            .fetch_optional(&mut *tx)
+                            .await?
+                            .map(|r| r.try_get(0))
+                            .transpose()?
+                            .flatten();
                     let released = release(
                         &mut tx,
                         &job.verification_id,
@@ -735,13 +748,13 @@ impl Store {
                         sqlx::query(
                             "INSERT INTO call_attempts (verification_id, channel, uniqueid, \
                              daemon, started_at, ended_at, outcome) \
-                             SELECT id, $2, $3, $4, COALESCE(claimed_at, $5), $5, $6 \
-                             FROM verifications WHERE id = $1",
+                             VALUES ($1, $2, $3, $4, $5, $6, $7)",
                         )
                         .bind(&job.verification_id)
                         .bind(&channel)
                         .bind(&job.channel_id)
                         .bind(&daemon)
+                        .bind(claimed_at.unwrap_or(now))
                         .bind(now)
                         .bind(outcome.as_str())
                         .execute(&mut *tx)
@@ -761,7 +774,7 @@ impl Store {
                 Box::pin(async move {
                     let rows = sqlx::query(
                         "SELECT id, verification_id, channel, uniqueid, started_at, ended_at, \
-                         outcome FROM call_attempts WHERE verification_id = $1 ORDER BY id",
+                         outcome, daemon FROM call_attempts WHERE verification_id = $1 ORDER BY id",
                     )
                     .bind(&verification_id)
                     .fetch_all(&mut *c)
@@ -932,6 +945,7 @@ fn attempt_from_row(r: &sqlx::any::AnyRow) -> Result<AttemptRow, StoreError> {
         started_at: r.try_get(4)?,
         ended_at: r.try_get(5)?,
         outcome: outcome.map(|o| parse_column("outcome", &o)).transpose()?,
+        daemon: r.try_get(7)?,
     })
 }
 

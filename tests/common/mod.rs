@@ -56,7 +56,7 @@ pub struct Daemon {
     pub config: Config,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
-    pub dir: tempfile::TempDir,
+    pub dir: Option<tempfile::TempDir>,
 }
 
 /// Test settings: short waits, a fresh store, port chosen by the OS.
@@ -84,6 +84,20 @@ pub async fn start_with(db: Db, tweak: impl FnOnce(&mut Config)) -> Daemon {
     let url = fresh_database(db, dir.path()).await;
     let mut config = test_config(url, dir.path());
     tweak(&mut config);
+    let mut d = start_config(config).await;
+    d.dir = Some(dir);
+    d
+}
+
+/// A daemon on `config` as it is (e.g. a second daemon on another's database).
+pub async fn start_config(config: Config) -> Daemon {
+    // Logs go to the test's captured output (RUST_LOG, default warn): shown when it fails.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
     let service = daemon::open(&config).await.expect("open the store");
     let listeners = daemon::bind(&config).await.expect("bind");
     let addr = listeners.agi.local_addr().unwrap();
@@ -107,7 +121,7 @@ pub async fn start_with(db: Db, tweak: impl FnOnce(&mut Config)) -> Daemon {
         config,
         stop: Some(stop),
         task: Some(task),
-        dir,
+        dir: None,
     }
 }
 
