@@ -26,7 +26,31 @@ pub struct Config {
     pub security: SecuritySection,
     pub ami: AmiSection,
     pub dialer: DialerSection,
+    pub webhooks: WebhooksSection,
     pub qa: QaSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksSection {
+    /// Receiver of status changes for verifications without a `callback_url`.
+    pub url: String,
+    /// Signing key of the `Callverify-Signature` header; shared with the web app.
+    pub secret: String,
+    pub timeout_secs: u64,
+    /// First retry of an undelivered event after this; doubling up to an hour.
+    pub retry_base_ms: u64,
+}
+
+impl Default for WebhooksSection {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            secret: String::new(),
+            timeout_secs: 10,
+            retry_base_ms: 5000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -289,6 +313,12 @@ impl Config {
             return invalid(
                 "ami.secret",
                 "is needed when ami.host is set (CALLVERIFY_AMI_SECRET)",
+            );
+        }
+        if !self.webhooks.url.is_empty() && self.webhooks.secret.len() < 16 {
+            return invalid(
+                "webhooks.secret",
+                "is needed (16 characters or more) when webhooks.url is set",
             );
         }
         if !self.qa.code.is_empty() && !crate::codes::is_valid_code(&self.qa.code) {

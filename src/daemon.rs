@@ -18,6 +18,7 @@ use crate::flow::Router;
 use crate::keys::ApiKeys;
 use crate::store::{Store, StoreError};
 use crate::verifications::{Verifications, VerifyError};
+use crate::webhooks::{Sender, WebhookConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -161,6 +162,20 @@ pub async fn run(
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    match Sender::new(
+        WebhookConfig {
+            url: config.webhooks.url.clone(),
+            secret: config.webhooks.secret.clone(),
+            timeout: Duration::from_secs(config.webhooks.timeout_secs.max(1)),
+            retry_base: Duration::from_millis(config.webhooks.retry_base_ms.max(10)),
+        },
+        service.store().clone(),
+    ) {
+        Ok(sender) => {
+            tokio::spawn(sender.run(stopped.clone()));
+        }
+        Err(e) => tracing::error!(error = %e, "cannot start the webhook sender"),
+    }
     let http = tokio::spawn(crate::api::serve(
         listeners.http,
         api,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 use tracing::Instrument;
 
-use crate::ami::{Ami, AmiState, Message};
+use crate::ami::{Ami, AmiError, AmiState, Message};
 use crate::phone::mask_digit_runs;
 use crate::store::{CallOutcome, DialJob};
 use crate::verifications::{now_ms, Verifications};
@@ -132,23 +132,35 @@ impl Dialer {
         if !self.config.caller_id.is_empty() {
             originate.push("CallerID", self.config.caller_id.as_str());
         }
-        match self.ami.send(originate).await {
+        let may_ring = match self.ami.send(originate).await {
             Ok(_) => {
                 tracing::info!("call originated");
-                self.calls.insert(
-                    job.channel_id.clone(),
-                    InFlight {
-                        job,
-                        channel,
-                        since: Instant::now(),
-                        failed_at: None,
-                    },
-                );
+                true
             }
-            Err(e) => {
+            // Refused, or never sent: no call was placed.
+            Err(e @ (AmiError::Refused { .. } | AmiError::NotConnected | AmiError::Codec(_))) => {
                 tracing::warn!(error = %e, "Originate refused");
                 self.failed(&job, &channel, CallOutcome::DialFailed).await;
+                false
             }
+            // Sent, but the answer was lost: the call may be ringing. It stays in flight
+            // until its events come or the sweep releases it; calling again now could ring
+            // the phone twice.
+            Err(e) => {
+                tracing::warn!(error = %e, "Originate sent but unanswered; waiting for its events");
+                true
+            }
+        };
+        if may_ring {
+            self.calls.insert(
+                job.channel_id.clone(),
+                InFlight {
+                    job,
+                    channel,
+                    since: Instant::now(),
+                    failed_at: None,
+                },
+            );
         }
     }
 

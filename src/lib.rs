@@ -16,3 +16,4 @@ pub mod keys;
 pub mod phone;
 pub mod store;
 pub mod verifications;
+pub mod webhooks;

@@ -1,0 +1,160 @@
+//! End to end as the web app sees it: `POST /v1/verifications` leads to an Originate on the
+//! emulated AMI; the answered call's FastAGI session verifies; the webhook receiver gets the
+//! status changes, in order, correctly signed, also when it fails at first.
+
+#[macro_use]
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use callverify::config::Config;
+use callverify::emulator::ami::{AmiPeer, Callee, Keys};
+use callverify::keys::ApiKeys;
+use callverify::store::Status;
+use callverify::webhooks::sign;
+use common::{Db, PHONE};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SECRET: &str = "whsec-test-0123456789";
+
+/// (signature header, body) of each request received.
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Received,
+    /// Answer 500 to this many requests first.
+    failures: Arc<Mutex<usize>>,
+}
+
+async fn receiver(failures: usize) -> (SocketAddr, Receiver) {
+    let r = Receiver {
+        failures: Arc::new(Mutex::new(failures)),
+        ..Default::default()
+    };
+    let state = r.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let state = state.clone();
+            async move {
+                let signature = headers
+                    .get("callverify-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let mut failures = state.failures.lock().unwrap();
+                if *failures > 0 {
+                    *failures -= 1;
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                state.got.lock().unwrap().push((signature, body.to_vec()));
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, r)
+}
+
+fn verify_signature(header: &str, body: &[u8]) {
+    let t: i64 = header
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("bad header {header:?}"));
+    assert_eq!(header, sign(SECRET, t, body), "signature matches the body");
+    let age = callverify::verifications::now_ms() / 1000 - t;
+    assert!((0..60).contains(&age), "fresh timestamp");
+}
+
+async fn post_json(addr: SocketAddr, key: &str, body: &Value) -> Value {
+    let body = body.to_string();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /v1/verifications HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.starts_with("HTTP/1.1 201"), "{raw}");
+    serde_json::from_str(raw.split_once("\r\n\r\n").unwrap().1).unwrap()
+}
+
+async fn api_call_verifies_and_the_webhook_follows(db: Db) {
+    let (hook, received) = receiver(2).await;
+    let peer = AmiPeer::start("callverify", "ami-secret").await.unwrap();
+    let peer_port = peer.addr.port();
+    let d = common::start_with(db, move |c: &mut Config| {
+        c.ami.host = "127.0.0.1".into();
+        c.ami.port = peer_port;
+        c.ami.secret = "ami-secret".into();
+        c.dialer.max_per_second = 50;
+        c.webhooks.secret = SECRET.into();
+        c.webhooks.retry_base_ms = 50;
+    })
+    .await;
+    peer.set_agi(d.addr);
+    let keys: Keys = Arc::default();
+    peer.callee(PHONE, Callee::Answer(keys.clone()));
+    let (_, api_key) = ApiKeys::new(d.service.store().clone())
+        .create("web")
+        .await
+        .unwrap();
+    let created = post_json(
+        d.http,
+        &api_key,
+        &serde_json::json!({
+            "phone": PHONE,
+            "user_ref": "alice",
+            "callback_url": format!("http://{hook}/hook"),
+        }),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    *keys.lock().unwrap() = vec!["#".into(), created["code"].as_str().unwrap().into()];
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = received.got.lock().unwrap().clone();
+        let statuses: Vec<String> = got
+            .iter()
+            .map(|(_, body)| {
+                let v: Value = serde_json::from_slice(body).unwrap();
+                v["status"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        if statuses.last().map(String::as_str) == Some("verified") {
+            assert_eq!(statuses, ["calling", "verified"], "in order, each once");
+            for (signature, body) in &got {
+                verify_signature(signature, body);
+                let v: Value = serde_json::from_slice(body).unwrap();
+                assert_eq!(v["verification_id"], id.as_str());
+                assert_eq!(v["type"], "verification.status_changed");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "webhooks so far: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(d.status(&id).await.status, Status::Verified);
+    assert_eq!(peer.originated().len(), 1);
+    let outbox = d.service.store().events(&id).await.unwrap();
+    assert_eq!(outbox.len(), 2);
+    assert!(outbox.iter().all(|(_, delivered, _)| *delivered));
+    assert!(
+        outbox[0].2 >= 3,
+        "the first event was retried after two failures"
+    );
+    d.stop().await;
+}
+
+on_both_backends!(api_call_verifies_and_the_webhook_follows);
