@@ -233,6 +233,7 @@ impl Dialer {
     }
 
     async fn failed(&self, job: &DialJob, channel: &str, outcome: CallOutcome) {
+        self.service.metrics().call_ended(outcome);
         let now = now_ms();
         let result = self
             .service

@@ -2,6 +2,7 @@
 //! what a call may do to it (start, check an entered code, end). Flows and the CLI call these;
 //! only this module decides state changes.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::OsRng;
@@ -11,6 +12,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::codes::{self, CodeHasher};
+use crate::metrics::Metrics;
 use crate::phone::{PhoneError, PhoneNumber, PhonePolicy};
 use crate::store::{
     CallOutcome, Idempotent, RateSubject, Recovered, Status, Store, StoreError, VerificationRow,
@@ -161,6 +163,7 @@ pub struct Verifications {
     policy: Policy,
     /// Which daemon this is (host and FastAGI address), recorded on each call attempt.
     daemon: String,
+    metrics: Arc<Metrics>,
 }
 
 impl Verifications {
@@ -177,7 +180,12 @@ impl Verifications {
             phones,
             policy,
             daemon,
+            metrics: Arc::default(),
         }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// At start: close the call attempts an earlier run of this daemon left open.
@@ -269,6 +277,7 @@ impl Verifications {
             self.store.insert_verification(&row).await?;
         }
         tracing::info!(verification = %row.id, phone = %phone.masked(), "verification created");
+        self.metrics.verification_created();
         let mut view = view(&row);
         view.code = Some(code);
         Ok(Started {
@@ -462,6 +471,7 @@ impl Verifications {
 
     /// Record how the call ended.
     pub async fn end_call(&self, call: &Call, outcome: CallOutcome) -> Result<(), VerifyError> {
+        self.metrics.call_ended(outcome);
         let now = now_ms();
         self.store
             .finish_attempt(

@@ -75,6 +75,16 @@ fn verify_signature(header: &str, body: &[u8]) {
     assert!((0..60).contains(&age), "fresh timestamp");
 }
 
+async fn get_text(addr: SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    raw.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
 async fn post_json(addr: SocketAddr, key: &str, body: &Value) -> Value {
     let body = body.to_string();
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use crate::ami::AmiState;
 
 use crate::keys::ApiKeys;
+use crate::metrics::Snapshot;
 use crate::store::ApiKeyRow;
 use crate::verifications::{NewVerification, Verifications};
 use replays::Replays;
@@ -54,6 +55,7 @@ impl ApiState {
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/verifications", post(create))
         .route("/v1/verifications/{id}", get(show))
@@ -89,6 +91,22 @@ async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
         None => "not_configured",
     };
     Json(serde_json::json!({ "status": "ok", "ami": ami })).into_response()
+}
+
+/// Prometheus text; like /healthz, no key (the API listens on loopback by default).
+async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
+    let (queue_due, webhooks_undelivered) = state
+        .service
+        .store()
+        .backlog(crate::verifications::now_ms())
+        .await?;
+    let snapshot = Snapshot {
+        ami_state: state.ami.as_ref().map(|rx| rx.borrow().as_str()),
+        queue_due,
+        webhooks_undelivered,
+    };
+    let text = state.service.metrics().render(&snapshot);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 async fn openapi() -> Response {

@@ -55,6 +55,7 @@ impl Router {
 
 impl Handler for Router {
     async fn handle<S: AsyncRead + AsyncWrite + Unpin + Send>(&self, session: &mut Session<S>) {
+        let _in_progress = self.service.metrics().call_started();
         let span = tracing::Span::current();
         let result = match session.env().script() {
             "verify" => match session.env().arg(1).map(str::to_owned) {

@@ -886,6 +886,25 @@ impl Store {
             .await
     }
 
+    /// (verifications due a call now, status changes not yet delivered), for `/metrics`.
+    pub async fn backlog(&self, now: i64) -> Result<(i64, i64), StoreError> {
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let row = sqlx::query(
+                        "SELECT (SELECT COUNT(*) FROM verifications WHERE status = 'pending' \
+                             AND next_call_at <= $1 AND expires_at > $1), \
+                         (SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL)",
+                    )
+                    .bind(now)
+                    .fetch_one(&mut *c)
+                    .await?;
+                    Ok((row.try_get(0)?, row.try_get(1)?))
+                })
+            }))
+            .await
+    }
+
     pub async fn attempts(&self, verification_id: &str) -> Result<Vec<AttemptRow>, StoreError> {
         let verification_id = verification_id.to_owned();
         self.engine
