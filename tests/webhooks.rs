@@ -164,6 +164,16 @@ async fn api_call_verifies_and_the_webhook_follows(db: Db) {
         outbox[0].2 >= 3,
         "the first event was retried after two failures"
     );
+    let metrics = get_text(d.http, "/metrics").await;
+    for line in [
+        "callverify_calls_total{outcome=\"verified\"} 1",
+        "callverify_verifications_created_total 1",
+        "callverify_ami_connected{state=\"connected\"} 1",
+        "callverify_calls_in_progress 0",
+        "callverify_webhooks_undelivered 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     d.stop().await;
 }
 
