@@ -35,6 +35,12 @@ pub struct BenchArgs {
     /// Sessions held waiting for input at once in the memory run (0 skips it)
     #[arg(long, default_value_t = 10_000)]
     waiting: usize,
+    /// `POST /v1/verifications` requests in the API enqueue run (0 skips it)
+    #[arg(long, default_value_t = 5_000)]
+    api_requests: usize,
+    /// Also run the API enqueue run on this Postgres database (its tables are created)
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
 }
 
 /// The commands the bare server sends: as many round trips as the verify flow makes.
@@ -66,10 +72,82 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         "daemon / bare: {:.0}% of the bare server's sessions/s",
         100.0 * daemon_run.per_sec() / bare_run.per_sec()
     );
+    if args.api_requests > 0 {
+        enqueue_run(&config, &args, "SQLite").await?;
+        if let Some(url) = &args.postgres {
+            let mut pg = config.clone();
+            pg.database.url = url.clone();
+            pg.database.max_connections = 16;
+            enqueue_run(&pg, &args, "Postgres").await?;
+        }
+    }
     if args.waiting > 0 {
         memory_run(&config, dir.path(), args.waiting).await?;
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `POST /v1/verifications` through the HTTP API, `--concurrency` at a time, over
+/// keep-alive connections: verifications enqueued per second and request latency.
+async fn enqueue_run(config: &Config, args: &BenchArgs, store: &str) -> anyhow::Result<()> {
+    let service = daemon::open(config).await?;
+    let listeners = daemon::bind(config).await?;
+    let url = format!("http://{}/v1/verifications", listeners.http.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = {
+        let (config, service) = (config.clone(), service.clone());
+        tokio::spawn(async move {
+            daemon::run(&config, service, listeners, async {
+                let _ = stopped.await;
+            })
+            .await
+        })
+    };
+    let (_, key) = callverify::keys::ApiKeys::new(service.store().clone())
+        .create("bench")
+        .await?;
+    let client = reqwest::Client::new();
+    let limit = Arc::new(Semaphore::new(args.concurrency));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(args.api_requests);
+    for i in 0..args.api_requests {
+        let permit = limit.clone().acquire_owned().await?;
+        let (client, url, key) = (client.clone(), url.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let response = client
+                .post(&url)
+                .bearer_auth(&key)
+                .header("Content-Type", "application/json")
+                .body(format!(
+                    r#"{{"phone":"+14155550101","user_ref":"bench-api-{i}"}}"#
+                ))
+                .send()
+                .await;
+            drop(permit);
+            let status = response.map(|r| r.status().as_u16()).unwrap_or(0);
+            (status, sent.elapsed())
+        }));
+    }
+    let mut latencies = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        let (status, latency) = t.await?;
+        if status != 201 {
+            bail!("POST /v1/verifications answered {status}: the benchmark is not valid");
+        }
+        latencies.push(latency);
+    }
+    let stats = RunStats {
+        sessions: latencies.len(),
+        elapsed: started.elapsed(),
+        turnarounds: latencies,
+    };
+    let mut line = String::new();
+    stats.describe(&mut line, "requests", "request latency");
+    println!("API enqueue ({store}): {line}");
+    let _ = stop.send(());
+    server.await??;
+    Ok(())
 }
 
 fn bench_config(dir: &Path, max_sessions: usize) -> Config {
@@ -80,9 +158,10 @@ fn bench_config(dir: &Path, max_sessions: usize) -> Config {
     config.http.listen = "127.0.0.1:0".into();
     config.agi.max_sessions = u32::try_from(max_sessions).unwrap_or(u32::MAX);
     config.agi.reply_timeout_secs = 300;
-    // Every bench call is for one number and a few users: no rate limits here.
+    // Every bench call is for one number: no rate limits here.
     config.verification.max_per_number_per_hour = u32::MAX;
     config.verification.max_per_user_per_hour = u32::MAX;
+    config.verification.max_per_api_key_per_hour = u32::MAX;
     config.database.max_connections = 1;
     config
 }
@@ -99,12 +178,18 @@ impl RunStats {
     }
 
     fn print(&self, name: &str) {
+        let mut line = String::new();
+        self.describe(&mut line, "sessions", "command turnaround");
+        println!("{name}: {line}");
+    }
+
+    /// "N units/s (...); what p50 .. p99 ..".
+    fn describe(&self, out: &mut String, units: &str, what: &str) {
         let mut t = self.turnarounds.clone();
         t.sort_unstable();
         let pct = |p: f64| t[((t.len() as f64 * p) as usize).min(t.len() - 1)];
-        println!(
-            "{name}: {:.0} sessions/s ({} sessions in {:.2} s, {} round trips); \
-             command turnaround p50 {:?} p99 {:?}",
+        *out = format!(
+            "{:.0} {units}/s ({} {units} in {:.2} s, {} round trips); {what} p50 {:?} p99 {:?}",
             self.per_sec(),
             self.sessions,
             self.elapsed.as_secs_f64(),

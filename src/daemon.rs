@@ -162,6 +162,10 @@ pub async fn run(
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    service
+        .store()
+        .set_default_webhook(!config.webhooks.url.is_empty())
+        .await?;
     match Sender::new(
         WebhookConfig {
             url: config.webhooks.url.clone(),

@@ -241,7 +241,10 @@ impl Verifications {
         ];
         let hour = 3_600_000;
         for (subject, name, value, limit) in limits {
-            let Some(value) = value else { continue };
+            // u32::MAX means no limit: no need to count.
+            let Some(value) = value.filter(|_| limit != u32::MAX) else {
+                continue;
+            };
             let (count, oldest) = self.store.created_since(subject, value, now - hour).await?;
             if count >= i64::from(limit) {
                 return Err(VerifyError::RateLimited {
@@ -426,9 +429,10 @@ impl Verifications {
             return Ok(CodeCheck::Expired);
         }
         if self.hasher.matches(&v.id, entered, &v.code_hash) {
+            // Verified and the attempt closed in one go: the common end of a call.
             let verified = self
                 .store
-                .transition(&v.id, &[Status::Calling], Status::Verified, now)
+                .verify_in_call(&v.id, call.attempt_id, now)
                 .await?;
             // Not `calling` any more: canceled meanwhile.
             return Ok(if verified {
@@ -472,6 +476,9 @@ impl Verifications {
     /// Record how the call ended.
     pub async fn end_call(&self, call: &Call, outcome: CallOutcome) -> Result<(), VerifyError> {
         self.metrics.call_ended(outcome);
+        if outcome == CallOutcome::Verified {
+            return Ok(()); // Recorded with the verification by check_code.
+        }
         let now = now_ms();
         self.store
             .finish_attempt(

@@ -28,6 +28,8 @@ pub struct WebhookConfig {
 
 /// Events are given up after this long undelivered (the web app can still read statuses).
 const GIVE_UP_AFTER: i64 = 72 * 3600 * 1000;
+/// Events claimed at a time.
+const BATCH: usize = 100;
 /// How long a claimed event is held before another sender may try it.
 const LEASE: i64 = 60_000;
 
@@ -78,7 +80,9 @@ impl Sender {
             if *shutdown.borrow() {
                 return;
             }
-            if sent == 0 {
+            // A full batch means more are waiting; otherwise look again shortly (this
+            // keeps the outbox query off a busy store).
+            if sent < BATCH {
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(250)) => {}
                     _ = shutdown.changed() => return,
@@ -90,37 +94,36 @@ impl Sender {
     /// Send what is due; returns how many events were tried.
     async fn send_due(&self) -> usize {
         let now = now_ms();
-        let events = match self.store.claim_events(20, LEASE, now).await {
+        let events = match self.store.claim_events(BATCH as i64, LEASE, now).await {
             Ok(events) => events,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the webhook outbox");
                 return 0;
             }
         };
+        let mut done = Vec::with_capacity(events.len());
         for event in &events {
-            let outcome = self.deliver(event).await;
-            let now = now_ms();
-            let (retry_at, error) = match outcome {
-                Ok(()) => (None, None),
-                Err(e) if now - event.created_at > GIVE_UP_AFTER => {
-                    tracing::error!(event = event.id, error = %e, "webhook given up after 72 h");
-                    (None, Some(format!("given up: {e}")))
-                }
-                Err(e) => {
-                    let base = i64::try_from(self.config.retry_base.as_millis()).unwrap_or(5_000);
-                    let backoff = (base << event.attempts.clamp(0, 10)).min(3_600_000);
-                    tracing::warn!(event = event.id, verification = %event.verification_id,
-                        error = %e, retry_in_ms = backoff, "webhook not delivered");
-                    (Some(now + backoff), Some(e))
-                }
+            let Err(e) = self.deliver(event).await else {
+                done.push(event.id);
+                continue;
             };
-            if let Err(e) = self
-                .store
-                .event_attempted(event.id, retry_at, error.as_deref(), now)
-                .await
-            {
+            let now = now_ms();
+            let retry_at = if now - event.created_at > GIVE_UP_AFTER {
+                tracing::error!(event = event.id, error = %e, "webhook given up after 72 h");
+                None
+            } else {
+                let base = i64::try_from(self.config.retry_base.as_millis()).unwrap_or(5_000);
+                let backoff = (base << event.attempts.clamp(0, 10)).min(3_600_000);
+                tracing::warn!(event = event.id, verification = %event.verification_id,
+                    error = %e, retry_in_ms = backoff, "webhook not delivered");
+                Some(now + backoff)
+            };
+            if let Err(e) = self.store.event_failed(event.id, retry_at, &e, now).await {
                 tracing::error!(error = %e, "cannot record a webhook attempt");
             }
+        }
+        if let Err(e) = self.store.events_delivered(&done, now_ms()).await {
+            tracing::error!(error = %e, "cannot record delivered webhooks");
         }
         events.len()
     }

@@ -476,6 +476,46 @@ impl Store {
             .await
     }
 
+    /// The right code in a call: `calling` becomes `verified` and the attempt is closed as
+    /// verified, in one operation. False (and nothing done) if the verification is no longer in a
+    /// call. Closing the attempt again later changes nothing.
+    pub async fn verify_in_call(
+        &self,
+        id: &str,
+        attempt: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    // No transaction, to keep calls cheap: a crash between the two leaves
+                    // the attempt open, which recovery closes as interrupted.
+                    let done = sqlx::query(
+                        "UPDATE verifications SET status = 'verified', updated_at = $1, \
+                         verified_at = $1 WHERE id = $2 AND status = 'calling'",
+                    )
+                    .bind(now)
+                    .bind(&id)
+                    .execute(&mut *c)
+                    .await?;
+                    if done.rows_affected() != 1 {
+                        return Ok(false);
+                    }
+                    sqlx::query(
+                        "UPDATE call_attempts SET ended_at = $1, outcome = 'verified' \
+                         WHERE id = $2 AND ended_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(attempt)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(true)
+                })
+            }))
+            .await
+    }
+
     /// Start a call attempt by `daemon`: `pending` becomes `calling`, then an attempt row is
     /// opened; returns the attempt and the verification. `None` when the verification may
     /// not be called: unknown, not `pending` (a verification is never in two calls at once),
@@ -831,15 +871,15 @@ impl Store {
             .await
     }
 
-    /// Record a delivery attempt: delivered (`retry_at` none), or to be retried.
-    pub async fn event_attempted(
+    /// Record a failed delivery: retried at `retry_at`, or given up (none).
+    pub async fn event_failed(
         &self,
         id: i64,
         retry_at: Option<i64>,
-        error: Option<&str>,
+        error: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        let error = error.map(|e| e.chars().take(500).collect::<String>());
+        let error: String = error.chars().take(500).collect();
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
@@ -853,6 +893,52 @@ impl Store {
                     .bind(retry_at.unwrap_or(0))
                     .bind(now)
                     .bind(id)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(())
+                })
+            }))
+            .await
+    }
+
+    /// Note whether status changes of verifications without a `callback_url` have a
+    /// receiver (`webhooks.url`): the outbox trigger records them only then.
+    pub async fn set_default_webhook(&self, enabled: bool) -> Result<(), StoreError> {
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO settings (key, value) VALUES ('webhooks_default', $1) \
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    )
+                    .bind(if enabled { "1" } else { "0" })
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(())
+                })
+            }))
+            .await
+    }
+
+    /// Mark events delivered (or skipped, having no receiver), in one statement.
+    pub async fn events_delivered(&self, ids: &[i64], now: i64) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // Integers only, so they can be spelled out in the statement.
+        let list = ids
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    sqlx::query(&format!(
+                        "UPDATE outbox SET attempts = attempts + 1, delivered_at = $1, \
+                         last_error = NULL WHERE id IN ({list})"
+                    ))
+                    .bind(now)
                     .execute(&mut *c)
                     .await?;
                     Ok(())
