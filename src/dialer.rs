@@ -114,6 +114,14 @@ impl Dialer {
         let channel = self.config.channel.replace("{number}", &job.phone);
         let span = tracing::info_span!("dial", verification = %job.verification_id,
             channel = %mask_digit_runs(&channel), attempt = job.dial_attempts);
+        // The destination policy is checked again at dial time: it may have been
+        // tightened since the verification was made.
+        if let Err(e) = self.service.may_call(&job.phone) {
+            span.in_scope(|| tracing::warn!(error = %e, "number no longer allowed: not called"));
+            self.failed(&job, &channel, CallOutcome::DestinationRefused)
+                .await;
+            return;
+        }
         self.originate_in(job, channel).instrument(span).await;
     }
 

@@ -465,6 +465,12 @@ impl Verifications {
             .then(|| now + millis(self.policy.retry_delay))
     }
 
+    /// Whether `phone` may be called under the destination policy in force now (it may
+    /// have changed since the verification was made).
+    pub fn may_call(&self, phone: &str) -> Result<(), PhoneError> {
+        self.phones.parse(phone).map(drop)
+    }
+
     pub fn policy(&self) -> &Policy {
         &self.policy
     }

@@ -292,6 +292,48 @@ async fn reqwest_json(addr: std::net::SocketAddr, path: &str) -> serde_json::Val
     serde_json::from_str(body).unwrap()
 }
 
+/// A number the policy no longer allows (made before the policy changed) is not called.
+async fn destinations_are_checked_again_at_dial_time(db: Db) {
+    let (peer, d) = setup(db).await;
+    let now = callverify::verifications::now_ms();
+    let row = callverify::store::VerificationRow {
+        id: "vf_abroad".into(),
+        phone: "+442079460000".into(),
+        user_ref: "abroad".into(),
+        code_hash: "00".repeat(32),
+        code_length: 6,
+        status: Status::Pending,
+        attempts_used: 0,
+        max_attempts: 3,
+        locale: "en".into(),
+        is_test: false,
+        created_at: now,
+        updated_at: now,
+        expires_at: now + 600_000,
+        verified_at: None,
+        api_key_id: None,
+        callback_url: None,
+    };
+    d.service.store().insert_verification(&row).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while outcomes(&d, "vf_abroad").await.is_empty() {
+        assert!(Instant::now() < deadline, "the dialer did not look at it");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        outcomes(&d, "vf_abroad").await,
+        vec![Some(CallOutcome::DestinationRefused)]
+    );
+    assert!(peer.originated().is_empty(), "no call placed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        outcomes(&d, "vf_abroad").await.len(),
+        1,
+        "and not tried again"
+    );
+    d.stop().await;
+}
+
 on_both_backends!(
     answered_call_verifies,
     busy_and_no_answer_are_retried_then_unanswered,
@@ -299,4 +341,5 @@ on_both_backends!(
     dropped_ami_connection_is_recovered,
     restarted_daemon_loses_nothing_of_the_queue,
     two_daemons_drain_one_queue,
+    destinations_are_checked_again_at_dial_time,
 );

@@ -72,6 +72,7 @@ stored_enum! {
         Busy => "busy",
         NoAnswer => "no_answer",
         DialFailed => "dial_failed",
+        DestinationRefused => "destination_refused",
     }
 }
 
