@@ -177,4 +177,42 @@ async fn api_call_verifies_and_the_webhook_follows(db: Db) {
     d.stop().await;
 }
 
-on_both_backends!(api_call_verifies_and_the_webhook_follows);
+/// Without a receiver (no callback_url, no webhooks.url) nothing is queued; with
+/// webhooks.url set, verifications without a callback_url go there.
+async fn events_are_queued_only_for_a_receiver(db: Db) {
+    let d = common::start(db).await;
+    let v = d.new_verification(PHONE, "quiet").await;
+    callverify::emulator::Call::verify(&v.id)
+        .press("#")
+        .press(v.code.as_deref().unwrap())
+        .run(d.addr)
+        .await
+        .unwrap();
+    assert_eq!(d.status(&v.id).await.status, Status::Verified);
+    assert!(d.service.store().events(&v.id).await.unwrap().is_empty());
+    d.stop().await;
+
+    let (hook, received) = receiver(0).await;
+    let d = common::start_with(db, move |c: &mut Config| {
+        c.webhooks.url = format!("http://{hook}/hook");
+        c.webhooks.secret = SECRET.into();
+    })
+    .await;
+    let v = d.new_verification(PHONE, "default-receiver").await;
+    d.service.cancel(&v.id).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.got.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no webhook at webhooks.url");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (signature, body) = received.got.lock().unwrap()[0].clone();
+    verify_signature(&signature, &body);
+    let event: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(event["status"], "canceled");
+    d.stop().await;
+}
+
+on_both_backends!(
+    api_call_verifies_and_the_webhook_follows,
+    events_are_queued_only_for_a_receiver,
+);
