@@ -390,6 +390,7 @@ impl Config {
             per_key_per_hour: v.max_per_api_key_per_hour,
             max_dials: self.dialer.max_dials,
             retry_delay: Duration::from_secs(self.dialer.retry_delay_secs),
+            ring_timeout: Duration::from_secs(self.dialer.ring_timeout_secs),
         }
     }
 

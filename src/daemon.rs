@@ -79,6 +79,21 @@ fn start_dialer(
     Some(ami)
 }
 
+/// Every few seconds: release stale dialer claims, expire overdue verifications.
+async fn janitor(service: Arc<Verifications>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                if let Err(e) = service.maintain().await {
+                    tracing::error!(error = %e, "queue upkeep failed");
+                }
+            }
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
 /// Open the store (applying migrations) and build the verification rules on it.
 pub async fn open(config: &Config) -> Result<Arc<Verifications>, DaemonError> {
     let store = Store::connect(&config.database.url, config.database.max_connections).await?;
@@ -180,6 +195,7 @@ pub async fn run(
         }
         Err(e) => tracing::error!(error = %e, "cannot start the webhook sender"),
     }
+    tokio::spawn(janitor(service.clone(), stopped.clone()));
     let http = tokio::spawn(crate::api::serve(
         listeners.http,
         api,

@@ -35,7 +35,12 @@ struct InFlight {
     /// OriginateResponse said Reason 0 (failed), which a busy callee also gives; the
     /// Hangup that follows, if any, tells busy from failed.
     failed_at: Option<Instant>,
+    /// Answered: the call is the daemon's now, and counts against the cap until its Hangup.
+    answered: bool,
 }
+
+/// An answered call whose Hangup never came stops counting against the cap after this.
+const MAX_CALL: Duration = Duration::from_secs(30 * 60);
 
 /// How long a failed call waits for its Hangup event to say why.
 const HANGUP_GRACE: Duration = Duration::from_secs(2);
@@ -145,8 +150,16 @@ impl Dialer {
                 tracing::info!("call originated");
                 true
             }
-            // Refused, or never sent: no call was placed.
-            Err(e @ (AmiError::Refused { .. } | AmiError::NotConnected | AmiError::Codec(_))) => {
+            // Never sent: the claim is given back, and the dial not counted.
+            Err(AmiError::NotConnected) => {
+                tracing::info!("AMI went down before the Originate; the call waits");
+                if let Err(e) = self.service.store().unclaim(&job, now_ms()).await {
+                    tracing::error!(error = %e, "cannot give back a claim (released later)");
+                }
+                false
+            }
+            // Refused: no call was placed.
+            Err(e @ (AmiError::Refused { .. } | AmiError::Codec(_))) => {
                 tracing::warn!(error = %e, "Originate refused");
                 self.failed(&job, &channel, CallOutcome::DialFailed).await;
                 false
@@ -167,6 +180,7 @@ impl Dialer {
                     channel,
                     since: Instant::now(),
                     failed_at: None,
+                    answered: false,
                 },
             );
         }
@@ -178,7 +192,8 @@ impl Dialer {
             Some("OriginateResponse") => {
                 let Some(id) = m.action_id() else { return };
                 if m.get("Response") == Some("Success") {
-                    if let Some(call) = self.calls.get(id) {
+                    if let Some(call) = self.calls.get_mut(id) {
+                        call.answered = true;
                         tracing::info!(verification = %call.job.verification_id, "call answered");
                     }
                     return;
@@ -206,8 +221,11 @@ impl Dialer {
                 let Some(call) = m.get("Uniqueid").and_then(|u| self.calls.remove(u)) else {
                     return;
                 };
-                // After an answered call this changes nothing (the flow recorded it); a
-                // call that hung up before reaching the daemon is released here.
+                // An answered call was recorded by its flow; one that hung up before
+                // reaching the daemon is released here.
+                if call.answered {
+                    return;
+                }
                 let outcome = match m.get("Cause") {
                     Some("17") => CallOutcome::Busy,
                     Some("18" | "19") => CallOutcome::NoAnswer,
@@ -228,20 +246,26 @@ impl Dialer {
             .calls
             .iter()
             .filter(|(_, c)| {
-                c.since.elapsed() > limit || c.failed_at.is_some_and(|t| t.elapsed() > HANGUP_GRACE)
+                if c.answered {
+                    c.since.elapsed() > MAX_CALL
+                } else {
+                    c.since.elapsed() > limit
+                        || c.failed_at.is_some_and(|t| t.elapsed() > HANGUP_GRACE)
+                }
             })
             .map(|(id, _)| id.clone())
             .collect();
         for id in stale {
             if let Some(call) = self.calls.remove(&id) {
-                self.failed(&call.job, &call.channel, CallOutcome::DialFailed)
-                    .await;
+                if !call.answered {
+                    self.failed(&call.job, &call.channel, CallOutcome::DialFailed)
+                        .await;
+                }
             }
         }
     }
 
     async fn failed(&self, job: &DialJob, channel: &str, outcome: CallOutcome) {
-        self.service.metrics().call_ended(outcome);
         let now = now_ms();
         let result = self
             .service
@@ -256,9 +280,11 @@ impl Dialer {
                 now,
             )
             .await;
-        if let Err(e) = result {
-            tracing::error!(verification = %job.verification_id, error = %e,
-                "cannot record a failed call");
+        match result {
+            Ok(true) => self.service.metrics().call_ended(outcome),
+            Ok(false) => {} // The call reached the daemon after all, or moved on.
+            Err(e) => tracing::error!(verification = %job.verification_id, error = %e,
+                "cannot record a failed call (released later by the queue upkeep)"),
         }
     }
 }

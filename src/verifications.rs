@@ -32,6 +32,9 @@ pub struct Policy {
     /// Calls the dialer makes at most for one verification, and the wait between them.
     pub max_dials: u32,
     pub retry_delay: Duration,
+    /// How long a dialer call may ring: a claim older than twice this (and a margin) that
+    /// no session took is released.
+    pub ring_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -357,6 +360,11 @@ impl Verifications {
         Ok(view(&row))
     }
 
+    /// The API key that made verification `id` (none: made with the CLI).
+    pub async fn owner(&self, id: &str) -> Result<Option<String>, VerifyError> {
+        Ok(self.row(id).await?.api_key_id)
+    }
+
     /// Cancel a verification that has not ended.
     pub async fn cancel(&self, id: &str) -> Result<View, VerifyError> {
         let current = self.get(id).await?;
@@ -456,6 +464,24 @@ impl Verifications {
             "attempts used up: number and user locked out"
         );
         Ok(CodeCheck::LockedOut)
+    }
+
+    /// Periodic upkeep of the queue: stale dialer claims released, overdue verifications
+    /// expired (which sends their `expired` webhook).
+    pub async fn maintain(&self) -> Result<(), VerifyError> {
+        let now = now_ms();
+        let stale = millis(self.policy.ring_timeout * 2 + Duration::from_secs(5));
+        let (released, expired) = self.store.maintain(now - stale, now).await?;
+        if released > 0 {
+            tracing::warn!(
+                released,
+                "dialer calls nobody answered for released (a daemon died or lost events)"
+            );
+        }
+        if expired > 0 {
+            tracing::info!(expired, "verifications expired");
+        }
+        Ok(())
     }
 
     /// When a verification whose call ended with `outcome` is due its next call, if ever.

@@ -246,8 +246,35 @@ async fn authentication_is_required(db: Db) {
     let r = http(api.d.http, "GET", "/healthz", &[], b"").await;
     assert_eq!(r.status, 200);
     let r = http(api.d.http, "GET", "/v1/openapi.json", &[], b"").await;
+    assert_eq!(r.status, 401, "every /v1 call needs a key");
+    let r = api.get("/v1/openapi.json").await;
     assert_eq!(r.status, 200);
     assert!(r.json()["paths"]["/v1/verifications"]["post"].is_object());
+    // A verification is visible only to the key that made it.
+    let mine = api
+        .post(
+            "/v1/verifications",
+            &json!({"phone": PHONE, "user_ref": "owned"}),
+            &[],
+        )
+        .await
+        .json();
+    let (_, other) = keys.create("other app").await.unwrap();
+    let other = format!("Bearer {other}");
+    let path = format!("/v1/verifications/{}", mine["id"].as_str().unwrap());
+    let r = http(api.d.http, "GET", &path, &[("Authorization", &other)], b"").await;
+    assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
+    let cancel = format!("{path}/cancel");
+    let r = http(
+        api.d.http,
+        "POST",
+        &cancel,
+        &[("Authorization", &other)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(api.get(&path).await.json()["status"], "pending");
     api.d.stop().await;
 }
 

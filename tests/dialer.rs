@@ -192,8 +192,12 @@ async fn restarted_daemon_loses_nothing_of_the_queue(db: Db) {
     }
     let d2 = common::start_config(config).await;
     peer.set_agi(d2.addr);
+    // The calls left ringing are not called again before they can have stopped ringing
+    // (twice the ring timeout and a margin), then they are.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(peer.originated().len(), 3, "no second ring right after the restart");
     for (_, id, _) in &codes {
-        wait_for_status(&d2, id, Status::Verified, Duration::from_secs(10)).await;
+        wait_for_status(&d2, id, Status::Verified, Duration::from_secs(25)).await;
     }
     assert_eq!(peer.originated().len(), 6);
     d2.stop().await;

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -109,8 +110,12 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, ApiErro
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+async fn openapi(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response())
 }
 
 /// The caller's API key, from `Authorization: Bearer ...`.
@@ -246,20 +251,38 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// The id in the path, once the caller is known: a verification another key made is
+/// reported as not found, and so is an id that is not even a path segment.
+async fn owned_id(
+    state: &ApiState,
+    headers: &HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<String, ApiError> {
+    let key = authenticate(state, headers).await?;
+    let Ok(Path(id)) = id else {
+        return Err(ApiError::not_found());
+    };
+    let owner = state.service.owner(&id).await?;
+    if owner.is_some_and(|owner| owner != key.id) {
+        return Err(ApiError::not_found());
+    }
+    Ok(id)
+}
+
 async fn show(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
+    let id = owned_id(&state, &headers, id).await?;
     Ok(Json(state.service.get(&id).await?).into_response())
 }
 
 async fn cancel(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
+    let id = owned_id(&state, &headers, id).await?;
     Ok(Json(state.service.cancel(&id).await?).into_response())
 }

@@ -542,11 +542,15 @@ impl Store {
             .run(op(move |c| {
                 Box::pin(async move {
                     let claimed = sqlx::query(&format!(
-                        "UPDATE verifications SET status = 'calling', updated_at = $1 \
+                        "UPDATE verifications SET status = 'calling', updated_at = $1, \
+                         claimed_by = NULL, claimed_at = NULL \
                          WHERE id = $2 AND expires_at > $1 AND attempts_used < max_attempts \
-                         AND (status = 'pending' OR (status = 'calling' AND channel_id = $3 \
-                             AND NOT EXISTS (SELECT 1 FROM call_attempts a \
-                                 WHERE a.verification_id = verifications.id AND a.uniqueid = $3))) \
+                         AND ((status = 'pending' AND channel_id IS NULL \
+                               AND NOT EXISTS (SELECT 1 FROM call_attempts a \
+                                   WHERE a.verification_id = verifications.id \
+                                   AND a.uniqueid = $3)) \
+                              OR (status = 'calling' AND channel_id = $3 \
+                                  AND claimed_at IS NOT NULL)) \
                          AND NOT EXISTS ({LOCKED_OUT}) \
                          RETURNING {VERIFICATION_COLUMNS}"
                     ))
@@ -698,7 +702,8 @@ impl Store {
                     .execute(&mut *c)
                     .await?;
                     if !outcome.ends_verification() {
-                        release(c, &verification_id, None, next_call_at, max_dials, now).await?;
+                        let by = Releaser::Attempt(attempt);
+                        release(c, &verification_id, by, next_call_at, max_dials, now).await?;
                     }
                     Ok(())
                 })
@@ -758,6 +763,31 @@ impl Store {
             .await
     }
 
+    /// Give back a claim whose Originate was never sent (AMI down): pending again, and the
+    /// dial not counted.
+    pub async fn unclaim(&self, job: &DialJob, now: i64) -> Result<bool, StoreError> {
+        let job = job.clone();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "UPDATE verifications SET status = 'pending', \
+                         dial_attempts = dial_attempts - 1, channel_id = NULL, \
+                         claimed_by = NULL, claimed_at = NULL, updated_at = $1 \
+                         WHERE id = $2 AND status = 'calling' AND channel_id = $3 \
+                         AND claimed_at IS NOT NULL",
+                    )
+                    .bind(now)
+                    .bind(&job.verification_id)
+                    .bind(&job.channel_id)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                })
+            }))
+            .await
+    }
+
     /// A dialer call that never reached the daemon (busy, no answer, failed): recorded as
     /// an attempt and the verification released as [`Store::finish_attempt`] does. Nothing
     /// happens if the call did reach the daemon (an attempt with this ChannelId exists) or
@@ -789,7 +819,7 @@ impl Store {
                     let released = release(
                         &mut tx,
                         &job.verification_id,
-                        Some(&job.channel_id),
+                        Releaser::Dial(&job.channel_id),
                         next_call_at,
                         max_dials,
                         now,
@@ -991,6 +1021,38 @@ impl Store {
             .await
     }
 
+    /// Periodic upkeep: dialer claims older than `claims_before` that no FastAGI session
+    /// took (the daemon that made them died, or lost their events) go back to `pending`;
+    /// verifications waiting past their expiry become `expired`. Returns (released,
+    /// expired).
+    pub async fn maintain(&self, claims_before: i64, now: i64) -> Result<(u64, u64), StoreError> {
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let released = sqlx::query(
+                        "UPDATE verifications SET status = 'pending', next_call_at = $1, \
+                         channel_id = NULL, claimed_by = NULL, claimed_at = NULL, updated_at = $1 \
+                         WHERE status = 'calling' AND claimed_at IS NOT NULL AND claimed_at < $2",
+                    )
+                    .bind(now)
+                    .bind(claims_before)
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
+                    let expired = sqlx::query(
+                        "UPDATE verifications SET status = 'expired', updated_at = $1 \
+                         WHERE status = 'pending' AND expires_at <= $1",
+                    )
+                    .bind(now)
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
+                    Ok((released, expired))
+                })
+            }))
+            .await
+    }
+
     pub async fn attempts(&self, verification_id: &str) -> Result<Vec<AttemptRow>, StoreError> {
         let verification_id = verification_id.to_owned();
         self.engine
@@ -1011,7 +1073,8 @@ impl Store {
 
     /// After a crash: close as `interrupted` the attempts left open by `daemon` (which, now
     /// starting, cannot have calls) and any attempt started before `stale_before`, and put
-    /// verifications left `calling` without an open attempt back to `pending`. Wrong
+    /// verifications left `calling` by a session without an open attempt back to `pending`
+    /// (dialer calls that may still ring are [`Store::maintain`]'s). Wrong
     /// entries were counted as they happened and stay counted. Other daemons' live calls on
     /// a shared database are left alone.
     pub async fn recover_interrupted(
@@ -1037,15 +1100,12 @@ impl Store {
                     .rows_affected();
                     let verifications = sqlx::query(
                         "UPDATE verifications SET status = 'pending', updated_at = $1, \
-                         next_call_at = CASE WHEN claimed_by IS NULL THEN next_call_at ELSE $1 END, \
-                         channel_id = NULL, claimed_by = NULL, claimed_at = NULL \
-                         WHERE status = 'calling' AND NOT EXISTS (SELECT 1 FROM call_attempts a \
-                             WHERE a.verification_id = verifications.id AND a.ended_at IS NULL) \
-                         AND (claimed_by IS NULL OR claimed_by = $2 OR claimed_at < $3)",
+                         channel_id = NULL \
+                         WHERE status = 'calling' AND claimed_at IS NULL \
+                         AND NOT EXISTS (SELECT 1 FROM call_attempts a \
+                             WHERE a.verification_id = verifications.id AND a.ended_at IS NULL)",
                     )
                     .bind(now)
-                    .bind(&daemon)
-                    .bind(stale_before)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -1087,13 +1147,21 @@ fn parse_column<T: FromStr>(column: &'static str, value: &str) -> Result<T, Stor
     })
 }
 
-/// Put a `calling` verification (of the dialer call `channel_id`, if given, and with no
-/// attempt of that call) back to `pending`, due again at `next_call_at`, or `unanswered`
-/// when a retry is due but it has had `max_dials` calls.
+/// Which call asks to release a `calling` verification.
+#[derive(Clone, Copy)]
+enum Releaser<'a> {
+    /// The dialer's call with this ChannelId, while no FastAGI session has taken it.
+    Dial(&'a str),
+    /// This FastAGI attempt, unless the verification is in a newer dialer call.
+    Attempt(i64),
+}
+
+/// Put a `calling` verification back to `pending`, due again at `next_call_at`, or make it
+/// `unanswered` when a retry is due but it has had `max_dials` calls.
 async fn release(
     c: &mut AnyConnection,
     id: &str,
-    channel_id: Option<&str>,
+    by: Releaser<'_>,
     next_call_at: Option<i64>,
     max_dials: i64,
     now: i64,
@@ -1103,20 +1171,26 @@ async fn release(
     } else {
         i64::MAX
     };
+    let (channel_id, attempt) = match by {
+        Releaser::Dial(channel_id) => (channel_id, 0),
+        Releaser::Attempt(attempt) => ("", attempt),
+    };
     let done = sqlx::query(
         "UPDATE verifications SET \
          status = CASE WHEN dial_attempts >= $1 THEN 'unanswered' ELSE 'pending' END, \
          next_call_at = $2, channel_id = NULL, claimed_by = NULL, claimed_at = NULL, \
          updated_at = $3 \
-         WHERE id = $4 AND status = 'calling' \
-         AND ($5 = '' OR (channel_id = $5 AND NOT EXISTS (SELECT 1 FROM call_attempts a \
-             WHERE a.verification_id = verifications.id AND a.uniqueid = $5)))",
+         WHERE id = $4 AND status = 'calling' AND ( \
+             ($5 <> '' AND channel_id = $5 AND claimed_at IS NOT NULL) OR \
+             ($5 = '' AND (channel_id IS NULL OR channel_id = \
+                 (SELECT a.uniqueid FROM call_attempts a WHERE a.id = $6))))",
     )
     .bind(give_up_at)
     .bind(next_call_at)
     .bind(now)
     .bind(id)
-    .bind(channel_id.unwrap_or_default())
+    .bind(channel_id)
+    .bind(attempt)
     .execute(c)
     .await?;
     Ok(done.rows_affected() == 1)
