@@ -15,7 +15,8 @@ use crate::codes::{self, CodeHasher};
 use crate::metrics::Metrics;
 use crate::phone::{PhoneError, PhoneNumber, PhonePolicy};
 use crate::store::{
-    CallOutcome, Idempotent, RateSubject, Recovered, Status, Store, StoreError, VerificationRow,
+    CallOutcome, Earlier, Idempotent, RateSubject, Recovered, Status, Store, StoreError,
+    VerificationRow,
 };
 
 /// Tunables of the verification rules.
@@ -214,6 +215,13 @@ impl Verifications {
         }
         let locale = validate_locale(new.locale.as_deref())?;
         let callback_url = new.callback_url.map(validate_callback_url).transpose()?;
+        // A retry with a used Idempotency-Key gets the first answer, not a rate limit.
+        if let (Some(key_id), Some((idem_key, request_hash))) = (&new.api_key_id, &new.idempotency)
+        {
+            if let Some(earlier) = self.store.idempotent_lookup(key_id, idem_key).await? {
+                return self.replay(earlier, request_hash).await;
+            }
+        }
         let now = now_ms();
         if let Some(retry_at) = self
             .store
@@ -266,18 +274,8 @@ impl Verifications {
                 .store
                 .insert_verification_idempotent(&row, key_id, idem_key, request_hash)
                 .await?;
-            if let Idempotent::Existing {
-                request_hash: earlier,
-                verification_id,
-            } = found
-            {
-                if &earlier != request_hash {
-                    return Err(VerifyError::IdempotencyConflict);
-                }
-                return Ok(Started {
-                    view: self.get(&verification_id).await?,
-                    replayed: true,
-                });
+            if let Idempotent::Existing(earlier) = found {
+                return self.replay(earlier, request_hash).await;
             }
         } else {
             self.store.insert_verification(&row).await?;
@@ -289,6 +287,18 @@ impl Verifications {
         Ok(Started {
             view,
             replayed: false,
+        })
+    }
+
+    /// The answer to a retried request: the verification the key made, if the request is
+    /// the same.
+    async fn replay(&self, earlier: Earlier, request_hash: &str) -> Result<Started, VerifyError> {
+        if earlier.request_hash != request_hash {
+            return Err(VerifyError::IdempotencyConflict);
+        }
+        Ok(Started {
+            view: self.get(&earlier.verification_id).await?,
+            replayed: true,
         })
     }
 

@@ -489,16 +489,22 @@ async fn lockouts_and_rate_limits_are_429(db: Db) {
     assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() > 23 * 3600);
 
     let second = "+14155550188";
-    for user in ["u1", "u2"] {
-        let r = api
-            .post(
-                "/v1/verifications",
-                &json!({"phone": second, "user_ref": user}),
-                &[],
-            )
-            .await;
-        assert_eq!(r.status, 201);
-    }
+    let first_answer = api
+        .post(
+            "/v1/verifications",
+            &json!({"phone": second, "user_ref": "u1"}),
+            &[("Idempotency-Key", "retry-me")],
+        )
+        .await;
+    assert_eq!(first_answer.status, 201);
+    let r = api
+        .post(
+            "/v1/verifications",
+            &json!({"phone": second, "user_ref": "u2"}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 201);
     let r = api
         .post(
             "/v1/verifications",
@@ -508,6 +514,16 @@ async fn lockouts_and_rate_limits_are_429(db: Db) {
         .await;
     assert_eq!((r.status, r.error_code().as_str()), (429, "rate_limited"));
     assert!(r.header("retry-after").is_some());
+    // A retry of the first request is its answer, not a rate limit.
+    let again = api
+        .post(
+            "/v1/verifications",
+            &json!({"phone": second, "user_ref": "u1"}),
+            &[("Idempotency-Key", "retry-me")],
+        )
+        .await;
+    assert_eq!(again.status, 201);
+    assert_eq!(again.json(), first_answer.json());
     api.d.stop().await;
 }
 

@@ -195,7 +195,11 @@ async fn restarted_daemon_loses_nothing_of_the_queue(db: Db) {
     // The calls left ringing are not called again before they can have stopped ringing
     // (twice the ring timeout and a margin), then they are.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(peer.originated().len(), 3, "no second ring right after the restart");
+    assert_eq!(
+        peer.originated().len(),
+        3,
+        "no second ring right after the restart"
+    );
     for (_, id, _) in &codes {
         wait_for_status(&d2, id, Status::Verified, Duration::from_secs(25)).await;
     }

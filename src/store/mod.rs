@@ -95,11 +95,15 @@ pub struct ApiKeyRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Idempotent {
     Inserted,
-    /// The key was used before, for the request with this hash and this verification.
-    Existing {
-        request_hash: String,
-        verification_id: String,
-    },
+    /// The key was used before.
+    Existing(Earlier),
+}
+
+/// An earlier use of an idempotency key: the request's hash and what it created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Earlier {
+    pub request_hash: String,
+    pub verification_id: String,
 }
 
 /// Who a rate limit counts creations of.
@@ -278,10 +282,10 @@ impl Store {
             .run(op(move |c| {
                 Box::pin(async move {
                     let existing = |row: sqlx::any::AnyRow| -> Result<Idempotent, StoreError> {
-                        Ok(Idempotent::Existing {
+                        Ok(Idempotent::Existing(Earlier {
                             request_hash: row.try_get(0)?,
                             verification_id: row.try_get(1)?,
-                        })
+                        }))
                     };
                     let find = "SELECT request_hash, verification_id FROM idempotency_keys \
                                 WHERE api_key_id = $1 AND idem_key = $2";
@@ -325,6 +329,36 @@ impl Store {
                             None => Err(e),
                         },
                     }
+                })
+            }))
+            .await
+    }
+
+    /// The earlier use of `idem_key` by `api_key_id`, if any.
+    pub async fn idempotent_lookup(
+        &self,
+        api_key_id: &str,
+        idem_key: &str,
+    ) -> Result<Option<Earlier>, StoreError> {
+        let (api_key_id, idem_key) = (api_key_id.to_owned(), idem_key.to_owned());
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let row = sqlx::query(
+                        "SELECT request_hash, verification_id FROM idempotency_keys \
+                         WHERE api_key_id = $1 AND idem_key = $2",
+                    )
+                    .bind(&api_key_id)
+                    .bind(&idem_key)
+                    .fetch_optional(&mut *c)
+                    .await?;
+                    row.map(|r| {
+                        Ok(Earlier {
+                            request_hash: r.try_get(0)?,
+                            verification_id: r.try_get(1)?,
+                        })
+                    })
+                    .transpose()
                 })
             }))
             .await
