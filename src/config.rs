@@ -40,6 +40,8 @@ pub struct WebhooksSection {
     pub timeout_secs: u64,
     /// First retry of an undelivered event after this; doubling up to an hour.
     pub retry_base_ms: u64,
+    /// Accept callback URLs on loopback and private networks (labs and tests only).
+    pub allow_private_callbacks: bool,
 }
 
 impl Default for WebhooksSection {
@@ -49,6 +51,7 @@ impl Default for WebhooksSection {
             secret: String::new(),
             timeout_secs: 10,
             retry_base_ms: 5000,
+            allow_private_callbacks: false,
         }
     }
 }
@@ -391,6 +394,7 @@ impl Config {
             max_dials: self.dialer.max_dials,
             retry_delay: Duration::from_secs(self.dialer.retry_delay_secs),
             ring_timeout: Duration::from_secs(self.dialer.ring_timeout_secs),
+            allow_private_callbacks: self.webhooks.allow_private_callbacks,
         }
     }
 

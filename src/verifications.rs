@@ -36,6 +36,9 @@ pub struct Policy {
     /// How long a dialer call may ring: a claim older than twice this (and a margin) that
     /// no session took is released.
     pub ring_timeout: Duration,
+    /// Accept `callback_url`s on loopback or private networks (for tests and labs only:
+    /// otherwise an API caller could make the daemon post into the internal network).
+    pub allow_private_callbacks: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,8 @@ pub enum VerifyError {
         "invalid callback_url: it must be an http:// or https:// URL of at most 2048 characters"
     )]
     InvalidCallbackUrl,
+    #[error("callback_url points into a private network or this host (webhooks.allow_private_callbacks)")]
+    PrivateCallbackUrl,
     #[error("this Idempotency-Key was used for a different request")]
     IdempotencyConflict,
     #[error("the verification has ended ({0}) and cannot be canceled")]
@@ -80,7 +85,9 @@ impl VerifyError {
             VerifyError::LockedOut { .. } => "locked_out",
             VerifyError::NotFound(_) => "not_found",
             VerifyError::RateLimited { .. } => "rate_limited",
-            VerifyError::InvalidCallbackUrl => "invalid_callback_url",
+            VerifyError::InvalidCallbackUrl | VerifyError::PrivateCallbackUrl => {
+                "invalid_callback_url"
+            }
             VerifyError::IdempotencyConflict => "idempotency_conflict",
             VerifyError::NotCancelable(_) => "not_cancelable",
             VerifyError::Store(_) => "internal",
@@ -214,7 +221,10 @@ impl Verifications {
             return Err(VerifyError::InvalidCodeLength(code_length));
         }
         let locale = validate_locale(new.locale.as_deref())?;
-        let callback_url = new.callback_url.map(validate_callback_url).transpose()?;
+        let callback_url = new
+            .callback_url
+            .map(|url| validate_callback_url(url, self.policy.allow_private_callbacks))
+            .transpose()?;
         // A retry with a used Idempotency-Key gets the first answer, not a rate limit.
         if let (Some(key_id), Some((idem_key, request_hash))) = (&new.api_key_id, &new.idempotency)
         {
@@ -611,14 +621,45 @@ fn validate_user_ref(user_ref: &str) -> Result<&str, VerifyError> {
     Ok(user_ref)
 }
 
-fn validate_callback_url(url: String) -> Result<String, VerifyError> {
-    let ok = url.len() <= 2048
-        && (url.starts_with("https://") || url.starts_with("http://"))
-        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
-    if ok {
-        Ok(url)
-    } else {
-        Err(VerifyError::InvalidCallbackUrl)
+fn validate_callback_url(url: String, allow_private: bool) -> Result<String, VerifyError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or(VerifyError::InvalidCallbackUrl)?;
+    if url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(VerifyError::InvalidCallbackUrl);
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    if host.is_empty() {
+        return Err(VerifyError::InvalidCallbackUrl);
+    }
+    if !allow_private && is_internal_host(host) {
+        return Err(VerifyError::PrivateCallbackUrl);
+    }
+    Ok(url)
+}
+
+/// Loopback, private, link-local (cloud metadata) or unspecified addresses, and localhost.
+fn is_internal_host(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>().map(|ip| ip.to_canonical()) {
+        Ok(std::net::IpAddr::V4(v4)) => {
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified()
+        }
+        Ok(std::net::IpAddr::V6(v6)) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+        Err(_) => false,
     }
 }
 
@@ -658,6 +699,38 @@ mod tests {
         assert!(validate_user_ref("").is_err());
         assert!(validate_user_ref("a\nb").is_err());
         assert!(validate_user_ref(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn callback_urls_into_the_internal_network_are_refused() {
+        for url in [
+            "http://127.0.0.1/hook",
+            "http://localhost:8080/x",
+            "https://10.1.2.3/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]:9000/",
+            "http://user@192.168.1.1/",
+            "http://[::ffff:10.0.0.1]/",
+        ] {
+            assert!(
+                matches!(
+                    validate_callback_url(url.into(), false),
+                    Err(VerifyError::PrivateCallbackUrl)
+                ),
+                "{url}"
+            );
+            assert!(validate_callback_url(url.into(), true).is_ok(), "{url}");
+        }
+        assert!(validate_callback_url("https://app.example.com/hooks?a=1".into(), false).is_ok());
+        assert!(validate_callback_url("https://93.184.216.34:8443/h".into(), false).is_ok());
+        for bad in [
+            "ftp://x",
+            "http://",
+            "https:// spaced",
+            "javascript:alert(1)",
+        ] {
+            assert!(validate_callback_url(bad.into(), true).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::sync::watch;
@@ -30,8 +31,8 @@ pub struct WebhookConfig {
 const GIVE_UP_AFTER: i64 = 72 * 3600 * 1000;
 /// Events claimed at a time.
 const BATCH: usize = 100;
-/// How long a claimed event is held before another sender may try it.
-const LEASE: i64 = 60_000;
+/// Events sent at once.
+const PARALLEL: usize = 16;
 
 /// The signature header's value for `body` sent at `t` (Unix seconds).
 pub fn sign(secret: &str, t: i64, body: &[u8]) -> String {
@@ -94,16 +95,30 @@ impl Sender {
     /// Send what is due; returns how many events were tried.
     async fn send_due(&self) -> usize {
         let now = now_ms();
-        let events = match self.store.claim_events(BATCH as i64, LEASE, now).await {
+        // Held long enough for the whole batch, so that another daemon does not send them too.
+        let lease = self.config.timeout * BATCH.div_ceil(PARALLEL) as u32 + Duration::from_secs(30);
+        let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let events = match self.store.claim_events(BATCH as i64, lease, now).await {
             Ok(events) => events,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the webhook outbox");
                 return 0;
             }
         };
-        let mut done = Vec::with_capacity(events.len());
-        for event in &events {
-            let Err(e) = self.deliver(event).await else {
+        // A batch holds at most one event per verification, so sending its events side by
+        // side keeps each verification's order; a slow receiver holds up only its own.
+        let claimed = events.len();
+        let results: Vec<(OutboxEvent, Result<(), String>)> = futures::stream::iter(events)
+            .map(|event| async move {
+                let result = self.deliver(&event).await;
+                (event, result)
+            })
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        let mut done = Vec::with_capacity(claimed);
+        for (event, result) in results {
+            let Err(e) = result else {
                 done.push(event.id);
                 continue;
             };
@@ -125,7 +140,7 @@ impl Sender {
         if let Err(e) = self.store.events_delivered(&done, now_ms()).await {
             tracing::error!(error = %e, "cannot record delivered webhooks");
         }
-        events.len()
+        claimed
     }
 
     async fn deliver(&self, event: &OutboxEvent) -> Result<(), String> {

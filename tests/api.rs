@@ -279,7 +279,11 @@ async fn authentication_is_required(db: Db) {
 }
 
 async fn hostile_bodies_get_clear_errors(db: Db) {
-    let api = Api::with(db, |c| c.http.max_body_bytes = 2048).await;
+    let api = Api::with(db, |c| {
+        c.http.max_body_bytes = 2048;
+        c.webhooks.allow_private_callbacks = false;
+    })
+    .await;
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         (
             "text/plain",
@@ -351,6 +355,12 @@ async fn hostile_bodies_get_clear_errors(db: Db) {
             br#"{"phone":"+14155550101","user_ref":"a","code_length":3}"#.to_vec(),
             422,
             "invalid_code_length",
+        ),
+        (
+            "application/json",
+            br#"{"phone":"+14155550101","user_ref":"a","callback_url":"http://169.254.169.254/latest"}"#.to_vec(),
+            422,
+            "invalid_callback_url",
         ),
         (
             "application/json",

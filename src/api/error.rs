@@ -46,7 +46,8 @@ impl From<VerifyError> for ApiError {
             | VerifyError::InvalidUserRef(_)
             | VerifyError::InvalidLocale(_)
             | VerifyError::InvalidCodeLength(_)
-            | VerifyError::InvalidCallbackUrl => StatusCode::UNPROCESSABLE_ENTITY,
+            | VerifyError::InvalidCallbackUrl
+            | VerifyError::PrivateCallbackUrl => StatusCode::UNPROCESSABLE_ENTITY,
             VerifyError::LockedOut { .. } | VerifyError::RateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
