@@ -90,19 +90,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
 /// `POST /v1/verifications` through the HTTP API, `--concurrency` at a time, over
 /// keep-alive connections: verifications enqueued per second and request latency.
 async fn enqueue_run(config: &Config, args: &BenchArgs, store: &str) -> anyhow::Result<()> {
-    let service = daemon::open(config).await?;
-    let listeners = daemon::bind(config).await?;
-    let url = format!("http://{}/v1/verifications", listeners.http.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = {
-        let (config, service) = (config.clone(), service.clone());
-        tokio::spawn(async move {
-            daemon::run(&config, service, listeners, async {
-                let _ = stopped.await;
-            })
-            .await
-        })
-    };
+    let running = InProcess::start(config).await?;
+    let service = running.service.clone();
+    let url = format!("http://{}/v1/verifications", running.http);
     let (_, key) = callverify::keys::ApiKeys::new(service.store().clone())
         .create("bench")
         .await?;
@@ -145,8 +135,7 @@ async fn enqueue_run(config: &Config, args: &BenchArgs, store: &str) -> anyhow::
     let mut line = String::new();
     stats.describe(&mut line, "requests", "request latency");
     println!("API enqueue ({store}): {line}");
-    let _ = stop.send(());
-    server.await??;
+    running.stop().await?;
     Ok(())
 }
 
@@ -164,6 +153,44 @@ fn bench_config(dir: &Path, max_sessions: usize) -> Config {
     config.verification.max_per_api_key_per_hour = u32::MAX;
     config.database.max_connections = 1;
     config
+}
+
+/// The daemon running in this process, on its own ports.
+struct InProcess {
+    service: Arc<Verifications>,
+    agi: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), daemon::DaemonError>>,
+}
+
+impl InProcess {
+    async fn start(config: &Config) -> anyhow::Result<Self> {
+        let service = daemon::open(config).await?;
+        let listeners = daemon::bind(config).await?;
+        let (agi, http) = (listeners.agi.local_addr()?, listeners.http.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (config, running) = (config.clone(), service.clone());
+        let task = tokio::spawn(async move {
+            daemon::run(&config, running, listeners, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Ok(Self {
+            service,
+            agi,
+            http,
+            stop,
+            task,
+        })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await??;
+        Ok(())
+    }
 }
 
 struct RunStats {
@@ -248,19 +275,8 @@ async fn drive(
 }
 
 async fn throughput_daemon(config: &Config, args: &BenchArgs) -> anyhow::Result<RunStats> {
-    let service = daemon::open(config).await?;
-    let listeners = daemon::bind(config).await?;
-    let addr = listeners.agi.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = {
-        let (config, service) = (config.clone(), service.clone());
-        tokio::spawn(async move {
-            daemon::run(&config, service, listeners, async {
-                let _ = stopped.await;
-            })
-            .await
-        })
-    };
+    let running = InProcess::start(config).await?;
+    let (service, addr) = (running.service.clone(), running.agi);
     let made = Instant::now();
     let codes = create(&service, args.sessions).await?;
     println!(
@@ -278,8 +294,7 @@ async fn throughput_daemon(config: &Config, args: &BenchArgs) -> anyhow::Result<
             bail!("verification {id} did not end verified: the benchmark is not valid");
         }
     }
-    let _ = stop.send(());
-    server.await??;
+    running.stop().await?;
     Ok(stats)
 }
 

@@ -13,6 +13,7 @@ pub mod dialer;
 pub mod emulator;
 pub mod flow;
 pub mod keys;
+pub mod lines;
 pub mod metrics;
 pub mod phone;
 pub mod store;

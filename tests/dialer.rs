@@ -303,25 +303,7 @@ async fn reqwest_json(addr: std::net::SocketAddr, path: &str) -> serde_json::Val
 /// A number the policy no longer allows (made before the policy changed) is not called.
 async fn destinations_are_checked_again_at_dial_time(db: Db) {
     let (peer, d) = setup(db).await;
-    let now = callverify::verifications::now_ms();
-    let row = callverify::store::VerificationRow {
-        id: "vf_abroad".into(),
-        phone: "+442079460000".into(),
-        user_ref: "abroad".into(),
-        code_hash: "00".repeat(32),
-        code_length: 6,
-        status: Status::Pending,
-        attempts_used: 0,
-        max_attempts: 3,
-        locale: "en".into(),
-        is_test: false,
-        created_at: now,
-        updated_at: now,
-        expires_at: now + 600_000,
-        verified_at: None,
-        api_key_id: None,
-        callback_url: None,
-    };
+    let row = common::pending_row("vf_abroad", "+442079460000", "abroad");
     d.service.store().insert_verification(&row).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while outcomes(&d, "vf_abroad").await.is_empty() {

@@ -6,9 +6,9 @@ mod common;
 
 use std::sync::Arc;
 
-use callverify::store::{CallOutcome, Status, Store, VerificationRow};
+use callverify::store::{CallOutcome, Status, Store};
 use callverify::verifications::now_ms;
-use common::Db;
+use common::{pending_row as row, Db};
 
 const DAY: i64 = 24 * 3600 * 1000;
 
@@ -20,28 +20,6 @@ async fn store(db: Db) -> (Store, tempfile::TempDir) {
     // Migrations are idempotent.
     store.migrate().await.unwrap();
     (store, dir)
-}
-
-fn row(id: &str, phone: &str, user: &str) -> VerificationRow {
-    let now = now_ms();
-    VerificationRow {
-        id: id.into(),
-        phone: phone.into(),
-        user_ref: user.into(),
-        code_hash: "00".repeat(32),
-        code_length: 6,
-        status: Status::Pending,
-        attempts_used: 0,
-        max_attempts: 3,
-        locale: "en".into(),
-        is_test: false,
-        created_at: now,
-        updated_at: now,
-        expires_at: now + 600_000,
-        verified_at: None,
-        api_key_id: None,
-        callback_url: None,
-    }
 }
 
 async fn round_trip_and_transitions(db: Db) {

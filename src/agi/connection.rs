@@ -1,13 +1,15 @@
 //! A FastAGI TCP connection framed into lines.
 //!
-//! Lines are bounded at 8 KiB, far above anything Asterisk sends: a longer one is a protocol
-//! error, not a reason to grow memory. A peer that closes mid-line has closed, not erred. Bytes that are not UTF-8 (a Latin-1 caller name) are kept lossily
+//! Lines are bounded at 8 KiB, far above anything Asterisk sends. A peer that closes
+//! mid-line has closed, not erred. Bytes that are not UTF-8 (a Latin-1 caller name) are kept lossily
 //! rather than failing the call.
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder, Framed};
+
+use crate::lines::take_line;
 
 /// The longest line accepted from a peer, as in Asterisk (`AGI_BUF_LEN`).
 pub const MAX_LINE: usize = 8192;
@@ -42,25 +44,7 @@ impl Decoder for LineCodec {
     type Error = LineError;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<String>, LineError> {
-        let Some(pos) = buf[self.scanned..].iter().position(|&b| b == b'\n') else {
-            self.scanned = buf.len();
-            if buf.len() > MAX_LINE {
-                return Err(LineError::TooLong);
-            }
-            return Ok(None);
-        };
-        let end = self.scanned + pos;
-        self.scanned = 0;
-        if end > MAX_LINE {
-            return Err(LineError::TooLong);
-        }
-        let mut line = &buf[..end];
-        if line.last() == Some(&b'\r') {
-            line = &line[..line.len() - 1];
-        }
-        let text = String::from_utf8_lossy(line).into_owned();
-        buf.advance(end + 1);
-        Ok(Some(text))
+        take_line(buf, &mut self.scanned, MAX_LINE).map_err(|_| LineError::TooLong)
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<String>, LineError> {

@@ -1,8 +1,10 @@
 //! AMI messages: blocks of `Key: Value` lines ending in CR LF, closed by an empty line
 //! (`shared/captures/asterisk-ami-*.txt`). Keys repeat (`Variable:`), so order is kept.
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
+
+use crate::lines::take_line;
 
 /// Longest line and most lines per message accepted from Asterisk.
 pub const MAX_LINE: usize = 8192;
@@ -74,25 +76,7 @@ pub enum Frame {
 pub struct AmiCodec {
     banner_read: bool,
     partial: Message,
-}
-
-fn take_line(buf: &mut BytesMut) -> Result<Option<String>, AmiCodecError> {
-    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
-        if buf.len() > MAX_LINE {
-            return Err(AmiCodecError::LineTooLong);
-        }
-        return Ok(None);
-    };
-    if end > MAX_LINE {
-        return Err(AmiCodecError::LineTooLong);
-    }
-    let mut line = &buf[..end];
-    if line.last() == Some(&b'\r') {
-        line = &line[..line.len() - 1];
-    }
-    let text = String::from_utf8_lossy(line).into_owned();
-    buf.advance(end + 1);
-    Ok(Some(text))
+    scanned: usize,
 }
 
 impl Decoder for AmiCodec {
@@ -101,7 +85,9 @@ impl Decoder for AmiCodec {
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, AmiCodecError> {
         loop {
-            let Some(line) = take_line(buf)? else {
+            let line = take_line(buf, &mut self.scanned, MAX_LINE)
+                .map_err(|_| AmiCodecError::LineTooLong)?;
+            let Some(line) = line else {
                 return Ok(None);
             };
             if !self.banner_read {

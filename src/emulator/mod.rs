@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -75,6 +76,8 @@ impl Transcript {
     }
 }
 
+static NEXT_CHANNEL: AtomicU64 = AtomicU64::new(5);
+
 /// The 22 variables of an originated PJSIP call (capture session 4), for `script` and `args`.
 pub fn outbound_env(script: &str, args: &[&str]) -> Vec<String> {
     let mut env: Vec<String> = [
@@ -84,7 +87,11 @@ pub fn outbound_env(script: &str, args: &[&str]) -> Vec<String> {
         "agi_channel: PJSIP/callverify-trunk-00000004".into(),
         "agi_language: en".into(),
         "agi_type: PJSIP".into(),
-        "agi_uniqueid: 1795786096.5".into(),
+        // Each channel has its own uniqueid, as in Asterisk.
+        format!(
+            "agi_uniqueid: 1795786096.{}",
+            NEXT_CHANNEL.fetch_add(1, Ordering::Relaxed)
+        ),
         "agi_version: 22.10.1".into(),
         "agi_callerid: +15550001111".into(),
         "agi_calleridname: QA Verify".into(),

@@ -185,3 +185,26 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// A pending verification as stored, due its first call now, for tests of the store.
+pub fn pending_row(id: &str, phone: &str, user: &str) -> callverify::store::VerificationRow {
+    let now = callverify::verifications::now_ms();
+    callverify::store::VerificationRow {
+        id: id.into(),
+        phone: phone.into(),
+        user_ref: user.into(),
+        code_hash: "00".repeat(32),
+        code_length: 6,
+        status: callverify::store::Status::Pending,
+        attempts_used: 0,
+        max_attempts: 3,
+        locale: "en".into(),
+        is_test: false,
+        created_at: now,
+        updated_at: now,
+        expires_at: now + 600_000,
+        verified_at: None,
+        api_key_id: None,
+        callback_url: None,
+    }
+}
