@@ -27,14 +27,19 @@ async fn send_and_read_to_close(d: &Daemon, bytes: &[u8]) -> Vec<u8> {
 
 /// A normal call still verifies.
 async fn still_verifies(d: &Daemon, phone: &str) {
-    let v = d.new_verification(phone, phone).await;
-    Call::verify(&v.id)
-        .press("#")
-        .press(v.code.as_deref().unwrap())
-        .run(d.addr)
-        .await
-        .unwrap();
-    assert_eq!(d.status(&v.id).await.status, Status::Verified);
+    d.verify_by_keypad(phone, phone).await;
+}
+
+/// Open a FastAGI call for verification `id` and read the daemon's first command.
+async fn open_call(d: &Daemon, id: &str) -> TcpStream {
+    let mut s = TcpStream::connect(d.addr).await.unwrap();
+    let mut block = outbound_env("verify", &[id]).join("\n");
+    block.push_str("\n\n");
+    s.write_all(block.as_bytes()).await.unwrap();
+    let mut first = [0u8; 7];
+    s.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"ANSWER\n");
+    s
 }
 
 /// A daemon allowing only two sessions at once: a leaked session would soon lock it up.
@@ -85,13 +90,7 @@ async fn peers_that_go_silent_or_vanish_are_closed_on() {
     );
     // A call that stops answering mid-call: the daemon gives up after the reply timeout.
     let v = d.new_verification(PHONE, "silent").await;
-    let mut s = TcpStream::connect(d.addr).await.unwrap();
-    let mut block = outbound_env("verify", &[&v.id]).join("\n");
-    block.push_str("\n\n");
-    s.write_all(block.as_bytes()).await.unwrap();
-    let mut first = [0u8; 7];
-    s.read_exact(&mut first).await.unwrap();
-    assert_eq!(&first, b"ANSWER\n");
+    let mut s = open_call(&d, &v.id).await;
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
         .await
@@ -99,12 +98,7 @@ async fn peers_that_go_silent_or_vanish_are_closed_on() {
         .unwrap();
     // A peer that vanishes mid-call.
     let v2 = d.new_verification("+14155550112", "vanish").await;
-    let mut s = TcpStream::connect(d.addr).await.unwrap();
-    let mut block = outbound_env("verify", &[&v2.id]).join("\n");
-    block.push_str("\n\n");
-    s.write_all(block.as_bytes()).await.unwrap();
-    s.read_exact(&mut first).await.unwrap();
-    drop(s);
+    drop(open_call(&d, &v2.id).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
     for id in [&v.id, &v2.id] {
         let attempts = d.service.store().attempts(id).await.unwrap();
@@ -120,12 +114,7 @@ async fn peers_that_go_silent_or_vanish_are_closed_on() {
 async fn garbage_replies_end_the_call_but_not_the_daemon() {
     let d = small_daemon().await;
     let v = d.new_verification(PHONE, "garbage").await;
-    let mut s = TcpStream::connect(d.addr).await.unwrap();
-    let mut block = outbound_env("verify", &[&v.id]).join("\n");
-    block.push_str("\n\n");
-    s.write_all(block.as_bytes()).await.unwrap();
-    let mut first = [0u8; 7];
-    s.read_exact(&mut first).await.unwrap();
+    let mut s = open_call(&d, &v.id).await;
     s.write_all(&vec![b'2'; 20_000]).await.unwrap();
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))

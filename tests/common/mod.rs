@@ -140,6 +140,21 @@ impl Daemon {
             .view
     }
 
+    /// A new verification for `phone`, called and verified by keypad: the daemon works.
+    pub async fn verify_by_keypad(&self, phone: &str, user: &str) -> View {
+        let v = self.new_verification(phone, user).await;
+        let t = callverify::emulator::Call::verify(&v.id)
+            .press("#")
+            .press(v.code.as_deref().unwrap())
+            .run(self.addr)
+            .await
+            .unwrap();
+        assert!(t.closed_by_daemon);
+        let view = self.status(&v.id).await;
+        assert_eq!(view.status, callverify::store::Status::Verified);
+        view
+    }
+
     pub async fn status(&self, id: &str) -> View {
         self.service.get(id).await.expect("status")
     }
