@@ -145,6 +145,7 @@ fn bench_config(dir: &Path, max_sessions: usize) -> Config {
     config.security.secret_file = dir.join("bench.secret").display().to_string();
     config.agi.listen = "127.0.0.1:0".into();
     config.http.listen = "127.0.0.1:0".into();
+    config.speech.listen = "127.0.0.1:0".into();
     config.agi.max_sessions = u32::try_from(max_sessions).unwrap_or(u32::MAX);
     config.agi.reply_timeout_secs = 300;
     // Every bench call is for one number: no rate limits here.
@@ -360,6 +361,7 @@ async fn memory_run(config: &Config, dir: &Path, waiting: usize) -> anyhow::Resu
         )
         .env("CALLVERIFY_AGI_LISTEN", addr.to_string())
         .env("CALLVERIFY_HTTP_LISTEN", "127.0.0.1:0")
+        .env("CALLVERIFY_SPEECH_LISTEN", "127.0.0.1:0")
         .env(
             "CALLVERIFY_AGI_MAX_SESSIONS",
             config.agi.max_sessions.to_string(),

@@ -28,6 +28,26 @@ pub struct Config {
     pub dialer: DialerSection,
     pub webhooks: WebhooksSection,
     pub qa: QaSection,
+    pub speech: SpeechSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpeechSection {
+    /// Where the daemon listens for Asterisk's AudioSocket connections (the caller's audio,
+    /// for spoken codes and support-line messages); the peers allowed are `agi.allow`.
+    pub listen: String,
+    /// The `host:port` Asterisk is told to connect to, if not `listen` (e.g. behind NAT).
+    pub advertise: String,
+}
+
+impl Default for SpeechSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:4574".into(),
+            advertise: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -290,6 +310,13 @@ impl Config {
         self.agi_listen()?;
         self.agi_server()?;
         self.http_listen()?;
+        self.speech_listen()?;
+        if !self.speech.advertise.is_empty() && !self.speech.advertise.contains(':') {
+            return invalid(
+                "speech.advertise",
+                "must be HOST:PORT as Asterisk reaches it",
+            );
+        }
         let v = &self.verification;
         if !crate::codes::LENGTHS.contains(&v.code_length) {
             return invalid("verification.code_length", "must be between 4 and 10");
@@ -341,6 +368,19 @@ impl Config {
                 self.agi.listen
             ),
         })
+    }
+
+    pub fn speech_listen(&self) -> Result<SocketAddr, ConfigError> {
+        self.speech
+            .listen
+            .parse()
+            .map_err(|_| ConfigError::Invalid {
+                key: "speech.listen",
+                message: format!(
+                    "{:?} is not HOST:PORT, e.g. 127.0.0.1:4574",
+                    self.speech.listen
+                ),
+            })
     }
 
     pub fn http_listen(&self) -> Result<SocketAddr, ConfigError> {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::ami::{Ami, AmiConfig};
 use crate::api::ApiState;
+use crate::audiosocket::{Hub, ListenerConfig};
 use crate::codes::{server_key, CodeHasher};
 use crate::config::{Config, ConfigError};
 use crate::dialer::{Dialer, DialerConfig};
@@ -19,6 +20,9 @@ use crate::keys::ApiKeys;
 use crate::store::{Store, StoreError};
 use crate::verifications::{Verifications, VerifyError};
 use crate::webhooks::{Sender, WebhookConfig};
+
+/// Asterisk names the call's UUID at once after connecting.
+const AUDIOSOCKET_UUID_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -127,6 +131,8 @@ fn daemon_name(config: &Config) -> String {
 pub struct Listeners {
     pub agi: TcpListener,
     pub http: TcpListener,
+    /// AudioSocket: the caller's audio for spoken codes and support-line messages.
+    pub audio: TcpListener,
 }
 
 pub async fn bind(config: &Config) -> Result<Listeners, DaemonError> {
@@ -138,6 +144,7 @@ pub async fn bind(config: &Config) -> Result<Listeners, DaemonError> {
     Ok(Listeners {
         agi: bind(config.agi_listen()?, "FastAGI (agi.listen)").await?,
         http: bind(config.http_listen()?, "the HTTP API (http.listen)").await?,
+        audio: bind(config.speech_listen()?, "AudioSocket (speech.listen)").await?,
     })
 }
 
@@ -156,6 +163,15 @@ pub async fn run(
             "closed call attempts left open by an earlier run as interrupted"
         );
     }
+    let advertise = match config.speech.advertise.as_str() {
+        // The bound address, so that port 0 (tests) resolves to the real port.
+        "" => listeners
+            .audio
+            .local_addr()
+            .map_or_else(|_| config.speech.listen.clone(), |a| a.to_string()),
+        configured => configured.to_owned(),
+    };
+    let hub = Hub::new(&advertise);
     let router = Arc::new(Router::new(service.clone(), config.flow_settings()));
     // One shutdown signal, seen by every part.
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -171,6 +187,7 @@ pub async fn run(
     tracing::info!(
         agi = %local(&listeners.agi),
         http = %local(&listeners.http),
+        audiosocket = %local(&listeners.audio),
         database = ?service.store().backend(),
         "callverify serving"
     );
@@ -201,7 +218,18 @@ pub async fn run(
         api,
         wait(stopped.clone()),
     ));
-    let agi = crate::agi::serve(listeners.agi, config.agi_server()?, router, wait(stopped));
+    let agi_server = config.agi_server()?;
+    tokio::spawn(crate::audiosocket::serve(
+        listeners.audio,
+        ListenerConfig {
+            allow: agi_server.allow.clone(),
+            max_connections: agi_server.max_sessions,
+            uuid_timeout: AUDIOSOCKET_UUID_TIMEOUT,
+        },
+        hub,
+        wait(stopped.clone()),
+    ));
+    let agi = crate::agi::serve(listeners.agi, agi_server, router, wait(stopped));
     let signal = async {
         shutdown.await;
         let _ = stop.send(true);

@@ -6,12 +6,14 @@
 pub mod agi;
 pub mod ami;
 pub mod api;
+pub mod audiosocket;
 pub mod codes;
 pub mod config;
 pub mod daemon;
 pub mod dialer;
 pub mod emulator;
 pub mod flow;
+pub mod gate;
 pub mod keys;
 pub mod lines;
 pub mod metrics;

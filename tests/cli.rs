@@ -130,6 +130,7 @@ fn serve(dir: &Path, addr: SocketAddr, log: &str) -> Served {
         .arg("serve")
         .env("CALLVERIFY_AGI_LISTEN", addr.to_string())
         .env("CALLVERIFY_HTTP_LISTEN", "127.0.0.1:0")
+        .env("CALLVERIFY_SPEECH_LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

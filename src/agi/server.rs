@@ -2,18 +2,18 @@
 //! sessions, one task per session, and a graceful shutdown that lets calls finish.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{field, Instrument};
 
 use super::session::{AgiError, Session, Timeouts};
+use crate::gate::Gate;
 use crate::phone::mask_digit_runs;
 
 /// What runs a call once its environment block is read. The session's span has the empty
@@ -37,12 +37,6 @@ pub struct ServerConfig {
     pub grace: Duration,
 }
 
-/// Whether `ip` is in the allowlist (IPv4-mapped IPv6 addresses count as IPv4).
-pub fn allowed(allow: &[IpNet], ip: IpAddr) -> bool {
-    let ip = ip.to_canonical();
-    allow.iter().any(|net| net.contains(&ip))
-}
-
 /// Accept FastAGI sessions on `listener` until `shutdown` completes, then wait up to the
 /// grace period for calls in progress, and end the rest.
 pub async fn serve<H: Handler>(
@@ -51,7 +45,7 @@ pub async fn serve<H: Handler>(
     handler: Arc<H>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let limit = Arc::new(Semaphore::new(config.max_sessions));
+    let gate = Gate::new("FastAGI", config.allow.clone(), config.max_sessions);
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -59,22 +53,7 @@ pub async fn serve<H: Handler>(
             () = &mut shutdown => break,
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // E.g. out of file descriptors: back off instead of spinning.
-                        tracing::error!(error = %e, "accepting a FastAGI connection failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                if !allowed(&config.allow, peer.ip()) {
-                    tracing::warn!(%peer, "FastAGI connection refused: peer not in agi.allow");
-                    continue;
-                }
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, max = config.max_sessions,
-                        "FastAGI connection refused: session limit reached (agi.max_sessions)");
+                let Some((stream, peer, permit)) = gate.admit(accepted).await else {
                     continue;
                 };
                 let handler = handler.clone();
@@ -144,20 +123,4 @@ async fn run_session<H: Handler>(
     }
     .instrument(span)
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn allowlist_matches_networks_and_mapped_addresses() {
-        let allow: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
-        assert!(allowed(&allow, "127.0.0.1".parse().unwrap()));
-        assert!(allowed(&allow, "127.9.9.9".parse().unwrap()));
-        assert!(allowed(&allow, "::1".parse().unwrap()));
-        assert!(allowed(&allow, "::ffff:127.0.0.1".parse().unwrap()));
-        assert!(!allowed(&allow, "10.0.0.5".parse().unwrap()));
-        assert!(!allowed(&allow, "::ffff:10.0.0.5".parse().unwrap()));
-    }
 }

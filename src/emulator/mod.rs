@@ -15,6 +15,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 pub mod ami;
+pub mod audiosocket;
+
+pub use audiosocket::{AfterTalk, AudioLog, Ending, Talk};
 
 /// What the callee does at the next prompt that listens for keys.
 #[derive(Debug, Clone)]
@@ -29,6 +32,8 @@ pub enum Action {
     HangUpBetween,
     /// Keep the next command waiting until the value turns true (a caller thinking).
     Hold(watch::Receiver<bool>),
+    /// What the caller says and keys when the next `EXEC AudioSocket` runs.
+    Talk(Talk),
 }
 
 /// One emulated call: the environment block, the callee's actions, and canned replies.
@@ -51,6 +56,8 @@ pub struct Transcript {
     /// For each command, the time from our previous write (the environment block or a
     /// reply) to its arrival: the daemon's turnaround.
     pub turnarounds: Vec<std::time::Duration>,
+    /// Each `EXEC AudioSocket`, in order.
+    pub audio: Vec<AudioLog>,
 }
 
 impl Transcript {
@@ -161,6 +168,11 @@ impl Call {
         self.then(Action::HangUp)
     }
 
+    /// The caller's side of the next `EXEC AudioSocket`.
+    pub fn talk(self, talk: Talk) -> Self {
+        self.then(Action::Talk(talk))
+    }
+
     /// Answer the first command starting with `prefix` with `raw` (whole lines, with `\n`).
     pub fn reply_once(mut self, prefix: &str, raw: &str) -> Self {
         self.overrides.push((prefix.into(), raw.into()));
@@ -218,7 +230,7 @@ impl Call {
             }
             transcript.turnarounds.push(last_write.elapsed());
             let command = line.trim_end_matches('\n').to_owned();
-            let reply = self.respond(&command, &mut channel).await;
+            let reply = self.respond(&command, &mut channel, &mut transcript).await;
             transcript.commands.push(command);
             match write.write_all(reply.as_bytes()).await {
                 Ok(()) => {}
@@ -230,7 +242,12 @@ impl Call {
         }
     }
 
-    async fn respond(&mut self, command: &str, channel: &mut Channel) -> String {
+    async fn respond(
+        &mut self,
+        command: &str,
+        channel: &mut Channel,
+        transcript: &mut Transcript,
+    ) -> String {
         if let Some(i) = self
             .overrides
             .iter()
@@ -242,6 +259,28 @@ impl Call {
         let verb = verb_of(&words);
         let args = &words[verb.split(' ').count().min(words.len())..];
         // Commands Asterisk still runs on a dead channel (asterisk-agi-hangup.txt).
+        if verb == "EXEC"
+            && !channel.dead
+            && args
+                .first()
+                .is_some_and(|a| a.eq_ignore_ascii_case("AudioSocket"))
+        {
+            let talk = match self.actions.pop_front() {
+                Some(Action::Talk(talk)) => talk,
+                Some(other) => {
+                    self.actions.push_front(other);
+                    Talk::new()
+                }
+                None => Talk::new(),
+            };
+            let log = audiosocket::run(args.get(1).map_or("", String::as_str), talk).await;
+            if log.ending == Ending::CallerHungUp {
+                channel.dead = true;
+            }
+            let reply = log.ending.reply().to_owned();
+            transcript.audio.push(log);
+            return reply;
+        }
         match verb {
             "GET VARIABLE" => {
                 let name = args.first().map(String::as_str).unwrap_or_default();

@@ -2,6 +2,7 @@
 //! verification rules; they never touch sockets or the store directly.
 
 pub mod entry;
+pub mod listen;
 pub mod prompts;
 pub mod qa;
 pub mod verify;

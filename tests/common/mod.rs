@@ -65,6 +65,7 @@ pub fn test_config(url: String, dir: &std::path::Path) -> Config {
     config.database.url = url;
     config.agi.listen = "127.0.0.1:0".into();
     config.http.listen = "127.0.0.1:0".into();
+    config.speech.listen = "127.0.0.1:0".into();
     config.agi.env_timeout_secs = 1;
     config.agi.reply_timeout_secs = 5;
     config.agi.shutdown_grace_secs = 5;

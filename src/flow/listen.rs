@@ -1,0 +1,84 @@
+//! Listening to the caller over AudioSocket while the AGI session waits in
+//! `EXEC AudioSocket`: the one place that knows how the two connections relate.
+
+use std::future::Future;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::agi::{AgiError, Session};
+use crate::audiosocket::{AudioStream, Hub};
+
+/// What a listening phase gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Listened<T> {
+    /// The stream came and `consume` ran over it (to its own end, or to Asterisk's).
+    Heard(T),
+    /// AudioSocket did not work (nothing reachable at the advertised address, or Asterisk
+    /// lacks the module) and the channel is still up: fall back to the keypad.
+    Unavailable,
+    /// The caller hung up, with what `consume` got until then (a message is kept).
+    HungUp(Option<T>),
+}
+
+/// Run `AudioSocket` on the channel and hand the stream to `consume`, which reads what the
+/// caller says and ends the stream ([`AudioStream::hang_up`]) when it has enough; the call
+/// then carries on.
+pub async fn listen<S, F, Fut, T>(
+    session: &mut Session<S>,
+    hub: &Hub,
+    consume: F,
+) -> Result<Listened<T>, AgiError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    F: FnOnce(AudioStream) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let mut expected = hub.expect();
+    let options = expected.application_options();
+    let (reply, heard) = {
+        let exec = session.exec("AudioSocket", &options);
+        tokio::pin!(exec);
+        tokio::select! {
+            // Asterisk gave up before connecting (refused connection, missing module).
+            reply = &mut exec => (reply, None),
+            Some(stream) = expected.connected() => {
+                let (reply, heard) = tokio::join!(exec, consume(stream));
+                (reply, Some(heard))
+            }
+        }
+    };
+    drop(expected);
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(AgiError::Hangup) => return Ok(Listened::HungUp(heard)),
+        Err(e) => return Err(e),
+    };
+    // result=-1: the caller hung up (HANGUP follows) or the stream failed on a live channel.
+    if reply.is_failure() && !channel_up(session).await? {
+        return Ok(Listened::HungUp(heard));
+    }
+    Ok(match heard {
+        Some(heard) => Listened::Heard(heard),
+        None => {
+            tracing::warn!(
+                address = hub.advertise(),
+                "AudioSocket failed: is app_audiosocket loaded and speech.advertise reachable from Asterisk?"
+            );
+            Listened::Unavailable
+        }
+    })
+}
+
+async fn channel_up<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    session: &mut Session<S>,
+) -> Result<bool, AgiError> {
+    if session.hung_up() {
+        return Ok(false);
+    }
+    match session.channel_status().await {
+        // 6: "Line is up".
+        Ok(status) => Ok(status == 6),
+        Err(AgiError::Hangup) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
