@@ -18,8 +18,9 @@ pub struct ApiKeys {
     store: Store,
 }
 
-fn hash(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+/// How a high-entropy secret token (an API key, a console session) is stored.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 impl ApiKeys {
@@ -43,7 +44,7 @@ impl ApiKeys {
             created_at: now_ms(),
             revoked_at: None,
         };
-        self.store.insert_api_key(&row, &hash(&secret)).await?;
+        self.store.insert_api_key(&row, &token_hash(&secret)).await?;
         Ok((row, secret))
     }
 
@@ -52,7 +53,7 @@ impl ApiKeys {
         if !presented.starts_with("cvk_") || presented.len() > 64 {
             return Ok(None);
         }
-        let found = self.store.api_key_by_hash(&hash(presented)).await?;
+        let found = self.store.api_key_by_hash(&token_hash(presented)).await?;
         Ok(found.filter(|k| k.revoked_at.is_none()))
     }
 

@@ -19,5 +19,7 @@ pub mod lines;
 pub mod metrics;
 pub mod phone;
 pub mod store;
+pub mod support;
 pub mod verifications;
+pub mod wav;
 pub mod webhooks;

@@ -63,6 +63,34 @@ impl PhonePolicy {
     }
 }
 
+impl PhonePolicy {
+    /// A caller ID as trunks send it (`+14155550101`, `14155550101`, `4155550101`) in E.164,
+    /// the form verifications are stored in; `None` if it is no valid number. National forms
+    /// are read as numbers of the allowed countries. No destination policy: nobody is called.
+    pub fn caller_id(&self, raw: &str) -> Option<PhoneNumber> {
+        let digits: String = raw.chars().filter(char::is_ascii_digit).collect();
+        if digits.is_empty() || digits.len() > 15 {
+            return None;
+        }
+        let international = phonenumber::parse(None, format!("+{digits}")).ok();
+        // Without a +, national forms first: 4155550101 is a US number, not +41 5555 0101.
+        let national = (!raw.trim_start().starts_with('+'))
+            .then(|| {
+                self.allowed_countries.iter().filter_map(|country| {
+                    let id = country.parse().ok()?;
+                    phonenumber::parse(Some(id), &digits).ok()
+                })
+            })
+            .into_iter()
+            .flatten();
+        national
+            .chain(international)
+            .filter(|n| n.is_valid())
+            .map(|n| PhoneNumber(n.format().mode(Mode::E164).to_string()))
+            .next()
+    }
+}
+
 impl PhoneNumber {
     /// A number already checked, as read back from the store.
     pub fn from_stored(e164: String) -> Self {
@@ -134,6 +162,27 @@ pub fn mask_digit_runs(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn caller_ids_in_the_forms_trunks_send() {
+        let policy = PhonePolicy {
+            allowed_countries: vec!["US".into(), "CA".into()],
+        };
+        for raw in ["+14155550101", "14155550101", "4155550101", "+1 (415) 555-0101"] {
+            assert_eq!(
+                policy.caller_id(raw).map(|n| n.0),
+                Some("+14155550101".to_string()),
+                "{raw}"
+            );
+        }
+        assert_eq!(
+            policy.caller_id("+442079460018").map(|n| n.0),
+            Some("+442079460018".to_string())
+        );
+        for raw in ["", "unknown", "anonymous", "12", "+1234567890123456789"] {
+            assert_eq!(policy.caller_id(raw), None, "{raw}");
+        }
+    }
+
     use super::*;
 
     fn policy() -> PhonePolicy {

@@ -8,8 +8,13 @@
 
 mod engine;
 mod status;
+mod support;
 
-pub use status::{CallOutcome, Status};
+pub use status::{CallOutcome, CallerMatch, RequestStatus, Status};
+pub use support::{
+    AuditEntry, Decided, Decision, ManualRequestRow, NewManualRequest, RequestFilter, StaffRow,
+    StaffSession,
+};
 
 use std::str::FromStr;
 

@@ -51,6 +51,25 @@ stored_enum! {
     }
 }
 
+stored_enum! {
+    /// How a support caller was recognised by caller ID: `matched` to a verification
+    /// support can act on, `unmatched` (none of ours, or not a usable number), `withheld`.
+    CallerMatch {
+        Matched => "matched",
+        Unmatched => "unmatched",
+        Withheld => "withheld",
+    }
+}
+
+stored_enum! {
+    /// Where a manual-verification request stands.
+    RequestStatus {
+        Open => "open",
+        Approved => "approved",
+        Rejected => "rejected",
+    }
+}
+
 impl Status {
     /// No call will change it any more.
     pub fn is_final(self) -> bool {

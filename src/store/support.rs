@@ -1,0 +1,613 @@
+//! The support line's tables: manual-verification requests, staff accounts and their
+//! console sessions, and the audit trail.
+
+use sqlx::{Connection, Row};
+
+use super::{op, CallerMatch, RequestStatus, Status, Store, StoreError};
+
+/// A message as the support line stores it.
+#[derive(Debug, Clone)]
+pub struct NewManualRequest {
+    pub id: String,
+    pub created_at: i64,
+    pub caller: Option<String>,
+    pub caller_match: CallerMatch,
+    pub verification_id: Option<String>,
+    pub ended_by: &'static str,
+    pub duration_ms: i64,
+    /// A WAV file.
+    pub recording: Vec<u8>,
+    pub transcript: Option<String>,
+    pub language: String,
+}
+
+/// A request as listed (the recording itself is fetched on its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManualRequestRow {
+    pub id: String,
+    pub created_at: i64,
+    pub caller: Option<String>,
+    pub caller_match: CallerMatch,
+    pub verification_id: Option<String>,
+    /// Of the matched verification.
+    pub user_ref: Option<String>,
+    pub verification_status: Option<Status>,
+    pub api_key_id: Option<String>,
+    pub status: RequestStatus,
+    pub ended_by: String,
+    pub duration_ms: i64,
+    pub has_recording: bool,
+    pub transcript: Option<String>,
+    pub decided_at: Option<i64>,
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// Which requests a listing shows.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFilter {
+    /// None: all.
+    pub status: Option<RequestStatus>,
+    /// Only requests matched to this API key's verifications, and unmatched ones.
+    pub api_key_id: Option<String>,
+    pub limit: i64,
+}
+
+/// A staff member's decision on a request.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Verify `verification_id` (the matched one when none is named).
+    Approve { verification_id: Option<String> },
+    Reject { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decided {
+    Done { verification_id: Option<String> },
+    NotFound,
+    /// Already approved or rejected.
+    AlreadyDecided(RequestStatus),
+    /// Approving needs a verification and the request matched none.
+    NoVerification,
+    /// The verification cannot be verified by hand in this state (in a call, canceled) or
+    /// does not exist.
+    NotApprovable(Option<Status>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffRow {
+    pub id: String,
+    pub username: String,
+    pub password_hash: String,
+    pub created_at: i64,
+    pub disabled_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffSession {
+    pub staff_id: String,
+    pub username: String,
+    pub csrf_token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub detail: String,
+}
+
+/// Statuses a verification can be approved from by hand.
+const APPROVABLE: &str = "'pending', 'failed', 'unanswered', 'expired'";
+
+const REQUEST_COLUMNS: &str = "r.id, r.created_at, r.caller, r.caller_match, r.verification_id, \
+     v.user_ref, v.status AS verification_status, v.api_key_id, r.status, r.ended_by, \
+     r.duration_ms, CASE WHEN r.recording IS NULL THEN 0 ELSE 1 END AS has_recording, \
+     r.transcript, r.decided_at, r.decided_by, r.reason";
+
+impl Store {
+    /// The verification a support caller's number is about: the latest one that is pending,
+    /// in a call, failed or unanswered, or whose number is locked out.
+    pub async fn support_match(&self, phone: &str, now: i64) -> Result<Option<String>, StoreError> {
+        let phone = phone.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let row = sqlx::query(
+                        "SELECT id FROM verifications WHERE phone = $1 AND is_test = 0 AND \
+                         (status IN ('pending', 'calling', 'failed', 'unanswered') OR EXISTS \
+                          (SELECT 1 FROM lockouts WHERE kind = 'phone' AND subject = $1 \
+                           AND locked_until > $2)) \
+                         ORDER BY created_at DESC LIMIT 1",
+                    )
+                    .bind(&phone)
+                    .bind(now)
+                    .fetch_optional(&mut *c)
+                    .await?;
+                    Ok(row.map(|r| r.try_get(0)).transpose()?)
+                })
+            }))
+            .await
+    }
+
+    pub async fn insert_manual_request(&self, new: NewManualRequest) -> Result<(), StoreError> {
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO manual_requests (id, created_at, caller, caller_match, \
+                         verification_id, status, ended_by, duration_ms, recording, transcript, \
+                         language) VALUES ($1, $2, $3, $4, $5, 'open', $6, $7, $8, $9, $10)",
+                    )
+                    .bind(&new.id)
+                    .bind(new.created_at)
+                    .bind(&new.caller)
+                    .bind(new.caller_match.as_str())
+                    .bind(&new.verification_id)
+                    .bind(new.ended_by)
+                    .bind(new.duration_ms)
+                    .bind(&new.recording)
+                    .bind(&new.transcript)
+                    .bind(&new.language)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(())
+                })
+            }))
+            .await
+    }
+
+    /// Requests, oldest first.
+    pub async fn manual_requests(
+        &self,
+        filter: RequestFilter,
+    ) -> Result<Vec<ManualRequestRow>, StoreError> {
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let rows = sqlx::query(&format!(
+                        "SELECT {REQUEST_COLUMNS} FROM manual_requests r \
+                         LEFT JOIN verifications v ON v.id = r.verification_id \
+                         WHERE ($1 IS NULL OR r.status = $1) \
+                         AND ($2 IS NULL OR r.verification_id IS NULL OR v.api_key_id = $2) \
+                         ORDER BY r.created_at, r.id LIMIT $3"
+                    ))
+                    .bind(filter.status.map(RequestStatus::as_str))
+                    .bind(&filter.api_key_id)
+                    .bind(filter.limit)
+                    .fetch_all(&mut *c)
+                    .await?;
+                    rows.iter().map(request_from_row).collect()
+                })
+            }))
+            .await
+    }
+
+    pub async fn manual_request(&self, id: &str) -> Result<Option<ManualRequestRow>, StoreError> {
+        let id = id.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let row = sqlx::query(&format!(
+                        "SELECT {REQUEST_COLUMNS} FROM manual_requests r \
+                         LEFT JOIN verifications v ON v.id = r.verification_id WHERE r.id = $1"
+                    ))
+                    .bind(&id)
+                    .fetch_optional(&mut *c)
+                    .await?;
+                    row.as_ref().map(request_from_row).transpose()
+                })
+            }))
+            .await
+    }
+
+    /// The WAV file of a request, unless purged.
+    pub async fn manual_recording(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let id = id.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let row = sqlx::query("SELECT recording FROM manual_requests WHERE id = $1")
+                        .bind(&id)
+                        .fetch_optional(&mut *c)
+                        .await?;
+                    Ok(row
+                        .map(|r| r.try_get::<Option<Vec<u8>>, _>(0))
+                        .transpose()?
+                        .flatten())
+                })
+            }))
+            .await
+    }
+
+    /// Approve or reject an open request, and audit it, in one transaction. Approving verifies
+    /// the verification (the outbox trigger queues its webhook) and lifts its lockouts.
+    pub async fn decide_manual(
+        &self,
+        id: &str,
+        decision: Decision,
+        actor: &str,
+        now: i64,
+    ) -> Result<Decided, StoreError> {
+        let (id, actor) = (id.to_owned(), actor.to_owned());
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let mut tx = c.begin().await?;
+                    let Some(row) = sqlx::query(
+                        "SELECT status, verification_id FROM manual_requests WHERE id = $1",
+                    )
+                    .bind(&id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    else {
+                        return Ok(Decided::NotFound);
+                    };
+                    let status: String = row.try_get(0)?;
+                    let status = parse(&status, "manual_requests.status")?;
+                    if status != RequestStatus::Open {
+                        return Ok(Decided::AlreadyDecided(status));
+                    }
+                    let matched: Option<String> = row.try_get(1)?;
+                    let (new_status, verification_id, reason, action) = match decision {
+                        Decision::Approve { verification_id } => {
+                            let Some(vid) = verification_id.or(matched) else {
+                                return Ok(Decided::NoVerification);
+                            };
+                            let verified = sqlx::query(&format!(
+                                "UPDATE verifications SET status = 'verified', verified_at = $1, \
+                                 updated_at = $1 WHERE id = $2 AND status IN ({APPROVABLE})"
+                            ))
+                            .bind(now)
+                            .bind(&vid)
+                            .execute(&mut *tx)
+                            .await?;
+                            if verified.rows_affected() == 0 {
+                                let current: Option<String> = sqlx::query(
+                                    "SELECT status FROM verifications WHERE id = $1",
+                                )
+                                .bind(&vid)
+                                .fetch_optional(&mut *tx)
+                                .await?
+                                .map(|r| r.try_get::<String, _>(0))
+                                .transpose()?;
+                                let current = current
+                                    .map(|s: String| parse::<Status>(&s, "verifications.status"))
+                                    .transpose()?;
+                                if current != Some(Status::Verified) {
+                                    return Ok(Decided::NotApprovable(current));
+                                }
+                            }
+                            sqlx::query(
+                                "UPDATE lockouts SET locked_until = $1 \
+                                 WHERE verification_id = $2 AND locked_until > $1",
+                            )
+                            .bind(now)
+                            .bind(&vid)
+                            .execute(&mut *tx)
+                            .await?;
+                            (RequestStatus::Approved, Some(vid), None, "approve")
+                        }
+                        Decision::Reject { reason } => {
+                            (RequestStatus::Rejected, matched, Some(reason), "reject")
+                        }
+                    };
+                    sqlx::query(
+                        "UPDATE manual_requests SET status = $1, verification_id = $2, \
+                         reason = $3, decided_at = $4, decided_by = $5 WHERE id = $6",
+                    )
+                    .bind(new_status.as_str())
+                    .bind(&verification_id)
+                    .bind(&reason)
+                    .bind(now)
+                    .bind(&actor)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                    let detail = match (&verification_id, &reason) {
+                        (_, Some(reason)) => reason.clone(),
+                        (Some(vid), None) => format!("verified {vid}"),
+                        (None, None) => String::new(),
+                    };
+                    insert_audit(&mut tx, now, &actor, action, &id, &detail).await?;
+                    tx.commit().await?;
+                    Ok(Decided::Done { verification_id })
+                })
+            }))
+            .await
+    }
+
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &'static str,
+        subject: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let (actor, subject, detail) = (actor.to_owned(), subject.to_owned(), detail.to_owned());
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move { insert_audit(c, now, &actor, action, &subject, &detail).await })
+            }))
+            .await
+    }
+
+    /// The audit trail of one subject (a request id, a staff name), oldest first.
+    pub async fn audit_entries(&self, subject: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        let subject = subject.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let rows = sqlx::query(
+                        "SELECT at, actor, action, subject, detail FROM audit_log \
+                         WHERE subject = $1 ORDER BY at, id",
+                    )
+                    .bind(&subject)
+                    .fetch_all(&mut *c)
+                    .await?;
+                    rows.iter()
+                        .map(|r| {
+                            Ok(AuditEntry {
+                                at: r.try_get(0)?,
+                                actor: r.try_get(1)?,
+                                action: r.try_get(2)?,
+                                subject: r.try_get(3)?,
+                                detail: r.try_get(4)?,
+                            })
+                        })
+                        .collect()
+                })
+            }))
+            .await
+    }
+
+    /// Delete recordings and transcripts of requests made before `before`, and console
+    /// sessions expired by `now`; returns how many recordings went.
+    pub async fn purge_support(&self, before: i64, now: i64) -> Result<u64, StoreError> {
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let purged = sqlx::query(
+                        "UPDATE manual_requests SET recording = NULL, transcript = NULL, \
+                         purged_at = $1 WHERE created_at < $2 AND purged_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(before)
+                    .execute(&mut *c)
+                    .await?;
+                    sqlx::query("DELETE FROM staff_sessions WHERE expires_at <= $1")
+                        .bind(now)
+                        .execute(&mut *c)
+                        .await?;
+                    Ok(purged.rows_affected())
+                })
+            }))
+            .await
+    }
+
+    /// Add a staff account; false if the name is taken.
+    pub async fn insert_staff(&self, staff: StaffRow) -> Result<bool, StoreError> {
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "INSERT INTO staff (id, username, password_hash, created_at) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (username) DO NOTHING",
+                    )
+                    .bind(&staff.id)
+                    .bind(&staff.username)
+                    .bind(&staff.password_hash)
+                    .bind(staff.created_at)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                })
+            }))
+            .await
+    }
+
+    pub async fn staff(&self) -> Result<Vec<StaffRow>, StoreError> {
+        self.staff_where("1 = 1", String::new()).await
+    }
+
+    pub async fn staff_named(&self, username: &str) -> Result<Option<StaffRow>, StoreError> {
+        let mut found = self.staff_where("username = $1", username.to_owned()).await?;
+        Ok(found.pop())
+    }
+
+    async fn staff_where(
+        &self,
+        condition: &'static str,
+        value: String,
+    ) -> Result<Vec<StaffRow>, StoreError> {
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let sql = format!(
+                        "SELECT id, username, password_hash, created_at, disabled_at FROM staff \
+                         WHERE {condition} ORDER BY username"
+                    );
+                    let mut query = sqlx::query(&sql);
+                    if condition.contains("$1") {
+                        query = query.bind(&value);
+                    }
+                    let rows = query.fetch_all(&mut *c).await?;
+                    rows.iter()
+                        .map(|r| {
+                            Ok(StaffRow {
+                                id: r.try_get(0)?,
+                                username: r.try_get(1)?,
+                                password_hash: r.try_get(2)?,
+                                created_at: r.try_get(3)?,
+                                disabled_at: r.try_get(4)?,
+                            })
+                        })
+                        .collect()
+                })
+            }))
+            .await
+    }
+
+    /// Disable an account and end its sessions; false if there is no such active account.
+    pub async fn disable_staff(&self, username: &str, now: i64) -> Result<bool, StoreError> {
+        let username = username.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let mut tx = c.begin().await?;
+                    let done = sqlx::query(
+                        "UPDATE staff SET disabled_at = $1 WHERE username = $2 \
+                         AND disabled_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(&username)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "DELETE FROM staff_sessions WHERE staff_id IN \
+                         (SELECT id FROM staff WHERE username = $1)",
+                    )
+                    .bind(&username)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(done.rows_affected() == 1)
+                })
+            }))
+            .await
+    }
+
+    pub async fn insert_staff_session(
+        &self,
+        token_hash: &str,
+        staff_id: &str,
+        csrf_token: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let (token_hash, staff_id, csrf_token) =
+            (token_hash.to_owned(), staff_id.to_owned(), csrf_token.to_owned());
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO staff_sessions (token_hash, staff_id, csrf_token, \
+                         created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(&token_hash)
+                    .bind(&staff_id)
+                    .bind(&csrf_token)
+                    .bind(now)
+                    .bind(expires_at)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(())
+                })
+            }))
+            .await
+    }
+
+    /// The signed-in staff member of a session, if it is current and the account active.
+    pub async fn staff_session(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Option<StaffSession>, StoreError> {
+        let token_hash = token_hash.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let row = sqlx::query(
+                        "SELECT s.staff_id, f.username, s.csrf_token FROM staff_sessions s \
+                         JOIN staff f ON f.id = s.staff_id WHERE s.token_hash = $1 \
+                         AND s.expires_at > $2 AND f.disabled_at IS NULL",
+                    )
+                    .bind(&token_hash)
+                    .bind(now)
+                    .fetch_optional(&mut *c)
+                    .await?;
+                    row.map(|r| {
+                        Ok(StaffSession {
+                            staff_id: r.try_get(0)?,
+                            username: r.try_get(1)?,
+                            csrf_token: r.try_get(2)?,
+                        })
+                    })
+                    .transpose()
+                })
+            }))
+            .await
+    }
+
+    pub async fn delete_staff_session(&self, token_hash: &str) -> Result<(), StoreError> {
+        let token_hash = token_hash.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    sqlx::query("DELETE FROM staff_sessions WHERE token_hash = $1")
+                        .bind(&token_hash)
+                        .execute(&mut *c)
+                        .await?;
+                    Ok(())
+                })
+            }))
+            .await
+    }
+}
+
+async fn insert_audit(
+    c: &mut sqlx::AnyConnection,
+    at: i64,
+    actor: &str,
+    action: &str,
+    subject: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(at)
+    .bind(actor)
+    .bind(action)
+    .bind(subject)
+    .bind(detail)
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
+fn request_from_row(r: &sqlx::any::AnyRow) -> Result<ManualRequestRow, StoreError> {
+    let caller_match: String = r.try_get("caller_match")?;
+    let status: String = r.try_get("status")?;
+    let verification_status: Option<String> = r.try_get("verification_status")?;
+    Ok(ManualRequestRow {
+        id: r.try_get("id")?,
+        created_at: r.try_get("created_at")?,
+        caller: r.try_get("caller")?,
+        caller_match: parse(&caller_match, "manual_requests.caller_match")?,
+        verification_id: r.try_get("verification_id")?,
+        user_ref: r.try_get("user_ref")?,
+        verification_status: verification_status
+            .map(|s| parse(&s, "verifications.status"))
+            .transpose()?,
+        api_key_id: r.try_get("api_key_id")?,
+        status: parse(&status, "manual_requests.status")?,
+        ended_by: r.try_get("ended_by")?,
+        duration_ms: r.try_get("duration_ms")?,
+        has_recording: r.try_get::<i64, _>("has_recording")? == 1,
+        transcript: r.try_get("transcript")?,
+        decided_at: r.try_get("decided_at")?,
+        decided_by: r.try_get("decided_by")?,
+        reason: r.try_get("reason")?,
+    })
+}
+
+fn parse<T: std::str::FromStr>(value: &str, column: &'static str) -> Result<T, StoreError> {
+    value.parse().map_err(|_| StoreError::Corrupt {
+        column,
+        value: value.to_owned(),
+    })
+}

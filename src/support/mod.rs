@@ -1,0 +1,262 @@
+//! The support line's rules: who is calling (caller ID against verifications support can
+//! act on), when live staff answer, keeping messages, staff decisions with an audit trail,
+//! and deleting recordings after the retention period.
+
+pub mod hours;
+pub mod message;
+pub mod staff;
+
+use std::time::Duration;
+
+use crate::audiosocket::SAMPLE_RATE;
+use crate::phone::{PhoneNumber, PhonePolicy};
+use crate::store::{
+    CallerMatch, Decided, Decision, ManualRequestRow, NewManualRequest, RequestFilter, Store,
+    StoreError,
+};
+use crate::verifications::{now_ms, random_token};
+use hours::BusinessHours;
+use message::{Message, MessageLimits};
+
+#[derive(Debug, Clone)]
+pub struct SupportSettings {
+    pub hours: BusinessHours,
+    pub limits: MessageLimits,
+    /// Recordings and transcripts are deleted this long after the message.
+    pub retention: Duration,
+    /// A request still open this long after the message is overdue.
+    pub overdue_after: Duration,
+}
+
+/// The caller as the support line sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub number: Option<PhoneNumber>,
+    pub matched: CallerMatch,
+    pub verification_id: Option<String>,
+}
+
+/// Who did something, for the audit trail: `staff:<name>` or `api:<key id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor(String);
+
+impl Actor {
+    pub fn staff(username: &str) -> Self {
+        Self(format!("staff:{username}"))
+    }
+
+    pub fn api_key(key_id: &str) -> Self {
+        Self(format!("api:{key_id}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupportError {
+    #[error("no such manual request")]
+    NotFound,
+    #[error("the request was {0} already")]
+    AlreadyDecided(&'static str),
+    #[error("the request matched no verification: name the verification_id to approve")]
+    NoVerification,
+    #[error("the verification cannot be verified by hand now ({0})")]
+    NotApprovable(String),
+    #[error("a reason of 1 to 500 characters is needed to reject")]
+    InvalidReason,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl SupportError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            SupportError::NotFound => "not_found",
+            SupportError::AlreadyDecided(_) => "already_decided",
+            SupportError::NoVerification => "no_verification",
+            SupportError::NotApprovable(_) => "not_approvable",
+            SupportError::InvalidReason => "invalid_reason",
+            SupportError::Store(_) => "internal",
+        }
+    }
+}
+
+pub struct Support {
+    store: Store,
+    phones: PhonePolicy,
+    settings: SupportSettings,
+}
+
+impl Support {
+    pub fn new(store: Store, phones: PhonePolicy, settings: SupportSettings) -> Self {
+        Self {
+            store,
+            phones,
+            settings,
+        }
+    }
+
+    pub fn settings(&self) -> &SupportSettings {
+        &self.settings
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Identify a caller by `agi_callerid` and `agi_callingpres`.
+    pub async fn identify(&self, caller_id: &str, presentation: u32) -> Result<Caller, StoreError> {
+        // Presentation bits 0x60: 0x20 restricted, 0x40 unavailable.
+        if presentation & 0x60 != 0 {
+            return Ok(Caller {
+                number: None,
+                matched: CallerMatch::Withheld,
+                verification_id: None,
+            });
+        }
+        let Some(number) = self.phones.caller_id(caller_id) else {
+            let withheld = !caller_id.chars().any(|c| c.is_ascii_digit());
+            return Ok(Caller {
+                number: None,
+                matched: if withheld {
+                    CallerMatch::Withheld
+                } else {
+                    CallerMatch::Unmatched
+                },
+                verification_id: None,
+            });
+        };
+        let verification_id = self.store.support_match(number.as_str(), now_ms()).await?;
+        Ok(Caller {
+            matched: if verification_id.is_some() {
+                CallerMatch::Matched
+            } else {
+                CallerMatch::Unmatched
+            },
+            number: Some(number),
+            verification_id,
+        })
+    }
+
+    pub fn staff_answer_at(&self, at_ms: i64) -> bool {
+        self.settings.hours.is_open(at_ms)
+    }
+
+    /// Keep a message as an open request; its id.
+    pub async fn keep(
+        &self,
+        caller: &Caller,
+        message: &Message,
+        language: &str,
+    ) -> Result<String, StoreError> {
+        let id = random_token("mr_", 20);
+        self.store
+            .insert_manual_request(NewManualRequest {
+                id: id.clone(),
+                created_at: now_ms(),
+                caller: caller.number.as_ref().map(|n| n.as_str().to_owned()),
+                caller_match: caller.matched,
+                verification_id: caller.verification_id.clone(),
+                ended_by: message.ended_by.as_str(),
+                duration_ms: i64::try_from(message.duration().as_millis()).unwrap_or(i64::MAX),
+                recording: crate::wav::encode(&message.samples, SAMPLE_RATE),
+                transcript: None,
+                language: language.to_owned(),
+            })
+            .await?;
+        Ok(id)
+    }
+
+    pub async fn list(&self, filter: RequestFilter) -> Result<Vec<ManualRequestRow>, StoreError> {
+        self.store.manual_requests(filter).await
+    }
+
+    /// One request; opening it (it shows the full number) is audited.
+    pub async fn open(
+        &self,
+        id: &str,
+        actor: &Actor,
+    ) -> Result<Option<ManualRequestRow>, StoreError> {
+        let row = self.store.manual_request(id).await?;
+        if row.is_some() {
+            self.store
+                .audit(actor.as_str(), "open", id, "", now_ms())
+                .await?;
+        }
+        Ok(row)
+    }
+
+    /// A request without auditing (to check access before acting).
+    pub async fn peek(&self, id: &str) -> Result<Option<ManualRequestRow>, StoreError> {
+        self.store.manual_request(id).await
+    }
+
+    /// The recording; playing it is audited.
+    pub async fn recording(&self, id: &str, actor: &Actor) -> Result<Option<Vec<u8>>, StoreError> {
+        let recording = self.store.manual_recording(id).await?;
+        if recording.is_some() {
+            self.store
+                .audit(actor.as_str(), "play", id, "", now_ms())
+                .await?;
+        }
+        Ok(recording)
+    }
+
+    pub async fn approve(
+        &self,
+        id: &str,
+        verification_id: Option<String>,
+        actor: &Actor,
+    ) -> Result<Option<String>, SupportError> {
+        self.decide(id, Decision::Approve { verification_id }, actor)
+            .await
+    }
+
+    pub async fn reject(&self, id: &str, reason: &str, actor: &Actor) -> Result<(), SupportError> {
+        let reason = reason.trim();
+        if reason.is_empty() || reason.chars().count() > 500 {
+            return Err(SupportError::InvalidReason);
+        }
+        let decision = Decision::Reject {
+            reason: reason.to_owned(),
+        };
+        self.decide(id, decision, actor).await.map(drop)
+    }
+
+    async fn decide(
+        &self,
+        id: &str,
+        decision: Decision,
+        actor: &Actor,
+    ) -> Result<Option<String>, SupportError> {
+        match self
+            .store
+            .decide_manual(id, decision, actor.as_str(), now_ms())
+            .await?
+        {
+            Decided::Done { verification_id } => Ok(verification_id),
+            Decided::NotFound => Err(SupportError::NotFound),
+            Decided::AlreadyDecided(status) => Err(SupportError::AlreadyDecided(status.as_str())),
+            Decided::NoVerification => Err(SupportError::NoVerification),
+            Decided::NotApprovable(status) => Err(SupportError::NotApprovable(
+                status.map_or("no such verification".into(), |s| s.to_string()),
+            )),
+        }
+    }
+
+    pub fn is_overdue(&self, request: &ManualRequestRow, now: i64) -> bool {
+        let after = i64::try_from(self.settings.overdue_after.as_millis()).unwrap_or(i64::MAX);
+        request.status == crate::store::RequestStatus::Open
+            && now.saturating_sub(request.created_at) >= after
+    }
+
+    /// Delete recordings and transcripts past the retention period.
+    pub async fn purge(&self, now: i64) -> Result<u64, StoreError> {
+        let retention = i64::try_from(self.settings.retention.as_millis()).unwrap_or(i64::MAX);
+        self.store
+            .purge_support(now.saturating_sub(retention), now)
+            .await
+    }
+}
