@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::agi::{ServerConfig, Timeouts};
 use crate::flow::FlowSettings;
 use crate::phone::PhonePolicy;
+use crate::support::hours::BusinessHours;
+use crate::support::message::MessageLimits;
+use crate::support::SupportSettings;
 use crate::verifications::Policy;
 
 pub const ENV_PREFIX: &str = "CALLVERIFY_";
@@ -29,6 +32,45 @@ pub struct Config {
     pub webhooks: WebhooksSection,
     pub qa: QaSection,
     pub speech: SpeechSection,
+    pub support: SupportSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupportSection {
+    /// When live staff answer (an IANA time zone, weekdays, and a local window).
+    pub timezone: String,
+    pub days: Vec<String>,
+    pub opens: String,
+    pub closes: String,
+    /// Dates (YYYY-MM-DD, local) when staff do not answer.
+    pub holidays: Vec<String>,
+    pub max_message_secs: u64,
+    /// Silence after speech that ends a message.
+    pub end_silence_secs: u64,
+    /// Silence after the tone that counts as no message.
+    pub no_speech_secs: u64,
+    /// Recordings and transcripts are deleted after this many days.
+    pub retention_days: u64,
+    /// Console sign-ins last this long.
+    pub session_hours: u64,
+}
+
+impl Default for SupportSection {
+    fn default() -> Self {
+        Self {
+            timezone: "America/Los_Angeles".into(),
+            days: ["Mon", "Tue", "Wed", "Thu", "Fri"].map(String::from).into(),
+            opens: "05:00".into(),
+            closes: "17:00".into(),
+            holidays: Vec::new(),
+            max_message_secs: 90,
+            end_silence_secs: 5,
+            no_speech_secs: 10,
+            retention_days: 30,
+            session_hours: 12,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -311,6 +353,29 @@ impl Config {
         self.agi_server()?;
         self.http_listen()?;
         self.speech_listen()?;
+        self.support_settings()?;
+        let support = &self.support;
+        // The message is taken while Asterisk waits in EXEC AudioSocket.
+        if support.max_message_secs == 0
+            || support.max_message_secs + support.no_speech_secs + 10 >= self.agi.reply_timeout_secs
+        {
+            return invalid(
+                "support.max_message_secs",
+                "must be at least 1, and with no_speech_secs + 10 below agi.reply_timeout_secs",
+            );
+        }
+        if support.end_silence_secs == 0 || support.no_speech_secs == 0 {
+            return invalid(
+                "support",
+                "end_silence_secs and no_speech_secs must be at least 1",
+            );
+        }
+        if support.retention_days == 0 || support.session_hours == 0 {
+            return invalid(
+                "support",
+                "retention_days and session_hours must be at least 1",
+            );
+        }
         if !self.speech.advertise.is_empty() && !self.speech.advertise.contains(':') {
             return invalid(
                 "speech.advertise",
@@ -436,6 +501,25 @@ impl Config {
             ring_timeout: Duration::from_secs(self.dialer.ring_timeout_secs),
             allow_private_callbacks: self.webhooks.allow_private_callbacks,
         }
+    }
+
+    pub fn support_settings(&self) -> Result<SupportSettings, ConfigError> {
+        let s = &self.support;
+        let hours = BusinessHours::new(&s.timezone, &s.days, &s.opens, &s.closes, &s.holidays)
+            .map_err(|e| ConfigError::Invalid {
+                key: "support",
+                message: e.to_string(),
+            })?;
+        Ok(SupportSettings {
+            hours,
+            limits: MessageLimits {
+                max: Duration::from_secs(s.max_message_secs),
+                end_silence: Duration::from_secs(s.end_silence_secs),
+                no_speech: Duration::from_secs(s.no_speech_secs),
+            },
+            retention: Duration::from_secs(s.retention_days * 86_400),
+            overdue_after: Duration::from_secs(86_400),
+        })
     }
 
     pub fn flow_settings(&self) -> FlowSettings {

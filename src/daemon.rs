@@ -18,6 +18,7 @@ use crate::dialer::{Dialer, DialerConfig};
 use crate::flow::Router;
 use crate::keys::ApiKeys;
 use crate::store::{Store, StoreError};
+use crate::support::Support;
 use crate::verifications::{Verifications, VerifyError};
 use crate::webhooks::{Sender, WebhookConfig};
 
@@ -84,13 +85,22 @@ fn start_dialer(
 }
 
 /// Every few seconds: release stale dialer claims, expire overdue verifications.
-async fn janitor(service: Arc<Verifications>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+async fn janitor(
+    service: Arc<Verifications>,
+    support: Arc<Support>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
     let mut every = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             _ = every.tick() => {
                 if let Err(e) = service.maintain().await {
                     tracing::error!(error = %e, "queue upkeep failed");
+                }
+                match support.purge(crate::verifications::now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(recordings = n, "deleted support recordings past retention"),
+                    Err(e) => tracing::error!(error = %e, "support upkeep failed"),
                 }
             }
             _ = stopped.changed() => return,
@@ -172,12 +182,23 @@ pub async fn run(
         configured => configured.to_owned(),
     };
     let hub = Hub::new(&advertise);
-    let router = Arc::new(Router::new(service.clone(), config.flow_settings()));
+    let support = Arc::new(Support::new(
+        service.store().clone(),
+        config.phone_policy(),
+        config.support_settings()?,
+    ));
+    let router = Arc::new(Router::new(
+        service.clone(),
+        config.flow_settings(),
+        support.clone(),
+        hub.clone(),
+    ));
     // One shutdown signal, seen by every part.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let ami = start_dialer(config, &service, &stopped);
     let mut api = ApiState::new(
         service.clone(),
+        support.clone(),
         ApiKeys::new(service.store().clone()),
         usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX),
     );
@@ -212,7 +233,7 @@ pub async fn run(
         }
         Err(e) => tracing::error!(error = %e, "cannot start the webhook sender"),
     }
-    tokio::spawn(janitor(service.clone(), stopped.clone()));
+    tokio::spawn(janitor(service.clone(), support.clone(), stopped.clone()));
     let http = tokio::spawn(crate::api::serve(
         listeners.http,
         api,

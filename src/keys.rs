@@ -44,7 +44,9 @@ impl ApiKeys {
             created_at: now_ms(),
             revoked_at: None,
         };
-        self.store.insert_api_key(&row, &token_hash(&secret)).await?;
+        self.store
+            .insert_api_key(&row, &token_hash(&secret))
+            .await?;
         Ok((row, secret))
     }
 

@@ -167,7 +167,12 @@ mod tests {
         let policy = PhonePolicy {
             allowed_countries: vec!["US".into(), "CA".into()],
         };
-        for raw in ["+14155550101", "14155550101", "4155550101", "+1 (415) 555-0101"] {
+        for raw in [
+            "+14155550101",
+            "14155550101",
+            "4155550101",
+            "+1 (415) 555-0101",
+        ] {
             assert_eq!(
                 policy.caller_id(raw).map(|n| n.0),
                 Some("+14155550101".to_string()),

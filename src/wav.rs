@@ -30,7 +30,10 @@ pub fn decode(bytes: &[u8]) -> Option<(u32, Vec<i16>)> {
     let mut rest = &bytes[12..];
     let mut rate = None;
     while rest.len() >= 8 {
-        let (id, len) = (&rest[..4], u32::from_le_bytes(rest[4..8].try_into().ok()?) as usize);
+        let (id, len) = (
+            &rest[..4],
+            u32::from_le_bytes(rest[4..8].try_into().ok()?) as usize,
+        );
         let body = rest.get(8..8 + len)?;
         match id {
             b"fmt " => {

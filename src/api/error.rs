@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::store::StoreError;
+use crate::support::SupportError;
 use crate::verifications::{rfc3339, VerifyError};
 
 #[derive(Debug)]
@@ -75,6 +76,20 @@ impl From<VerifyError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         store_failure(&e)
+    }
+}
+
+impl From<SupportError> for ApiError {
+    fn from(e: SupportError) -> Self {
+        let status = match &e {
+            SupportError::NotFound => StatusCode::NOT_FOUND,
+            SupportError::AlreadyDecided(_) => StatusCode::CONFLICT,
+            SupportError::NoVerification
+            | SupportError::NotApprovable(_)
+            | SupportError::InvalidReason => StatusCode::UNPROCESSABLE_ENTITY,
+            SupportError::Store(store) => return store_failure(store),
+        };
+        ApiError::new(status, e.code(), e.to_string())
     }
 }
 

@@ -2,6 +2,7 @@
 //! cancel it. Every `/v1` call needs `Authorization: Bearer <key>`.
 
 mod error;
+pub mod manual;
 mod replays;
 
 pub use error::ApiError;
@@ -26,6 +27,7 @@ use crate::ami::AmiState;
 use crate::keys::ApiKeys;
 use crate::metrics::Snapshot;
 use crate::store::ApiKeyRow;
+use crate::support::Support;
 use crate::verifications::{NewVerification, Verifications};
 use replays::Replays;
 
@@ -34,6 +36,7 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 
 pub struct ApiState {
     pub service: Arc<Verifications>,
+    pub support: Arc<Support>,
     pub keys: ApiKeys,
     pub max_body_bytes: usize,
     /// The AMI connection's state, when the dialer runs.
@@ -42,9 +45,15 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    pub fn new(service: Arc<Verifications>, keys: ApiKeys, max_body_bytes: usize) -> Self {
+    pub fn new(
+        service: Arc<Verifications>,
+        support: Arc<Support>,
+        keys: ApiKeys,
+        max_body_bytes: usize,
+    ) -> Self {
         Self {
             service,
+            support,
             keys,
             max_body_bytes,
             ami: None,
@@ -61,6 +70,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/verifications", post(create))
         .route("/v1/verifications/{id}", get(show))
         .route("/v1/verifications/{id}/cancel", post(cancel))
+        .route("/v1/manual-requests", get(manual::list))
+        .route("/v1/manual-requests/{id}", get(manual::show))
+        .route("/v1/manual-requests/{id}/recording", get(manual::recording))
+        .route("/v1/manual-requests/{id}/approve", post(manual::approve))
+        .route("/v1/manual-requests/{id}/reject", post(manual::reject))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -5,6 +5,7 @@ pub mod entry;
 pub mod listen;
 pub mod prompts;
 pub mod qa;
+pub mod support;
 pub mod verify;
 
 use std::sync::Arc;
@@ -13,11 +14,14 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::agi::{AgiError, Handler, Session};
+use crate::audiosocket::Hub;
+use crate::store::StoreError;
+use crate::support::Support;
 use crate::verifications::{Verifications, VerifyError};
 use prompts::Prompt;
 
 /// The FastAGI scripts the daemon serves (`agi://HOST:PORT/<script>`).
-pub const SCRIPTS: &[&str] = &["verify", "qa"];
+pub const SCRIPTS: &[&str] = &["verify", "manual", "qa"];
 
 /// Timing and patience of the flows.
 #[derive(Debug, Clone)]
@@ -40,17 +44,31 @@ pub enum FlowError {
     Agi(#[from] AgiError),
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Routes each FastAGI session to its flow by script name.
 pub struct Router {
     service: Arc<Verifications>,
     settings: FlowSettings,
+    support: Arc<Support>,
+    audio: Hub,
 }
 
 impl Router {
-    pub fn new(service: Arc<Verifications>, settings: FlowSettings) -> Self {
-        Self { service, settings }
+    pub fn new(
+        service: Arc<Verifications>,
+        settings: FlowSettings,
+        support: Arc<Support>,
+        audio: Hub,
+    ) -> Self {
+        Self {
+            service,
+            settings,
+            support,
+            audio,
+        }
     }
 }
 
@@ -70,6 +88,7 @@ impl Handler for Router {
                 }
             },
             "qa" => qa::run(session, &self.service, &self.settings).await,
+            "manual" => support::run(session, &self.support, &self.audio).await,
             other => {
                 tracing::warn!(script = other, "unknown FastAGI script");
                 let message = format!("callverify: unknown script {other}");
@@ -85,7 +104,9 @@ impl Handler for Router {
                 // is still in step (a refused command or a store failure).
                 let in_step = matches!(
                     e,
-                    FlowError::Verify(_) | FlowError::Agi(AgiError::Refused { .. })
+                    FlowError::Verify(_)
+                        | FlowError::Store(_)
+                        | FlowError::Agi(AgiError::Refused { .. })
                 );
                 if in_step && !session.hung_up() {
                     let _ = goodbye(session, Prompt::TechnicalProblem).await;

@@ -57,13 +57,19 @@ pub struct RequestFilter {
 #[derive(Debug, Clone)]
 pub enum Decision {
     /// Verify `verification_id` (the matched one when none is named).
-    Approve { verification_id: Option<String> },
-    Reject { reason: String },
+    Approve {
+        verification_id: Option<String>,
+    },
+    Reject {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decided {
-    Done { verification_id: Option<String> },
+    Done {
+        verification_id: Option<String>,
+    },
     NotFound,
     /// Already approved or rejected.
     AlreadyDecided(RequestStatus),
@@ -171,7 +177,7 @@ impl Store {
                         "SELECT {REQUEST_COLUMNS} FROM manual_requests r \
                          LEFT JOIN verifications v ON v.id = r.verification_id \
                          WHERE ($1 IS NULL OR r.status = $1) \
-                         AND ($2 IS NULL OR r.verification_id IS NULL OR v.api_key_id = $2) \
+                         AND ($2 IS NULL OR v.api_key_id IS NULL OR v.api_key_id = $2) \
                          ORDER BY r.created_at, r.id LIMIT $3"
                     ))
                     .bind(filter.status.map(RequestStatus::as_str))
@@ -265,14 +271,13 @@ impl Store {
                             .execute(&mut *tx)
                             .await?;
                             if verified.rows_affected() == 0 {
-                                let current: Option<String> = sqlx::query(
-                                    "SELECT status FROM verifications WHERE id = $1",
-                                )
-                                .bind(&vid)
-                                .fetch_optional(&mut *tx)
-                                .await?
-                                .map(|r| r.try_get::<String, _>(0))
-                                .transpose()?;
+                                let current: Option<String> =
+                                    sqlx::query("SELECT status FROM verifications WHERE id = $1")
+                                        .bind(&vid)
+                                        .fetch_optional(&mut *tx)
+                                        .await?
+                                        .map(|r| r.try_get::<String, _>(0))
+                                        .transpose()?;
                                 let current = current
                                     .map(|s: String| parse::<Status>(&s, "verifications.status"))
                                     .transpose()?;
@@ -330,7 +335,9 @@ impl Store {
         let (actor, subject, detail) = (actor.to_owned(), subject.to_owned(), detail.to_owned());
         self.engine
             .run(op(move |c| {
-                Box::pin(async move { insert_audit(c, now, &actor, action, &subject, &detail).await })
+                Box::pin(
+                    async move { insert_audit(c, now, &actor, action, &subject, &detail).await },
+                )
             }))
             .await
     }
@@ -414,7 +421,9 @@ impl Store {
     }
 
     pub async fn staff_named(&self, username: &str) -> Result<Option<StaffRow>, StoreError> {
-        let mut found = self.staff_where("username = $1", username.to_owned()).await?;
+        let mut found = self
+            .staff_where("username = $1", username.to_owned())
+            .await?;
         Ok(found.pop())
     }
 
@@ -488,8 +497,11 @@ impl Store {
         now: i64,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        let (token_hash, staff_id, csrf_token) =
-            (token_hash.to_owned(), staff_id.to_owned(), csrf_token.to_owned());
+        let (token_hash, staff_id, csrf_token) = (
+            token_hash.to_owned(),
+            staff_id.to_owned(),
+            csrf_token.to_owned(),
+        );
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {

@@ -100,9 +100,7 @@ mod tests {
     use super::*;
 
     fn pacific() -> BusinessHours {
-        let days: Vec<String> = ["Mon", "Tue", "Wed", "Thu", "Fri"]
-            .map(String::from)
-            .into();
+        let days: Vec<String> = ["Mon", "Tue", "Wed", "Thu", "Fri"].map(String::from).into();
         BusinessHours::new(
             "America/Los_Angeles",
             &days,

@@ -183,7 +183,9 @@ mod tests {
     }
 
     fn voice(ms: usize) -> Vec<i16> {
-        (0..ms * 8).map(|i| if i % 2 == 0 { 6000 } else { -6000 }).collect()
+        (0..ms * 8)
+            .map(|i| if i % 2 == 0 { 6000 } else { -6000 })
+            .collect()
     }
 
     fn silence(ms: usize) -> Vec<i16> {
@@ -228,7 +230,10 @@ mod tests {
         feed(&mut r, &voice(500));
         assert_eq!(r.hear(Heard::Key('5')), None);
         assert_eq!(r.hear(Heard::Key('#')), Some(MessageEnd::Key));
-        assert_eq!(r.finish(MessageEnd::Key).duration(), Duration::from_millis(500));
+        assert_eq!(
+            r.finish(MessageEnd::Key).duration(),
+            Duration::from_millis(500)
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Shared test harness: an in-process daemon on a fresh store, SQLite or a real Postgres.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod hooks;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

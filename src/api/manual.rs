@@ -1,0 +1,249 @@
+//! The manual-verification queue over the API (the support console's twin for the web app):
+//! `GET /v1/manual-requests`, `GET /v1/manual-requests/{id}` (+ `/recording`),
+//! `POST /v1/manual-requests/{id}/approve|reject`. A key sees requests about its own
+//! verifications and those that matched none.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::{authenticate, json_body, ApiError, ApiState};
+use crate::phone::masked;
+use crate::store::{ApiKeyRow, ManualRequestRow, RequestFilter, RequestStatus};
+use crate::support::{Actor, Support, SupportError};
+use crate::verifications::{now_ms, rfc3339};
+
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 500;
+
+/// A request as the API and the console show it.
+#[derive(Debug, Serialize)]
+pub struct RequestView {
+    pub id: String,
+    pub status: RequestStatus,
+    pub created_at: String,
+    /// Masked in lists; in full when one request is opened.
+    pub caller: Option<String>,
+    pub caller_match: &'static str,
+    pub verification: Option<VerificationRef>,
+    /// Still open 24 hours after the message.
+    pub overdue: bool,
+    pub duration_ms: i64,
+    pub ended_by: String,
+    pub recording_url: Option<String>,
+    pub transcript: Option<String>,
+    pub decided_at: Option<String>,
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VerificationRef {
+    pub id: String,
+    pub user_ref: Option<String>,
+    pub status: Option<String>,
+}
+
+impl RequestView {
+    pub fn new(row: &ManualRequestRow, support: &Support, full_number: bool, now: i64) -> Self {
+        let caller = row.caller.as_deref().map(|number| {
+            if full_number {
+                number.to_owned()
+            } else {
+                masked(number).to_string()
+            }
+        });
+        Self {
+            id: row.id.clone(),
+            status: row.status,
+            created_at: rfc3339(row.created_at),
+            caller,
+            caller_match: row.caller_match.as_str(),
+            verification: row.verification_id.as_ref().map(|id| VerificationRef {
+                id: id.clone(),
+                user_ref: row.user_ref.clone(),
+                status: row.verification_status.map(|s| s.to_string()),
+            }),
+            overdue: support.is_overdue(row, now),
+            duration_ms: row.duration_ms,
+            ended_by: row.ended_by.clone(),
+            recording_url: row
+                .has_recording
+                .then(|| format!("/v1/manual-requests/{}/recording", row.id)),
+            transcript: row.transcript.clone(),
+            decided_at: row.decided_at.map(rfc3339),
+            decided_by: row.decided_by.clone(),
+            reason: row.reason.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// `open` (default), `approved`, `rejected` or `all`.
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn list(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let key = authenticate(&state, &headers).await?;
+    let Query(query) = query.map_err(|e| invalid_query(e.body_text()))?;
+    let status = match query.status.as_deref().unwrap_or("open") {
+        "all" => None,
+        s => Some(
+            s.parse::<RequestStatus>()
+                .map_err(|()| invalid_query("status must be open, approved, rejected or all"))?,
+        ),
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(invalid_query(format!("limit must be 1 to {MAX_LIMIT}")));
+    }
+    let rows = state
+        .support
+        .list(RequestFilter {
+            status,
+            api_key_id: Some(key.id),
+            limit,
+        })
+        .await?;
+    let now = now_ms();
+    let views: Vec<RequestView> = rows
+        .iter()
+        .map(|r| RequestView::new(r, &state.support, false, now))
+        .collect();
+    Ok(Json(serde_json::json!({ "manual_requests": views })).into_response())
+}
+
+pub async fn show(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (key, id) = visible(&state, &headers, id).await?;
+    let row = state
+        .support
+        .open(&id, &Actor::api_key(&key.id))
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(RequestView::new(&row, &state.support, true, now_ms())).into_response())
+}
+
+pub async fn recording(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (key, id) = visible(&state, &headers, id).await?;
+    let wav = state
+        .support
+        .recording(&id, &Actor::api_key(&key.id))
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(([(header::CONTENT_TYPE, "audio/wav")], wav).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    /// For a request that matched no verification.
+    verification_id: Option<String>,
+}
+
+pub async fn approve(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (key, id) = visible(&state, &headers, id).await?;
+    let has_body = headers.contains_key(header::CONTENT_TYPE);
+    let body: ApproveBody = if has_body {
+        json_body(&state, &headers, body).await?
+    } else {
+        ApproveBody::default()
+    };
+    if let Some(vid) = &body.verification_id {
+        let owner = state.service.owner(vid).await?;
+        if owner.is_some_and(|owner| owner != key.id) {
+            return Err(ApiError::from(SupportError::NotApprovable(
+                "no such verification".into(),
+            )));
+        }
+    }
+    let actor = Actor::api_key(&key.id);
+    state
+        .support
+        .approve(&id, body.verification_id, &actor)
+        .await?;
+    decided(&state, &id).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RejectBody {
+    reason: String,
+}
+
+pub async fn reject(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (key, id) = visible(&state, &headers, id).await?;
+    let body: RejectBody = json_body(&state, &headers, body).await?;
+    let actor = Actor::api_key(&key.id);
+    state.support.reject(&id, &body.reason, &actor).await?;
+    decided(&state, &id).await
+}
+
+async fn decided(state: &ApiState, id: &str) -> Result<Response, ApiError> {
+    let row = state
+        .support
+        .peek(id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(RequestView::new(&row, &state.support, false, now_ms())).into_response())
+}
+
+/// The caller's key and the request id, if the key may see it: requests about another
+/// key's verifications are not found.
+async fn visible(
+    state: &ApiState,
+    headers: &HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<(ApiKeyRow, String), ApiError> {
+    let key = authenticate(state, headers).await?;
+    let Ok(Path(id)) = id else {
+        return Err(ApiError::not_found());
+    };
+    let row = state
+        .support
+        .peek(&id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    if row
+        .api_key_id
+        .as_ref()
+        .is_some_and(|owner| *owner != key.id)
+    {
+        return Err(ApiError::not_found());
+    }
+    Ok((key, id))
+}
+
+fn invalid_query(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
+}
