@@ -18,6 +18,7 @@ use crate::dialer::{Dialer, DialerConfig};
 use crate::flow::Router;
 use crate::keys::ApiKeys;
 use crate::store::{Store, StoreError};
+use crate::support::staff::Staff;
 use crate::support::Support;
 use crate::verifications::{Verifications, VerifyError};
 use crate::webhooks::{Sender, WebhookConfig};
@@ -199,6 +200,10 @@ pub async fn run(
     let mut api = ApiState::new(
         service.clone(),
         support.clone(),
+        Staff::new(
+            service.store().clone(),
+            Duration::from_secs(config.support.session_hours * 3600),
+        ),
         ApiKeys::new(service.store().clone()),
         usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX),
     );

@@ -9,6 +9,7 @@ pub mod api;
 pub mod audiosocket;
 pub mod codes;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod dialer;
 pub mod emulator;

@@ -45,6 +45,9 @@ enum Command {
     /// Manage the web app's API keys
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage support staff accounts for the console at /console/
+    #[command(subcommand)]
+    Staff(StaffCommand),
     /// List the prompts the calls play, with their words per language
     Prompts(PromptsArgs),
     /// Measure the daemon under many concurrent emulated Asterisk sessions
@@ -92,6 +95,20 @@ enum KeysCommand {
     List,
     /// Revoke a key by its id (key_...)
     Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum StaffCommand {
+    /// Add a staff member; the password (12+ characters) is read from the first line of stdin
+    #[command(after_help = "Example: printf '%s\\n' \"$PASSWORD\" | callverify staff add alice")]
+    Add {
+        /// Sign-in name: letters, digits, '-', '_' or '.'
+        username: String,
+    },
+    /// List staff accounts
+    List,
+    /// Disable an account and end its console sessions
+    Disable { username: String },
 }
 
 #[derive(Args)]
@@ -182,6 +199,39 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode>
     Ok(code)
 }
 
+async fn staff(config: &Config, command: StaffCommand) -> anyhow::Result<ExitCode> {
+    use callverify::support::staff::Staff;
+    let service = daemon::open(config).await?;
+    let session = std::time::Duration::from_secs(config.support.session_hours * 3600);
+    let staff = Staff::new(service.store().clone(), session);
+    match command {
+        StaffCommand::Add { username } => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("cannot read the password from stdin")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            let row = staff.add(&username, password).await?;
+            println!("added staff member {} ({})", row.username, row.id);
+        }
+        StaffCommand::List => {
+            for s in staff.list().await? {
+                let state = match s.disabled_at {
+                    Some(at) => format!("disabled {}", callverify::verifications::rfc3339(at)),
+                    None => "active".into(),
+                };
+                println!("{}  {}  {state}", s.username, s.id);
+            }
+        }
+        StaffCommand::Disable { username } => {
+            staff.disable(&username).await?;
+            println!("disabled {username}");
+        }
+    }
+    service.store().close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The prompt catalogue, for people (a table) or for the prompt-generation script (TSV).
 fn print_prompts(tsv: bool) {
     use callverify::flow::prompts::{Prompt, LANGUAGES};
@@ -226,6 +276,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Verify(command) => verify(&config, command).await,
         Command::Keys(command) => keys(&config, command).await,
+        Command::Staff(command) => staff(&config, command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Prompts(args) => {
             print_prompts(args.tsv);

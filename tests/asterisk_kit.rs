@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use callverify::flow::prompts::{Prompt, LANGUAGES};
-use callverify::flow::SCRIPTS;
+use callverify::flow::{support, SCRIPTS};
 
 /// The channel variable the dialer's Originate sets to the verification id (DESIGN.md).
 const DIALER_ID_VAR: &str = "CALLVERIFY_ID";
@@ -28,6 +28,7 @@ const TRUNK_ENDPOINT: &str = "callverify-trunk";
 const KNOWN_APPS: &[&str] = &[
     "AGI",
     "Answer",
+    "Dial",
     "Echo",
     "ExecIf",
     "Goto",
@@ -535,7 +536,7 @@ fn every_agi_url_points_at_the_daemon_and_a_script_it_serves() {
             scripts_used.insert(path.to_string());
         }
     }
-    for script in ["verify", "qa"] {
+    for script in ["verify", "manual", "qa"] {
         assert!(
             scripts_used.contains(script),
             "no extension runs agi://.../{script}"
@@ -650,8 +651,9 @@ fn every_application_is_known_and_every_label_and_variable_exists() {
                     .unwrap();
                 let var = &var[..end];
                 assert!(
-                    globals.contains(var) || var == DIALER_ID_VAR || var == DIALER_LANG_VAR,
-                    "{}: ${{{var}}} is neither a global nor set by the dialer",
+                    globals.contains(var)
+                        || [DIALER_ID_VAR, DIALER_LANG_VAR, support::ROUTE_VARIABLE].contains(&var),
+                    "{}: ${{{var}}} is neither a global nor set by the dialer or the daemon",
                     step.origin
                 );
                 rest = &rest[at + 2 + end..];
@@ -667,6 +669,14 @@ fn every_application_is_known_and_every_label_and_variable_exists() {
                 _ => Vec::new(),
             };
             for target in targets.iter().filter(|t| !t.is_empty()) {
+                if let Some((context, _)) = target.split_once(',') {
+                    assert!(
+                        dialplan(&config).contains_key(context),
+                        "{}: jump to a context {context} that does not exist",
+                        step.origin
+                    );
+                    continue;
+                }
                 assert!(
                     steps
                         .iter()

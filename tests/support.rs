@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use callverify::config::Config;
-use callverify::emulator::{outbound_env, AfterTalk, Call, Talk, Transcript};
+use callverify::emulator::{inbound_env, AfterTalk, Call, Talk, Transcript};
 use callverify::keys::ApiKeys;
 use callverify::store::Status;
 use callverify::verifications::NewVerification;
@@ -18,21 +18,7 @@ use serde_json::{json, Value};
 
 /// An inbound call to `agi://HOST/manual` from `caller_id` with presentation `pres`.
 fn support_call(caller_id: &str, pres: u32) -> Call {
-    let env = outbound_env("manual", &[])
-        .into_iter()
-        .map(|line| {
-            if line.starts_with("agi_callerid: ") {
-                format!("agi_callerid: {caller_id}")
-            } else if line.starts_with("agi_callingpres: ") {
-                format!("agi_callingpres: {pres}")
-            } else if line.starts_with("agi_context: ") {
-                "agi_context: callverify-support".into()
-            } else {
-                line
-            }
-        })
-        .collect();
-    Call::with_env(env)
+    Call::with_env(inbound_env("manual", caller_id, pres))
 }
 
 /// Voice-like audio: a loud tone (speech to the level detector), `ms` long.
@@ -122,15 +108,7 @@ async fn failed_verification(
         .await
         .unwrap()
         .view;
-    Call::verify(&v.id)
-        .press("#")
-        .press("000000#")
-        .press("111111#")
-        .press("222222#")
-        .run(d.addr)
-        .await
-        .unwrap();
-    assert_eq!(d.status(&v.id).await.status, Status::Failed);
+    d.fail_by_keypad(&v.id).await;
     v.id
 }
 
@@ -332,6 +310,13 @@ async fn staff_answer_within_business_hours(db: Db) {
     assert!(t
         .commands
         .contains(&"SET VARIABLE CALLVERIFY_SUPPORT_ROUTE message".to_string()));
+    assert_eq!(t.count_prompt("callverify/support-thanks"), 1);
+    // Back from an agent who did not answer (dialplan passes "message"): no menu again.
+    let mut env = inbound_env("manual", PHONE, 0);
+    env.push("agi_arg_1: message".into());
+    let t = run_support(&d, Call::with_env(env).talk(Talk::new().say(voice(500)))).await;
+    assert_eq!(t.count_prompt("callverify/support-menu"), 0);
+    assert_eq!(t.count_prompt("callverify/support-no-agent"), 1);
     assert_eq!(t.count_prompt("callverify/support-thanks"), 1);
     d.stop().await;
 }

@@ -51,6 +51,14 @@ pub struct VerificationRef {
 }
 
 impl RequestView {
+    /// Requests as a queue shows them: numbers masked.
+    pub fn listed(rows: &[ManualRequestRow], support: &Support) -> Vec<Self> {
+        let now = now_ms();
+        rows.iter()
+            .map(|r| Self::new(r, support, false, now))
+            .collect()
+    }
+
     pub fn new(row: &ManualRequestRow, support: &Support, full_number: bool, now: i64) -> Self {
         let caller = row.caller.as_deref().map(|number| {
             if full_number {
@@ -118,11 +126,7 @@ pub async fn list(
             limit,
         })
         .await?;
-    let now = now_ms();
-    let views: Vec<RequestView> = rows
-        .iter()
-        .map(|r| RequestView::new(r, &state.support, false, now))
-        .collect();
+    let views = RequestView::listed(&rows, &state.support);
     Ok(Json(serde_json::json!({ "manual_requests": views })).into_response())
 }
 

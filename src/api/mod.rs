@@ -27,6 +27,7 @@ use crate::ami::AmiState;
 use crate::keys::ApiKeys;
 use crate::metrics::Snapshot;
 use crate::store::ApiKeyRow;
+use crate::support::staff::Staff;
 use crate::support::Support;
 use crate::verifications::{NewVerification, Verifications};
 use replays::Replays;
@@ -37,6 +38,8 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 pub struct ApiState {
     pub service: Arc<Verifications>,
     pub support: Arc<Support>,
+    /// Support staff accounts, for the console served beside the API.
+    pub staff: Staff,
     pub keys: ApiKeys,
     pub max_body_bytes: usize,
     /// The AMI connection's state, when the dialer runs.
@@ -48,12 +51,14 @@ impl ApiState {
     pub fn new(
         service: Arc<Verifications>,
         support: Arc<Support>,
+        staff: Staff,
         keys: ApiKeys,
         max_body_bytes: usize,
     ) -> Self {
         Self {
             service,
             support,
+            staff,
             keys,
             max_body_bytes,
             ami: None,
@@ -75,6 +80,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/manual-requests/{id}/recording", get(manual::recording))
         .route("/v1/manual-requests/{id}/approve", post(manual::approve))
         .route("/v1/manual-requests/{id}/reject", post(manual::reject))
+        .merge(crate::console::router())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -124,6 +124,20 @@ pub fn outbound_env(script: &str, args: &[&str]) -> Vec<String> {
     env
 }
 
+/// An inbound call from the trunk to `agi://HOST/<script>`: caller ID `caller_id` with
+/// presentation `presentation` (`agi_callingpres`; 0 allowed, 0x20 bits restricted).
+pub fn inbound_env(script: &str, caller_id: &str, presentation: u32) -> Vec<String> {
+    outbound_env(script, &[])
+        .into_iter()
+        .map(|line| match line.split_once(": ") {
+            Some(("agi_callerid", _)) => format!("agi_callerid: {caller_id}"),
+            Some(("agi_callingpres", _)) => format!("agi_callingpres: {presentation}"),
+            Some(("agi_context", _)) => "agi_context: callverify-support".into(),
+            _ => line,
+        })
+        .collect()
+}
+
 impl Call {
     /// A dialer call for verification `id`: `agi://HOST/verify` with `agi_arg_1` = id.
     pub fn verify(id: &str) -> Self {

@@ -25,6 +25,7 @@ pub enum Prompt {
     SupportInstructions,
     SupportThanks,
     SupportNoMessage,
+    SupportNoAgent,
     /// Asterisk's stock core sound.
     Goodbye,
 }
@@ -53,6 +54,7 @@ impl Prompt {
         Prompt::SupportInstructions,
         Prompt::SupportThanks,
         Prompt::SupportNoMessage,
+        Prompt::SupportNoAgent,
         Prompt::Goodbye,
     ];
 
@@ -78,6 +80,7 @@ impl Prompt {
             Prompt::SupportInstructions => "callverify/support-instructions",
             Prompt::SupportThanks => "callverify/support-thanks",
             Prompt::SupportNoMessage => "callverify/support-no-message",
+            Prompt::SupportNoAgent => "callverify/support-no-agent",
             Prompt::Goodbye => "goodbye",
         }
     }
@@ -160,8 +163,12 @@ impl Prompt {
                 "Después del tono, diga que quiere verificar su número. Luego diga su nombre de usuario, deletréelo y diga su correo electrónico registrado. Pulse la tecla numeral al terminar.",
             ),
             Prompt::SupportThanks => (
-                "Thank you. Your message has been recorded. Our staff will verify your number and let you know.",
-                "Gracias. Su mensaje ha sido grabado. Nuestro equipo verificará su número y se lo comunicará.",
+                "Thank you. Your message has been recorded. Our staff will verify your number. If it is not verified within 24 hours, please call again.",
+                "Gracias. Su mensaje ha sido grabado. Nuestro equipo verificará su número. Si no está verificado en 24 horas, vuelva a llamar.",
+            ),
+            Prompt::SupportNoAgent => (
+                "All of our staff are busy. Please leave a message.",
+                "Todo nuestro equipo está ocupado. Por favor, deje un mensaje.",
             ),
             Prompt::SupportNoMessage => (
                 "We did not hear a message.",

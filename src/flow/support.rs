@@ -32,8 +32,14 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
 ) -> Result<(), FlowError> {
     let caller = identify(session, support).await?;
     session.answer().await?;
-    play(session, Prompt::SupportWelcome).await?;
-    if support.staff_answer_at(now_ms()) {
+    // The dialplan comes back with "message" when no agent answered: no menu again.
+    let agent_tried = session.env().arg(1) == Some("message");
+    if !agent_tried {
+        play(session, Prompt::SupportWelcome).await?;
+    }
+    if agent_tried {
+        play(session, Prompt::SupportNoAgent).await?;
+    } else if support.staff_answer_at(now_ms()) {
         let choice = session
             .get_data(Prompt::SupportMenu.file(), MENU_WAIT, 1)
             .await?;

@@ -94,6 +94,11 @@ impl Staff {
         Ok(row)
     }
 
+    /// How long a sign-in lasts, for the cookie's Max-Age.
+    pub fn session_secs(&self) -> u64 {
+        self.session_length.as_secs()
+    }
+
     pub async fn list(&self) -> Result<Vec<StaffRow>, StoreError> {
         self.store.staff().await
     }

@@ -1,6 +1,7 @@
 //! Shared test harness: an in-process daemon on a fresh store, SQLite or a real Postgres.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod browser;
 pub mod hooks;
 
 use std::net::SocketAddr;
@@ -156,6 +157,22 @@ impl Daemon {
         let view = self.status(&v.id).await;
         assert_eq!(view.status, callverify::store::Status::Verified);
         view
+    }
+
+    /// Call verification `id` and key three wrong codes: it fails, the number is locked out.
+    pub async fn fail_by_keypad(&self, id: &str) {
+        callverify::emulator::Call::verify(id)
+            .press("#")
+            .press("000000#")
+            .press("111111#")
+            .press("222222#")
+            .run(self.addr)
+            .await
+            .unwrap();
+        assert_eq!(
+            self.status(id).await.status,
+            callverify::store::Status::Failed
+        );
     }
 
     pub async fn status(&self, id: &str) -> View {
