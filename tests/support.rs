@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use callverify::config::Config;
 use callverify::emulator::{inbound_env, AfterTalk, Call, Talk, Transcript};
 use callverify::keys::ApiKeys;
-use callverify::store::Status;
+use callverify::store::{CallerMatch, NewManualRequest, Status};
 use callverify::verifications::NewVerification;
 use common::hooks::{receiver, verify_signature, SECRET};
 use common::{Daemon, Db, PHONE};
@@ -403,6 +403,27 @@ async fn recordings_are_deleted_after_retention(db: Db) {
     assert_eq!(store.manual_recording(&rid).await.unwrap(), None);
     let listed = api.requests("open").await;
     assert_eq!(listed[0]["recording_url"], Value::Null);
+    assert_eq!(listed[0]["overdue"], false);
+    // A message left 25 hours ago and still open is overdue.
+    store
+        .insert_manual_request(NewManualRequest {
+            id: "mr_old".into(),
+            created_at: now - 25 * 3_600_000,
+            caller: None,
+            caller_match: CallerMatch::Withheld,
+            verification_id: None,
+            ended_by: "key",
+            duration_ms: 1000,
+            recording: callverify::wav::encode(&[0; 8], 8000),
+            transcript: None,
+            language: "en".into(),
+        })
+        .await
+        .unwrap();
+    let listed = api.requests("open").await;
+    assert_eq!(listed[0]["id"], "mr_old", "oldest first");
+    assert_eq!(listed[0]["overdue"], true);
+    assert_eq!(listed[1]["overdue"], false);
     d.stop().await;
 }
 
