@@ -15,8 +15,8 @@ use crate::codes::{self, CodeHasher};
 use crate::metrics::Metrics;
 use crate::phone::{PhoneError, PhoneNumber, PhonePolicy};
 use crate::store::{
-    CallOutcome, Earlier, Idempotent, RateSubject, Recovered, Status, Store, StoreError,
-    VerificationRow,
+    CallOutcome, Created, Earlier, IdempotencyKey, RateLimit, RateSubject, Recovered, Status,
+    Store, StoreError, VerificationRow,
 };
 
 /// Tunables of the verification rules.
@@ -232,63 +232,68 @@ impl Verifications {
                 return self.replay(earlier, request_hash).await;
             }
         }
-        let now = now_ms();
-        if let Some(retry_at) = self
-            .store
-            .locked_until(phone.as_str(), user_ref, now)
-            .await?
-        {
-            return Err(VerifyError::LockedOut { retry_at });
-        }
         let limits = [
             (
                 RateSubject::Phone,
-                "number",
                 Some(phone.as_str()),
                 self.policy.per_number_per_hour,
             ),
             (
                 RateSubject::User,
-                "user",
                 Some(user_ref),
                 self.policy.per_user_per_hour,
             ),
             (
                 RateSubject::ApiKey,
-                "API key",
                 new.api_key_id.as_deref(),
                 self.policy.per_key_per_hour,
             ),
-        ];
-        let hour = 3_600_000;
-        for (subject, name, value, limit) in limits {
-            // u32::MAX means no limit: no need to count.
-            let Some(value) = value.filter(|_| limit != u32::MAX) else {
-                continue;
-            };
-            let (count, oldest) = self.store.created_since(subject, value, now - hour).await?;
-            if count >= i64::from(limit) {
-                return Err(VerifyError::RateLimited {
-                    subject: name,
-                    retry_at: oldest.unwrap_or(now) + hour,
-                });
-            }
-        }
+        ]
+        .into_iter()
+        // u32::MAX means no limit: no need to count.
+        .filter(|(_, _, max)| *max != u32::MAX)
+        .filter_map(|(subject, value, max)| {
+            Some(RateLimit {
+                subject,
+                value: value?.to_owned(),
+                max: i64::from(max),
+            })
+        })
+        .collect();
         let code = codes::generate(code_length);
         let mut row = self.new_row(phone.as_str(), user_ref, &code, locale, false);
         row.api_key_id = new.api_key_id.clone();
         row.callback_url = callback_url;
-        if let (Some(key_id), Some((idem_key, request_hash))) = (&new.api_key_id, &new.idempotency)
-        {
-            let found = self
-                .store
-                .insert_verification_idempotent(&row, key_id, idem_key, request_hash)
-                .await?;
-            if let Idempotent::Existing(earlier) = found {
+        let idempotency = match (&new.api_key_id, &new.idempotency) {
+            (Some(api_key_id), Some((key, request_hash))) => Some(IdempotencyKey {
+                api_key_id: api_key_id.clone(),
+                key: key.clone(),
+                request_hash: request_hash.clone(),
+            }),
+            _ => None,
+        };
+        let hour = 3_600_000;
+        let created = self
+            .store
+            .create_verification(&row, idempotency, limits, row.created_at - hour)
+            .await?;
+        match created {
+            Created::Inserted => {}
+            Created::Existing(earlier) => {
+                let request_hash = new.idempotency.as_ref().map_or("", |(_, h)| h.as_str());
                 return self.replay(earlier, request_hash).await;
             }
-        } else {
-            self.store.insert_verification(&row).await?;
+            Created::LockedOut(retry_at) => return Err(VerifyError::LockedOut { retry_at }),
+            Created::Limited { subject, oldest } => {
+                return Err(VerifyError::RateLimited {
+                    subject: match subject {
+                        RateSubject::Phone => "number",
+                        RateSubject::User => "user",
+                        RateSubject::ApiKey => "API key",
+                    },
+                    retry_at: oldest.unwrap_or(row.created_at) + hour,
+                })
+            }
         }
         tracing::info!(verification = %row.id, phone = %phone.masked(), "verification created");
         self.metrics.verification_created();

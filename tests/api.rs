@@ -537,7 +537,46 @@ async fn lockouts_and_rate_limits_are_429(db: Db) {
     api.d.stop().await;
 }
 
+/// Parallel requests for one number (as a busy web app, or several daemons, send them) do
+/// not pass the limit together: the check and the insert are one store operation.
+async fn parallel_requests_cannot_pass_a_rate_limit_together(db: Db) {
+    let d = common::start_with(db, |c| {
+        c.verification.max_per_number_per_hour = 3;
+        c.database.max_connections = 16;
+    })
+    .await;
+    let starts = (0..24).map(|i| {
+        let service = d.service.clone();
+        tokio::spawn(async move {
+            service
+                .start(callverify::verifications::NewVerification {
+                    phone: PHONE.into(),
+                    user_ref: format!("user{i}"),
+                    ..Default::default()
+                })
+                .await
+        })
+    });
+    let results = futures::future::join_all(starts).await;
+    let created = results
+        .iter()
+        .filter(|r| r.as_ref().unwrap().is_ok())
+        .count();
+    let limited = results
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.as_ref().unwrap(),
+                Err(callverify::verifications::VerifyError::RateLimited { .. })
+            )
+        })
+        .count();
+    assert_eq!((created, limited), (3, 21));
+    d.stop().await;
+}
+
 on_both_backends!(
+    parallel_requests_cannot_pass_a_rate_limit_together,
     create_call_and_read_back,
     cancel_and_not_found,
     authentication_is_required,

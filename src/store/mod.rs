@@ -6,10 +6,12 @@
 //! several must go together, so two calls, or two daemons on one Postgres, cannot race it.
 //! [`engine`] decides how the statements reach the database.
 
+mod creation;
 mod engine;
 mod status;
 mod support;
 
+pub use creation::{Created, IdempotencyKey, RateLimit};
 pub use status::{CallOutcome, CallerMatch, RequestStatus, Status};
 pub use support::{
     AuditEntry, Decided, Decision, ManualRequestRow, NewManualRequest, RequestFilter, StaffRow,
@@ -94,14 +96,6 @@ pub struct ApiKeyRow {
     pub name: String,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
-}
-
-/// What a creation with an idempotency key found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Idempotent {
-    Inserted,
-    /// The key was used before.
-    Existing(Earlier),
 }
 
 /// An earlier use of an idempotency key: the request's hash and what it created.
@@ -268,77 +262,6 @@ impl Store {
             .await
     }
 
-    /// Insert `v` unless `idem_key` of `api_key_id` was used before: one creation per key,
-    /// whatever the retries.
-    pub async fn insert_verification_idempotent(
-        &self,
-        v: &VerificationRow,
-        api_key_id: &str,
-        idem_key: &str,
-        request_hash: &str,
-    ) -> Result<Idempotent, StoreError> {
-        let v = v.clone();
-        let (api_key_id, idem_key, request_hash) = (
-            api_key_id.to_owned(),
-            idem_key.to_owned(),
-            request_hash.to_owned(),
-        );
-        self.engine
-            .run(op(move |c| {
-                Box::pin(async move {
-                    let existing = |row: sqlx::any::AnyRow| -> Result<Idempotent, StoreError> {
-                        Ok(Idempotent::Existing(Earlier {
-                            request_hash: row.try_get(0)?,
-                            verification_id: row.try_get(1)?,
-                        }))
-                    };
-                    let find = "SELECT request_hash, verification_id FROM idempotency_keys \
-                                WHERE api_key_id = $1 AND idem_key = $2";
-                    if let Some(row) = sqlx::query(find)
-                        .bind(&api_key_id)
-                        .bind(&idem_key)
-                        .fetch_optional(&mut *c)
-                        .await?
-                    {
-                        return existing(row);
-                    }
-                    let inserted = async {
-                        let mut tx = c.begin().await?;
-                        insert_verification(&mut tx, &v).await?;
-                        sqlx::query(
-                            "INSERT INTO idempotency_keys \
-                             (api_key_id, idem_key, request_hash, verification_id, created_at) \
-                             VALUES ($1, $2, $3, $4, $5)",
-                        )
-                        .bind(&api_key_id)
-                        .bind(&idem_key)
-                        .bind(&request_hash)
-                        .bind(&v.id)
-                        .bind(v.created_at)
-                        .execute(&mut *tx)
-                        .await?;
-                        tx.commit().await?;
-                        Ok::<_, StoreError>(())
-                    }
-                    .await;
-                    match inserted {
-                        Ok(()) => Ok(Idempotent::Inserted),
-                        // Another daemon won the race for this key: report its creation.
-                        Err(e) => match sqlx::query(find)
-                            .bind(&api_key_id)
-                            .bind(&idem_key)
-                            .fetch_optional(&mut *c)
-                            .await?
-                        {
-                            Some(row) => existing(row),
-                            None => Err(e),
-                        },
-                    }
-                })
-            }))
-            .await
-    }
-
     /// The earlier use of `idem_key` by `api_key_id`, if any.
     pub async fn idempotent_lookup(
         &self,
@@ -348,49 +271,7 @@ impl Store {
         let (api_key_id, idem_key) = (api_key_id.to_owned(), idem_key.to_owned());
         self.engine
             .run(op(move |c| {
-                Box::pin(async move {
-                    let row = sqlx::query(
-                        "SELECT request_hash, verification_id FROM idempotency_keys \
-                         WHERE api_key_id = $1 AND idem_key = $2",
-                    )
-                    .bind(&api_key_id)
-                    .bind(&idem_key)
-                    .fetch_optional(&mut *c)
-                    .await?;
-                    row.map(|r| {
-                        Ok(Earlier {
-                            request_hash: r.try_get(0)?,
-                            verification_id: r.try_get(1)?,
-                        })
-                    })
-                    .transpose()
-                })
-            }))
-            .await
-    }
-
-    /// How many verifications `subject` = `value` created since `since`, and the oldest.
-    pub async fn created_since(
-        &self,
-        subject: RateSubject,
-        value: &str,
-        since: i64,
-    ) -> Result<(i64, Option<i64>), StoreError> {
-        let value = value.to_owned();
-        self.engine
-            .run(op(move |c| {
-                Box::pin(async move {
-                    let row = sqlx::query(&format!(
-                        "SELECT COUNT(*), MIN(created_at) FROM verifications \
-                         WHERE {} = $1 AND created_at > $2 AND is_test = 0",
-                        subject.column()
-                    ))
-                    .bind(&value)
-                    .bind(since)
-                    .fetch_one(&mut *c)
-                    .await?;
-                    Ok((row.try_get(0)?, row.try_get(1)?))
-                })
+                Box::pin(async move { creation::find_idempotent(c, &api_key_id, &idem_key).await })
             }))
             .await
     }

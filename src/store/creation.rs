@@ -1,0 +1,180 @@
+//! Creating a verification as one store operation: the idempotency key, the lockouts and the
+//! rate limits are checked and the row inserted together, so that parallel requests for one
+//! number or user cannot pass a limit together. On Postgres (several daemons) transaction
+//! advisory locks on the number and the user serialise those checks; on SQLite the single
+//! writer already runs operations one at a time.
+
+use sqlx::{AnyConnection, Connection, Row};
+
+use super::{
+    insert_verification, op, Backend, Earlier, RateSubject, Store, StoreError, VerificationRow,
+};
+
+/// At most `max` creations for `subject` = `value` since the window's start.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    pub subject: RateSubject,
+    pub value: String,
+    pub max: i64,
+}
+
+/// An `Idempotency-Key` of an API key, with the hash of the request that used it.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub api_key_id: String,
+    pub key: String,
+    pub request_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    Inserted,
+    /// The idempotency key was used before.
+    Existing(Earlier),
+    /// The number or the user is locked out until then.
+    LockedOut(i64),
+    /// A limit is reached; the oldest creation in the window, when it is known.
+    Limited {
+        subject: RateSubject,
+        oldest: Option<i64>,
+    },
+}
+
+const FIND_IDEMPOTENT: &str = "SELECT request_hash, verification_id FROM idempotency_keys \
+                               WHERE api_key_id = $1 AND idem_key = $2";
+
+impl Store {
+    /// Insert `v` after the checks, all in one transaction: an earlier use of `idempotency`
+    /// wins, then lockouts of its number or user in force at `v.created_at`, then `limits`
+    /// counted since `window_start`.
+    pub async fn create_verification(
+        &self,
+        v: &VerificationRow,
+        idempotency: Option<IdempotencyKey>,
+        limits: Vec<RateLimit>,
+        window_start: i64,
+    ) -> Result<Created, StoreError> {
+        let v = v.clone();
+        let backend = self.backend;
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    if let Some(earlier) = earlier_use(c, idempotency.as_ref()).await? {
+                        return Ok(Created::Existing(earlier));
+                    }
+                    let created =
+                        checked_insert(c, backend, &v, idempotency.as_ref(), &limits, window_start)
+                            .await;
+                    match created {
+                        Err(e) => match earlier_use(c, idempotency.as_ref()).await? {
+                            // Another daemon won the race for this key: its creation stands.
+                            Some(earlier) => Ok(Created::Existing(earlier)),
+                            None => Err(e),
+                        },
+                        other => other,
+                    }
+                })
+            }))
+            .await
+    }
+}
+
+async fn earlier_use(
+    c: &mut AnyConnection,
+    key: Option<&IdempotencyKey>,
+) -> Result<Option<Earlier>, StoreError> {
+    match key {
+        Some(key) => find_idempotent(c, &key.api_key_id, &key.key).await,
+        None => Ok(None),
+    }
+}
+
+/// The earlier use of `key` by `api_key_id`, if any.
+pub(super) async fn find_idempotent(
+    c: &mut AnyConnection,
+    api_key_id: &str,
+    key: &str,
+) -> Result<Option<Earlier>, StoreError> {
+    let row = sqlx::query(FIND_IDEMPOTENT)
+        .bind(api_key_id)
+        .bind(key)
+        .fetch_optional(&mut *c)
+        .await?;
+    row.map(|r| {
+        Ok(Earlier {
+            request_hash: r.try_get(0)?,
+            verification_id: r.try_get(1)?,
+        })
+    })
+    .transpose()
+}
+
+async fn checked_insert(
+    c: &mut AnyConnection,
+    backend: Backend,
+    v: &VerificationRow,
+    idempotency: Option<&IdempotencyKey>,
+    limits: &[RateLimit],
+    window_start: i64,
+) -> Result<Created, StoreError> {
+    let mut tx = c.begin().await?;
+    if backend == Backend::Postgres {
+        // In a fixed order, so that two creations never wait for each other's second lock.
+        let mut subjects = [format!("phone:{}", v.phone), format!("user:{}", v.user_ref)];
+        subjects.sort();
+        for subject in subjects {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(subject)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    let locked: Option<i64> = sqlx::query(
+        "SELECT MAX(locked_until) FROM lockouts WHERE locked_until > $1 AND \
+         ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))",
+    )
+    .bind(v.created_at)
+    .bind(&v.phone)
+    .bind(&v.user_ref)
+    .fetch_one(&mut *tx)
+    .await?
+    .try_get(0)?;
+    if let Some(until) = locked {
+        return Ok(Created::LockedOut(until));
+    }
+    for limit in limits {
+        let row = sqlx::query(&format!(
+            "SELECT COUNT(*), MIN(created_at) FROM verifications \
+             WHERE {} = $1 AND created_at > $2 AND is_test = 0",
+            limit.subject.column()
+        ))
+        .bind(&limit.value)
+        .bind(window_start)
+        .fetch_one(&mut *tx)
+        .await?;
+        let count: i64 = row.try_get(0)?;
+        if count >= limit.max {
+            return Ok(Created::Limited {
+                subject: limit.subject,
+                oldest: row.try_get(1)?,
+            });
+        }
+    }
+    insert_verification(&mut tx, v).await?;
+    if let Some(key) = idempotency {
+        sqlx::query(
+            "INSERT INTO idempotency_keys \
+             (api_key_id, idem_key, request_hash, verification_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&key.api_key_id)
+        .bind(&key.key)
+        .bind(&key.request_hash)
+        .bind(&v.id)
+        .bind(v.created_at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Created::Inserted)
+}
