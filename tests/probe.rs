@@ -1,0 +1,448 @@
+//! `callverify probe` against real SIP peers: Debian's sipp (package sip-tester) as UAS and
+//! UAC, and the test's own UDP sockets where a peer must stay silent, send garbage, or show
+//! what crossed the wire. The tests fail (never skip) when sipp is missing.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const SIPP_PCAPS: &str = "/usr/share/sip-tester";
+
+fn fixture(name: &Path) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/probe")
+        .join(name)
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A sipp process, killed when dropped.
+struct Sipp(Child);
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts sipp on a free port with a scenario of tests/fixtures/probe (or a path) and -key pairs.
+fn sipp(
+    scenario: impl AsRef<Path>,
+    keys: &[(&str, &str)],
+    extra: &[&str],
+    remote: Option<String>,
+) -> (Sipp, u16) {
+    assert!(
+        Command::new("sipp")
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok(),
+        "sipp is not installed: the probe's tests need a real SIP peer \
+         (Debian: apt-get install sip-tester; ./scripts/test installs it)"
+    );
+    let port = free_udp_port();
+    let media_port = free_udp_port();
+    let mut command = Command::new("sipp");
+    command
+        .arg("-sf")
+        .arg(fixture(scenario.as_ref()))
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-mi",
+            "127.0.0.1",
+            "-m",
+            "1",
+            "-timeout",
+            "30s",
+            "-nostdin",
+        ])
+        .args(["-p", &port.to_string(), "-mp", &media_port.to_string()])
+        .args(extra);
+    for (k, v) in keys {
+        // sipp does not expand keywords inside -key values: "MEDIA_PORT" stands for its own.
+        let v = if *v == "MEDIA_PORT" {
+            media_port.to_string()
+        } else {
+            v.to_string()
+        };
+        command.args(["-key", k, &v]);
+    }
+    if let Some(remote) = remote {
+        command.arg(remote);
+    }
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting sipp");
+    std::thread::sleep(Duration::from_millis(300)); // let it bind its port
+    (Sipp(child), port)
+}
+
+/// Runs the probe with a generous hang guard; returns its exit code and JSON report.
+fn probe(args: &[&str]) -> (i32, Value) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_callverify"))
+        .arg("probe")
+        .args(args)
+        .arg("--json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting callverify probe");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("callverify probe {args:?} hung for 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}); stdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), report)
+}
+
+/// One second of a 440 Hz tone then one of silence: a "prompt" for the echo.
+fn tone_wav(dir: &Path) -> PathBuf {
+    let samples: Vec<i16> = (0..16000)
+        .map(|i| {
+            if i < 8000 {
+                ((i as f64 * 440.0 * std::f64::consts::TAU / 8000.0).sin() * 8000.0) as i16
+            } else {
+                0
+            }
+        })
+        .collect();
+    let path = dir.join("tone.wav");
+    callverify::probe::wav::write(&path, &samples).unwrap();
+    path
+}
+
+fn keys_received(report: &Value) -> String {
+    report["keys_received"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_call_to_an_echoing_sipp_records_audible_audio_and_its_own_key_presses() {
+    let dir = tempfile::tempdir().unwrap();
+    let tone = tone_wav(dir.path());
+    let (_sipp, port) = sipp(
+        "uas_answer.xml",
+        &[("rtp_port", "MEDIA_PORT")],
+        &["-rtp_echo"],
+        None,
+    );
+    let record = dir.path().join("heard.wav");
+    let target = format!("sip:100@127.0.0.1:{port}");
+    let (code, report) = probe(&[
+        "call",
+        &target,
+        "--play",
+        tone.to_str().unwrap(),
+        "--keys",
+        "#42",
+        "--record",
+        record.to_str().unwrap(),
+        "--linger",
+        "1",
+        "--timeout",
+        "5",
+    ]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["codec"], "PCMU");
+    assert_eq!(report["event_payload_type"], 101);
+    assert_eq!(
+        keys_received(&report),
+        "#42",
+        "the echo carried the probe's RFC 4733 events back: {report:#}"
+    );
+    assert!(
+        !report["prompts"].as_array().unwrap().is_empty(),
+        "the echoed tone is a prompt: {report:#}"
+    );
+    assert_eq!(report["hangup"]["by"], "probe");
+    assert_eq!(report["hangup"]["bye_code"], 200);
+    assert!(
+        report["rtp"]["packets_received"].as_u64().unwrap() > 50,
+        "{report:#}"
+    );
+    let heard = callverify::probe::wav::read(&record).unwrap();
+    let loudest = heard
+        .chunks(160)
+        .map(callverify::probe::vad::level_dbfs)
+        .fold(f64::MIN, f64::max);
+    assert!(
+        loudest > -25.0,
+        "the recording holds the echoed tone (loudest frame {loudest} dBFS)"
+    );
+}
+
+#[test]
+fn key_presses_cross_the_wire_as_rfc4733_events() {
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let sink_port = sink.local_addr().unwrap().port().to_string();
+    let (_sipp, port) = sipp("uas_answer.xml", &[("rtp_port", &sink_port)], &[], None);
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("press.script");
+    std::fs::write(&script, "wait 0.2\npress 5#\nwait 0.2\nhangup\n").unwrap();
+    let target = format!("sip:100@127.0.0.1:{port}");
+    let capture = std::thread::spawn(move || {
+        let mut packets = Vec::new();
+        let mut buf = [0u8; 2048];
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        let mut idle = 0;
+        while std::time::Instant::now() < until && idle < 10 {
+            match sink.recv(&mut buf) {
+                Ok(n) => {
+                    idle = 0;
+                    packets.push(buf[..n].to_vec())
+                }
+                Err(_) => idle += usize::from(!packets.is_empty()),
+            }
+        }
+        packets
+    });
+    let (code, report) = probe(&[
+        "call",
+        &target,
+        "--script",
+        script.to_str().unwrap(),
+        "--rtp-timeout",
+        "0",
+        "--timeout",
+        "5",
+    ]);
+    assert_eq!(code, 0, "{report:#}");
+    let packets = capture.join().unwrap();
+    let events: Vec<rtp_rs::RtpReader> = packets
+        .iter()
+        .map(|p| rtp_rs::RtpReader::new(p).expect("only RTP reaches the sink"))
+        .filter(|r| r.payload_type() == 101)
+        .collect();
+    // Per key: start (marker) + continuations every 20 ms for 100 ms, then three end packets.
+    let mut presses: Vec<Vec<&rtp_rs::RtpReader>> = Vec::new();
+    for e in &events {
+        match presses.last_mut() {
+            Some(p) if p[0].timestamp() == e.timestamp() => p.push(e),
+            _ => presses.push(vec![e]),
+        }
+    }
+    assert_eq!(presses.len(), 2, "two key presses, one timestamp each");
+    for (press, code) in presses.iter().zip([5u8, 11]) {
+        let payloads: Vec<&[u8]> = press.iter().map(|p| p.payload()).collect();
+        assert!(payloads.iter().all(|p| p[0] == code), "event code {code}");
+        assert!(
+            press[0].mark() && press[1..].iter().all(|p| !p.mark()),
+            "marker on the first packet only"
+        );
+        let ends: Vec<&&[u8]> = payloads.iter().filter(|p| p[1] & 0x80 != 0).collect();
+        assert_eq!(ends.len(), 3, "three end packets");
+        assert!(
+            payloads[payloads.len() - 3..]
+                .iter()
+                .all(|p| p[1] & 0x80 != 0),
+            "the end packets come last"
+        );
+        let durations: Vec<u16> = payloads
+            .iter()
+            .map(|p| u16::from_be_bytes([p[2], p[3]]))
+            .collect();
+        assert!(
+            durations.windows(2).all(|w| w[0] <= w[1]),
+            "durations grow: {durations:?}"
+        );
+        assert_eq!(*durations.last().unwrap(), 800, "100 ms at 8 kHz");
+        let seqs: Vec<u16> = press
+            .iter()
+            .map(|p| u16::from(p.sequence_number()))
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+            "consecutive sequence numbers"
+        );
+    }
+    assert_eq!(report["keys_sent"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn rfc4733_events_from_a_sipp_capture_are_detected_and_rtp_that_stops_fails_the_call() {
+    let pcap = format!("{SIPP_PCAPS}/dtmf_2833_1.pcap");
+    let (_sipp, port) = sipp(
+        "uas_play.xml",
+        &[("rtp_port", "MEDIA_PORT"), ("pcap", &pcap)],
+        &[],
+        None,
+    );
+    let target = format!("sip:100@127.0.0.1:{port}");
+    let (code, report) = probe(&[
+        "call",
+        &target,
+        "--rtp-timeout",
+        "1.5",
+        "--linger",
+        "20",
+        "--timeout",
+        "5",
+    ]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["error"]["kind"], "rtp_timeout", "{report:#}");
+    assert_eq!(keys_received(&report), "1", "{report:#}");
+    assert_eq!(report["hangup"]["by"], "probe");
+    assert_eq!(report["hangup"]["bye_code"], 200);
+}
+
+#[test]
+fn refusals_give_their_kind_and_a_failing_exit() {
+    for (status, reason, kind) in [
+        ("486", "Busy Here", "busy"),
+        ("503", "Service Unavailable", "unavailable"),
+        ("403", "Forbidden", "forbidden"),
+        ("488", "Not Acceptable Here", "codec_mismatch"),
+    ] {
+        // sipp reads a response's status code when it loads the scenario, not from -key.
+        let dir = tempfile::tempdir().unwrap();
+        let scenario = dir.path().join("refuse.xml");
+        let text = std::fs::read_to_string(fixture(Path::new("uas_refuse.xml"))).unwrap();
+        std::fs::write(
+            &scenario,
+            text.replace("CODE REASON", &format!("{status} {reason}")),
+        )
+        .unwrap();
+        let (_sipp, port) = sipp(&scenario, &[], &[], None);
+        let target = format!("sip:100@127.0.0.1:{port}");
+        let (code, report) = probe(&["call", &target, "--timeout", "5"]);
+        assert_eq!(code, 1, "{report:#}");
+        assert_eq!(report["error"]["kind"], kind, "{report:#}");
+        assert_eq!(report["sip"]["final_code"], status.parse::<u16>().unwrap());
+    }
+}
+
+#[test]
+fn digest_authentication_answers_the_challenge() {
+    // sipp checks the digest of the second INVITE: 200 for the right password, else 403.
+    for (password, exit, final_code) in [("secret", 0, 200), ("wrong", 1, 403)] {
+        let (_sipp, port) = sipp("uas_auth.xml", &[], &[], None);
+        let target = format!("sip:100@127.0.0.1:{port}");
+        let args = [
+            "--user",
+            "qa",
+            "--password",
+            password,
+            "--hangup-after",
+            "0.5",
+        ];
+        let (code, report) = probe(&[&["call", &target, "--timeout", "5"][..], &args].concat());
+        assert_eq!(code, exit, "{report:#}");
+        assert_eq!(report["sip"]["auth_challenges"], 1);
+        assert_eq!(report["sip"]["final_code"], final_code, "{report:#}");
+        if exit != 0 {
+            assert_eq!(report["error"]["kind"], "forbidden");
+        }
+    }
+}
+
+#[test]
+fn a_silent_peer_and_a_peer_sending_garbage_fail_after_the_timeout() {
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target = format!("sip:100@{}", silent.local_addr().unwrap());
+    let (code, report) = probe(&["call", &target, "--timeout", "1"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["error"]["kind"], "timeout");
+    assert!(
+        report["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no response to INVITE"),
+        "{report:#}"
+    );
+
+    let garbage = UdpSocket::bind("127.0.0.1:0").unwrap();
+    garbage
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let target = format!("sip:100@{}", garbage.local_addr().unwrap());
+    let answerer = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        if let Ok((_, from)) = garbage.recv_from(&mut buf) {
+            garbage
+                .send_to(
+                    b"SIP/2.0 OK but not really\r\nthis is not SIP\r\n\r\n",
+                    from,
+                )
+                .unwrap();
+        }
+    });
+    let (code, report) = probe(&["call", &target, "--timeout", "1"]);
+    answerer.join().unwrap();
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["error"]["kind"], "malformed_sip", "{report:#}");
+}
+
+#[test]
+fn probe_answer_takes_a_call_from_sipp_and_hears_its_key_press() {
+    let listen_port = free_udp_port();
+    let listen = format!("127.0.0.1:{listen_port}");
+    let probe_thread = {
+        let listen = listen.clone();
+        std::thread::spawn(move || {
+            probe(&[
+                "answer",
+                "--listen",
+                &listen,
+                "--wait-call",
+                "20",
+                "--rtp-timeout",
+                "0",
+                "--linger",
+                "20",
+            ])
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let pcap = format!("{SIPP_PCAPS}/dtmf_2833_1.pcap");
+    let (mut sipp, _) = sipp(
+        "uac_play.xml",
+        &[("pcap", &pcap)],
+        &["-s", "100"],
+        Some(listen),
+    );
+    let (code, report) = probe_thread.join().unwrap();
+    let sipp_status = sipp.0.wait().unwrap();
+    assert_eq!(code, 0, "{report:#}");
+    assert!(
+        sipp_status.success(),
+        "sipp's scenario completed (INVITE, 200, ACK, BYE, 200)"
+    );
+    assert_eq!(report["role"], "uas");
+    assert_eq!(report["codec"], "PCMU");
+    assert_eq!(keys_received(&report), "1", "{report:#}");
+    assert_eq!(report["hangup"]["by"], "peer");
+}
