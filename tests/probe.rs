@@ -93,6 +93,19 @@ fn sipp(
     (Sipp(child), port)
 }
 
+/// Starts sipp as the called party and calls it: `probe call sip:100@sipp --timeout 5 ARGS`.
+fn call_sipp(
+    scenario: impl AsRef<Path>,
+    keys: &[(&str, &str)],
+    flags: &[&str],
+    args: &[&str],
+) -> (Sipp, i32, Value) {
+    let (sipp, port) = sipp(scenario, keys, flags, None);
+    let target = format!("sip:100@127.0.0.1:{port}");
+    let (code, report) = probe(&[&["call", &target, "--timeout", "5"][..], args].concat());
+    (sipp, code, report)
+}
+
 /// Runs the probe with a generous hang guard; returns its exit code and JSON report.
 fn probe(args: &[&str]) -> (i32, Value) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_callverify"))
@@ -139,6 +152,19 @@ fn tone_wav(dir: &Path) -> PathBuf {
     path
 }
 
+/// The recording is audible: some 20 ms frame is louder than -25 dBFS (the tone is -12).
+fn assert_holds_the_tone(recording: &Path) {
+    let heard = callverify::probe::wav::read(recording).unwrap();
+    let loudest = heard
+        .chunks(160)
+        .map(callverify::probe::vad::level_dbfs)
+        .fold(f64::MIN, f64::max);
+    assert!(
+        loudest > -25.0,
+        "the recording holds the tone (loudest frame {loudest} dBFS)"
+    );
+}
+
 fn keys_received(report: &Value) -> String {
     report["keys_received"]
         .as_array()
@@ -152,28 +178,22 @@ fn keys_received(report: &Value) -> String {
 fn a_call_to_an_echoing_sipp_records_audible_audio_and_its_own_key_presses() {
     let dir = tempfile::tempdir().unwrap();
     let tone = tone_wav(dir.path());
-    let (_sipp, port) = sipp(
+    let record = dir.path().join("heard.wav");
+    let (_sipp, code, report) = call_sipp(
         "uas_answer.xml",
         &[("rtp_port", "MEDIA_PORT")],
         &["-rtp_echo"],
-        None,
+        &[
+            "--play",
+            tone.to_str().unwrap(),
+            "--keys",
+            "#42",
+            "--record",
+            record.to_str().unwrap(),
+            "--linger",
+            "1",
+        ],
     );
-    let record = dir.path().join("heard.wav");
-    let target = format!("sip:100@127.0.0.1:{port}");
-    let (code, report) = probe(&[
-        "call",
-        &target,
-        "--play",
-        tone.to_str().unwrap(),
-        "--keys",
-        "#42",
-        "--record",
-        record.to_str().unwrap(),
-        "--linger",
-        "1",
-        "--timeout",
-        "5",
-    ]);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["codec"], "PCMU");
     assert_eq!(report["event_payload_type"], 101);
@@ -192,15 +212,7 @@ fn a_call_to_an_echoing_sipp_records_audible_audio_and_its_own_key_presses() {
         report["rtp"]["packets_received"].as_u64().unwrap() > 50,
         "{report:#}"
     );
-    let heard = callverify::probe::wav::read(&record).unwrap();
-    let loudest = heard
-        .chunks(160)
-        .map(callverify::probe::vad::level_dbfs)
-        .fold(f64::MIN, f64::max);
-    assert!(
-        loudest > -25.0,
-        "the recording holds the echoed tone (loudest frame {loudest} dBFS)"
-    );
+    assert_holds_the_tone(&record);
 }
 
 #[test]
@@ -295,23 +307,12 @@ fn key_presses_cross_the_wire_as_rfc4733_events() {
 #[test]
 fn rfc4733_events_from_a_sipp_capture_are_detected_and_rtp_that_stops_fails_the_call() {
     let pcap = format!("{SIPP_PCAPS}/dtmf_2833_1.pcap");
-    let (_sipp, port) = sipp(
+    let (_sipp, code, report) = call_sipp(
         "uas_play.xml",
         &[("rtp_port", "MEDIA_PORT"), ("pcap", &pcap)],
         &[],
-        None,
+        &["--rtp-timeout", "1.5", "--linger", "20"],
     );
-    let target = format!("sip:100@127.0.0.1:{port}");
-    let (code, report) = probe(&[
-        "call",
-        &target,
-        "--rtp-timeout",
-        "1.5",
-        "--linger",
-        "20",
-        "--timeout",
-        "5",
-    ]);
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["error"]["kind"], "rtp_timeout", "{report:#}");
     assert_eq!(keys_received(&report), "1", "{report:#}");
@@ -336,9 +337,7 @@ fn refusals_give_their_kind_and_a_failing_exit() {
             text.replace("CODE REASON", &format!("{status} {reason}")),
         )
         .unwrap();
-        let (_sipp, port) = sipp(&scenario, &[], &[], None);
-        let target = format!("sip:100@127.0.0.1:{port}");
-        let (code, report) = probe(&["call", &target, "--timeout", "5"]);
+        let (_sipp, code, report) = call_sipp(&scenario, &[], &[], &[]);
         assert_eq!(code, 1, "{report:#}");
         assert_eq!(report["error"]["kind"], kind, "{report:#}");
         assert_eq!(report["sip"]["final_code"], status.parse::<u16>().unwrap());
@@ -349,8 +348,6 @@ fn refusals_give_their_kind_and_a_failing_exit() {
 fn digest_authentication_answers_the_challenge() {
     // sipp checks the digest of the second INVITE: 200 for the right password, else 403.
     for (password, exit, final_code) in [("secret", 0, 200), ("wrong", 1, 403)] {
-        let (_sipp, port) = sipp("uas_auth.xml", &[], &[], None);
-        let target = format!("sip:100@127.0.0.1:{port}");
         let args = [
             "--user",
             "qa",
@@ -359,7 +356,7 @@ fn digest_authentication_answers_the_challenge() {
             "--hangup-after",
             "0.5",
         ];
-        let (code, report) = probe(&[&["call", &target, "--timeout", "5"][..], &args].concat());
+        let (_sipp, code, report) = call_sipp("uas_auth.xml", &[], &[], &args);
         assert_eq!(code, exit, "{report:#}");
         assert_eq!(report["sip"]["auth_challenges"], 1);
         assert_eq!(report["sip"]["final_code"], final_code, "{report:#}");
@@ -445,4 +442,113 @@ fn probe_answer_takes_a_call_from_sipp_and_hears_its_key_press() {
     assert_eq!(report["codec"], "PCMU");
     assert_eq!(keys_received(&report), "1", "{report:#}");
     assert_eq!(report["hangup"]["by"], "peer");
+}
+
+#[test]
+fn ringing_without_an_answer_is_canceled() {
+    let (mut sipp, code, report) = call_sipp("uas_ring.xml", &[], &[], &["--ring-timeout", "1"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["error"]["kind"], "no_answer", "{report:#}");
+    assert!(
+        report["sip"]["post_dial_delay_ms"].is_u64(),
+        "the 180 counts: {report:#}"
+    );
+    let status = sipp.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "sipp saw CANCEL, sent 487 and got its ACK"
+    );
+}
+
+#[test]
+fn an_answer_without_a_common_codec_is_acknowledged_and_hung_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("g729.xml");
+    let text = std::fs::read_to_string(fixture(Path::new("uas_answer.xml"))).unwrap();
+    let g729 = text
+        .replace("RTP/AVP 0 101", "RTP/AVP 18")
+        .replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:18 G729/8000");
+    std::fs::write(&scenario, g729).unwrap();
+    let (mut sipp, code, report) = call_sipp(&scenario, &[("rtp_port", "MEDIA_PORT")], &[], &[]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["error"]["kind"], "codec_mismatch", "{report:#}");
+    assert!(
+        report["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("G729/8000"),
+        "{report:#}"
+    );
+    assert!(
+        sipp.0.wait().unwrap().success(),
+        "sipp got the ACK and the BYE"
+    );
+}
+
+#[test]
+fn load_mode_places_the_calls_and_summarizes_them() {
+    let (_sipp, code, summary) = call_sipp(
+        "uas_answer.xml",
+        &[("rtp_port", "MEDIA_PORT")],
+        &["-rtp_echo", "-m", "3"],
+        &["--calls", "3", "--rate", "10", "--hangup-after", "0.5"],
+    );
+    assert_eq!(code, 0, "{summary:#}");
+    assert_eq!(summary["calls"], 3);
+    assert_eq!(summary["succeeded"], 3);
+    assert_eq!(summary["success_rate"], 1.0);
+    assert!(summary["answer_ms"]["p99"].is_u64(), "{summary:#}");
+}
+
+#[cfg(feature = "opus")]
+#[test]
+fn two_probes_talk_opus_and_hear_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let tone = tone_wav(dir.path());
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let answering = {
+        let (listen, tone) = (listen.clone(), tone.clone());
+        std::thread::spawn(move || {
+            probe(&[
+                "answer",
+                "--listen",
+                &listen,
+                "--codec",
+                "opus",
+                "--play",
+                tone.to_str().unwrap(),
+                "--wait-call",
+                "20",
+                "--linger",
+                "20",
+                "--rtp-timeout",
+                "0",
+            ])
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let record = dir.path().join("heard.wav");
+    let target = format!("sip:100@{listen}");
+    let (code, report) = probe(&[
+        "call",
+        &target,
+        "--codec",
+        "opus",
+        "--keys",
+        "#",
+        "--record",
+        record.to_str().unwrap(),
+        "--linger",
+        "0.5",
+        "--timeout",
+        "5",
+    ]);
+    let (answer_code, answered) = answering.join().unwrap();
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(answer_code, 0, "{answered:#}");
+    assert_eq!(report["codec"], "opus");
+    assert_eq!(report["event_payload_type"], 110);
+    assert_eq!(keys_received(&answered), "#", "{answered:#}");
+    assert_eq!(answered["hangup"]["by"], "peer");
+    assert_holds_the_tone(&record);
 }
