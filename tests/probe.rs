@@ -403,45 +403,56 @@ fn a_silent_peer_and_a_peer_sending_garbage_fail_after_the_timeout() {
     assert_eq!(report["error"]["kind"], "malformed_sip", "{report:#}");
 }
 
-#[test]
-fn probe_answer_takes_a_call_from_sipp_and_hears_its_key_press() {
-    let listen_port = free_udp_port();
-    let listen = format!("127.0.0.1:{listen_port}");
-    let probe_thread = {
+/// Starts `probe answer ARGS` on a free port, has sipp call it with a UAC scenario, and
+/// returns whether sipp's scenario completed, with the probe's exit code and report.
+fn answer_sipp(scenario: &str, keys: &[(&str, &str)], args: &[&str]) -> (bool, i32, Value) {
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let answering = {
         let listen = listen.clone();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         std::thread::spawn(move || {
-            probe(&[
-                "answer",
-                "--listen",
-                &listen,
-                "--wait-call",
-                "20",
-                "--rtp-timeout",
-                "0",
-                "--linger",
-                "20",
-            ])
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            probe(
+                &[
+                    &["answer", "--listen", &listen, "--wait-call", "20"][..],
+                    &args,
+                ]
+                .concat(),
+            )
         })
     };
     std::thread::sleep(Duration::from_millis(500));
+    let (mut sipp, _) = sipp(scenario, keys, &["-s", "100"], Some(listen));
+    let (code, report) = answering.join().unwrap();
+    (sipp.0.wait().unwrap().success(), code, report)
+}
+
+#[test]
+fn probe_answer_takes_a_call_from_sipp_and_hears_its_key_press() {
     let pcap = format!("{SIPP_PCAPS}/dtmf_2833_1.pcap");
-    let (mut sipp, _) = sipp(
+    let (sipp_ok, code, report) = answer_sipp(
         "uac_play.xml",
         &[("pcap", &pcap)],
-        &["-s", "100"],
-        Some(listen),
+        &["--rtp-timeout", "0", "--linger", "20"],
     );
-    let (code, report) = probe_thread.join().unwrap();
-    let sipp_status = sipp.0.wait().unwrap();
     assert_eq!(code, 0, "{report:#}");
     assert!(
-        sipp_status.success(),
+        sipp_ok,
         "sipp's scenario completed (INVITE, 200, ACK, BYE, 200)"
     );
     assert_eq!(report["role"], "uas");
     assert_eq!(report["codec"], "PCMU");
     assert_eq!(keys_received(&report), "1", "{report:#}");
     assert_eq!(report["hangup"]["by"], "peer");
+}
+
+#[test]
+fn probe_answer_refuses_an_offer_without_a_common_codec_with_488() {
+    let (sipp_ok, code, report) = answer_sipp("uac_g729.xml", &[], &[]);
+    assert_eq!(code, 1, "{report:#}");
+    assert!(sipp_ok, "sipp got its 488 and sent the ACK");
+    assert_eq!(report["error"]["kind"], "codec_mismatch", "{report:#}");
+    assert_eq!(report["sip"]["final_code"], 488);
 }
 
 #[test]

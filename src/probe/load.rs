@@ -42,7 +42,8 @@ fn percentiles(mut values: Vec<u64>) -> Option<Percentiles> {
     })
 }
 
-pub async fn run(args: &CallArgs, prepared: Prepared) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &CallArgs, mut prepared: Prepared) -> anyhow::Result<ExitCode> {
+    prepared.session.progress = false; // one line for all calls instead
     if !(args.rate > 0.0 && args.rate.is_finite()) {
         eprintln!("error: --rate must be a positive number of calls per second");
         return Ok(ExitCode::from(EXIT_USAGE));

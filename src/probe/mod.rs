@@ -22,15 +22,16 @@ pub mod sip;
 pub mod vad;
 pub mod wav;
 
+use std::io::IsTerminal as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use tokio::time::Instant;
 
 use codec::{Codec, Transcoder};
 use report::Report;
@@ -198,6 +199,7 @@ impl CommonArgs {
                     .map(|s| seconds("hangup-after", s))
                     .transpose()?,
                 linger: seconds("linger", self.linger)?,
+                progress: std::io::stderr().is_terminal(),
                 timers: sip::Timers {
                     timeout: sip_timeout,
                     ..Default::default()

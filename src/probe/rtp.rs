@@ -5,13 +5,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
 use rtp_rs::{RtpPacketBuilder, RtpReader, Seq};
 use serde::Serialize;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{Transcoder, FRAME_SAMPLES};

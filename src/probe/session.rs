@@ -28,6 +28,8 @@ pub struct SessionOptions {
     /// After the script, listen this long for what comes back (or the peer's BYE).
     pub linger: Duration,
     pub timers: Timers,
+    /// Show a progress line on stderr (a terminal, one call at a time).
+    pub progress: bool,
 }
 
 /// What the media needs to answer a re-INVITE or UPDATE with the same stream.
@@ -128,6 +130,7 @@ pub async fn run(
     let hangup_at = options.hangup_after.map(|d| answered + d);
     let mut actions = options.actions.iter();
     let mut step = Step::Next;
+    let mut progress = tokio::time::interval(Duration::from_secs(1));
     let end = loop {
         if let Step::Next = step {
             step = match actions.next() {
@@ -210,6 +213,15 @@ pub async fn run(
             _ = async { if let Step::Pressing(done) = &mut step { let _ = done.await; } else { std::future::pending::<()>().await } } => {
                 step = Step::Next;
             }
+            _ = progress.tick(), if options.progress => {
+                let sent: String = report.keys_sent.iter().map(|k| k.keys.as_str()).collect();
+                let heard: String = report.keys_received.iter().map(|k| k.key).collect();
+                eprint!(
+                    "\r{:6.1} s in call: {} prompts heard, keys sent {sent:?}, keys heard {heard:?}  ",
+                    answered.elapsed().as_secs_f64(),
+                    report.prompts.len(),
+                );
+            }
             _ = tokio::time::sleep_until(wake) => {
                 if hangup_at.is_some_and(|h| Instant::now() >= h) {
                     break End::Local("hangup_after");
@@ -226,6 +238,9 @@ pub async fn run(
             }
         }
     };
+    if options.progress {
+        eprintln!();
+    }
     let (by, reason) = match &end {
         End::Local(reason) => ("probe", *reason),
         End::Peer => ("peer", "peer_bye"),
