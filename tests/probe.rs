@@ -106,12 +106,11 @@ fn call_sipp(
     (sipp, code, report)
 }
 
-/// Runs the probe with a generous hang guard; returns its exit code and JSON report.
-fn probe(args: &[&str]) -> (i32, Value) {
+/// Runs the probe with a generous hang guard; returns its exit code, stdout and stderr.
+fn run_probe(args: &[&str]) -> (i32, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_callverify"))
         .arg("probe")
         .args(args)
-        .arg("--json")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -126,14 +125,20 @@ fn probe(args: &[&str]) -> (i32, Value) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON report ({e}); stdout: {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), report)
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(out.stdout),
+        text(out.stderr),
+    )
+}
+
+/// Runs the probe with --json; returns its exit code and report.
+fn probe(args: &[&str]) -> (i32, Value) {
+    let (code, stdout, stderr) = run_probe(&[args, &["--json"]].concat());
+    let report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}); stdout: {stdout}\nstderr: {stderr}"));
+    (code, report)
 }
 
 /// One second of a 440 Hz tone then one of silence: a "prompt" for the echo.
@@ -562,4 +567,32 @@ fn two_probes_talk_opus_and_hear_each_other() {
     assert_eq!(keys_received(&answered), "#", "{answered:#}");
     assert_eq!(answered["hangup"]["by"], "peer");
     assert_holds_the_tone(&record);
+}
+
+#[test]
+fn usage_and_local_errors_exit_2_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_wav = dir.path().join("not.wav");
+    std::fs::write(&not_wav, "hello").unwrap();
+    let port = free_udp_port().to_string();
+    let target = format!("sip:100@127.0.0.1:{port}");
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    for (args, says) in [
+        (vec!["call", &target, "--codec", "g729"], "unknown codec"),
+        (
+            vec!["call", &target, "--play", not_wav.to_str().unwrap()],
+            "not a WAV file",
+        ),
+        (vec!["call", &target, "--keys", "12x"], "no DTMF keys"),
+        (
+            vec!["call", "mailto:someone", "--timeout", "1"],
+            "not a SIP URI",
+        ),
+        (vec!["answer", "--listen", &taken], "cannot listen"),
+    ] {
+        let (code, _, stderr) = run_probe(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
 }

@@ -12,15 +12,10 @@ use tokio::time::Instant;
 use super::report::Report;
 use super::sip::message::{new_tag, response, tag_of};
 use super::sip::{Dialog, Endpoint, Inbound};
-use super::{finish_media, sdp, session, Prepared, UsageError};
+use super::{finish_media, local_ip_towards, sdp, session, Prepared, UsageError};
 
 pub async fn answer(args: &super::AnswerArgs, prepared: &Prepared) -> anyhow::Result<Report> {
-    let advertised = if args.listen.ip().is_unspecified() {
-        super::local_ip_towards("192.0.2.1:9".parse().expect("literal")).unwrap_or(args.listen.ip())
-    } else {
-        args.listen.ip()
-    };
-    let mut endpoint = Endpoint::bind(args.listen, advertised)
+    let mut endpoint = Endpoint::bind(args.listen, args.listen.ip())
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let mut report = Report {
@@ -64,6 +59,12 @@ pub async fn answer(args: &super::AnswerArgs, prepared: &Prepared) -> anyhow::Re
     };
     let started = Instant::now();
     report.peer = from.to_string();
+    if args.listen.ip().is_unspecified() {
+        // Listening on every address: advertise the one the caller is answered from.
+        endpoint
+            .local
+            .set_ip(local_ip_towards(from).context("no route back to the caller")?);
+    }
     let from_value = invite
         .from_header()
         .map(|h| h.value().to_string())
@@ -113,7 +114,7 @@ pub async fn answer(args: &super::AnswerArgs, prepared: &Prepared) -> anyhow::Re
         return Ok(report);
     }
 
-    let rtp_socket = UdpSocket::bind((advertised, 0))
+    let rtp_socket = UdpSocket::bind((endpoint.local.ip(), 0))
         .await
         .context("binding the RTP socket")?;
     let local_rtp = rtp_socket.local_addr()?;

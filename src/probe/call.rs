@@ -42,7 +42,7 @@ pub async fn call(
     {
         Ok(Some(addr)) => addr,
         Ok(None) | Err(_) => {
-            report.fail("timeout", format!("cannot resolve {host}"));
+            report.fail("unreachable", format!("cannot resolve {host}"));
             return Ok(report);
         }
     };
@@ -80,12 +80,20 @@ pub async fn call(
     let mut invite = dialog.request(rsip::Method::Invite, None, Some(offer.clone()));
     let response = loop {
         let mut pdd = report.sip.post_dial_delay_ms;
-        let outcome = transaction::run(&mut endpoint, &invite, remote, timers, ring_timeout, |r| {
-            if r.status_code.code() > 100 && pdd.is_none() {
-                pdd = Some(started.elapsed().as_millis() as u64);
+        let transaction =
+            transaction::run(&mut endpoint, &invite, remote, timers, ring_timeout, |r| {
+                if r.status_code.code() > 100 && pdd.is_none() {
+                    pdd = Some(started.elapsed().as_millis() as u64);
+                }
+            });
+        let outcome = tokio::select! {
+            outcome = transaction => outcome,
+            _ = tokio::signal::ctrl_c() => {
+                cancel(&mut endpoint, &invite, remote, timers).await;
+                report.fail("interrupted", "interrupted before the answer; the call was canceled");
+                return Ok(report);
             }
-        })
-        .await;
+        };
         report.sip.post_dial_delay_ms = pdd;
         let response = match outcome {
             Ok(response) => response,

@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use super::report::Report;
-use super::{call, CallArgs, Prepared, EXIT_CALL_FAILED, EXIT_USAGE};
+use super::{call, CallArgs, Prepared, UsageError, EXIT_CALL_FAILED};
 
 #[derive(Debug, Serialize)]
 pub struct Summary {
@@ -45,8 +45,9 @@ fn percentiles(mut values: Vec<u64>) -> Option<Percentiles> {
 pub async fn run(args: &CallArgs, mut prepared: Prepared) -> anyhow::Result<ExitCode> {
     prepared.session.progress = false; // one line for all calls instead
     if !(args.rate > 0.0 && args.rate.is_finite()) {
-        eprintln!("error: --rate must be a positive number of calls per second");
-        return Ok(ExitCode::from(EXIT_USAGE));
+        return Err(
+            UsageError("--rate must be a positive number of calls per second".into()).into(),
+        );
     }
     let shared = Arc::new((args.clone(), prepared));
     let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));

@@ -42,8 +42,9 @@ use vad::VadConfig;
 
 /// Exit status of a call that failed (refused, unanswered, no RTP, script not finished).
 pub const EXIT_CALL_FAILED: u8 = 1;
-/// Exit status of a usage error or a local problem (bad WAV, port in use).
-pub const EXIT_USAGE: u8 = 2;
+/// Exit status of a usage error or a local problem (bad WAV, port in use): no call was tried
+/// or it could not go on for reasons on this side.
+pub const EXIT_ERROR: u8 = 2;
 
 #[derive(Subcommand)]
 pub enum ProbeCommand {
@@ -255,34 +256,32 @@ fn local_ip_towards(peer: SocketAddr) -> std::io::Result<IpAddr> {
     Ok(probe.local_addr()?.ip())
 }
 
-/// Runs `probe call` or `probe answer`; the exit status tells the outcome.
+/// Runs `probe call` or `probe answer`; the exit status tells the outcome (0 as scripted,
+/// 1 the call failed, 2 a usage or local error, which is printed here).
 pub async fn run(command: ProbeCommand) -> anyhow::Result<ExitCode> {
-    let result = match &command {
+    Ok(match run_command(command).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    })
+}
+
+async fn run_command(command: ProbeCommand) -> anyhow::Result<ExitCode> {
+    let (report, common) = match &command {
         ProbeCommand::Call(args) => {
-            match seconds("timeout", args.timeout).and_then(|t| args.common.prepare(t)) {
-                Ok(prepared) if args.calls > 1 => return load::run(args, prepared).await,
-                Ok(prepared) => call::call(args, &prepared, args.common.record.as_deref()).await,
-                Err(e) => Err(e.into()),
+            let prepared = seconds("timeout", args.timeout).and_then(|t| args.common.prepare(t))?;
+            if args.calls > 1 {
+                return load::run(args, prepared).await;
             }
+            let record = args.common.record.as_deref();
+            (call::call(args, &prepared, record).await?, &args.common)
         }
         ProbeCommand::Answer(args) => {
-            match seconds("timeout", args.timeout).and_then(|t| args.common.prepare(t)) {
-                Ok(prepared) => answer::answer(args, &prepared).await,
-                Err(e) => Err(e.into()),
-            }
+            let prepared = seconds("timeout", args.timeout).and_then(|t| args.common.prepare(t))?;
+            (answer::answer(args, &prepared).await?, &args.common)
         }
-    };
-    let common = match &command {
-        ProbeCommand::Call(a) => &a.common,
-        ProbeCommand::Answer(a) => &a.common,
-    };
-    let report = match result {
-        Ok(report) => report,
-        Err(e) if e.is::<UsageError>() => {
-            eprintln!("error: {e:#}");
-            return Ok(ExitCode::from(EXIT_USAGE));
-        }
-        Err(e) => return Err(e).context("probe"),
     };
     print_report(&report, common.json);
     Ok(if report.ok {

@@ -32,7 +32,8 @@ pub struct Report {
 #[derive(Debug, Clone, Serialize)]
 pub struct Failure {
     /// Stable name for scripts: timeout, malformed_sip, forbidden, busy, unavailable,
-    /// rejected, codec_mismatch, no_ack, no_call, rtp_timeout, no_prompt, peer_hung_up, network.
+    /// rejected, codec_mismatch, no_answer, no_ack, no_call, rtp_timeout, no_prompt,
+    /// no_telephone_event, peer_hung_up, unreachable, interrupted, network.
     pub kind: &'static str,
     pub message: String,
 }
@@ -72,7 +73,7 @@ pub struct KeyReceived {
 pub struct Hangup {
     /// "probe" or "peer".
     pub by: &'static str,
-    /// Why: script_done, hangup_after, linger_over, peer_bye, failure.
+    /// Why: script_done, hangup_after, linger_over, interrupted (ctrl-c), peer_bye, failure.
     pub reason: &'static str,
     /// The final response to the probe's BYE, when it sent one.
     pub bye_code: Option<u16>,

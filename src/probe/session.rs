@@ -213,6 +213,11 @@ pub async fn run(
             _ = async { if let Step::Pressing(done) = &mut step { let _ = done.await; } else { std::future::pending::<()>().await } } => {
                 step = Step::Next;
             }
+            _ = tokio::signal::ctrl_c() => break End::Failed {
+                reason: "interrupted",
+                kind: "interrupted",
+                message: "interrupted (ctrl-c); the probe hung up".into(),
+            },
             _ = progress.tick(), if options.progress => {
                 let sent: String = report.keys_sent.iter().map(|k| k.keys.as_str()).collect();
                 let heard: String = report.keys_received.iter().map(|k| k.key).collect();
