@@ -596,3 +596,38 @@ fn usage_and_local_errors_exit_2_with_a_message() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn re_invites_move_the_media_or_are_refused_with_488() {
+    let dir = tempfile::tempdir().unwrap();
+    let tone = tone_wav(dir.path());
+    let record = dir.path().join("heard.wav");
+    // The first answer sends the probe's RTP to a socket that never answers; only after the
+    // re-INVITE does it reach sipp's echo.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port().to_string();
+    let (mut sipp, code, report) = call_sipp(
+        "uas_reinvite.xml",
+        &[("rtp_port", &silent_port)],
+        &["-rtp_echo"],
+        &[
+            "--play",
+            tone.to_str().unwrap(),
+            "--record",
+            record.to_str().unwrap(),
+        ]
+        .into_iter()
+        .chain(["--rtp-timeout", "0", "--hangup-after", "2.5"])
+        .collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 0, "{report:#}");
+    assert!(
+        sipp.0.wait().unwrap().success(),
+        "sipp got 200 to the first re-INVITE and 488 to the second"
+    );
+    assert!(
+        report["rtp"]["packets_received"].as_u64().unwrap() > 0,
+        "the echo came back: {report:#}"
+    );
+    assert_holds_the_tone(&record);
+}
