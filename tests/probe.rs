@@ -631,3 +631,98 @@ fn re_invites_move_the_media_or_are_refused_with_488() {
     );
     assert_holds_the_tone(&record);
 }
+
+/// baresip, headless: auto-answers, plays `play` (it hangs up when the file ends) and logs
+/// the RFC 4733 events it receives. Killed when dropped; its log is read afterwards.
+struct Baresip {
+    child: Child,
+    log: PathBuf,
+    port: u16,
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn baresip(dir: &Path, play: &Path) -> Baresip {
+    assert!(
+        Command::new("baresip").arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok(),
+        "baresip is not installed: this test calls a real softphone \
+         (Debian: apt-get install --no-install-recommends baresip-core; ./scripts/test installs it)"
+    );
+    let port = free_udp_port();
+    let config = format!(
+        "poll_method epoll\nsip_listen 127.0.0.1:{port}\naudio_player aufile,{heard}\n\
+         audio_source aufile,{play}\naudio_alert aufile,/dev/null\n\
+         module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
+         module account.so\nmodule menu.so\n",
+        heard = dir.join("baresip-heard.wav").display(),
+        play = play.display(),
+    );
+    std::fs::write(dir.join("config"), config).unwrap();
+    std::fs::write(
+        dir.join("accounts"),
+        "<sip:qa@127.0.0.1>;regint=0;answermode=auto;audio_codecs=PCMU\n",
+    )
+    .unwrap();
+    let log = dir.join("baresip.log");
+    let child = Command::new("baresip")
+        .arg("-f")
+        .arg(dir)
+        .args(["-t", "30"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting baresip");
+    // baresip prints this once its SIP socket is up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("baresip is ready")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "baresip did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Baresip { child, log, port }
+}
+
+#[test]
+fn a_call_to_baresip_hears_its_prompt_and_baresip_receives_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    // A one-second "prompt", then silence long enough for the keys.
+    let mut samples = callverify::probe::wav::read(&tone_wav(dir.path())).unwrap();
+    samples.resize(8000 * 8, 0);
+    let prompt = dir.path().join("prompt.wav");
+    callverify::probe::wav::write(&prompt, &samples).unwrap();
+    let phone = baresip(dir.path(), &prompt);
+    let target = format!("sip:qa@127.0.0.1:{}", phone.port);
+    let (code, report) = probe(&[
+        "call",
+        &target,
+        "--keys",
+        "#12",
+        "--linger",
+        "0.5",
+        "--timeout",
+        "5",
+    ]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["prompts"].as_array().unwrap().len(), 1, "{report:#}");
+    assert_eq!(report["hangup"]["by"], "probe");
+    let log_path = phone.log.clone();
+    drop(phone);
+    let log = std::fs::read_to_string(log_path).unwrap();
+    let received: String = log
+        .lines()
+        .filter(|l| l.contains("(end=1)"))
+        .filter_map(|l| l.split("received event: '").nth(1)?.chars().next())
+        .collect();
+    assert_eq!(received, "#12", "baresip's log of RFC 4733 events:\n{log}");
+}
