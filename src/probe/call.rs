@@ -57,7 +57,11 @@ pub async fn call(
     let session_id = rand::random::<u32>() as u64;
     let mut dialog = Dialog {
         call_id: format!("{:016x}@callverify-probe", rand::random::<u64>()),
-        local_uri: format!("<sip:probe@{local_ip}>"),
+        // Asterisk (PJSIP identify_by=username) finds the endpoint by the From user.
+        local_uri: format!(
+            "<sip:{}@{local_ip}>",
+            args.user.as_deref().unwrap_or("probe")
+        ),
         local_tag: new_tag(),
         remote_uri: format!("<{}>", args.target),
         remote_tag: None,

@@ -58,7 +58,7 @@ pub enum ProbeCommand {
 pub struct CallArgs {
     /// Who to call, e.g. sip:600@pbx.example.com or sip:600@192.0.2.10:5060
     pub target: String,
-    /// Digest user name for a 401/407 challenge
+    /// Digest user name for a 401/407 challenge, also the From user (PJSIP finds the endpoint by it)
     #[arg(long)]
     pub user: Option<String>,
     /// Digest password [env: CALLVERIFY_PROBE_PASSWORD]

@@ -190,15 +190,6 @@ fn contact_uri(contact: &rsip::headers::Contact) -> Option<rsip::Uri> {
     rsip::Uri::try_from(inner.trim()).ok()
 }
 
-/// Where to send to a URI's host and port, if it names an IP address.
-pub fn uri_socket_addr(uri: &rsip::Uri) -> Option<SocketAddr> {
-    let port = uri.host_with_port.port.map(u16::from).unwrap_or(5060);
-    match &uri.host_with_port.host {
-        rsip::Host::IpAddr(ip) => Some(SocketAddr::new(*ip, port)),
-        rsip::Host::Domain(_) => None,
-    }
-}
-
 /// A request derived from an INVITE of ours for the same transaction: the ACK of a non-2xx
 /// final response (with that response's To) or a CANCEL (RFC 3261 §17.1.1.3, §9.1).
 pub fn derived_from_invite(
@@ -260,6 +251,5 @@ mod tests {
         assert_eq!(parsed.body, b"v=0\r\n");
         let ok = response(&parsed, 200, "t2", dialog.local_addr, None);
         assert_eq!(to_tag(&ok).as_deref(), Some("t2"));
-        assert_eq!(uri_socket_addr(&parsed.uri), Some(dialog.remote_addr));
     }
 }
