@@ -46,11 +46,17 @@ pub const EXIT_CALL_FAILED: u8 = 1;
 /// or it could not go on for reasons on this side.
 pub const EXIT_ERROR: u8 = 2;
 
+const EXIT_HELP: &str = "Exit status: 0 the call went as scripted (in load mode: every call); \
+    1 the call failed (refused, unanswered, unreachable, malformed SIP, codec mismatch, RTP \
+    stopped, no prompt, peer hung up mid-script); 2 a usage error or a local problem.";
+
 #[derive(Subcommand)]
 pub enum ProbeCommand {
     /// Call a SIP URI (UAC) and run the script: sip:EXT@HOST[:PORT]
+    #[command(after_help = EXIT_HELP)]
     Call(CallArgs),
     /// Wait for one incoming call (UAS), answer it and run the script
+    #[command(after_help = EXIT_HELP)]
     Answer(AnswerArgs),
 }
 
@@ -61,7 +67,7 @@ pub struct CallArgs {
     /// Digest user name for a 401/407 challenge, also the From user (PJSIP finds the endpoint by it)
     #[arg(long)]
     pub user: Option<String>,
-    /// Digest password [env: CALLVERIFY_PROBE_PASSWORD]
+    /// Digest password
     #[arg(long, env = "CALLVERIFY_PROBE_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// Seconds without any response to the INVITE before giving up (RFC 3261 Timer B)
