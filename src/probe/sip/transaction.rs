@@ -137,3 +137,97 @@ fn matches(response: &rsip::Response, request: &rsip::Request) -> bool {
     let same_method = cseq(response).map(|(_, m)| m) == Some(request.method.to_string());
     same_branch && same_method
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::sip::message::{new_tag, response};
+    use crate::probe::sip::Dialog;
+
+    async fn setup(method: rsip::Method) -> (Endpoint, std::net::UdpSocket, rsip::Request) {
+        let endpoint = Endpoint::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1".parse().unwrap())
+            .await
+            .unwrap();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let mut dialog = Dialog {
+            call_id: "t@probe".into(),
+            local_uri: "<sip:probe@127.0.0.1>".into(),
+            local_tag: new_tag(),
+            remote_uri: "<sip:100@127.0.0.1>".into(),
+            remote_tag: None,
+            remote_target: rsip::Uri::try_from("sip:100@127.0.0.1").unwrap(),
+            remote_addr: peer.local_addr().unwrap(),
+            local_addr: endpoint.local,
+            local_cseq: 0,
+        };
+        let request = dialog.request(method, None, None);
+        (endpoint, peer, request)
+    }
+
+    fn received(peer: &std::net::UdpSocket) -> usize {
+        let mut buf = [0u8; 4096];
+        std::iter::from_fn(|| peer.recv(&mut buf).ok()).count()
+    }
+
+    /// How many times an unanswered request is sent before Timer B/F gives up.
+    async fn transmissions_until_timeout(method: rsip::Method) -> usize {
+        let (mut endpoint, peer, request) = setup(method).await;
+        let to = peer.local_addr().unwrap();
+        let ring = Duration::from_secs(60);
+        let result = run(&mut endpoint, &request, to, Timers::default(), ring, |_| {}).await;
+        assert!(
+            matches!(result, Err(TransactionError::Timeout { .. })),
+            "{result:?}"
+        );
+        received(&peer)
+    }
+
+    /// Timer A doubles from T1 until Timer B (64·T1): sent at 0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s.
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_invite_is_sent_seven_times_then_times_out() {
+        assert_eq!(transmissions_until_timeout(rsip::Method::Invite).await, 7);
+    }
+
+    /// Timer E doubles up to T2 (4 s) until Timer F: 0, 0.5, 1.5, 3.5, 7.5, then every 4 s to 31.5.
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_bye_is_retransmitted_at_most_every_t2() {
+        assert_eq!(transmissions_until_timeout(rsip::Method::Bye).await, 11);
+    }
+
+    /// A provisional response stops the INVITE's retransmissions; the ring timeout then ends it.
+    #[tokio::test(start_paused = true)]
+    async fn a_provisional_response_stops_retransmissions() {
+        let (mut endpoint, peer, invite) = setup(rsip::Method::Invite).await;
+        let to = peer.local_addr().unwrap();
+        let ringing = response(&invite, 180, "t2", to, None).to_string();
+        let answering = async {
+            let mut buf = [0u8; 4096];
+            loop {
+                if let Ok((_, from)) = peer.recv_from(&mut buf) {
+                    peer.send_to(ringing.as_bytes(), from).unwrap();
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let mut provisional = 0;
+        let (result, ()) = tokio::join!(
+            run(
+                &mut endpoint,
+                &invite,
+                to,
+                Timers::default(),
+                Duration::from_secs(5),
+                |_| provisional += 1
+            ),
+            answering
+        );
+        assert!(
+            matches!(result, Err(TransactionError::RingTimeout { .. })),
+            "{result:?}"
+        );
+        assert_eq!(provisional, 1);
+        assert_eq!(received(&peer), 0, "no retransmission after the 180");
+    }
+}
