@@ -726,3 +726,26 @@ fn a_call_to_baresip_hears_its_prompt_and_baresip_receives_the_keys() {
         .collect();
     assert_eq!(received, "#12", "baresip's log of RFC 4733 events:\n{log}");
 }
+
+#[test]
+fn probe_answer_takes_a_cancel_while_ringing() {
+    let (sipp_ok, code, report) = answer_sipp("uac_cancel.xml", &[], &["--answer-after", "10"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert!(sipp_ok, "sipp got 200 to its CANCEL and 487 to its INVITE");
+    assert_eq!(report["error"]["kind"], "no_answer", "{report:#}");
+    assert_eq!(report["sip"]["final_code"], 487);
+}
+
+#[test]
+fn a_peer_hanging_up_mid_script_fails_the_call() {
+    let (mut sipp, code, report) = call_sipp(
+        "uas_bye.xml",
+        &[("rtp_port", "MEDIA_PORT")],
+        &[],
+        &["--keys", "#", "--rtp-timeout", "0"],
+    );
+    assert_eq!(code, 1, "{report:#}");
+    assert!(sipp.0.wait().unwrap().success(), "sipp's BYE got its 200");
+    assert_eq!(report["error"]["kind"], "peer_hung_up", "{report:#}");
+    assert_eq!(report["hangup"]["by"], "peer");
+}
