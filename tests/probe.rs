@@ -184,7 +184,7 @@ fn a_call_to_an_echoing_sipp_records_audible_audio_and_its_own_key_presses() {
     let dir = tempfile::tempdir().unwrap();
     let tone = tone_wav(dir.path());
     let record = dir.path().join("heard.wav");
-    let (_sipp, code, report) = call_sipp(
+    let (mut sipp, code, report) = call_sipp(
         "uas_answer.xml",
         &[("rtp_port", "MEDIA_PORT")],
         &["-rtp_echo"],
@@ -200,6 +200,10 @@ fn a_call_to_an_echoing_sipp_records_audible_audio_and_its_own_key_presses() {
         ],
     );
     assert_eq!(code, 0, "{report:#}");
+    assert!(
+        sipp.0.wait().unwrap().success(),
+        "sipp's scenario passed (the BYE carried the Record-Route set, reversed)"
+    );
     assert_eq!(report["codec"], "PCMU");
     assert_eq!(report["event_payload_type"], 101);
     assert_eq!(

@@ -10,7 +10,7 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
 use super::report::Report;
-use super::sip::message::{new_tag, response, tag_of};
+use super::sip::message::{new_tag, record_routes, response, tag_of};
 use super::sip::{Dialog, Endpoint, Inbound};
 use super::{finish_media, local_ip_towards, sdp, session, Prepared, UsageError};
 
@@ -85,6 +85,7 @@ pub async fn answer(args: &super::AnswerArgs, prepared: &Prepared) -> anyhow::Re
         remote_addr: from,
         local_addr: endpoint.local,
         local_cseq: rand::random::<u16>() as u32,
+        route_set: record_routes(&invite),
     };
     dialog.learn_remote(&invite, tag_of(&from_value));
     report.call_id = Some(dialog.call_id.clone());

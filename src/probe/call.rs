@@ -10,7 +10,7 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
 use super::report::Report;
-use super::sip::message::{derived_from_invite, new_tag, to_tag};
+use super::sip::message::{derived_from_invite, new_tag, record_routes, to_tag};
 use super::sip::{digest, transaction, Dialog, Endpoint, TransactionError};
 use super::{local_ip_towards, sdp, session, Prepared, UsageError};
 
@@ -69,6 +69,7 @@ pub async fn call(
         remote_addr: remote,
         local_addr: endpoint.local,
         local_cseq: 0,
+        route_set: Vec::new(),
     };
     report.call_id = Some(dialog.call_id.clone());
     let offer = sdp::offer(local_rtp, &prepared.codecs, session_id);
@@ -153,6 +154,7 @@ pub async fn call(
     let answered = Instant::now();
     report.sip.answer_ms = Some(answered.duration_since(started).as_millis() as u64);
     dialog.learn_remote(&response, to_tag(&response));
+    dialog.route_set = record_routes(&response).into_iter().rev().collect();
     let invite_cseq = dialog.local_cseq;
     let ack = dialog.request(rsip::Method::Ack, Some(invite_cseq), None);
     endpoint.send(&ack, remote).await.context("sending ACK")?;

@@ -33,6 +33,10 @@ pub struct Dialog {
     pub remote_addr: SocketAddr,
     pub local_addr: SocketAddr,
     pub local_cseq: u32,
+    /// Route header values of requests in the dialog (RFC 3261 §12.1: the Record-Route of
+    /// the 2xx reversed for the UAC, of the INVITE as is for the UAS). Requests still go to
+    /// `remote_addr`, the next hop the INVITE came through, which is the first route.
+    pub route_set: Vec<String>,
 }
 
 impl Dialog {
@@ -67,6 +71,9 @@ impl Dialog {
         headers.push(rsip::headers::To::new(to).into());
         headers.push(rsip::headers::CallId::new(self.call_id.clone()).into());
         headers.push(rsip::headers::CSeq::new(format!("{cseq} {method}")).into());
+        for route in &self.route_set {
+            headers.push(rsip::headers::Route::new(route.clone()).into());
+        }
         headers
             .push(rsip::headers::Contact::new(format!("<sip:probe@{}>", self.local_addr)).into());
         headers.push(rsip::headers::UserAgent::new(USER_AGENT).into());
@@ -152,6 +159,23 @@ pub fn tag_of(value: &str) -> Option<String> {
         name.eq_ignore_ascii_case("tag")
             .then(|| v.trim().to_string())
     })
+}
+
+/// The Record-Route entries of a message, top first.
+pub fn record_routes(message: &impl rsip::message::HasHeaders) -> Vec<String> {
+    let mut routes = Vec::new();
+    for header in message.headers().iter() {
+        if let rsip::Header::RecordRoute(rr) = header {
+            // URIs in angle brackets hold no commas, so a comma separates entries.
+            routes.extend(
+                rr.value()
+                    .split(',')
+                    .map(|r| r.trim().to_string())
+                    .filter(|r| !r.is_empty()),
+            );
+        }
+    }
+    routes
 }
 
 /// The To tag of a message, if any.
@@ -240,6 +264,7 @@ mod tests {
             remote_addr: "127.0.0.1:5070".parse().unwrap(),
             local_addr: "127.0.0.1:5080".parse().unwrap(),
             local_cseq: 0,
+            route_set: vec!["<sip:proxy@127.0.0.1:5090;lr>".into()],
         };
         let invite = dialog.request(rsip::Method::Invite, None, Some("v=0\r\n".into()));
         let parsed = match rsip::SipMessage::try_from(invite.to_string()).unwrap() {
@@ -249,6 +274,9 @@ mod tests {
         assert_eq!(cseq(&parsed), Some((1, "INVITE".into())));
         assert!(branch(&parsed).unwrap().starts_with("z9hG4bK"));
         assert_eq!(parsed.body, b"v=0\r\n");
+        assert!(parsed
+            .to_string()
+            .contains("Route: <sip:proxy@127.0.0.1:5090;lr>\r\n"));
         let ok = response(&parsed, 200, "t2", dialog.local_addr, None);
         assert_eq!(to_tag(&ok).as_deref(), Some("t2"));
     }

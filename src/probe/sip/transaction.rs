@@ -32,20 +32,20 @@ impl Default for Timers {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransactionError {
-    #[error("no response to {method} from {to} within {} s (host unreachable, or no SIP peer there)", waited.as_secs_f64())]
+    #[error("no response to {method} from {to} within {:.1} s (host unreachable, or no SIP peer there)", waited.as_secs_f64())]
     Timeout {
         method: rsip::Method,
         to: SocketAddr,
         waited: Duration,
     },
-    #[error("no valid response to {method} from {to} within {} s; the peer sent malformed SIP: {detail}", waited.as_secs_f64())]
+    #[error("no valid response to {method} from {to} within {:.1} s; the peer sent malformed SIP: {detail}", waited.as_secs_f64())]
     Malformed {
         method: rsip::Method,
         to: SocketAddr,
         waited: Duration,
         detail: String,
     },
-    #[error("the peer rang for {} s without answering", waited.as_secs_f64())]
+    #[error("the peer rang for {:.1} s without answering", waited.as_secs_f64())]
     RingTimeout { waited: Duration },
     #[error("cannot send SIP to {to}: {source}")]
     Io {
@@ -160,6 +160,7 @@ mod tests {
             remote_addr: peer.local_addr().unwrap(),
             local_addr: endpoint.local,
             local_cseq: 0,
+            route_set: Vec::new(),
         };
         let request = dialog.request(method, None, None);
         (endpoint, peer, request)
