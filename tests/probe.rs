@@ -390,26 +390,28 @@ fn a_silent_peer_and_a_peer_sending_garbage_fail_after_the_timeout() {
         "{report:#}"
     );
 
-    let garbage = UdpSocket::bind("127.0.0.1:0").unwrap();
-    garbage
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let target = format!("sip:100@{}", garbage.local_addr().unwrap());
-    let answerer = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        if let Ok((_, from)) = garbage.recv_from(&mut buf) {
-            garbage
-                .send_to(
-                    b"SIP/2.0 OK but not really\r\nthis is not SIP\r\n\r\n",
-                    from,
-                )
-                .unwrap();
-        }
-    });
-    let (code, report) = probe(&["call", &target, "--timeout", "1"]);
-    answerer.join().unwrap();
-    assert_eq!(code, 1, "{report:#}");
-    assert_eq!(report["error"]["kind"], "malformed_sip", "{report:#}");
+    // Not SIP at all; and SIP that belongs to no transaction (no Via, no CSeq).
+    let replies: [&[u8]; 2] = [
+        b"SIP/2.0 OK but not really\r\nthis is not SIP\r\n\r\n",
+        b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+    ];
+    for reply in replies {
+        let garbage = UdpSocket::bind("127.0.0.1:0").unwrap();
+        garbage
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let target = format!("sip:100@{}", garbage.local_addr().unwrap());
+        let answerer = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            if let Ok((_, from)) = garbage.recv_from(&mut buf) {
+                garbage.send_to(reply, from).unwrap();
+            }
+        });
+        let (code, report) = probe(&["call", &target, "--timeout", "1"]);
+        answerer.join().unwrap();
+        assert_eq!(code, 1, "{report:#}");
+        assert_eq!(report["error"]["kind"], "malformed_sip", "{report:#}");
+    }
 }
 
 /// Starts `probe answer ARGS` on a free port, has sipp call it with a UAC scenario, and

@@ -126,6 +126,15 @@ pub async fn run(
                 return Ok(response);
             }
             Some(request @ Inbound::Request(..)) => endpoint.defer(request),
+            Some(Inbound::Response(response, _))
+                if branch(&response).is_none() || cseq(&response).is_none() =>
+            {
+                // Parsed, but no transaction could ever match it.
+                let status = response.status_code.to_string();
+                tracing::warn!("discarded a {status} response without a Via branch or CSeq");
+                endpoint.last_malformed =
+                    Some(format!("a {status} response without a Via branch or CSeq"));
+            }
             Some(_) => {} // strays and malformed datagrams (noted by the endpoint)
         }
     }
