@@ -19,6 +19,7 @@ pub mod keys;
 pub mod lines;
 pub mod metrics;
 pub mod phone;
+pub mod probe;
 pub mod store;
 pub mod support;
 pub mod verifications;

@@ -52,6 +52,9 @@ enum Command {
     Prompts(PromptsArgs),
     /// Measure the daemon under many concurrent emulated Asterisk sessions
     Bench(bench::BenchArgs),
+    /// QA softphone: call an extension or answer a call, press keys, record, report
+    #[command(subcommand)]
+    Probe(Box<callverify::probe::ProbeCommand>),
 }
 
 #[derive(Subcommand)]
@@ -278,6 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(command) => keys(&config, command).await,
         Command::Staff(command) => staff(&config, command).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Probe(command) => callverify::probe::run(*command).await,
         Command::Prompts(args) => {
             print_prompts(args.tsv);
             Ok(ExitCode::SUCCESS)

@@ -85,7 +85,14 @@ async fn answered_call_verifies(db: Db) {
         "AGI uniqueid ties to the ChannelId"
     );
     assert_eq!(attempts[0].outcome, Some(CallOutcome::Verified));
-    assert_eq!(peer.logins(), vec![("callverify".to_owned(), true)]);
+    // Logged in as the configured user (a loaded machine may miss a 1 s keep-alive and log
+    // in again: every login is the same, and succeeds).
+    let logins = peer.logins();
+    assert!(!logins.is_empty());
+    assert!(
+        logins.iter().all(|l| *l == ("callverify".to_owned(), true)),
+        "{logins:?}"
+    );
     d.stop().await;
 }
 

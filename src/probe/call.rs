@@ -1,0 +1,247 @@
+//! `probe call`: the UAC. INVITE with an SDP offer, digest authentication, provisional
+//! responses, CANCEL on ring timeout, ACK, then the session.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+use super::report::Report;
+use super::sip::message::{derived_from_invite, new_tag, record_routes, to_tag};
+use super::sip::{digest, transaction, Dialog, Endpoint, TransactionError};
+use super::{local_ip_towards, sdp, session, Prepared, UsageError};
+
+/// Challenges answered before a 401/407 counts as a refusal.
+const MAX_AUTH_ROUNDS: u32 = 2;
+
+/// Places one call; the report says how it went (usage and local errors are errors).
+pub async fn call(
+    args: &super::CallArgs,
+    prepared: &Prepared,
+    record: Option<&Path>,
+) -> anyhow::Result<Report> {
+    let target = rsip::Uri::try_from(args.target.as_str()).map_err(|e| {
+        UsageError(format!(
+            "{:?} is not a SIP URI like sip:600@pbx.example.com: {e}",
+            args.target
+        ))
+    })?;
+    let host = target.host_with_port.host.to_string();
+    let port = target.host_with_port.port.map(u16::from).unwrap_or(5060);
+    let mut report = Report {
+        role: "uac",
+        peer: args.target.clone(),
+        ..Default::default()
+    };
+    let remote = match tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map(|mut a| a.next())
+    {
+        Ok(Some(addr)) => addr,
+        Ok(None) | Err(_) => {
+            report.fail("unreachable", format!("cannot resolve {host}"));
+            return Ok(report);
+        }
+    };
+    let local_ip = local_ip_towards(remote).with_context(|| format!("no route to {remote}"))?;
+    let mut endpoint = Endpoint::bind(SocketAddr::new(local_ip, 0), local_ip)
+        .await
+        .context("binding the SIP socket")?;
+    let rtp_socket = UdpSocket::bind(SocketAddr::new(local_ip, 0))
+        .await
+        .context("binding the RTP socket")?;
+    let local_rtp = rtp_socket.local_addr()?;
+    let session_id = rand::random::<u32>() as u64;
+    let mut dialog = Dialog {
+        call_id: format!("{:016x}@callverify-probe", rand::random::<u64>()),
+        // Asterisk (PJSIP identify_by=username) finds the endpoint by the From user.
+        local_uri: format!(
+            "<sip:{}@{local_ip}>",
+            args.user.as_deref().unwrap_or("probe")
+        ),
+        local_tag: new_tag(),
+        remote_uri: format!("<{}>", args.target),
+        remote_tag: None,
+        remote_target: target,
+        remote_addr: remote,
+        local_addr: endpoint.local,
+        local_cseq: 0,
+        route_set: Vec::new(),
+    };
+    report.call_id = Some(dialog.call_id.clone());
+    let offer = sdp::offer(local_rtp, &prepared.codecs, session_id);
+    let timers = prepared.session.timers;
+    let ring_timeout = Duration::try_from_secs_f64(args.ring_timeout).map_err(|_| {
+        UsageError(format!(
+            "--ring-timeout must be seconds, not {}",
+            args.ring_timeout
+        ))
+    })?;
+
+    let started = Instant::now();
+    let mut invite = dialog.request(rsip::Method::Invite, None, Some(offer.clone()));
+    let response = loop {
+        let mut pdd = report.sip.post_dial_delay_ms;
+        let transaction =
+            transaction::run(&mut endpoint, &invite, remote, timers, ring_timeout, |r| {
+                if r.status_code.code() > 100 && pdd.is_none() {
+                    pdd = Some(started.elapsed().as_millis() as u64);
+                }
+            });
+        let outcome = tokio::select! {
+            outcome = transaction => outcome,
+            _ = tokio::signal::ctrl_c() => {
+                cancel(&mut endpoint, &invite, remote, timers).await;
+                report.fail("interrupted", "interrupted before the answer; the call was canceled");
+                return Ok(report);
+            }
+        };
+        report.sip.post_dial_delay_ms = pdd;
+        let response = match outcome {
+            Ok(response) => response,
+            Err(TransactionError::RingTimeout { waited }) => {
+                cancel(&mut endpoint, &invite, remote, timers).await;
+                report.fail(
+                    "no_answer",
+                    format!(
+                        "no answer after ringing {:.1} s; canceled",
+                        waited.as_secs_f64()
+                    ),
+                );
+                return Ok(report);
+            }
+            Err(e @ TransactionError::Malformed { .. }) => {
+                report.fail("malformed_sip", e.to_string());
+                return Ok(report);
+            }
+            Err(e) => {
+                report.fail("timeout", e.to_string());
+                return Ok(report);
+            }
+        };
+        let code = response.status_code.code();
+        if (code == 401 || code == 407) && report.sip.auth_challenges < MAX_AUTH_ROUNDS {
+            report.sip.auth_challenges += 1;
+            let header = match digest::authorize(
+                &response,
+                &invite,
+                args.user.as_deref(),
+                args.password.as_deref(),
+            ) {
+                Ok(header) => header,
+                Err(e) => {
+                    record_final(&mut report, &response);
+                    report.fail("forbidden", e.to_string());
+                    return Ok(report);
+                }
+            };
+            invite = dialog.request(rsip::Method::Invite, None, Some(offer.clone()));
+            invite.headers.push(header);
+            continue;
+        }
+        break response;
+    };
+    record_final(&mut report, &response);
+    let code = response.status_code.code();
+    if code >= 300 {
+        let (kind, what) = refusal(code);
+        report.fail(kind, format!("{what}: {}", response.status_code));
+        return Ok(report);
+    }
+    let answered = Instant::now();
+    report.sip.answer_ms = Some(answered.duration_since(started).as_millis() as u64);
+    dialog.learn_remote(&response, to_tag(&response));
+    dialog.route_set = record_routes(&response).into_iter().rev().collect();
+    let invite_cseq = dialog.local_cseq;
+    let ack = dialog.request(rsip::Method::Ack, Some(invite_cseq), None);
+    endpoint.send(&ack, remote).await.context("sending ACK")?;
+
+    let negotiated = match sdp::parse(&String::from_utf8_lossy(&response.body))
+        .and_then(|d| d.negotiate(&prepared.codecs))
+    {
+        Ok(n) => n,
+        Err(e) => {
+            report.fail(
+                "codec_mismatch",
+                format!("the peer answered with {e}; hanging up"),
+            );
+            let bye = dialog.request(rsip::Method::Bye, None, None);
+            let _ =
+                transaction::run(&mut endpoint, &bye, remote, timers, timers.timeout, |_| {}).await;
+            return Ok(report);
+        }
+    };
+    report.codec = Some(negotiated.codec);
+    report.audio_payload_type = Some(negotiated.audio_pt);
+    report.event_payload_type = negotiated.event_pt;
+    report.ok = true;
+    let media = prepared
+        .start_media(rtp_socket, negotiated, answered)
+        .map_err(|e| UsageError(e.to_string()))?;
+    let local = session::LocalMedia::new(local_rtp, &negotiated, session_id);
+    let call =
+        session::Established::new(&mut endpoint, &mut dialog, media, local, answered).with_ack(ack);
+    session::run(call, &prepared.session, &mut report, record).await?;
+    Ok(report)
+}
+
+fn record_final(report: &mut Report, response: &rsip::Response) {
+    report.sip.final_code = Some(response.status_code.code());
+    let status = response.status_code.to_string();
+    let reason = status
+        .split_once(' ')
+        .map_or(status.as_str(), |(_, r)| r)
+        .to_string();
+    report.sip.final_reason = Some(reason);
+}
+
+/// The report's failure kind and wording for a final response code.
+fn refusal(code: u16) -> (&'static str, &'static str) {
+    match code {
+        401 | 403 | 407 => (
+            "forbidden",
+            "the peer refused the call (authentication or permission)",
+        ),
+        486 | 600 => ("busy", "the callee is busy"),
+        503 => ("unavailable", "the peer is unavailable"),
+        488 | 606 => (
+            "codec_mismatch",
+            "the peer accepts none of the offered codecs",
+        ),
+        408 | 480 | 487 => ("no_answer", "no answer"),
+        _ => ("rejected", "the peer rejected the call"),
+    }
+}
+
+/// CANCELs a ringing INVITE and waits for its 487 (acknowledged by the transaction).
+async fn cancel(
+    endpoint: &mut Endpoint,
+    invite: &rsip::Request,
+    remote: SocketAddr,
+    timers: transaction::Timers,
+) {
+    let cancel = derived_from_invite(invite, rsip::Method::Cancel, None);
+    if let Err(e) =
+        transaction::run(endpoint, &cancel, remote, timers, timers.timeout, |_| {}).await
+    {
+        tracing::warn!("CANCEL: {e}");
+        return;
+    }
+    let deadline = Instant::now() + timers.timeout;
+    while let Some(inbound) = endpoint.next(deadline).await {
+        if let super::sip::Inbound::Response(r, _) = inbound {
+            if r.status_code.code() >= 300 {
+                let ack = derived_from_invite(
+                    invite,
+                    rsip::Method::Ack,
+                    rsip::prelude::HeadersExt::to_header(&r).ok(),
+                );
+                let _ = endpoint.send(ack, remote).await;
+                return;
+            }
+        }
+    }
+}

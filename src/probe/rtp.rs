@@ -1,0 +1,509 @@
+//! One call's media: a sender that keeps a steady 20 ms pace (audio or silence, and RFC 4733
+//! key presses in between), and a receiver that puts packets through the jitter buffer,
+//! decodes them into the recording, finds prompts in them and reports received key presses.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtp_rs::{RtpPacketBuilder, RtpReader, Seq};
+use serde::Serialize;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{Transcoder, FRAME_SAMPLES};
+use super::dtmf;
+use super::jitter::{JitterBuffer, Queued};
+use super::sdp::Negotiated;
+use super::vad::{Endpointer, SpeechEdge, VadConfig};
+use super::wav::SAMPLE_RATE;
+
+const PACKET_INTERVAL: Duration = Duration::from_millis(20);
+const JITTER_DEPTH: usize = 3;
+
+/// How the media of a call behaves.
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    pub negotiated: Negotiated,
+    /// Played once from the start of the call, then silence.
+    pub play: Option<Arc<Vec<i16>>>,
+    pub vad: VadConfig,
+    /// How long each key is held, in 20 ms packets.
+    pub key_frames: u32,
+    /// Silence after the peer's RTP stops (or never starts) before the call is given up.
+    pub rtp_timeout: Option<Duration>,
+    /// The instant times in events are measured from (the answer).
+    pub epoch: Instant,
+}
+
+/// Something the receiver noticed, with its time in milliseconds since the answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MediaEvent {
+    SpeechStarted {
+        at_ms: u64,
+    },
+    SpeechEnded {
+        at_ms: u64,
+    },
+    KeyReceived {
+        key: char,
+        at_ms: u64,
+        duration_ms: u64,
+    },
+    RtpTimeout {
+        silent_ms: u64,
+    },
+}
+
+/// Counters of one direction or both, as the JSON report shows them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RtpStats {
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    pub events_sent: u64,
+    pub packets_received: u64,
+    pub bytes_received: u64,
+    pub events_received: u64,
+    /// Expected (from sequence numbers) minus received, RFC 3550 §6.4.1.
+    pub packets_lost: u64,
+    pub loss_percent: f64,
+    /// Interarrival jitter of the audio packets, RFC 3550 §6.4.1, in milliseconds.
+    pub jitter_ms: f64,
+    /// Reordered beyond the jitter buffer, or duplicated.
+    pub packets_dropped_late: u64,
+}
+
+/// What the media left when it stopped.
+pub struct MediaResult {
+    pub stats: RtpStats,
+    pub recording: Vec<i16>,
+}
+
+enum Command {
+    Press {
+        keys: String,
+        done: oneshot::Sender<()>,
+    },
+    Retarget(SocketAddr),
+}
+
+/// A running media session; dropped or stopped, its tasks end.
+pub struct Media {
+    commands: mpsc::Sender<Command>,
+    pub events: mpsc::Receiver<MediaEvent>,
+    stop: CancellationToken,
+    sender: JoinHandle<SendCounters>,
+    receiver: JoinHandle<Received>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("the media session has ended")]
+    Ended,
+}
+
+impl Media {
+    pub fn start(
+        socket: UdpSocket,
+        config: MediaConfig,
+        transcoder_tx: Transcoder,
+        transcoder_rx: Transcoder,
+    ) -> Self {
+        let socket = Arc::new(socket);
+        let stop = CancellationToken::new();
+        let (commands, command_rx) = mpsc::channel(16);
+        let (event_tx, events) = mpsc::channel(64);
+        let sender = tokio::spawn(send_loop(
+            socket.clone(),
+            config.clone(),
+            transcoder_tx,
+            command_rx,
+            stop.clone(),
+        ));
+        let receiver = tokio::spawn(receive_loop(
+            socket,
+            config,
+            transcoder_rx,
+            event_tx,
+            stop.clone(),
+        ));
+        Self {
+            commands,
+            events,
+            stop,
+            sender,
+            receiver,
+        }
+    }
+
+    /// Queues the keys as RFC 4733 events; the receiver resolves once the last end packet
+    /// (and the pause after it) is out.
+    pub fn press(&self, keys: &str) -> Result<oneshot::Receiver<()>, MediaError> {
+        let (done, sent) = oneshot::channel();
+        self.commands
+            .try_send(Command::Press {
+                keys: keys.to_string(),
+                done,
+            })
+            .map_err(|_| MediaError::Ended)?;
+        Ok(sent)
+    }
+
+    /// The peer moved its RTP address (re-INVITE or UPDATE).
+    pub async fn retarget(&self, to: SocketAddr) {
+        let _ = self.commands.send(Command::Retarget(to)).await;
+    }
+
+    /// Stops both directions; returns the counters and what was heard.
+    pub async fn stop(self) -> MediaResult {
+        self.stop.cancel();
+        let sent = self.sender.await.unwrap_or_default();
+        let received = self.receiver.await.unwrap_or_default();
+        let mut stats = received.stats;
+        stats.packets_sent = sent.packets;
+        stats.bytes_sent = sent.bytes;
+        stats.events_sent = sent.events;
+        MediaResult {
+            stats,
+            recording: received.recording,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct SendCounters {
+    packets: u64,
+    bytes: u64,
+    events: u64,
+}
+
+/// The outgoing stream's header fields.
+struct Outgoing {
+    ssrc: u32,
+    seq: u16,
+    timestamp: u32,
+}
+
+impl Outgoing {
+    fn packet(&mut self, pt: u8, marker: bool, timestamp: u32, payload: &[u8]) -> Vec<u8> {
+        let packet = RtpPacketBuilder::new()
+            .payload_type(pt)
+            .ssrc(self.ssrc)
+            .sequence(Seq::from(self.seq))
+            .timestamp(timestamp)
+            .marked(marker)
+            .payload(payload)
+            .build()
+            .expect("payload types and payloads the probe builds are valid");
+        self.seq = self.seq.wrapping_add(1);
+        packet
+    }
+}
+
+async fn send_loop(
+    socket: Arc<UdpSocket>,
+    config: MediaConfig,
+    mut transcoder: Transcoder,
+    mut commands: mpsc::Receiver<Command>,
+    stop: CancellationToken,
+) -> SendCounters {
+    let n = config.negotiated;
+    let ticks = n.codec.ticks_per_frame();
+    let mut remote = n.remote_rtp;
+    let mut out = Outgoing {
+        ssrc: rand::random(),
+        seq: rand::random(),
+        timestamp: rand::random(),
+    };
+    let mut counters = SendCounters::default();
+    let mut play_at = 0usize;
+    // The key press under way: its packets left, the event's timestamp, and who waits for it.
+    let mut pressing: Option<(std::collections::VecDeque<dtmf::EventPacket>, u32)> = None;
+    let mut keys_left: std::collections::VecDeque<char> = Default::default();
+    let mut gap_frames = 0u32;
+    let mut waiter: Option<oneshot::Sender<()>> = None;
+    let mut first_audio = true;
+    let mut pace = tokio::time::interval(PACKET_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            command = commands.recv() => match command {
+                Some(Command::Press { keys, done }) => {
+                    keys_left.extend(keys.chars());
+                    waiter = Some(done);
+                }
+                Some(Command::Retarget(to)) => remote = to,
+                None => break,
+            },
+            _ = pace.tick() => {
+                if pressing.is_none() && gap_frames == 0 {
+                    // The session presses keys only when the peer takes telephone-event.
+                    if let (Some(key), Some(_)) = (keys_left.pop_front(), n.event_pt) {
+                        let code = dtmf::event_code(key).expect("keys are checked when the script is read");
+                        pressing = Some((dtmf::key_press(code, config.key_frames, ticks).into(), out.timestamp));
+                    }
+                }
+                let packet = if let Some((packets, event_ts)) = &mut pressing {
+                    let p = packets.pop_front().expect("a press under way has packets left");
+                    let bytes = p.payload.to_bytes();
+                    let packet = out.packet(n.event_pt.expect("checked above"), p.marker, *event_ts, &bytes);
+                    counters.events += 1;
+                    if packets.is_empty() {
+                        // Media time went on while the event played.
+                        out.timestamp = event_ts.wrapping_add((config.key_frames + dtmf::END_PACKETS as u32) * ticks);
+                        pressing = None;
+                        gap_frames = config.key_frames;
+                    }
+                    packet
+                } else {
+                    gap_frames = gap_frames.saturating_sub(1);
+                    let frame = next_frame(config.play.as_deref(), &mut play_at);
+                    let payload = transcoder.encode(&frame);
+                    let packet = out.packet(n.audio_pt, first_audio, out.timestamp, &payload);
+                    first_audio = false;
+                    out.timestamp = out.timestamp.wrapping_add(ticks);
+                    packet
+                };
+                if keys_left.is_empty() && pressing.is_none() && gap_frames == 0 {
+                    if let Some(done) = waiter.take() {
+                        let _ = done.send(());
+                    }
+                }
+                counters.packets += 1;
+                counters.bytes += packet.len() as u64 - 12;
+                if let Err(e) = socket.send_to(&packet, remote).await {
+                    tracing::debug!("RTP send to {remote} failed: {e}");
+                }
+            }
+        }
+    }
+    counters
+}
+
+/// The next 20 ms of the played file, or silence after its end.
+fn next_frame(play: Option<&Vec<i16>>, at: &mut usize) -> Vec<i16> {
+    let mut frame = vec![0i16; FRAME_SAMPLES];
+    if let Some(samples) = play {
+        let end = (*at + FRAME_SAMPLES).min(samples.len());
+        if *at < end {
+            frame[..end - *at].copy_from_slice(&samples[*at..end]);
+            *at = end;
+        }
+    }
+    frame
+}
+
+#[derive(Default)]
+struct Received {
+    stats: RtpStats,
+    recording: Vec<i16>,
+}
+
+/// Receive-side state: counters, jitter estimate, playout into the recording.
+struct Receiver {
+    config: MediaConfig,
+    transcoder: Transcoder,
+    jitter_buffer: JitterBuffer,
+    endpointer: Endpointer,
+    detector: dtmf::Detector,
+    stats: RtpStats,
+    recording: Vec<i16>,
+    /// Milliseconds since the epoch at which the recording starts (first audio packet).
+    recording_start_ms: Option<u64>,
+    vad_fed: usize,
+    first_ext_seq: Option<u64>,
+    highest_ext_seq: u64,
+    next_timestamp: Option<u32>,
+    last_transit: Option<i64>,
+    jitter: f64,
+    key_started_ms: u64,
+}
+
+impl Receiver {
+    fn now_ms(&self) -> u64 {
+        self.config.epoch.elapsed().as_millis() as u64
+    }
+
+    fn on_datagram(&mut self, data: &[u8]) -> Vec<MediaEvent> {
+        let Ok(rtp) = RtpReader::new(data) else {
+            tracing::debug!("ignored a datagram that is not RTP ({} bytes)", data.len());
+            return Vec::new();
+        };
+        let n = self.config.negotiated;
+        let ext = self.jitter_buffer.extend(u16::from(rtp.sequence_number()));
+        self.first_ext_seq.get_or_insert(ext);
+        self.highest_ext_seq = self.highest_ext_seq.max(ext);
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += rtp.payload().len() as u64;
+        let pt = rtp.payload_type();
+        if Some(pt) == n.event_pt {
+            self.stats.events_received += 1;
+            return self.on_event(rtp.timestamp(), rtp.payload());
+        }
+        if pt != n.audio_pt {
+            return Vec::new(); // comfort noise and the like
+        }
+        self.update_jitter(rtp.timestamp());
+        let due = self.jitter_buffer.push(
+            u16::from(rtp.sequence_number()),
+            Queued {
+                timestamp: rtp.timestamp(),
+                payload: rtp.payload().to_vec(),
+            },
+        );
+        self.play_out(due)
+    }
+
+    fn on_event(&mut self, timestamp: u32, payload: &[u8]) -> Vec<MediaEvent> {
+        let clock = self.config.negotiated.codec.clock_rate() as u64;
+        let mut events = Vec::new();
+        for detected in self.detector.on_packet(timestamp, payload) {
+            match detected {
+                dtmf::Detected::Began { .. } => self.key_started_ms = self.now_ms(),
+                dtmf::Detected::Ended { key, duration } => events.push(MediaEvent::KeyReceived {
+                    key,
+                    at_ms: self.key_started_ms,
+                    duration_ms: duration as u64 * 1000 / clock,
+                }),
+            }
+        }
+        events
+    }
+
+    /// RFC 3550 §6.4.1 interarrival jitter, in timestamp units.
+    fn update_jitter(&mut self, timestamp: u32) {
+        let clock = self.config.negotiated.codec.clock_rate() as f64;
+        let arrival = (self.config.epoch.elapsed().as_secs_f64() * clock) as i64;
+        let transit = arrival - timestamp as i64;
+        if let Some(last) = self.last_transit {
+            let d = (transit - last).abs() as f64;
+            // A timestamp wrap shows as a huge jump: skip it rather than poison the estimate.
+            if d < clock * 10.0 {
+                self.jitter += (d - self.jitter) / 16.0;
+            }
+        }
+        self.last_transit = Some(transit);
+    }
+
+    fn play_out(&mut self, due: Vec<Queued>) -> Vec<MediaEvent> {
+        let clock = self.config.negotiated.codec.clock_rate();
+        for packet in due {
+            if self.recording_start_ms.is_none() {
+                self.recording_start_ms = Some(self.now_ms());
+            }
+            if let Some(expected) = self.next_timestamp {
+                let gap = packet.timestamp.wrapping_sub(expected);
+                // Lost packets (or a key press, whose time the sender skipped) leave a gap;
+                // anything larger than a minute is a new timestamp base, not a gap.
+                if gap > 0 && gap < clock * 60 {
+                    let samples = gap as u64 * SAMPLE_RATE as u64 / clock as u64;
+                    let filler = self.transcoder.conceal(samples as usize);
+                    self.recording.extend(filler);
+                }
+            }
+            let samples = self.transcoder.decode(&packet.payload);
+            let ticks = samples.len() as u64 * clock as u64 / SAMPLE_RATE as u64;
+            self.next_timestamp = Some(packet.timestamp.wrapping_add(ticks as u32));
+            self.recording.extend(samples);
+        }
+        self.run_endpointer()
+    }
+
+    /// Feeds the new whole frames of the recording to the endpointer.
+    fn run_endpointer(&mut self) -> Vec<MediaEvent> {
+        let start = self.recording_start_ms.unwrap_or(0);
+        let frame_ms = |frame: u64| start + frame * 20;
+        let mut events = Vec::new();
+        while self.vad_fed + FRAME_SAMPLES <= self.recording.len() {
+            let frame = &self.recording[self.vad_fed..self.vad_fed + FRAME_SAMPLES];
+            self.vad_fed += FRAME_SAMPLES;
+            match self.endpointer.push(frame) {
+                Some(SpeechEdge::Started { first_loud }) => {
+                    events.push(MediaEvent::SpeechStarted {
+                        at_ms: frame_ms(first_loud),
+                    })
+                }
+                Some(SpeechEdge::Ended { last_loud }) => events.push(MediaEvent::SpeechEnded {
+                    at_ms: frame_ms(last_loud + 1),
+                }),
+                None => {}
+            }
+        }
+        events
+    }
+
+    fn finish(mut self) -> Received {
+        let rest = self.jitter_buffer.drain();
+        self.play_out(rest);
+        let clock = self.config.negotiated.codec.clock_rate() as f64;
+        let expected = self
+            .first_ext_seq
+            .map_or(0, |first| self.highest_ext_seq - first + 1);
+        self.stats.packets_lost = expected.saturating_sub(self.stats.packets_received);
+        if expected > 0 {
+            self.stats.loss_percent =
+                (self.stats.packets_lost as f64 * 10000.0 / expected as f64).round() / 100.0;
+        }
+        self.stats.jitter_ms = (self.jitter * 1000.0 / clock * 100.0).round() / 100.0;
+        self.stats.packets_dropped_late = self.jitter_buffer.dropped;
+        Received {
+            stats: self.stats,
+            recording: self.recording,
+        }
+    }
+}
+
+async fn receive_loop(
+    socket: Arc<UdpSocket>,
+    config: MediaConfig,
+    transcoder: Transcoder,
+    events: mpsc::Sender<MediaEvent>,
+    stop: CancellationToken,
+) -> Received {
+    let mut rx = Receiver {
+        endpointer: Endpointer::new(config.vad),
+        config: config.clone(),
+        transcoder,
+        jitter_buffer: JitterBuffer::new(JITTER_DEPTH),
+        detector: dtmf::Detector::default(),
+        stats: RtpStats::default(),
+        recording: Vec::new(),
+        recording_start_ms: None,
+        vad_fed: 0,
+        first_ext_seq: None,
+        highest_ext_seq: 0,
+        next_timestamp: None,
+        last_transit: None,
+        jitter: 0.0,
+        key_started_ms: 0,
+    };
+    let mut buf = vec![0u8; 2048];
+    let mut last_packet = Instant::now();
+    let mut timed_out = false;
+    let mut check = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            received = socket.recv_from(&mut buf) => {
+                let Ok((len, _from)) = received else { continue };
+                last_packet = Instant::now();
+                for event in rx.on_datagram(&buf[..len]) {
+                    let _ = events.send(event).await;
+                }
+            }
+            _ = check.tick() => {
+                if let Some(limit) = config.rtp_timeout {
+                    let silent = last_packet.elapsed();
+                    if silent >= limit && !timed_out {
+                        timed_out = true;
+                        let _ = events.send(MediaEvent::RtpTimeout { silent_ms: silent.as_millis() as u64 }).await;
+                    }
+                }
+            }
+        }
+    }
+    rx.finish()
+}

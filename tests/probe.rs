@@ -1,0 +1,770 @@
+//! `callverify probe` against real SIP peers: Debian's sipp (package sip-tester) as UAS and
+//! UAC, and the test's own UDP sockets where a peer must stay silent, send garbage, or show
+//! what crossed the wire. The tests fail (never skip) when sipp is missing.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const SIPP_PCAPS: &str = "/usr/share/sip-tester";
+
+fn fixture(name: &Path) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/probe")
+        .join(name)
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A sipp process, killed when dropped.
+struct Sipp(Child);
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts sipp on a free port with a scenario of tests/fixtures/probe (or a path) and -key pairs.
+fn sipp(
+    scenario: impl AsRef<Path>,
+    keys: &[(&str, &str)],
+    extra: &[&str],
+    remote: Option<String>,
+) -> (Sipp, u16) {
+    assert!(
+        Command::new("sipp")
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok(),
+        "sipp is not installed: the probe's tests need a real SIP peer \
+         (Debian: apt-get install sip-tester; ./scripts/test installs it)"
+    );
+    let port = free_udp_port();
+    let media_port = free_udp_port();
+    let mut command = Command::new("sipp");
+    command
+        .arg("-sf")
+        .arg(fixture(scenario.as_ref()))
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-mi",
+            "127.0.0.1",
+            "-m",
+            "1",
+            "-timeout",
+            "30s",
+            "-nostdin",
+        ])
+        .args(["-p", &port.to_string(), "-mp", &media_port.to_string()])
+        .args(extra);
+    for (k, v) in keys {
+        // sipp does not expand keywords inside -key values: "MEDIA_PORT" stands for its own.
+        let v = if *v == "MEDIA_PORT" {
+            media_port.to_string()
+        } else {
+            v.to_string()
+        };
+        command.args(["-key", k, &v]);
+    }
+    if let Some(remote) = remote {
+        command.arg(remote);
+    }
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting sipp");
+    wait_until_bound(&format!("127.0.0.1:{port}"));
+    (Sipp(child), port)
+}
+
+/// Wait until a process of the test holds the UDP address (a bind of ours then fails): a
+/// loaded machine can take a while to start it, and a request sent before meets a closed port.
+fn wait_until_bound(addr: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while UdpSocket::bind(addr).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing bound {addr} in 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts sipp as the called party and calls it: `probe call sip:100@sipp --timeout 5 ARGS`.
+fn call_sipp(
+    scenario: impl AsRef<Path>,
+    keys: &[(&str, &str)],
+    flags: &[&str],
+    args: &[&str],
+) -> (Sipp, i32, Value) {
+    let (sipp, port) = sipp(scenario, keys, flags, None);
+    let target = format!("sip:100@127.0.0.1:{port}");
+    let (code, report) = probe(&[&["call", &target, "--timeout", "5"][..], args].concat());
+    (sipp, code, report)
+}
+
+/// Runs the probe with a generous hang guard; returns its exit code, stdout and stderr.
+fn run_probe(args: &[&str]) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_callverify"))
+        .arg("probe")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting callverify probe");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("callverify probe {args:?} hung for 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(out.stdout),
+        text(out.stderr),
+    )
+}
+
+/// Runs the probe with --json; returns its exit code and report.
+fn probe(args: &[&str]) -> (i32, Value) {
+    let (code, stdout, stderr) = run_probe(&[args, &["--json"]].concat());
+    let report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}); stdout: {stdout}\nstderr: {stderr}"));
+    (code, report)
+}
+
+/// One second of a 440 Hz tone then one of silence: a "prompt" for the echo.
+fn tone_wav(dir: &Path) -> PathBuf {
+    let samples: Vec<i16> = (0..16000)
+        .map(|i| {
+            if i < 8000 {
+                ((i as f64 * 440.0 * std::f64::consts::TAU / 8000.0).sin() * 8000.0) as i16
+            } else {
+                0
+            }
+        })
+        .collect();
+    let path = dir.join("tone.wav");
+    callverify::probe::wav::write(&path, &samples).unwrap();
+    path
+}
+
+/// The recording is audible: some 20 ms frame is louder than -25 dBFS (the tone is -12).
+fn assert_holds_the_tone(recording: &Path) {
+    let heard = callverify::probe::wav::read(recording).unwrap();
+    let loudest = heard
+        .chunks(160)
+        .map(callverify::probe::vad::level_dbfs)
+        .fold(f64::MIN, f64::max);
+    assert!(
+        loudest > -25.0,
+        "the recording holds the tone (loudest frame {loudest} dBFS)"
+    );
+}
+
+fn keys_received(report: &Value) -> String {
+    report["keys_received"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_call_to_an_echoing_sipp_records_audible_audio_and_its_own_key_presses() {
+    let dir = tempfile::tempdir().unwrap();
+    let tone = tone_wav(dir.path());
+    let record = dir.path().join("heard.wav");
+    let (mut sipp, code, report) = call_sipp(
+        "uas_answer.xml",
+        &[("rtp_port", "MEDIA_PORT")],
+        &["-rtp_echo"],
+        &[
+            "--play",
+            tone.to_str().unwrap(),
+            "--keys",
+            "#42",
+            "--record",
+            record.to_str().unwrap(),
+            "--linger",
+            "1",
+        ],
+    );
+    assert_eq!(code, 0, "{report:#}");
+    assert!(
+        sipp.0.wait().unwrap().success(),
+        "sipp's scenario passed (the BYE carried the Record-Route set, reversed)"
+    );
+    assert_eq!(report["codec"], "PCMU");
+    assert_eq!(report["event_payload_type"], 101);
+    assert_eq!(
+        keys_received(&report),
+        "#42",
+        "the echo carried the probe's RFC 4733 events back: {report:#}"
+    );
+    assert!(
+        !report["prompts"].as_array().unwrap().is_empty(),
+        "the echoed tone is a prompt: {report:#}"
+    );
+    assert_eq!(report["hangup"]["by"], "probe");
+    assert_eq!(report["hangup"]["bye_code"], 200);
+    assert!(
+        report["rtp"]["packets_received"].as_u64().unwrap() > 50,
+        "{report:#}"
+    );
+    assert_holds_the_tone(&record);
+}
+
+#[test]
+fn key_presses_cross_the_wire_as_rfc4733_events() {
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let sink_port = sink.local_addr().unwrap().port().to_string();
+    let (_sipp, port) = sipp("uas_answer.xml", &[("rtp_port", &sink_port)], &[], None);
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("press.script");
+    std::fs::write(&script, "wait 0.2\npress 5#\nwait 0.2\nhangup\n").unwrap();
+    let target = format!("sip:100@127.0.0.1:{port}");
+    let capture = std::thread::spawn(move || {
+        let mut packets = Vec::new();
+        let mut buf = [0u8; 2048];
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        let mut idle = 0;
+        while std::time::Instant::now() < until && idle < 10 {
+            match sink.recv(&mut buf) {
+                Ok(n) => {
+                    idle = 0;
+                    packets.push(buf[..n].to_vec())
+                }
+                Err(_) => idle += usize::from(!packets.is_empty()),
+            }
+        }
+        packets
+    });
+    let (code, report) = probe(&[
+        "call",
+        &target,
+        "--script",
+        script.to_str().unwrap(),
+        "--rtp-timeout",
+        "0",
+        "--timeout",
+        "5",
+    ]);
+    assert_eq!(code, 0, "{report:#}");
+    let packets = capture.join().unwrap();
+    let events: Vec<rtp_rs::RtpReader> = packets
+        .iter()
+        .map(|p| rtp_rs::RtpReader::new(p).expect("only RTP reaches the sink"))
+        .filter(|r| r.payload_type() == 101)
+        .collect();
+    // Per key: start (marker) + continuations every 20 ms for 100 ms, then three end packets.
+    let mut presses: Vec<Vec<&rtp_rs::RtpReader>> = Vec::new();
+    for e in &events {
+        match presses.last_mut() {
+            Some(p) if p[0].timestamp() == e.timestamp() => p.push(e),
+            _ => presses.push(vec![e]),
+        }
+    }
+    assert_eq!(presses.len(), 2, "two key presses, one timestamp each");
+    for (press, code) in presses.iter().zip([5u8, 11]) {
+        let payloads: Vec<&[u8]> = press.iter().map(|p| p.payload()).collect();
+        assert!(payloads.iter().all(|p| p[0] == code), "event code {code}");
+        assert!(
+            press[0].mark() && press[1..].iter().all(|p| !p.mark()),
+            "marker on the first packet only"
+        );
+        let ends: Vec<&&[u8]> = payloads.iter().filter(|p| p[1] & 0x80 != 0).collect();
+        assert_eq!(ends.len(), 3, "three end packets");
+        assert!(
+            payloads[payloads.len() - 3..]
+                .iter()
+                .all(|p| p[1] & 0x80 != 0),
+            "the end packets come last"
+        );
+        let durations: Vec<u16> = payloads
+            .iter()
+            .map(|p| u16::from_be_bytes([p[2], p[3]]))
+            .collect();
+        assert!(
+            durations.windows(2).all(|w| w[0] <= w[1]),
+            "durations grow: {durations:?}"
+        );
+        assert_eq!(*durations.last().unwrap(), 800, "100 ms at 8 kHz");
+        let seqs: Vec<u16> = press
+            .iter()
+            .map(|p| u16::from(p.sequence_number()))
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+            "consecutive sequence numbers"
+        );
+    }
+    assert_eq!(report["keys_sent"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn rfc4733_events_from_a_sipp_capture_are_detected_and_rtp_that_stops_fails_the_call() {
+    let pcap = format!("{SIPP_PCAPS}/dtmf_2833_1.pcap");
+    let (_sipp, code, report) = call_sipp(
+        "uas_play.xml",
+        &[("rtp_port", "MEDIA_PORT"), ("pcap", &pcap)],
+        &[],
+        &["--rtp-timeout", "1.5", "--linger", "20"],
+    );
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["error"]["kind"], "rtp_timeout", "{report:#}");
+    assert_eq!(keys_received(&report), "1", "{report:#}");
+    assert_eq!(report["hangup"]["by"], "probe");
+    assert_eq!(report["hangup"]["bye_code"], 200);
+}
+
+#[test]
+fn refusals_give_their_kind_and_a_failing_exit() {
+    for (status, reason, kind) in [
+        ("486", "Busy Here", "busy"),
+        ("503", "Service Unavailable", "unavailable"),
+        ("403", "Forbidden", "forbidden"),
+        ("488", "Not Acceptable Here", "codec_mismatch"),
+    ] {
+        // sipp reads a response's status code when it loads the scenario, not from -key.
+        let dir = tempfile::tempdir().unwrap();
+        let scenario = dir.path().join("refuse.xml");
+        let text = std::fs::read_to_string(fixture(Path::new("uas_refuse.xml"))).unwrap();
+        std::fs::write(
+            &scenario,
+            text.replace("CODE REASON", &format!("{status} {reason}")),
+        )
+        .unwrap();
+        let (_sipp, code, report) = call_sipp(&scenario, &[], &[], &[]);
+        assert_eq!(code, 1, "{report:#}");
+        assert_eq!(report["error"]["kind"], kind, "{report:#}");
+        assert_eq!(report["sip"]["final_code"], status.parse::<u16>().unwrap());
+    }
+}
+
+#[test]
+fn digest_authentication_answers_the_challenge() {
+    // sipp checks the digest of the second INVITE: 200 for the right password, else 403.
+    for (password, exit, final_code) in [("secret", 0, 200), ("wrong", 1, 403)] {
+        let args = [
+            "--user",
+            "qa",
+            "--password",
+            password,
+            "--hangup-after",
+            "0.5",
+        ];
+        let (_sipp, code, report) = call_sipp("uas_auth.xml", &[], &[], &args);
+        assert_eq!(code, exit, "{report:#}");
+        assert_eq!(report["sip"]["auth_challenges"], 1);
+        assert_eq!(report["sip"]["final_code"], final_code, "{report:#}");
+        if exit != 0 {
+            assert_eq!(report["error"]["kind"], "forbidden");
+        }
+    }
+}
+
+#[test]
+fn a_silent_peer_and_a_peer_sending_garbage_fail_after_the_timeout() {
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target = format!("sip:100@{}", silent.local_addr().unwrap());
+    let (code, report) = probe(&["call", &target, "--timeout", "1"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["error"]["kind"], "timeout");
+    assert!(
+        report["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no response to INVITE"),
+        "{report:#}"
+    );
+
+    // Not SIP at all; and SIP that belongs to no transaction (no Via, no CSeq).
+    let replies: [&[u8]; 2] = [
+        b"SIP/2.0 OK but not really\r\nthis is not SIP\r\n\r\n",
+        b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+    ];
+    for reply in replies {
+        let garbage = UdpSocket::bind("127.0.0.1:0").unwrap();
+        garbage
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let target = format!("sip:100@{}", garbage.local_addr().unwrap());
+        let answerer = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            if let Ok((_, from)) = garbage.recv_from(&mut buf) {
+                garbage.send_to(reply, from).unwrap();
+            }
+        });
+        let (code, report) = probe(&["call", &target, "--timeout", "1"]);
+        answerer.join().unwrap();
+        assert_eq!(code, 1, "{report:#}");
+        assert_eq!(report["error"]["kind"], "malformed_sip", "{report:#}");
+    }
+}
+
+/// Starts `probe answer ARGS` on a free port, has sipp call it with a UAC scenario, and
+/// returns whether sipp's scenario completed, with the probe's exit code and report.
+fn answer_sipp(scenario: &str, keys: &[(&str, &str)], args: &[&str]) -> (bool, i32, Value) {
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let answering = {
+        let listen = listen.clone();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            probe(
+                &[
+                    &["answer", "--listen", &listen, "--wait-call", "20"][..],
+                    &args,
+                ]
+                .concat(),
+            )
+        })
+    };
+    wait_until_bound(&listen);
+    let (mut sipp, _) = sipp(scenario, keys, &["-s", "100"], Some(listen));
+    let (code, report) = answering.join().unwrap();
+    (sipp.0.wait().unwrap().success(), code, report)
+}
+
+#[test]
+fn probe_answer_takes_a_call_from_sipp_and_hears_its_key_press() {
+    let pcap = format!("{SIPP_PCAPS}/dtmf_2833_1.pcap");
+    let (sipp_ok, code, report) = answer_sipp(
+        "uac_play.xml",
+        &[("pcap", &pcap)],
+        &["--rtp-timeout", "0", "--linger", "20"],
+    );
+    assert_eq!(code, 0, "{report:#}");
+    assert!(
+        sipp_ok,
+        "sipp's scenario completed (INVITE, 200, ACK, BYE, 200)"
+    );
+    assert_eq!(report["role"], "uas");
+    assert_eq!(report["codec"], "PCMU");
+    assert_eq!(keys_received(&report), "1", "{report:#}");
+    assert_eq!(report["hangup"]["by"], "peer");
+}
+
+#[test]
+fn probe_answer_refuses_an_offer_without_a_common_codec_with_488() {
+    let (sipp_ok, code, report) = answer_sipp("uac_g729.xml", &[], &[]);
+    assert_eq!(code, 1, "{report:#}");
+    assert!(sipp_ok, "sipp got its 488 and sent the ACK");
+    assert_eq!(report["error"]["kind"], "codec_mismatch", "{report:#}");
+    assert_eq!(report["sip"]["final_code"], 488);
+}
+
+#[test]
+fn ringing_without_an_answer_is_canceled() {
+    let (mut sipp, code, report) = call_sipp("uas_ring.xml", &[], &[], &["--ring-timeout", "1"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["error"]["kind"], "no_answer", "{report:#}");
+    assert!(
+        report["sip"]["post_dial_delay_ms"].is_u64(),
+        "the 180 counts: {report:#}"
+    );
+    let status = sipp.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "sipp saw CANCEL, sent 487 and got its ACK"
+    );
+}
+
+#[test]
+fn an_answer_without_a_common_codec_is_acknowledged_and_hung_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("g729.xml");
+    let text = std::fs::read_to_string(fixture(Path::new("uas_answer.xml"))).unwrap();
+    let g729 = text
+        .replace("RTP/AVP 0 101", "RTP/AVP 18")
+        .replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:18 G729/8000");
+    std::fs::write(&scenario, g729).unwrap();
+    let (mut sipp, code, report) = call_sipp(&scenario, &[("rtp_port", "MEDIA_PORT")], &[], &[]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["error"]["kind"], "codec_mismatch", "{report:#}");
+    assert!(
+        report["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("G729/8000"),
+        "{report:#}"
+    );
+    assert!(
+        sipp.0.wait().unwrap().success(),
+        "sipp got the ACK and the BYE"
+    );
+}
+
+#[test]
+fn load_mode_places_the_calls_and_summarizes_them() {
+    let (_sipp, code, summary) = call_sipp(
+        "uas_answer.xml",
+        &[("rtp_port", "MEDIA_PORT")],
+        &["-rtp_echo", "-m", "3"],
+        &["--calls", "3", "--rate", "10", "--hangup-after", "0.5"],
+    );
+    assert_eq!(code, 0, "{summary:#}");
+    assert_eq!(summary["calls"], 3);
+    assert_eq!(summary["succeeded"], 3);
+    assert_eq!(summary["success_rate"], 1.0);
+    assert!(summary["answer_ms"]["p99"].is_u64(), "{summary:#}");
+}
+
+#[cfg(feature = "opus")]
+#[test]
+fn two_probes_talk_opus_and_hear_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let tone = tone_wav(dir.path());
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let answering = {
+        let (listen, tone) = (listen.clone(), tone.clone());
+        std::thread::spawn(move || {
+            probe(&[
+                "answer",
+                "--listen",
+                &listen,
+                "--codec",
+                "opus",
+                "--play",
+                tone.to_str().unwrap(),
+                "--wait-call",
+                "20",
+                "--linger",
+                "20",
+                "--rtp-timeout",
+                "0",
+            ])
+        })
+    };
+    wait_until_bound(&listen);
+    let record = dir.path().join("heard.wav");
+    let target = format!("sip:100@{listen}");
+    let (code, report) = probe(&[
+        "call",
+        &target,
+        "--codec",
+        "opus",
+        "--keys",
+        "#",
+        "--record",
+        record.to_str().unwrap(),
+        "--linger",
+        "0.5",
+        "--timeout",
+        "5",
+    ]);
+    let (answer_code, answered) = answering.join().unwrap();
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(answer_code, 0, "{answered:#}");
+    assert_eq!(report["codec"], "opus");
+    assert_eq!(report["event_payload_type"], 110);
+    assert_eq!(keys_received(&answered), "#", "{answered:#}");
+    assert_eq!(answered["hangup"]["by"], "peer");
+    assert_holds_the_tone(&record);
+}
+
+#[test]
+fn usage_and_local_errors_exit_2_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_wav = dir.path().join("not.wav");
+    std::fs::write(&not_wav, "hello").unwrap();
+    let port = free_udp_port().to_string();
+    let target = format!("sip:100@127.0.0.1:{port}");
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    for (args, says) in [
+        (vec!["call", &target, "--codec", "g729"], "unknown codec"),
+        (
+            vec!["call", &target, "--play", not_wav.to_str().unwrap()],
+            "not a WAV file",
+        ),
+        (vec!["call", &target, "--keys", "12x"], "no DTMF keys"),
+        (
+            vec!["call", "mailto:someone", "--timeout", "1"],
+            "not a SIP URI",
+        ),
+        (vec!["answer", "--listen", &taken], "cannot listen"),
+    ] {
+        let (code, _, stderr) = run_probe(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn re_invites_move_the_media_or_are_refused_with_488() {
+    let dir = tempfile::tempdir().unwrap();
+    let tone = tone_wav(dir.path());
+    let record = dir.path().join("heard.wav");
+    // The first answer sends the probe's RTP to a socket that never answers; only after the
+    // re-INVITE does it reach sipp's echo.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port().to_string();
+    let (mut sipp, code, report) = call_sipp(
+        "uas_reinvite.xml",
+        &[("rtp_port", &silent_port)],
+        &["-rtp_echo"],
+        &[
+            "--play",
+            tone.to_str().unwrap(),
+            "--record",
+            record.to_str().unwrap(),
+        ]
+        .into_iter()
+        .chain(["--rtp-timeout", "0", "--hangup-after", "2.5"])
+        .collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 0, "{report:#}");
+    assert!(
+        sipp.0.wait().unwrap().success(),
+        "sipp got 200 to the first re-INVITE and 488 to the second"
+    );
+    assert!(
+        report["rtp"]["packets_received"].as_u64().unwrap() > 0,
+        "the echo came back: {report:#}"
+    );
+    assert_holds_the_tone(&record);
+}
+
+/// baresip, headless: auto-answers, plays `play` (it hangs up when the file ends) and logs
+/// the RFC 4733 events it receives. Killed when dropped; its log is read afterwards.
+struct Baresip {
+    child: Child,
+    log: PathBuf,
+    port: u16,
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn baresip(dir: &Path, play: &Path) -> Baresip {
+    assert!(
+        Command::new("baresip").arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok(),
+        "baresip is not installed: this test calls a real softphone \
+         (Debian: apt-get install --no-install-recommends baresip-core; ./scripts/test installs it)"
+    );
+    let port = free_udp_port();
+    let config = format!(
+        "poll_method epoll\nsip_listen 127.0.0.1:{port}\naudio_player aufile,{heard}\n\
+         audio_source aufile,{play}\naudio_alert aufile,/dev/null\n\
+         module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
+         module account.so\nmodule menu.so\n",
+        heard = dir.join("baresip-heard.wav").display(),
+        play = play.display(),
+    );
+    std::fs::write(dir.join("config"), config).unwrap();
+    std::fs::write(
+        dir.join("accounts"),
+        "<sip:qa@127.0.0.1>;regint=0;answermode=auto;audio_codecs=PCMU\n",
+    )
+    .unwrap();
+    let log = dir.join("baresip.log");
+    let child = Command::new("baresip")
+        .arg("-f")
+        .arg(dir)
+        .args(["-t", "30"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting baresip");
+    // baresip prints this once its SIP socket is up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("baresip is ready")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "baresip did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Baresip { child, log, port }
+}
+
+#[test]
+fn a_call_to_baresip_hears_its_prompt_and_baresip_receives_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    // A one-second "prompt", then silence long enough for the keys.
+    let mut samples = callverify::probe::wav::read(&tone_wav(dir.path())).unwrap();
+    samples.resize(8000 * 8, 0);
+    let prompt = dir.path().join("prompt.wav");
+    callverify::probe::wav::write(&prompt, &samples).unwrap();
+    let phone = baresip(dir.path(), &prompt);
+    let target = format!("sip:qa@127.0.0.1:{}", phone.port);
+    let (code, report) = probe(&[
+        "call",
+        &target,
+        "--keys",
+        "#12",
+        "--linger",
+        "0.5",
+        "--timeout",
+        "5",
+    ]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["prompts"].as_array().unwrap().len(), 1, "{report:#}");
+    assert_eq!(report["hangup"]["by"], "probe");
+    let log_path = phone.log.clone();
+    drop(phone);
+    let log = std::fs::read_to_string(log_path).unwrap();
+    let received: String = log
+        .lines()
+        .filter(|l| l.contains("(end=1)"))
+        .filter_map(|l| l.split("received event: '").nth(1)?.chars().next())
+        .collect();
+    assert_eq!(received, "#12", "baresip's log of RFC 4733 events:\n{log}");
+}
+
+#[test]
+fn probe_answer_takes_a_cancel_while_ringing() {
+    let (sipp_ok, code, report) = answer_sipp("uac_cancel.xml", &[], &["--answer-after", "10"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert!(sipp_ok, "sipp got 200 to its CANCEL and 487 to its INVITE");
+    assert_eq!(report["error"]["kind"], "no_answer", "{report:#}");
+    assert_eq!(report["sip"]["final_code"], 487);
+}
+
+#[test]
+fn a_peer_hanging_up_mid_script_fails_the_call() {
+    let (mut sipp, code, report) = call_sipp(
+        "uas_bye.xml",
+        &[("rtp_port", "MEDIA_PORT")],
+        &[],
+        &["--keys", "#", "--rtp-timeout", "0"],
+    );
+    assert_eq!(code, 1, "{report:#}");
+    assert!(sipp.0.wait().unwrap().success(), "sipp's BYE got its 200");
+    assert_eq!(report["error"]["kind"], "peer_hung_up", "{report:#}");
+    assert_eq!(report["hangup"]["by"], "peer");
+}
