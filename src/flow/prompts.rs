@@ -10,6 +10,16 @@ pub enum Prompt {
     NotPound,
     NoAcknowledgement,
     EnterCode,
+    /// When spoken codes are on: say it or key it.
+    SayOrEnterCode,
+    /// Spoken entry: nothing usable was heard.
+    NotUnderstood,
+    /// Spoken entry: "I heard", then the digits.
+    YouSaid,
+    /// Spoken entry: confirm a wrong code before it costs an attempt.
+    ConfirmSpoken,
+    /// Spoken entry given up on: the keypad.
+    UseKeypad,
     CodeIncorrect,
     Verified,
     LockedOut,
@@ -40,6 +50,11 @@ impl Prompt {
         Prompt::NotPound,
         Prompt::NoAcknowledgement,
         Prompt::EnterCode,
+        Prompt::SayOrEnterCode,
+        Prompt::NotUnderstood,
+        Prompt::YouSaid,
+        Prompt::ConfirmSpoken,
+        Prompt::UseKeypad,
         Prompt::CodeIncorrect,
         Prompt::Verified,
         Prompt::LockedOut,
@@ -66,6 +81,11 @@ impl Prompt {
             Prompt::NotPound => "callverify/not-pound",
             Prompt::NoAcknowledgement => "callverify/no-acknowledgement",
             Prompt::EnterCode => "callverify/enter-code",
+            Prompt::SayOrEnterCode => "callverify/say-or-enter-code",
+            Prompt::NotUnderstood => "callverify/not-understood",
+            Prompt::YouSaid => "callverify/you-said",
+            Prompt::ConfirmSpoken => "callverify/confirm-spoken",
+            Prompt::UseKeypad => "callverify/use-keypad",
             Prompt::CodeIncorrect => "callverify/code-incorrect",
             Prompt::Verified => "callverify/verified",
             Prompt::LockedOut => "callverify/locked-out",
@@ -113,6 +133,23 @@ impl Prompt {
             Prompt::EnterCode => (
                 "Please enter the code shown on your screen, followed by the pound key.",
                 "Introduzca el código que aparece en su pantalla, seguido de la tecla numeral.",
+            ),
+            Prompt::SayOrEnterCode => (
+                "After the tone, say the code shown on your screen, slowly and clearly, one digit at a time. Or enter it on your keypad, followed by the pound key.",
+                "Después del tono, diga el código que aparece en su pantalla, despacio y con claridad, dígito a dígito. O introdúzcalo con el teclado, seguido de la tecla numeral.",
+            ),
+            Prompt::NotUnderstood => (
+                "Sorry, I did not catch that.",
+                "Lo siento, no le he entendido.",
+            ),
+            Prompt::YouSaid => ("I heard", "He entendido"),
+            Prompt::ConfirmSpoken => (
+                "If that is the code you said, press 1. To say it again, press 2.",
+                "Si ese es el código que dijo, pulse 1. Para repetirlo, pulse 2.",
+            ),
+            Prompt::UseKeypad => (
+                "Please enter the code on your keypad, followed by the pound key.",
+                "Introduzca el código con el teclado, seguido de la tecla numeral.",
             ),
             Prompt::CodeIncorrect => (
                 "That code is not correct.",
