@@ -16,6 +16,7 @@ pub mod keys;
 pub mod lines;
 pub mod metrics;
 pub mod phone;
+pub mod speech;
 pub mod store;
 pub mod verifications;
 pub mod webhooks;

@@ -1,6 +1,7 @@
 //! The `callverify` command line: the daemon and the admin's tools around it.
 
 mod bench;
+mod speech_bench;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -226,6 +227,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Verify(command) => verify(&config, command).await,
         Command::Keys(command) => keys(&config, command).await,
+        Command::Bench(args) if args.speech.speech => {
+            speech_bench::run(&config, &args.speech).await
+        }
         Command::Bench(args) => bench::run(args).await,
         Command::Prompts(args) => {
             print_prompts(args.tsv);
