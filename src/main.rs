@@ -211,8 +211,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Config::load(cli.config.as_deref(), std::env::vars()).context("invalid configuration")?;
     match cli.command {
         Command::Serve => {
-            let service = daemon::open(&config).await?;
+            // Listening sockets (and the build's features) first: a refusal leaves no store.
             let listeners = daemon::bind(&config).await?;
+            let service = daemon::open(&config).await?;
             daemon::run(&config, service.clone(), listeners, shutdown_signal()).await?;
             service.store().close().await;
             Ok(ExitCode::SUCCESS)
