@@ -66,9 +66,9 @@ mod measured {
             settings.threads,
             std::thread::available_parallelism().map_or(1, |n| n.get())
         );
-        calls_run(config, &settings, &clips).await?;
+        let per_code = calls_run(config, &settings, &clips).await?;
         for &in_flight in &args.speech_concurrency {
-            capacity_run(&settings, &clips, in_flight.max(1)).await?;
+            capacity_run(&settings, &clips, in_flight.max(1), per_code).await?;
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -77,7 +77,7 @@ mod measured {
         config: &Config,
         settings: &RecogniserSettings,
         clips: &[Clip],
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<f64> {
         let recogniser = load(settings, 1)?;
         let endpoint = config.endpoint_settings();
         let (mut right, mut recognitions) = (0, 0);
@@ -104,13 +104,14 @@ mod measured {
             spread(&mut waits),
             spread(&mut latencies)
         );
-        Ok(())
+        Ok(f64::from(recognitions) / clips.len() as f64)
     }
 
     async fn capacity_run(
         settings: &RecogniserSettings,
         clips: &[Clip],
         in_flight: usize,
+        recognitions_per_code: f64,
     ) -> anyhow::Result<()> {
         let recogniser = load(settings, in_flight)?;
         let started = Instant::now();
@@ -122,10 +123,11 @@ mod measured {
             .await
             .into_iter()
             .collect::<Result<_, _>>()?;
-        let elapsed = started.elapsed();
+        let per_sec = clips.len() as f64 / started.elapsed().as_secs_f64();
         println!(
-            "capacity: {in_flight} in flight: {:.2} recognitions/s; each {}",
-            clips.len() as f64 / elapsed.as_secs_f64(),
+            "capacity: {in_flight} in flight: {per_sec:.2} recognitions/s (about {:.0} spoken \
+             codes a minute); each {}",
+            per_sec * 60.0 / recognitions_per_code,
             spread(&mut took)
         );
         Ok(())

@@ -13,10 +13,33 @@
 //!   as soon as an interim recognition at a pause has the code's length, else at the end.
 //!
 //! ```ignore
-//! let recogniser = speech::Recogniser::load(&config.recogniser_settings()?)?; // at startup
-//! // per call, with `audio` a Stream of Vec<i16> chunks that ends on DTMF or hang-up:
-//! let heard = speech::hear_code(&recogniser, &config.endpoint_settings(), 6, audio).await?;
-//! if heard.digits == expected { /* verified */ }
+//! // At startup (feature `speech`; blocking, a second or two), when a model is configured:
+//! let recogniser = match config.recogniser_settings() {
+//!     Some(settings) => Some(speech::Recogniser::load(&settings)?),
+//!     None => None, // keypad only
+//! };
+//! // Per call: `audio` is a Stream of Vec<i16> chunks (AudioSocket audio payloads) that the
+//! // transport ends on DTMF or hang-up.
+//! let heard = speech::hear_code(&recogniser, &config.endpoint_settings(), code.len(), audio)
+//!     .await?;
+//! if heard.digits == code { /* verified */ }
+//! ```
+//!
+//! A flow that wants its own loop (e.g. to watch DTMF in the same `select!`) drives the parts:
+//!
+//! ```ignore
+//! let mut endpointer = Endpointer::new(&settings);
+//! while let Some(chunk) = audio.next().await {
+//!     match endpointer.push(&chunk) {
+//!         Some(Endpoint::Pause) => {
+//!             let interim = recogniser.recognise(endpointer.audio().to_vec()).await?;
+//!             if interim.digits.len() == code_len { break; } // heard it whole
+//!             endpointer.set_hangover(settings.incomplete_hangover);
+//!         }
+//!         Some(Endpoint::End(reason)) => break,
+//!         None => {}
+//!     }
+//! }
 //! ```
 //!
 //! Codes are secrets: nothing here logs or `Debug`-prints what was heard, only lengths.
