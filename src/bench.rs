@@ -41,6 +41,8 @@ pub struct BenchArgs {
     /// Also run the API enqueue run on this Postgres database (its tables are created)
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
+    #[command(flatten)]
+    pub speech: crate::speech_bench::SpeechBenchArgs,
 }
 
 /// The commands the bare server sends: as many round trips as the verify flow makes.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::agi::{ServerConfig, Timeouts};
 use crate::flow::FlowSettings;
 use crate::phone::PhonePolicy;
+use crate::speech::{EndpointSettings, RecogniserSettings};
 use crate::support::hours::BusinessHours;
 use crate::support::message::MessageLimits;
 use crate::support::SupportSettings;
@@ -75,25 +76,6 @@ impl Default for SupportSection {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct SpeechSection {
-    /// Where the daemon listens for Asterisk's AudioSocket connections (the caller's audio,
-    /// for spoken codes and support-line messages); the peers allowed are `agi.allow`.
-    pub listen: String,
-    /// The `host:port` Asterisk is told to connect to, if not `listen` (e.g. behind NAT).
-    pub advertise: String,
-}
-
-impl Default for SpeechSection {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:4574".into(),
-            advertise: String::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
 pub struct WebhooksSection {
     /// Receiver of status changes for verifications without a `callback_url`.
     pub url: String,
@@ -124,6 +106,51 @@ pub struct QaSection {
     /// Code of the QA line's test verifications (so a scripted caller can key it); when
     /// empty, a random code that the call says first.
     pub code: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpeechSection {
+    /// Where Asterisk's AudioSocket connections (the caller's audio) are accepted.
+    pub listen: String,
+    /// The address given to Asterisk's AudioSocket(); empty: `listen`.
+    pub advertise: String,
+    /// CTranslate2 Whisper model directory; empty: no spoken codes, keypad only.
+    pub model: String,
+    /// Recognitions running at once (each a few hundred ms to a second of CPU).
+    pub max_concurrent: u32,
+    /// CPU threads of one recognition.
+    pub threads: u32,
+    /// Silence after speech that ends listening.
+    pub hangover_ms: u64,
+    /// The same while fewer digits than the code's were heard (pauses between groups).
+    pub incomplete_hangover_ms: u64,
+    /// Silence after speech that triggers an interim recognition (stop early when the
+    /// code's length was heard); shorter than `hangover_ms`, longer than digit gaps.
+    pub pause_ms: u64,
+    /// Listening ends after this much audio.
+    pub max_listen_ms: u64,
+    /// Listening ends when no speech started within this.
+    pub no_speech_ms: u64,
+}
+
+impl Default for SpeechSection {
+    fn default() -> Self {
+        let endpoint = EndpointSettings::default();
+        let ms = |d: Duration| d.as_millis() as u64;
+        Self {
+            listen: "127.0.0.1:4574".into(),
+            advertise: String::new(),
+            model: String::new(),
+            max_concurrent: 2,
+            threads: 1,
+            hangover_ms: ms(endpoint.hangover),
+            incomplete_hangover_ms: ms(endpoint.incomplete_hangover),
+            pause_ms: ms(endpoint.pause),
+            max_listen_ms: ms(endpoint.max_listen),
+            no_speech_ms: ms(endpoint.no_speech),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -349,10 +376,6 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        self.agi_listen()?;
-        self.agi_server()?;
-        self.http_listen()?;
-        self.speech_listen()?;
         self.support_settings()?;
         let support = &self.support;
         // The message is taken while Asterisk waits in EXEC AudioSocket.
@@ -376,12 +399,9 @@ impl Config {
                 "retention_days and session_hours must be at least 1",
             );
         }
-        if !self.speech.advertise.is_empty() && !self.speech.advertise.contains(':') {
-            return invalid(
-                "speech.advertise",
-                "must be HOST:PORT as Asterisk reaches it",
-            );
-        }
+        self.agi_listen()?;
+        self.agi_server()?;
+        self.http_listen()?;
         let v = &self.verification;
         if !crate::codes::LENGTHS.contains(&v.code_length) {
             return invalid("verification.code_length", "must be between 4 and 10");
@@ -422,40 +442,71 @@ impl Config {
         if !self.security.secret.is_empty() && self.security.secret.len() < 16 {
             return invalid("security.secret", "must be at least 16 characters");
         }
+        self.validate_speech()
+    }
+
+    fn validate_speech(&self) -> Result<(), ConfigError> {
+        self.speech_listen()?;
+        self.speech_advertise()?;
+        let s = &self.speech;
+        if s.max_concurrent == 0 || s.threads == 0 {
+            return invalid("speech", "max_concurrent and threads must be at least 1");
+        }
+        if !(s.pause_ms < s.hangover_ms
+            && s.hangover_ms <= s.incomplete_hangover_ms
+            && s.incomplete_hangover_ms < s.max_listen_ms)
+        {
+            return invalid(
+                "speech",
+                "needs pause_ms < hangover_ms <= incomplete_hangover_ms < max_listen_ms",
+            );
+        }
+        if s.no_speech_ms == 0 {
+            return invalid("speech.no_speech_ms", "must be at least 1");
+        }
         Ok(())
     }
 
-    pub fn agi_listen(&self) -> Result<SocketAddr, ConfigError> {
-        self.agi.listen.parse().map_err(|_| ConfigError::Invalid {
-            key: "agi.listen",
-            message: format!(
-                "{:?} is not HOST:PORT, e.g. 127.0.0.1:4573",
-                self.agi.listen
-            ),
+    /// Where the AudioSocket listener binds.
+    pub fn speech_listen(&self) -> Result<SocketAddr, ConfigError> {
+        socket_addr("speech.listen", &self.speech.listen, "127.0.0.1:4574")
+    }
+
+    /// The AudioSocket address to give Asterisk.
+    pub fn speech_advertise(&self) -> Result<SocketAddr, ConfigError> {
+        match self.speech.advertise.as_str() {
+            "" => self.speech_listen(),
+            advertise => socket_addr("speech.advertise", advertise, "192.0.2.1:4574"),
+        }
+    }
+
+    pub fn endpoint_settings(&self) -> EndpointSettings {
+        let s = &self.speech;
+        EndpointSettings {
+            pause: Duration::from_millis(s.pause_ms),
+            hangover: Duration::from_millis(s.hangover_ms),
+            incomplete_hangover: Duration::from_millis(s.incomplete_hangover_ms),
+            max_listen: Duration::from_millis(s.max_listen_ms),
+            no_speech: Duration::from_millis(s.no_speech_ms),
+        }
+    }
+
+    /// The recogniser's settings; `None` when no model is configured (keypad only).
+    pub fn recogniser_settings(&self) -> Option<RecogniserSettings> {
+        let s = &self.speech;
+        (!s.model.is_empty()).then(|| RecogniserSettings {
+            model: PathBuf::from(&s.model),
+            max_concurrent: s.max_concurrent as usize,
+            threads: s.threads as usize,
         })
     }
 
-    pub fn speech_listen(&self) -> Result<SocketAddr, ConfigError> {
-        self.speech
-            .listen
-            .parse()
-            .map_err(|_| ConfigError::Invalid {
-                key: "speech.listen",
-                message: format!(
-                    "{:?} is not HOST:PORT, e.g. 127.0.0.1:4574",
-                    self.speech.listen
-                ),
-            })
+    pub fn agi_listen(&self) -> Result<SocketAddr, ConfigError> {
+        socket_addr("agi.listen", &self.agi.listen, "127.0.0.1:4573")
     }
 
     pub fn http_listen(&self) -> Result<SocketAddr, ConfigError> {
-        self.http.listen.parse().map_err(|_| ConfigError::Invalid {
-            key: "http.listen",
-            message: format!(
-                "{:?} is not HOST:PORT, e.g. 127.0.0.1:8080",
-                self.http.listen
-            ),
-        })
+        socket_addr("http.listen", &self.http.listen, "127.0.0.1:8080")
     }
 
     pub fn agi_server(&self) -> Result<ServerConfig, ConfigError> {
@@ -543,6 +594,13 @@ impl Config {
                 .collect(),
         }
     }
+}
+
+fn socket_addr(key: &'static str, value: &str, example: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| ConfigError::Invalid {
+        key,
+        message: format!("{value:?} is not HOST:PORT, e.g. {example}"),
+    })
 }
 
 fn invalid<T>(key: &'static str, message: &str) -> Result<T, ConfigError> {
@@ -665,6 +723,45 @@ mod tests {
         assert_eq!(c.database.url, "postgres://u@h/db");
         assert_eq!(c.phone_policy().allowed_countries, vec!["US", "GB"]);
         assert_eq!((c.ami.host.as_str(), c.ami.port), ("pbx", 5038));
+        let speech = c.recogniser_settings().unwrap();
+        assert_eq!(speech.model, Path::new("/models"));
+    }
+
+    #[test]
+    fn speech_defaults_and_overrides() {
+        let c = Config::load(Some(Path::new("/dev/null")), env(&[])).unwrap();
+        assert_eq!(c.speech_listen().unwrap().to_string(), "127.0.0.1:4574");
+        assert_eq!(c.speech_advertise().unwrap(), c.speech_listen().unwrap());
+        assert_eq!(c.recogniser_settings(), None, "keypad only without a model");
+        assert_eq!(c.endpoint_settings(), EndpointSettings::default());
+        assert_eq!(c.endpoint_settings().hangover, Duration::from_millis(1600));
+        assert_eq!(
+            c.endpoint_settings().max_listen,
+            Duration::from_millis(12_000)
+        );
+
+        let c = Config::load(
+            Some(Path::new("/dev/null")),
+            env(&[
+                ("CALLVERIFY_SPEECH_ADVERTISE", "192.0.2.7:4574"),
+                ("CALLVERIFY_SPEECH_MODEL", "/m"),
+                ("CALLVERIFY_SPEECH_MAX_CONCURRENT", "3"),
+                ("CALLVERIFY_SPEECH_HANGOVER_MS", "1200"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.speech_advertise().unwrap().to_string(), "192.0.2.7:4574");
+        let r = c.recogniser_settings().unwrap();
+        assert_eq!((r.max_concurrent, r.threads), (3, 1));
+        assert_eq!(c.endpoint_settings().hangover, Duration::from_millis(1200));
+
+        let bad = Config::load(
+            Some(Path::new("/dev/null")),
+            env(&[("CALLVERIFY_SPEECH_PAUSE_MS", "2000")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("pause_ms"), "{bad}");
     }
 
     #[test]

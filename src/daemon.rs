@@ -47,6 +47,8 @@ pub enum DaemonError {
     },
     #[error("the HTTP API failed: {0}")]
     Http(std::io::Error),
+    #[error(transparent)]
+    Speech(#[from] crate::speech::SpeechError),
 }
 
 /// Start the AMI connection and the dialer when `ami.host` is set.
@@ -147,6 +149,11 @@ pub struct Listeners {
 }
 
 pub async fn bind(config: &Config) -> Result<Listeners, DaemonError> {
+    // Refuse at startup, not at the first spoken code, a model this build cannot run.
+    #[cfg(not(feature = "speech"))]
+    if config.recogniser_settings().is_some() {
+        return Err(crate::speech::SpeechError::NotBuilt.into());
+    }
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr)
             .await

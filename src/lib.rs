@@ -20,6 +20,7 @@ pub mod lines;
 pub mod metrics;
 pub mod phone;
 pub mod probe;
+pub mod speech;
 pub mod store;
 pub mod support;
 pub mod verifications;

@@ -1,6 +1,7 @@
 //! The `callverify` command line: the daemon and the admin's tools around it.
 
 mod bench;
+mod speech_bench;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -263,8 +264,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Config::load(cli.config.as_deref(), std::env::vars()).context("invalid configuration")?;
     match cli.command {
         Command::Serve => {
-            let service = daemon::open(&config).await?;
+            // Listening sockets (and the build's features) first: a refusal leaves no store.
             let listeners = daemon::bind(&config).await?;
+            let service = daemon::open(&config).await?;
             daemon::run(&config, service.clone(), listeners, shutdown_signal()).await?;
             service.store().close().await;
             Ok(ExitCode::SUCCESS)
@@ -280,6 +282,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(command) => verify(&config, command).await,
         Command::Keys(command) => keys(&config, command).await,
         Command::Staff(command) => staff(&config, command).await,
+        Command::Bench(args) if args.speech.speech => {
+            speech_bench::run(&config, &args.speech).await
+        }
         Command::Bench(args) => bench::run(args).await,
         Command::Probe(command) => callverify::probe::run(*command).await,
         Command::Prompts(args) => {

@@ -229,3 +229,24 @@ fn sigkill_mid_call_loses_nothing_and_sigterm_stops_cleanly() {
         "logs must hold neither the code nor the full number: {log}"
     );
 }
+
+/// The default build has no recogniser: a configured model stops `serve` at once, saying how
+/// to build with it (`scripts/test` builds with the speech feature, `cargo test` without).
+#[cfg(not(feature = "speech"))]
+#[test]
+fn a_speech_model_in_a_build_without_speech_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(callverify(dir.path())
+        .arg("serve")
+        .env("CALLVERIFY_SPEECH_MODEL", "/models/whisper-base"));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--features speech"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !dir.path().join("callverify.db").exists(),
+        "refused before the store"
+    );
+}

@@ -1,0 +1,100 @@
+//! Whisper through CTranslate2 (ct2rs), in-process and offline: the model is a directory on
+//! disk, weights run as int8 on the CPU.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ct2rs::{ComputeType, Config, Device, Whisper, WhisperOptions};
+use tokio::sync::Semaphore;
+
+use super::{digits, resample, Recognise, RecogniserSettings, Recognition, SpeechError};
+
+/// A loaded model, shared by all calls (cheap to clone).
+#[derive(Clone)]
+pub struct Recogniser {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    whisper: Whisper,
+    /// Bounds recognitions in progress: each holds `threads` cores for about a second.
+    turns: Semaphore,
+}
+
+impl Recogniser {
+    /// Loads the model (blocking, a second or two): call it at startup.
+    pub fn load(settings: &RecogniserSettings) -> Result<Self, SpeechError> {
+        let started = Instant::now();
+        let replicas = settings.max_concurrent.max(1);
+        let config = Config {
+            device: Device::CPU,
+            compute_type: ComputeType::INT8,
+            // One replica per concurrent recognition, so they run side by side.
+            device_indices: vec![0; replicas],
+            num_threads_per_replica: settings.threads.max(1),
+            ..Config::default()
+        };
+        let whisper = Whisper::new(&settings.model, config).map_err(|e| SpeechError::Model {
+            path: settings.model.clone(),
+            message: format!("{e:#}"),
+        })?;
+        tracing::info!(
+            model = %settings.model.display(),
+            replicas,
+            threads = settings.threads,
+            took_ms = started.elapsed().as_millis() as u64,
+            "speech model loaded"
+        );
+        Ok(Self {
+            shared: Arc::new(Shared {
+                whisper,
+                turns: Semaphore::new(replicas),
+            }),
+        })
+    }
+}
+
+impl Recognise for Recogniser {
+    /// Recognises `audio` (8 kHz mono) on a blocking thread, after waiting for a turn.
+    async fn recognise(&self, audio: Vec<i16>) -> Result<Recognition, SpeechError> {
+        let started = Instant::now();
+        let _turn = self
+            .shared
+            .turns
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let shared = self.shared.clone();
+        let text = tokio::task::spawn_blocking(move || transcribe(&shared.whisper, &audio))
+            .await
+            .map_err(|e| SpeechError::Recognition(e.to_string()))??;
+        let recognition = Recognition {
+            digits: digits::digits_in(&text),
+            text,
+            took: started.elapsed(),
+        };
+        tracing::debug!(
+            digits = recognition.digits.len(),
+            took_ms = recognition.took.as_millis() as u64,
+            "recognised"
+        );
+        Ok(recognition)
+    }
+}
+
+fn transcribe(whisper: &Whisper, audio: &[i16]) -> Result<String, SpeechError> {
+    let options = WhisperOptions {
+        // Greedy: a code is a few short words, beam search buys nothing measurable here.
+        beam_size: 1,
+        max_length: MAX_TOKENS,
+        ..WhisperOptions::default()
+    };
+    let samples = resample::to_16k(audio);
+    let pieces = whisper
+        .generate(&samples, Some("en"), false, &options)
+        .map_err(|e| SpeechError::Recognition(format!("{e:#}")))?;
+    Ok(pieces.concat())
+}
+
+/// Tokens a transcript may have: a 10-digit code with punctuation is about 25.
+const MAX_TOKENS: usize = 64;
