@@ -59,7 +59,7 @@ mod measured {
         let speech: f32 = clips.iter().map(|c| c.speech_secs).sum();
         println!(
             "callverify bench --speech: {} codes of 4-8 digits ({:.1} s of speech each on \
-             average), model {}, {} threads per recognition, {} cores",
+             average), model {}, threads per recognition: {}, {} cores",
             clips.len(),
             speech / clips.len() as f32,
             settings.model.display(),
