@@ -15,7 +15,7 @@ use crate::audiosocket::{Hub, ListenerConfig};
 use crate::codes::{server_key, CodeHasher};
 use crate::config::{Config, ConfigError};
 use crate::dialer::{Dialer, DialerConfig};
-use crate::flow::Router;
+use crate::flow::{Hearing, Router, SpokenCodes};
 use crate::keys::ApiKeys;
 use crate::store::{Store, StoreError};
 use crate::support::staff::Staff;
@@ -166,6 +166,35 @@ pub async fn bind(config: &Config) -> Result<Listeners, DaemonError> {
     })
 }
 
+/// The recogniser, loaded once (a second or two, off the async threads), when a model is
+/// configured; `None`: the flows ask for keys only.
+async fn spoken_codes(config: &Config) -> Result<Option<Arc<SpokenCodes>>, DaemonError> {
+    let Some(settings) = config.recogniser_settings() else {
+        return Ok(None);
+    };
+    #[cfg(feature = "speech")]
+    {
+        let model = settings.model.clone();
+        let recogniser =
+            tokio::task::spawn_blocking(move || crate::speech::Recogniser::load(&settings))
+                .await
+                .map_err(|e| crate::speech::SpeechError::Model {
+                    path: model.clone(),
+                    message: format!("loading stopped: {e}"),
+                })??;
+        tracing::info!(model = %model.display(), "spoken codes on: the recogniser is loaded");
+        Ok(Some(Arc::new(SpokenCodes {
+            recogniser,
+            endpoint: config.endpoint_settings(),
+        })))
+    }
+    #[cfg(not(feature = "speech"))]
+    {
+        let _ = settings;
+        Err(crate::speech::SpeechError::NotBuilt.into())
+    }
+}
+
 /// Run the daemon until `shutdown` completes and calls in progress are done.
 pub async fn run(
     config: &Config,
@@ -195,11 +224,15 @@ pub async fn run(
         config.phone_policy(),
         config.support_settings()?,
     ));
+    let hearing = Hearing {
+        audio: hub.clone(),
+        speech: spoken_codes(config).await?,
+    };
     let router = Arc::new(Router::new(
         service.clone(),
         config.flow_settings(),
         support.clone(),
-        hub.clone(),
+        hearing,
     ));
     // One shutdown signal, seen by every part.
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -1,21 +1,32 @@
-//! Reading the code the callee gives. Keypad entry lives here; spoken entry (AudioSocket and a
-//! recogniser) will be a second way of filling the same [`Entry`].
+//! Reading the code the callee gives: on the keypad, or, when a recogniser is loaded, said
+//! aloud over AudioSocket (keys pressed while the daemon listens still count as keyed).
 
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::listen::{listen, Listened};
 use super::prompts::Prompt;
+use super::{Hearing, SpokenCodes};
 use crate::agi::{AgiError, Session};
+use crate::audiosocket::{AudioStream, Heard};
+use crate::speech;
 
 /// What one round of code entry produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
-    /// Nothing was entered before the time ran out.
+    /// Nothing was entered or said before the time ran out.
     Nothing,
-    /// Digits entered (may be shorter than the code, if the callee stopped early).
+    /// Digits keyed (may be shorter than the code, if the callee stopped early).
     Code(String),
+    /// Digits the recogniser heard (empty: speech, but no digits in it).
+    Spoken(String),
 }
+
+/// Keys that stop the spoken-code prompt and start keypad entry.
+const KEYS: &str = "0123456789*#";
+/// Asterisk core sound: one second of silence, for GET DATA after a key stopped the prompt.
+const SILENCE: &str = "silence/1";
 
 /// Play the prompt and read up to `length` keys; `#` ends early.
 pub async fn keypad<S: AsyncRead + AsyncWrite + Unpin + Send>(
@@ -27,10 +38,116 @@ pub async fn keypad<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let read = session
         .get_data(prompt.file(), per_digit_timeout, length)
         .await?;
-    let digits: String = read.digits.chars().filter(char::is_ascii_digit).collect();
-    Ok(if digits.is_empty() {
+    Ok(keyed(&read.digits))
+}
+
+fn keyed(keys: &str) -> Entry {
+    let digits: String = keys.chars().filter(char::is_ascii_digit).collect();
+    if digits.is_empty() {
         Entry::Nothing
     } else {
         Entry::Code(digits)
+    }
+}
+
+/// One round of code entry: said or keyed when spoken codes are on and `spoken` allows it,
+/// else keyed after `keypad_prompt`.
+pub async fn code<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    session: &mut Session<S>,
+    hearing: &Hearing,
+    spoken: bool,
+    keypad_prompt: Prompt,
+    length: u32,
+    per_digit_timeout: Duration,
+) -> Result<Entry, AgiError> {
+    let Some(speech) = hearing.speech.as_deref().filter(|_| spoken) else {
+        return keypad(session, keypad_prompt, length, per_digit_timeout).await;
+    };
+    // A caller who starts keying during the prompt is reading keys, not speaking.
+    if let Some(first) = session
+        .stream_file(Prompt::SayOrEnterCode.file(), KEYS)
+        .await?
+    {
+        if first == '#' {
+            return Ok(Entry::Nothing);
+        }
+        let rest = session
+            .get_data(SILENCE, per_digit_timeout, length.saturating_sub(1))
+            .await?;
+        return Ok(keyed(&format!("{first}{}", rest.digits)));
+    }
+    session.stream_file("beep", "").await?;
+    let code_length = length as usize;
+    let heard = listen(session, &hearing.audio, |stream| {
+        hear(stream, speech, code_length, per_digit_timeout)
     })
+    .await?;
+    match heard {
+        Listened::Heard(entry) => Ok(entry),
+        Listened::HungUp(_) => Err(AgiError::Hangup),
+        Listened::Unavailable => {
+            keypad(session, Prompt::UseKeypad, length, per_digit_timeout).await
+        }
+    }
+}
+
+/// Listen to one turn: the recogniser's digits, or the keys pressed (the first key ends the
+/// spoken turn; then keys until `#`, the code's length, or a key's timeout).
+async fn hear(
+    mut stream: AudioStream,
+    speech: &SpokenCodes,
+    code_length: usize,
+    per_digit_timeout: Duration,
+) -> Entry {
+    let mut keys = String::new();
+    // The endpointer counts received audio; a stream with no frames at all for as long as
+    // the listening cap (a stalled channel) ends the turn too. Recognition is not timed.
+    let frame_gap = speech.endpoint.max_listen;
+    let mut stalled = false;
+    let heard = {
+        let state = (&mut stream, &mut keys, &mut stalled);
+        let audio = futures::stream::unfold(state, |(stream, keys, stalled)| async move {
+            let Ok(next) = tokio::time::timeout(frame_gap, stream.next()).await else {
+                *stalled = true;
+                return None;
+            };
+            match next? {
+                Heard::Audio(samples) => Some((samples, (stream, keys, stalled))),
+                Heard::Key(key) => {
+                    keys.push(key);
+                    None
+                }
+            }
+        });
+        speech::hear_code(
+            &speech.recogniser,
+            &speech.endpoint,
+            code_length,
+            Box::pin(audio),
+        )
+        .await
+    };
+    if !keys.is_empty() {
+        while !keys.ends_with('#') && keys.len() < code_length {
+            match tokio::time::timeout(per_digit_timeout, stream.next()).await {
+                Ok(Some(Heard::Key(key))) => keys.push(key),
+                Ok(Some(Heard::Audio(_))) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        stream.hang_up().await;
+        return keyed(&keys);
+    }
+    stream.hang_up().await;
+    if stalled {
+        tracing::warn!("no audio from Asterisk while listening for a spoken code");
+    }
+    match heard {
+        Ok(heard) if heard.speech_end.is_none() => Entry::Nothing,
+        Ok(heard) => Entry::Spoken(heard.digits),
+        Err(e) => {
+            tracing::error!(error = %e, "speech recognition failed");
+            Entry::Spoken(String::new())
+        }
+    }
 }

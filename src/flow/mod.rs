@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::agi::{AgiError, Handler, Session};
 use crate::audiosocket::Hub;
+use crate::speech::{CodeRecogniser, EndpointSettings};
 use crate::store::StoreError;
 use crate::support::Support;
 use crate::verifications::{Verifications, VerifyError};
@@ -53,7 +54,21 @@ pub struct Router {
     service: Arc<Verifications>,
     settings: FlowSettings,
     support: Arc<Support>,
-    audio: Hub,
+    hearing: Hearing,
+}
+
+/// How the flows hear the caller beyond keys: the AudioSocket listener's hub, and spoken
+/// codes when a recogniser is loaded.
+#[derive(Clone)]
+pub struct Hearing {
+    pub audio: Hub,
+    pub speech: Option<Arc<SpokenCodes>>,
+}
+
+/// The recogniser and when to stop listening.
+pub struct SpokenCodes {
+    pub recogniser: CodeRecogniser,
+    pub endpoint: EndpointSettings,
 }
 
 impl Router {
@@ -61,13 +76,13 @@ impl Router {
         service: Arc<Verifications>,
         settings: FlowSettings,
         support: Arc<Support>,
-        audio: Hub,
+        hearing: Hearing,
     ) -> Self {
         Self {
             service,
             settings,
             support,
-            audio,
+            hearing,
         }
     }
 }
@@ -80,15 +95,15 @@ impl Handler for Router {
             "verify" => match session.env().arg(1).map(str::to_owned) {
                 Some(id) => {
                     span.record("verification", id.as_str());
-                    verify::run(session, &self.service, &self.settings, &id).await
+                    verify::run(session, &self.service, &self.settings, &self.hearing, &id).await
                 }
                 None => {
                     tracing::warn!("verify called without a verification id (agi_arg_1)");
                     goodbye(session, Prompt::NotAvailable).await
                 }
             },
-            "qa" => qa::run(session, &self.service, &self.settings).await,
-            "manual" => support::run(session, &self.support, &self.audio).await,
+            "qa" => qa::run(session, &self.service, &self.settings, &self.hearing).await,
+            "manual" => support::run(session, &self.support, &self.hearing.audio).await,
             other => {
                 tracing::warn!(script = other, "unknown FastAGI script");
                 let message = format!("callverify: unknown script {other}");

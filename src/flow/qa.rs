@@ -5,7 +5,7 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::prompts::Prompt;
-use super::{play, verify, FlowError, FlowSettings};
+use super::{play, verify, FlowError, FlowSettings, Hearing};
 use crate::agi::Session;
 use crate::verifications::Verifications;
 
@@ -13,6 +13,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     session: &mut Session<S>,
     service: &Verifications,
     settings: &FlowSettings,
+    hearing: &Hearing,
 ) -> Result<(), FlowError> {
     let uniqueid = session.env().uniqueid().to_owned();
     let test = service
@@ -27,5 +28,5 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
             .say_digits(test.code.as_deref().unwrap_or_default(), "")
             .await?;
     }
-    verify::run(session, service, settings, &test.id).await
+    verify::run(session, service, settings, hearing, &test.id).await
 }

@@ -1,11 +1,20 @@
 //! The verification call, as users of the product know it: acknowledge with `#`, enter the
-//! code shown on screen, three attempts, then a 24-hour lockout.
+//! code shown on screen (or say it, when spoken codes are on), three attempts, then a 24-hour
+//! lockout.
+//!
+//! A recognition slip must not cost an attempt as easily as a keyed mistake. The rule: a
+//! spoken code that is right verifies at once. Anything else heard (no digits, the wrong
+//! number of digits) costs nothing: "I did not catch that", and the caller tries again. A
+//! wrong code of the right length is read back ("I heard 4 8 2 ...") and counts as an attempt
+//! only if the caller confirms with 1 that it is what they said; 2 or silence costs nothing.
+//! After two spoken tries that cost nothing, the call asks for the keypad, so that unconfirmed
+//! guesses stay few.
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::entry::{self, Entry};
 use super::prompts::Prompt;
-use super::{goodbye, play, FlowError, FlowSettings};
+use super::{goodbye, play, FlowError, FlowSettings, Hearing};
 use crate::agi::Session;
 use crate::store::{CallOutcome, Status};
 use crate::verifications::{Call, CallStart, CodeCheck, Verifications, VerifyError};
@@ -18,6 +27,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     session: &mut Session<S>,
     service: &Verifications,
     settings: &FlowSettings,
+    hearing: &Hearing,
     id: &str,
 ) -> Result<(), FlowError> {
     let (channel, uniqueid) = (
@@ -44,7 +54,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         }
         Err(e) => return Err(e.into()),
     };
-    let result = converse(session, service, settings, &call).await;
+    let result = converse(session, service, settings, hearing, &call).await;
     let outcome = match &result {
         Ok(outcome) => *outcome,
         Err(FlowError::Agi(e)) if e.is_hangup() => CallOutcome::HungUp,
@@ -64,6 +74,7 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin + Send>(
     session: &mut Session<S>,
     service: &Verifications,
     settings: &FlowSettings,
+    hearing: &Hearing,
     call: &Call,
 ) -> Result<CallOutcome, FlowError> {
     // The dialer's call is already up; ANSWER is harmless then and needed for inbound tests.
@@ -74,16 +85,40 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin + Send>(
     }
     let length = u32::try_from(call.verification.code_length).unwrap_or(6);
     let mut silences = 0;
+    let mut free_spoken_tries = 0;
     loop {
-        let entered =
-            entry::keypad(session, Prompt::EnterCode, length, settings.digit_timeout).await?;
-        let Entry::Code(digits) = entered else {
-            silences += 1;
-            if silences >= settings.entry_silences {
-                goodbye(session, Prompt::NoInput).await?;
-                return Ok(CallOutcome::NoInput);
+        let spoken = free_spoken_tries < FREE_SPOKEN_TRIES;
+        let keypad_prompt = if hearing.speech.is_some() {
+            Prompt::UseKeypad
+        } else {
+            Prompt::EnterCode
+        };
+        let entered = entry::code(
+            session,
+            hearing,
+            spoken,
+            keypad_prompt,
+            length,
+            settings.digit_timeout,
+        )
+        .await?;
+        let digits = match entered {
+            Entry::Code(digits) => digits,
+            Entry::Spoken(digits) => {
+                if !spoken_counts(session, service, call, &digits, length).await? {
+                    free_spoken_tries += 1;
+                    continue;
+                }
+                digits
             }
-            continue;
+            Entry::Nothing => {
+                silences += 1;
+                if silences >= settings.entry_silences {
+                    goodbye(session, Prompt::NoInput).await?;
+                    return Ok(CallOutcome::NoInput);
+                }
+                continue;
+            }
         };
         match service.check_code(call, &digits).await? {
             CodeCheck::Verified => {
@@ -102,6 +137,35 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin + Send>(
             }
         }
     }
+}
+
+/// Spoken tries that cost no attempt before the call asks for the keypad.
+const FREE_SPOKEN_TRIES: u32 = 2;
+/// How long the caller has to confirm a read-back code.
+const CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether a spoken code is to be checked as an attempt: it is right, or the caller confirms
+/// that the wrong code read back is what they said (see the module's rule).
+async fn spoken_counts<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    session: &mut Session<S>,
+    service: &Verifications,
+    call: &Call,
+    digits: &str,
+    length: u32,
+) -> Result<bool, FlowError> {
+    if digits.len() != length as usize {
+        play(session, Prompt::NotUnderstood).await?;
+        return Ok(false);
+    }
+    if service.code_matches(call, digits) {
+        return Ok(true);
+    }
+    play(session, Prompt::YouSaid).await?;
+    session.say_digits(digits, "").await?;
+    let choice = session
+        .get_data(Prompt::ConfirmSpoken.file(), CONFIRM_WAIT, 1)
+        .await?;
+    Ok(choice.digits == "1")
 }
 
 /// Greeting, then "press # if you were expecting this call", asked again a few times on

@@ -65,12 +65,24 @@ impl Voice {
             .collect()
     }
 
+    /// `code` said as a caller would (gaps of 0.2-0.6 s, perhaps one group pause), then 3 s
+    /// of silence, through G.711 mu-law: what reaches the daemon over AudioSocket.
+    pub fn say(&self, code: &str, seed: u64) -> Vec<i16> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        self.speak(&mut rng, code.to_owned(), false).audio
+    }
+
     fn clip(&self, rng: &mut StdRng, noisy: bool) -> Clip {
-        let ms = |n: u32| vec![0i16; (n * SAMPLE_RATE / 1000) as usize];
         let length = rng.gen_range(4..=8);
         let code: String = (0..length)
             .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
             .collect();
+        self.speak(rng, code, noisy)
+    }
+
+    fn speak(&self, rng: &mut StdRng, code: String, noisy: bool) -> Clip {
+        let ms = |n: u32| vec![0i16; (n * SAMPLE_RATE / 1000) as usize];
+        let length = code.len();
         let group_after = rng
             .gen_bool(1.0 / 3.0)
             .then(|| rng.gen_range(2..length - 1));

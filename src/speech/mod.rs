@@ -63,6 +63,30 @@ pub use endpointer::{EndReason, Endpoint, EndpointSettings, Endpointer};
 #[cfg(feature = "speech")]
 pub use recogniser::Recogniser;
 
+/// The recogniser the call flow runs: Whisper in a build with the `speech` feature.
+#[cfg(feature = "speech")]
+pub type CodeRecogniser = Recogniser;
+/// The recogniser the call flow runs: none in a build without the `speech` feature.
+#[cfg(not(feature = "speech"))]
+pub type CodeRecogniser = NoRecogniser;
+
+/// Stands for the recogniser in a build without one: it cannot exist, so a flow holding an
+/// `Option<CodeRecogniser>` has `None` and asks for keys only.
+#[cfg(not(feature = "speech"))]
+#[derive(Debug, Clone)]
+pub enum NoRecogniser {}
+
+#[cfg(not(feature = "speech"))]
+impl Recognise for NoRecogniser {
+    fn recognise(
+        &self,
+        _audio: Vec<i16>,
+    ) -> impl Future<Output = Result<Recognition, SpeechError>> + Send {
+        let never = self;
+        async move { match *never {} }
+    }
+}
+
 /// AudioSocket's and the endpointer's sample rate.
 pub const SAMPLE_RATE: u32 = 8000;
 

@@ -1,0 +1,183 @@
+//! Spoken codes in the verification call, end to end: the emulated Asterisk runs
+//! `EXEC AudioSocket` as the capture shows and streams Asterisk's own "Allison" digits
+//! (through mu-law) for the code; the daemon's recogniser (Whisper, the real model) hears it.
+//! Needs the `speech` feature and CALLVERIFY_TEST_SPEECH_MODEL (./scripts/test sets both).
+#![cfg(feature = "speech")]
+
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use callverify::config::Config;
+use callverify::emulator::{AfterTalk, Call, Talk};
+use callverify::speech::corpus::{Voice, ALLISON_DIGITS};
+use callverify::store::{CallOutcome, Status};
+use common::{Daemon, Db, PHONE};
+
+fn with_speech(c: &mut Config) {
+    c.speech.model = std::env::var("CALLVERIFY_TEST_SPEECH_MODEL").unwrap_or_else(|_| {
+        panic!(
+            "CALLVERIFY_TEST_SPEECH_MODEL is not set: point it at a CTranslate2 Whisper model \
+             (./scripts/fetch-speech-model prints one; ./scripts/test sets it)"
+        )
+    });
+    // The emulated prompts take no time; a real call's reply waits are longer.
+    c.agi.reply_timeout_secs = 60;
+}
+
+fn voice() -> Voice {
+    Voice::load(std::path::Path::new(ALLISON_DIGITS)).expect("Allison's digits")
+}
+
+async fn code_of(d: &Daemon, user: &str) -> (String, String) {
+    let v = d.new_verification(PHONE, user).await;
+    (v.id, v.code.unwrap())
+}
+
+async fn outcomes(d: &Daemon, id: &str) -> Vec<Option<CallOutcome>> {
+    let attempts = d.service.store().attempts(id).await.unwrap();
+    attempts.iter().map(|a| a.outcome).collect()
+}
+
+async fn spoken_and_keyed_codes_verify(db: Db) {
+    let d = common::start_with(db, with_speech).await;
+    let voice = voice();
+
+    // Said: heard, checked, verified.
+    let (id, code) = code_of(&d, "speaker").await;
+    let t = Call::verify(&id)
+        .press("#")
+        .talk(Talk::new().say(voice.say(&code, 1)))
+        .run(d.addr)
+        .await
+        .unwrap();
+    assert!(t
+        .commands
+        .iter()
+        .any(|c| c.starts_with("EXEC AudioSocket ")));
+    assert_eq!(t.count_prompt("callverify/verified"), 1, "{:?}", t.commands);
+    assert_eq!(d.status(&id).await.status, Status::Verified);
+
+    // Keyed while the daemon listens: DTMF over AudioSocket counts as keys.
+    let (id, code) = code_of(&d, "keyer").await;
+    let mut talk = Talk::new().pause(400);
+    for key in code.chars() {
+        talk = talk.key(key);
+    }
+    let t = Call::verify(&id)
+        .press("#")
+        .talk(talk.key('#'))
+        .run(d.addr)
+        .await
+        .unwrap();
+    assert_eq!(t.count_prompt("callverify/verified"), 1, "{:?}", t.commands);
+
+    // A wrong code read back and not confirmed costs no attempt; then the right one.
+    let (id, code) = code_of(&d, "corrected").await;
+    let wrong: String = code
+        .chars()
+        .map(|c| char::from(b'0' + (c as u8 - b'0' + 5) % 10))
+        .collect();
+    let t = Call::verify(&id)
+        .press("#")
+        .talk(Talk::new().say(voice.say(&wrong, 2)))
+        .press("2")
+        .talk(Talk::new().say(voice.say(&code, 3)))
+        .run(d.addr)
+        .await
+        .unwrap();
+    assert_eq!(t.count_prompt("callverify/you-said"), 1, "{:?}", t.commands);
+    assert!(
+        t.commands.iter().any(|c| c.starts_with("SAY DIGITS ")),
+        "the heard code is read back"
+    );
+    assert_eq!(t.count_prompt("callverify/code-incorrect"), 0);
+    let view = d.status(&id).await;
+    assert_eq!(view.status, Status::Verified);
+    assert_eq!(
+        view.attempts_remaining, 3,
+        "the unconfirmed slip cost nothing"
+    );
+
+    // The caller hangs up while speaking: the call ends cleanly as hung up.
+    let (id, code) = code_of(&d, "leaver").await;
+    let half = voice.say(&code[..3], 4);
+    let t = Call::verify(&id)
+        .press("#")
+        .talk(
+            Talk::new()
+                .say(half[..8000].to_vec())
+                .then(AfterTalk::HangUp),
+        )
+        .run(d.addr)
+        .await
+        .unwrap();
+    assert!(t.closed_by_daemon);
+    assert_eq!(outcomes(&d, &id).await, vec![Some(CallOutcome::HungUp)]);
+    d.stop().await;
+}
+
+async fn without_a_working_audiosocket_the_keypad_takes_over(db: Db) {
+    // Asterisk cannot reach the advertised address (capture session 7): 200 result=-1 on a
+    // live channel, then keypad entry.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let d = common::start_with(db, |c| {
+        with_speech(c);
+        c.speech.advertise = closed.to_string();
+    })
+    .await;
+    let (id, code) = code_of(&d, "keypad").await;
+    let t = Call::verify(&id)
+        .press("#")
+        // No key during the prompt; AudioSocket is tried (and fails); then the keypad.
+        .talk(Talk::new())
+        .press(&format!("{code}#"))
+        .run(d.addr)
+        .await
+        .unwrap();
+    assert!(!t.audio[0].connected);
+    assert_eq!(
+        t.count_prompt("callverify/use-keypad"),
+        1,
+        "{:?}",
+        t.commands
+    );
+    assert_eq!(d.status(&id).await.status, Status::Verified);
+    d.stop().await;
+}
+
+async fn a_stream_without_frames_ends_listening(db: Db) {
+    // A channel that sends no audio at all (a Local channel in Wait()): the daemon's silence
+    // keeps Asterisk's 2 s timer from firing, and its own backstop ends the turn.
+    let d = common::start_with(db, |c| {
+        with_speech(c);
+        c.speech.max_listen_ms = 1000;
+        c.verification.entry_silences = 1;
+    })
+    .await;
+    let (id, _) = code_of(&d, "mute").await;
+    let t = Call::verify(&id)
+        .press("#")
+        .talk(Talk::new().no_frames(Duration::from_secs(30)))
+        .run(d.addr)
+        .await
+        .unwrap();
+    assert!(t.audio[0].hangup_message, "the daemon ended the stream");
+    assert!(
+        t.audio[0].frames_from_daemon > 10,
+        "keep-alive silence was sent"
+    );
+    assert_eq!(t.count_prompt("callverify/no-input"), 1, "{:?}", t.commands);
+    assert_eq!(outcomes(&d, &id).await, vec![Some(CallOutcome::NoInput)]);
+    d.stop().await;
+}
+
+on_both_backends!(
+    spoken_and_keyed_codes_verify,
+    without_a_working_audiosocket_the_keypad_takes_over,
+    a_stream_without_frames_ends_listening,
+);
