@@ -219,14 +219,16 @@ pub async fn run(
         configured => configured.to_owned(),
     };
     let hub = Hub::new(&advertise);
+    let speech = spoken_codes(config).await?;
     let support = Arc::new(Support::new(
         service.store().clone(),
         config.phone_policy(),
         config.support_settings()?,
+        speech.as_ref().map(|s| s.recogniser.clone()),
     ));
     let hearing = Hearing {
         audio: hub.clone(),
-        speech: spoken_codes(config).await?,
+        speech,
     };
     let router = Arc::new(Router::new(
         service.clone(),

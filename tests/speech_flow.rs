@@ -176,7 +176,43 @@ async fn a_stream_without_frames_ends_listening(db: Db) {
     d.stop().await;
 }
 
+async fn support_messages_get_a_transcript(db: Db) {
+    let d = common::start_with(db, |c| {
+        with_speech(c);
+        c.support.days = Vec::new();
+    })
+    .await;
+    let env = callverify::emulator::inbound_env("manual", PHONE, 0);
+    let t = Call::with_env(env)
+        .talk(Talk::new().say(voice().say("4829", 5)))
+        .run(d.addr)
+        .await
+        .unwrap();
+    assert_eq!(t.count_prompt("callverify/support-thanks"), 1);
+    let filter = callverify::store::RequestFilter {
+        limit: 10,
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let transcript = loop {
+        let requests = d
+            .service
+            .store()
+            .manual_requests(filter.clone())
+            .await
+            .unwrap();
+        if let Some(text) = requests[0].transcript.clone() {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "no transcript");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(callverify::speech::digits::digits_in(&transcript), "4829");
+    d.stop().await;
+}
+
 on_both_backends!(
+    support_messages_get_a_transcript,
     spoken_and_keyed_codes_verify,
     without_a_working_audiosocket_the_keypad_takes_over,
     a_stream_without_frames_ends_listening,

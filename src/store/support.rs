@@ -209,6 +209,26 @@ impl Store {
             .await
     }
 
+    /// Store what the recogniser made of a message (unless it was purged meanwhile).
+    pub async fn set_transcript(&self, id: &str, transcript: &str) -> Result<(), StoreError> {
+        let (id, transcript) = (id.to_owned(), transcript.to_owned());
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE manual_requests SET transcript = $1 \
+                         WHERE id = $2 AND purged_at IS NULL",
+                    )
+                    .bind(&transcript)
+                    .bind(&id)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(())
+                })
+            }))
+            .await
+    }
+
     /// The WAV file of a request, unless purged.
     pub async fn manual_recording(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let id = id.to_owned();

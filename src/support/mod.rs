@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::audiosocket::SAMPLE_RATE;
 use crate::phone::{PhoneNumber, PhonePolicy};
+use crate::speech::{CodeRecogniser, Recognise};
 use crate::store::{
     CallerMatch, Decided, Decision, ManualRequestRow, NewManualRequest, RequestFilter, Store,
     StoreError,
@@ -87,14 +88,22 @@ pub struct Support {
     store: Store,
     phones: PhonePolicy,
     settings: SupportSettings,
+    /// Writes transcripts of messages, when a recogniser is loaded.
+    transcriber: Option<CodeRecogniser>,
 }
 
 impl Support {
-    pub fn new(store: Store, phones: PhonePolicy, settings: SupportSettings) -> Self {
+    pub fn new(
+        store: Store,
+        phones: PhonePolicy,
+        settings: SupportSettings,
+        transcriber: Option<CodeRecogniser>,
+    ) -> Self {
         Self {
             store,
             phones,
             settings,
+            transcriber,
         }
     }
 
@@ -166,6 +175,16 @@ impl Support {
                 language: language.to_owned(),
             })
             .await?;
+        if let Some(recogniser) = &self.transcriber {
+            // In the background: the caller hears "thank you" without waiting for it.
+            let (store, recogniser) = (self.store.clone(), recogniser.clone());
+            tokio::spawn(transcribe(
+                store,
+                recogniser,
+                id.clone(),
+                message.samples.clone(),
+            ));
+        }
         Ok(id)
     }
 
@@ -258,5 +277,30 @@ impl Support {
         self.store
             .purge_support(now.saturating_sub(retention), now)
             .await
+    }
+}
+
+/// Whisper reads 30 s at a time: longer messages are recognised in parts.
+const TRANSCRIBE_PART: usize = 25 * SAMPLE_RATE as usize;
+
+/// Write the transcript of message `id` beside its recording, to help staff (what was said,
+/// the spelled username). Never logged: only its length.
+async fn transcribe(store: Store, recogniser: CodeRecogniser, id: String, samples: Vec<i16>) {
+    let mut parts = Vec::new();
+    for part in samples.chunks(TRANSCRIBE_PART) {
+        match recogniser.recognise(part.to_vec()).await {
+            Ok(recognition) => parts.push(recognition.text.trim().to_owned()),
+            Err(e) => {
+                tracing::error!(request = %id, error = %e, "transcribing a support message failed");
+                return;
+            }
+        }
+    }
+    let transcript = parts.join(" ");
+    match store.set_transcript(&id, &transcript).await {
+        Ok(()) => {
+            tracing::info!(request = %id, chars = transcript.chars().count(), "support message transcribed")
+        }
+        Err(e) => tracing::error!(request = %id, error = %e, "storing a transcript failed"),
     }
 }
