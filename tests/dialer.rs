@@ -55,9 +55,18 @@ async fn wait_for_status(d: &Daemon, id: &str, want: Status, within: Duration) {
     }
 }
 
+/// The outcomes of a verification's call attempts, once they are all closed (a call's
+/// attempt is closed by the statement right after its verification's status changes).
 async fn outcomes(d: &Daemon, id: &str) -> Vec<Option<CallOutcome>> {
-    let attempts = d.service.store().attempts(id).await.unwrap();
-    attempts.iter().map(|a| a.outcome).collect()
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempts = d.service.store().attempts(id).await.unwrap();
+        let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome).collect();
+        if outcomes.iter().all(Option::is_some) || Instant::now() > deadline {
+            return outcomes;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn answered_call_verifies(db: Db) {
@@ -78,6 +87,7 @@ async fn answered_call_verifies(db: Db) {
     assert!(call.variables.contains(&format!("CALLVERIFY_ID={}", v.id)));
     assert!(call.variables.contains(&"CALLVERIFY_LANG=en".to_owned()));
     assert_eq!(call.channel_id, call.action_id);
+    assert_eq!(outcomes(&d, &v.id).await, vec![Some(CallOutcome::Verified)]);
     let attempts = d.service.store().attempts(&v.id).await.unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!(
