@@ -225,13 +225,6 @@ impl Verifications {
             .callback_url
             .map(|url| validate_callback_url(url, self.policy.allow_private_callbacks))
             .transpose()?;
-        // A retry with a used Idempotency-Key gets the first answer, not a rate limit.
-        if let (Some(key_id), Some((idem_key, request_hash))) = (&new.api_key_id, &new.idempotency)
-        {
-            if let Some(earlier) = self.store.idempotent_lookup(key_id, idem_key).await? {
-                return self.replay(earlier, request_hash).await;
-            }
-        }
         let limits = [
             (
                 RateSubject::Phone,
@@ -273,6 +266,8 @@ impl Verifications {
             _ => None,
         };
         let hour = 3_600_000;
+        // A retry with a used Idempotency-Key gets the first answer, not a rate limit: the
+        // store looks the key up before it checks lockouts and limits.
         let created = self
             .store
             .create_verification(&row, idempotency, limits, row.created_at - hour)

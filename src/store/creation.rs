@@ -90,7 +90,7 @@ async fn earlier_use(
 }
 
 /// The earlier use of `key` by `api_key_id`, if any.
-pub(super) async fn find_idempotent(
+async fn find_idempotent(
     c: &mut AnyConnection,
     api_key_id: &str,
     key: &str,

@@ -262,20 +262,6 @@ impl Store {
             .await
     }
 
-    /// The earlier use of `idem_key` by `api_key_id`, if any.
-    pub async fn idempotent_lookup(
-        &self,
-        api_key_id: &str,
-        idem_key: &str,
-    ) -> Result<Option<Earlier>, StoreError> {
-        let (api_key_id, idem_key) = (api_key_id.to_owned(), idem_key.to_owned());
-        self.engine
-            .run(op(move |c| {
-                Box::pin(async move { creation::find_idempotent(c, &api_key_id, &idem_key).await })
-            }))
-            .await
-    }
-
     pub async fn insert_api_key(&self, key: &ApiKeyRow, key_hash: &str) -> Result<(), StoreError> {
         let (key, key_hash) = (key.clone(), key_hash.to_owned());
         self.engine
