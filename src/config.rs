@@ -55,6 +55,9 @@ pub struct SupportSection {
     pub retention_days: u64,
     /// Console sign-ins last this long.
     pub session_hours: u64,
+    /// Mark the console's cookies `Secure`, so browsers send them over HTTPS only. Turn it
+    /// on when a TLS proxy serves the console beyond loopback.
+    pub secure_cookies: bool,
 }
 
 impl Default for SupportSection {
@@ -70,6 +73,7 @@ impl Default for SupportSection {
             no_speech_secs: 10,
             retention_days: 30,
             session_hours: 12,
+            secure_cookies: false,
         }
     }
 }
@@ -447,7 +451,15 @@ impl Config {
 
     fn validate_speech(&self) -> Result<(), ConfigError> {
         self.speech_listen()?;
-        self.speech_advertise()?;
+        if self.speech_advertise()?.ip().is_unspecified() {
+            // Asterisk would be told to connect to 0.0.0.0: only a PBX on this very host
+            // could, and elsewhere every spoken code and message would quietly fail.
+            return invalid(
+                "speech.advertise",
+                "speech.listen binds all addresses: set speech.advertise \
+                 (CALLVERIFY_SPEECH_ADVERTISE) to the host:port Asterisk should connect to",
+            );
+        }
         let s = &self.speech;
         if s.max_concurrent == 0 || s.threads == 0 {
             return invalid("speech", "max_concurrent and threads must be at least 1");
@@ -733,6 +745,17 @@ mod tests {
         assert_eq!(c.speech_listen().unwrap().to_string(), "127.0.0.1:4574");
         assert_eq!(c.speech_advertise().unwrap(), c.speech_listen().unwrap());
         assert_eq!(c.recogniser_settings(), None, "keypad only without a model");
+        let everywhere = [("CALLVERIFY_SPEECH_LISTEN", "0.0.0.0:4574")];
+        let error = Config::load(Some(Path::new("/dev/null")), env(&everywhere))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("speech.advertise"), "{error}");
+        let advertised = env(&[
+            everywhere[0],
+            ("CALLVERIFY_SPEECH_ADVERTISE", "192.0.2.7:4574"),
+        ]);
+        let c = Config::load(Some(Path::new("/dev/null")), advertised).unwrap();
+        assert_eq!(c.speech_advertise().unwrap().to_string(), "192.0.2.7:4574");
         assert_eq!(c.endpoint_settings(), EndpointSettings::default());
         assert_eq!(c.endpoint_settings().hangover, Duration::from_millis(1600));
         assert_eq!(

@@ -250,6 +250,18 @@ pub async fn run(
         usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX),
     );
     api.ami = ami.map(|a| a.state());
+    api.secure_cookies = config.support.secure_cookies;
+    if !config.support.secure_cookies
+        && !listeners
+            .http
+            .local_addr()
+            .is_ok_and(|a| a.ip().is_loopback())
+    {
+        tracing::warn!(
+            "the support console is served beyond loopback without support.secure_cookies: \
+             put a TLS proxy in front and turn it on"
+        );
+    }
     let api = Arc::new(api);
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(

@@ -545,17 +545,43 @@ async fn parallel_requests_cannot_pass_a_rate_limit_together(db: Db) {
         c.database.max_connections = 16;
     })
     .await;
+    let created = start_in_parallel(&d, |i| callverify::verifications::NewVerification {
+        phone: PHONE.into(),
+        user_ref: format!("user{i}"),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(created, (3, 21));
+    d.stop().await;
+}
+
+/// The same for one API key's hourly limit, with every request for another number and user.
+async fn parallel_requests_cannot_pass_a_key_limit_together(db: Db) {
+    let d = common::start_with(db, |c| {
+        c.verification.max_per_api_key_per_hour = 3;
+        c.database.max_connections = 16;
+    })
+    .await;
+    let created = start_in_parallel(&d, |i| callverify::verifications::NewVerification {
+        phone: format!("+1415555{:04}", 1000 + i),
+        user_ref: format!("user{i}"),
+        api_key_id: Some("key-under-test".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(created, (3, 21));
+    d.stop().await;
+}
+
+/// Starts 24 verifications at once; how many were created and how many rate limited.
+async fn start_in_parallel(
+    d: &common::Daemon,
+    request: impl Fn(usize) -> callverify::verifications::NewVerification,
+) -> (usize, usize) {
     let starts = (0..24).map(|i| {
         let service = d.service.clone();
-        tokio::spawn(async move {
-            service
-                .start(callverify::verifications::NewVerification {
-                    phone: PHONE.into(),
-                    user_ref: format!("user{i}"),
-                    ..Default::default()
-                })
-                .await
-        })
+        let new = request(i);
+        tokio::spawn(async move { service.start(new).await })
     });
     let results = futures::future::join_all(starts).await;
     let created = results
@@ -571,12 +597,12 @@ async fn parallel_requests_cannot_pass_a_rate_limit_together(db: Db) {
             )
         })
         .count();
-    assert_eq!((created, limited), (3, 21));
-    d.stop().await;
+    (created, limited)
 }
 
 on_both_backends!(
     parallel_requests_cannot_pass_a_rate_limit_together,
+    parallel_requests_cannot_pass_a_key_limit_together,
     create_call_and_read_back,
     cancel_and_not_found,
     authentication_is_required,

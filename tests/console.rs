@@ -146,3 +146,70 @@ async fn staff_sign_in_play_and_approve_in_a_browser() {
     browser.wait_for_url("/console/login").await;
     d.stop().await;
 }
+
+/// Behind a TLS proxy (`support.secure_cookies`) the console's cookies are marked Secure, so a
+/// browser never sends a session over plain HTTP; by default they are not, so that the
+/// console works on loopback.
+#[tokio::test]
+async fn cookies_are_secure_when_configured() {
+    for secure in [false, true] {
+        let d = common::start_with(Db::Sqlite, |c| c.support.secure_cookies = secure).await;
+        let page = reqwest::get(format!("http://{}/console/login", d.http))
+            .await
+            .unwrap();
+        assert_eq!(page.status().as_u16(), 200);
+        let cookie = page.headers()["set-cookie"].to_str().unwrap().to_owned();
+        assert!(cookie.starts_with("cv_login="), "{cookie}");
+        assert_eq!(cookie.ends_with("; Secure"), secure, "{cookie}");
+        d.stop().await;
+    }
+}
+
+/// Five wrong passwords for an account refuse its sign-ins for a while (even with the right
+/// password); a successful sign-in clears the count, and other accounts are not affected.
+#[tokio::test]
+async fn repeated_wrong_passwords_hold_an_account_back() {
+    use callverify::support::staff::StaffError;
+    let d = common::start(Db::Sqlite).await;
+    let staff = Staff::new(
+        d.service.store().clone(),
+        std::time::Duration::from_secs(3600),
+    );
+    for name in ["bob", "carol"] {
+        staff.add(name, PASSWORD).await.unwrap();
+    }
+    for _ in 0..4 {
+        assert!(staff
+            .sign_in("carol", "not the password")
+            .await
+            .unwrap()
+            .is_none());
+    }
+    assert!(staff.sign_in("carol", PASSWORD).await.unwrap().is_some());
+    assert!(staff
+        .sign_in("carol", "not the password")
+        .await
+        .unwrap()
+        .is_none());
+
+    for _ in 0..5 {
+        assert!(staff
+            .sign_in("bob", "not the password")
+            .await
+            .unwrap()
+            .is_none());
+    }
+    let refused = staff.sign_in("bob", PASSWORD).await.unwrap_err();
+    assert!(matches!(refused, StaffError::Throttled(_)), "{refused}");
+    assert!(staff.sign_in("carol", PASSWORD).await.unwrap().is_some());
+
+    // Account changes are audited too.
+    staff.disable("carol").await.unwrap();
+    let audit = d.service.store().audit_entries("carol").await.unwrap();
+    let actions: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|a| (a.actor.as_str(), a.action.as_str()))
+        .collect();
+    assert_eq!(actions, [("cli", "staff_add"), ("cli", "staff_disable")]);
+    d.stop().await;
+}

@@ -330,7 +330,7 @@ async fn decisions_are_checked_and_scoped(db: Db) {
         client: reqwest::Client::new(),
     };
     let key = key_id(&d, &api.key).await;
-    failed_verification(&d, Some(key), None).await;
+    failed_verification(&d, Some(key.clone()), None).await;
     let talk = Talk::new().say(voice(500)).key('#');
     run_support(&d, support_call(PHONE, 0).talk(talk)).await;
     let rid = api.requests("open").await[0]["id"]
@@ -339,10 +339,36 @@ async fn decisions_are_checked_and_scoped(db: Db) {
         .to_owned();
     // Another key's web app does not see it.
     assert!(other.requests("open").await.is_empty());
-    let (code, _) = other
-        .json("POST", &format!("/v1/manual-requests/{rid}/approve"), None)
-        .await;
+    let approve = format!("/v1/manual-requests/{rid}/approve");
+    let (code, _) = other.json("POST", &approve, None).await;
     assert_eq!(code, 404);
+    // Matched by caller ID, it is not approved for another verification of the key, nor
+    // for one made with the CLI (no key's own).
+    let own = d
+        .service
+        .start(NewVerification {
+            phone: "+14155550123".into(),
+            user_ref: "bob".into(),
+            api_key_id: Some(key.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .view
+        .id;
+    let from_cli = d.new_verification("+14155550124", "carol").await.id;
+    for (vid, why) in [
+        (own, "matched another verification"),
+        (from_cli, "no such verification"),
+    ] {
+        let (code, body) = api
+            .json("POST", &approve, Some(json!({ "verification_id": vid })))
+            .await;
+        assert_eq!(code, 422, "{body}");
+        assert_eq!(body["error"]["code"], "not_approvable");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(why), "{message}");
+    }
     // Rejecting needs a reason.
     let path = format!("/v1/manual-requests/{rid}/reject");
     let (code, body) = api
@@ -377,6 +403,22 @@ async fn decisions_are_checked_and_scoped(db: Db) {
     d.stop().await;
 }
 
+/// Whether the SQLite database's file holds `bytes`, after a checkpoint has moved the
+/// write-ahead log's pages into it.
+async fn sqlite_files_hold(d: &Daemon, bytes: &[u8]) -> bool {
+    use sqlx::{Connection, Executor};
+    let path = d.dir.as_ref().unwrap().path().join("test.db");
+    let mut conn = sqlx::AnyConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    conn.execute("PRAGMA busy_timeout = 10000; PRAGMA wal_checkpoint(TRUNCATE)")
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let file = std::fs::read(&path).unwrap();
+    file.windows(bytes.len()).any(|w| w == bytes)
+}
+
 async fn recordings_are_deleted_after_retention(db: Db) {
     let d = common::start_with(db, closed).await;
     let api = api(&d).await;
@@ -390,6 +432,15 @@ async fn recordings_are_deleted_after_retention(db: Db) {
         .unwrap()
         .to_owned();
     let store = d.service.store();
+    let wav = store.manual_recording(&rid).await.unwrap().unwrap();
+    // A stretch of the recording's samples, to look for in the database's files.
+    let sample = wav[wav.len() / 2..wav.len() / 2 + 256].to_vec();
+    if db == Db::Sqlite {
+        assert!(
+            sqlite_files_hold(&d, &sample).await,
+            "the recording is stored"
+        );
+    }
     let now = callverify::verifications::now_ms();
     // Nothing is due yet; a day past the 30-day retention, it is.
     assert_eq!(
@@ -401,6 +452,13 @@ async fn recordings_are_deleted_after_retention(db: Db) {
     );
     assert_eq!(store.purge_support(now + 1, now).await.unwrap(), 1);
     assert_eq!(store.manual_recording(&rid).await.unwrap(), None);
+    if db == Db::Sqlite {
+        // Overwritten, not left in the file's free pages (secure_delete).
+        assert!(
+            !sqlite_files_hold(&d, &sample).await,
+            "the recording is gone"
+        );
+    }
     let listed = api.requests("open").await;
     assert_eq!(listed[0]["recording_url"], Value::Null);
     assert_eq!(listed[0]["overdue"], false);

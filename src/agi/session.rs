@@ -118,13 +118,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if !self.in_step {
             return Err(AgiError::OutOfStep);
         }
-        let result = self.exchange(&line).await;
+        let result = self.exchange(command, &line).await;
         self.in_step = result.is_ok();
         result
     }
 
-    async fn exchange(&mut self, line: &str) -> Result<Reply, AgiError> {
-        tracing::trace!(command = %line, "agi >>");
+    async fn exchange(&mut self, command: &Command, line: &str) -> Result<Reply, AgiError> {
+        tracing::trace!(command = %command.for_log(), "agi >>");
         self.conn.write_line(line).await?;
         let reply = timeout(self.timeouts.reply, self.read_reply())
             .await
@@ -166,7 +166,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Reply::Success(s) => Ok(s),
             Reply::DeadChannel(_) => Err(AgiError::Hangup),
             reply => Err(AgiError::Refused {
-                command: command.encode()?,
+                command: command.for_log(),
                 reply,
             }),
         }
@@ -184,7 +184,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Err(AgiError::Hangup);
         }
         tracing::error!(
-            command = %command.encode()?,
+            command = %command.for_log(),
             "Asterisk answered result=-1 on a live channel: is the prompt installed?"
         );
         Ok(None)
@@ -283,23 +283,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             escape_digits: escape_digits.into(),
         };
         Ok(self.run_checked(&command).await?.and_then(|s| s.key()))
-    }
-
-    /// Record to a file on the Asterisk host; the reply carries `endpos` and how it ended.
-    pub async fn record_file(
-        &mut self,
-        file: &str,
-        format: &str,
-        escape_digits: &str,
-        max: Duration,
-    ) -> Result<Option<Success>, AgiError> {
-        let command = Command::RecordFile {
-            file: file.into(),
-            format: format.into(),
-            escape_digits: escape_digits.into(),
-            timeout: max,
-        };
-        self.run_checked(&command).await
     }
 
     /// A channel variable or function; `None` when it is not set. Works on a dead channel.

@@ -179,8 +179,9 @@ pub async fn approve(
         ApproveBody::default()
     };
     if let Some(vid) = &body.verification_id {
+        // Only the key's own verifications: not another key's, nor one made with the CLI.
         let owner = state.service.owner(vid).await?;
-        if owner.is_some_and(|owner| owner != key.id) {
+        if owner.as_deref() != Some(key.id.as_str()) {
             return Err(ApiError::from(SupportError::NotApprovable(
                 "no such verification".into(),
             )));

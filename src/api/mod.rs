@@ -44,6 +44,8 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// The AMI connection's state, when the dialer runs.
     pub ami: Option<watch::Receiver<AmiState>>,
+    /// The console's cookies are `Secure` (served behind TLS).
+    pub secure_cookies: bool,
     replays: Replays,
 }
 
@@ -62,6 +64,7 @@ impl ApiState {
             keys,
             max_body_bytes,
             ami: None,
+            secure_cookies: false,
             replays: Replays::default(),
         }
     }

@@ -76,7 +76,7 @@ async fn hand_over(
             return;
         }
     };
-    let stream = AudioStream::start(frames, write, peer, permit);
+    let stream = AudioStream::start(frames, write, permit);
     if !hub.deliver(uuid, stream) {
         // A late connection (the call moved on) or a stranger guessing: close it.
         tracing::warn!(%peer, "AudioSocket connection closed: no call waits for its UUID");

@@ -1,7 +1,6 @@
 //! One call's AudioSocket connection, as the flow sees it: what the caller says and keys,
 //! while a writer task keeps Asterisk's 2-second inactivity timer from firing.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -17,6 +16,10 @@ use super::frame::{samples, Frame, FrameCodec, SAMPLES_PER_FRAME};
 /// caller may be silent (no frames at all on some channels): we send 20 ms of silence every
 /// 20 ms, as Asterisk itself paces audio.
 const KEEPALIVE: Duration = Duration::from_millis(20);
+/// A write that takes longer means Asterisk stopped reading, or vanished without closing:
+/// the writer gives up on the stream rather than hold the call (and `hang_up`) until TCP
+/// does, many minutes later.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What came from the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +34,6 @@ pub struct AudioStream {
     frames: FramedRead<OwnedReadHalf, FrameCodec>,
     hang_up: Option<oneshot::Sender<()>>,
     writer: Option<JoinHandle<()>>,
-    peer: SocketAddr,
     ended: bool,
     _permit: OwnedSemaphorePermit,
 }
@@ -41,7 +43,6 @@ impl AudioStream {
     pub(super) fn start(
         frames: FramedRead<OwnedReadHalf, FrameCodec>,
         write: OwnedWriteHalf,
-        peer: SocketAddr,
         permit: OwnedSemaphorePermit,
     ) -> Self {
         let (hang_up, hang_up_rx) = oneshot::channel();
@@ -50,14 +51,15 @@ impl AudioStream {
             frames,
             hang_up: Some(hang_up),
             writer: Some(writer),
-            peer,
             ended: false,
             _permit: permit,
         }
     }
 
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
+    /// Whether Asterisk ended the stream (it closes the connection when the caller hangs
+    /// up), rather than this side.
+    pub fn ended_by_asterisk(&self) -> bool {
+        self.ended
     }
 
     /// The next audio or key; `None` once Asterisk has ended the stream (hang-up message,
@@ -115,16 +117,17 @@ async fn keep_alive(
         tokio::select! {
             asked = &mut hang_up => {
                 if asked.is_ok() {
-                    let _ = sink.send(Frame::Hangup).await;
+                    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Frame::Hangup)).await;
                 }
                 break;
             }
             _ = tick.tick() => {
-                if sink.send(silence.clone()).await.is_err() {
+                let sent = tokio::time::timeout(WRITE_TIMEOUT, sink.send(silence.clone())).await;
+                if !matches!(sent, Ok(Ok(()))) {
                     break;
                 }
             }
         }
     }
-    let _ = sink.get_mut().shutdown().await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.get_mut().shutdown()).await;
 }

@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq;
 use crate::api::manual::RequestView;
 use crate::api::ApiState;
 use crate::store::{RequestFilter, RequestStatus, StaffSession, StoreError};
-use crate::support::staff::csrf_matches;
+use crate::support::staff::{csrf_matches, is_staff_name, StaffError};
 use crate::support::{Actor, SupportError};
 use crate::verifications::{now_ms, random_token};
 
@@ -48,6 +48,7 @@ enum Refusal {
     Forged,
     NotFound,
     Conflict(String),
+    Throttled(String),
     Store(StoreError),
 }
 
@@ -67,6 +68,7 @@ impl IntoResponse for Refusal {
             ),
             Refusal::NotFound => (StatusCode::NOT_FOUND, "Not found", "No such request.".to_owned()),
             Refusal::Conflict(text) => (StatusCode::CONFLICT, "Not done", text),
+            Refusal::Throttled(text) => (StatusCode::TOO_MANY_REQUESTS, "Signed out", text),
             Refusal::Store(e) => {
                 tracing::error!(error = %e, "support console request failed on the store");
                 (
@@ -134,10 +136,18 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(|(_, v)| v)
 }
 
-fn set_cookie(name: &str, value: &str, max_age_secs: u64) -> (header::HeaderName, String) {
+fn set_cookie(
+    state: &ApiState,
+    name: &str,
+    value: &str,
+    max_age_secs: u64,
+) -> (header::HeaderName, String) {
+    let secure = if state.secure_cookies { "; Secure" } else { "" };
     (
         header::SET_COOKIE,
-        format!("{name}={value}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}"),
+        format!(
+            "{name}={value}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}{secure}"
+        ),
     )
 }
 
@@ -195,10 +205,10 @@ async fn queue(
     )))
 }
 
-async fn login_page() -> Response {
+async fn login_page(State(state): State<Arc<ApiState>>) -> Response {
     let token = random_token("", 32);
     let body = html::login(&token, None);
-    let cookie = set_cookie(LOGIN_COOKIE, &token, 3600);
+    let cookie = set_cookie(&state, LOGIN_COOKIE, &token, 3600);
     (page_headers(), [cookie], body).into_response()
 }
 
@@ -224,13 +234,20 @@ async fn login(
         .sign_in(&form.username, &form.password)
         .await
         .map_err(|e| match e {
-            crate::support::staff::StaffError::Store(e) => Refusal::Store(e),
+            StaffError::Store(e) => Refusal::Store(e),
+            throttled @ StaffError::Throttled(_) => Refusal::Throttled(throttled.to_string()),
             other => Refusal::Conflict(other.to_string()),
         })?;
     let store = state.support.store();
     let Some(signed_in) = signed_in else {
+        // Only a name of staff-name form: a password typed into the name field stays out.
+        let subject = if is_staff_name(&form.username) {
+            form.username.as_str()
+        } else {
+            "(not a staff name)"
+        };
         store
-            .audit("console", "sign_in_failed", &form.username, "", now_ms())
+            .audit("console", "sign_in_failed", subject, "", now_ms())
             .await?;
         let body = html::login(expected, Some("Wrong name or password."));
         return Ok((StatusCode::UNAUTHORIZED, page_headers(), body).into_response());
@@ -245,7 +262,12 @@ async fn login(
             now_ms(),
         )
         .await?;
-    let cookie = set_cookie(SESSION_COOKIE, &signed_in.token, state.staff.session_secs());
+    let cookie = set_cookie(
+        &state,
+        SESSION_COOKIE,
+        &signed_in.token,
+        state.staff.session_secs(),
+    );
     Ok((
         StatusCode::SEE_OTHER,
         [(header::LOCATION, "/console/".to_owned()), cookie],
@@ -280,7 +302,7 @@ async fn logout(
         StatusCode::SEE_OTHER,
         [
             (header::LOCATION, "/console/login".to_owned()),
-            set_cookie(SESSION_COOKIE, "", 0),
+            set_cookie(&state, SESSION_COOKIE, "", 0),
         ],
     )
         .into_response())

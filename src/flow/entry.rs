@@ -91,8 +91,9 @@ pub async fn code<S: AsyncRead + AsyncWrite + Unpin + Send>(
     }
 }
 
-/// Listen to one turn: the recogniser's digits, or the keys pressed (the first key ends the
-/// spoken turn; then keys until `#`, the code's length, or a key's timeout).
+/// Listen to one turn: the recogniser's digits, or the keys pressed. A digit key ends the
+/// spoken turn and starts keypad entry (keys until `#`, the code's length, or a key's
+/// timeout); `#` or `*` ends the spoken turn, and what was said is recognised.
 async fn hear(
     mut stream: AudioStream,
     speech: &SpokenCodes,
@@ -104,7 +105,7 @@ async fn hear(
     // the listening cap (a stalled channel) ends the turn too. Recognition is not timed.
     let frame_gap = speech.endpoint.max_listen;
     let mut stalled = false;
-    let heard = {
+    let turn = {
         let state = (&mut stream, &mut keys, &mut stalled);
         let audio = futures::stream::unfold(state, |(stream, keys, stalled)| async move {
             let Ok(next) = tokio::time::timeout(frame_gap, stream.next()).await else {
@@ -119,7 +120,7 @@ async fn hear(
                 }
             }
         });
-        speech::hear_code(
+        speech::listen_for_code(
             &speech.recogniser,
             &speech.endpoint,
             code_length,
@@ -127,7 +128,7 @@ async fn hear(
         )
         .await
     };
-    if !keys.is_empty() {
+    if keys.starts_with(|k: char| k.is_ascii_digit()) {
         while !keys.ends_with('#') && keys.len() < code_length {
             match tokio::time::timeout(per_digit_timeout, stream.next()).await {
                 Ok(Some(Heard::Key(key))) => keys.push(key),
@@ -138,12 +139,20 @@ async fn hear(
         stream.hang_up().await;
         return keyed(&keys);
     }
+    // Asterisk closes the stream when the caller hangs up: nobody is left to hear a result.
+    let caller_gone = stream.ended_by_asterisk();
+    // The caller hears the call go on (and Asterisk stops sending) while the last
+    // recognition runs.
     stream.hang_up().await;
     if stalled {
         tracing::warn!("no audio from Asterisk while listening for a spoken code");
     }
+    let heard = match turn {
+        Ok(turn) if caller_gone || !turn.heard_speech() => return Entry::Nothing,
+        Ok(turn) => turn.recognise(&speech.recogniser).await,
+        Err(e) => Err(e),
+    };
     match heard {
-        Ok(heard) if heard.speech_end.is_none() => Entry::Nothing,
         Ok(heard) => Entry::Spoken(heard.digits),
         Err(e) => {
             tracing::error!(error = %e, "speech recognition failed");

@@ -65,6 +65,17 @@ pub struct Hearing {
     pub speech: Option<Arc<SpokenCodes>>,
 }
 
+impl Hearing {
+    /// Whether a callee of `locale` may say the code: the recogniser is asked for English
+    /// and maps English words to digits, so other languages are asked for keys only.
+    pub fn understands(&self, locale: &str) -> bool {
+        self.speech.is_some()
+            && locale
+                .get(..2)
+                .is_some_and(|l| l.eq_ignore_ascii_case("en"))
+    }
+}
+
 /// The recogniser and when to stop listening.
 pub struct SpokenCodes {
     pub recogniser: CodeRecogniser,

@@ -86,9 +86,10 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let length = u32::try_from(call.verification.code_length).unwrap_or(6);
     let mut silences = 0;
     let mut free_spoken_tries = 0;
+    let understood = hearing.understands(&call.verification.locale);
     loop {
-        let spoken = free_spoken_tries < FREE_SPOKEN_TRIES;
-        let keypad_prompt = if hearing.speech.is_some() {
+        let spoken = understood && free_spoken_tries < FREE_SPOKEN_TRIES;
+        let keypad_prompt = if understood {
             Prompt::UseKeypad
         } else {
             Prompt::EnterCode

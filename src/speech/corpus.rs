@@ -68,8 +68,17 @@ impl Voice {
     /// `code` said as a caller would (gaps of 0.2-0.6 s, perhaps one group pause), then 3 s
     /// of silence, through G.711 mu-law: what reaches the daemon over AudioSocket.
     pub fn say(&self, code: &str, seed: u64) -> Vec<i16> {
+        self.said(code, seed, false)
+    }
+
+    /// As [`Voice::say`], over line noise at 20 dB SNR.
+    pub fn say_over_noise(&self, code: &str, seed: u64) -> Vec<i16> {
+        self.said(code, seed, true)
+    }
+
+    fn said(&self, code: &str, seed: u64, noisy: bool) -> Vec<i16> {
         let mut rng = StdRng::seed_from_u64(seed);
-        self.speak(&mut rng, code.to_owned(), false).audio
+        self.speak(&mut rng, code.to_owned(), noisy).audio
     }
 
     fn clip(&self, rng: &mut StdRng, noisy: bool) -> Clip {

@@ -9,8 +9,10 @@
 //! - [`digits::digits_in`] reads the digits out of the recogniser's text.
 //! - `Recogniser` (cargo feature `speech`) runs Whisper through CTranslate2 in-process, off
 //!   the async runtime, a bounded number at once.
-//! - [`hear_code`] is the listening turn the call flow runs, tying them together: it stops
-//!   as soon as an interim recognition at a pause has the code's length, else at the end.
+//! - [`hear_code`] is the listening turn, tying them together: it stops as soon as an
+//!   interim recognition at a pause has the code's length, else at the end. The call flow
+//!   runs its two halves, [`listen_for_code`] and [`Turn::recognise`], so that it can end
+//!   the AudioSocket stream in between.
 //!
 //! ```ignore
 //! // At startup (feature `speech`; blocking, a second or two), when a model is configured:
@@ -75,6 +77,18 @@ pub type CodeRecogniser = NoRecogniser;
 #[cfg(not(feature = "speech"))]
 #[derive(Debug, Clone)]
 pub enum NoRecogniser {}
+
+#[cfg(not(feature = "speech"))]
+impl NoRecogniser {
+    /// Stands for [`Recogniser::transcribe`](recogniser::Recogniser).
+    pub async fn transcribe(
+        &self,
+        _audio: Vec<i16>,
+        _language: &str,
+    ) -> Result<String, SpeechError> {
+        match *self {}
+    }
+}
 
 #[cfg(not(feature = "speech"))]
 impl Recognise for NoRecogniser {
@@ -194,22 +208,45 @@ impl fmt::Debug for Heard {
     }
 }
 
-/// One listening turn for a code of `code_length` digits: feeds `audio` to an
-/// [`Endpointer`], runs an interim recognition at each pause and stops as soon as one has
-/// `code_length` digits; otherwise recognises everything when listening ends. While a
-/// recognition runs, `audio` is not polled: the transport should buffer (the endpointer
-/// counts received audio, so nothing is judged late).
+/// One listening turn for a code of `code_length` digits: [`listen_for_code`], then
+/// [`Turn::recognise`].
 pub async fn hear_code<R: Recognise>(
     recogniser: &R,
     settings: &EndpointSettings,
     code_length: usize,
-    mut audio: impl Stream<Item = Vec<i16>> + Unpin,
+    audio: impl Stream<Item = Vec<i16>> + Unpin,
 ) -> Result<Heard, SpeechError> {
+    listen_for_code(recogniser, settings, code_length, audio)
+        .await?
+        .recognise(recogniser)
+        .await
+}
+
+/// A listening turn whose audio has stopped, before its last recognition: the transport can
+/// end the stream (and the caller hears the call go on) before that recognition runs.
+pub struct Turn {
+    endpointer: Endpointer,
+    ending: Ending,
+    recognitions: u32,
+    /// The last interim result, with the end of speech it covered: reused when the caller
+    /// said nothing more after it (with [`Ending::Complete`], it is the result).
+    interim: Option<(Option<Duration>, Recognition)>,
+    stopped: Instant,
+}
+
+/// Feeds `audio` to an [`Endpointer`], runs an interim recognition at each pause and stops
+/// as soon as one has `code_length` digits, else when the endpointer or the stream ends.
+/// While a recognition runs, `audio` is not polled: the transport should buffer (the
+/// endpointer counts received audio, so nothing is judged late).
+pub async fn listen_for_code<R: Recognise>(
+    recogniser: &R,
+    settings: &EndpointSettings,
+    code_length: usize,
+    mut audio: impl Stream<Item = Vec<i16>> + Unpin,
+) -> Result<Turn, SpeechError> {
     let mut endpointer = Endpointer::new(settings);
     let mut recognitions = 0;
-    // The last interim result, with the end of speech it covered: reused at the end when
-    // the caller said nothing more.
-    let mut interim: Option<(Option<Duration>, Recognition)> = None;
+    let mut interim = None;
     let ending = loop {
         let Some(chunk) = audio.next().await else {
             break Ending::InputEnded;
@@ -218,42 +255,65 @@ pub async fn hear_code<R: Recognise>(
             Some(Endpoint::Pause) => {
                 let result = recogniser.recognise(endpointer.audio().to_vec()).await?;
                 recognitions += 1;
-                if result.digits.len() == code_length {
-                    let took = result.took;
-                    return Ok(finish(
-                        &endpointer,
-                        Ending::Complete,
-                        result,
-                        recognitions,
-                        took,
-                    ));
+                let heard = result.digits.len();
+                interim = Some((endpointer.speech_end(), result));
+                if heard == code_length {
+                    break Ending::Complete;
                 }
-                endpointer.set_hangover(if result.digits.len() < code_length {
+                endpointer.set_hangover(if heard < code_length {
                     settings.incomplete_hangover
                 } else {
                     settings.hangover
                 });
-                interim = Some((endpointer.speech_end(), result));
             }
             Some(Endpoint::End(reason)) => break Ending::Endpoint(reason),
             None => {}
         }
     };
-    let stopped = Instant::now();
-    let result = match interim {
-        _ if endpointer.speech_end().is_none() => Recognition {
-            text: String::new(),
-            digits: String::new(),
-            took: Duration::ZERO,
-        },
-        Some((covered, result)) if covered == endpointer.speech_end() => result,
-        _ => {
-            recognitions += 1;
-            recogniser.recognise(endpointer.audio().to_vec()).await?
-        }
-    };
-    let wait = stopped.elapsed();
-    Ok(finish(&endpointer, ending, result, recognitions, wait))
+    Ok(Turn {
+        endpointer,
+        ending,
+        recognitions,
+        interim,
+        stopped: Instant::now(),
+    })
+}
+
+impl Turn {
+    /// Whether the caller said anything (else there is nothing to recognise).
+    pub fn heard_speech(&self) -> bool {
+        self.endpointer.speech_end().is_some()
+    }
+
+    /// The digits heard: the interim result when it covered all the speech, else a
+    /// recognition of everything heard.
+    pub async fn recognise<R: Recognise>(self, recogniser: &R) -> Result<Heard, SpeechError> {
+        let Turn {
+            endpointer,
+            ending,
+            mut recognitions,
+            interim,
+            stopped,
+        } = self;
+        let result = match interim {
+            _ if endpointer.speech_end().is_none() => Recognition {
+                text: String::new(),
+                digits: String::new(),
+                took: Duration::ZERO,
+            },
+            Some((_, result)) if ending == Ending::Complete => {
+                let took = result.took;
+                return Ok(finish(&endpointer, ending, result, recognitions, took));
+            }
+            Some((covered, result)) if covered == endpointer.speech_end() => result,
+            _ => {
+                recognitions += 1;
+                recogniser.recognise(endpointer.audio().to_vec()).await?
+            }
+        };
+        let wait = stopped.elapsed();
+        Ok(finish(&endpointer, ending, result, recognitions, wait))
+    }
 }
 
 fn finish(

@@ -54,10 +54,23 @@ impl Recogniser {
     }
 }
 
-impl Recognise for Recogniser {
-    /// Recognises `audio` (8 kHz mono) on a blocking thread, after waiting for a turn.
-    async fn recognise(&self, audio: Vec<i16>) -> Result<Recognition, SpeechError> {
-        let started = Instant::now();
+impl Recogniser {
+    /// What `audio` (8 kHz mono, at most 30 s) says in `language` (the channel's language,
+    /// as `en` or `es-MX`), written out in full: a support message's transcript. It waits
+    /// for a turn as code recognitions do, so a long message delays a live call by one part
+    /// at most.
+    pub async fn transcribe(&self, audio: Vec<i16>, language: &str) -> Result<String, SpeechError> {
+        let language = language.get(..2).unwrap_or("en").to_ascii_lowercase();
+        self.run(audio, Some(language), MESSAGE_TOKENS).await
+    }
+
+    /// Runs Whisper on a blocking thread, after waiting for a turn.
+    async fn run(
+        &self,
+        audio: Vec<i16>,
+        language: Option<String>,
+        max_tokens: usize,
+    ) -> Result<String, SpeechError> {
         let _turn = self
             .shared
             .turns
@@ -65,9 +78,19 @@ impl Recognise for Recogniser {
             .await
             .expect("the semaphore is never closed");
         let shared = self.shared.clone();
-        let text = tokio::task::spawn_blocking(move || transcribe(&shared.whisper, &audio))
-            .await
-            .map_err(|e| SpeechError::Recognition(e.to_string()))??;
+        tokio::task::spawn_blocking(move || {
+            transcribe(&shared.whisper, &audio, language.as_deref(), max_tokens)
+        })
+        .await
+        .map_err(|e| SpeechError::Recognition(e.to_string()))?
+    }
+}
+
+impl Recognise for Recogniser {
+    /// Recognises `audio` (8 kHz mono), a code said in English.
+    async fn recognise(&self, audio: Vec<i16>) -> Result<Recognition, SpeechError> {
+        let started = Instant::now();
+        let text = self.run(audio, Some("en".into()), CODE_TOKENS).await?;
         let recognition = Recognition {
             digits: digits::digits_in(&text),
             text,
@@ -82,19 +105,27 @@ impl Recognise for Recogniser {
     }
 }
 
-fn transcribe(whisper: &Whisper, audio: &[i16]) -> Result<String, SpeechError> {
+fn transcribe(
+    whisper: &Whisper,
+    audio: &[i16],
+    language: Option<&str>,
+    max_tokens: usize,
+) -> Result<String, SpeechError> {
     let options = WhisperOptions {
         // Greedy: a code is a few short words, beam search buys nothing measurable here.
         beam_size: 1,
-        max_length: MAX_TOKENS,
+        max_length: max_tokens,
         ..WhisperOptions::default()
     };
     let samples = resample::to_16k(audio);
     let pieces = whisper
-        .generate(&samples, Some("en"), false, &options)
+        .generate(&samples, language, false, &options)
         .map_err(|e| SpeechError::Recognition(format!("{e:#}")))?;
     Ok(pieces.concat())
 }
 
-/// Tokens a transcript may have: a 10-digit code with punctuation is about 25.
-const MAX_TOKENS: usize = 64;
+/// Tokens a code's transcript may have: a 10-digit code with punctuation is about 25.
+const CODE_TOKENS: usize = 64;
+/// Tokens of 30 s of speech (a username spelled letter by letter takes one each); Whisper's
+/// decoder stops at 448 with its prompt.
+const MESSAGE_TOKENS: usize = 400;

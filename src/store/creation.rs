@@ -1,8 +1,10 @@
 //! Creating a verification as one store operation: the idempotency key, the lockouts and the
 //! rate limits are checked and the row inserted together, so that parallel requests for one
-//! number or user cannot pass a limit together. On Postgres (several daemons) transaction
-//! advisory locks on the number and the user serialise those checks; on SQLite the single
-//! writer already runs operations one at a time.
+//! number, user or API key cannot pass a limit together. On Postgres (several daemons)
+//! transaction advisory locks on each counted subject serialise those checks; on SQLite the
+//! single writer already runs operations one at a time.
+
+use std::collections::BTreeSet;
 
 use sqlx::{AnyConnection, Connection, Row};
 
@@ -119,9 +121,18 @@ async fn checked_insert(
 ) -> Result<Created, StoreError> {
     let mut tx = c.begin().await?;
     if backend == Backend::Postgres {
-        // In a fixed order, so that two creations never wait for each other's second lock.
-        let mut subjects = [format!("phone:{}", v.phone), format!("user:{}", v.user_ref)];
-        subjects.sort();
+        // The number and the user (lockouts) and whatever a limit counts, the API key
+        // included. A BTreeSet gives a fixed order, so that two creations never wait for
+        // each other's second lock.
+        let subjects: BTreeSet<String> =
+            [format!("phone:{}", v.phone), format!("user:{}", v.user_ref)]
+                .into_iter()
+                .chain(
+                    limits
+                        .iter()
+                        .map(|l| format!("{}:{}", l.subject.column(), l.value)),
+                )
+                .collect();
         for subject in subjects {
             sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
                 .bind(subject)

@@ -114,7 +114,7 @@ pub enum RateSubject {
 }
 
 impl RateSubject {
-    fn column(self) -> &'static str {
+    pub(crate) fn column(self) -> &'static str {
         match self {
             RateSubject::Phone => "phone",
             RateSubject::User => "user_ref",
@@ -193,7 +193,8 @@ const VERIFICATION_COLUMNS: &str = "id, phone, user_ref, code_hash, code_length,
 
 impl Store {
     /// Connect to `url` (`sqlite://callverify.db`, `postgres://...`). A SQLite file is
-    /// created if missing and put in WAL mode.
+    /// created if missing and put in WAL mode, with secure_delete: a purged recording is
+    /// overwritten with zeros, not left in free pages.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         if url.starts_with("sqlite:") {
@@ -207,7 +208,8 @@ impl Store {
             let mut conn = AnyConnection::connect_with(&AnyConnectOptions::from_str(&url)?).await?;
             conn.execute(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+                 PRAGMA secure_delete = ON;",
             )
             .await?;
             return Ok(Self {

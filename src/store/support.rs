@@ -78,6 +78,8 @@ pub enum Decided {
     /// The verification cannot be verified by hand in this state (in a call, canceled) or
     /// does not exist.
     NotApprovable(Option<Status>),
+    /// The request matched a verification by caller ID; it cannot be approved for another.
+    MatchedOther,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +117,8 @@ const REQUEST_COLUMNS: &str = "r.id, r.created_at, r.caller, r.caller_match, r.v
 
 impl Store {
     /// The verification a support caller's number is about: the latest one that is pending,
-    /// in a call, failed or unanswered, or whose number is locked out.
+    /// in a call, failed or unanswered, or that locked the number out (never one that was
+    /// verified or canceled since).
     pub async fn support_match(&self, phone: &str, now: i64) -> Result<Option<String>, StoreError> {
         let phone = phone.to_owned();
         self.engine
@@ -123,9 +126,9 @@ impl Store {
                 Box::pin(async move {
                     let row = sqlx::query(
                         "SELECT id FROM verifications WHERE phone = $1 AND is_test = 0 AND \
-                         (status IN ('pending', 'calling', 'failed', 'unanswered') OR EXISTS \
-                          (SELECT 1 FROM lockouts WHERE kind = 'phone' AND subject = $1 \
-                           AND locked_until > $2)) \
+                         (status IN ('pending', 'calling', 'failed', 'unanswered') OR id IN \
+                          (SELECT verification_id FROM lockouts WHERE kind = 'phone' \
+                           AND subject = $1 AND locked_until > $2)) \
                          ORDER BY created_at DESC LIMIT 1",
                     )
                     .bind(&phone)
@@ -279,6 +282,12 @@ impl Store {
                     let matched: Option<String> = row.try_get(1)?;
                     let (new_status, verification_id, reason, action) = match decision {
                         Decision::Approve { verification_id } => {
+                            if matched.is_some()
+                                && verification_id.is_some()
+                                && verification_id != matched
+                            {
+                                return Ok(Decided::MatchedOther);
+                            }
                             let Some(vid) = verification_id.or(matched) else {
                                 return Ok(Decided::NoVerification);
                             };
@@ -319,9 +328,12 @@ impl Store {
                             (RequestStatus::Rejected, matched, Some(reason), "reject")
                         }
                     };
-                    sqlx::query(
+                    // Still open: a decision taken meanwhile (by another daemon, or staff
+                    // and the API at once) wins, and this transaction is rolled back.
+                    let decided = sqlx::query(
                         "UPDATE manual_requests SET status = $1, verification_id = $2, \
-                         reason = $3, decided_at = $4, decided_by = $5 WHERE id = $6",
+                         reason = $3, decided_at = $4, decided_by = $5 \
+                         WHERE id = $6 AND status = 'open'",
                     )
                     .bind(new_status.as_str())
                     .bind(&verification_id)
@@ -331,6 +343,9 @@ impl Store {
                     .bind(&id)
                     .execute(&mut *tx)
                     .await?;
+                    if decided.rows_affected() == 0 {
+                        return Ok(Decided::AlreadyDecided(new_status));
+                    }
                     let detail = match (&verification_id, &reason) {
                         (_, Some(reason)) => reason.clone(),
                         (Some(vid), None) => format!("verified {vid}"),

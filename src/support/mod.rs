@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::audiosocket::SAMPLE_RATE;
 use crate::phone::{PhoneNumber, PhonePolicy};
-use crate::speech::{CodeRecogniser, Recognise};
+use crate::speech::CodeRecogniser;
 use crate::store::{
     CallerMatch, Decided, Decision, ManualRequestRow, NewManualRequest, RequestFilter, Store,
     StoreError,
@@ -183,6 +183,7 @@ impl Support {
                 recogniser,
                 id.clone(),
                 message.samples.clone(),
+                language.to_owned(),
             ));
         }
         Ok(id)
@@ -262,6 +263,9 @@ impl Support {
             Decided::NotApprovable(status) => Err(SupportError::NotApprovable(
                 status.map_or("no such verification".into(), |s| s.to_string()),
             )),
+            Decided::MatchedOther => Err(SupportError::NotApprovable(
+                "the request matched another verification by caller ID".into(),
+            )),
         }
     }
 
@@ -285,11 +289,17 @@ const TRANSCRIBE_PART: usize = 25 * SAMPLE_RATE as usize;
 
 /// Write the transcript of message `id` beside its recording, to help staff (what was said,
 /// the spelled username). Never logged: only its length.
-async fn transcribe(store: Store, recogniser: CodeRecogniser, id: String, samples: Vec<i16>) {
+async fn transcribe(
+    store: Store,
+    recogniser: CodeRecogniser,
+    id: String,
+    samples: Vec<i16>,
+    language: String,
+) {
     let mut parts = Vec::new();
     for part in samples.chunks(TRANSCRIBE_PART) {
-        match recogniser.recognise(part.to_vec()).await {
-            Ok(recognition) => parts.push(recognition.text.trim().to_owned()),
+        match recogniser.transcribe(part.to_vec(), &language).await {
+            Ok(text) => parts.push(text.trim().to_owned()),
             Err(e) => {
                 tracing::error!(request = %id, error = %e, "transcribing a support message failed");
                 return;

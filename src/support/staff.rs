@@ -2,11 +2,14 @@
 //! resists guessing), and console sessions: a random token in an HttpOnly cookie, stored
 //! hashed, with its own CSRF token for forms.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::Argon2;
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 
 use crate::keys::token_hash;
 use crate::store::{StaffRow, StaffSession, Store, StoreError};
@@ -22,6 +25,8 @@ pub enum StaffError {
     Exists(String),
     #[error("no active staff member named {0:?}")]
     Unknown(String),
+    #[error("too many failed sign-ins for {0:?}: try again in 15 minutes")]
+    Throttled(String),
     #[error("password hashing failed: {0}")]
     Hash(String),
     #[error(transparent)]
@@ -39,6 +44,35 @@ pub struct SignedIn {
 pub struct Staff {
     store: Store,
     session_length: Duration,
+    /// Password checks at once: each takes Argon2's 19 MiB and tens of milliseconds of a
+    /// core, so a flood of sign-ins must queue, not exhaust memory.
+    checks: Arc<Semaphore>,
+    /// Recent failed sign-ins of each account (only existing accounts are counted, so
+    /// the map is as small as the staff list).
+    failures: Mutex<HashMap<String, Failures>>,
+}
+
+/// Who the audit log names for account changes: they are made with `callverify staff`, by
+/// whoever may run it on the daemon's host.
+const ACCOUNTS_ACTOR: &str = "cli";
+
+/// Failed sign-ins allowed per account within [`FAILURE_WINDOW`].
+const MAX_FAILURES: u32 = 5;
+const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+const PASSWORD_CHECKS: usize = 2;
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    since: Instant,
+}
+
+/// Whether `name` has the form of a staff name (so it may be written to the audit log).
+pub fn is_staff_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Verified when no account matches, so that a wrong name costs as long as a wrong password.
@@ -57,15 +91,13 @@ impl Staff {
         Self {
             store,
             session_length,
+            checks: Arc::new(Semaphore::new(PASSWORD_CHECKS)),
+            failures: Mutex::new(HashMap::new()),
         }
     }
 
     pub async fn add(&self, username: &str, password: &str) -> Result<StaffRow, StaffError> {
-        let valid = (1..=64).contains(&username.len())
-            && username
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !valid {
+        if !is_staff_name(username) {
             return Err(StaffError::InvalidName);
         }
         if !(12..=1024).contains(&password.chars().count()) {
@@ -91,6 +123,9 @@ impl Staff {
         if !self.store.insert_staff(row.clone()).await? {
             return Err(StaffError::Exists(username.to_owned()));
         }
+        self.store
+            .audit(ACCOUNTS_ACTOR, "staff_add", username, "", row.created_at)
+            .await?;
         Ok(row)
     }
 
@@ -104,19 +139,28 @@ impl Staff {
     }
 
     pub async fn disable(&self, username: &str) -> Result<(), StaffError> {
-        if self.store.disable_staff(username, now_ms()).await? {
+        let now = now_ms();
+        if self.store.disable_staff(username, now).await? {
+            self.store
+                .audit(ACCOUNTS_ACTOR, "staff_disable", username, "", now)
+                .await?;
             Ok(())
         } else {
             Err(StaffError::Unknown(username.to_owned()))
         }
     }
 
-    /// Check a password and open a session; `None` for a wrong name or password.
+    /// Check a password and open a session; `None` for a wrong name or password. After
+    /// [`MAX_FAILURES`] wrong passwords for an account within 15 minutes, its sign-ins are
+    /// refused until the window has passed.
     pub async fn sign_in(
         &self,
         username: &str,
         password: &str,
     ) -> Result<Option<SignedIn>, StaffError> {
+        if self.throttled(username) {
+            return Err(StaffError::Throttled(username.to_owned()));
+        }
         let account = self
             .store
             .staff_named(username)
@@ -124,6 +168,11 @@ impl Staff {
             .filter(|s| s.disabled_at.is_none());
         let hash = account.as_ref().map(|a| a.password_hash.clone());
         let password = password.to_owned();
+        let _check = self
+            .checks
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let matches = tokio::task::spawn_blocking(move || {
             let hash: &str = match &hash {
                 Some(hash) => hash,
@@ -135,9 +184,14 @@ impl Staff {
         })
         .await
         .map_err(|e| StaffError::Hash(e.to_string()))?;
-        let Some(account) = account.filter(|_| matches) else {
+        let Some(account) = account else {
             return Ok(None);
         };
+        if !matches {
+            self.failed(&account.username);
+            return Ok(None);
+        }
+        self.failures_of(|f| f.remove(&account.username));
         let token = random_token("cvs_", 32);
         let csrf_token = random_token("", 32);
         let now = now_ms();
@@ -153,6 +207,34 @@ impl Staff {
                 csrf_token,
             },
         }))
+    }
+
+    fn throttled(&self, username: &str) -> bool {
+        self.failures_of(|f| {
+            f.get(username)
+                .is_some_and(|n| n.count >= MAX_FAILURES && n.since.elapsed() < FAILURE_WINDOW)
+        })
+    }
+
+    fn failed(&self, username: &str) {
+        self.failures_of(|f| {
+            let now = Instant::now();
+            let entry = f.entry(username.to_owned()).or_insert(Failures {
+                count: 0,
+                since: now,
+            });
+            if entry.since.elapsed() >= FAILURE_WINDOW {
+                *entry = Failures {
+                    count: 0,
+                    since: now,
+                };
+            }
+            entry.count += 1;
+        });
+    }
+
+    fn failures_of<T>(&self, f: impl FnOnce(&mut HashMap<String, Failures>) -> T) -> T {
+        f(&mut self.failures.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The session a cookie names, if current.
