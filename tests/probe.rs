@@ -369,7 +369,15 @@ fn refusals_give_their_kind_and_a_failing_exit() {
 #[test]
 fn digest_authentication_answers_the_challenge() {
     // sipp checks the digest of the second INVITE: 200 for the right password, else 403.
-    for (password, exit, final_code) in [("secret", 0, 200), ("wrong", 1, 403)] {
+    let md5 = r#"Digest realm="callverify-test", nonce="5f1d0c2a9b", algorithm=MD5"#;
+    // The usual Asterisk/Kamailio form: a qop list, which the probe answers with qop=auth.
+    let qop = r#"Digest realm="callverify-test", nonce="7a3e91c4", qop="auth,auth-int""#;
+    for (challenge, password, exit, final_code) in [
+        (md5, "secret", 0, 200),
+        (md5, "wrong", 1, 403),
+        (qop, "secret", 0, 200),
+        (qop, "wrong", 1, 403),
+    ] {
         let args = [
             "--user",
             "qa",
@@ -378,14 +386,40 @@ fn digest_authentication_answers_the_challenge() {
             "--hangup-after",
             "0.5",
         ];
-        let (_sipp, code, report) = call_sipp("uas_auth.xml", &[], &[], &args);
-        assert_eq!(code, exit, "{report:#}");
+        let keys = [("challenge", challenge)];
+        let (mut sipp, code, report) = call_sipp("uas_auth.xml", &keys, &[], &args);
+        assert_eq!(code, exit, "{challenge}: {report:#}");
         assert_eq!(report["sip"]["auth_challenges"], 1);
         assert_eq!(report["sip"]["final_code"], final_code, "{report:#}");
         if exit != 0 {
             assert_eq!(report["error"]["kind"], "forbidden");
         }
+        assert!(
+            sipp.0.wait().unwrap().success(),
+            "{challenge}: sipp's scenario ran through"
+        );
     }
+}
+
+#[test]
+fn a_proxy_challenge_is_answered_with_proxy_authorization() {
+    // sipp checks the Proxy-Authorization's form: qop=auth as a token, nc, cnonce, opaque.
+    let args = [
+        "--user",
+        "qa",
+        "--password",
+        "secret",
+        "--hangup-after",
+        "0.5",
+    ];
+    let (mut sipp, code, report) = call_sipp("uas_proxy_auth.xml", &[], &[], &args);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["sip"]["auth_challenges"], 1);
+    assert_eq!(report["sip"]["final_code"], 200, "{report:#}");
+    assert!(
+        sipp.0.wait().unwrap().success(),
+        "sipp accepted the Proxy-Authorization"
+    );
 }
 
 #[test]

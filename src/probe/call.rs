@@ -125,13 +125,13 @@ pub async fn call(
         let code = response.status_code.code();
         if (code == 401 || code == 407) && report.sip.auth_challenges < MAX_AUTH_ROUNDS {
             report.sip.auth_challenges += 1;
-            let header = match digest::authorize(
+            let answers = match digest::authorize(
                 &response,
                 &invite,
                 args.user.as_deref(),
                 args.password.as_deref(),
             ) {
-                Ok(header) => header,
+                Ok(answers) => answers,
                 Err(e) => {
                     record_final(&mut report, &response);
                     report.fail("forbidden", e.to_string());
@@ -139,7 +139,9 @@ pub async fn call(
                 }
             };
             invite = dialog.request(rsip::Method::Invite, None, Some(offer.clone()));
-            invite.headers.push(header);
+            for answer in answers {
+                invite.headers.push(answer.header);
+            }
             continue;
         }
         break response;
