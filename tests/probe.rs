@@ -366,6 +366,18 @@ fn refusals_give_their_kind_and_a_failing_exit() {
     }
 }
 
+/// --user qa --password PASSWORD, hanging up half a second after the answer.
+fn credentials(password: &str) -> [&str; 6] {
+    [
+        "--user",
+        "qa",
+        "--password",
+        password,
+        "--hangup-after",
+        "0.5",
+    ]
+}
+
 #[test]
 fn digest_authentication_answers_the_challenge() {
     // sipp checks the digest of the second INVITE: 200 for the right password, else 403.
@@ -378,14 +390,7 @@ fn digest_authentication_answers_the_challenge() {
         (qop, "secret", 0, 200),
         (qop, "wrong", 1, 403),
     ] {
-        let args = [
-            "--user",
-            "qa",
-            "--password",
-            password,
-            "--hangup-after",
-            "0.5",
-        ];
+        let args = credentials(password);
         let keys = [("challenge", challenge)];
         let (mut sipp, code, report) = call_sipp("uas_auth.xml", &keys, &[], &args);
         assert_eq!(code, exit, "{challenge}: {report:#}");
@@ -402,24 +407,28 @@ fn digest_authentication_answers_the_challenge() {
 }
 
 #[test]
-fn a_proxy_challenge_is_answered_with_proxy_authorization() {
-    // sipp checks the Proxy-Authorization's form: qop=auth as a token, nc, cnonce, opaque.
-    let args = [
-        "--user",
-        "qa",
-        "--password",
-        "secret",
-        "--hangup-after",
-        "0.5",
-    ];
-    let (mut sipp, code, report) = call_sipp("uas_proxy_auth.xml", &[], &[], &args);
-    assert_eq!(code, 0, "{report:#}");
-    assert_eq!(report["sip"]["auth_challenges"], 1);
-    assert_eq!(report["sip"]["final_code"], 200, "{report:#}");
-    assert!(
-        sipp.0.wait().unwrap().success(),
-        "sipp accepted the Proxy-Authorization"
-    );
+fn a_proxy_challenge_then_the_pbxs_are_answered_with_both_credentials() {
+    // sipp checks the Proxy-Authorization's form (qop=auth as a token, nc, cnonce, opaque) on
+    // the second and third INVITE, and the digest of the third's Authorization: 200 for the
+    // right password; the wrong one is challenged again, which is wrong credentials, not a loop.
+    for (password, exit, final_code) in [("secret", 0, 200), ("wrong", 1, 401)] {
+        let args = credentials(password);
+        let (mut sipp, code, report) = call_sipp("uas_proxy_auth.xml", &[], &[], &args);
+        assert_eq!(code, exit, "{report:#}");
+        assert_eq!(report["sip"]["final_code"], final_code, "{report:#}");
+        if exit == 0 {
+            assert_eq!(report["sip"]["auth_challenges"], 2, "{report:#}");
+        } else {
+            assert_eq!(report["sip"]["auth_challenges"], 3, "{report:#}");
+            assert_eq!(report["error"]["kind"], "forbidden");
+            let message = report["error"]["message"].as_str().unwrap();
+            assert!(message.contains("wrong credentials"), "{message}");
+        }
+        assert!(
+            sipp.0.wait().unwrap().success(),
+            "{password}: sipp saw both credentials and the ACK of each challenge"
+        );
+    }
 }
 
 #[test]

@@ -14,8 +14,9 @@ use super::sip::message::{derived_from_invite, new_tag, record_routes, to_tag};
 use super::sip::{digest, transaction, Dialog, Endpoint, TransactionError};
 use super::{local_ip_towards, sdp, session, Prepared, UsageError};
 
-/// Challenges answered before a 401/407 counts as a refusal.
-const MAX_AUTH_ROUNDS: u32 = 2;
+/// Challenges answered before the probe gives up: a proxy's and the PBX's, and a few more
+/// for stale nonces.
+const MAX_AUTH_ROUNDS: u32 = 4;
 
 /// Places one call; the report says how it went (usage and local errors are errors).
 pub async fn call(
@@ -82,6 +83,7 @@ pub async fn call(
     })?;
 
     let started = Instant::now();
+    let mut credentials: Vec<digest::Answer> = Vec::new();
     let mut invite = dialog.request(rsip::Method::Invite, None, Some(offer.clone()));
     let response = loop {
         let mut pdd = report.sip.post_dial_delay_ms;
@@ -123,24 +125,26 @@ pub async fn call(
             }
         };
         let code = response.status_code.code();
-        if (code == 401 || code == 407) && report.sip.auth_challenges < MAX_AUTH_ROUNDS {
+        if code == 401 || code == 407 {
             report.sip.auth_challenges += 1;
-            let answers = match digest::authorize(
+            let kept = digest::authorize(
                 &response,
                 &invite,
                 args.user.as_deref(),
                 args.password.as_deref(),
-            ) {
-                Ok(answers) => answers,
-                Err(e) => {
-                    record_final(&mut report, &response);
-                    report.fail("forbidden", e.to_string());
-                    return Ok(report);
-                }
-            };
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|answers| {
+                keep_credentials(&mut credentials, answers, report.sip.auth_challenges)
+            });
+            if let Err(message) = kept {
+                record_final(&mut report, &response);
+                report.fail("forbidden", message);
+                return Ok(report);
+            }
             invite = dialog.request(rsip::Method::Invite, None, Some(offer.clone()));
-            for answer in answers {
-                invite.headers.push(answer.header);
+            for credential in &credentials {
+                invite.headers.push(credential.header.clone());
             }
             continue;
         }
@@ -188,6 +192,39 @@ pub async fn call(
         session::Established::new(&mut endpoint, &mut dialog, media, local, answered).with_ack(ack);
     session::run(call, &prepared.session, &mut report, record).await?;
     Ok(report)
+}
+
+/// Adds the answers to a challenge to the credentials kept for the call (one per realm, for
+/// the proxy and for the PBX apart), all of which go on the next INVITE. A realm that
+/// challenges the answer again, unless for a stale nonce, means the password is wrong.
+fn keep_credentials(
+    kept: &mut Vec<digest::Answer>,
+    answers: Vec<digest::Answer>,
+    round: u32,
+) -> Result<(), String> {
+    if round > MAX_AUTH_ROUNDS {
+        return Err(format!(
+            "the peer challenged {round} times; giving up on authentication"
+        ));
+    }
+    for answer in answers {
+        let same = |k: &&mut digest::Answer| {
+            k.realm == answer.realm
+                && std::mem::discriminant(&k.header) == std::mem::discriminant(&answer.header)
+        };
+        match kept.iter_mut().find(same) {
+            Some(_) if !answer.stale => {
+                return Err(format!(
+                    "wrong credentials: realm {:?} refused the answer for user and password \
+                     and challenged again (check --user and --password)",
+                    answer.realm
+                ))
+            }
+            Some(known) => *known = answer,
+            None => kept.push(answer),
+        }
+    }
+    Ok(())
 }
 
 fn record_final(report: &mut Report, response: &rsip::Response) {
@@ -245,5 +282,43 @@ async fn cancel(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rsip::headers::UntypedHeader;
+
+    fn answer(realm: &str, proxy: bool, stale: bool) -> digest::Answer {
+        let value = format!("Digest realm=\"{realm}\"");
+        digest::Answer {
+            realm: realm.into(),
+            stale,
+            header: if proxy {
+                rsip::headers::ProxyAuthorization::new(value).into()
+            } else {
+                rsip::headers::Authorization::new(value).into()
+            },
+        }
+    }
+
+    #[test]
+    fn credentials_are_kept_per_realm_and_a_repeated_challenge_is_wrong_credentials() {
+        let mut kept = Vec::new();
+        keep_credentials(&mut kept, vec![answer("proxy", true, false)], 1).unwrap();
+        keep_credentials(&mut kept, vec![answer("pbx", false, false)], 2).unwrap();
+        assert_eq!(
+            kept.len(),
+            2,
+            "the proxy's credentials stay for the PBX's round"
+        );
+        // A stale nonce is answered again, in place.
+        keep_credentials(&mut kept, vec![answer("pbx", false, true)], 3).unwrap();
+        assert_eq!(kept.len(), 2);
+        let error = keep_credentials(&mut kept, vec![answer("pbx", false, false)], 4).unwrap_err();
+        assert!(error.starts_with("wrong credentials"), "{error}");
+        let error = keep_credentials(&mut kept, vec![answer("other", false, true)], 5).unwrap_err();
+        assert!(error.contains("5 times"), "{error}");
     }
 }
