@@ -121,9 +121,15 @@ fn call_sipp(
 
 /// Runs the probe with a generous hang guard; returns its exit code, stdout and stderr.
 fn run_probe(args: &[&str]) -> (i32, String, String) {
+    run_probe_with_env(args, &[])
+}
+
+/// `run_probe` with environment variables set for the probe.
+fn run_probe_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_callverify"))
         .arg("probe")
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -429,6 +435,32 @@ fn a_proxy_challenge_then_the_pbxs_are_answered_with_both_credentials() {
             "{password}: sipp saw both credentials and the ACK of each challenge"
         );
     }
+}
+
+/// The probe is no daemon: a broken daemon setting in the environment (or callverify.toml)
+/// changes neither its exit codes nor its own CALLVERIFY_PROBE_PASSWORD.
+#[test]
+fn the_daemons_configuration_does_not_touch_the_probe() {
+    let env = [
+        ("CALLVERIFY_AGI_LISTEN", "nowhere"),
+        ("CALLVERIFY_PROBE_PASSWORD", "secret"),
+        ("RUST_LOG", "info"),
+    ];
+    let (code, _, stderr) = run_probe_with_env(&["call", "mailto:someone"], &env);
+    assert_eq!(code, 2, "a usage error stays exit 2: {stderr}");
+    assert!(stderr.contains("not a SIP URI"), "{stderr}");
+    let challenge = r#"Digest realm="callverify-test", nonce="5f1d0c2a9b", algorithm=MD5"#;
+    let (mut sipp, port) = sipp("uas_auth.xml", &[("challenge", challenge)], &[], None);
+    let target = format!("sip:100@127.0.0.1:{port}");
+    let args = ["call", &target, "--timeout", "5", "--user", "qa"];
+    let args = [&args[..], &["--hangup-after", "0.5", "--json"]].concat();
+    let (code, stdout, stderr) = run_probe_with_env(&args, &env);
+    assert_eq!(
+        code, 0,
+        "the password came from the environment: {stdout}\n{stderr}"
+    );
+    assert!(!stderr.contains("no such setting"), "{stderr}");
+    assert!(sipp.0.wait().unwrap().success(), "sipp took the digest");
 }
 
 #[test]
