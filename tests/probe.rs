@@ -243,16 +243,41 @@ fn a_call_to_an_echoing_sipp_records_audible_audio_and_its_own_key_presses() {
     assert_holds_the_tone(&record);
 }
 
+/// A UDP socket standing in for the peer's RTP, and its port (for sipp's -key rtp_port).
+fn rtp_socket(read_timeout: Duration) -> (UdpSocket, String) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(read_timeout)).unwrap();
+    let port = socket.local_addr().unwrap().port().to_string();
+    (socket, port)
+}
+
+/// `probe call TARGET --script SCRIPT --rtp-timeout RTP_TIMEOUT --timeout 5`.
+fn call_with_script(target: &str, script: &Path, rtp_timeout: &str) -> (i32, Value) {
+    let script = script.to_str().unwrap();
+    let args = [
+        "call",
+        target,
+        "--script",
+        script,
+        "--rtp-timeout",
+        rtp_timeout,
+    ];
+    probe(&[&args[..], &["--timeout", "5"]].concat())
+}
+
+/// A script file (`--script`) holding `text`.
+fn script_file(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("press.script");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 #[test]
 fn key_presses_cross_the_wire_as_rfc4733_events() {
-    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sink.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let sink_port = sink.local_addr().unwrap().port().to_string();
+    let (sink, sink_port) = rtp_socket(Duration::from_millis(200));
     let (_sipp, port) = sipp("uas_answer.xml", &[("rtp_port", &sink_port)], &[], None);
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("press.script");
-    std::fs::write(&script, "wait 0.2\npress 5#\nwait 0.2\nhangup\n").unwrap();
+    let script = script_file(dir.path(), "wait 0.2\npress 5#\nwait 0.2\nhangup\n");
     let target = format!("sip:100@127.0.0.1:{port}");
     let capture = std::thread::spawn(move || {
         let mut packets = Vec::new();
@@ -270,16 +295,7 @@ fn key_presses_cross_the_wire_as_rfc4733_events() {
         }
         packets
     });
-    let (code, report) = probe(&[
-        "call",
-        &target,
-        "--script",
-        script.to_str().unwrap(),
-        "--rtp-timeout",
-        "0",
-        "--timeout",
-        "5",
-    ]);
+    let (code, report) = call_with_script(&target, &script, "0");
     assert_eq!(code, 0, "{report:#}");
     let packets = capture.join().unwrap();
     let events: Vec<rtp_rs::RtpReader> = packets
@@ -724,6 +740,67 @@ fn re_invites_move_the_media_or_are_refused_with_488() {
         "the echo came back: {report:#}"
     );
     assert_holds_the_tone(&record);
+}
+
+/// A re-INVITE moving telephone-event from 101 to 96 is applied to both directions; hold
+/// (a=sendonly) is answered a=recvonly, the probe goes quiet and its RTP timeout waits; an
+/// UPDATE without SDP gets a 200 without one (sipp checks the answers).
+#[test]
+fn renegotiated_payload_types_and_hold_are_applied_to_the_media() {
+    let (echo, echo_port) = rtp_socket(Duration::from_millis(20));
+    let (mut sipp, port) = sipp(
+        "uas_renegotiate.xml",
+        &[("rtp_port", &echo_port)],
+        &[],
+        None,
+    );
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    // Echoes the probe's RTP, with events re-labelled 96: the probe hears its key only if its
+    // receiver took the new payload type too.
+    let echoing = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((n, from)) = echo.recv_from(&mut buf) else {
+                continue;
+            };
+            seen.push((std::time::Instant::now(), buf[1] & 0x7f));
+            if matches!(buf[1] & 0x7f, 96 | 101) {
+                buf[1] = (buf[1] & 0x80) | 96;
+            }
+            let _ = echo.send_to(&buf[..n], from);
+        }
+        seen
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let script = script_file(dir.path(), "wait 1\npress 5\nwait 3.6\nhangup\n");
+    let target = format!("sip:100@127.0.0.1:{port}");
+    let (code, report) = call_with_script(&target, &script, "1");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = echoing.join().unwrap();
+    assert_eq!(code, 0, "no RTP timeout on hold: {report:#}");
+    assert!(
+        sipp.0.wait().unwrap().success(),
+        "sipp saw telephone-event 96 in the answer, a=recvonly to the hold, a bare 200 to UPDATE"
+    );
+    let events: Vec<u8> = seen.iter().map(|s| s.1).filter(|&pt| pt != 0).collect();
+    assert!(!events.is_empty(), "the key press crossed the wire");
+    assert!(
+        events.iter().all(|&pt| pt == 96),
+        "events use the renegotiated payload type: {events:?}"
+    );
+    assert_eq!(keys_received(&report), "5", "{report:#}");
+    let (longest_gap, at) = seen
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0, w[1].0))
+        .max()
+        .unwrap();
+    assert!(
+        longest_gap > Duration::from_millis(1200),
+        "the probe was quiet on hold (longest gap {longest_gap:?})"
+    );
+    assert!(seen.last().unwrap().0 > at, "and sent again once resumed");
 }
 
 /// baresip, headless: auto-answers, plays `play` (it hangs up when the file ends) and logs

@@ -2,14 +2,13 @@
 //! key presses in between), and a receiver that puts packets through the jitter buffer,
 //! decodes them into the recording, finds prompts in them and reports received key presses.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rtp_rs::{RtpPacketBuilder, RtpReader, Seq};
 use serde::Serialize;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::codec::{Transcoder, FRAME_SAMPLES};
 use super::dtmf;
 use super::jitter::{JitterBuffer, Queued};
-use super::sdp::Negotiated;
+use super::sdp::{Direction, Negotiated};
 use super::vad::{Endpointer, SpeechEdge, VadConfig};
 use super::wav::SAMPLE_RATE;
 
@@ -87,12 +86,13 @@ enum Command {
         keys: String,
         done: oneshot::Sender<()>,
     },
-    Retarget(SocketAddr),
 }
 
 /// A running media session; dropped or stopped, its tasks end.
 pub struct Media {
     commands: mpsc::Sender<Command>,
+    /// What both loops send and expect: address, payload types, direction.
+    negotiated: watch::Sender<Negotiated>,
     pub events: mpsc::Receiver<MediaEvent>,
     stop: CancellationToken,
     sender: JoinHandle<SendCounters>,
@@ -116,11 +116,13 @@ impl Media {
         let stop = CancellationToken::new();
         let (commands, command_rx) = mpsc::channel(16);
         let (event_tx, events) = mpsc::channel(64);
+        let (negotiated, negotiated_rx) = watch::channel(config.negotiated);
         let sender = tokio::spawn(send_loop(
             socket.clone(),
             config.clone(),
             transcoder_tx,
             command_rx,
+            negotiated_rx.clone(),
             stop.clone(),
         ));
         let receiver = tokio::spawn(receive_loop(
@@ -128,10 +130,12 @@ impl Media {
             config,
             transcoder_rx,
             event_tx,
+            negotiated_rx,
             stop.clone(),
         ));
         Self {
             commands,
+            negotiated,
             events,
             stop,
             sender,
@@ -152,9 +156,10 @@ impl Media {
         Ok(sent)
     }
 
-    /// The peer moved its RTP address (re-INVITE or UPDATE).
-    pub async fn retarget(&self, to: SocketAddr) {
-        let _ = self.commands.send(Command::Retarget(to)).await;
+    /// A re-INVITE or UPDATE was accepted: the sender and the receiver both take its address,
+    /// payload types and direction (on hold the sender is quiet and the RTP timeout paused).
+    pub fn renegotiate(&self, negotiated: Negotiated) {
+        self.negotiated.send_replace(negotiated);
     }
 
     /// Stops both directions; returns the counters and what was heard.
@@ -208,11 +213,10 @@ async fn send_loop(
     config: MediaConfig,
     mut transcoder: Transcoder,
     mut commands: mpsc::Receiver<Command>,
+    negotiated: watch::Receiver<Negotiated>,
     stop: CancellationToken,
 ) -> SendCounters {
-    let n = config.negotiated;
-    let ticks = n.codec.ticks_per_frame();
-    let mut remote = n.remote_rtp;
+    let ticks = config.negotiated.codec.ticks_per_frame();
     let mut out = Outgoing {
         ssrc: rand::random(),
         seq: rand::random(),
@@ -235,10 +239,15 @@ async fn send_loop(
                     keys_left.extend(keys.chars());
                     waiter = Some(done);
                 }
-                Some(Command::Retarget(to)) => remote = to,
                 None => break,
             },
             _ = pace.tick() => {
+                let n = *negotiated.borrow();
+                if n.event_pt.is_none() {
+                    // Renegotiated without telephone-event: the press cannot go on.
+                    pressing = None;
+                    keys_left.clear();
+                }
                 if pressing.is_none() && gap_frames == 0 {
                     // The session presses keys only when the peer takes telephone-event.
                     if let (Some(key), Some(_)) = (keys_left.pop_front(), n.event_pt) {
@@ -249,7 +258,7 @@ async fn send_loop(
                 let packet = if let Some((packets, event_ts)) = &mut pressing {
                     let p = packets.pop_front().expect("a press under way has packets left");
                     let bytes = p.payload.to_bytes();
-                    let packet = out.packet(n.event_pt.expect("checked above"), p.marker, *event_ts, &bytes);
+                    let packet = out.packet(n.event_pt.expect("a press stops without it"), p.marker, *event_ts, &bytes);
                     counters.events += 1;
                     if packets.is_empty() {
                         // Media time went on while the event played.
@@ -272,6 +281,10 @@ async fn send_loop(
                         let _ = done.send(());
                     }
                 }
+                if !n.direction.sends() {
+                    continue; // on hold: media time goes on, nothing is sent
+                }
+                let remote = n.remote_rtp;
                 counters.packets += 1;
                 counters.bytes += packet.len() as u64 - 12;
                 if let Err(e) = socket.send_to(&packet, remote).await {
@@ -461,6 +474,7 @@ async fn receive_loop(
     config: MediaConfig,
     transcoder: Transcoder,
     events: mpsc::Sender<MediaEvent>,
+    mut negotiated: watch::Receiver<Negotiated>,
     stop: CancellationToken,
 ) -> Received {
     let mut rx = Receiver {
@@ -487,6 +501,12 @@ async fn receive_loop(
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
+            Ok(()) = negotiated.changed() => {
+                rx.config.negotiated = *negotiated.borrow_and_update();
+                // Held or resumed: the RTP timeout counts from now.
+                last_packet = Instant::now();
+                timed_out = false;
+            }
             received = socket.recv_from(&mut buf) => {
                 let Ok((len, _from)) = received else { continue };
                 last_packet = Instant::now();
@@ -495,7 +515,9 @@ async fn receive_loop(
                 }
             }
             _ = check.tick() => {
-                if let Some(limit) = config.rtp_timeout {
+                // On hold (sendonly or inactive) the peer may well send nothing, music or not.
+                let held = rx.config.negotiated.direction != Direction::SendRecv;
+                if let (Some(limit), false) = (config.rtp_timeout, held) {
                     let silent = last_packet.elapsed();
                     if silent >= limit && !timed_out {
                         timed_out = true;
