@@ -162,11 +162,20 @@ impl Media {
         self.negotiated.send_replace(negotiated);
     }
 
-    /// Stops both directions; returns the counters and what was heard.
+    /// Stops both directions; returns the counters and what was heard. Events nobody read
+    /// are dropped: a receiver blocked on a full event queue is released.
     pub async fn stop(self) -> MediaResult {
-        self.stop.cancel();
-        let sent = self.sender.await.unwrap_or_default();
-        let received = self.receiver.await.unwrap_or_default();
+        let Self {
+            events,
+            stop,
+            sender,
+            receiver,
+            ..
+        } = self;
+        drop(events);
+        stop.cancel();
+        let sent = sender.await.unwrap_or_default();
+        let received = receiver.await.unwrap_or_default();
         let mut stats = received.stats;
         stats.packets_sent = sent.packets;
         stats.bytes_sent = sent.bytes;
@@ -498,7 +507,18 @@ async fn receive_loop(
     let mut last_packet = Instant::now();
     let mut timed_out = false;
     let mut check = tokio::time::interval(Duration::from_millis(100));
-    loop {
+    // An event waits for room in the queue without holding up stop: nobody may be reading
+    // while the session sends its BYE.
+    let deliver = |event| {
+        let (events, stop) = (&events, &stop);
+        async move {
+            tokio::select! {
+                sent = events.send(event) => sent.is_ok(),
+                _ = stop.cancelled() => false,
+            }
+        }
+    };
+    'receiving: loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             Ok(()) = negotiated.changed() => {
@@ -511,7 +531,9 @@ async fn receive_loop(
                 let Ok((len, _from)) = received else { continue };
                 last_packet = Instant::now();
                 for event in rx.on_datagram(&buf[..len]) {
-                    let _ = events.send(event).await;
+                    if !deliver(event).await && stop.is_cancelled() {
+                        break 'receiving;
+                    }
                 }
             }
             _ = check.tick() => {
@@ -521,11 +543,70 @@ async fn receive_loop(
                     let silent = last_packet.elapsed();
                     if silent >= limit && !timed_out {
                         timed_out = true;
-                        let _ = events.send(MediaEvent::RtpTimeout { silent_ms: silent.as_millis() as u64 }).await;
+                        deliver(MediaEvent::RtpTimeout { silent_ms: silent.as_millis() as u64 }).await;
                     }
                 }
             }
         }
     }
     rx.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::probe::codec::Codec;
+
+    fn config(remote_rtp: SocketAddr) -> MediaConfig {
+        MediaConfig {
+            negotiated: Negotiated {
+                remote_rtp,
+                codec: Codec::Pcmu,
+                audio_pt: 0,
+                event_pt: Some(101),
+                direction: Direction::SendRecv,
+            },
+            play: None,
+            vad: VadConfig {
+                threshold_dbfs: -40.0,
+                start_frames: 3,
+                end_frames: 35,
+            },
+            key_frames: 5,
+            rtp_timeout: None,
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Far more received key presses than the event queue holds, and nobody reading it (as
+    /// while the session sends its BYE): stop must still return.
+    #[tokio::test]
+    async fn stop_returns_while_nobody_reads_the_events() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let media = Media::start(
+            socket,
+            config(peer.local_addr().unwrap()),
+            Transcoder::new(Codec::Pcmu).unwrap(),
+            Transcoder::new(Codec::Pcmu).unwrap(),
+        );
+        let mut out = Outgoing {
+            ssrc: 7,
+            seq: 0,
+            timestamp: 0,
+        };
+        for i in 0..300u32 {
+            // One end packet per press: each is a key received.
+            let packet = out.packet(101, true, i * 1000, &[5, 0x8a, 3, 32]);
+            peer.send_to(&packet, local).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let result = tokio::time::timeout(Duration::from_secs(5), media.stop())
+            .await
+            .expect("Media::stop hung on a full event queue");
+        assert!(result.stats.events_received > 64, "{:?}", result.stats);
+    }
 }
