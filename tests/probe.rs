@@ -518,6 +518,88 @@ fn a_silent_peer_and_a_peer_sending_garbage_fail_after_the_timeout() {
     }
 }
 
+/// A response to `request` (SIP text): its Via, From, Call-ID and CSeq (with `method` for the
+/// CSeq's), and To with a tag.
+fn reply_to(request: &str, status: &str, method: &str) -> String {
+    let mut reply = format!("SIP/2.0 {status}\r\n");
+    for line in request.lines() {
+        let name = line.split(':').next().unwrap_or("").to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "from" | "call-id" => reply.push_str(&format!("{line}\r\n")),
+            "to" => reply.push_str(&format!("{line};tag=peer1\r\n")),
+            "cseq" => {
+                let number = line[5..].split_whitespace().next().unwrap();
+                reply.push_str(&format!("CSeq: {number} {method}\r\n"));
+            }
+            _ => {}
+        }
+    }
+    reply + "Content-Length: 0\r\n\r\n"
+}
+
+/// Interrupted before any provisional response, the probe must not CANCEL (RFC 3261 §9.1)
+/// until one comes; then it CANCELs and ACKs the 487.
+#[test]
+fn an_interrupted_call_cancels_only_after_a_provisional_response() {
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let target = format!("sip:100@{}", peer.local_addr().unwrap());
+    let child = Command::new(env!("CARGO_BIN_EXE_callverify"))
+        .args(["probe", "call", &target, "--timeout", "5", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let receive = |buf: &mut [u8], within: Duration| {
+        let until = std::time::Instant::now() + within;
+        let mut got = Vec::new();
+        while std::time::Instant::now() < until {
+            if let Ok((n, from)) = peer.recv_from(buf) {
+                got.push((String::from_utf8_lossy(&buf[..n]).into_owned(), from));
+            }
+        }
+        got
+    };
+    let (invite, from) = receive(&mut buf, Duration::from_secs(2))
+        .into_iter()
+        .next()
+        .expect("the INVITE");
+    assert!(invite.starts_with("INVITE "), "{invite}");
+    let interrupt = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupt.success());
+    let before = receive(&mut buf, Duration::from_secs(1));
+    assert!(
+        before.iter().all(|(m, _)| !m.starts_with("CANCEL ")),
+        "no CANCEL before a provisional response: {before:?}"
+    );
+    peer.send_to(reply_to(&invite, "180 Ringing", "INVITE").as_bytes(), from)
+        .unwrap();
+    let after = receive(&mut buf, Duration::from_secs(2));
+    let (cancel, _) = after
+        .iter()
+        .find(|(m, _)| m.starts_with("CANCEL "))
+        .expect("a CANCEL once the peer rang");
+    peer.send_to(reply_to(cancel, "200 OK", "CANCEL").as_bytes(), from)
+        .unwrap();
+    let terminated = reply_to(&invite, "487 Request Terminated", "INVITE");
+    peer.send_to(terminated.as_bytes(), from).unwrap();
+    let acked = receive(&mut buf, Duration::from_secs(2));
+    assert!(
+        acked.iter().any(|(m, _)| m.starts_with("ACK ")),
+        "the 487 is acknowledged: {acked:?}"
+    );
+    let out = child.wait_with_output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    assert_eq!(report["error"]["kind"], "interrupted", "{report:#}");
+}
+
 /// Starts `probe answer ARGS` on a free port, has sipp call it with a UAC scenario, and
 /// returns whether sipp's scenario completed, with the probe's exit code and report.
 fn answer_sipp(scenario: &str, keys: &[(&str, &str)], args: &[&str]) -> (bool, i32, Value) {
@@ -583,6 +665,22 @@ fn ringing_without_an_answer_is_canceled() {
     assert!(
         status.success(),
         "sipp saw CANCEL, sent 487 and got its ACK"
+    );
+}
+
+/// The 200 to the INVITE crosses the probe's CANCEL: the call is up after all, so the probe
+/// ACKs it and hangs up (sipp fails without the ACK and the BYE).
+#[test]
+fn an_answer_crossing_the_cancel_is_acknowledged_and_hung_up() {
+    let args = ["--ring-timeout", "1"];
+    let (mut sipp, code, report) = call_sipp("uas_cancel_race.xml", &[], &[], &args);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["error"]["kind"], "no_answer", "{report:#}");
+    let message = report["error"]["message"].as_str().unwrap();
+    assert!(message.contains("crossed"), "{message}");
+    assert!(
+        sipp.0.wait().unwrap().success(),
+        "sipp got the ACK of its 200 and a BYE"
     );
 }
 

@@ -87,8 +87,10 @@ pub async fn call(
     let mut invite = dialog.request(rsip::Method::Invite, None, Some(offer.clone()));
     let response = loop {
         let mut pdd = report.sip.post_dial_delay_ms;
+        let mut provisional = false;
         let transaction =
             transaction::run(&mut endpoint, &invite, remote, timers, ring_timeout, |r| {
+                provisional = true;
                 if r.status_code.code() > 100 && pdd.is_none() {
                     pdd = Some(started.elapsed().as_millis() as u64);
                 }
@@ -96,8 +98,9 @@ pub async fn call(
         let outcome = tokio::select! {
             outcome = transaction => outcome,
             _ = tokio::signal::ctrl_c() => {
-                cancel(&mut endpoint, &invite, remote, timers).await;
-                report.fail("interrupted", "interrupted before the answer; the call was canceled");
+                let crossed = cancel(&mut endpoint, &invite, remote, timers, provisional).await;
+                let crossed = hang_up_crossed(&mut endpoint, &mut dialog, crossed, timers).await;
+                report.fail("interrupted", format!("interrupted before the answer; the call was canceled{crossed}"));
                 return Ok(report);
             }
         };
@@ -105,11 +108,12 @@ pub async fn call(
         let response = match outcome {
             Ok(response) => response,
             Err(TransactionError::RingTimeout { waited }) => {
-                cancel(&mut endpoint, &invite, remote, timers).await;
+                let crossed = cancel(&mut endpoint, &invite, remote, timers, true).await;
+                let crossed = hang_up_crossed(&mut endpoint, &mut dialog, crossed, timers).await;
                 report.fail(
                     "no_answer",
                     format!(
-                        "no answer after ringing {:.1} s; canceled",
+                        "no answer after ringing {:.1} s; canceled{crossed}",
                         waited.as_secs_f64()
                     ),
                 );
@@ -255,34 +259,88 @@ fn refusal(code: u16) -> (&'static str, &'static str) {
     }
 }
 
-/// CANCELs a ringing INVITE and waits for its 487 (acknowledged by the transaction).
+/// CANCELs a pending INVITE (RFC 3261 §9.1) and sees the INVITE to its final response. A
+/// non-2xx (the 487) is ACKed here; a 2xx that crossed the CANCEL is returned for the caller
+/// to ACK and hang up. Before any provisional response no CANCEL may be sent: it waits for
+/// one (or for the final response, which makes the CANCEL moot).
 async fn cancel(
     endpoint: &mut Endpoint,
     invite: &rsip::Request,
     remote: SocketAddr,
     timers: transaction::Timers,
-) {
+    provisional: bool,
+) -> Option<rsip::Response> {
+    let deadline = Instant::now() + timers.timeout;
+    if !provisional {
+        match invite_response(endpoint, invite, remote, deadline).await {
+            Some(r) if r.status_code.code() < 200 => {}
+            ended => return ended,
+        }
+    }
     let cancel = derived_from_invite(invite, rsip::Method::Cancel, None);
     if let Err(e) =
         transaction::run(endpoint, &cancel, remote, timers, timers.timeout, |_| {}).await
     {
         tracing::warn!("CANCEL: {e}");
-        return;
     }
-    let deadline = Instant::now() + timers.timeout;
-    while let Some(inbound) = endpoint.next(deadline).await {
-        if let super::sip::Inbound::Response(r, _) = inbound {
-            if r.status_code.code() >= 300 {
-                let ack = derived_from_invite(
-                    invite,
-                    rsip::Method::Ack,
-                    rsip::prelude::HeadersExt::to_header(&r).ok(),
-                );
-                let _ = endpoint.send(ack, remote).await;
-                return;
-            }
+    loop {
+        match invite_response(endpoint, invite, remote, deadline).await {
+            Some(r) if r.status_code.code() < 200 => continue,
+            ended => return ended,
         }
     }
+}
+
+/// The next response to the INVITE (same branch and CSeq method): a provisional or 2xx one
+/// is returned; a non-2xx final one is ACKed and ends the wait (None), as does the deadline.
+/// Responses the CANCEL's transaction set aside come first.
+async fn invite_response(
+    endpoint: &mut Endpoint,
+    invite: &rsip::Request,
+    remote: SocketAddr,
+    deadline: Instant,
+) -> Option<rsip::Response> {
+    while let Some(inbound) = endpoint.next(deadline).await {
+        let super::sip::Inbound::Response(r, _) = inbound else {
+            continue;
+        };
+        if !transaction::matches(&r, invite) {
+            continue;
+        }
+        if r.status_code.code() >= 300 {
+            let to = rsip::prelude::HeadersExt::to_header(&r).ok();
+            let ack = derived_from_invite(invite, rsip::Method::Ack, to);
+            let _ = endpoint.send(ack, remote).await;
+            return None;
+        }
+        return Some(r);
+    }
+    None
+}
+
+/// A 2xx that crossed our CANCEL: the call is up after all, so it is acknowledged and hung
+/// up at once. Returns what the report adds to its message.
+async fn hang_up_crossed(
+    endpoint: &mut Endpoint,
+    dialog: &mut Dialog,
+    answered: Option<rsip::Response>,
+    timers: transaction::Timers,
+) -> &'static str {
+    let Some(response) = answered else {
+        return "";
+    };
+    dialog.learn_remote(&response, to_tag(&response));
+    dialog.route_set = record_routes(&response).into_iter().rev().collect();
+    let ack = dialog.request(rsip::Method::Ack, Some(dialog.local_cseq), None);
+    if let Err(e) = endpoint.send(&ack, dialog.remote_addr).await {
+        tracing::warn!("ACK: {e}");
+    }
+    let bye = dialog.request(rsip::Method::Bye, None, None);
+    let to = dialog.remote_addr;
+    if let Err(e) = transaction::run(endpoint, &bye, to, timers, timers.timeout, |_| {}).await {
+        tracing::warn!("BYE: {e}");
+    }
+    " (the peer answered as the CANCEL crossed: acknowledged and hung up)"
 }
 
 #[cfg(test)]
