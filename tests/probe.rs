@@ -798,6 +798,10 @@ fn usage_and_local_errors_exit_2_with_a_message() {
             "not a SIP URI",
         ),
         (vec!["answer", "--listen", &taken], "cannot listen"),
+        (
+            vec!["call", &target, "--calls", "2", "--rate", "1e12"],
+            "--rate must be",
+        ),
     ] {
         let (code, _, stderr) = run_probe(&args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
