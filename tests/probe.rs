@@ -802,6 +802,11 @@ fn usage_and_local_errors_exit_2_with_a_message() {
             vec!["call", &target, "--calls", "2", "--rate", "1e12"],
             "--rate must be",
         ),
+        (vec!["call", &target, "--wait=-1"], "--wait takes seconds"),
+        (
+            vec!["call", &target, "--wait", "NaN"],
+            "--wait takes seconds",
+        ),
     ] {
         let (code, _, stderr) = run_probe(&args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
