@@ -272,6 +272,14 @@ fn script_file(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
+fn sequence_numbers<'a>(packets: impl Iterator<Item = &'a rtp_rs::RtpReader<'a>>) -> Vec<u16> {
+    packets.map(|p| u16::from(p.sequence_number())).collect()
+}
+
+fn consecutive(seqs: &[u16]) -> bool {
+    seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1))
+}
+
 #[test]
 fn key_presses_cross_the_wire_as_rfc4733_events() {
     let (sink, sink_port) = rtp_socket(Duration::from_millis(200));
@@ -336,13 +344,45 @@ fn key_presses_cross_the_wire_as_rfc4733_events() {
             "durations grow: {durations:?}"
         );
         assert_eq!(*durations.last().unwrap(), 800, "100 ms at 8 kHz");
-        let seqs: Vec<u16> = press
+        let seqs = sequence_numbers(press.iter().copied());
+        assert!(consecutive(&seqs), "consecutive sequence numbers");
+    }
+    // Audio and events are one stream: sequence numbers run on across both; an event takes
+    // the audio's timestamp at its start (the last audio packet's plus one frame), and audio
+    // comes back after it, its media time moved on.
+    let stream: Vec<rtp_rs::RtpReader> = packets
+        .iter()
+        .map(|p| rtp_rs::RtpReader::new(p).unwrap())
+        .collect();
+    let seqs = sequence_numbers(stream.iter());
+    assert!(
+        consecutive(&seqs),
+        "sequence numbers continue across audio and events: {seqs:?}"
+    );
+    let at = |packet: &rtp_rs::RtpReader| {
+        let seq = u16::from(packet.sequence_number());
+        seqs.iter().position(|s| *s == seq).unwrap()
+    };
+    for press in &presses {
+        let (first, last) = (at(press[0]), at(press[press.len() - 1]));
+        let audio_before = stream[..first]
             .iter()
-            .map(|p| u16::from(p.sequence_number()))
-            .collect();
+            .rev()
+            .find(|p| p.payload_type() == 0)
+            .expect("audio before the key press");
+        assert_eq!(
+            press[0].timestamp(),
+            audio_before.timestamp().wrapping_add(160),
+            "the event starts at the audio's timestamp"
+        );
+        let audio_after = stream[last + 1..]
+            .iter()
+            .find(|p| p.payload_type() == 0)
+            .expect("audio resumes after the key press");
+        let moved_on = audio_after.timestamp().wrapping_sub(press[0].timestamp());
         assert!(
-            seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
-            "consecutive sequence numbers"
+            (800..8000).contains(&moved_on),
+            "the resumed audio's timestamp is past the event's duration: {moved_on}"
         );
     }
     assert_eq!(report["keys_sent"].as_array().unwrap().len(), 1);
@@ -381,10 +421,14 @@ fn refusals_give_their_kind_and_a_failing_exit() {
             text.replace("CODE REASON", &format!("{status} {reason}")),
         )
         .unwrap();
-        let (_sipp, code, report) = call_sipp(&scenario, &[], &[], &[]);
+        let (mut sipp, code, report) = call_sipp(&scenario, &[], &[], &[]);
         assert_eq!(code, 1, "{report:#}");
         assert_eq!(report["error"]["kind"], kind, "{report:#}");
         assert_eq!(report["sip"]["final_code"], status.parse::<u16>().unwrap());
+        assert!(
+            sipp.0.wait().unwrap().success(),
+            "{status}: sipp got the ACK of its refusal"
+        );
     }
 }
 
