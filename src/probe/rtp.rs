@@ -338,22 +338,109 @@ struct Receiver {
     vad_fed: usize,
     first_ext_seq: Option<u64>,
     highest_ext_seq: u64,
+    /// Packets expected in the streams before the current one (after an SSRC change or a
+    /// restart of the sequence numbers).
+    expected_before: u64,
+    /// The stream's SSRC, and the sequence number that confirms a jump (RFC 3550 A.1).
+    ssrc: Option<u32>,
+    bad_seq: Option<u16>,
     next_timestamp: Option<u32>,
     last_transit: Option<i64>,
     jitter: f64,
     key_started_ms: u64,
 }
 
+/// RFC 3550 A.1: a sequence number further than this ahead of (or `MAX_MISORDER` behind)
+/// the highest is a jump; a second packet in sequence after it confirms a restarted stream.
+const MAX_DROPOUT: i64 = 3000;
+const MAX_MISORDER: i64 = 100;
+
 impl Receiver {
+    fn new(config: MediaConfig, transcoder: Transcoder) -> Self {
+        Self {
+            endpointer: Endpointer::new(config.vad),
+            config,
+            transcoder,
+            jitter_buffer: JitterBuffer::new(JITTER_DEPTH),
+            detector: dtmf::Detector::default(),
+            stats: RtpStats::default(),
+            recording: Vec::new(),
+            recording_start_ms: None,
+            vad_fed: 0,
+            first_ext_seq: None,
+            highest_ext_seq: 0,
+            expected_before: 0,
+            ssrc: None,
+            bad_seq: None,
+            next_timestamp: None,
+            last_transit: None,
+            jitter: 0.0,
+            key_started_ms: 0,
+        }
+    }
+
+    /// Whether the packet starts (or confirms) a new stream: another SSRC, or sequence
+    /// numbers that jumped and went on from there. Returns false for a packet to discard: the
+    /// first after a jump, until the next one confirms it (RFC 3550 A.1).
+    fn follow_stream(&mut self, ssrc: u32, seq: u16) -> bool {
+        if self.ssrc != Some(ssrc) {
+            if self.ssrc.is_some() {
+                self.resync();
+            }
+            self.ssrc = Some(ssrc);
+            return true;
+        }
+        if self.first_ext_seq.is_none() {
+            return true;
+        }
+        let delta = self.jitter_buffer.extend(seq) as i64 - self.highest_ext_seq as i64;
+        if (-MAX_MISORDER..=MAX_DROPOUT).contains(&delta) {
+            self.bad_seq = None;
+            return true;
+        }
+        if self.bad_seq == Some(seq) {
+            self.resync();
+            return true;
+        }
+        self.bad_seq = Some(seq.wrapping_add(1));
+        false
+    }
+
+    /// A new stream: what is held is played out, the old stream's expected count kept for the
+    /// loss, and the sequence, timestamp and jitter state start afresh, so the new stream's
+    /// packets are not taken for late ones of the old.
+    fn resync(&mut self) {
+        let rest = self.jitter_buffer.drain();
+        self.play_out(rest);
+        self.expected_before += self.expected();
+        self.stats.packets_dropped_late += self.jitter_buffer.dropped;
+        self.jitter_buffer = JitterBuffer::new(JITTER_DEPTH);
+        self.first_ext_seq = None;
+        self.highest_ext_seq = 0;
+        self.bad_seq = None;
+        self.next_timestamp = None;
+        self.last_transit = None;
+    }
+
+    /// Packets expected in the current stream, from its sequence numbers.
+    fn expected(&self) -> u64 {
+        self.first_ext_seq
+            .map_or(0, |first| self.highest_ext_seq - first + 1)
+    }
+
     fn now_ms(&self) -> u64 {
         self.config.epoch.elapsed().as_millis() as u64
     }
 
-    fn on_datagram(&mut self, data: &[u8]) -> Vec<MediaEvent> {
+    /// One datagram that arrived at `arrival`.
+    fn on_datagram(&mut self, data: &[u8], arrival: Instant) -> Vec<MediaEvent> {
         let Ok(rtp) = RtpReader::new(data) else {
             tracing::debug!("ignored a datagram that is not RTP ({} bytes)", data.len());
             return Vec::new();
         };
+        if !self.follow_stream(rtp.ssrc(), u16::from(rtp.sequence_number())) {
+            return Vec::new();
+        }
         let n = self.config.negotiated;
         let ext = self.jitter_buffer.extend(u16::from(rtp.sequence_number()));
         self.first_ext_seq.get_or_insert(ext);
@@ -368,7 +455,7 @@ impl Receiver {
         if pt != n.audio_pt {
             return Vec::new(); // comfort noise and the like
         }
-        self.update_jitter(rtp.timestamp());
+        self.update_jitter(rtp.timestamp(), arrival);
         let due = self.jitter_buffer.push(
             u16::from(rtp.sequence_number()),
             Queued {
@@ -396,9 +483,10 @@ impl Receiver {
     }
 
     /// RFC 3550 §6.4.1 interarrival jitter, in timestamp units.
-    fn update_jitter(&mut self, timestamp: u32) {
+    fn update_jitter(&mut self, timestamp: u32, arrival: Instant) {
         let clock = self.config.negotiated.codec.clock_rate() as f64;
-        let arrival = (self.config.epoch.elapsed().as_secs_f64() * clock) as i64;
+        let since_epoch = arrival.saturating_duration_since(self.config.epoch);
+        let arrival = (since_epoch.as_secs_f64() * clock) as i64;
         let transit = arrival - timestamp as i64;
         if let Some(last) = self.last_transit {
             let d = (transit - last).abs() as f64;
@@ -461,16 +549,14 @@ impl Receiver {
         let rest = self.jitter_buffer.drain();
         self.play_out(rest);
         let clock = self.config.negotiated.codec.clock_rate() as f64;
-        let expected = self
-            .first_ext_seq
-            .map_or(0, |first| self.highest_ext_seq - first + 1);
+        let expected = self.expected_before + self.expected();
         self.stats.packets_lost = expected.saturating_sub(self.stats.packets_received);
         if expected > 0 {
             self.stats.loss_percent =
                 (self.stats.packets_lost as f64 * 10000.0 / expected as f64).round() / 100.0;
         }
         self.stats.jitter_ms = (self.jitter * 1000.0 / clock * 100.0).round() / 100.0;
-        self.stats.packets_dropped_late = self.jitter_buffer.dropped;
+        self.stats.packets_dropped_late += self.jitter_buffer.dropped;
         Received {
             stats: self.stats,
             recording: self.recording,
@@ -486,23 +572,7 @@ async fn receive_loop(
     mut negotiated: watch::Receiver<Negotiated>,
     stop: CancellationToken,
 ) -> Received {
-    let mut rx = Receiver {
-        endpointer: Endpointer::new(config.vad),
-        config: config.clone(),
-        transcoder,
-        jitter_buffer: JitterBuffer::new(JITTER_DEPTH),
-        detector: dtmf::Detector::default(),
-        stats: RtpStats::default(),
-        recording: Vec::new(),
-        recording_start_ms: None,
-        vad_fed: 0,
-        first_ext_seq: None,
-        highest_ext_seq: 0,
-        next_timestamp: None,
-        last_transit: None,
-        jitter: 0.0,
-        key_started_ms: 0,
-    };
+    let mut rx = Receiver::new(config.clone(), transcoder);
     let mut buf = vec![0u8; 2048];
     let mut last_packet = Instant::now();
     let mut timed_out = false;
@@ -530,7 +600,7 @@ async fn receive_loop(
             received = socket.recv_from(&mut buf) => {
                 let Ok((len, _from)) = received else { continue };
                 last_packet = Instant::now();
-                for event in rx.on_datagram(&buf[..len]) {
+                for event in rx.on_datagram(&buf[..len], last_packet) {
                     if !deliver(event).await && stop.is_cancelled() {
                         break 'receiving;
                     }
@@ -608,5 +678,98 @@ mod tests {
             .await
             .expect("Media::stop hung on a full event queue");
         assert!(result.stats.events_received > 64, "{:?}", result.stats);
+    }
+
+    /// PCMU packets of one stream: `seqs` with timestamps 160 apart from `ts0`.
+    fn stream(ssrc: u32, seqs: impl Iterator<Item = u16>, ts0: u32) -> Vec<(u16, Vec<u8>)> {
+        seqs.enumerate()
+            .map(|(i, seq)| {
+                let mut out = Outgoing {
+                    ssrc,
+                    seq,
+                    timestamp: 0,
+                };
+                let ts = ts0.wrapping_add(i as u32 * 160);
+                (seq, out.packet(0, false, ts, &[0xff; 160]))
+            })
+            .collect()
+    }
+
+    fn receiver() -> Receiver {
+        let addr = "127.0.0.1:9".parse().unwrap();
+        Receiver::new(config(addr), Transcoder::new(Codec::Pcmu).unwrap())
+    }
+
+    /// Feeds packets sent 20 ms apart, each arriving `late_ms` later, or lost (None).
+    fn feed(rx: &mut Receiver, packets: &[(u16, Vec<u8>)], late_ms: impl Fn(usize) -> Option<u64>) {
+        let epoch = rx.config.epoch;
+        for (i, (_, packet)) in packets.iter().enumerate() {
+            if let Some(late) = late_ms(i) {
+                let at = epoch + Duration::from_millis(i as u64 * 20 + late);
+                rx.on_datagram(packet, at);
+            }
+        }
+    }
+
+    #[test]
+    fn two_packets_missing_of_fifty_are_two_lost() {
+        let mut rx = receiver();
+        let packets = stream(7, 1000..1050, 0);
+        feed(&mut rx, &packets, |i| (i != 10 && i != 31).then_some(0));
+        let stats = rx.finish().stats;
+        assert_eq!(stats.packets_received, 48);
+        assert_eq!(stats.packets_lost, 2);
+        assert_eq!(stats.loss_percent, 4.0);
+        assert_eq!(stats.jitter_ms, 0.0, "steady arrival, no jitter");
+    }
+
+    /// RFC 3550 §6.4.1: J += (|D| - J) / 16. Transit alternating by 5 ms gives |D| = 5 ms for
+    /// every packet, so J converges on 5 ms.
+    #[test]
+    fn jitter_follows_rfc_3550() {
+        let mut rx = receiver();
+        let packets = stream(7, 0..300, 0);
+        feed(&mut rx, &packets, |i| Some(if i % 2 == 1 { 5 } else { 0 }));
+        let jitter = rx.finish().stats.jitter_ms;
+        assert!((4.8..=5.2).contains(&jitter), "{jitter}");
+        // After the first step J is |D| / 16 exactly.
+        let mut rx = receiver();
+        feed(&mut rx, &packets[..2], |i| {
+            Some(if i == 1 { 16 } else { 0 })
+        });
+        assert_eq!(rx.finish().stats.jitter_ms, 1.0);
+    }
+
+    /// A new SSRC with lower sequence numbers is a new stream, not 30 late packets.
+    #[test]
+    fn a_new_ssrc_starts_afresh() {
+        let mut rx = receiver();
+        let mut packets = stream(1, 100..130, 0);
+        packets.extend(stream(2, 5..35, 777_000));
+        feed(&mut rx, &packets, |_| Some(0));
+        let result = rx.finish();
+        assert_eq!(result.stats.packets_dropped_late, 0);
+        assert_eq!(result.stats.packets_lost, 0);
+        assert_eq!(
+            result.recording.len(),
+            60 * 160,
+            "both streams were played out"
+        );
+    }
+
+    /// Sequence numbers that jump (same SSRC) restart the stream once a second packet confirms
+    /// the jump; the first is discarded (RFC 3550 A.1). Neither way counts as loss.
+    #[test]
+    fn a_sequence_jump_confirmed_by_the_next_packet_restarts_the_stream() {
+        for jump in [20_000u16, 50] {
+            let mut rx = receiver();
+            let mut packets = stream(1, 1000..1030, 0);
+            packets.extend(stream(1, jump..jump + 30, 5_000_000));
+            feed(&mut rx, &packets, |_| Some(0));
+            let result = rx.finish();
+            assert_eq!(result.stats.packets_lost, 0, "jump to {jump}");
+            assert_eq!(result.stats.packets_dropped_late, 0, "jump to {jump}");
+            assert_eq!(result.stats.packets_received, 59, "jump to {jump}");
+        }
     }
 }
