@@ -260,9 +260,17 @@ fn print_prompts(tsv: bool) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The probe is a softphone, not the daemon: it reads no callverify.toml and none of the
+    // daemon's CALLVERIFY_* settings, so a broken one must not turn its exit 2 (usage) or 0/1
+    // (the call's verdict) into a configuration error, nor warn about its own
+    // CALLVERIFY_PROBE_* variables.
+    let command = match cli.command {
+        Command::Probe(command) => return callverify::probe::run(*command).await,
+        command => command,
+    };
     let config =
         Config::load(cli.config.as_deref(), std::env::vars()).context("invalid configuration")?;
-    match cli.command {
+    match command {
         Command::Serve => {
             // Listening sockets (and the build's features) first: a refusal leaves no store.
             let listeners = daemon::bind(&config).await?;
@@ -286,7 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             speech_bench::run(&config, &args.speech).await
         }
         Command::Bench(args) => bench::run(args).await,
-        Command::Probe(command) => callverify::probe::run(*command).await,
+        Command::Probe(_) => unreachable!("dispatched before the configuration is loaded"),
         Command::Prompts(args) => {
             print_prompts(args.tsv);
             Ok(ExitCode::SUCCESS)

@@ -121,9 +121,15 @@ fn call_sipp(
 
 /// Runs the probe with a generous hang guard; returns its exit code, stdout and stderr.
 fn run_probe(args: &[&str]) -> (i32, String, String) {
+    run_probe_with_env(args, &[])
+}
+
+/// `run_probe` with environment variables set for the probe.
+fn run_probe_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_callverify"))
         .arg("probe")
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -237,16 +243,49 @@ fn a_call_to_an_echoing_sipp_records_audible_audio_and_its_own_key_presses() {
     assert_holds_the_tone(&record);
 }
 
+/// A UDP socket standing in for the peer's RTP, and its port (for sipp's -key rtp_port).
+fn rtp_socket(read_timeout: Duration) -> (UdpSocket, String) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(read_timeout)).unwrap();
+    let port = socket.local_addr().unwrap().port().to_string();
+    (socket, port)
+}
+
+/// `probe call TARGET --script SCRIPT --rtp-timeout RTP_TIMEOUT --timeout 5`.
+fn call_with_script(target: &str, script: &Path, rtp_timeout: &str) -> (i32, Value) {
+    let script = script.to_str().unwrap();
+    let args = [
+        "call",
+        target,
+        "--script",
+        script,
+        "--rtp-timeout",
+        rtp_timeout,
+    ];
+    probe(&[&args[..], &["--timeout", "5"]].concat())
+}
+
+/// A script file (`--script`) holding `text`.
+fn script_file(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("press.script");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn sequence_numbers<'a>(packets: impl Iterator<Item = &'a rtp_rs::RtpReader<'a>>) -> Vec<u16> {
+    packets.map(|p| u16::from(p.sequence_number())).collect()
+}
+
+fn consecutive(seqs: &[u16]) -> bool {
+    seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1))
+}
+
 #[test]
 fn key_presses_cross_the_wire_as_rfc4733_events() {
-    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sink.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let sink_port = sink.local_addr().unwrap().port().to_string();
+    let (sink, sink_port) = rtp_socket(Duration::from_millis(200));
     let (_sipp, port) = sipp("uas_answer.xml", &[("rtp_port", &sink_port)], &[], None);
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("press.script");
-    std::fs::write(&script, "wait 0.2\npress 5#\nwait 0.2\nhangup\n").unwrap();
+    let script = script_file(dir.path(), "wait 0.2\npress 5#\nwait 0.2\nhangup\n");
     let target = format!("sip:100@127.0.0.1:{port}");
     let capture = std::thread::spawn(move || {
         let mut packets = Vec::new();
@@ -264,16 +303,7 @@ fn key_presses_cross_the_wire_as_rfc4733_events() {
         }
         packets
     });
-    let (code, report) = probe(&[
-        "call",
-        &target,
-        "--script",
-        script.to_str().unwrap(),
-        "--rtp-timeout",
-        "0",
-        "--timeout",
-        "5",
-    ]);
+    let (code, report) = call_with_script(&target, &script, "0");
     assert_eq!(code, 0, "{report:#}");
     let packets = capture.join().unwrap();
     let events: Vec<rtp_rs::RtpReader> = packets
@@ -314,13 +344,45 @@ fn key_presses_cross_the_wire_as_rfc4733_events() {
             "durations grow: {durations:?}"
         );
         assert_eq!(*durations.last().unwrap(), 800, "100 ms at 8 kHz");
-        let seqs: Vec<u16> = press
+        let seqs = sequence_numbers(press.iter().copied());
+        assert!(consecutive(&seqs), "consecutive sequence numbers");
+    }
+    // Audio and events are one stream: sequence numbers run on across both; an event takes
+    // the audio's timestamp at its start (the last audio packet's plus one frame), and audio
+    // comes back after it, its media time moved on.
+    let stream: Vec<rtp_rs::RtpReader> = packets
+        .iter()
+        .map(|p| rtp_rs::RtpReader::new(p).unwrap())
+        .collect();
+    let seqs = sequence_numbers(stream.iter());
+    assert!(
+        consecutive(&seqs),
+        "sequence numbers continue across audio and events: {seqs:?}"
+    );
+    let at = |packet: &rtp_rs::RtpReader| {
+        let seq = u16::from(packet.sequence_number());
+        seqs.iter().position(|s| *s == seq).unwrap()
+    };
+    for press in &presses {
+        let (first, last) = (at(press[0]), at(press[press.len() - 1]));
+        let audio_before = stream[..first]
             .iter()
-            .map(|p| u16::from(p.sequence_number()))
-            .collect();
+            .rev()
+            .find(|p| p.payload_type() == 0)
+            .expect("audio before the key press");
+        assert_eq!(
+            press[0].timestamp(),
+            audio_before.timestamp().wrapping_add(160),
+            "the event starts at the audio's timestamp"
+        );
+        let audio_after = stream[last + 1..]
+            .iter()
+            .find(|p| p.payload_type() == 0)
+            .expect("audio resumes after the key press");
+        let moved_on = audio_after.timestamp().wrapping_sub(press[0].timestamp());
         assert!(
-            seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
-            "consecutive sequence numbers"
+            (800..8000).contains(&moved_on),
+            "the resumed audio's timestamp is past the event's duration: {moved_on}"
         );
     }
     assert_eq!(report["keys_sent"].as_array().unwrap().len(), 1);
@@ -359,33 +421,106 @@ fn refusals_give_their_kind_and_a_failing_exit() {
             text.replace("CODE REASON", &format!("{status} {reason}")),
         )
         .unwrap();
-        let (_sipp, code, report) = call_sipp(&scenario, &[], &[], &[]);
+        let (mut sipp, code, report) = call_sipp(&scenario, &[], &[], &[]);
         assert_eq!(code, 1, "{report:#}");
         assert_eq!(report["error"]["kind"], kind, "{report:#}");
         assert_eq!(report["sip"]["final_code"], status.parse::<u16>().unwrap());
+        assert!(
+            sipp.0.wait().unwrap().success(),
+            "{status}: sipp got the ACK of its refusal"
+        );
     }
+}
+
+/// --user qa --password PASSWORD, hanging up half a second after the answer.
+fn credentials(password: &str) -> [&str; 6] {
+    [
+        "--user",
+        "qa",
+        "--password",
+        password,
+        "--hangup-after",
+        "0.5",
+    ]
 }
 
 #[test]
 fn digest_authentication_answers_the_challenge() {
     // sipp checks the digest of the second INVITE: 200 for the right password, else 403.
-    for (password, exit, final_code) in [("secret", 0, 200), ("wrong", 1, 403)] {
-        let args = [
-            "--user",
-            "qa",
-            "--password",
-            password,
-            "--hangup-after",
-            "0.5",
-        ];
-        let (_sipp, code, report) = call_sipp("uas_auth.xml", &[], &[], &args);
-        assert_eq!(code, exit, "{report:#}");
+    let md5 = r#"Digest realm="callverify-test", nonce="5f1d0c2a9b", algorithm=MD5"#;
+    // The usual Asterisk/Kamailio form: a qop list, which the probe answers with qop=auth.
+    let qop = r#"Digest realm="callverify-test", nonce="7a3e91c4", qop="auth,auth-int""#;
+    for (challenge, password, exit, final_code) in [
+        (md5, "secret", 0, 200),
+        (md5, "wrong", 1, 403),
+        (qop, "secret", 0, 200),
+        (qop, "wrong", 1, 403),
+    ] {
+        let args = credentials(password);
+        let keys = [("challenge", challenge)];
+        let (mut sipp, code, report) = call_sipp("uas_auth.xml", &keys, &[], &args);
+        assert_eq!(code, exit, "{challenge}: {report:#}");
         assert_eq!(report["sip"]["auth_challenges"], 1);
         assert_eq!(report["sip"]["final_code"], final_code, "{report:#}");
         if exit != 0 {
             assert_eq!(report["error"]["kind"], "forbidden");
         }
+        assert!(
+            sipp.0.wait().unwrap().success(),
+            "{challenge}: sipp's scenario ran through"
+        );
     }
+}
+
+#[test]
+fn a_proxy_challenge_then_the_pbxs_are_answered_with_both_credentials() {
+    // sipp checks the Proxy-Authorization's form (qop=auth as a token, nc, cnonce, opaque) on
+    // the second and third INVITE, and the digest of the third's Authorization: 200 for the
+    // right password; the wrong one is challenged again, which is wrong credentials, not a loop.
+    for (password, exit, final_code) in [("secret", 0, 200), ("wrong", 1, 401)] {
+        let args = credentials(password);
+        let (mut sipp, code, report) = call_sipp("uas_proxy_auth.xml", &[], &[], &args);
+        assert_eq!(code, exit, "{report:#}");
+        assert_eq!(report["sip"]["final_code"], final_code, "{report:#}");
+        if exit == 0 {
+            assert_eq!(report["sip"]["auth_challenges"], 2, "{report:#}");
+        } else {
+            assert_eq!(report["sip"]["auth_challenges"], 3, "{report:#}");
+            assert_eq!(report["error"]["kind"], "forbidden");
+            let message = report["error"]["message"].as_str().unwrap();
+            assert!(message.contains("wrong credentials"), "{message}");
+        }
+        assert!(
+            sipp.0.wait().unwrap().success(),
+            "{password}: sipp saw both credentials and the ACK of each challenge"
+        );
+    }
+}
+
+/// The probe is no daemon: a broken daemon setting in the environment (or callverify.toml)
+/// changes neither its exit codes nor its own CALLVERIFY_PROBE_PASSWORD.
+#[test]
+fn the_daemons_configuration_does_not_touch_the_probe() {
+    let env = [
+        ("CALLVERIFY_AGI_LISTEN", "nowhere"),
+        ("CALLVERIFY_PROBE_PASSWORD", "secret"),
+        ("RUST_LOG", "info"),
+    ];
+    let (code, _, stderr) = run_probe_with_env(&["call", "mailto:someone"], &env);
+    assert_eq!(code, 2, "a usage error stays exit 2: {stderr}");
+    assert!(stderr.contains("not a SIP URI"), "{stderr}");
+    let challenge = r#"Digest realm="callverify-test", nonce="5f1d0c2a9b", algorithm=MD5"#;
+    let (mut sipp, port) = sipp("uas_auth.xml", &[("challenge", challenge)], &[], None);
+    let target = format!("sip:100@127.0.0.1:{port}");
+    let args = ["call", &target, "--timeout", "5", "--user", "qa"];
+    let args = [&args[..], &["--hangup-after", "0.5", "--json"]].concat();
+    let (code, stdout, stderr) = run_probe_with_env(&args, &env);
+    assert_eq!(
+        code, 0,
+        "the password came from the environment: {stdout}\n{stderr}"
+    );
+    assert!(!stderr.contains("no such setting"), "{stderr}");
+    assert!(sipp.0.wait().unwrap().success(), "sipp took the digest");
 }
 
 #[test]
@@ -425,6 +560,88 @@ fn a_silent_peer_and_a_peer_sending_garbage_fail_after_the_timeout() {
         assert_eq!(code, 1, "{report:#}");
         assert_eq!(report["error"]["kind"], "malformed_sip", "{report:#}");
     }
+}
+
+/// A response to `request` (SIP text): its Via, From, Call-ID and CSeq (with `method` for the
+/// CSeq's), and To with a tag.
+fn reply_to(request: &str, status: &str, method: &str) -> String {
+    let mut reply = format!("SIP/2.0 {status}\r\n");
+    for line in request.lines() {
+        let name = line.split(':').next().unwrap_or("").to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "from" | "call-id" => reply.push_str(&format!("{line}\r\n")),
+            "to" => reply.push_str(&format!("{line};tag=peer1\r\n")),
+            "cseq" => {
+                let number = line[5..].split_whitespace().next().unwrap();
+                reply.push_str(&format!("CSeq: {number} {method}\r\n"));
+            }
+            _ => {}
+        }
+    }
+    reply + "Content-Length: 0\r\n\r\n"
+}
+
+/// Interrupted before any provisional response, the probe must not CANCEL (RFC 3261 §9.1)
+/// until one comes; then it CANCELs and ACKs the 487.
+#[test]
+fn an_interrupted_call_cancels_only_after_a_provisional_response() {
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let target = format!("sip:100@{}", peer.local_addr().unwrap());
+    let child = Command::new(env!("CARGO_BIN_EXE_callverify"))
+        .args(["probe", "call", &target, "--timeout", "5", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let receive = |buf: &mut [u8], within: Duration| {
+        let until = std::time::Instant::now() + within;
+        let mut got = Vec::new();
+        while std::time::Instant::now() < until {
+            if let Ok((n, from)) = peer.recv_from(buf) {
+                got.push((String::from_utf8_lossy(&buf[..n]).into_owned(), from));
+            }
+        }
+        got
+    };
+    let (invite, from) = receive(&mut buf, Duration::from_secs(2))
+        .into_iter()
+        .next()
+        .expect("the INVITE");
+    assert!(invite.starts_with("INVITE "), "{invite}");
+    let interrupt = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupt.success());
+    let before = receive(&mut buf, Duration::from_secs(1));
+    assert!(
+        before.iter().all(|(m, _)| !m.starts_with("CANCEL ")),
+        "no CANCEL before a provisional response: {before:?}"
+    );
+    peer.send_to(reply_to(&invite, "180 Ringing", "INVITE").as_bytes(), from)
+        .unwrap();
+    let after = receive(&mut buf, Duration::from_secs(2));
+    let (cancel, _) = after
+        .iter()
+        .find(|(m, _)| m.starts_with("CANCEL "))
+        .expect("a CANCEL once the peer rang");
+    peer.send_to(reply_to(cancel, "200 OK", "CANCEL").as_bytes(), from)
+        .unwrap();
+    let terminated = reply_to(&invite, "487 Request Terminated", "INVITE");
+    peer.send_to(terminated.as_bytes(), from).unwrap();
+    let acked = receive(&mut buf, Duration::from_secs(2));
+    assert!(
+        acked.iter().any(|(m, _)| m.starts_with("ACK ")),
+        "the 487 is acknowledged: {acked:?}"
+    );
+    let out = child.wait_with_output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    assert_eq!(report["error"]["kind"], "interrupted", "{report:#}");
 }
 
 /// Starts `probe answer ARGS` on a free port, has sipp call it with a UAC scenario, and
@@ -492,6 +709,22 @@ fn ringing_without_an_answer_is_canceled() {
     assert!(
         status.success(),
         "sipp saw CANCEL, sent 487 and got its ACK"
+    );
+}
+
+/// The 200 to the INVITE crosses the probe's CANCEL: the call is up after all, so the probe
+/// ACKs it and hangs up (sipp fails without the ACK and the BYE).
+#[test]
+fn an_answer_crossing_the_cancel_is_acknowledged_and_hung_up() {
+    let args = ["--ring-timeout", "1"];
+    let (mut sipp, code, report) = call_sipp("uas_cancel_race.xml", &[], &[], &args);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["error"]["kind"], "no_answer", "{report:#}");
+    let message = report["error"]["message"].as_str().unwrap();
+    assert!(message.contains("crossed"), "{message}");
+    assert!(
+        sipp.0.wait().unwrap().success(),
+        "sipp got the ACK of its 200 and a BYE"
     );
 }
 
@@ -609,6 +842,15 @@ fn usage_and_local_errors_exit_2_with_a_message() {
             "not a SIP URI",
         ),
         (vec!["answer", "--listen", &taken], "cannot listen"),
+        (
+            vec!["call", &target, "--calls", "2", "--rate", "1e12"],
+            "--rate must be",
+        ),
+        (vec!["call", &target, "--wait=-1"], "--wait takes seconds"),
+        (
+            vec!["call", &target, "--wait", "NaN"],
+            "--wait takes seconds",
+        ),
     ] {
         let (code, _, stderr) = run_probe(&args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
@@ -649,6 +891,67 @@ fn re_invites_move_the_media_or_are_refused_with_488() {
         "the echo came back: {report:#}"
     );
     assert_holds_the_tone(&record);
+}
+
+/// A re-INVITE moving telephone-event from 101 to 96 is applied to both directions; hold
+/// (a=sendonly) is answered a=recvonly, the probe goes quiet and its RTP timeout waits; an
+/// UPDATE without SDP gets a 200 without one (sipp checks the answers).
+#[test]
+fn renegotiated_payload_types_and_hold_are_applied_to_the_media() {
+    let (echo, echo_port) = rtp_socket(Duration::from_millis(20));
+    let (mut sipp, port) = sipp(
+        "uas_renegotiate.xml",
+        &[("rtp_port", &echo_port)],
+        &[],
+        None,
+    );
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    // Echoes the probe's RTP, with events re-labelled 96: the probe hears its key only if its
+    // receiver took the new payload type too.
+    let echoing = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((n, from)) = echo.recv_from(&mut buf) else {
+                continue;
+            };
+            seen.push((std::time::Instant::now(), buf[1] & 0x7f));
+            if matches!(buf[1] & 0x7f, 96 | 101) {
+                buf[1] = (buf[1] & 0x80) | 96;
+            }
+            let _ = echo.send_to(&buf[..n], from);
+        }
+        seen
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let script = script_file(dir.path(), "wait 1\npress 5\nwait 3.6\nhangup\n");
+    let target = format!("sip:100@127.0.0.1:{port}");
+    let (code, report) = call_with_script(&target, &script, "1");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = echoing.join().unwrap();
+    assert_eq!(code, 0, "no RTP timeout on hold: {report:#}");
+    assert!(
+        sipp.0.wait().unwrap().success(),
+        "sipp saw telephone-event 96 in the answer, a=recvonly to the hold, a bare 200 to UPDATE"
+    );
+    let events: Vec<u8> = seen.iter().map(|s| s.1).filter(|&pt| pt != 0).collect();
+    assert!(!events.is_empty(), "the key press crossed the wire");
+    assert!(
+        events.iter().all(|&pt| pt == 96),
+        "events use the renegotiated payload type: {events:?}"
+    );
+    assert_eq!(keys_received(&report), "5", "{report:#}");
+    let (longest_gap, at) = seen
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0, w[1].0))
+        .max()
+        .unwrap();
+    assert!(
+        longest_gap > Duration::from_millis(1200),
+        "the probe was quiet on hold (longest gap {longest_gap:?})"
+    );
+    assert!(seen.last().unwrap().0 > at, "and sent again once resumed");
 }
 
 /// baresip, headless: auto-answers, plays `play` (it hangs up when the file ends) and logs

@@ -10,7 +10,7 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
 use super::report::Report;
-use super::sip::message::{new_tag, record_routes, response, tag_of};
+use super::sip::message::{branch, new_tag, record_routes, response, tag_of};
 use super::sip::{Dialog, Endpoint, Inbound};
 use super::{finish_media, local_ip_towards, sdp, session, Prepared, UsageError};
 
@@ -108,7 +108,8 @@ pub async fn answer(args: &super::AnswerArgs, prepared: &Prepared) -> anyhow::Re
     };
     endpoint.send(reply(180, None), from).await?;
     report.sip.post_dial_delay_ms = Some(started.elapsed().as_millis() as u64);
-    if let Some(canceled) = ring_for(&mut endpoint, ring, &reply).await {
+    let ringing = ring_for(&mut endpoint, &invite, &dialog.local_tag, ring, &reply).await;
+    if let Some(canceled) = ringing {
         report.sip.final_code = Some(487);
         report.fail("no_answer", "the caller canceled before the answer");
         retransmit_until_ack(&mut endpoint, &canceled, from, timers).await;
@@ -156,26 +157,37 @@ pub async fn answer(args: &super::AnswerArgs, prepared: &Prepared) -> anyhow::Re
     Ok(report)
 }
 
-/// Rings for `ring`; a CANCEL meanwhile is answered 200 and gives the INVITE's 487.
+/// Rings for `ring`; the INVITE's CANCEL (same Call-ID and branch) meanwhile is answered 200,
+/// with the tag of our 180, and gives the INVITE's 487. A retransmitted INVITE gets the 180
+/// again, another INVITE 486 (one call at a time), any other request 481.
 async fn ring_for(
     endpoint: &mut Endpoint,
+    invite: &rsip::Request,
+    local_tag: &str,
     ring: Duration,
     reply: &impl Fn(u16, Option<String>) -> rsip::Response,
 ) -> Option<rsip::Response> {
+    let same_transaction = |r: &rsip::Request| {
+        let call_id = |m: &rsip::Request| m.call_id_header().ok().map(|c| c.value().to_string());
+        call_id(r).is_some() && call_id(r) == call_id(invite) && branch(r) == branch(invite)
+    };
     let deadline = Instant::now() + ring;
     while let Some(inbound) = endpoint.next(deadline).await {
-        match inbound {
-            Inbound::Request(r, from) if r.method == rsip::Method::Cancel => {
-                let _ = endpoint
-                    .send(response(&r, 200, "", endpoint.local, None), from)
-                    .await;
+        let Inbound::Request(r, from) = inbound else {
+            continue;
+        };
+        let answer = match r.method {
+            rsip::Method::Ack => continue,
+            rsip::Method::Cancel if same_transaction(&r) => {
+                let ok = response(&r, 200, local_tag, endpoint.local, None);
+                let _ = endpoint.send(ok, from).await;
                 return Some(reply(487, None));
             }
-            Inbound::Request(r, from) if r.method == rsip::Method::Invite => {
-                let _ = endpoint.send(reply(180, None), from).await; // a retransmission
-            }
-            _ => {}
-        }
+            rsip::Method::Invite if same_transaction(&r) => reply(180, None),
+            rsip::Method::Invite => response(&r, 486, &new_tag(), endpoint.local, None),
+            _ => response(&r, 481, &new_tag(), endpoint.local, None),
+        };
+        let _ = endpoint.send(answer, from).await;
     }
     None
 }
@@ -206,4 +218,72 @@ async fn retransmit_until_ack(
         interval = (interval * 2).min(timers.t2);
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::sip::message::{cseq, derived_from_invite, to_tag};
+
+    /// While ringing: another INVITE gets 486, an OPTIONS or a CANCEL of another transaction
+    /// 481, and the INVITE's CANCEL 200 with our tag, then the INVITE its 487.
+    #[tokio::test]
+    async fn ringing_answers_the_cancel_with_our_tag_and_strangers_with_481_or_486() {
+        let ip = "127.0.0.1".parse().unwrap();
+        let mut endpoint = Endpoint::bind("127.0.0.1:0".parse().unwrap(), ip)
+            .await
+            .unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut caller = Dialog {
+            call_id: "ring@test".into(),
+            local_uri: "<sip:qa@127.0.0.1>".into(),
+            local_tag: new_tag(),
+            remote_uri: "<sip:100@127.0.0.1>".into(),
+            remote_tag: None,
+            remote_target: rsip::Uri::try_from("sip:100@127.0.0.1").unwrap(),
+            remote_addr: endpoint.local,
+            local_addr: peer.local_addr().unwrap(),
+            local_cseq: 0,
+            route_set: Vec::new(),
+        };
+        let invite = caller.request(rsip::Method::Invite, None, None);
+        let mut stranger = caller.clone();
+        stranger.call_id = "other@test".into();
+        let other_invite = stranger.request(rsip::Method::Invite, None, None);
+        let options = caller.request(rsip::Method::Options, None, None);
+        let another_branch = caller.request(rsip::Method::Invite, Some(1), None);
+        let stray_cancel = derived_from_invite(&another_branch, rsip::Method::Cancel, None);
+        let cancel = derived_from_invite(&invite, rsip::Method::Cancel, None);
+        for request in [&other_invite, &options, &stray_cancel, &cancel] {
+            peer.send_to(request.to_string().as_bytes(), endpoint.local)
+                .await
+                .unwrap();
+        }
+        let local = endpoint.local;
+        let reply = |code, body| response(&invite, code, "ourtag", local, body);
+        let ring = Duration::from_secs(5);
+        let canceled = ring_for(&mut endpoint, &invite, "ourtag", ring, &reply).await;
+        assert_eq!(canceled.map(|r| r.status_code.code()), Some(487));
+        let mut answers = Vec::new();
+        let mut buf = [0u8; 4096];
+        for _ in 0..4 {
+            let n = peer.recv(&mut buf).await.unwrap();
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            answers.push(rsip::Response::try_from(text).unwrap());
+        }
+        let codes: Vec<(u16, String)> = answers
+            .iter()
+            .map(|r| (r.status_code.code(), cseq(r).unwrap().1))
+            .collect();
+        let expected = [
+            (486, "INVITE"),
+            (481, "OPTIONS"),
+            (481, "CANCEL"),
+            (200, "CANCEL"),
+        ];
+        let expected: Vec<(u16, String)> =
+            expected.iter().map(|(c, m)| (*c, m.to_string())).collect();
+        assert_eq!(codes, expected);
+        assert_eq!(to_tag(&answers[3]).as_deref(), Some("ourtag"));
+    }
 }

@@ -14,8 +14,9 @@ use super::sip::message::{derived_from_invite, new_tag, record_routes, to_tag};
 use super::sip::{digest, transaction, Dialog, Endpoint, TransactionError};
 use super::{local_ip_towards, sdp, session, Prepared, UsageError};
 
-/// Challenges answered before a 401/407 counts as a refusal.
-const MAX_AUTH_ROUNDS: u32 = 2;
+/// Challenges answered before the probe gives up: a proxy's and the PBX's, and a few more
+/// for stale nonces.
+const MAX_AUTH_ROUNDS: u32 = 4;
 
 /// Places one call; the report says how it went (usage and local errors are errors).
 pub async fn call(
@@ -82,11 +83,14 @@ pub async fn call(
     })?;
 
     let started = Instant::now();
+    let mut credentials: Vec<digest::Answer> = Vec::new();
     let mut invite = dialog.request(rsip::Method::Invite, None, Some(offer.clone()));
     let response = loop {
         let mut pdd = report.sip.post_dial_delay_ms;
+        let mut provisional = false;
         let transaction =
             transaction::run(&mut endpoint, &invite, remote, timers, ring_timeout, |r| {
+                provisional = true;
                 if r.status_code.code() > 100 && pdd.is_none() {
                     pdd = Some(started.elapsed().as_millis() as u64);
                 }
@@ -94,8 +98,9 @@ pub async fn call(
         let outcome = tokio::select! {
             outcome = transaction => outcome,
             _ = tokio::signal::ctrl_c() => {
-                cancel(&mut endpoint, &invite, remote, timers).await;
-                report.fail("interrupted", "interrupted before the answer; the call was canceled");
+                let crossed = cancel(&mut endpoint, &invite, remote, timers, provisional).await;
+                let crossed = hang_up_crossed(&mut endpoint, &mut dialog, crossed, timers).await;
+                report.fail("interrupted", format!("interrupted before the answer; the call was canceled{crossed}"));
                 return Ok(report);
             }
         };
@@ -103,11 +108,12 @@ pub async fn call(
         let response = match outcome {
             Ok(response) => response,
             Err(TransactionError::RingTimeout { waited }) => {
-                cancel(&mut endpoint, &invite, remote, timers).await;
+                let crossed = cancel(&mut endpoint, &invite, remote, timers, true).await;
+                let crossed = hang_up_crossed(&mut endpoint, &mut dialog, crossed, timers).await;
                 report.fail(
                     "no_answer",
                     format!(
-                        "no answer after ringing {:.1} s; canceled",
+                        "no answer after ringing {:.1} s; canceled{crossed}",
                         waited.as_secs_f64()
                     ),
                 );
@@ -123,23 +129,27 @@ pub async fn call(
             }
         };
         let code = response.status_code.code();
-        if (code == 401 || code == 407) && report.sip.auth_challenges < MAX_AUTH_ROUNDS {
+        if code == 401 || code == 407 {
             report.sip.auth_challenges += 1;
-            let header = match digest::authorize(
+            let kept = digest::authorize(
                 &response,
                 &invite,
                 args.user.as_deref(),
                 args.password.as_deref(),
-            ) {
-                Ok(header) => header,
-                Err(e) => {
-                    record_final(&mut report, &response);
-                    report.fail("forbidden", e.to_string());
-                    return Ok(report);
-                }
-            };
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|answers| {
+                keep_credentials(&mut credentials, answers, report.sip.auth_challenges)
+            });
+            if let Err(message) = kept {
+                record_final(&mut report, &response);
+                report.fail("forbidden", message);
+                return Ok(report);
+            }
             invite = dialog.request(rsip::Method::Invite, None, Some(offer.clone()));
-            invite.headers.push(header);
+            for credential in &credentials {
+                invite.headers.push(credential.header.clone());
+            }
             continue;
         }
         break response;
@@ -188,6 +198,39 @@ pub async fn call(
     Ok(report)
 }
 
+/// Adds the answers to a challenge to the credentials kept for the call (one per realm, for
+/// the proxy and for the PBX apart), all of which go on the next INVITE. A realm that
+/// challenges the answer again, unless for a stale nonce, means the password is wrong.
+fn keep_credentials(
+    kept: &mut Vec<digest::Answer>,
+    answers: Vec<digest::Answer>,
+    round: u32,
+) -> Result<(), String> {
+    if round > MAX_AUTH_ROUNDS {
+        return Err(format!(
+            "the peer challenged {round} times; giving up on authentication"
+        ));
+    }
+    for answer in answers {
+        let same = |k: &&mut digest::Answer| {
+            k.realm == answer.realm
+                && std::mem::discriminant(&k.header) == std::mem::discriminant(&answer.header)
+        };
+        match kept.iter_mut().find(same) {
+            Some(_) if !answer.stale => {
+                return Err(format!(
+                    "wrong credentials: realm {:?} refused the answer for user and password \
+                     and challenged again (check --user and --password)",
+                    answer.realm
+                ))
+            }
+            Some(known) => *known = answer,
+            None => kept.push(answer),
+        }
+    }
+    Ok(())
+}
+
 fn record_final(report: &mut Report, response: &rsip::Response) {
     report.sip.final_code = Some(response.status_code.code());
     let status = response.status_code.to_string();
@@ -216,32 +259,124 @@ fn refusal(code: u16) -> (&'static str, &'static str) {
     }
 }
 
-/// CANCELs a ringing INVITE and waits for its 487 (acknowledged by the transaction).
+/// CANCELs a pending INVITE (RFC 3261 §9.1) and sees the INVITE to its final response. A
+/// non-2xx (the 487) is ACKed here; a 2xx that crossed the CANCEL is returned for the caller
+/// to ACK and hang up. Before any provisional response no CANCEL may be sent: it waits for
+/// one (or for the final response, which makes the CANCEL moot).
 async fn cancel(
     endpoint: &mut Endpoint,
     invite: &rsip::Request,
     remote: SocketAddr,
     timers: transaction::Timers,
-) {
+    provisional: bool,
+) -> Option<rsip::Response> {
+    let deadline = Instant::now() + timers.timeout;
+    if !provisional {
+        match invite_response(endpoint, invite, remote, deadline).await {
+            Some(r) if r.status_code.code() < 200 => {}
+            ended => return ended,
+        }
+    }
     let cancel = derived_from_invite(invite, rsip::Method::Cancel, None);
     if let Err(e) =
         transaction::run(endpoint, &cancel, remote, timers, timers.timeout, |_| {}).await
     {
         tracing::warn!("CANCEL: {e}");
-        return;
     }
-    let deadline = Instant::now() + timers.timeout;
-    while let Some(inbound) = endpoint.next(deadline).await {
-        if let super::sip::Inbound::Response(r, _) = inbound {
-            if r.status_code.code() >= 300 {
-                let ack = derived_from_invite(
-                    invite,
-                    rsip::Method::Ack,
-                    rsip::prelude::HeadersExt::to_header(&r).ok(),
-                );
-                let _ = endpoint.send(ack, remote).await;
-                return;
-            }
+    loop {
+        match invite_response(endpoint, invite, remote, deadline).await {
+            Some(r) if r.status_code.code() < 200 => continue,
+            ended => return ended,
         }
+    }
+}
+
+/// The next response to the INVITE (same branch and CSeq method): a provisional or 2xx one
+/// is returned; a non-2xx final one is ACKed and ends the wait (None), as does the deadline.
+/// Responses the CANCEL's transaction set aside come first.
+async fn invite_response(
+    endpoint: &mut Endpoint,
+    invite: &rsip::Request,
+    remote: SocketAddr,
+    deadline: Instant,
+) -> Option<rsip::Response> {
+    while let Some(inbound) = endpoint.next(deadline).await {
+        let super::sip::Inbound::Response(r, _) = inbound else {
+            continue;
+        };
+        if !transaction::matches(&r, invite) {
+            continue;
+        }
+        if r.status_code.code() >= 300 {
+            let to = rsip::prelude::HeadersExt::to_header(&r).ok();
+            let ack = derived_from_invite(invite, rsip::Method::Ack, to);
+            let _ = endpoint.send(ack, remote).await;
+            return None;
+        }
+        return Some(r);
+    }
+    None
+}
+
+/// A 2xx that crossed our CANCEL: the call is up after all, so it is acknowledged and hung
+/// up at once. Returns what the report adds to its message.
+async fn hang_up_crossed(
+    endpoint: &mut Endpoint,
+    dialog: &mut Dialog,
+    answered: Option<rsip::Response>,
+    timers: transaction::Timers,
+) -> &'static str {
+    let Some(response) = answered else {
+        return "";
+    };
+    dialog.learn_remote(&response, to_tag(&response));
+    dialog.route_set = record_routes(&response).into_iter().rev().collect();
+    let ack = dialog.request(rsip::Method::Ack, Some(dialog.local_cseq), None);
+    if let Err(e) = endpoint.send(&ack, dialog.remote_addr).await {
+        tracing::warn!("ACK: {e}");
+    }
+    let bye = dialog.request(rsip::Method::Bye, None, None);
+    let to = dialog.remote_addr;
+    if let Err(e) = transaction::run(endpoint, &bye, to, timers, timers.timeout, |_| {}).await {
+        tracing::warn!("BYE: {e}");
+    }
+    " (the peer answered as the CANCEL crossed: acknowledged and hung up)"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rsip::headers::UntypedHeader;
+
+    fn answer(realm: &str, proxy: bool, stale: bool) -> digest::Answer {
+        let value = format!("Digest realm=\"{realm}\"");
+        digest::Answer {
+            realm: realm.into(),
+            stale,
+            header: if proxy {
+                rsip::headers::ProxyAuthorization::new(value).into()
+            } else {
+                rsip::headers::Authorization::new(value).into()
+            },
+        }
+    }
+
+    #[test]
+    fn credentials_are_kept_per_realm_and_a_repeated_challenge_is_wrong_credentials() {
+        let mut kept = Vec::new();
+        keep_credentials(&mut kept, vec![answer("proxy", true, false)], 1).unwrap();
+        keep_credentials(&mut kept, vec![answer("pbx", false, false)], 2).unwrap();
+        assert_eq!(
+            kept.len(),
+            2,
+            "the proxy's credentials stay for the PBX's round"
+        );
+        // A stale nonce is answered again, in place.
+        keep_credentials(&mut kept, vec![answer("pbx", false, true)], 3).unwrap();
+        assert_eq!(kept.len(), 2);
+        let error = keep_credentials(&mut kept, vec![answer("pbx", false, false)], 4).unwrap_err();
+        assert!(error.starts_with("wrong credentials"), "{error}");
+        let error = keep_credentials(&mut kept, vec![answer("other", false, true)], 5).unwrap_err();
+        assert!(error.contains("5 times"), "{error}");
     }
 }

@@ -169,8 +169,15 @@ mod opus {
 
         /// Decodes a packet, or conceals one lost 20 ms frame with `None`.
         pub fn decode(&mut self, payload: Option<&[u8]>) -> Vec<i16> {
-            // The longest Opus packet is 120 ms.
-            let mut out = vec![0i16; FRAME_SAMPLES * 6];
+            // The longest Opus packet is 120 ms. Concealment fills exactly the buffer it is
+            // given (libopus: frame_size is the length of the missing audio), so a lost packet
+            // gets one frame's buffer, not 120 ms of made-up audio.
+            let len = if payload.is_some() {
+                FRAME_SAMPLES * 6
+            } else {
+                FRAME_SAMPLES
+            };
+            let mut out = vec![0i16; len];
             let n = match self.decoder.decode(payload, &mut out[..], false) {
                 Ok(n) => n,
                 Err(e) => {
@@ -183,5 +190,30 @@ mod opus {
             out.truncate(n);
             out
         }
+    }
+}
+
+#[cfg(all(test, feature = "opus"))]
+mod tests {
+    use super::*;
+
+    /// One lost packet is concealed with one 20 ms frame (it was 120 ms: libopus conceals as
+    /// much as the buffer it is handed).
+    #[test]
+    fn opus_conceals_one_frame_per_lost_packet() {
+        let mut pair = opus::OpusPair::new().unwrap();
+        let tone: Vec<i16> = (0..FRAME_SAMPLES)
+            .map(|i| ((i as f64 * 0.3).sin() * 8000.0) as i16)
+            .collect();
+        for _ in 0..3 {
+            let packet = pair.encode(&tone);
+            assert_eq!(pair.decode(Some(&packet)).len(), FRAME_SAMPLES);
+        }
+        assert_eq!(pair.decode(None).len(), FRAME_SAMPLES);
+        let mut transcoder = Transcoder::new(Codec::Opus).unwrap();
+        assert_eq!(
+            transcoder.conceal(FRAME_SAMPLES * 2).len(),
+            FRAME_SAMPLES * 2
+        );
     }
 }

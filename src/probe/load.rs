@@ -44,13 +44,9 @@ fn percentiles(mut values: Vec<u64>) -> Option<Percentiles> {
 
 pub async fn run(args: &CallArgs, mut prepared: Prepared) -> anyhow::Result<ExitCode> {
     prepared.session.progress = false; // one line for all calls instead
-    if !(args.rate > 0.0 && args.rate.is_finite()) {
-        return Err(
-            UsageError("--rate must be a positive number of calls per second".into()).into(),
-        );
-    }
+    let period = pace_of(args.rate)?;
     let shared = Arc::new((args.clone(), prepared));
-    let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));
+    let mut pace = tokio::time::interval(period);
     let mut progress = tokio::time::interval(Duration::from_secs(1));
     let mut calls = JoinSet::new();
     let mut reports: Vec<Report> = Vec::new();
@@ -67,7 +63,7 @@ pub async fn run(args: &CallArgs, mut prepared: Prepared) -> anyhow::Result<Exit
                     call::call(args, prepared, record.as_deref()).await
                 });
             }
-            Some(done) = calls.join_next() => reports.push(done??),
+            Some(done) = calls.join_next() => reports.push(settle(done, &args.target)?),
             _ = progress.tick() => {
                 let ok = reports.iter().filter(|r| r.ok).count();
                 let line = format!("calls: {started}/{} started, {} done, {ok} ok", args.calls, reports.len());
@@ -113,6 +109,43 @@ pub async fn run(args: &CallArgs, mut prepared: Prepared) -> anyhow::Result<Exit
     })
 }
 
+/// The interval between call starts for `--rate` calls per second (at most 1000: tokio's
+/// interval takes no zero period, and no PBX test needs more).
+fn pace_of(rate: f64) -> Result<Duration, UsageError> {
+    let period = (rate > 0.0 && rate <= MAX_RATE)
+        .then(|| Duration::try_from_secs_f64(1.0 / rate).ok())
+        .flatten();
+    period.ok_or_else(|| {
+        UsageError(format!(
+            "--rate must be a positive number of calls per second, at most {MAX_RATE}, not {rate}"
+        ))
+    })
+}
+
+const MAX_RATE: f64 = 1000.0;
+
+/// One finished call's report. A call's local error or panic is that call's failure
+/// (`local_error`), not the run's: the other calls go on and end with their BYE. Only a usage
+/// error, the same for every call, ends the run.
+fn settle(
+    done: Result<anyhow::Result<Report>, tokio::task::JoinError>,
+    target: &str,
+) -> anyhow::Result<Report> {
+    let message = match done {
+        Ok(Ok(report)) => return Ok(report),
+        Ok(Err(e)) if e.downcast_ref::<UsageError>().is_some() => return Err(e),
+        Ok(Err(e)) => format!("{e:#}"),
+        Err(e) => format!("the call's task failed: {e}"),
+    };
+    let mut report = Report {
+        role: "uac",
+        peer: target.to_string(),
+        ..Default::default()
+    };
+    report.fail("local_error", message);
+    Ok(report)
+}
+
 fn summarize(reports: &[Report]) -> Summary {
     let succeeded = reports.iter().filter(|r| r.ok).count() as u32;
     let mut failures = std::collections::BTreeMap::new();
@@ -135,5 +168,38 @@ fn summarize(reports: &[Report]) -> Summary {
                 .collect(),
         ),
         answer_ms: percentiles(reports.iter().filter_map(|r| r.sip.answer_ms).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_calls_local_error_or_panic_is_its_failure_and_a_usage_error_ends_the_run() {
+        let panicked = tokio::spawn(async { panic!("boom") })
+            .await
+            .map(|()| unreachable!());
+        let report = settle(panicked, "sip:1@x").unwrap();
+        assert_eq!(report.error.as_ref().unwrap().kind, "local_error");
+        assert!(!report.ok);
+        let local = settle(
+            Ok(Err(anyhow::anyhow!("binding the RTP socket"))),
+            "sip:1@x",
+        )
+        .unwrap();
+        assert_eq!(local.error.as_ref().unwrap().kind, "local_error");
+        let usage = settle(Ok(Err(UsageError("bad".into()).into())), "sip:1@x");
+        assert!(usage.is_err());
+        assert_eq!(summarize(&[report, local]).failures["local_error"], 2);
+    }
+
+    #[test]
+    fn the_rate_gives_a_nonzero_pace_or_a_usage_error() {
+        assert_eq!(pace_of(4.0).unwrap(), Duration::from_millis(250));
+        assert_eq!(pace_of(1000.0).unwrap(), Duration::from_millis(1));
+        for bad in [0.0, -1.0, 1e12, f64::INFINITY, f64::NAN, 1e-320] {
+            assert!(pace_of(bad).is_err(), "{bad}");
+        }
     }
 }

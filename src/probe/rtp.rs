@@ -2,14 +2,13 @@
 //! key presses in between), and a receiver that puts packets through the jitter buffer,
 //! decodes them into the recording, finds prompts in them and reports received key presses.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rtp_rs::{RtpPacketBuilder, RtpReader, Seq};
 use serde::Serialize;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::codec::{Transcoder, FRAME_SAMPLES};
 use super::dtmf;
 use super::jitter::{JitterBuffer, Queued};
-use super::sdp::Negotiated;
+use super::sdp::{Direction, Negotiated};
 use super::vad::{Endpointer, SpeechEdge, VadConfig};
 use super::wav::SAMPLE_RATE;
 
@@ -87,12 +86,13 @@ enum Command {
         keys: String,
         done: oneshot::Sender<()>,
     },
-    Retarget(SocketAddr),
 }
 
 /// A running media session; dropped or stopped, its tasks end.
 pub struct Media {
     commands: mpsc::Sender<Command>,
+    /// What both loops send and expect: address, payload types, direction.
+    negotiated: watch::Sender<Negotiated>,
     pub events: mpsc::Receiver<MediaEvent>,
     stop: CancellationToken,
     sender: JoinHandle<SendCounters>,
@@ -116,11 +116,13 @@ impl Media {
         let stop = CancellationToken::new();
         let (commands, command_rx) = mpsc::channel(16);
         let (event_tx, events) = mpsc::channel(64);
+        let (negotiated, negotiated_rx) = watch::channel(config.negotiated);
         let sender = tokio::spawn(send_loop(
             socket.clone(),
             config.clone(),
             transcoder_tx,
             command_rx,
+            negotiated_rx.clone(),
             stop.clone(),
         ));
         let receiver = tokio::spawn(receive_loop(
@@ -128,10 +130,12 @@ impl Media {
             config,
             transcoder_rx,
             event_tx,
+            negotiated_rx,
             stop.clone(),
         ));
         Self {
             commands,
+            negotiated,
             events,
             stop,
             sender,
@@ -152,16 +156,26 @@ impl Media {
         Ok(sent)
     }
 
-    /// The peer moved its RTP address (re-INVITE or UPDATE).
-    pub async fn retarget(&self, to: SocketAddr) {
-        let _ = self.commands.send(Command::Retarget(to)).await;
+    /// A re-INVITE or UPDATE was accepted: the sender and the receiver both take its address,
+    /// payload types and direction (on hold the sender is quiet and the RTP timeout paused).
+    pub fn renegotiate(&self, negotiated: Negotiated) {
+        self.negotiated.send_replace(negotiated);
     }
 
-    /// Stops both directions; returns the counters and what was heard.
+    /// Stops both directions; returns the counters and what was heard. Events nobody read
+    /// are dropped: a receiver blocked on a full event queue is released.
     pub async fn stop(self) -> MediaResult {
-        self.stop.cancel();
-        let sent = self.sender.await.unwrap_or_default();
-        let received = self.receiver.await.unwrap_or_default();
+        let Self {
+            events,
+            stop,
+            sender,
+            receiver,
+            ..
+        } = self;
+        drop(events);
+        stop.cancel();
+        let sent = sender.await.unwrap_or_default();
+        let received = receiver.await.unwrap_or_default();
         let mut stats = received.stats;
         stats.packets_sent = sent.packets;
         stats.bytes_sent = sent.bytes;
@@ -208,11 +222,10 @@ async fn send_loop(
     config: MediaConfig,
     mut transcoder: Transcoder,
     mut commands: mpsc::Receiver<Command>,
+    negotiated: watch::Receiver<Negotiated>,
     stop: CancellationToken,
 ) -> SendCounters {
-    let n = config.negotiated;
-    let ticks = n.codec.ticks_per_frame();
-    let mut remote = n.remote_rtp;
+    let ticks = config.negotiated.codec.ticks_per_frame();
     let mut out = Outgoing {
         ssrc: rand::random(),
         seq: rand::random(),
@@ -235,10 +248,15 @@ async fn send_loop(
                     keys_left.extend(keys.chars());
                     waiter = Some(done);
                 }
-                Some(Command::Retarget(to)) => remote = to,
                 None => break,
             },
             _ = pace.tick() => {
+                let n = *negotiated.borrow();
+                if n.event_pt.is_none() {
+                    // Renegotiated without telephone-event: the press cannot go on.
+                    pressing = None;
+                    keys_left.clear();
+                }
                 if pressing.is_none() && gap_frames == 0 {
                     // The session presses keys only when the peer takes telephone-event.
                     if let (Some(key), Some(_)) = (keys_left.pop_front(), n.event_pt) {
@@ -249,7 +267,7 @@ async fn send_loop(
                 let packet = if let Some((packets, event_ts)) = &mut pressing {
                     let p = packets.pop_front().expect("a press under way has packets left");
                     let bytes = p.payload.to_bytes();
-                    let packet = out.packet(n.event_pt.expect("checked above"), p.marker, *event_ts, &bytes);
+                    let packet = out.packet(n.event_pt.expect("a press stops without it"), p.marker, *event_ts, &bytes);
                     counters.events += 1;
                     if packets.is_empty() {
                         // Media time went on while the event played.
@@ -272,6 +290,10 @@ async fn send_loop(
                         let _ = done.send(());
                     }
                 }
+                if !n.direction.sends() {
+                    continue; // on hold: media time goes on, nothing is sent
+                }
+                let remote = n.remote_rtp;
                 counters.packets += 1;
                 counters.bytes += packet.len() as u64 - 12;
                 if let Err(e) = socket.send_to(&packet, remote).await {
@@ -316,22 +338,109 @@ struct Receiver {
     vad_fed: usize,
     first_ext_seq: Option<u64>,
     highest_ext_seq: u64,
+    /// Packets expected in the streams before the current one (after an SSRC change or a
+    /// restart of the sequence numbers).
+    expected_before: u64,
+    /// The stream's SSRC, and the sequence number that confirms a jump (RFC 3550 A.1).
+    ssrc: Option<u32>,
+    bad_seq: Option<u16>,
     next_timestamp: Option<u32>,
     last_transit: Option<i64>,
     jitter: f64,
     key_started_ms: u64,
 }
 
+/// RFC 3550 A.1: a sequence number further than this ahead of (or `MAX_MISORDER` behind)
+/// the highest is a jump; a second packet in sequence after it confirms a restarted stream.
+const MAX_DROPOUT: i64 = 3000;
+const MAX_MISORDER: i64 = 100;
+
 impl Receiver {
+    fn new(config: MediaConfig, transcoder: Transcoder) -> Self {
+        Self {
+            endpointer: Endpointer::new(config.vad),
+            config,
+            transcoder,
+            jitter_buffer: JitterBuffer::new(JITTER_DEPTH),
+            detector: dtmf::Detector::default(),
+            stats: RtpStats::default(),
+            recording: Vec::new(),
+            recording_start_ms: None,
+            vad_fed: 0,
+            first_ext_seq: None,
+            highest_ext_seq: 0,
+            expected_before: 0,
+            ssrc: None,
+            bad_seq: None,
+            next_timestamp: None,
+            last_transit: None,
+            jitter: 0.0,
+            key_started_ms: 0,
+        }
+    }
+
+    /// Whether the packet starts (or confirms) a new stream: another SSRC, or sequence
+    /// numbers that jumped and went on from there. Returns false for a packet to discard: the
+    /// first after a jump, until the next one confirms it (RFC 3550 A.1).
+    fn follow_stream(&mut self, ssrc: u32, seq: u16) -> bool {
+        if self.ssrc != Some(ssrc) {
+            if self.ssrc.is_some() {
+                self.resync();
+            }
+            self.ssrc = Some(ssrc);
+            return true;
+        }
+        if self.first_ext_seq.is_none() {
+            return true;
+        }
+        let delta = self.jitter_buffer.extend(seq) as i64 - self.highest_ext_seq as i64;
+        if (-MAX_MISORDER..=MAX_DROPOUT).contains(&delta) {
+            self.bad_seq = None;
+            return true;
+        }
+        if self.bad_seq == Some(seq) {
+            self.resync();
+            return true;
+        }
+        self.bad_seq = Some(seq.wrapping_add(1));
+        false
+    }
+
+    /// A new stream: what is held is played out, the old stream's expected count kept for the
+    /// loss, and the sequence, timestamp and jitter state start afresh, so the new stream's
+    /// packets are not taken for late ones of the old.
+    fn resync(&mut self) {
+        let rest = self.jitter_buffer.drain();
+        self.play_out(rest);
+        self.expected_before += self.expected();
+        self.stats.packets_dropped_late += self.jitter_buffer.dropped;
+        self.jitter_buffer = JitterBuffer::new(JITTER_DEPTH);
+        self.first_ext_seq = None;
+        self.highest_ext_seq = 0;
+        self.bad_seq = None;
+        self.next_timestamp = None;
+        self.last_transit = None;
+    }
+
+    /// Packets expected in the current stream, from its sequence numbers.
+    fn expected(&self) -> u64 {
+        self.first_ext_seq
+            .map_or(0, |first| self.highest_ext_seq - first + 1)
+    }
+
     fn now_ms(&self) -> u64 {
         self.config.epoch.elapsed().as_millis() as u64
     }
 
-    fn on_datagram(&mut self, data: &[u8]) -> Vec<MediaEvent> {
+    /// One datagram that arrived at `arrival`.
+    fn on_datagram(&mut self, data: &[u8], arrival: Instant) -> Vec<MediaEvent> {
         let Ok(rtp) = RtpReader::new(data) else {
             tracing::debug!("ignored a datagram that is not RTP ({} bytes)", data.len());
             return Vec::new();
         };
+        if !self.follow_stream(rtp.ssrc(), u16::from(rtp.sequence_number())) {
+            return Vec::new();
+        }
         let n = self.config.negotiated;
         let ext = self.jitter_buffer.extend(u16::from(rtp.sequence_number()));
         self.first_ext_seq.get_or_insert(ext);
@@ -346,7 +455,7 @@ impl Receiver {
         if pt != n.audio_pt {
             return Vec::new(); // comfort noise and the like
         }
-        self.update_jitter(rtp.timestamp());
+        self.update_jitter(rtp.timestamp(), arrival);
         let due = self.jitter_buffer.push(
             u16::from(rtp.sequence_number()),
             Queued {
@@ -374,9 +483,10 @@ impl Receiver {
     }
 
     /// RFC 3550 §6.4.1 interarrival jitter, in timestamp units.
-    fn update_jitter(&mut self, timestamp: u32) {
+    fn update_jitter(&mut self, timestamp: u32, arrival: Instant) {
         let clock = self.config.negotiated.codec.clock_rate() as f64;
-        let arrival = (self.config.epoch.elapsed().as_secs_f64() * clock) as i64;
+        let since_epoch = arrival.saturating_duration_since(self.config.epoch);
+        let arrival = (since_epoch.as_secs_f64() * clock) as i64;
         let transit = arrival - timestamp as i64;
         if let Some(last) = self.last_transit {
             let d = (transit - last).abs() as f64;
@@ -439,16 +549,14 @@ impl Receiver {
         let rest = self.jitter_buffer.drain();
         self.play_out(rest);
         let clock = self.config.negotiated.codec.clock_rate() as f64;
-        let expected = self
-            .first_ext_seq
-            .map_or(0, |first| self.highest_ext_seq - first + 1);
+        let expected = self.expected_before + self.expected();
         self.stats.packets_lost = expected.saturating_sub(self.stats.packets_received);
         if expected > 0 {
             self.stats.loss_percent =
                 (self.stats.packets_lost as f64 * 10000.0 / expected as f64).round() / 100.0;
         }
         self.stats.jitter_ms = (self.jitter * 1000.0 / clock * 100.0).round() / 100.0;
-        self.stats.packets_dropped_late = self.jitter_buffer.dropped;
+        self.stats.packets_dropped_late += self.jitter_buffer.dropped;
         Received {
             stats: self.stats,
             recording: self.recording,
@@ -461,49 +569,207 @@ async fn receive_loop(
     config: MediaConfig,
     transcoder: Transcoder,
     events: mpsc::Sender<MediaEvent>,
+    mut negotiated: watch::Receiver<Negotiated>,
     stop: CancellationToken,
 ) -> Received {
-    let mut rx = Receiver {
-        endpointer: Endpointer::new(config.vad),
-        config: config.clone(),
-        transcoder,
-        jitter_buffer: JitterBuffer::new(JITTER_DEPTH),
-        detector: dtmf::Detector::default(),
-        stats: RtpStats::default(),
-        recording: Vec::new(),
-        recording_start_ms: None,
-        vad_fed: 0,
-        first_ext_seq: None,
-        highest_ext_seq: 0,
-        next_timestamp: None,
-        last_transit: None,
-        jitter: 0.0,
-        key_started_ms: 0,
-    };
+    let mut rx = Receiver::new(config.clone(), transcoder);
     let mut buf = vec![0u8; 2048];
     let mut last_packet = Instant::now();
     let mut timed_out = false;
     let mut check = tokio::time::interval(Duration::from_millis(100));
-    loop {
+    // An event waits for room in the queue without holding up stop: nobody may be reading
+    // while the session sends its BYE.
+    let deliver = |event| {
+        let (events, stop) = (&events, &stop);
+        async move {
+            tokio::select! {
+                sent = events.send(event) => sent.is_ok(),
+                _ = stop.cancelled() => false,
+            }
+        }
+    };
+    'receiving: loop {
         tokio::select! {
             _ = stop.cancelled() => break,
+            Ok(()) = negotiated.changed() => {
+                rx.config.negotiated = *negotiated.borrow_and_update();
+                // Held or resumed: the RTP timeout counts from now.
+                last_packet = Instant::now();
+                timed_out = false;
+            }
             received = socket.recv_from(&mut buf) => {
                 let Ok((len, _from)) = received else { continue };
                 last_packet = Instant::now();
-                for event in rx.on_datagram(&buf[..len]) {
-                    let _ = events.send(event).await;
+                for event in rx.on_datagram(&buf[..len], last_packet) {
+                    if !deliver(event).await && stop.is_cancelled() {
+                        break 'receiving;
+                    }
                 }
             }
             _ = check.tick() => {
-                if let Some(limit) = config.rtp_timeout {
+                // On hold (sendonly or inactive) the peer may well send nothing, music or not.
+                let held = rx.config.negotiated.direction != Direction::SendRecv;
+                if let (Some(limit), false) = (config.rtp_timeout, held) {
                     let silent = last_packet.elapsed();
                     if silent >= limit && !timed_out {
                         timed_out = true;
-                        let _ = events.send(MediaEvent::RtpTimeout { silent_ms: silent.as_millis() as u64 }).await;
+                        deliver(MediaEvent::RtpTimeout { silent_ms: silent.as_millis() as u64 }).await;
                     }
                 }
             }
         }
     }
     rx.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::probe::codec::Codec;
+
+    fn config(remote_rtp: SocketAddr) -> MediaConfig {
+        MediaConfig {
+            negotiated: Negotiated {
+                remote_rtp,
+                codec: Codec::Pcmu,
+                audio_pt: 0,
+                event_pt: Some(101),
+                direction: Direction::SendRecv,
+            },
+            play: None,
+            vad: VadConfig {
+                threshold_dbfs: -40.0,
+                start_frames: 3,
+                end_frames: 35,
+            },
+            key_frames: 5,
+            rtp_timeout: None,
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Far more received key presses than the event queue holds, and nobody reading it (as
+    /// while the session sends its BYE): stop must still return.
+    #[tokio::test]
+    async fn stop_returns_while_nobody_reads_the_events() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let media = Media::start(
+            socket,
+            config(peer.local_addr().unwrap()),
+            Transcoder::new(Codec::Pcmu).unwrap(),
+            Transcoder::new(Codec::Pcmu).unwrap(),
+        );
+        let mut out = Outgoing {
+            ssrc: 7,
+            seq: 0,
+            timestamp: 0,
+        };
+        for i in 0..300u32 {
+            // One end packet per press: each is a key received.
+            let packet = out.packet(101, true, i * 1000, &[5, 0x8a, 3, 32]);
+            peer.send_to(&packet, local).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let result = tokio::time::timeout(Duration::from_secs(5), media.stop())
+            .await
+            .expect("Media::stop hung on a full event queue");
+        assert!(result.stats.events_received > 64, "{:?}", result.stats);
+    }
+
+    /// PCMU packets of one stream: `seqs` with timestamps 160 apart from `ts0`.
+    fn stream(ssrc: u32, seqs: impl Iterator<Item = u16>, ts0: u32) -> Vec<(u16, Vec<u8>)> {
+        seqs.enumerate()
+            .map(|(i, seq)| {
+                let mut out = Outgoing {
+                    ssrc,
+                    seq,
+                    timestamp: 0,
+                };
+                let ts = ts0.wrapping_add(i as u32 * 160);
+                (seq, out.packet(0, false, ts, &[0xff; 160]))
+            })
+            .collect()
+    }
+
+    fn receiver() -> Receiver {
+        let addr = "127.0.0.1:9".parse().unwrap();
+        Receiver::new(config(addr), Transcoder::new(Codec::Pcmu).unwrap())
+    }
+
+    /// Feeds packets sent 20 ms apart, each arriving `late_ms` later, or lost (None).
+    fn feed(rx: &mut Receiver, packets: &[(u16, Vec<u8>)], late_ms: impl Fn(usize) -> Option<u64>) {
+        let epoch = rx.config.epoch;
+        for (i, (_, packet)) in packets.iter().enumerate() {
+            if let Some(late) = late_ms(i) {
+                let at = epoch + Duration::from_millis(i as u64 * 20 + late);
+                rx.on_datagram(packet, at);
+            }
+        }
+    }
+
+    #[test]
+    fn two_packets_missing_of_fifty_are_two_lost() {
+        let mut rx = receiver();
+        let packets = stream(7, 1000..1050, 0);
+        feed(&mut rx, &packets, |i| (i != 10 && i != 31).then_some(0));
+        let stats = rx.finish().stats;
+        assert_eq!(stats.packets_received, 48);
+        assert_eq!(stats.packets_lost, 2);
+        assert_eq!(stats.loss_percent, 4.0);
+        assert_eq!(stats.jitter_ms, 0.0, "steady arrival, no jitter");
+    }
+
+    /// RFC 3550 §6.4.1: J += (|D| - J) / 16. Transit alternating by 5 ms gives |D| = 5 ms for
+    /// every packet, so J converges on 5 ms.
+    #[test]
+    fn jitter_follows_rfc_3550() {
+        let mut rx = receiver();
+        let packets = stream(7, 0..300, 0);
+        feed(&mut rx, &packets, |i| Some(if i % 2 == 1 { 5 } else { 0 }));
+        let jitter = rx.finish().stats.jitter_ms;
+        assert!((4.8..=5.2).contains(&jitter), "{jitter}");
+        // After the first step J is |D| / 16 exactly.
+        let mut rx = receiver();
+        feed(&mut rx, &packets[..2], |i| {
+            Some(if i == 1 { 16 } else { 0 })
+        });
+        assert_eq!(rx.finish().stats.jitter_ms, 1.0);
+    }
+
+    /// A new SSRC with lower sequence numbers is a new stream, not 30 late packets.
+    #[test]
+    fn a_new_ssrc_starts_afresh() {
+        let mut rx = receiver();
+        let mut packets = stream(1, 100..130, 0);
+        packets.extend(stream(2, 5..35, 777_000));
+        feed(&mut rx, &packets, |_| Some(0));
+        let result = rx.finish();
+        assert_eq!(result.stats.packets_dropped_late, 0);
+        assert_eq!(result.stats.packets_lost, 0);
+        assert_eq!(
+            result.recording.len(),
+            60 * 160,
+            "both streams were played out"
+        );
+    }
+
+    /// Sequence numbers that jump (same SSRC) restart the stream once a second packet confirms
+    /// the jump; the first is discarded (RFC 3550 A.1). Neither way counts as loss.
+    #[test]
+    fn a_sequence_jump_confirmed_by_the_next_packet_restarts_the_stream() {
+        for jump in [20_000u16, 50] {
+            let mut rx = receiver();
+            let mut packets = stream(1, 1000..1030, 0);
+            packets.extend(stream(1, jump..jump + 30, 5_000_000));
+            feed(&mut rx, &packets, |_| Some(0));
+            let result = rx.finish();
+            assert_eq!(result.stats.packets_lost, 0, "jump to {jump}");
+            assert_eq!(result.stats.packets_dropped_late, 0, "jump to {jump}");
+            assert_eq!(result.stats.packets_received, 59, "jump to {jump}");
+        }
+    }
 }

@@ -30,13 +30,21 @@ pub enum ScriptError {
     Line { line: usize, message: String },
     #[error("{0:?} has characters that are no DTMF keys (0-9, *, #, A-D)")]
     Keys(String),
+    #[error("--wait takes seconds (0 or more), not {0}")]
+    Wait(f64),
+}
+
+/// A pause of `secs` seconds; None for a negative, NaN, infinite or overlong one (which
+/// Duration::from_secs_f64 would panic on).
+fn pause(secs: f64) -> Option<Action> {
+    Duration::try_from_secs_f64(secs).ok().map(Action::Pause)
 }
 
 /// The actions of `--wait` and `--keys`.
 pub fn from_args(wait: Option<f64>, keys: &[String]) -> Result<Vec<Action>, ScriptError> {
     let mut actions = Vec::new();
     if let Some(secs) = wait {
-        actions.push(Action::Pause(Duration::from_secs_f64(secs)));
+        actions.push(pause(secs).ok_or(ScriptError::Wait(secs))?);
     }
     for k in keys {
         actions.push(Action::WaitPrompt);
@@ -77,12 +85,9 @@ pub fn parse(text: &str) -> Result<Vec<Action>, ScriptError> {
                 ));
             }
             ("wait", secs) => {
-                let secs: f64 = secs
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                    .ok_or_else(|| bad(format!("`wait` takes seconds, not {secs:?}")))?;
-                actions.push(Action::Pause(Duration::from_secs_f64(secs)));
+                let wait = secs.parse().ok().and_then(pause);
+                actions
+                    .push(wait.ok_or_else(|| bad(format!("`wait` takes seconds, not {secs:?}")))?);
             }
             _ => {
                 return Err(bad(format!(
@@ -124,5 +129,27 @@ mod tests {
             .to_string()
             .contains("line 1"));
         assert!(parse("dance").is_err());
+    }
+
+    /// Duration::from_secs_f64 panics on these (exit 101): they are usage errors instead.
+    #[test]
+    fn a_negative_nan_or_overlong_wait_is_an_error_not_a_panic() {
+        for secs in [-1.0, f64::NAN, f64::INFINITY, 1e300] {
+            let error = from_args(Some(secs), &[]).unwrap_err();
+            assert!(
+                error.to_string().contains("--wait takes seconds"),
+                "{error}"
+            );
+        }
+        assert_eq!(
+            from_args(Some(0.5), &[]).unwrap(),
+            [Action::Pause(Duration::from_millis(500))]
+        );
+        for text in ["wait -1", "wait NaN", "wait 1e300", "wait inf"] {
+            assert!(
+                parse(text).unwrap_err().to_string().contains("line 1"),
+                "{text}"
+            );
+        }
     }
 }

@@ -20,6 +20,58 @@ pub struct AudioDescription {
     pub rtp: SocketAddr,
     /// In the peer's order of preference.
     pub formats: Vec<Format>,
+    /// The stream's direction as the peer wrote it (media level over session level).
+    pub direction: Direction,
+}
+
+/// A stream's direction attribute (RFC 3264 §5.1, §8.4: hold is a=sendonly or a=inactive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    #[default]
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    fn parse(attribute: &str) -> Option<Self> {
+        Some(match attribute {
+            "sendrecv" => Self::SendRecv,
+            "sendonly" => Self::SendOnly,
+            "recvonly" => Self::RecvOnly,
+            "inactive" => Self::Inactive,
+            _ => return None,
+        })
+    }
+
+    fn attribute(self) -> &'static str {
+        match self {
+            Self::SendRecv => "sendrecv",
+            Self::SendOnly => "sendonly",
+            Self::RecvOnly => "recvonly",
+            Self::Inactive => "inactive",
+        }
+    }
+
+    /// The other side's direction: an answer to sendonly is recvonly, and so on.
+    pub fn mirrored(self) -> Self {
+        match self {
+            Self::SendOnly => Self::RecvOnly,
+            Self::RecvOnly => Self::SendOnly,
+            other => other,
+        }
+    }
+
+    /// Whether the side with this direction sends RTP.
+    pub fn sends(self) -> bool {
+        matches!(self, Self::SendRecv | Self::SendOnly)
+    }
+
+    /// Whether the side with this direction expects RTP.
+    pub fn receives(self) -> bool {
+        matches!(self, Self::SendRecv | Self::RecvOnly)
+    }
 }
 
 /// What both sides agreed: the audio codec and its payload type, and telephone-event's.
@@ -30,6 +82,8 @@ pub struct Negotiated {
     pub audio_pt: u8,
     /// None when the peer takes no RFC 4733 events at the codec's clock rate.
     pub event_pt: Option<u8>,
+    /// The probe's direction: the peer's mirrored (recvonly or inactive while it holds).
+    pub direction: Direction,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -54,11 +108,17 @@ pub fn offer(local_rtp: SocketAddr, codecs: &[Codec], session_id: u64) -> String
         .into_iter()
         .filter(|(_, clock)| codecs.iter().any(|c| c.clock_rate() == *clock))
         .collect();
-    describe(local_rtp, &formats, &events, session_id)
+    describe(
+        local_rtp,
+        &formats,
+        &events,
+        Direction::SendRecv,
+        session_id,
+    )
 }
 
 /// The answer to an offer: only the chosen codec and its telephone-event, with the
-/// offerer's payload type numbers.
+/// offerer's payload type numbers, and the offer's direction mirrored.
 pub fn answer(local_rtp: SocketAddr, chosen: &Negotiated, session_id: u64) -> String {
     let events: Vec<(u8, u32)> = chosen
         .event_pt
@@ -69,6 +129,7 @@ pub fn answer(local_rtp: SocketAddr, chosen: &Negotiated, session_id: u64) -> St
         local_rtp,
         &[(chosen.audio_pt, chosen.codec)],
         &events,
+        chosen.direction,
         session_id,
     )
 }
@@ -77,6 +138,7 @@ fn describe(
     local_rtp: SocketAddr,
     formats: &[(u8, Codec)],
     events: &[(u8, u32)],
+    direction: Direction,
     session_id: u64,
 ) -> String {
     let ip = local_rtp.ip();
@@ -100,9 +162,10 @@ fn describe(
     }
     format!(
         "v=0\r\no=callverify {session_id} {session_id} IN {family} {ip}\r\ns=callverify probe\r\n\
-         c=IN {family} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {pts}\r\n{attrs}a=ptime:20\r\na=sendrecv\r\n",
+         c=IN {family} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {pts}\r\n{attrs}a=ptime:20\r\na={direction}\r\n",
         port = local_rtp.port(),
         pts = pts.join(" "),
+        direction = direction.attribute(),
     )
 }
 
@@ -112,6 +175,8 @@ pub fn parse(text: &str) -> Result<AudioDescription, SdpError> {
     let mut media_ip: Option<IpAddr> = None;
     let mut media: Option<(u16, Vec<u8>)> = None;
     let mut rtpmaps: Vec<Format> = Vec::new();
+    let mut session_direction: Option<Direction> = None;
+    let mut media_direction: Option<Direction> = None;
     for line in text.lines() {
         let line = line.trim_end();
         if let Some(c) = line.strip_prefix("c=") {
@@ -136,6 +201,12 @@ pub fn parse(text: &str) -> Result<AudioDescription, SdpError> {
             let _proto = fields.next();
             let pts = fields.filter_map(|f| f.parse().ok()).collect();
             media = Some((port, pts));
+        } else if let Some(direction) = line.strip_prefix("a=").and_then(Direction::parse) {
+            if media.is_some() {
+                media_direction = Some(direction);
+            } else {
+                session_direction = Some(direction);
+            }
         } else if let Some(map) = line.strip_prefix("a=rtpmap:") {
             if media.is_some() {
                 if let Some(format) = parse_rtpmap(map) {
@@ -161,6 +232,7 @@ pub fn parse(text: &str) -> Result<AudioDescription, SdpError> {
     Ok(AudioDescription {
         rtp: SocketAddr::new(ip, port),
         formats,
+        direction: media_direction.or(session_direction).unwrap_or_default(),
     })
 }
 
@@ -237,6 +309,7 @@ impl AudioDescription {
             codec,
             audio_pt: format.payload_type,
             event_pt,
+            direction: self.direction.mirrored(),
         })
     }
 }
@@ -271,6 +344,7 @@ mod tests {
             codec: Codec::Pcmu,
             audio_pt: 0,
             event_pt: Some(96),
+            direction: Direction::SendRecv,
         };
         let text = answer("127.0.0.1:4000".parse().unwrap(), &chosen, 1);
         assert!(text.contains("m=audio 4000 RTP/AVP 0 96\r\n"), "{text}");
@@ -280,6 +354,33 @@ mod tests {
         );
         let back = parse(&text).unwrap().negotiate(&[Codec::Pcmu]).unwrap();
         assert_eq!(back.event_pt, Some(96));
+    }
+
+    /// Hold (RFC 3264 §8.4): a=sendonly is answered a=recvonly, a=inactive with a=inactive.
+    #[test]
+    fn a_hold_offer_is_answered_with_the_mirrored_direction() {
+        for (offered, answered) in [
+            ("sendonly", "recvonly"),
+            ("inactive", "inactive"),
+            ("recvonly", "sendonly"),
+            ("sendrecv", "sendrecv"),
+        ] {
+            let sdp = format!(
+                "v=0\r\nc=IN IP4 10.0.0.1\r\na=sendrecv\r\nm=audio 5000 RTP/AVP 0\r\na={offered}\r\n"
+            );
+            let chosen = parse(&sdp).unwrap().negotiate(&[Codec::Pcmu]).unwrap();
+            let text = answer("127.0.0.1:4000".parse().unwrap(), &chosen, 1);
+            assert!(
+                text.contains(&format!("a={answered}\r\n")),
+                "{offered}: {text}"
+            );
+        }
+        let session_level = "v=0\r\nc=IN IP4 10.0.0.1\r\na=inactive\r\nm=audio 5000 RTP/AVP 0\r\n";
+        let chosen = parse(session_level)
+            .unwrap()
+            .negotiate(&[Codec::Pcmu])
+            .unwrap();
+        assert_eq!(chosen.direction, Direction::Inactive);
     }
 
     #[test]

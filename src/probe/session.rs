@@ -120,11 +120,10 @@ pub async fn run(
         endpoint,
         dialog,
         mut media,
-        local,
+        mut local,
         answered,
         ack,
     } = call;
-    let local = &local;
     let ack = ack.as_ref();
     let since_answer = || answered.elapsed().as_millis() as u64;
     let hangup_at = options.hangup_after.map(|d| answered + d);
@@ -185,7 +184,7 @@ pub async fn run(
         tokio::select! {
             inbound = endpoint.next(far) => {
                 if let Some(inbound) = inbound {
-                    if handle_inbound(endpoint, dialog, &media, local, inbound, ack).await {
+                    if handle_inbound(endpoint, dialog, &media, &mut local, inbound, ack).await {
                         break End::Peer;
                     }
                 }
@@ -298,7 +297,7 @@ async fn handle_inbound(
     endpoint: &mut Endpoint,
     dialog: &mut Dialog,
     media: &Media,
-    local: &LocalMedia,
+    local: &mut LocalMedia,
     inbound: Inbound,
     ack: Option<&rsip::Request>,
 ) -> bool {
@@ -326,7 +325,7 @@ async fn handle_inbound(
         _ if !same_call => (reply(481, None), false),
         rsip::Method::Bye => (reply(200, None), true),
         rsip::Method::Invite | rsip::Method::Update => {
-            (renegotiate(&request, media, local, &reply).await, false)
+            (renegotiate(&request, media, local, &reply), false)
         }
         rsip::Method::Options
         | rsip::Method::Info
@@ -340,14 +339,19 @@ async fn handle_inbound(
     hung_up
 }
 
-/// A re-INVITE or UPDATE: the same codec at a possibly new address is accepted, anything
-/// else refused with 488 (the probe does not switch codecs mid-call).
-async fn renegotiate(
+/// A re-INVITE or UPDATE: the same codec at a possibly new address, with possibly new payload
+/// type numbers and direction (hold), is accepted and applied to both directions of the
+/// media; anything else is refused with 488 (the probe does not switch codecs mid-call).
+fn renegotiate(
     request: &rsip::Request,
     media: &Media,
-    local: &LocalMedia,
+    local: &mut LocalMedia,
     reply: &impl Fn(u16, Option<String>) -> rsip::Response,
 ) -> rsip::Response {
+    if request.body.is_empty() && request.method == rsip::Method::Update {
+        // A session refresh: a 200 to UPDATE cannot carry an offer (RFC 3311 §5.2).
+        return reply(200, None);
+    }
     if request.body.is_empty() {
         // An offerless re-INVITE: offer the stream as it is.
         return reply(
@@ -358,7 +362,8 @@ async fn renegotiate(
     let offer = String::from_utf8_lossy(&request.body);
     match sdp::parse(&offer).and_then(|d| d.negotiate(&[local.codec])) {
         Ok(negotiated) => {
-            media.retarget(negotiated.remote_rtp).await;
+            media.renegotiate(negotiated);
+            local.event_pt = negotiated.event_pt;
             reply(
                 200,
                 Some(sdp::answer(local.rtp, &negotiated, local.session_id)),

@@ -56,7 +56,8 @@ pub enum TransactionError {
 
 /// Sends `request` to `to` and waits for its final response. Provisional responses go to
 /// `on_provisional`; after one, an INVITE waits up to `ring_timeout` for the final one.
-/// Requests arriving meanwhile are kept for the caller.
+/// Requests arriving meanwhile, and responses of other transactions (the INVITE's 2xx that
+/// crosses its CANCEL), are kept for the caller.
 pub async fn run(
     endpoint: &mut Endpoint,
     request: &rsip::Request,
@@ -135,13 +136,14 @@ pub async fn run(
                 endpoint.last_malformed =
                     Some(format!("a {status} response without a Via branch or CSeq"));
             }
-            Some(_) => {} // strays and malformed datagrams (noted by the endpoint)
+            Some(other @ Inbound::Response(..)) => endpoint.defer(other),
+            Some(_) => {} // malformed datagrams (noted by the endpoint)
         }
     }
 }
 
 /// Whether a response belongs to the transaction of `request` (same branch and method).
-fn matches(response: &rsip::Response, request: &rsip::Request) -> bool {
+pub fn matches(response: &rsip::Response, request: &rsip::Request) -> bool {
     let same_branch = branch(response).is_some() && branch(response) == branch(request);
     let same_method = cseq(response).map(|(_, m)| m) == Some(request.method.to_string());
     same_branch && same_method
