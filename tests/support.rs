@@ -485,7 +485,54 @@ async fn recordings_are_deleted_after_retention(db: Db) {
     d.stop().await;
 }
 
+/// The daemon's upkeep deletes recordings past `support.retention_days` by itself, and keeps
+/// younger ones.
+async fn the_daemon_purges_old_recordings_by_itself(db: Db) {
+    let d = common::start_with(db, |c| c.support.retention_days = 30).await;
+    let store = d.service.store();
+    let now = callverify::verifications::now_ms();
+    let day = 86_400_000;
+    for (id, age) in [("mr_31_days", 31 * day), ("mr_29_days", 29 * day)] {
+        store
+            .insert_manual_request(NewManualRequest {
+                id: id.into(),
+                created_at: now - age,
+                caller: None,
+                caller_match: CallerMatch::Withheld,
+                verification_id: None,
+                ended_by: "key",
+                duration_ms: 1000,
+                recording: callverify::wav::encode(&[7; 8000], 8000),
+                transcript: Some("kept until then".into()),
+                language: "en".into(),
+            })
+            .await
+            .unwrap();
+    }
+    // The upkeep runs every 5 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store
+        .manual_recording("mr_31_days")
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the old recording was not purged"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(store
+        .manual_recording("mr_29_days")
+        .await
+        .unwrap()
+        .is_some());
+    d.stop().await;
+}
+
 on_both_backends!(
+    the_daemon_purges_old_recordings_by_itself,
     a_failed_caller_leaves_a_message_that_is_approved,
     hang_up_silence_overlong_and_withheld_callers,
     staff_answer_within_business_hours,
