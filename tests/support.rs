@@ -253,7 +253,13 @@ async fn hang_up_silence_overlong_and_withheld_callers(db: Db) {
     let t = run_support(&d, support_call("anonymous", 0x23).talk(talk)).await;
     assert_eq!(t.count_prompt("callverify/support-thanks"), 1);
 
-    let listed = api.requests("all").await;
+    // Open requests come oldest first (the work queue); every other view newest first.
+    let listed = api.requests("open").await;
+    let ids =
+        |requests: &[Value]| -> Vec<Value> { requests.iter().map(|r| r["id"].clone()).collect() };
+    let mut newest_first = ids(&listed);
+    newest_first.reverse();
+    assert_eq!(ids(&api.requests("all").await), newest_first);
     let summary: Vec<(Value, Value, Value, Value)> = listed
         .iter()
         .map(|r| {

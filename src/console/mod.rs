@@ -1,5 +1,5 @@
 //! The support console at `/console/`: staff sign in (accounts from `callverify staff add`),
-//! work the manual-verification queue oldest first, open a request (the full number, the
+//! work the manual-verification queue (open requests oldest first), open a request (the full number, the
 //! recording, the transcript; opening and playing are audited), approve or reject it.
 //!
 //! Sessions are a random token in an HttpOnly, SameSite=Strict cookie scoped to /console;

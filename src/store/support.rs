@@ -168,20 +168,26 @@ impl Store {
             .await
     }
 
-    /// Requests, oldest first.
+    /// Requests: open ones oldest first (the work queue), decided ones and all of them
+    /// newest first, so that a long history never hides what came last.
     pub async fn manual_requests(
         &self,
         filter: RequestFilter,
     ) -> Result<Vec<ManualRequestRow>, StoreError> {
         self.engine
             .run(op(move |c| {
+                let order = if filter.status == Some(RequestStatus::Open) {
+                    "ASC"
+                } else {
+                    "DESC"
+                };
                 Box::pin(async move {
                     let rows = sqlx::query(&format!(
                         "SELECT {REQUEST_COLUMNS} FROM manual_requests r \
                          LEFT JOIN verifications v ON v.id = r.verification_id \
                          WHERE ($1 IS NULL OR r.status = $1) \
                          AND ($2 IS NULL OR v.api_key_id IS NULL OR v.api_key_id = $2) \
-                         ORDER BY r.created_at, r.id LIMIT $3"
+                         ORDER BY r.created_at {order}, r.id {order} LIMIT $3"
                     ))
                     .bind(filter.status.map(RequestStatus::as_str))
                     .bind(&filter.api_key_id)
