@@ -8,14 +8,14 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::agi::{ServerConfig, Timeouts};
+use crate::domain::phone::PhonePolicy;
+use crate::domain::Policy;
 use crate::flow::FlowSettings;
-use crate::phone::PhonePolicy;
-use crate::speech::{EndpointSettings, RecogniserSettings};
 use crate::support::hours::BusinessHours;
 use crate::support::message::MessageLimits;
 use crate::support::SupportSettings;
-use crate::verifications::Policy;
+use callverify_pbx::agi::{ServerConfig, Timeouts};
+use callverify_speech::{EndpointSettings, RecogniserSettings};
 
 pub const ENV_PREFIX: &str = "CALLVERIFY_";
 pub const DEFAULT_FILE: &str = "callverify.toml";
@@ -407,7 +407,7 @@ impl Config {
         self.agi_server()?;
         self.http_listen()?;
         let v = &self.verification;
-        if !crate::codes::LENGTHS.contains(&v.code_length) {
+        if !crate::domain::codes::LENGTHS.contains(&v.code_length) {
             return invalid("verification.code_length", "must be between 4 and 10");
         }
         if v.max_attempts == 0 {
@@ -440,7 +440,7 @@ impl Config {
                 "is needed (16 characters or more) when webhooks.url is set",
             );
         }
-        if !self.qa.code.is_empty() && !crate::codes::is_valid_code(&self.qa.code) {
+        if !self.qa.code.is_empty() && !crate::domain::codes::is_valid_code(&self.qa.code) {
             return invalid("qa.code", "must be 4 to 10 digits");
         }
         if !self.security.secret.is_empty() && self.security.secret.len() < 16 {

@@ -4,24 +4,24 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-
-use tokio::net::TcpListener;
-
 use std::time::Duration;
 
-use crate::ami::{Ami, AmiConfig};
-use crate::api::ApiState;
-use crate::audiosocket::{Hub, ListenerConfig};
-use crate::codes::{server_key, CodeHasher};
+use callverify_pbx::ami::{Ami, AmiConfig};
+use callverify_pbx::audiosocket::{Hub, ListenerConfig};
+use tokio::net::TcpListener;
+
 use crate::config::{Config, ConfigError};
-use crate::dialer::{Dialer, DialerConfig};
+use crate::domain::api_keys::ApiKeys;
+use crate::domain::codes::{server_key, CodeHasher};
+use crate::domain::{Verifications, VerifyError};
 use crate::flow::{Hearing, Router, SpokenCodes};
-use crate::keys::ApiKeys;
+use crate::outbound::dialer::{Dialer, DialerConfig};
+use crate::outbound::webhooks::{Sender, WebhookConfig};
 use crate::store::{Store, StoreError};
 use crate::support::staff::Staff;
 use crate::support::Support;
-use crate::verifications::{Verifications, VerifyError};
-use crate::webhooks::{Sender, WebhookConfig};
+use crate::web::api::ApiState;
+use crate::web::console::ConsoleState;
 
 /// Asterisk names the call's UUID at once after connecting.
 const AUDIOSOCKET_UUID_TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,7 +48,7 @@ pub enum DaemonError {
     #[error("the HTTP API failed: {0}")]
     Http(std::io::Error),
     #[error(transparent)]
-    Speech(#[from] crate::speech::SpeechError),
+    Speech(#[from] callverify_speech::SpeechError),
 }
 
 /// Start the AMI connection and the dialer when `ami.host` is set.
@@ -100,7 +100,7 @@ async fn janitor(
                 if let Err(e) = service.maintain().await {
                     tracing::error!(error = %e, "queue upkeep failed");
                 }
-                match support.purge(crate::verifications::now_ms()).await {
+                match support.purge(crate::domain::clock::now_ms()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(recordings = n, "deleted support recordings past retention"),
                     Err(e) => tracing::error!(error = %e, "support upkeep failed"),
@@ -152,7 +152,7 @@ pub async fn bind(config: &Config) -> Result<Listeners, DaemonError> {
     // Refuse at startup, not at the first spoken code, a model this build cannot run.
     #[cfg(not(feature = "speech"))]
     if config.recogniser_settings().is_some() {
-        return Err(crate::speech::SpeechError::NotBuilt.into());
+        return Err(callverify_speech::SpeechError::NotBuilt.into());
     }
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr)
@@ -176,9 +176,9 @@ async fn spoken_codes(config: &Config) -> Result<Option<Arc<SpokenCodes>>, Daemo
     {
         let model = settings.model.clone();
         let recogniser =
-            tokio::task::spawn_blocking(move || crate::speech::Recogniser::load(&settings))
+            tokio::task::spawn_blocking(move || callverify_speech::Recogniser::load(&settings))
                 .await
-                .map_err(|e| crate::speech::SpeechError::Model {
+                .map_err(|e| callverify_speech::SpeechError::Model {
                     path: model.clone(),
                     message: format!("loading stopped: {e}"),
                 })??;
@@ -191,8 +191,35 @@ async fn spoken_codes(config: &Config) -> Result<Option<Arc<SpokenCodes>>, Daemo
     #[cfg(not(feature = "speech"))]
     {
         let _ = settings;
-        Err(crate::speech::SpeechError::NotBuilt.into())
+        Err(callverify_speech::SpeechError::NotBuilt.into())
     }
+}
+
+/// `callverify serve`: bind the listeners (a refusal leaves no store behind), open the
+/// store, run until `shutdown` completes and calls in progress are done, close the store.
+pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let listeners = bind(config).await?;
+    let service = open(config).await?;
+    let result = run(config, service.clone(), listeners, shutdown).await;
+    service.store().close().await;
+    result
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
 }
 
 /// Run the daemon until `shutdown` completes and calls in progress are done.
@@ -239,18 +266,21 @@ pub async fn run(
     // One shutdown signal, seen by every part.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let ami = start_dialer(config, &service, &stopped);
-    let mut api = ApiState::new(
+    let api = Arc::new(ApiState::new(
         service.clone(),
         support.clone(),
-        Staff::new(
+        ApiKeys::new(service.store().clone()),
+        usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX),
+        ami.map(|a| a.state()),
+    ));
+    let console = Arc::new(ConsoleState {
+        support: support.clone(),
+        staff: Staff::new(
             service.store().clone(),
             Duration::from_secs(config.support.session_hours * 3600),
         ),
-        ApiKeys::new(service.store().clone()),
-        usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX),
-    );
-    api.ami = ami.map(|a| a.state());
-    api.secure_cookies = config.support.secure_cookies;
+        secure_cookies: config.support.secure_cookies,
+    });
     if !config.support.secure_cookies
         && !listeners
             .http
@@ -262,7 +292,6 @@ pub async fn run(
              put a TLS proxy in front and turn it on"
         );
     }
-    let api = Arc::new(api);
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         agi = %local(&listeners.agi),
@@ -293,13 +322,14 @@ pub async fn run(
         Err(e) => tracing::error!(error = %e, "cannot start the webhook sender"),
     }
     tokio::spawn(janitor(service.clone(), support.clone(), stopped.clone()));
-    let http = tokio::spawn(crate::api::serve(
+    let http = tokio::spawn(crate::web::serve(
         listeners.http,
         api,
+        console,
         wait(stopped.clone()),
     ));
     let agi_server = config.agi_server()?;
-    tokio::spawn(crate::audiosocket::serve(
+    tokio::spawn(callverify_pbx::audiosocket::serve(
         listeners.audio,
         ListenerConfig {
             allow: agi_server.allow.clone(),
@@ -309,7 +339,7 @@ pub async fn run(
         hub,
         wait(stopped.clone()),
     ));
-    let agi = crate::agi::serve(listeners.agi, agi_server, router, wait(stopped));
+    let agi = callverify_pbx::agi::serve(listeners.agi, agi_server, router, wait(stopped));
     let signal = async {
         shutdown.await;
         let _ = stop.send(true);

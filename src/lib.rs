@@ -1,28 +1,17 @@
 //! callverify: a self-hosted phone-verification service for Asterisk.
 //!
-//! The layout follows DESIGN.md: `agi` speaks FastAGI, `flow` drives calls, `verifications`
-//! holds the rules, `store` persists them, `daemon` wires them together.
+//! The application crate; `ARCHITECTURE.md` is the map. From the bottom up: `domain` (the
+//! rules; the only place a verification's state changes), `store` (SQLite or Postgres),
+//! `support` (the support line's requests and staff), `flow` (the FastAGI call scripts),
+//! `outbound` (dialer, webhooks), `web` (the HTTP API and the staff console), `config` and
+//! `daemon` (settings and wiring). The protocols (`callverify-pbx`), audio, speech and the
+//! QA probe are crates of their own under `crates/`.
 
-pub mod agi;
-pub mod ami;
-pub mod api;
-pub mod audiosocket;
-pub mod codes;
 pub mod config;
-pub mod console;
 pub mod daemon;
-pub mod dialer;
-pub mod emulator;
+pub mod domain;
 pub mod flow;
-pub mod gate;
-pub mod keys;
-pub mod lines;
-pub mod metrics;
-pub mod phone;
-pub mod probe;
-pub mod speech;
+pub mod outbound;
 pub mod store;
 pub mod support;
-pub mod verifications;
-pub mod wav;
-pub mod webhooks;
+pub mod web;

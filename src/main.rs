@@ -1,7 +1,5 @@
 //! The `callverify` command line: the daemon and the admin's tools around it.
 
-mod bench;
-mod speech_bench;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 use callverify::config::Config;
 use callverify::daemon;
-use callverify::verifications::{NewVerification, VerifyError, View};
+use callverify::domain::{NewVerification, VerifyError, View};
 
 #[derive(Parser)]
 #[command(
@@ -51,11 +49,9 @@ enum Command {
     Staff(StaffCommand),
     /// List the prompts the calls play, with their words per language
     Prompts(PromptsArgs),
-    /// Measure the daemon under many concurrent emulated Asterisk sessions
-    Bench(bench::BenchArgs),
     /// QA softphone: call an extension or answer a call, press keys, record, report
     #[command(subcommand)]
-    Probe(Box<callverify::probe::ProbeCommand>),
+    Probe(Box<callverify_probe::ProbeCommand>),
 }
 
 #[derive(Subcommand)]
@@ -162,7 +158,7 @@ fn init_logging(quiet: bool) {
 
 async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode> {
     let service = daemon::open(config).await?;
-    let keys = callverify::keys::ApiKeys::new(service.store().clone());
+    let keys = callverify::domain::api_keys::ApiKeys::new(service.store().clone());
     let code = match command {
         KeysCommand::Create { name } => {
             let (row, secret) = keys.create(&name).await?;
@@ -176,14 +172,14 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode>
         KeysCommand::List => {
             for k in keys.list().await? {
                 let state = match k.revoked_at {
-                    Some(at) => format!("revoked {}", callverify::verifications::rfc3339(at)),
+                    Some(at) => format!("revoked {}", callverify::domain::clock::rfc3339(at)),
                     None => "active".into(),
                 };
                 println!(
                     "{}  {}  created {}  {}",
                     k.id,
                     state,
-                    callverify::verifications::rfc3339(k.created_at),
+                    callverify::domain::clock::rfc3339(k.created_at),
                     k.name
                 );
             }
@@ -221,7 +217,7 @@ async fn staff(config: &Config, command: StaffCommand) -> anyhow::Result<ExitCod
         StaffCommand::List => {
             for s in staff.list().await? {
                 let state = match s.disabled_at {
-                    Some(at) => format!("disabled {}", callverify::verifications::rfc3339(at)),
+                    Some(at) => format!("disabled {}", callverify::domain::clock::rfc3339(at)),
                     None => "active".into(),
                 };
                 println!("{}  {}  {state}", s.username, s.id);
@@ -265,18 +261,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // (the call's verdict) into a configuration error, nor warn about its own
     // CALLVERIFY_PROBE_* variables.
     let command = match cli.command {
-        Command::Probe(command) => return callverify::probe::run(*command).await,
+        Command::Probe(command) => return callverify_probe::run(*command).await,
         command => command,
     };
     let config =
         Config::load(cli.config.as_deref(), std::env::vars()).context("invalid configuration")?;
     match command {
         Command::Serve => {
-            // Listening sockets (and the build's features) first: a refusal leaves no store.
-            let listeners = daemon::bind(&config).await?;
-            let service = daemon::open(&config).await?;
-            daemon::run(&config, service.clone(), listeners, shutdown_signal()).await?;
-            service.store().close().await;
+            daemon::serve(&config, daemon::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
@@ -290,10 +282,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(command) => verify(&config, command).await,
         Command::Keys(command) => keys(&config, command).await,
         Command::Staff(command) => staff(&config, command).await,
-        Command::Bench(args) if args.speech.speech => {
-            speech_bench::run(&config, &args.speech).await
-        }
-        Command::Bench(args) => bench::run(args).await,
         Command::Probe(_) => unreachable!("dispatched before the configuration is loaded"),
         Command::Prompts(args) => {
             print_prompts(args.tsv);
@@ -359,25 +347,9 @@ fn print_error(e: &VerifyError, json: bool) {
     if json {
         let mut error = serde_json::json!({ "code": e.code(), "message": e.to_string() });
         if let VerifyError::LockedOut { retry_at } = e {
-            error["retry_at"] = callverify::verifications::rfc3339(*retry_at).into();
+            error["retry_at"] = callverify::domain::clock::rfc3339(*retry_at).into();
         }
         println!("{}", serde_json::json!({ "error": error }));
     }
     eprintln!("error: {} ({e})", e.code());
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown requested");
 }

@@ -8,9 +8,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::listen::{listen, Listened};
 use super::prompts::Prompt;
 use super::{Hearing, SpokenCodes};
-use crate::agi::{AgiError, Session};
-use crate::audiosocket::{AudioStream, Heard};
-use crate::speech;
+use callverify_pbx::agi::{AgiError, Session};
+use callverify_pbx::audiosocket::{AudioStream, Heard};
+use callverify_speech as speech;
 
 /// What one round of code entry produced.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,8 +5,8 @@ use std::future::Future;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::agi::{AgiError, Session};
-use crate::audiosocket::{AudioStream, Hub};
+use callverify_pbx::agi::{AgiError, Session};
+use callverify_pbx::audiosocket::{AudioStream, Hub};
 
 /// What a listening phase gave.
 #[derive(Debug, PartialEq, Eq)]

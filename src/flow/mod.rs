@@ -3,9 +3,9 @@
 
 pub mod entry;
 pub mod listen;
+pub mod manual;
 pub mod prompts;
 pub mod qa;
-pub mod support;
 pub mod verify;
 
 use std::sync::Arc;
@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::agi::{AgiError, Handler, Session};
-use crate::audiosocket::Hub;
-use crate::speech::{CodeRecogniser, EndpointSettings};
+use crate::domain::{Verifications, VerifyError};
 use crate::store::StoreError;
 use crate::support::Support;
-use crate::verifications::{Verifications, VerifyError};
+use callverify_pbx::agi::{AgiError, Handler, Session};
+use callverify_pbx::audiosocket::Hub;
+use callverify_speech::{CodeRecogniser, EndpointSettings};
 use prompts::Prompt;
 
 /// The FastAGI scripts the daemon serves (`agi://HOST:PORT/<script>`).
@@ -114,7 +114,7 @@ impl Handler for Router {
                 }
             },
             "qa" => qa::run(session, &self.service, &self.settings, &self.hearing).await,
-            "manual" => support::run(session, &self.support, &self.hearing.audio).await,
+            "manual" => manual::run(session, &self.support, &self.hearing.audio).await,
             other => {
                 tracing::warn!(script = other, "unknown FastAGI script");
                 let message = format!("callverify: unknown script {other}");

@@ -6,8 +6,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::prompts::Prompt;
 use super::{play, verify, FlowError, FlowSettings, Hearing};
-use crate::agi::Session;
-use crate::verifications::Verifications;
+use crate::domain::Verifications;
+use callverify_pbx::agi::Session;
 
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     session: &mut Session<S>,

@@ -15,9 +15,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::entry::{self, Entry};
 use super::prompts::Prompt;
 use super::{goodbye, play, FlowError, FlowSettings, Hearing};
-use crate::agi::Session;
-use crate::store::{CallOutcome, Status};
-use crate::verifications::{Call, CallStart, CodeCheck, Verifications, VerifyError};
+use crate::domain::{Call, CallStart, CodeCheck, Verifications, VerifyError};
+use crate::domain::{CallOutcome, Status};
+use callverify_pbx::agi::Session;
 
 /// Keys accepted while the "press #" prompt plays: any key stops it, only `#` acknowledges.
 const ANY_KEY: &str = "0123456789*#";

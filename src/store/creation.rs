@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 
 use sqlx::{AnyConnection, Connection, Row};
 
-use super::{
-    insert_verification, op, Backend, Earlier, RateSubject, Store, StoreError, VerificationRow,
-};
+use crate::domain::verification::Verification;
+
+use super::{insert_verification, op, Backend, Earlier, RateSubject, Store, StoreError};
 
 /// At most `max` creations for `subject` = `value` since the window's start.
 #[derive(Debug, Clone)]
@@ -51,7 +51,7 @@ impl Store {
     /// counted since `window_start`.
     pub async fn create_verification(
         &self,
-        v: &VerificationRow,
+        v: &Verification,
         idempotency: Option<IdempotencyKey>,
         limits: Vec<RateLimit>,
         window_start: i64,
@@ -114,7 +114,7 @@ async fn find_idempotent(
 async fn checked_insert(
     c: &mut AnyConnection,
     backend: Backend,
-    v: &VerificationRow,
+    v: &Verification,
     idempotency: Option<&IdempotencyKey>,
     limits: &[RateLimit],
     window_start: i64,

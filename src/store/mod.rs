@@ -8,11 +8,11 @@
 
 mod creation;
 mod engine;
-mod status;
+mod error;
 mod support;
 
 pub use creation::{Created, IdempotencyKey, RateLimit};
-pub use status::{CallOutcome, CallerMatch, RequestStatus, Status};
+pub use error::{redact_url, StoreError};
 pub use support::{
     AuditEntry, Decided, Decision, ManualRequestRow, NewManualRequest, RequestFilter, StaffRow,
     StaffSession,
@@ -25,77 +25,18 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyConnection, Connection, Executor, Row};
 
+use crate::domain::api_keys::ApiKey;
+use crate::domain::status::{CallOutcome, Status};
+use crate::domain::verification::{DialJob, Verification};
 use engine::{Engine, Op};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("sql/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("sql/postgres");
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("unsupported database URL {}: use sqlite://FILE or postgres://USER@HOST/DB", redact_url(.0))]
-    UnsupportedUrl(String),
-    // The sqlx errors are in the message, not chained as sources, so that a report of the
-    // chain does not say them twice.
-    #[error("database error: {0}")]
-    Database(sqlx::Error),
-    #[error("migration failed: {0}")]
-    Migrate(sqlx::migrate::MigrateError),
-    #[error("stored value {value:?} in column {column} is not valid")]
-    Corrupt { column: &'static str, value: String },
-    #[error("database commit failed: {0}")]
-    Commit(String),
-    #[error("the store is closed")]
-    Closed,
-}
-
-impl From<sqlx::Error> for StoreError {
-    fn from(e: sqlx::Error) -> Self {
-        StoreError::Database(e)
-    }
-}
-
-impl From<sqlx::migrate::MigrateError> for StoreError {
-    fn from(e: sqlx::migrate::MigrateError) -> Self {
-        StoreError::Migrate(e)
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
     Postgres,
-}
-
-/// A verification as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerificationRow {
-    pub id: String,
-    pub phone: String,
-    pub user_ref: String,
-    pub code_hash: String,
-    pub code_length: i64,
-    pub status: Status,
-    pub attempts_used: i64,
-    pub max_attempts: i64,
-    pub locale: String,
-    pub is_test: bool,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub expires_at: i64,
-    pub verified_at: Option<i64>,
-    /// The API key that created it (none when made with the CLI).
-    pub api_key_id: Option<String>,
-    /// Where its status changes are posted, if not the configured URL.
-    pub callback_url: Option<String>,
-}
-
-/// An API key as stored (the key itself is not: only its hash).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiKeyRow {
-    pub id: String,
-    pub name: String,
-    pub created_at: i64,
-    pub revoked_at: Option<i64>,
 }
 
 /// An earlier use of an idempotency key: the request's hash and what it created.
@@ -135,17 +76,6 @@ pub struct AttemptRow {
     pub started_at: i64,
     pub ended_at: Option<i64>,
     pub outcome: Option<CallOutcome>,
-}
-
-/// A verification the dialer is to call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DialJob {
-    pub verification_id: String,
-    pub phone: String,
-    pub locale: String,
-    /// The Originate's ChannelId and ActionID; Asterisk makes it the channel's Uniqueid.
-    pub channel_id: String,
-    pub dial_attempts: i64,
 }
 
 /// A status change waiting to be posted to the web app.
@@ -255,7 +185,7 @@ impl Store {
         self.engine.close().await;
     }
 
-    pub async fn insert_verification(&self, v: &VerificationRow) -> Result<(), StoreError> {
+    pub async fn insert_verification(&self, v: &Verification) -> Result<(), StoreError> {
         let v = v.clone();
         self.engine
             .run(op(move |c| {
@@ -264,7 +194,7 @@ impl Store {
             .await
     }
 
-    pub async fn insert_api_key(&self, key: &ApiKeyRow, key_hash: &str) -> Result<(), StoreError> {
+    pub async fn insert_api_key(&self, key: &ApiKey, key_hash: &str) -> Result<(), StoreError> {
         let (key, key_hash) = (key.clone(), key_hash.to_owned());
         self.engine
             .run(op(move |c| {
@@ -286,7 +216,7 @@ impl Store {
     }
 
     /// The key whose hash is `key_hash`, revoked or not.
-    pub async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, StoreError> {
+    pub async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>, StoreError> {
         let key_hash = key_hash.to_owned();
         self.engine
             .run(op(move |c| {
@@ -303,7 +233,7 @@ impl Store {
             .await
     }
 
-    pub async fn api_keys(&self) -> Result<Vec<ApiKeyRow>, StoreError> {
+    pub async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
@@ -337,7 +267,7 @@ impl Store {
             .await
     }
 
-    pub async fn verification(&self, id: &str) -> Result<Option<VerificationRow>, StoreError> {
+    pub async fn verification(&self, id: &str) -> Result<Option<Verification>, StoreError> {
         let id = id.to_owned();
         self.engine
             .run(op(move |c| {
@@ -439,7 +369,7 @@ impl Store {
         uniqueid: &str,
         daemon: &str,
         now: i64,
-    ) -> Result<Option<(i64, VerificationRow)>, StoreError> {
+    ) -> Result<Option<(i64, Verification)>, StoreError> {
         let (id, channel, uniqueid, daemon) = (
             id.to_owned(),
             channel.to_owned(),
@@ -507,7 +437,7 @@ impl Store {
     /// no longer in a call (canceled or expired meanwhile): nothing is counted then.
     pub async fn count_wrong_entry(
         &self,
-        v: &VerificationRow,
+        v: &Verification,
         lock_until: i64,
         now: i64,
     ) -> Result<Option<i64>, StoreError> {
@@ -1028,18 +958,6 @@ impl Store {
     }
 }
 
-/// A database URL without its password, for messages.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 fn status_list(statuses: &[Status]) -> String {
     statuses
         .iter()
@@ -1104,7 +1022,7 @@ async fn release(
     Ok(done.rows_affected() == 1)
 }
 
-async fn insert_verification(c: &mut AnyConnection, v: &VerificationRow) -> Result<(), StoreError> {
+async fn insert_verification(c: &mut AnyConnection, v: &Verification) -> Result<(), StoreError> {
     // Due a call at once, except test verifications, which the QA line calls itself.
     sqlx::query(&format!(
         "INSERT INTO verifications ({VERIFICATION_COLUMNS}, next_call_at) \
@@ -1132,8 +1050,8 @@ async fn insert_verification(c: &mut AnyConnection, v: &VerificationRow) -> Resu
     Ok(())
 }
 
-fn api_key_from_row(r: &sqlx::any::AnyRow) -> Result<ApiKeyRow, StoreError> {
-    Ok(ApiKeyRow {
+fn api_key_from_row(r: &sqlx::any::AnyRow) -> Result<ApiKey, StoreError> {
+    Ok(ApiKey {
         id: r.try_get(0)?,
         name: r.try_get(1)?,
         created_at: r.try_get(2)?,
@@ -1155,9 +1073,9 @@ fn attempt_from_row(r: &sqlx::any::AnyRow) -> Result<AttemptRow, StoreError> {
     })
 }
 
-fn verification_from_row(r: &sqlx::any::AnyRow) -> Result<VerificationRow, StoreError> {
+fn verification_from_row(r: &sqlx::any::AnyRow) -> Result<Verification, StoreError> {
     let status: String = r.try_get("status")?;
-    Ok(VerificationRow {
+    Ok(Verification {
         id: r.try_get("id")?,
         phone: r.try_get("phone")?,
         user_ref: r.try_get("user_ref")?,

@@ -3,7 +3,8 @@
 
 use sqlx::{Connection, Row};
 
-use super::{op, CallerMatch, RequestStatus, Status, Store, StoreError};
+use super::{op, Store, StoreError};
+use crate::domain::status::{CallerMatch, RequestStatus, Status};
 
 /// A message as the support line stores it.
 #[derive(Debug, Clone)]

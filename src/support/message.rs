@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use crate::audiosocket::{AudioStream, Heard, SAMPLE_RATE};
+use callverify_audio::SAMPLE_RATE;
+use callverify_pbx::audiosocket::{AudioStream, Heard};
 
 #[derive(Debug, Clone, Copy)]
 pub struct MessageLimits {

@@ -8,14 +8,16 @@ pub mod staff;
 
 use std::time::Duration;
 
-use crate::audiosocket::SAMPLE_RATE;
-use crate::phone::{PhoneNumber, PhonePolicy};
-use crate::speech::CodeRecogniser;
+use callverify_audio::SAMPLE_RATE;
+use callverify_speech::CodeRecogniser;
+
+use crate::domain::clock::now_ms;
+use crate::domain::ids::random_token;
+use crate::domain::phone::{PhoneNumber, PhonePolicy};
+use crate::domain::status::{CallerMatch, RequestStatus};
 use crate::store::{
-    CallerMatch, Decided, Decision, ManualRequestRow, NewManualRequest, RequestFilter, Store,
-    StoreError,
+    Decided, Decision, ManualRequestRow, NewManualRequest, RequestFilter, Store, StoreError,
 };
-use crate::verifications::{now_ms, random_token};
 use hours::BusinessHours;
 use message::{Message, MessageLimits};
 
@@ -170,7 +172,7 @@ impl Support {
                 verification_id: caller.verification_id.clone(),
                 ended_by: message.ended_by.as_str(),
                 duration_ms: i64::try_from(message.duration().as_millis()).unwrap_or(i64::MAX),
-                recording: crate::wav::encode(&message.samples, SAMPLE_RATE),
+                recording: callverify_audio::wav::encode(&message.samples, SAMPLE_RATE),
                 transcript: None,
                 language: language.to_owned(),
             })
@@ -271,8 +273,7 @@ impl Support {
 
     pub fn is_overdue(&self, request: &ManualRequestRow, now: i64) -> bool {
         let after = i64::try_from(self.settings.overdue_after.as_millis()).unwrap_or(i64::MAX);
-        request.status == crate::store::RequestStatus::Open
-            && now.saturating_sub(request.created_at) >= after
+        request.status == RequestStatus::Open && now.saturating_sub(request.created_at) >= after
     }
 
     /// Delete recordings and transcripts past the retention period.

@@ -11,9 +11,10 @@ use argon2::Argon2;
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
-use crate::keys::token_hash;
+use crate::domain::clock::now_ms;
+use crate::domain::ids::random_token;
+use crate::domain::ids::token_hash;
 use crate::store::{StaffRow, StaffSession, Store, StoreError};
-use crate::verifications::{now_ms, random_token};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StaffError {

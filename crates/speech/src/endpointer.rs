@@ -1,0 +1,414 @@
+//! Where the caller's speech starts, pauses and ends, judged from received audio alone.
+//!
+//! The audio is cut into 20 ms frames. A frame is voiced when its energy stands
+//! [`VOICE_MARGIN_DB`] (after a voiced frame, [`FADE_MARGIN_DB`]) over the noise floor, the
+//! quietest frame of the last
+//! [`FLOOR_WINDOW_FRAMES`] frames: a line's hiss or hum raises the threshold with it, where a
+//! fixed dBFS threshold would take a noisy line for endless speech. Every duration is counted
+//! in samples received, never in wall-clock time, so a slow or bursty transport (or a test
+//! feeding a whole clip at once) ends at the same place.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use callverify_audio::SAMPLE_RATE;
+
+/// 20 ms at 8 kHz, AudioSocket's usual frame (chunks of other lengths are fine).
+const FRAME: usize = 160;
+/// Consecutive voiced frames that make the start of speech (a click is one or two).
+const START_FRAMES: u32 = 3;
+/// A frame is voiced when this much louder than the noise floor...
+const VOICE_MARGIN_DB: f32 = 9.0;
+/// ...or this much, right after a voiced frame: a word's fading end, under line noise,
+/// would otherwise count as silence and stretch the pauses between digits by 0.1-0.3 s.
+const FADE_MARGIN_DB: f32 = 4.0;
+/// The noise floor is the quietest frame of the last 2 s: digit gaps are far shorter.
+const FLOOR_WINDOW_FRAMES: usize = 100;
+/// The floor never goes under this: G.711's idle pattern or digital silence would otherwise
+/// make the faintest breath "speech".
+const FLOOR_MIN_DBFS: f32 = -65.0;
+
+/// When to call an interim recognition and when to stop listening.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSettings {
+    /// Silence after speech that reports [`Endpoint::Pause`]: longer than the gaps between
+    /// digits (0.2-0.6 s), shorter than the hangover.
+    pub pause: Duration,
+    /// Silence after speech that ends listening.
+    pub hangover: Duration,
+    /// The same while what was heard is shorter than the code (see
+    /// [`Endpointer::set_hangover`]): a caller pausing between digit groups (1.4 s, more
+    /// when the next digit starts softly under line noise) is not cut off.
+    pub incomplete_hangover: Duration,
+    /// Listening ends after this much audio, speech or not.
+    pub max_listen: Duration,
+    /// Listening ends when no speech has started after this much audio.
+    pub no_speech: Duration,
+}
+
+impl Default for EndpointSettings {
+    fn default() -> Self {
+        Self {
+            pause: Duration::from_millis(700),
+            hangover: Duration::from_millis(1600),
+            incomplete_hangover: Duration::from_millis(2400),
+            max_listen: Duration::from_millis(12_000),
+            no_speech: Duration::from_millis(5000),
+        }
+    }
+}
+
+/// What [`Endpointer::push`] noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// The caller paused after speaking: a good moment for an interim recognition.
+    Pause,
+    /// Listening is over.
+    End(EndReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Silence for the hangover after speech.
+    Hangover,
+    /// `max_listen` of audio received.
+    Cap,
+    /// No speech within `no_speech`.
+    NoSpeech,
+}
+
+/// Endpointing state of one listening turn. Pure and synchronous: feed it audio as it
+/// arrives, in chunks of any length.
+#[derive(Debug)]
+pub struct Endpointer {
+    pause: usize,
+    hangover: usize,
+    max_listen: usize,
+    no_speech: usize,
+    /// Everything received, up to the end of listening.
+    audio: Vec<i16>,
+    /// Samples of `audio` already judged, a whole number of frames.
+    judged: usize,
+    recent_levels: VecDeque<f32>,
+    voiced_run: u32,
+    /// Sample index just past the last voiced frame, once speech has started.
+    speech_end: Option<usize>,
+    pause_reported: bool,
+    ended: Option<EndReason>,
+}
+
+impl Endpointer {
+    pub fn new(settings: &EndpointSettings) -> Self {
+        Self {
+            pause: samples(settings.pause),
+            hangover: samples(settings.hangover),
+            max_listen: samples(settings.max_listen),
+            no_speech: samples(settings.no_speech),
+            audio: Vec::with_capacity(samples(settings.max_listen)),
+            judged: 0,
+            recent_levels: VecDeque::with_capacity(FLOOR_WINDOW_FRAMES),
+            voiced_run: 0,
+            speech_end: None,
+            pause_reported: false,
+            ended: None,
+        }
+    }
+
+    /// Takes the next received samples (8 kHz mono). Returns the most telling event of this
+    /// chunk: an `End` over a `Pause`. After the end, further audio is ignored.
+    pub fn push(&mut self, samples: &[i16]) -> Option<Endpoint> {
+        if self.ended.is_some() {
+            return None;
+        }
+        let room = self.max_listen - self.audio.len();
+        self.audio
+            .extend_from_slice(&samples[..samples.len().min(room)]);
+        let mut event = None;
+        while self.audio.len() - self.judged >= FRAME {
+            let frame_end = self.judged + FRAME;
+            let level = level_dbfs(&self.audio[self.judged..frame_end]);
+            self.judged = frame_end;
+            if let Some(found) = self.judge_frame(level) {
+                event = Some(found);
+                if let Endpoint::End(reason) = found {
+                    self.ended = Some(reason);
+                    self.audio.truncate(frame_end);
+                    return event;
+                }
+            }
+        }
+        if self.audio.len() == self.max_listen {
+            self.ended = Some(EndReason::Cap);
+            return Some(Endpoint::End(EndReason::Cap));
+        }
+        event
+    }
+
+    fn judge_frame(&mut self, level: f32) -> Option<Endpoint> {
+        if self.recent_levels.len() == FLOOR_WINDOW_FRAMES {
+            self.recent_levels.pop_front();
+        }
+        self.recent_levels.push_back(level);
+        let floor = self
+            .recent_levels
+            .iter()
+            .copied()
+            .fold(f32::INFINITY, f32::min)
+            .max(FLOOR_MIN_DBFS);
+        let margin = if self.voiced_run > 0 {
+            FADE_MARGIN_DB
+        } else {
+            VOICE_MARGIN_DB
+        };
+        let voiced = level > floor + margin;
+        self.voiced_run = if voiced { self.voiced_run + 1 } else { 0 };
+
+        let speaking = self.voiced_run >= START_FRAMES || (voiced && self.speech_end.is_some());
+        if speaking {
+            if self.speech_end.is_none() {
+                tracing::debug!(at_ms = self.ms(self.judged), "speech started");
+            }
+            self.speech_end = Some(self.judged);
+            self.pause_reported = false;
+            return None;
+        }
+        match self.speech_end {
+            None if self.judged >= self.no_speech => Some(Endpoint::End(EndReason::NoSpeech)),
+            None => None,
+            Some(end) => {
+                let silence = self.judged - end;
+                if silence >= self.hangover {
+                    Some(Endpoint::End(EndReason::Hangover))
+                } else if silence >= self.pause && !self.pause_reported {
+                    self.pause_reported = true;
+                    Some(Endpoint::Pause)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// Changes the silence that ends listening from now on, e.g. to
+    /// `incomplete_hangover` when an interim recognition heard too few digits.
+    pub fn set_hangover(&mut self, hangover: Duration) {
+        self.hangover = samples(hangover);
+    }
+
+    /// Everything received so far (after the end: up to the end).
+    pub fn audio(&self) -> &[i16] {
+        &self.audio
+    }
+
+    /// Audio received so far.
+    pub fn received(&self) -> Duration {
+        self.duration(self.audio.len())
+    }
+
+    /// Where the last voiced frame ended, in received audio; `None` before speech started.
+    pub fn speech_end(&self) -> Option<Duration> {
+        self.speech_end.map(|end| self.duration(end))
+    }
+
+    pub fn ended(&self) -> Option<EndReason> {
+        self.ended
+    }
+
+    fn duration(&self, samples: usize) -> Duration {
+        Duration::from_micros(samples as u64 * 1_000_000 / SAMPLE_RATE as u64)
+    }
+
+    fn ms(&self, samples: usize) -> u128 {
+        self.duration(samples).as_millis()
+    }
+}
+
+fn samples(duration: Duration) -> usize {
+    (duration.as_millis() as usize * SAMPLE_RATE as usize) / 1000
+}
+
+/// A frame's mean power in dB relative to a full-scale square wave (digital silence: -inf).
+fn level_dbfs(frame: &[i16]) -> f32 {
+    let power = frame.iter().map(|&s| f32::from(s).powi(2)).sum::<f32>() / frame.len() as f32;
+    10.0 * (power / (32768.0f32 * 32768.0)).log10()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tone at `dbfs` (peak amplitude), or silence for `None`.
+    fn tone(ms: usize, dbfs: Option<f32>) -> Vec<i16> {
+        let n = ms * SAMPLE_RATE as usize / 1000;
+        let Some(dbfs) = dbfs else {
+            return vec![0; n];
+        };
+        let amplitude = 32767.0 * 10f32.powf(dbfs / 20.0);
+        (0..n)
+            .map(|i| (amplitude * (i as f32 * 0.35).sin()) as i16)
+            .collect()
+    }
+
+    /// White-ish noise at `dbfs` from a fixed-seed xorshift, so tests are deterministic.
+    fn noise(ms: usize, dbfs: f32, seed: &mut u32) -> Vec<i16> {
+        let amplitude = 32767.0 * 10f32.powf(dbfs / 20.0);
+        (0..ms * SAMPLE_RATE as usize / 1000)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 17;
+                *seed ^= *seed << 5;
+                (amplitude * (*seed as f32 / u32::MAX as f32 * 2.0 - 1.0)) as i16
+            })
+            .collect()
+    }
+
+    fn mix(a: &[i16], b: &[i16]) -> Vec<i16> {
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| x.saturating_add(y))
+            .collect()
+    }
+
+    /// Feeds `audio` in `chunk`-sample pieces; returns each event with the sample count
+    /// received when it came.
+    fn run(settings: &EndpointSettings, audio: &[i16], chunk: usize) -> Vec<(usize, Endpoint)> {
+        let mut ep = Endpointer::new(settings);
+        let mut events = Vec::new();
+        let mut fed = 0;
+        for piece in audio.chunks(chunk) {
+            fed += piece.len();
+            if let Some(event) = ep.push(piece) {
+                events.push((fed, event));
+            }
+        }
+        events
+    }
+
+    fn speech_like(digits: usize, gap_ms: usize) -> Vec<i16> {
+        let mut audio = tone(500, None);
+        for _ in 0..digits {
+            audio.extend(tone(400, Some(-12.0)));
+            audio.extend(tone(gap_ms, None));
+        }
+        audio.extend(tone(3000, None));
+        audio
+    }
+
+    #[test]
+    fn ends_after_the_hangover_counted_in_received_audio() {
+        let audio = speech_like(4, 400);
+        let events = run(&EndpointSettings::default(), &audio, 160);
+        // speech ends at 0.5 + 4 * 0.8 - 0.4 = 3.3 s; hangover 1.6 s: the end at 4.9 s.
+        let (at, last) = *events.last().unwrap();
+        assert_eq!(last, Endpoint::End(EndReason::Hangover));
+        assert_eq!(at, 4900 * 8);
+        // The 0.4 s digit gaps are no pause; the final silence is, once.
+        let pauses: Vec<_> = events.iter().filter(|e| e.1 == Endpoint::Pause).collect();
+        assert_eq!(pauses.len(), 1);
+        assert_eq!(pauses[0].0, 4000 * 8);
+    }
+
+    #[test]
+    fn chunk_length_does_not_matter() {
+        let audio = speech_like(6, 300);
+        let reference = run(&EndpointSettings::default(), &audio, 160);
+        for chunk in [1, 72, 153, 306, 320, 4000, audio.len()] {
+            let events = run(&EndpointSettings::default(), &audio, chunk);
+            let ends: Vec<_> = events
+                .iter()
+                .filter(|e| matches!(e.1, Endpoint::End(_)))
+                .collect();
+            assert_eq!(ends.len(), 1, "chunk {chunk}");
+            assert_eq!(ends[0].1, reference.last().unwrap().1, "chunk {chunk}");
+            // The end falls on the same frame, reported with the chunk holding it.
+            assert!(ends[0].0 >= reference.last().unwrap().0, "chunk {chunk}");
+            assert!(ends[0].0 < reference.last().unwrap().0 + chunk.max(160));
+        }
+    }
+
+    #[test]
+    fn a_whole_clip_at_once_reports_the_end_and_keeps_audio_up_to_it() {
+        let audio = speech_like(4, 400);
+        let mut ep = Endpointer::new(&EndpointSettings::default());
+        assert_eq!(ep.push(&audio), Some(Endpoint::End(EndReason::Hangover)));
+        assert_eq!(ep.audio().len(), 4900 * 8);
+        assert_eq!(ep.speech_end(), Some(Duration::from_millis(3300)));
+        assert_eq!(ep.push(&audio), None, "ignored after the end");
+    }
+
+    #[test]
+    fn a_group_pause_reports_pause_and_speech_goes_on() {
+        let mut audio = tone(300, None);
+        audio.extend(tone(400, Some(-10.0)));
+        audio.extend(tone(1000, None));
+        audio.extend(tone(400, Some(-10.0)));
+        audio.extend(tone(2000, None));
+        let events = run(&EndpointSettings::default(), &audio, 160);
+        let kinds: Vec<_> = events.iter().map(|e| e.1).collect();
+        assert_eq!(
+            kinds,
+            [
+                Endpoint::Pause,
+                Endpoint::Pause,
+                Endpoint::End(EndReason::Hangover)
+            ]
+        );
+    }
+
+    #[test]
+    fn steady_line_noise_is_not_speech_but_speech_over_it_is() {
+        let mut seed = 7;
+        let line = noise(9000, -30.0, &mut seed);
+        let quiet = run(&EndpointSettings::default(), &line, 160);
+        assert_eq!(
+            quiet,
+            [(5000 * 8, Endpoint::End(EndReason::NoSpeech))],
+            "-30 dBFS hiss is a noise floor, not speech"
+        );
+
+        let spoken = mix(&speech_like(5, 300), &line);
+        let events = run(&EndpointSettings::default(), &spoken, 160);
+        assert_eq!(events.last().unwrap().1, Endpoint::End(EndReason::Hangover));
+    }
+
+    #[test]
+    fn speech_from_the_first_frame_is_heard() {
+        let mut audio = tone(600, Some(-12.0));
+        audio.extend(tone(300, None));
+        audio.extend(tone(600, Some(-12.0)));
+        audio.extend(tone(2000, None));
+        let mut ep = Endpointer::new(&EndpointSettings::default());
+        let mut last = None;
+        for piece in audio.chunks(160) {
+            last = ep.push(piece).or(last);
+        }
+        assert_eq!(last, Some(Endpoint::End(EndReason::Hangover)));
+        assert_eq!(ep.speech_end(), Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn clicks_do_not_start_speech() {
+        let mut audio = tone(1000, None);
+        audio.extend(tone(40, Some(-6.0)));
+        audio.extend(tone(5000, None));
+        let events = run(&EndpointSettings::default(), &audio, 160);
+        assert_eq!(events, [(5000 * 8, Endpoint::End(EndReason::NoSpeech))]);
+    }
+
+    #[test]
+    fn endless_speech_is_capped() {
+        let settings = EndpointSettings {
+            max_listen: Duration::from_millis(3000),
+            ..EndpointSettings::default()
+        };
+        let audio = tone(10_000, Some(-12.0));
+        let mut ep = Endpointer::new(&settings);
+        assert_eq!(ep.push(&audio[..16_000]), None);
+        assert_eq!(
+            ep.push(&audio[16_000..]),
+            Some(Endpoint::End(EndReason::Cap))
+        );
+        assert_eq!(ep.received(), Duration::from_millis(3000));
+        assert_eq!(ep.ended(), Some(EndReason::Cap));
+    }
+}

@@ -1,0 +1,29 @@
+//! The domain: what a verification is and every rule about it. Only this module decides a
+//! verification's state changes (the store carries them out, atomically); flows, the
+//! dialer, the API and the CLI ask it.
+//!
+//! - [`verification`]: the entity, its policy and what the web app sees; checks on input.
+//! - [`verifications`]: the service: create, read, cancel; a call's start, code checks and
+//!   end; the dialer's queue; upkeep.
+//! - [`status`]: statuses and call outcomes, with their stored names.
+//! - [`codes`], [`phone`], [`api_keys`]: codes and their keyed hashes; numbers, the
+//!   destination policy and masking; the web app's credentials.
+//! - [`clock`], [`ids`]: time as stored and shown; ids and secret tokens.
+//! - [`metrics`]: counters of what happened, for `/metrics`.
+
+pub mod api_keys;
+pub mod clock;
+pub mod codes;
+pub mod ids;
+pub mod metrics;
+pub mod phone;
+pub mod status;
+pub mod verification;
+pub mod verifications;
+
+pub use status::{CallOutcome, Status};
+pub use verification::{
+    Call, CallStart, CodeCheck, DialJob, NewVerification, Policy, Started, Verification,
+    VerifyError, View,
+};
+pub use verifications::Verifications;

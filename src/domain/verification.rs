@@ -1,0 +1,337 @@
+//! A verification and the rules that need no store: its shape, its policy, what the web app
+//! sees of it, and the checks on what callers send.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::clock::{millis, rfc3339};
+use super::phone::PhoneError;
+use super::status::{CallOutcome, Status};
+use crate::store::StoreError;
+
+/// A verification: the number, the user, the keyed hash of its code, where it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub id: String,
+    pub phone: String,
+    pub user_ref: String,
+    pub code_hash: String,
+    pub code_length: i64,
+    pub status: Status,
+    pub attempts_used: i64,
+    pub max_attempts: i64,
+    pub locale: String,
+    pub is_test: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub expires_at: i64,
+    pub verified_at: Option<i64>,
+    /// The API key that created it (none when made with the CLI).
+    pub api_key_id: Option<String>,
+    /// Where its status changes are posted, if not the configured URL.
+    pub callback_url: Option<String>,
+}
+
+impl Verification {
+    /// As shown to the web app, without its code.
+    pub fn view(&self) -> View {
+        View {
+            id: self.id.clone(),
+            code: None,
+            status: self.status,
+            phone: self.phone.clone(),
+            user_ref: self.user_ref.clone(),
+            locale: self.locale.clone(),
+            attempts_remaining: (self.max_attempts - self.attempts_used).max(0),
+            created_at: rfc3339(self.created_at),
+            expires_at: rfc3339(self.expires_at),
+            verified_at: self.verified_at.map(rfc3339),
+            test: self.is_test,
+        }
+    }
+}
+
+/// Tunables of the verification rules.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub code_length: u32,
+    pub code_ttl: Duration,
+    pub max_attempts: u32,
+    pub lockout: Duration,
+    /// Verifications one number, one user, one API key may start in an hour.
+    pub per_number_per_hour: u32,
+    pub per_user_per_hour: u32,
+    pub per_key_per_hour: u32,
+    /// Calls the dialer makes at most for one verification, and the wait between them.
+    pub max_dials: u32,
+    pub retry_delay: Duration,
+    /// How long a dialer call may ring: a claim older than twice this (and a margin) that
+    /// no session took is released.
+    pub ring_timeout: Duration,
+    /// Accept `callback_url`s on loopback or private networks (for tests and labs only:
+    /// otherwise an API caller could make the daemon post into the internal network).
+    pub allow_private_callbacks: bool,
+}
+
+impl Policy {
+    /// When a verification whose call ended with `outcome` is due its next call, if ever.
+    pub fn next_call(&self, outcome: CallOutcome, now: i64) -> Option<i64> {
+        outcome.retried().then(|| now + millis(self.retry_delay))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("invalid phone number: {0}")]
+    InvalidPhone(#[from] PhoneError),
+    #[error("invalid user reference: {0}")]
+    InvalidUserRef(&'static str),
+    #[error("invalid locale {0:?}: use a language tag such as en or en_US")]
+    InvalidLocale(String),
+    #[error("invalid code length {0}: it must be between 4 and 10")]
+    InvalidCodeLength(u32),
+    #[error("this number or user is locked out until {}", rfc3339(*retry_at))]
+    LockedOut { retry_at: i64 },
+    #[error("no verification with id {0:?}")]
+    NotFound(String),
+    #[error("too many verifications for this {subject}: try again after {}", rfc3339(*retry_at))]
+    RateLimited {
+        subject: &'static str,
+        retry_at: i64,
+    },
+    #[error(
+        "invalid callback_url: it must be an http:// or https:// URL of at most 2048 characters"
+    )]
+    InvalidCallbackUrl,
+    #[error("callback_url points into a private network or this host (webhooks.allow_private_callbacks)")]
+    PrivateCallbackUrl,
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyConflict,
+    #[error("the verification has ended ({0}) and cannot be canceled")]
+    NotCancelable(Status),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl VerifyError {
+    /// The stable error code the web app and scripts match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            VerifyError::InvalidPhone(_) => "invalid_phone",
+            VerifyError::InvalidUserRef(_) => "invalid_user_ref",
+            VerifyError::InvalidLocale(_) => "invalid_locale",
+            VerifyError::InvalidCodeLength(_) => "invalid_code_length",
+            VerifyError::LockedOut { .. } => "locked_out",
+            VerifyError::NotFound(_) => "not_found",
+            VerifyError::RateLimited { .. } => "rate_limited",
+            VerifyError::InvalidCallbackUrl | VerifyError::PrivateCallbackUrl => {
+                "invalid_callback_url"
+            }
+            VerifyError::IdempotencyConflict => "idempotency_conflict",
+            VerifyError::NotCancelable(_) => "not_cancelable",
+            VerifyError::Store(_) => "internal",
+        }
+    }
+}
+
+/// What the web app asks for.
+#[derive(Debug, Clone, Default)]
+pub struct NewVerification {
+    pub phone: String,
+    pub user_ref: String,
+    pub locale: Option<String>,
+    pub code_length: Option<u32>,
+    pub callback_url: Option<String>,
+    /// The API key asking (rate-limited per key); none from the CLI.
+    pub api_key_id: Option<String>,
+    /// `Idempotency-Key` and a hash of the request it came with.
+    pub idempotency: Option<(String, String)>,
+}
+
+/// What [`Verifications::start`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    pub view: View,
+    /// The idempotency key was used before: this is the verification it made (no new call,
+    /// and the code is not shown again).
+    pub replayed: bool,
+}
+
+/// A verification as shown to the web app (never with its code, except at creation).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct View {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    pub status: Status,
+    pub phone: String,
+    pub user_ref: String,
+    pub locale: String,
+    pub attempts_remaining: i64,
+    pub created_at: String,
+    pub expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub test: bool,
+}
+
+/// A verification the dialer is to call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialJob {
+    pub verification_id: String,
+    pub phone: String,
+    pub locale: String,
+    /// The Originate's ChannelId and ActionID; Asterisk makes it the channel's Uniqueid.
+    pub channel_id: String,
+    pub dial_attempts: i64,
+}
+
+/// A call in progress on a verification.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub attempt_id: i64,
+    pub verification: Verification,
+}
+
+/// Whether a call may go ahead.
+#[derive(Debug)]
+pub enum CallStart {
+    Ready(Box<Call>),
+    /// The verification is not waiting for a call: already in one, or ended.
+    NotCallable(Status),
+    /// Its number or user is locked out (after another verification used up its attempts).
+    LockedOut,
+}
+
+/// The verdict on one entered code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeCheck {
+    Verified,
+    Wrong { remaining: i64 },
+    LockedOut,
+    Expired,
+}
+
+pub(super) fn validate_user_ref(user_ref: &str) -> Result<&str, VerifyError> {
+    if user_ref.is_empty() {
+        return Err(VerifyError::InvalidUserRef("it is empty"));
+    }
+    if user_ref.chars().count() > 128 {
+        return Err(VerifyError::InvalidUserRef(
+            "it is longer than 128 characters",
+        ));
+    }
+    if user_ref.chars().any(char::is_control) {
+        return Err(VerifyError::InvalidUserRef(
+            "it contains control characters",
+        ));
+    }
+    Ok(user_ref)
+}
+
+pub(super) fn validate_callback_url(
+    url: String,
+    allow_private: bool,
+) -> Result<String, VerifyError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or(VerifyError::InvalidCallbackUrl)?;
+    if url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(VerifyError::InvalidCallbackUrl);
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    if host.is_empty() {
+        return Err(VerifyError::InvalidCallbackUrl);
+    }
+    if !allow_private && is_internal_host(host) {
+        return Err(VerifyError::PrivateCallbackUrl);
+    }
+    Ok(url)
+}
+
+/// Loopback, private, link-local (cloud metadata) or unspecified addresses, and localhost.
+fn is_internal_host(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>().map(|ip| ip.to_canonical()) {
+        Ok(std::net::IpAddr::V4(v4)) => {
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified()
+        }
+        Ok(std::net::IpAddr::V6(v6)) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+        Err(_) => false,
+    }
+}
+
+pub(super) fn validate_locale(locale: Option<&str>) -> Result<String, VerifyError> {
+    let locale = locale.unwrap_or("en");
+    let ok = (2..=16).contains(&locale.len())
+        && locale
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(locale.to_owned())
+    } else {
+        Err(VerifyError::InvalidLocale(
+            locale.chars().take(32).collect(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_refs() {
+        assert!(validate_user_ref("alice").is_ok());
+        assert!(validate_user_ref("").is_err());
+        assert!(validate_user_ref("a\nb").is_err());
+        assert!(validate_user_ref(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn callback_urls_into_the_internal_network_are_refused() {
+        for url in [
+            "http://127.0.0.1/hook",
+            "http://localhost:8080/x",
+            "https://10.1.2.3/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]:9000/",
+            "http://user@192.168.1.1/",
+            "http://[::ffff:10.0.0.1]/",
+        ] {
+            assert!(
+                matches!(
+                    validate_callback_url(url.into(), false),
+                    Err(VerifyError::PrivateCallbackUrl)
+                ),
+                "{url}"
+            );
+            assert!(validate_callback_url(url.into(), true).is_ok(), "{url}");
+        }
+        assert!(validate_callback_url("https://app.example.com/hooks?a=1".into(), false).is_ok());
+        assert!(validate_callback_url("https://93.184.216.34:8443/h".into(), false).is_ok());
+        for bad in [
+            "ftp://x",
+            "http://",
+            "https:// spaced",
+            "javascript:alert(1)",
+        ] {
+            assert!(validate_callback_url(bad.into(), true).is_err(), "{bad}");
+        }
+    }
+}

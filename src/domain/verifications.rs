@@ -1,0 +1,440 @@
+//! The verification service: creation (number policy, lockouts, the code), status, and
+//! what a call may do to it (start, check an entered code, end). Flows and the CLI call these;
+//! only this module decides state changes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::clock::{millis, now_ms};
+use super::codes::{self, CodeHasher};
+use super::ids::{new_verification_id, valid_id};
+use super::metrics::Metrics;
+use super::phone::{PhoneError, PhoneNumber, PhonePolicy};
+use super::status::{CallOutcome, Status};
+use super::verification::{
+    validate_callback_url, validate_locale, validate_user_ref, Call, CallStart, CodeCheck, DialJob,
+    NewVerification, Policy, Started, Verification, VerifyError, View,
+};
+use crate::store::{Created, Earlier, IdempotencyKey, RateLimit, RateSubject, Recovered, Store};
+
+/// How long a call attempt can possibly last: an attempt open longer was left by a daemon
+/// that is gone, and recovery closes it whoever owned it.
+const STALE_ATTEMPT: Duration = Duration::from_secs(3600);
+
+pub struct Verifications {
+    store: Store,
+    hasher: CodeHasher,
+    phones: PhonePolicy,
+    policy: Policy,
+    /// Which daemon this is (host and FastAGI address), recorded on each call attempt.
+    daemon: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Verifications {
+    pub fn new(
+        store: Store,
+        hasher: CodeHasher,
+        phones: PhonePolicy,
+        policy: Policy,
+        daemon: String,
+    ) -> Self {
+        Self {
+            store,
+            hasher,
+            phones,
+            policy,
+            daemon,
+            metrics: Arc::default(),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// At start: close the call attempts an earlier run of this daemon left open.
+    pub async fn recover_interrupted(&self) -> Result<Recovered, VerifyError> {
+        let now = now_ms();
+        Ok(self
+            .store
+            .recover_interrupted(&self.daemon, now - millis(STALE_ATTEMPT), now)
+            .await?)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Create a verification and its code. The code is returned here and never again.
+    pub async fn start(&self, new: NewVerification) -> Result<Started, VerifyError> {
+        let phone = self.phones.parse(&new.phone)?;
+        let user_ref = validate_user_ref(&new.user_ref)?;
+        let code_length = new.code_length.unwrap_or(self.policy.code_length);
+        if !codes::LENGTHS.contains(&code_length) {
+            return Err(VerifyError::InvalidCodeLength(code_length));
+        }
+        let locale = validate_locale(new.locale.as_deref())?;
+        let callback_url = new
+            .callback_url
+            .map(|url| validate_callback_url(url, self.policy.allow_private_callbacks))
+            .transpose()?;
+        let limits = [
+            (
+                RateSubject::Phone,
+                Some(phone.as_str()),
+                self.policy.per_number_per_hour,
+            ),
+            (
+                RateSubject::User,
+                Some(user_ref),
+                self.policy.per_user_per_hour,
+            ),
+            (
+                RateSubject::ApiKey,
+                new.api_key_id.as_deref(),
+                self.policy.per_key_per_hour,
+            ),
+        ]
+        .into_iter()
+        // u32::MAX means no limit: no need to count.
+        .filter(|(_, _, max)| *max != u32::MAX)
+        .filter_map(|(subject, value, max)| {
+            Some(RateLimit {
+                subject,
+                value: value?.to_owned(),
+                max: i64::from(max),
+            })
+        })
+        .collect();
+        let code = codes::generate(code_length);
+        let mut row = self.new_row(phone.as_str(), user_ref, &code, locale, false);
+        row.api_key_id = new.api_key_id.clone();
+        row.callback_url = callback_url;
+        let idempotency = match (&new.api_key_id, &new.idempotency) {
+            (Some(api_key_id), Some((key, request_hash))) => Some(IdempotencyKey {
+                api_key_id: api_key_id.clone(),
+                key: key.clone(),
+                request_hash: request_hash.clone(),
+            }),
+            _ => None,
+        };
+        let hour = 3_600_000;
+        // A retry with a used Idempotency-Key gets the first answer, not a rate limit: the
+        // store looks the key up before it checks lockouts and limits.
+        let created = self
+            .store
+            .create_verification(&row, idempotency, limits, row.created_at - hour)
+            .await?;
+        match created {
+            Created::Inserted => {}
+            Created::Existing(earlier) => {
+                let request_hash = new.idempotency.as_ref().map_or("", |(_, h)| h.as_str());
+                return self.replay(earlier, request_hash).await;
+            }
+            Created::LockedOut(retry_at) => return Err(VerifyError::LockedOut { retry_at }),
+            Created::Limited { subject, oldest } => {
+                return Err(VerifyError::RateLimited {
+                    subject: match subject {
+                        RateSubject::Phone => "number",
+                        RateSubject::User => "user",
+                        RateSubject::ApiKey => "API key",
+                    },
+                    retry_at: oldest.unwrap_or(row.created_at) + hour,
+                })
+            }
+        }
+        tracing::info!(verification = %row.id, phone = %phone.masked(), "verification created");
+        self.metrics.verification_created();
+        let mut view = row.view();
+        view.code = Some(code);
+        Ok(Started {
+            view,
+            replayed: false,
+        })
+    }
+
+    /// The answer to a retried request: the verification the key made, if the request is
+    /// the same.
+    async fn replay(&self, earlier: Earlier, request_hash: &str) -> Result<Started, VerifyError> {
+        if earlier.request_hash != request_hash {
+            return Err(VerifyError::IdempotencyConflict);
+        }
+        Ok(Started {
+            view: self.get(&earlier.verification_id).await?,
+            replayed: true,
+        })
+    }
+
+    /// A throw-away verification for a QA test call on `channel_id` (its uniqueid), with
+    /// `code` (e.g. from `qa.code`, so a scripted caller can key it) or a random one. It is
+    /// marked as a test and its number and user are the call's own, so that its lockouts
+    /// touch no real user.
+    pub async fn start_test(
+        &self,
+        channel_id: &str,
+        code: Option<&str>,
+    ) -> Result<View, VerifyError> {
+        let code = match code {
+            Some(c) if codes::is_valid_code(c) => c.to_owned(),
+            Some(c) => return Err(VerifyError::InvalidCodeLength(c.len() as u32)),
+            None => codes::generate(self.policy.code_length),
+        };
+        let subject = format!("qa:{}", channel_id.chars().take(64).collect::<String>());
+        let row = self.new_row(&subject, &subject, &code, "en".into(), true);
+        self.store.insert_verification(&row).await?;
+        let mut view = row.view();
+        view.code = Some(code);
+        Ok(view)
+    }
+
+    fn new_row(
+        &self,
+        phone: &str,
+        user_ref: &str,
+        code: &str,
+        locale: String,
+        is_test: bool,
+    ) -> Verification {
+        let now = now_ms();
+        let id = new_verification_id();
+        Verification {
+            code_hash: self.hasher.hash(&id, code),
+            id,
+            phone: phone.to_owned(),
+            user_ref: user_ref.to_owned(),
+            code_length: code.len() as i64,
+            status: Status::Pending,
+            attempts_used: 0,
+            max_attempts: self.policy.max_attempts.into(),
+            locale,
+            is_test,
+            created_at: now,
+            updated_at: now,
+            expires_at: now + millis(self.policy.code_ttl),
+            verified_at: None,
+            api_key_id: None,
+            callback_url: None,
+        }
+    }
+
+    /// The verification as it stands; one past its expiry while waiting becomes `expired`.
+    pub async fn get(&self, id: &str) -> Result<View, VerifyError> {
+        let mut row = self.row(id).await?;
+        let now = now_ms();
+        if row.status == Status::Pending
+            && now >= row.expires_at
+            && self
+                .store
+                .transition(id, &[Status::Pending], Status::Expired, now)
+                .await?
+        {
+            row.status = Status::Expired;
+        }
+        Ok(row.view())
+    }
+
+    /// The API key that made verification `id` (none: made with the CLI).
+    pub async fn owner(&self, id: &str) -> Result<Option<String>, VerifyError> {
+        Ok(self.row(id).await?.api_key_id)
+    }
+
+    /// Cancel a verification that has not ended.
+    pub async fn cancel(&self, id: &str) -> Result<View, VerifyError> {
+        let current = self.get(id).await?;
+        let canceled = self
+            .store
+            .transition(
+                id,
+                &[Status::Pending, Status::Calling],
+                Status::Canceled,
+                now_ms(),
+            )
+            .await?;
+        if !canceled {
+            return Err(VerifyError::NotCancelable(current.status));
+        }
+        self.get(id).await
+    }
+
+    async fn row(&self, id: &str) -> Result<Verification, VerifyError> {
+        if !valid_id(id) {
+            return Err(VerifyError::NotFound(id.chars().take(64).collect()));
+        }
+        self.store
+            .verification(id)
+            .await?
+            .ok_or_else(|| VerifyError::NotFound(id.to_owned()))
+    }
+
+    /// A call for verification `id` has reached the daemon on `channel`.
+    pub async fn begin_call(
+        &self,
+        id: &str,
+        channel: &str,
+        uniqueid: &str,
+    ) -> Result<CallStart, VerifyError> {
+        let now = now_ms();
+        let started = self
+            .store
+            .begin_attempt(id, channel, uniqueid, &self.daemon, now)
+            .await?;
+        if let Some((attempt_id, verification)) = started {
+            return Ok(CallStart::Ready(Box::new(Call {
+                attempt_id,
+                verification,
+            })));
+        }
+        // Not callable: say why (expiring it if it is due).
+        let row = self.row(id).await?;
+        if row.status == Status::Pending
+            && self
+                .store
+                .locked_until(&row.phone, &row.user_ref, now)
+                .await?
+                .is_some()
+        {
+            return Ok(CallStart::LockedOut);
+        }
+        Ok(CallStart::NotCallable(self.get(id).await?.status))
+    }
+
+    /// Check a code the callee entered. Wrong entries are counted in the store at once, so a
+    /// crash cannot give an attempt back.
+    /// Whether `entered` is the code, without using an attempt (a spoken code is checked so
+    /// before the caller is asked to confirm a wrong one).
+    pub fn code_matches(&self, call: &Call, entered: &str) -> bool {
+        let v = &call.verification;
+        self.hasher.matches(&v.id, entered, &v.code_hash)
+    }
+
+    pub async fn check_code(&self, call: &Call, entered: &str) -> Result<CodeCheck, VerifyError> {
+        let v = &call.verification;
+        let now = now_ms();
+        if now >= v.expires_at {
+            self.store
+                .transition(&v.id, &[Status::Calling], Status::Expired, now)
+                .await?;
+            return Ok(CodeCheck::Expired);
+        }
+        if self.hasher.matches(&v.id, entered, &v.code_hash) {
+            // Verified and the attempt closed in one go: the common end of a call.
+            let verified = self
+                .store
+                .verify_in_call(&v.id, call.attempt_id, now)
+                .await?;
+            // Not `calling` any more: canceled meanwhile.
+            return Ok(if verified {
+                tracing::info!("code correct: verified");
+                CodeCheck::Verified
+            } else {
+                CodeCheck::Expired
+            });
+        }
+        let lock_until = now + millis(self.policy.lockout);
+        let Some(used) = self.store.count_wrong_entry(v, lock_until, now).await? else {
+            return Ok(CodeCheck::Expired);
+        };
+        let remaining = (v.max_attempts - used).max(0);
+        tracing::info!(remaining, "wrong code entered");
+        if remaining > 0 {
+            return Ok(CodeCheck::Wrong { remaining });
+        }
+        tracing::warn!(
+            phone = %PhoneNumber::from_stored(v.phone.clone()).masked(),
+            "attempts used up: number and user locked out"
+        );
+        Ok(CodeCheck::LockedOut)
+    }
+
+    /// Periodic upkeep of the queue: stale dialer claims released, overdue verifications
+    /// expired (which sends their `expired` webhook).
+    pub async fn maintain(&self) -> Result<(), VerifyError> {
+        let now = now_ms();
+        let stale = millis(self.policy.ring_timeout * 2 + Duration::from_secs(5));
+        let (released, expired) = self.store.maintain(now - stale, now).await?;
+        if released > 0 {
+            tracing::warn!(
+                released,
+                "dialer calls nobody answered for released (a daemon died or lost events)"
+            );
+        }
+        if expired > 0 {
+            tracing::info!(expired, "verifications expired");
+        }
+        Ok(())
+    }
+
+    /// Claim up to `limit` verifications due a call, for this daemon's dialer.
+    pub async fn claim_calls(&self, limit: i64) -> Result<Vec<DialJob>, VerifyError> {
+        Ok(self.store.claim_due(&self.daemon, limit, now_ms()).await?)
+    }
+
+    /// Give back a claimed call that was never placed (it waits for the next claim, and the
+    /// dial is not counted).
+    pub async fn unclaim(&self, job: &DialJob) -> Result<bool, VerifyError> {
+        Ok(self.store.unclaim(job, now_ms()).await?)
+    }
+
+    /// A dialer call that never reached the daemon (busy, no answer, refused): recorded as
+    /// an attempt with `outcome`, and the verification due again or ended as the retry rule
+    /// says. False when the call reached the daemon after all, or the verification moved on.
+    pub async fn dial_failed(
+        &self,
+        job: &DialJob,
+        channel: &str,
+        outcome: CallOutcome,
+    ) -> Result<bool, VerifyError> {
+        let now = now_ms();
+        let applied = self
+            .store
+            .dial_failed(
+                job,
+                channel,
+                &self.daemon,
+                outcome,
+                self.policy.next_call(outcome, now),
+                self.policy.max_dials.into(),
+                now,
+            )
+            .await?;
+        if applied {
+            self.metrics.call_ended(outcome);
+        }
+        Ok(applied)
+    }
+
+    /// Whether `phone` may be called under the destination policy in force now (it may
+    /// have changed since the verification was made).
+    pub fn may_call(&self, phone: &str) -> Result<(), PhoneError> {
+        self.phones.parse(phone).map(drop)
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn daemon(&self) -> &str {
+        &self.daemon
+    }
+
+    /// Record how the call ended.
+    pub async fn end_call(&self, call: &Call, outcome: CallOutcome) -> Result<(), VerifyError> {
+        self.metrics.call_ended(outcome);
+        if outcome == CallOutcome::Verified {
+            return Ok(()); // Recorded with the verification by check_code.
+        }
+        let now = now_ms();
+        self.store
+            .finish_attempt(
+                call.attempt_id,
+                &call.verification.id,
+                outcome,
+                self.policy.next_call(outcome, now),
+                self.policy.max_dials.into(),
+                now,
+            )
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,190 @@
+//! Webhooks: every status change in the outbox is POSTed to the verification's
+//! `callback_url` or `webhooks.url`, signed, retried with backoff until delivered: at least
+//! once, in order per verification.
+//!
+//! Signature: header `Callverify-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>` over
+//! `<t>.<body>` with `webhooks.secret`, as a receiver checks it (and rejects old `t`).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::watch;
+
+use crate::domain::clock::{now_ms, rfc3339};
+use crate::store::{OutboxEvent, Store};
+
+pub const SIGNATURE_HEADER: &str = "Callverify-Signature";
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Where events go when the verification has no `callback_url`; empty: nowhere.
+    pub url: String,
+    pub secret: String,
+    pub timeout: Duration,
+    /// First retry after this; doubling up to an hour.
+    pub retry_base: Duration,
+}
+
+/// Events are given up after this long undelivered (the web app can still read statuses).
+const GIVE_UP_AFTER: i64 = 72 * 3600 * 1000;
+/// Events claimed at a time.
+const BATCH: usize = 100;
+/// Events sent at once.
+const PARALLEL: usize = 16;
+
+/// The signature header's value for `body` sent at `t` (Unix seconds).
+pub fn sign(secret: &str, t: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The JSON body of an event.
+pub fn body(event: &OutboxEvent) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "id": format!("evt_{}", event.id),
+        "type": "verification.status_changed",
+        "verification_id": event.verification_id,
+        "status": event.status,
+        "occurred_at": rfc3339(event.created_at),
+    }))
+    .expect("events serialize")
+}
+
+pub struct Sender {
+    config: WebhookConfig,
+    store: Store,
+    client: reqwest::Client,
+}
+
+impl Sender {
+    pub fn new(config: WebhookConfig, store: Store) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self {
+            config,
+            store,
+            client,
+        })
+    }
+
+    /// Send events until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let sent = self.send_due().await;
+            if *shutdown.borrow() {
+                return;
+            }
+            // A full batch means more are waiting; otherwise look again shortly (this
+            // keeps the outbox query off a busy store).
+            if sent < BATCH {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    }
+
+    /// Send what is due; returns how many events were tried.
+    async fn send_due(&self) -> usize {
+        let now = now_ms();
+        // Held long enough for the whole batch, so that another daemon does not send them too.
+        let lease = self.config.timeout * BATCH.div_ceil(PARALLEL) as u32 + Duration::from_secs(30);
+        let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let events = match self.store.claim_events(BATCH as i64, lease, now).await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the webhook outbox");
+                return 0;
+            }
+        };
+        // A batch holds at most one event per verification, so sending its events side by
+        // side keeps each verification's order; a slow receiver holds up only its own.
+        let claimed = events.len();
+        let results: Vec<(OutboxEvent, Result<(), String>)> = futures::stream::iter(events)
+            .map(|event| async move {
+                let result = self.deliver(&event).await;
+                (event, result)
+            })
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        let mut done = Vec::with_capacity(claimed);
+        for (event, result) in results {
+            let Err(e) = result else {
+                done.push(event.id);
+                continue;
+            };
+            let now = now_ms();
+            let retry_at = if now - event.created_at > GIVE_UP_AFTER {
+                tracing::error!(event = event.id, error = %e, "webhook given up after 72 h");
+                None
+            } else {
+                let base = i64::try_from(self.config.retry_base.as_millis()).unwrap_or(5_000);
+                let backoff = (base << event.attempts.clamp(0, 10)).min(3_600_000);
+                tracing::warn!(event = event.id, verification = %event.verification_id,
+                    error = %e, retry_in_ms = backoff, "webhook not delivered");
+                Some(now + backoff)
+            };
+            if let Err(e) = self.store.event_failed(event.id, retry_at, &e, now).await {
+                tracing::error!(error = %e, "cannot record a webhook attempt");
+            }
+        }
+        if let Err(e) = self.store.events_delivered(&done, now_ms()).await {
+            tracing::error!(error = %e, "cannot record delivered webhooks");
+        }
+        claimed
+    }
+
+    async fn deliver(&self, event: &OutboxEvent) -> Result<(), String> {
+        let url = event
+            .callback_url
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .unwrap_or(&self.config.url);
+        if url.is_empty() {
+            return Ok(()); // No receiver configured: nothing to deliver.
+        }
+        if self.config.secret.is_empty() {
+            return Err("webhooks.secret is not set, so events cannot be signed".into());
+        }
+        let body = body(event);
+        let signature = sign(&self.config.secret, now_ms() / 1000, &body);
+        let response = self
+            .client
+            .post(url)
+            .header("Content-Type", "application/json")
+            .header(SIGNATURE_HEADER, signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("POST failed: {e}"))?;
+        if response.status().is_success() {
+            tracing::debug!(event = event.id, "webhook delivered");
+            Ok(())
+        } else {
+            Err(format!("receiver answered {}", response.status()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_hmac_over_time_and_body() {
+        let s = sign("whsec", 1_700_000_000, b"{}");
+        assert!(s.starts_with("t=1700000000,v1="));
+        assert_eq!(s.len(), "t=1700000000,v1=".len() + 64);
+        assert_ne!(s, sign("other", 1_700_000_000, b"{}"));
+        assert_ne!(s, sign("whsec", 1_700_000_001, b"{}"));
+    }
+}

@@ -1,0 +1,223 @@
+//! The console's pages: plain server-rendered HTML (no build step, no script), every
+//! value escaped.
+
+use std::fmt::Write;
+
+use crate::web::request_view::RequestView;
+
+/// Escape text for HTML element content and quoted attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;max-width:72rem;color:#222}\
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.4rem .6rem;\
+border-bottom:1px solid #ddd}.overdue{color:#b00;font-weight:bold}nav a{margin-right:1rem}\
+.error{color:#b00}form.inline{display:inline}label{display:block;margin:.5rem 0}\
+header{display:flex;justify-content:space-between;align-items:center}";
+
+/// A whole page; `signed_in` adds the header with the sign-out form.
+pub fn page(title: &str, signed_in: Option<(&str, &str)>, body: &str) -> String {
+    let header = match signed_in {
+        Some((username, csrf)) => format!(
+            "<header><h1>{}</h1><form class=\"inline\" method=\"post\" action=\"/console/logout\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">{} \
+             <button id=\"sign-out\">Sign out</button></form></header>",
+            escape(title),
+            escape(csrf),
+            escape(username)
+        ),
+        None => format!("<h1>{}</h1>", escape(title)),
+    };
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>{} · callverify support</title><style>{STYLE}</style></head>\
+         <body>{header}{body}</body></html>",
+        escape(title)
+    )
+}
+
+pub fn login(csrf: &str, error: Option<&str>) -> String {
+    let error = error
+        .map(|e| format!("<p class=\"error\" id=\"error\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    page(
+        "Support console",
+        None,
+        &format!(
+            "{error}<form method=\"post\" action=\"/console/login\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <label>Name <input name=\"username\" id=\"username\" autocomplete=\"username\" required></label>\
+             <label>Password <input name=\"password\" id=\"password\" type=\"password\" \
+             autocomplete=\"current-password\" required></label>\
+             <button id=\"sign-in\">Sign in</button></form>",
+            escape(csrf)
+        ),
+    )
+}
+
+pub fn queue(requests: &[RequestView], status: &str, staff: (&str, &str)) -> String {
+    let mut body = String::from("<nav>");
+    for s in ["open", "approved", "rejected", "all"] {
+        let current = if s == status {
+            " aria-current=\"page\""
+        } else {
+            ""
+        };
+        let _ = write!(body, "<a href=\"/console/?status={s}\"{current}>{s}</a>");
+    }
+    body.push_str("</nav>");
+    if requests.is_empty() {
+        body.push_str("<p id=\"empty\">No requests.</p>");
+        return page("Manual verification requests", Some(staff), &body);
+    }
+    body.push_str(
+        "<table id=\"queue\"><thead><tr><th>Received (UTC)</th><th>Caller</th><th>User</th>\
+         <th>Verification</th><th>Length</th><th>Status</th><th></th></tr></thead><tbody>",
+    );
+    for r in requests {
+        let user = r
+            .verification
+            .as_ref()
+            .and_then(|v| v.user_ref.as_deref())
+            .unwrap_or("—");
+        let verification = r.verification.as_ref().map_or_else(
+            || r.caller_match.to_owned(),
+            |v| format!("{} ({})", v.id, v.status.as_deref().unwrap_or("?")),
+        );
+        let overdue = if r.overdue {
+            " <span class=\"overdue\">overdue</span>"
+        } else {
+            ""
+        };
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s</td><td>{}{overdue}</td>\
+             <td><a class=\"open\" href=\"/console/requests/{}\">Open</a></td></tr>",
+            escape(&r.created_at),
+            escape(r.caller.as_deref().unwrap_or("withheld")),
+            escape(user),
+            escape(&verification),
+            r.duration_ms as f64 / 1000.0,
+            r.status,
+            escape(&r.id),
+        );
+    }
+    body.push_str("</tbody></table>");
+    page("Manual verification requests", Some(staff), &body)
+}
+
+pub fn request(r: &RequestView, staff: (&str, &str)) -> String {
+    let csrf = escape(staff.1);
+    let id = escape(&r.id);
+    let mut body = format!(
+        "<p><a href=\"/console/\">← Queue</a></p><dl>\
+         <dt>Received (UTC)</dt><dd>{}</dd><dt>Caller</dt><dd id=\"caller\">{}</dd>\
+         <dt>Caller ID</dt><dd>{}</dd><dt>Status</dt><dd id=\"status\">{}{}</dd>",
+        escape(&r.created_at),
+        escape(r.caller.as_deref().unwrap_or("withheld")),
+        r.caller_match,
+        r.status,
+        if r.overdue {
+            " <span class=\"overdue\">overdue: over 24 hours</span>"
+        } else {
+            ""
+        },
+    );
+    if let Some(v) = &r.verification {
+        let _ = write!(
+            body,
+            "<dt>Verification</dt><dd id=\"verification\">{} — user {} — {}</dd>",
+            escape(&v.id),
+            escape(v.user_ref.as_deref().unwrap_or("?")),
+            escape(v.status.as_deref().unwrap_or("?"))
+        );
+    }
+    if let Some(reason) = &r.reason {
+        let _ = write!(body, "<dt>Reason</dt><dd>{}</dd>", escape(reason));
+    }
+    if let (Some(at), Some(by)) = (&r.decided_at, &r.decided_by) {
+        let _ = write!(
+            body,
+            "<dt>Decided</dt><dd>{} by {}</dd>",
+            escape(at),
+            escape(by)
+        );
+    }
+    let _ = write!(
+        body,
+        "<dt>Message</dt><dd>{:.1} s, ended by {}</dd></dl>",
+        r.duration_ms as f64 / 1000.0,
+        escape(&r.ended_by)
+    );
+    if r.recording_url.is_some() {
+        let _ = write!(
+            body,
+            "<audio id=\"recording\" controls preload=\"metadata\" \
+             src=\"/console/requests/{id}/recording.wav\"></audio>"
+        );
+    } else {
+        body.push_str("<p>The recording was deleted after the retention period.</p>");
+    }
+    if let Some(transcript) = &r.transcript {
+        let _ = write!(
+            body,
+            "<h2>Transcript</h2><p id=\"transcript\">{}</p>",
+            escape(transcript)
+        );
+    }
+    if r.status.as_str() == "open" {
+        let pick = if r.verification.is_none() {
+            "<label>Verification id (the request matched none) \
+             <input name=\"verification_id\" id=\"verification-id\" required></label>"
+        } else {
+            ""
+        };
+        let _ = write!(
+            body,
+            "<h2>Decide</h2><form method=\"post\" action=\"/console/requests/{id}/approve\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">{pick}\
+             <button id=\"approve\">Approve: mark the number verified</button></form>\
+             <form method=\"post\" action=\"/console/requests/{id}/reject\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <label>Reason <input name=\"reason\" id=\"reason\" maxlength=\"500\" required></label>\
+             <button id=\"reject\">Reject</button></form>"
+        );
+    }
+    page("Request", Some(staff), &body)
+}
+
+pub fn message(title: &str, text: &str, staff: Option<(&str, &str)>) -> String {
+    page(
+        title,
+        staff,
+        &format!(
+            "<p id=\"message\">{}</p><p><a href=\"/console/\">Back to the queue</a></p>",
+            escape(text)
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            escape(r#"<script>alert("x&'y")</script>"#),
+            "&lt;script&gt;alert(&quot;x&amp;&#39;y&quot;)&lt;/script&gt;"
+        );
+    }
+}

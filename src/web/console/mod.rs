@@ -1,0 +1,435 @@
+//! The support console at `/console/`: staff sign in (accounts from `callverify staff add`),
+//! work the manual-verification queue (open requests oldest first), open a request (the full number, the
+//! recording, the transcript; opening and playing are audited), approve or reject it.
+//!
+//! Sessions are a random token in an HttpOnly, SameSite=Strict cookie scoped to /console;
+//! every form carries the session's CSRF token (the sign-in form a cookie-bound one), checked
+//! in constant time. Pages are plain HTML, sent with a strict Content-Security-Policy.
+
+mod html;
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use crate::domain::clock::now_ms;
+use crate::domain::ids::random_token;
+use crate::domain::status::RequestStatus;
+use crate::store::{RequestFilter, StaffSession, StoreError};
+use crate::support::staff::{csrf_matches, is_staff_name, Staff, StaffError};
+use crate::support::{Actor, Support, SupportError};
+use crate::web::request_view::RequestView;
+
+const SESSION_COOKIE: &str = "cv_session";
+const LOGIN_COOKIE: &str = "cv_login";
+const QUEUE_LIMIT: i64 = 500;
+
+/// What the console's handlers share.
+pub struct ConsoleState {
+    pub support: Arc<Support>,
+    /// Staff accounts and their sessions.
+    pub staff: Staff,
+    /// The console's cookies are `Secure` (served behind TLS).
+    pub secure_cookies: bool,
+}
+
+pub fn router(state: Arc<ConsoleState>) -> Router {
+    Router::new()
+        .route("/console", get(|| async { redirect("/console/") }))
+        .route("/console/", get(queue))
+        .route("/console/login", get(login_page).post(login))
+        .route("/console/logout", post(logout))
+        .route("/console/requests/{id}", get(show))
+        .route("/console/requests/{id}/recording.wav", get(recording))
+        .route("/console/requests/{id}/approve", post(approve))
+        .route("/console/requests/{id}/reject", post(reject))
+        .with_state(state)
+}
+
+/// What a console request can end in, as an HTML page with a fitting status.
+enum Refusal {
+    SignedOut,
+    Forged,
+    NotFound,
+    Conflict(String),
+    Throttled(String),
+    Store(StoreError),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let (status, title, text) = match self {
+            Refusal::SignedOut => (
+                StatusCode::UNAUTHORIZED,
+                "Signed out",
+                "Please sign in again.".to_owned(),
+            ),
+            Refusal::Forged => (
+                StatusCode::FORBIDDEN,
+                "Form refused",
+                "This form is out of date or did not come from the console: reload the page and try again."
+                    .to_owned(),
+            ),
+            Refusal::NotFound => (StatusCode::NOT_FOUND, "Not found", "No such request.".to_owned()),
+            Refusal::Conflict(text) => (StatusCode::CONFLICT, "Not done", text),
+            Refusal::Throttled(text) => (StatusCode::TOO_MANY_REQUESTS, "Signed out", text),
+            Refusal::Store(e) => {
+                tracing::error!(error = %e, "support console request failed on the store");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Error",
+                    "The store could not be reached; try again.".to_owned(),
+                )
+            }
+        };
+        let link = matches!(status, StatusCode::UNAUTHORIZED)
+            .then_some("<p><a href=\"/console/login\">Sign in</a></p>")
+            .unwrap_or_default();
+        let body = html::message(title, &text, None) + link;
+        (status, page_headers(), body).into_response()
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal::Store(e)
+    }
+}
+
+impl From<SupportError> for Refusal {
+    fn from(e: SupportError) -> Self {
+        match e {
+            SupportError::NotFound => Refusal::NotFound,
+            SupportError::Store(e) => Refusal::Store(e),
+            other => Refusal::Conflict(other.to_string()),
+        }
+    }
+}
+
+fn page_headers() -> [(header::HeaderName, HeaderValue); 5] {
+    [
+        (header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; media-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            ),
+        ),
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+    ]
+}
+
+fn html_page(body: String) -> Response {
+    (page_headers(), body).into_response()
+}
+
+fn redirect(to: &'static str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
+}
+
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn set_cookie(
+    state: &ConsoleState,
+    name: &str,
+    value: &str,
+    max_age_secs: u64,
+) -> (header::HeaderName, String) {
+    let secure = if state.secure_cookies { "; Secure" } else { "" };
+    (
+        header::SET_COOKIE,
+        format!(
+            "{name}={value}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}{secure}"
+        ),
+    )
+}
+
+/// The signed-in staff member, or the refusal a signed-out request gets.
+async fn staff(
+    state: &ConsoleState,
+    headers: &HeaderMap,
+) -> Result<(StaffSession, Actor), Refusal> {
+    let token = cookie(headers, SESSION_COOKIE).ok_or(Refusal::SignedOut)?;
+    let session = state
+        .staff
+        .session(token)
+        .await?
+        .ok_or(Refusal::SignedOut)?;
+    let actor = Actor::staff(&session.username);
+    Ok((session, actor))
+}
+
+#[derive(Deserialize)]
+struct QueueQuery {
+    status: Option<String>,
+}
+
+async fn queue(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    query: Result<Query<QueueQuery>, QueryRejection>,
+) -> Result<Response, Refusal> {
+    let Ok((session, _)) = staff(&state, &headers).await else {
+        return Ok(redirect("/console/login"));
+    };
+    let shown = query
+        .ok()
+        .and_then(|Query(q)| q.status)
+        .unwrap_or_else(|| "open".into());
+    let status = match shown.as_str() {
+        "all" => None,
+        other => Some(
+            other
+                .parse::<RequestStatus>()
+                .unwrap_or(RequestStatus::Open),
+        ),
+    };
+    let rows = state
+        .support
+        .list(RequestFilter {
+            status,
+            api_key_id: None,
+            limit: QUEUE_LIMIT,
+        })
+        .await?;
+    let views = RequestView::listed(&rows, &state.support);
+    let shown = status.map_or("all", RequestStatus::as_str);
+    Ok(html_page(html::queue(
+        &views,
+        shown,
+        (&session.username, &session.csrf_token),
+    )))
+}
+
+async fn login_page(State(state): State<Arc<ConsoleState>>) -> Response {
+    let token = random_token("", 32);
+    let body = html::login(&token, None);
+    let cookie = set_cookie(&state, LOGIN_COOKIE, &token, 3600);
+    (page_headers(), [cookie], body).into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    username: String,
+    password: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn login(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, Refusal> {
+    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes())) {
+        return Err(Refusal::Forged);
+    }
+    let signed_in = state
+        .staff
+        .sign_in(&form.username, &form.password)
+        .await
+        .map_err(|e| match e {
+            StaffError::Store(e) => Refusal::Store(e),
+            throttled @ StaffError::Throttled(_) => Refusal::Throttled(throttled.to_string()),
+            other => Refusal::Conflict(other.to_string()),
+        })?;
+    let store = state.support.store();
+    let Some(signed_in) = signed_in else {
+        // Only a name of staff-name form: a password typed into the name field stays out.
+        let subject = if is_staff_name(&form.username) {
+            form.username.as_str()
+        } else {
+            "(not a staff name)"
+        };
+        store
+            .audit("console", "sign_in_failed", subject, "", now_ms())
+            .await?;
+        let body = html::login(expected, Some("Wrong name or password."));
+        return Ok((StatusCode::UNAUTHORIZED, page_headers(), body).into_response());
+    };
+    let actor = Actor::staff(&signed_in.session.username);
+    store
+        .audit(
+            actor.as_str(),
+            "sign_in",
+            &signed_in.session.username,
+            "",
+            now_ms(),
+        )
+        .await?;
+    let cookie = set_cookie(
+        &state,
+        SESSION_COOKIE,
+        &signed_in.token,
+        state.staff.session_secs(),
+    );
+    Ok((
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, "/console/".to_owned()), cookie],
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, Refusal> {
+    let (session, actor) = staff(&state, &headers).await?;
+    if !csrf_matches(&session, &form.csrf) {
+        return Err(Refusal::Forged);
+    }
+    if let Some(token) = cookie(&headers, SESSION_COOKIE) {
+        state.staff.sign_out(token).await?;
+    }
+    state
+        .support
+        .store()
+        .audit(actor.as_str(), "sign_out", &session.username, "", now_ms())
+        .await?;
+    Ok((
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/console/login".to_owned()),
+            set_cookie(&state, SESSION_COOKIE, "", 0),
+        ],
+    )
+        .into_response())
+}
+
+fn path_id(id: Result<Path<String>, PathRejection>) -> Result<String, Refusal> {
+    id.map(|Path(id)| id).map_err(|_| Refusal::NotFound)
+}
+
+async fn show(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, Refusal> {
+    let (session, actor) = staff(&state, &headers).await?;
+    let id = path_id(id)?;
+    let row = state
+        .support
+        .open(&id, &actor)
+        .await?
+        .ok_or(Refusal::NotFound)?;
+    let view = RequestView::new(&row, &state.support, true, now_ms());
+    Ok(html_page(html::request(
+        &view,
+        (&session.username, &session.csrf_token),
+    )))
+}
+
+async fn recording(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, Refusal> {
+    let (_, actor) = staff(&state, &headers).await?;
+    let id = path_id(id)?;
+    let wav = state
+        .support
+        .recording(&id, &actor)
+        .await?
+        .ok_or(Refusal::NotFound)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "audio/wav"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        wav,
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct ApproveForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    verification_id: Option<String>,
+}
+
+async fn approve(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    Form(form): Form<ApproveForm>,
+) -> Result<Response, Refusal> {
+    let (session, actor) = staff(&state, &headers).await?;
+    if !csrf_matches(&session, &form.csrf) {
+        return Err(Refusal::Forged);
+    }
+    let id = path_id(id)?;
+    let verification_id = form
+        .verification_id
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty());
+    state.support.approve(&id, verification_id, &actor).await?;
+    Ok(back_to(&id))
+}
+
+#[derive(Deserialize)]
+struct RejectForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn reject(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    Form(form): Form<RejectForm>,
+) -> Result<Response, Refusal> {
+    let (session, actor) = staff(&state, &headers).await?;
+    if !csrf_matches(&session, &form.csrf) {
+        return Err(Refusal::Forged);
+    }
+    let id = path_id(id)?;
+    state.support.reject(&id, &form.reason, &actor).await?;
+    Ok(back_to(&id))
+}
+
+/// After a decision, the request's page (which shows it).
+fn back_to(id: &str) -> Response {
+    let location = format!("/console/requests/{}", urlencode(id));
+    (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

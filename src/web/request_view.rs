@@ -1,0 +1,79 @@
+//! A manual-verification request as the API and the console show it.
+
+use serde::Serialize;
+
+use crate::domain::clock::{now_ms, rfc3339};
+use crate::domain::phone::masked;
+use crate::domain::status::RequestStatus;
+use crate::store::ManualRequestRow;
+use crate::support::Support;
+
+/// A request as the API and the console show it.
+#[derive(Debug, Serialize)]
+pub struct RequestView {
+    pub id: String,
+    pub status: RequestStatus,
+    pub created_at: String,
+    /// Masked in lists; in full when one request is opened.
+    pub caller: Option<String>,
+    pub caller_match: &'static str,
+    pub verification: Option<VerificationRef>,
+    /// Still open 24 hours after the message.
+    pub overdue: bool,
+    pub duration_ms: i64,
+    pub ended_by: String,
+    pub recording_url: Option<String>,
+    pub transcript: Option<String>,
+    pub decided_at: Option<String>,
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VerificationRef {
+    pub id: String,
+    pub user_ref: Option<String>,
+    pub status: Option<String>,
+}
+
+impl RequestView {
+    /// Requests as a queue shows them: numbers masked.
+    pub fn listed(rows: &[ManualRequestRow], support: &Support) -> Vec<Self> {
+        let now = now_ms();
+        rows.iter()
+            .map(|r| Self::new(r, support, false, now))
+            .collect()
+    }
+
+    pub fn new(row: &ManualRequestRow, support: &Support, full_number: bool, now: i64) -> Self {
+        let caller = row.caller.as_deref().map(|number| {
+            if full_number {
+                number.to_owned()
+            } else {
+                masked(number).to_string()
+            }
+        });
+        Self {
+            id: row.id.clone(),
+            status: row.status,
+            created_at: rfc3339(row.created_at),
+            caller,
+            caller_match: row.caller_match.as_str(),
+            verification: row.verification_id.as_ref().map(|id| VerificationRef {
+                id: id.clone(),
+                user_ref: row.user_ref.clone(),
+                status: row.verification_status.map(|s| s.to_string()),
+            }),
+            overdue: support.is_overdue(row, now),
+            duration_ms: row.duration_ms,
+            ended_by: row.ended_by.clone(),
+            recording_url: row
+                .has_recording
+                .then(|| format!("/v1/manual-requests/{}/recording", row.id)),
+            transcript: row.transcript.clone(),
+            decided_at: row.decided_at.map(rfc3339),
+            decided_by: row.decided_by.clone(),
+            reason: row.reason.clone(),
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The FastAGI server under bad and hostile peers: malformed or oversized environment blocks,
+//! silent peers, peers outside the allowlist, more peers than the session cap, and a graceful
+//! shutdown with a call in progress. None of it may kill the daemon or leak a session.
+
+use std::time::Duration;
+
+use crate::common::{Daemon, Db, PHONE};
+use callverify::domain::status::Status;
+use callverify_testkit::emulator::{outbound_env, Action, Call};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Send `bytes`, then read until the daemon closes; returns what it sent back.
+async fn send_and_read_to_close(d: &Daemon, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(d.addr).await.unwrap();
+    // The daemon may close before it has read everything: a failed write is fine here.
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the daemon must close the connection")
+        .ok();
+    out
+}
+
+/// A normal call still verifies.
+async fn still_verifies(d: &Daemon, phone: &str) {
+    d.verify_by_keypad(phone, phone).await;
+}
+
+/// Open a FastAGI call for verification `id` and read the daemon's first command.
+async fn open_call(d: &Daemon, id: &str) -> TcpStream {
+    let mut s = TcpStream::connect(d.addr).await.unwrap();
+    let mut block = outbound_env("verify", &[id]).join("\n");
+    block.push_str("\n\n");
+    s.write_all(block.as_bytes()).await.unwrap();
+    let mut first = [0u8; 7];
+    s.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"ANSWER\n");
+    s
+}
+
+/// A daemon allowing only two sessions at once: a leaked session would soon lock it up.
+async fn small_daemon() -> Daemon {
+    crate::common::start_with(Db::Sqlite, |c| c.agi.max_sessions = 2).await
+}
+
+#[tokio::test]
+async fn malformed_environment_blocks_are_closed_on() {
+    let d = small_daemon().await;
+    let flood: String = (0..300).map(|i| format!("agi_arg_{i}: x\n")).collect();
+    let huge = format!(
+        "agi_network: yes\nagi_calleridname: {}\n\n",
+        "A".repeat(9000)
+    );
+    let cases: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"agi_network: yes\n\n".to_vec(), // no agi_network_script
+        b"\n".to_vec(),
+        b"agi_network_script: verify\x00\xff\xfe garbage without colon\n\n".to_vec(),
+        huge.into_bytes(),
+        vec![b'x'; 100_000],
+        format!("agi_network_script: verify\n{flood}\n").into_bytes(),
+    ];
+    for bytes in cases {
+        let answer = send_and_read_to_close(&d, &bytes).await;
+        assert!(
+            answer.is_empty(),
+            "no command may follow a bad block: {answer:?}"
+        );
+    }
+    still_verifies(&d, "+14155550111").await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn peers_that_go_silent_or_vanish_are_closed_on() {
+    let d = small_daemon().await;
+    // Connects and says nothing: closed after agi.env_timeout_secs (1 s in tests).
+    let started = std::time::Instant::now();
+    assert!(send_and_read_to_close(&d, b"").await.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // Half an environment block, then silence.
+    assert!(
+        send_and_read_to_close(&d, b"agi_network: yes\nagi_network_script: verify\n")
+            .await
+            .is_empty()
+    );
+    // A call that stops answering mid-call: the daemon gives up after the reply timeout.
+    let v = d.new_verification(PHONE, "silent").await;
+    let mut s = open_call(&d, &v.id).await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("closed after the reply timeout")
+        .unwrap();
+    // A peer that vanishes mid-call.
+    let v2 = d.new_verification("+14155550112", "vanish").await;
+    drop(open_call(&d, &v2.id).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for id in [&v.id, &v2.id] {
+        let attempts = d.service.store().attempts(id).await.unwrap();
+        assert_eq!(attempts.len(), 1);
+        assert!(attempts[0].ended_at.is_some(), "attempt closed");
+        assert_eq!(d.status(id).await.status, Status::Pending);
+    }
+    still_verifies(&d, "+14155550113").await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_replies_end_the_call_but_not_the_daemon() {
+    let d = small_daemon().await;
+    let v = d.new_verification(PHONE, "garbage").await;
+    let mut s = open_call(&d, &v.id).await;
+    s.write_all(&vec![b'2'; 20_000]).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("the daemon closes on an oversized reply")
+        .ok();
+    still_verifies(&d, "+14155550114").await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn peers_outside_the_allowlist_are_refused() {
+    let d =
+        crate::common::start_with(Db::Sqlite, |c| c.agi.allow = vec!["10.9.8.0/24".into()]).await;
+    let v = d.new_verification(PHONE, "outsider").await;
+    let t = Call::verify(&v.id).press("#").run(d.addr).await.unwrap();
+    assert!(t.commands.is_empty(), "{:?}", t.commands);
+    assert!(t.closed_by_daemon);
+    assert!(d.service.store().attempts(&v.id).await.unwrap().is_empty());
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_over_the_cap_are_closed_and_the_cap_frees_up() {
+    let d = small_daemon().await;
+    let (go, hold) = tokio::sync::watch::channel(false);
+    let mut waiting = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let v = d
+            .new_verification(&format!("+1415555012{i}"), &format!("held{i}"))
+            .await;
+        ids.push(v.id.clone());
+        let call = Call::verify(&v.id)
+            .press("#")
+            .then(Action::Hold(hold.clone()))
+            .press(v.code.as_deref().unwrap());
+        let addr = d.addr;
+        waiting.push(tokio::spawn(async move { call.run(addr).await }));
+    }
+    // Wait until both held calls are in, then a third is turned away.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let v = d.new_verification("+14155550130", "third").await;
+    let t = Call::verify(&v.id).run(d.addr).await.unwrap();
+    assert!(t.commands.is_empty());
+    go.send(true).unwrap();
+    for w in waiting {
+        w.await.unwrap().unwrap();
+    }
+    for id in &ids {
+        assert_eq!(d.status(id).await.status, Status::Verified);
+    }
+    still_verifies(&d, "+14155550131").await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_call_in_progress_finish_and_stops_accepting() {
+    let mut d = crate::common::start(Db::Sqlite).await;
+    let v = d.new_verification(PHONE, "finisher").await;
+    let (go, hold) = tokio::sync::watch::channel(false);
+    let call = Call::verify(&v.id)
+        .press("#")
+        .then(Action::Hold(hold))
+        .press(v.code.as_deref().unwrap());
+    let addr = d.addr;
+    let in_progress = tokio::spawn(async move { call.run(addr).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    d.signal_stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no new calls after the shutdown signal"
+    );
+    go.send(true).unwrap();
+    let t = in_progress.await.unwrap().unwrap();
+    assert!(t.closed_by_daemon);
+    d.join().await;
+    assert_eq!(d.status(&v.id).await.status, Status::Verified);
+}
+
+#[tokio::test]
+async fn calls_past_the_grace_period_are_ended_and_recovered_as_interrupted() {
+    let mut d = crate::common::start_with(Db::Sqlite, |c| c.agi.shutdown_grace_secs = 1).await;
+    let v = d.new_verification(PHONE, "straggler").await;
+    let (_go, hold) = tokio::sync::watch::channel(false);
+    let call = Call::verify(&v.id).press("#").then(Action::Hold(hold));
+    let addr = d.addr;
+    let in_progress = tokio::spawn(async move { call.run(addr).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    d.signal_stop();
+    d.join().await;
+    in_progress.abort();
+    assert_eq!(d.status(&v.id).await.status, Status::Calling);
+    let recovered = d.service.recover_interrupted().await.unwrap();
+    assert_eq!((recovered.attempts, recovered.verifications), (1, 1));
+    assert_eq!(d.status(&v.id).await.status, Status::Pending);
+}

@@ -1,0 +1,609 @@
+//! The web app's HTTP API, spoken over raw HTTP/1.1 so that hostile bodies (invalid UTF-8,
+//! wrong types, huge ones) reach the daemon as sent. Runs on SQLite and Postgres.
+
+use std::net::SocketAddr;
+
+use crate::common::{Daemon, Db, PHONE};
+use callverify::domain::api_keys::ApiKeys;
+use callverify_testkit::emulator::Call;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn error_code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap().to_owned()
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+}
+
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(req.as_bytes()).await.unwrap();
+    // A server may answer before reading a body it refuses.
+    let _ = s.write_all(body).await;
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete HTTP response");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    Reply {
+        status,
+        headers: head,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+struct Api {
+    d: Daemon,
+    key: String,
+}
+
+impl Api {
+    async fn new(db: Db) -> Self {
+        Self::with(db, |_| {}).await
+    }
+
+    async fn with(db: Db, tweak: impl FnOnce(&mut callverify::config::Config)) -> Self {
+        let d = crate::common::start_with(db, tweak).await;
+        let (_, key) = ApiKeys::new(d.service.store().clone())
+            .create("tests")
+            .await
+            .unwrap();
+        Self { d, key }
+    }
+
+    fn auth(&self) -> String {
+        format!("Bearer {}", self.key)
+    }
+
+    async fn post(&self, path: &str, body: &Value, extra: &[(&str, &str)]) -> Reply {
+        let auth = self.auth();
+        let mut headers = vec![
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        headers.extend_from_slice(extra);
+        http(
+            self.d.http,
+            "POST",
+            path,
+            &headers,
+            body.to_string().as_bytes(),
+        )
+        .await
+    }
+
+    async fn raw_post(&self, content_type: &str, body: &[u8]) -> Reply {
+        let auth = self.auth();
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Content-Type", content_type),
+        ];
+        http(self.d.http, "POST", "/v1/verifications", &headers, body).await
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        let auth = self.auth();
+        http(
+            self.d.http,
+            "GET",
+            path,
+            &[("Authorization", auth.as_str())],
+            b"",
+        )
+        .await
+    }
+}
+
+async fn create_call_and_read_back(db: Db) {
+    let api = Api::new(db).await;
+    let r = api
+        .post(
+            "/v1/verifications",
+            &json!({"phone": PHONE, "user_ref": "alice"}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let id = v["id"].as_str().unwrap().to_owned();
+    let code = v["code"].as_str().unwrap().to_owned();
+    assert_eq!(v["status"], "pending");
+    assert!(v["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    let r = api.get(&format!("/v1/verifications/{id}")).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.json().get("code").is_none(),
+        "the code is shown only once"
+    );
+
+    Call::verify(&id)
+        .press("#")
+        .press(&code)
+        .run(api.d.addr)
+        .await
+        .unwrap();
+    let r = api.get(&format!("/v1/verifications/{id}")).await;
+    assert_eq!(r.json()["status"], "verified");
+
+    // Cancel after the end: 409.
+    let r = api
+        .post(&format!("/v1/verifications/{id}/cancel"), &json!({}), &[])
+        .await;
+    assert_eq!((r.status, r.error_code().as_str()), (409, "not_cancelable"));
+    api.d.stop().await;
+}
+
+async fn cancel_and_not_found(db: Db) {
+    let api = Api::new(db).await;
+    let r = api
+        .post(
+            "/v1/verifications",
+            &json!({"phone": PHONE, "user_ref": "bob"}),
+            &[],
+        )
+        .await;
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let r = api
+        .post(&format!("/v1/verifications/{id}/cancel"), &json!({}), &[])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "canceled");
+    for path in [
+        "/v1/verifications/vf_nope",
+        "/v1/verifications/%00",
+        "/v1/nothing",
+    ] {
+        let r = api.get(path).await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (404, "not_found"),
+            "{path}"
+        );
+    }
+    let r = http(api.d.http, "DELETE", "/v1/verifications", &[], b"").await;
+    assert_eq!(r.status, 405);
+    api.d.stop().await;
+}
+
+async fn authentication_is_required(db: Db) {
+    let api = Api::new(db).await;
+    let body = json!({"phone": PHONE, "user_ref": "eve"}).to_string();
+    let ct = ("Content-Type", "application/json");
+    for auth in [
+        None,
+        Some("Bearer cvk_wrong"),
+        Some("Basic abc"),
+        Some("Bearer "),
+    ] {
+        let mut headers = vec![ct];
+        if let Some(a) = auth {
+            headers.push(("Authorization", a));
+        }
+        let r = http(
+            api.d.http,
+            "POST",
+            "/v1/verifications",
+            &headers,
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (401, "unauthorized"),
+            "{auth:?}"
+        );
+        assert_eq!(r.header("www-authenticate").as_deref(), Some("Bearer"));
+    }
+    let keys = ApiKeys::new(api.d.service.store().clone());
+    let (row, secret) = keys.create("to revoke").await.unwrap();
+    assert!(keys.revoke(&row.id).await.unwrap());
+    let auth = format!("Bearer {secret}");
+    let r = http(
+        api.d.http,
+        "GET",
+        "/v1/verifications/vf_x",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 401, "a revoked key is refused");
+    let r = http(api.d.http, "GET", "/healthz", &[], b"").await;
+    assert_eq!(r.status, 200);
+    let r = http(api.d.http, "GET", "/v1/openapi.json", &[], b"").await;
+    assert_eq!(r.status, 401, "every /v1 call needs a key");
+    let r = api.get("/v1/openapi.json").await;
+    assert_eq!(r.status, 200);
+    assert!(r.json()["paths"]["/v1/verifications"]["post"].is_object());
+    // A verification is visible only to the key that made it.
+    let mine = api
+        .post(
+            "/v1/verifications",
+            &json!({"phone": PHONE, "user_ref": "owned"}),
+            &[],
+        )
+        .await
+        .json();
+    let (_, other) = keys.create("other app").await.unwrap();
+    let other = format!("Bearer {other}");
+    let path = format!("/v1/verifications/{}", mine["id"].as_str().unwrap());
+    let r = http(api.d.http, "GET", &path, &[("Authorization", &other)], b"").await;
+    assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
+    let cancel = format!("{path}/cancel");
+    let r = http(
+        api.d.http,
+        "POST",
+        &cancel,
+        &[("Authorization", &other)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(api.get(&path).await.json()["status"], "pending");
+    api.d.stop().await;
+}
+
+async fn hostile_bodies_get_clear_errors(db: Db) {
+    let api = Api::with(db, |c| {
+        c.http.max_body_bytes = 2048;
+        c.webhooks.allow_private_callbacks = false;
+    })
+    .await;
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "text/plain",
+            br#"{"phone":"+14155550101","user_ref":"a"}"#.to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "application/json",
+            b"{not json".to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "application/json",
+            b"{\"phone\":\"+1415\xff\xfe\",\"user_ref\":\"a\"}".to_vec(),
+            400,
+            "invalid_json",
+        ),
+        ("application/json", b"".to_vec(), 400, "invalid_json"),
+        (
+            "application/json",
+            br#"{"phone":14155550101,"user_ref":"a"}"#.to_vec(),
+            422,
+            "invalid_field",
+        ),
+        (
+            "application/json",
+            br#"{"user_ref":"a"}"#.to_vec(),
+            422,
+            "invalid_field",
+        ),
+        (
+            "application/json",
+            br#"{"phone":"+14155550101","user_ref":"a","admin":true}"#.to_vec(),
+            422,
+            "invalid_field",
+        ),
+        (
+            "application/json",
+            br#"[1,2,3]"#.to_vec(),
+            422,
+            "invalid_field",
+        ),
+        (
+            "application/json",
+            br#"{"phone":"123","user_ref":"a"}"#.to_vec(),
+            422,
+            "invalid_phone",
+        ),
+        (
+            "application/json",
+            br#"{"phone":"+442079460000","user_ref":"a"}"#.to_vec(),
+            422,
+            "invalid_phone",
+        ),
+        (
+            "application/json",
+            format!(
+                r#"{{"phone":"+14155550101","user_ref":"{}"}}"#,
+                "u".repeat(500)
+            )
+            .into_bytes(),
+            422,
+            "invalid_user_ref",
+        ),
+        (
+            "application/json",
+            br#"{"phone":"+14155550101","user_ref":"a","code_length":3}"#.to_vec(),
+            422,
+            "invalid_code_length",
+        ),
+        (
+            "application/json",
+            br#"{"phone":"+14155550101","user_ref":"a","callback_url":"http://169.254.169.254/latest"}"#.to_vec(),
+            422,
+            "invalid_callback_url",
+        ),
+        (
+            "application/json",
+            br#"{"phone":"+14155550101","user_ref":"a","callback_url":"ftp://x"}"#.to_vec(),
+            422,
+            "invalid_callback_url",
+        ),
+        (
+            "application/json",
+            br#"{"phone":"+14155550101","user_ref":"a","locale":"../../etc"}"#.to_vec(),
+            422,
+            "invalid_locale",
+        ),
+        (
+            "application/json",
+            format!(
+                r#"{{"phone":"+14155550101","user_ref":"{}"}}"#,
+                "u".repeat(100_000)
+            )
+            .into_bytes(),
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (content_type, body, status, code) in cases {
+        let r = api.raw_post(content_type, &body).await;
+        let shown = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
+        assert_eq!(
+            r.status,
+            status,
+            "{shown}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.error_code(), code, "{shown}");
+        assert!(!r.json()["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let r = api
+        .post(
+            "/v1/verifications",
+            &json!({"phone": PHONE, "user_ref": "a"}),
+            &[("Idempotency-Key", "")],
+        )
+        .await;
+    assert_eq!(r.error_code(), "invalid_idempotency_key");
+    // After all that, a good request still works.
+    let r = api
+        .post(
+            "/v1/verifications",
+            &json!({"phone": PHONE, "user_ref": "fine"}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    api.d.stop().await;
+}
+
+async fn idempotency_key_gives_one_verification(db: Db) {
+    let api = Api::new(db).await;
+    let body = json!({"phone": PHONE, "user_ref": "ivy"});
+    let first = api
+        .post(
+            "/v1/verifications",
+            &body,
+            &[("Idempotency-Key", "order-77")],
+        )
+        .await;
+    let again = api
+        .post(
+            "/v1/verifications",
+            &body,
+            &[("Idempotency-Key", "order-77")],
+        )
+        .await;
+    assert_eq!(first.status, 201);
+    assert_eq!(again.status, 201);
+    assert_eq!(first.json(), again.json(), "same key, same answer");
+    let other = api
+        .post(
+            "/v1/verifications",
+            &body,
+            &[("Idempotency-Key", "order-78")],
+        )
+        .await;
+    assert_ne!(other.json()["id"], first.json()["id"]);
+    let changed = json!({"phone": PHONE, "user_ref": "someone-else"});
+    let r = api
+        .post(
+            "/v1/verifications",
+            &changed,
+            &[("Idempotency-Key", "order-77")],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (409, "idempotency_conflict")
+    );
+    api.d.stop().await;
+}
+
+async fn lockouts_and_rate_limits_are_429(db: Db) {
+    let api = Api::with(db, |c| c.verification.max_per_number_per_hour = 2).await;
+    let r = api
+        .post(
+            "/v1/verifications",
+            &json!({"phone": PHONE, "user_ref": "mallory"}),
+            &[],
+        )
+        .await;
+    let v = r.json();
+    let bad: String = v["code"]
+        .as_str()
+        .unwrap()
+        .chars()
+        .map(|c| if c == '1' { '2' } else { '1' })
+        .collect();
+    Call::verify(v["id"].as_str().unwrap())
+        .press("#")
+        .press(&bad)
+        .press(&bad)
+        .press(&bad)
+        .run(api.d.addr)
+        .await
+        .unwrap();
+    let r = api
+        .post(
+            "/v1/verifications",
+            &json!({"phone": "+14155550177", "user_ref": "mallory"}),
+            &[],
+        )
+        .await;
+    assert_eq!((r.status, r.error_code().as_str()), (429, "locked_out"));
+    assert!(r.json()["error"]["retry_at"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() > 23 * 3600);
+
+    let second = "+14155550188";
+    let first_answer = api
+        .post(
+            "/v1/verifications",
+            &json!({"phone": second, "user_ref": "u1"}),
+            &[("Idempotency-Key", "retry-me")],
+        )
+        .await;
+    assert_eq!(first_answer.status, 201);
+    let r = api
+        .post(
+            "/v1/verifications",
+            &json!({"phone": second, "user_ref": "u2"}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let r = api
+        .post(
+            "/v1/verifications",
+            &json!({"phone": second, "user_ref": "u3"}),
+            &[],
+        )
+        .await;
+    assert_eq!((r.status, r.error_code().as_str()), (429, "rate_limited"));
+    assert!(r.header("retry-after").is_some());
+    // A retry of the first request is its answer, not a rate limit.
+    let again = api
+        .post(
+            "/v1/verifications",
+            &json!({"phone": second, "user_ref": "u1"}),
+            &[("Idempotency-Key", "retry-me")],
+        )
+        .await;
+    assert_eq!(again.status, 201);
+    assert_eq!(again.json(), first_answer.json());
+    api.d.stop().await;
+}
+
+/// Parallel requests for one number (as a busy web app, or several daemons, send them) do
+/// not pass the limit together: the check and the insert are one store operation.
+async fn parallel_requests_cannot_pass_a_rate_limit_together(db: Db) {
+    let d = crate::common::start_with(db, |c| {
+        c.verification.max_per_number_per_hour = 3;
+        c.database.max_connections = 16;
+    })
+    .await;
+    let created = start_in_parallel(&d, |i| callverify::domain::NewVerification {
+        phone: PHONE.into(),
+        user_ref: format!("user{i}"),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(created, (3, 21));
+    d.stop().await;
+}
+
+/// The same for one API key's hourly limit, with every request for another number and user.
+async fn parallel_requests_cannot_pass_a_key_limit_together(db: Db) {
+    let d = crate::common::start_with(db, |c| {
+        c.verification.max_per_api_key_per_hour = 3;
+        c.database.max_connections = 16;
+    })
+    .await;
+    let created = start_in_parallel(&d, |i| callverify::domain::NewVerification {
+        phone: format!("+1415555{:04}", 1000 + i),
+        user_ref: format!("user{i}"),
+        api_key_id: Some("key-under-test".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(created, (3, 21));
+    d.stop().await;
+}
+
+/// Starts 24 verifications at once; how many were created and how many rate limited.
+async fn start_in_parallel(
+    d: &crate::common::Daemon,
+    request: impl Fn(usize) -> callverify::domain::NewVerification,
+) -> (usize, usize) {
+    let starts = (0..24).map(|i| {
+        let service = d.service.clone();
+        let new = request(i);
+        tokio::spawn(async move { service.start(new).await })
+    });
+    let results = futures::future::join_all(starts).await;
+    let created = results
+        .iter()
+        .filter(|r| r.as_ref().unwrap().is_ok())
+        .count();
+    let limited = results
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.as_ref().unwrap(),
+                Err(callverify::domain::VerifyError::RateLimited { .. })
+            )
+        })
+        .count();
+    (created, limited)
+}
+
+on_both_backends!(
+    parallel_requests_cannot_pass_a_rate_limit_together,
+    parallel_requests_cannot_pass_a_key_limit_together,
+    create_call_and_read_back,
+    cancel_and_not_found,
+    authentication_is_required,
+    hostile_bodies_get_clear_errors,
+    idempotency_key_gives_one_verification,
+    lockouts_and_rate_limits_are_429,
+);

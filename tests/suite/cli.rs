@@ -1,0 +1,253 @@
+//! The `callverify` binary as admins and scripts use it, including a daemon killed with
+//! SIGKILL mid-call and restarted.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use callverify::domain::status::CallOutcome;
+use callverify::store::Store;
+use callverify_testkit::emulator::{Action, Call};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_callverify");
+
+/// The binary, run in `dir` with a clean CALLVERIFY_* environment.
+fn callverify(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("CALLVERIFY_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env("RUST_LOG", "info");
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run callverify")
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn start(dir: &Path, phone: &str, user: &str) -> Output {
+    run(callverify(dir).args([
+        "verify", "start", "--phone", phone, "--user", user, "--json",
+    ]))
+}
+
+fn status(dir: &Path, id: &str) -> Value {
+    let out = run(callverify(dir).args(["verify", "status", id, "--json"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    json(&out)
+}
+
+#[test]
+fn start_prints_id_and_code_and_status_reads_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = start(dir.path(), "+14155550101", "alice");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    let id = v["id"].as_str().unwrap();
+    let code = v["code"].as_str().unwrap();
+    assert!(id.starts_with("vf_"));
+    assert_eq!(code.len(), 6);
+    assert!(code.bytes().all(|b| b.is_ascii_digit()));
+    assert_eq!(v["status"], "pending");
+    assert!(v["expires_at"].as_str().unwrap().ends_with('Z'));
+    // The store keeps no plain code, and status never shows it.
+    let s = status(dir.path(), id);
+    assert_eq!(s["status"], "pending");
+    assert!(s.get("code").is_none());
+    let db = std::fs::read(dir.path().join("callverify.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("callverify.db-wal")).unwrap_or_default();
+    for bytes in [db, wal] {
+        assert!(!bytes.windows(code.len()).any(|w| w == code.as_bytes()));
+    }
+    // Human output too.
+    let out = run(callverify(dir.path()).args(["verify", "status", id]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("status:             pending"));
+    // Cancel.
+    let out = run(callverify(dir.path()).args(["verify", "cancel", id, "--json"]));
+    assert_eq!(json(&out)["status"], "canceled");
+}
+
+#[test]
+fn errors_are_one_clear_line_and_a_failure_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = start(dir.path(), "4155550101", "alice");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&out)["error"]["code"], "invalid_phone");
+    assert!(
+        stderr(&out).contains("international form"),
+        "{}",
+        stderr(&out)
+    );
+    let out = start(dir.path(), "+442079460000", "alice");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("country GB"), "{}", stderr(&out));
+    let out = run(callverify(dir.path()).args(["verify", "status", "vf_nosuchthing"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not_found"), "{}", stderr(&out));
+    let out = run(callverify(dir.path()).args(["verify", "frobnicate"]));
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(callverify(dir.path())
+        .args(["serve"])
+        .env("CALLVERIFY_AGI_LISTEN", "nowhere"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("agi.listen"), "{}", stderr(&out));
+    let out = run(callverify(dir.path()).args(["--help"]));
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["serve", "migrate", "verify", "--config"] {
+        assert!(help.contains(word), "{help}");
+    }
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Served {
+    child: Child,
+    addr: SocketAddr,
+}
+
+fn serve(dir: &Path, addr: SocketAddr, log: &str) -> Served {
+    let log = std::fs::File::create(dir.join(log)).unwrap();
+    let child = callverify(dir)
+        .arg("serve")
+        .env("CALLVERIFY_AGI_LISTEN", addr.to_string())
+        .env("CALLVERIFY_HTTP_LISTEN", "127.0.0.1:0")
+        .env("CALLVERIFY_SPEECH_LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "daemon did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // That probe connection is closed on as a bad block; harmless.
+    Served { child, addr }
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigkill_mid_call_loses_nothing_and_sigterm_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = start(dir.path(), "+14155550101", "kim");
+    let v = json(&out);
+    let id = v["id"].as_str().unwrap().to_owned();
+    let code = v["code"].as_str().unwrap().to_owned();
+    let wrong: String = code
+        .chars()
+        .map(|c| if c == '1' { '2' } else { '1' })
+        .collect();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut daemon = serve(dir.path(), free_port(), "first.log");
+    // One wrong entry, then the callee holds on while the daemon is killed.
+    let (_go, hold) = tokio::sync::watch::channel(false);
+    let call = Call::verify(&id)
+        .press("#")
+        .press(&wrong)
+        .then(Action::Hold(hold));
+    let addr = daemon.addr;
+    let in_call = rt.spawn(async move { call.run(addr).await });
+    wait_for("the wrong entry to be counted", || {
+        let s = status(dir.path(), &id);
+        s["status"] == "calling" && s["attempts_remaining"] == 2
+    });
+    daemon.child.kill().unwrap(); // SIGKILL
+    daemon.child.wait().unwrap();
+    // The emulated callee is still holding; its call is over.
+    in_call.abort();
+
+    // Restart on the same address: the interrupted attempt is closed, the wrong entry
+    // still counts.
+    let daemon = serve(dir.path(), addr, "second.log");
+    wait_for("recovery at start", || {
+        status(dir.path(), &id)["status"] == "pending"
+    });
+    assert_eq!(status(dir.path(), &id)["attempts_remaining"], 2);
+    let log = std::fs::read_to_string(dir.path().join("second.log")).unwrap();
+    assert!(log.contains("interrupted"), "{log}");
+
+    let t = rt
+        .block_on(Call::verify(&id).press("#").press(&code).run(daemon.addr))
+        .unwrap();
+    assert!(t.closed_by_daemon);
+    let s = status(dir.path(), &id);
+    assert_eq!(s["status"], "verified");
+    assert_eq!(s["attempts_remaining"], 2);
+
+    let url = format!("sqlite://{}", dir.path().join("callverify.db").display());
+    let attempts = rt.block_on(async {
+        let store = Store::connect(&url, 1).await.unwrap();
+        store.attempts(&id).await.unwrap()
+    });
+    let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome).collect();
+    assert_eq!(
+        outcomes,
+        vec![Some(CallOutcome::Interrupted), Some(CallOutcome::Verified)]
+    );
+
+    // SIGTERM: a graceful stop with exit status 0.
+    let mut child = daemon.child;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let log = std::fs::read_to_string(dir.path().join("second.log")).unwrap();
+    assert!(log.contains("callverify stopped"), "{log}");
+    assert!(
+        !log.contains(&code) && !log.contains("+14155550101"),
+        "logs must hold neither the code nor the full number: {log}"
+    );
+}
+
+/// The default build has no recogniser: a configured model stops `serve` at once, saying how
+/// to build with it (`scripts/test` builds with the speech feature, `cargo test` without).
+#[cfg(not(feature = "speech"))]
+#[test]
+fn a_speech_model_in_a_build_without_speech_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(callverify(dir.path())
+        .arg("serve")
+        .env("CALLVERIFY_SPEECH_MODEL", "/models/whisper-base"));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--features speech"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !dir.path().join("callverify.db").exists(),
+        "refused before the store"
+    );
+}

@@ -1,0 +1,244 @@
+//! Shared test harness: an in-process daemon on a fresh store, SQLite or a real Postgres.
+
+pub mod browser;
+pub mod hooks;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use callverify::config::Config;
+use callverify::daemon;
+use callverify::domain::{NewVerification, Verifications, View};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const PHONE: &str = "+14155550101";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Environment variable naming the Postgres server the tests create their databases on.
+pub const POSTGRES_ENV: &str = "CALLVERIFY_TEST_POSTGRES_URL";
+
+/// A URL for a new, empty database of kind `db` (the SQLite file lives in `dir`).
+pub async fn fresh_database(db: Db, dir: &std::path::Path) -> String {
+    match db {
+        Db::Sqlite => format!("sqlite://{}", dir.join("test.db").display()),
+        Db::Postgres => {
+            let admin = std::env::var(POSTGRES_ENV).unwrap_or_else(|_| {
+                panic!(
+                    "{POSTGRES_ENV} is not set: the Postgres store tests need a real server. \
+                     Run ./scripts/test, which starts one, or point {POSTGRES_ENV} at a \
+                     server where this user may CREATE DATABASE."
+                )
+            });
+            use sqlx::Connection;
+            sqlx::any::install_default_drivers();
+            let mut conn = sqlx::AnyConnection::connect(&admin)
+                .await
+                .expect("connect to the test Postgres server");
+            let name = format!("cvtest_{}", callverify::domain::codes::generate(10));
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .expect("create a test database");
+            let base = admin.rsplit_once('/').expect("URL with a database").0;
+            format!("{base}/{name}")
+        }
+    }
+}
+
+pub struct Daemon {
+    pub addr: SocketAddr,
+    pub http: SocketAddr,
+    pub service: Arc<Verifications>,
+    pub config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    pub dir: Option<tempfile::TempDir>,
+}
+
+/// Test settings: short waits, a fresh store, port chosen by the OS.
+pub fn test_config(url: String, dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.database.url = url;
+    config.agi.listen = "127.0.0.1:0".into();
+    config.http.listen = "127.0.0.1:0".into();
+    config.speech.listen = "127.0.0.1:0".into();
+    config.agi.env_timeout_secs = 1;
+    config.agi.reply_timeout_secs = 5;
+    config.agi.shutdown_grace_secs = 5;
+    config.security.secret_file = dir.join("secret").display().to_string();
+    // Tests make many verifications per number; the rate-limit tests set their own.
+    config.verification.max_per_number_per_hour = 1000;
+    config.verification.max_per_user_per_hour = 1000;
+    // The tests' webhook receivers listen on loopback.
+    config.webhooks.allow_private_callbacks = true;
+    config
+}
+
+pub async fn start(db: Db) -> Daemon {
+    start_with(db, |_| {}).await
+}
+
+pub async fn start_with(db: Db, tweak: impl FnOnce(&mut Config)) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(db, dir.path()).await;
+    let mut config = test_config(url, dir.path());
+    tweak(&mut config);
+    let mut d = start_config(config).await;
+    d.dir = Some(dir);
+    d
+}
+
+/// A daemon on `config` as it is (e.g. a second daemon on another's database).
+pub async fn start_config(config: Config) -> Daemon {
+    // Logs go to the test's captured output (RUST_LOG, default warn): shown when it fails.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+    let service = daemon::open(&config).await.expect("open the store");
+    let listeners = daemon::bind(&config).await.expect("bind");
+    let addr = listeners.agi.local_addr().unwrap();
+    let http = listeners.http.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel();
+    let task = {
+        let config = config.clone();
+        let service = service.clone();
+        tokio::spawn(async move {
+            daemon::run(&config, service, listeners, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("daemon run");
+        })
+    };
+    Daemon {
+        addr,
+        http,
+        service,
+        config,
+        stop: Some(stop),
+        task: Some(task),
+        dir: None,
+    }
+}
+
+impl Daemon {
+    pub async fn new_verification(&self, phone: &str, user: &str) -> View {
+        self.service
+            .start(NewVerification {
+                phone: phone.into(),
+                user_ref: user.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("start a verification")
+            .view
+    }
+
+    /// A new verification for `phone`, called and verified by keypad: the daemon works.
+    pub async fn verify_by_keypad(&self, phone: &str, user: &str) -> View {
+        let v = self.new_verification(phone, user).await;
+        let t = callverify_testkit::emulator::Call::verify(&v.id)
+            .press("#")
+            .press(v.code.as_deref().unwrap())
+            .run(self.addr)
+            .await
+            .unwrap();
+        assert!(t.closed_by_daemon);
+        let view = self.status(&v.id).await;
+        assert_eq!(view.status, callverify::domain::Status::Verified);
+        view
+    }
+
+    /// Call verification `id` and key three wrong codes: it fails, the number is locked out.
+    pub async fn fail_by_keypad(&self, id: &str) {
+        callverify_testkit::emulator::Call::verify(id)
+            .press("#")
+            .press("000000#")
+            .press("111111#")
+            .press("222222#")
+            .run(self.addr)
+            .await
+            .unwrap();
+        assert_eq!(
+            self.status(id).await.status,
+            callverify::domain::Status::Failed
+        );
+    }
+
+    pub async fn status(&self, id: &str) -> View {
+        self.service.get(id).await.expect("status")
+    }
+
+    /// Signal shutdown and wait for the daemon to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("daemon task");
+        }
+    }
+
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    pub async fn join(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.await.expect("daemon task");
+        }
+    }
+}
+
+/// Run each named `async fn(Db)` scenario as two tests, on SQLite and on Postgres.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(super::Db::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(super::Db::Postgres).await
+            })*
+        }
+    };
+}
+
+/// A pending verification as stored, due its first call now, for tests of the store.
+pub fn pending_row(id: &str, phone: &str, user: &str) -> callverify::domain::Verification {
+    let now = callverify::domain::clock::now_ms();
+    callverify::domain::Verification {
+        id: id.into(),
+        phone: phone.into(),
+        user_ref: user.into(),
+        code_hash: "00".repeat(32),
+        code_length: 6,
+        status: callverify::domain::Status::Pending,
+        attempts_used: 0,
+        max_attempts: 3,
+        locale: "en".into(),
+        is_test: false,
+        created_at: now,
+        updated_at: now,
+        expires_at: now + 600_000,
+        verified_at: None,
+        api_key_id: None,
+        callback_url: None,
+    }
+}

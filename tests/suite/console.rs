@@ -1,0 +1,213 @@
+//! The support console in a real headless Chromium: sign in, open a request, play its
+//! recording, approve it. Wrong passwords, forms without the CSRF token and signed-out
+//! requests are refused.
+
+use crate::common::browser::Browser;
+use crate::common::{Daemon, Db, PHONE};
+use callverify::domain::status::Status;
+use callverify::domain::NewVerification;
+use callverify::support::staff::Staff;
+use callverify_testkit::emulator::{inbound_env, Call, Talk};
+use serde_json::Value;
+
+const PASSWORD: &str = "correct horse battery";
+
+async fn daemon_with_a_message() -> (Daemon, String) {
+    let d = crate::common::start_with(Db::Sqlite, |c| c.support.days = Vec::new()).await;
+    Staff::new(
+        d.service.store().clone(),
+        std::time::Duration::from_secs(3600),
+    )
+    .add("alice", PASSWORD)
+    .await
+    .unwrap();
+    let v = d
+        .service
+        .start(NewVerification {
+            phone: PHONE.into(),
+            user_ref: "alice-user".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .view;
+    d.fail_by_keypad(&v.id).await;
+    let env = inbound_env("manual", PHONE, 0);
+    let voice: Vec<i16> = (0..16_000)
+        .map(|i| ((i as f32 * 0.35).sin() * 9000.0) as i16)
+        .collect();
+    let t = Call::with_env(env)
+        .talk(Talk::new().say(voice).key('#'))
+        .run(d.addr)
+        .await
+        .unwrap();
+    assert_eq!(t.count_prompt("callverify/support-thanks"), 1);
+    (d, v.id)
+}
+
+#[tokio::test]
+async fn staff_sign_in_play_and_approve_in_a_browser() {
+    let (d, verification) = daemon_with_a_message().await;
+    let browser = Browser::start().await;
+    let base = format!("http://{}", d.http);
+
+    // Signed out: the queue sends to the sign-in page.
+    browser.go(&format!("{base}/console/")).await;
+    browser.wait_for_url("/console/login").await;
+    browser.type_into("#username", "alice").await;
+    browser.type_into("#password", "not the password").await;
+    browser.click("#sign-in").await;
+    browser
+        .wait_for_text("#error", "Wrong name or password.")
+        .await;
+    assert_eq!(browser.cookie("cv_session").await, None);
+
+    browser.type_into("#username", "alice").await;
+    browser.type_into("#password", PASSWORD).await;
+    browser.click("#sign-in").await;
+    browser.wait_for_url("/console/").await;
+    assert_eq!(browser.count("#queue tbody tr").await, 1);
+    let queue = browser.source().await;
+    assert!(queue.contains("+1415*****01"), "masked in the queue");
+    assert!(!queue.contains(PHONE));
+    assert!(queue.contains("alice-user"));
+
+    browser.click("a.open").await;
+    browser.wait_for_text("#caller", PHONE).await;
+    // Play: the browser fetches and decodes the WAV, and playback starts.
+    let played = browser
+        .run_async(
+            "const done = arguments[arguments.length - 1];\
+             const a = document.getElementById('recording');\
+             const go = () => a.play().then(\
+               () => setTimeout(() => done({duration: a.duration, time: a.currentTime, paused: a.paused}), 300),\
+               e => done({error: String(e)}));\
+             if (a.readyState >= 1) go(); else { a.onloadedmetadata = go; a.onerror = () => done({error: 'load failed'}); }",
+        )
+        .await;
+    assert_eq!(played["error"], Value::Null, "{played}");
+    let duration = played["duration"].as_f64().unwrap();
+    assert!((duration - 2.0).abs() < 0.35, "{played}");
+    assert!(
+        played["time"].as_f64().unwrap() > 0.0,
+        "playback advanced: {played}"
+    );
+
+    browser.click("#approve").await;
+    browser.wait_for_text("#status", "approved").await;
+    assert_eq!(d.status(&verification).await.status, Status::Verified);
+
+    // Without the form's CSRF token, or signed out, the console refuses.
+    let session = browser.cookie("cv_session").await.expect("signed in");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let rid = browser.url().await.rsplit('/').next().unwrap().to_owned();
+    let reject = format!("{base}/console/requests/{rid}/reject");
+    let forged = client
+        .post(&reject)
+        .header("cookie", format!("cv_session={session}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("reason=forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 403);
+    let signed_out = client
+        .post(&reject)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("reason=nobody&csrf=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_out.status().as_u16(), 401);
+    let recording = client
+        .get(format!("{base}/console/requests/{rid}/recording.wav"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(recording.status().as_u16(), 401);
+
+    let audit = d.service.store().audit_entries(&rid).await.unwrap();
+    let actions: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|a| (a.actor.as_str(), a.action.as_str()))
+        .collect();
+    assert!(actions.contains(&("staff:alice", "open")), "{actions:?}");
+    assert!(actions.contains(&("staff:alice", "play")), "{actions:?}");
+    assert!(actions.contains(&("staff:alice", "approve")), "{actions:?}");
+
+    browser.click("#sign-out").await;
+    browser.wait_for_url("/console/login").await;
+    browser.go(&format!("{base}/console/")).await;
+    browser.wait_for_url("/console/login").await;
+    d.stop().await;
+}
+
+/// Behind a TLS proxy (`support.secure_cookies`) the console's cookies are marked Secure, so a
+/// browser never sends a session over plain HTTP; by default they are not, so that the
+/// console works on loopback.
+#[tokio::test]
+async fn cookies_are_secure_when_configured() {
+    for secure in [false, true] {
+        let d = crate::common::start_with(Db::Sqlite, |c| c.support.secure_cookies = secure).await;
+        let page = reqwest::get(format!("http://{}/console/login", d.http))
+            .await
+            .unwrap();
+        assert_eq!(page.status().as_u16(), 200);
+        let cookie = page.headers()["set-cookie"].to_str().unwrap().to_owned();
+        assert!(cookie.starts_with("cv_login="), "{cookie}");
+        assert_eq!(cookie.ends_with("; Secure"), secure, "{cookie}");
+        d.stop().await;
+    }
+}
+
+/// Five wrong passwords for an account refuse its sign-ins for a while (even with the right
+/// password); a successful sign-in clears the count, and other accounts are not affected.
+#[tokio::test]
+async fn repeated_wrong_passwords_hold_an_account_back() {
+    use callverify::support::staff::StaffError;
+    let d = crate::common::start(Db::Sqlite).await;
+    let staff = Staff::new(
+        d.service.store().clone(),
+        std::time::Duration::from_secs(3600),
+    );
+    for name in ["bob", "carol"] {
+        staff.add(name, PASSWORD).await.unwrap();
+    }
+    for _ in 0..4 {
+        assert!(staff
+            .sign_in("carol", "not the password")
+            .await
+            .unwrap()
+            .is_none());
+    }
+    assert!(staff.sign_in("carol", PASSWORD).await.unwrap().is_some());
+    assert!(staff
+        .sign_in("carol", "not the password")
+        .await
+        .unwrap()
+        .is_none());
+
+    for _ in 0..5 {
+        assert!(staff
+            .sign_in("bob", "not the password")
+            .await
+            .unwrap()
+            .is_none());
+    }
+    let refused = staff.sign_in("bob", PASSWORD).await.unwrap_err();
+    assert!(matches!(refused, StaffError::Throttled(_)), "{refused}");
+    assert!(staff.sign_in("carol", PASSWORD).await.unwrap().is_some());
+
+    // Account changes are audited too.
+    staff.disable("carol").await.unwrap();
+    let audit = d.service.store().audit_entries("carol").await.unwrap();
+    let actions: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|a| (a.actor.as_str(), a.action.as_str()))
+        .collect();
+    assert_eq!(actions, [("cli", "staff_add"), ("cli", "staff_disable")]);
+    d.stop().await;
+}

@@ -1,0 +1,232 @@
+//! The store's state changes, the same tests on SQLite and on a real Postgres server:
+//! they must hold against concurrent callers and crashes.
+
+use std::sync::Arc;
+
+use crate::common::{pending_row as row, Db};
+use callverify::domain::clock::now_ms;
+use callverify::domain::status::{CallOutcome, Status};
+use callverify::store::Store;
+
+const DAY: i64 = 24 * 3600 * 1000;
+
+async fn store(db: Db) -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::common::fresh_database(db, dir.path()).await;
+    let store = Store::connect(&url, 8).await.unwrap();
+    store.migrate().await.unwrap();
+    // Migrations are idempotent.
+    store.migrate().await.unwrap();
+    (store, dir)
+}
+
+async fn round_trip_and_transitions(db: Db) {
+    let (s, _dir) = store(db).await;
+    let v = row("vf_a", "+14155550101", "alice");
+    s.insert_verification(&v).await.unwrap();
+    assert_eq!(s.verification("vf_a").await.unwrap().unwrap(), v);
+    assert!(s.verification("vf_none").await.unwrap().is_none());
+    assert!(
+        s.insert_verification(&v).await.is_err(),
+        "duplicate ids are refused"
+    );
+    let now = now_ms();
+    assert!(!s
+        .transition("vf_a", &[Status::Calling], Status::Verified, now)
+        .await
+        .unwrap());
+    assert!(s
+        .transition("vf_a", &[Status::Pending], Status::Canceled, now)
+        .await
+        .unwrap());
+    assert_eq!(
+        s.verification("vf_a").await.unwrap().unwrap().status,
+        Status::Canceled
+    );
+}
+
+async fn one_call_at_a_time_even_when_racing(db: Db) {
+    let (s, _dir) = store(db).await;
+    s.insert_verification(&row("vf_race", "+14155550101", "alice"))
+        .await
+        .unwrap();
+    let s = Arc::new(s);
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.begin_attempt("vf_race", &format!("PJSIP/t-{i}"), "u", "d1", now_ms())
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut started = 0;
+    for t in tasks {
+        started += usize::from(t.await.unwrap().is_some());
+    }
+    assert_eq!(started, 1);
+    assert_eq!(s.attempts("vf_race").await.unwrap().len(), 1);
+}
+
+async fn wrong_entries_lock_out_in_one_step(db: Db) {
+    let (s, _dir) = store(db).await;
+    let v = row("vf_w", "+14155550101", "alice");
+    s.insert_verification(&v).await.unwrap();
+    let (attempt, claimed) = s
+        .begin_attempt("vf_w", "c", "u", "d1", now_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.status, Status::Calling);
+    assert_eq!(claimed.phone, v.phone);
+    let now = now_ms();
+    assert_eq!(
+        s.count_wrong_entry(&v, now + DAY, now).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        s.count_wrong_entry(&v, now + DAY, now).await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        s.locked_until("+14155550101", "alice", now).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.count_wrong_entry(&v, now + DAY, now).await.unwrap(),
+        Some(3)
+    );
+    let stored = s.verification("vf_w").await.unwrap().unwrap();
+    assert_eq!((stored.status, stored.attempts_used), (Status::Failed, 3));
+    assert_eq!(
+        s.locked_until("+14155550101", "nobody", now).await.unwrap(),
+        Some(now + DAY)
+    );
+    assert_eq!(
+        s.locked_until("+19999999999", "alice", now).await.unwrap(),
+        Some(now + DAY)
+    );
+    // The lockout ends when its time is up.
+    assert_eq!(
+        s.locked_until("+14155550101", "alice", now + DAY)
+            .await
+            .unwrap(),
+        None
+    );
+    // No more counting once the call's verification has ended.
+    assert_eq!(s.count_wrong_entry(&v, now + DAY, now).await.unwrap(), None);
+    s.finish_attempt(attempt, "vf_w", CallOutcome::LockedOut, None, 3, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.verification("vf_w").await.unwrap().unwrap().status,
+        Status::Failed,
+        "finishing the attempt does not reopen a failed verification"
+    );
+    // Another pending verification of the locked number or user cannot be called.
+    s.insert_verification(&row("vf_other", "+14155550101", "bob"))
+        .await
+        .unwrap();
+    assert!(s
+        .begin_attempt("vf_other", "c", "u", "d1", now_ms())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+async fn a_canceled_verification_counts_no_wrong_entry(db: Db) {
+    let (s, _dir) = store(db).await;
+    let v = row("vf_c", "+14155550101", "alice");
+    s.insert_verification(&v).await.unwrap();
+    s.begin_attempt("vf_c", "c", "u", "d1", now_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    s.transition("vf_c", &[Status::Calling], Status::Canceled, now_ms())
+        .await
+        .unwrap();
+    let now = now_ms();
+    assert_eq!(s.count_wrong_entry(&v, now + DAY, now).await.unwrap(), None);
+    assert_eq!(
+        s.locked_until("+14155550101", "alice", now).await.unwrap(),
+        None
+    );
+}
+
+async fn expired_or_exhausted_cannot_be_called(db: Db) {
+    let (s, _dir) = store(db).await;
+    let mut expired = row("vf_e", "+14155550101", "alice");
+    expired.expires_at = now_ms() - 1;
+    s.insert_verification(&expired).await.unwrap();
+    let mut exhausted = row("vf_x", "+14155550102", "bob");
+    exhausted.attempts_used = 3;
+    s.insert_verification(&exhausted).await.unwrap();
+    for id in ["vf_e", "vf_x", "vf_missing"] {
+        assert!(s
+            .begin_attempt(id, "c", "u", "d1", now_ms())
+            .await
+            .unwrap()
+            .is_none());
+    }
+}
+
+async fn recovery_closes_only_this_daemons_and_stale_attempts(db: Db) {
+    let (s, _dir) = store(db).await;
+    for (id, phone) in [
+        ("vf_mine", "+14155550101"),
+        ("vf_theirs", "+14155550102"),
+        ("vf_old", "+14155550103"),
+    ] {
+        s.insert_verification(&row(id, phone, id)).await.unwrap();
+    }
+    let now = now_ms();
+    s.begin_attempt("vf_mine", "c", "u", "host/a", now)
+        .await
+        .unwrap();
+    s.begin_attempt("vf_theirs", "c", "u", "host/b", now)
+        .await
+        .unwrap();
+    s.begin_attempt("vf_old", "c", "u", "host/gone", now - 2 * 3_600_000)
+        .await
+        .unwrap();
+    let r = s
+        .recover_interrupted("host/a", now - 3_600_000, now)
+        .await
+        .unwrap();
+    assert_eq!((r.attempts, r.verifications), (2, 2));
+    let status = |id: &'static str| {
+        let s = s.clone();
+        async move { s.verification(id).await.unwrap().unwrap().status }
+    };
+    assert_eq!(status("vf_mine").await, Status::Pending);
+    assert_eq!(status("vf_old").await, Status::Pending);
+    assert_eq!(
+        status("vf_theirs").await,
+        Status::Calling,
+        "a live call elsewhere"
+    );
+    let mine = s.attempts("vf_mine").await.unwrap();
+    assert_eq!(mine[0].outcome, Some(CallOutcome::Interrupted));
+    assert!(s.attempts("vf_theirs").await.unwrap()[0].ended_at.is_none());
+}
+
+on_both_backends!(
+    round_trip_and_transitions,
+    one_call_at_a_time_even_when_racing,
+    wrong_entries_lock_out_in_one_step,
+    a_canceled_verification_counts_no_wrong_entry,
+    expired_or_exhausted_cannot_be_called,
+    recovery_closes_only_this_daemons_and_stale_attempts,
+);
+
+#[tokio::test]
+async fn unsupported_urls_are_refused_without_leaking_passwords() {
+    let err = Store::connect("mysql://app:hunter2@db/x", 1)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("mysql://app@db/x"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}

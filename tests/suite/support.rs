@@ -1,0 +1,545 @@
+//! The support line end to end: an emulated inbound call (FastAGI + AudioSocket as the
+//! captures show) leaves a message; the request is in the API with a playable recording;
+//! approving it verifies the verification and the signed webhook follows.
+
+use std::time::{Duration, Instant};
+
+use crate::common::hooks::{receiver, verify_signature, SECRET};
+use crate::common::{Daemon, Db, PHONE};
+use callverify::config::Config;
+use callverify::domain::api_keys::ApiKeys;
+use callverify::domain::status::{CallerMatch, Status};
+use callverify::domain::NewVerification;
+use callverify::store::NewManualRequest;
+use callverify_testkit::emulator::{inbound_env, AfterTalk, Call, Talk, Transcript};
+use serde_json::{json, Value};
+
+/// An inbound call to `agi://HOST/manual` from `caller_id` with presentation `pres`.
+fn support_call(caller_id: &str, pres: u32) -> Call {
+    Call::with_env(inbound_env("manual", caller_id, pres))
+}
+
+/// Voice-like audio: a loud tone (speech to the level detector), `ms` long.
+fn voice(ms: u32) -> Vec<i16> {
+    (0..ms * 8)
+        .map(|i| ((i as f32 * 0.35).sin() * 9000.0) as i16)
+        .collect()
+}
+
+/// Always closed (no staff days) unless a test opens it.
+fn closed(c: &mut Config) {
+    c.support.days = Vec::new();
+    c.support.max_message_secs = 20;
+}
+
+async fn api_key(d: &Daemon) -> String {
+    ApiKeys::new(d.service.store().clone())
+        .create("web")
+        .await
+        .unwrap()
+        .1
+}
+
+struct Api<'a> {
+    d: &'a Daemon,
+    key: String,
+    client: reqwest::Client,
+}
+
+impl Api<'_> {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Vec<u8>) {
+        let url = format!("http://{}{path}", self.d.http);
+        let mut request = self
+            .client
+            .request(method.parse().unwrap(), url)
+            .bearer_auth(&self.key);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.bytes().await.unwrap().to_vec())
+    }
+
+    async fn json(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, bytes) = self.call(method, path, body).await;
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn requests(&self, status: &str) -> Vec<Value> {
+        let (code, body) = self
+            .json("GET", &format!("/v1/manual-requests?status={status}"), None)
+            .await;
+        assert_eq!(code, 200, "{body}");
+        body["manual_requests"].as_array().unwrap().clone()
+    }
+}
+
+async fn api(d: &Daemon) -> Api<'_> {
+    Api {
+        d,
+        key: api_key(d).await,
+        client: reqwest::Client::new(),
+    }
+}
+
+/// A verification of `PHONE` made with `key` whose three attempts were used up.
+async fn failed_verification(
+    d: &Daemon,
+    key_id: Option<String>,
+    callback: Option<String>,
+) -> String {
+    let v = d
+        .service
+        .start(NewVerification {
+            phone: PHONE.into(),
+            user_ref: "alice".into(),
+            api_key_id: key_id,
+            callback_url: callback,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .view;
+    d.fail_by_keypad(&v.id).await;
+    v.id
+}
+
+async fn key_id(d: &Daemon, secret: &str) -> String {
+    ApiKeys::new(d.service.store().clone())
+        .authenticate(secret)
+        .await
+        .unwrap()
+        .unwrap()
+        .id
+}
+
+async fn a_failed_caller_leaves_a_message_that_is_approved(db: Db) {
+    let (hook, received) = receiver(0).await;
+    let d = crate::common::start_with(db, |c| {
+        closed(c);
+        c.webhooks.secret = SECRET.into();
+        c.webhooks.retry_base_ms = 50;
+    })
+    .await;
+    let api = api(&d).await;
+    let key = key_id(&d, &api.key).await;
+    let id = failed_verification(&d, Some(key), Some(format!("http://{hook}/hook"))).await;
+    // The trunk sends the caller ID in national form.
+    let talk = Talk::new().say(voice(2000)).then(AfterTalk::Silence);
+    let t = support_call("4155550101", 0)
+        .talk(talk)
+        .run(d.addr)
+        .await
+        .unwrap();
+    assert_eq!(t.count_prompt("callverify/support-closed"), 1);
+    assert_eq!(
+        t.count_prompt("callverify/support-menu"),
+        0,
+        "no agent after hours"
+    );
+    assert_eq!(
+        t.count_prompt("callverify/support-thanks"),
+        1,
+        "{:?}",
+        t.commands
+    );
+    assert!(t.audio[0].hangup_message);
+
+    let listed = api.requests("open").await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let request = &listed[0];
+    assert_eq!(request["caller"], "+1415*****01", "masked in lists");
+    assert_eq!(request["caller_match"], "matched");
+    assert_eq!(request["verification"]["id"], id.as_str());
+    assert_eq!(request["verification"]["user_ref"], "alice");
+    assert_eq!(request["ended_by"], "silence");
+    assert_eq!(request["overdue"], false);
+    let rid = request["id"].as_str().unwrap().to_owned();
+
+    let (code, one) = api
+        .json("GET", &format!("/v1/manual-requests/{rid}"), None)
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(one["caller"], PHONE, "in full when opened");
+    let (code, wav) = api
+        .call("GET", one["recording_url"].as_str().unwrap(), None)
+        .await;
+    assert_eq!(code, 200);
+    let (rate, samples) = callverify_audio::wav::decode(&wav).expect("a WAV file");
+    assert_eq!(rate, 8000);
+    // Two seconds of voice, trimmed silence but for a 300 ms margin after it.
+    assert_eq!(samples.len(), 2300 * 8);
+
+    let (code, approved) = api
+        .json("POST", &format!("/v1/manual-requests/{rid}/approve"), None)
+        .await;
+    assert_eq!(code, 200, "{approved}");
+    assert_eq!(approved["status"], "approved");
+    assert_eq!(d.status(&id).await.status, Status::Verified);
+    let (code, again) = api
+        .json("POST", &format!("/v1/manual-requests/{rid}/approve"), None)
+        .await;
+    assert_eq!(
+        (code, again["error"]["code"].clone()),
+        (409, json!("already_decided"))
+    );
+
+    // The web app hears of it as of any status change, signed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let verified = loop {
+        let got = received.got.lock().unwrap().clone();
+        let found = got.into_iter().find(|(_, body)| {
+            serde_json::from_slice::<Value>(body).unwrap()["status"] == "verified"
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no verified webhook");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    verify_signature(&verified.0, &verified.1);
+
+    let audit = d.service.store().audit_entries(&rid).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(actions, ["open", "play", "approve"]);
+    assert!(audit.iter().all(|a| a.actor.starts_with("api:key_")));
+    d.stop().await;
+}
+
+async fn run_support(d: &Daemon, call: Call) -> Transcript {
+    call.run(d.addr).await.unwrap()
+}
+
+async fn hang_up_silence_overlong_and_withheld_callers(db: Db) {
+    let d = crate::common::start_with(db, |c| {
+        closed(c);
+        c.support.max_message_secs = 3;
+    })
+    .await;
+    let api = api(&d).await;
+    // Hangs up mid-message: what was said is kept.
+    let talk = Talk::new().say(voice(1000)).then(AfterTalk::HangUp);
+    let t = run_support(&d, support_call("+14155550199", 0).talk(talk)).await;
+    assert_eq!(t.count_prompt("callverify/support-thanks"), 0);
+    // Silent twice: told so each time, then goodbye; nothing kept.
+    let t = run_support(&d, support_call("+14155550198", 0)).await;
+    assert_eq!(
+        t.count_prompt("callverify/support-no-message"),
+        2,
+        "{:?}",
+        t.commands
+    );
+    assert_eq!(t.count_prompt("goodbye"), 1);
+    assert!(t.closed_by_daemon);
+    // Talks past the cap: cut at 3 s.
+    let talk = Talk::new().say(voice(5000));
+    let t = run_support(&d, support_call("+14155550197", 0).talk(talk)).await;
+    assert_eq!(
+        t.count_prompt("callverify/support-thanks"),
+        1,
+        "{:?}",
+        t.commands
+    );
+    // Caller ID withheld (presentation "prohibited").
+    let talk = Talk::new().say(voice(800)).key('#');
+    let t = run_support(&d, support_call("anonymous", 0x23).talk(talk)).await;
+    assert_eq!(t.count_prompt("callverify/support-thanks"), 1);
+
+    // Open requests come oldest first (the work queue); every other view newest first.
+    let listed = api.requests("open").await;
+    let ids =
+        |requests: &[Value]| -> Vec<Value> { requests.iter().map(|r| r["id"].clone()).collect() };
+    let mut newest_first = ids(&listed);
+    newest_first.reverse();
+    assert_eq!(ids(&api.requests("all").await), newest_first);
+    let summary: Vec<(Value, Value, Value, Value)> = listed
+        .iter()
+        .map(|r| {
+            (
+                r["caller"].clone(),
+                r["caller_match"].clone(),
+                r["ended_by"].clone(),
+                r["duration_ms"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                json!("+1415*****99"),
+                json!("unmatched"),
+                json!("hangup"),
+                json!(1000)
+            ),
+            (
+                json!("+1415*****97"),
+                json!("unmatched"),
+                json!("cap"),
+                json!(3000)
+            ),
+            (json!(null), json!("withheld"), json!("key"), json!(800)),
+        ]
+    );
+    d.stop().await;
+}
+
+async fn staff_answer_within_business_hours(db: Db) {
+    let d = crate::common::start_with(db, |c| {
+        c.support.timezone = "UTC".into();
+        c.support.days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+            .map(String::from)
+            .into();
+        c.support.opens = "00:00".into();
+        c.support.closes = "23:59:59.999".into();
+    })
+    .await;
+    let t = run_support(&d, support_call(PHONE, 0).press("1")).await;
+    assert_eq!(t.count_prompt("callverify/support-menu"), 1);
+    assert!(
+        t.commands
+            .contains(&"SET VARIABLE CALLVERIFY_SUPPORT_ROUTE agent".to_string()),
+        "{:?}",
+        t.commands
+    );
+    assert!(t.audio.is_empty(), "no message taken");
+    // No key: a message, as after hours.
+    let t = run_support(&d, support_call(PHONE, 0).talk(Talk::new().say(voice(500)))).await;
+    assert!(t
+        .commands
+        .contains(&"SET VARIABLE CALLVERIFY_SUPPORT_ROUTE message".to_string()));
+    assert_eq!(t.count_prompt("callverify/support-thanks"), 1);
+    // Back from an agent who did not answer (dialplan passes "message"): no menu again.
+    let mut env = inbound_env("manual", PHONE, 0);
+    env.push("agi_arg_1: message".into());
+    let t = run_support(&d, Call::with_env(env).talk(Talk::new().say(voice(500)))).await;
+    assert_eq!(t.count_prompt("callverify/support-menu"), 0);
+    assert_eq!(t.count_prompt("callverify/support-no-agent"), 1);
+    assert_eq!(t.count_prompt("callverify/support-thanks"), 1);
+    d.stop().await;
+}
+
+async fn decisions_are_checked_and_scoped(db: Db) {
+    let d = crate::common::start_with(db, closed).await;
+    let api = api(&d).await;
+    let other = Api {
+        d: &d,
+        key: api_key(&d).await,
+        client: reqwest::Client::new(),
+    };
+    let key = key_id(&d, &api.key).await;
+    failed_verification(&d, Some(key.clone()), None).await;
+    let talk = Talk::new().say(voice(500)).key('#');
+    run_support(&d, support_call(PHONE, 0).talk(talk)).await;
+    let rid = api.requests("open").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Another key's web app does not see it.
+    assert!(other.requests("open").await.is_empty());
+    let approve = format!("/v1/manual-requests/{rid}/approve");
+    let (code, _) = other.json("POST", &approve, None).await;
+    assert_eq!(code, 404);
+    // Matched by caller ID, it is not approved for another verification of the key, nor
+    // for one made with the CLI (no key's own).
+    let own = d
+        .service
+        .start(NewVerification {
+            phone: "+14155550123".into(),
+            user_ref: "bob".into(),
+            api_key_id: Some(key.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .view
+        .id;
+    let from_cli = d.new_verification("+14155550124", "carol").await.id;
+    for (vid, why) in [
+        (own, "matched another verification"),
+        (from_cli, "no such verification"),
+    ] {
+        let (code, body) = api
+            .json("POST", &approve, Some(json!({ "verification_id": vid })))
+            .await;
+        assert_eq!(code, 422, "{body}");
+        assert_eq!(body["error"]["code"], "not_approvable");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(why), "{message}");
+    }
+    // Rejecting needs a reason.
+    let path = format!("/v1/manual-requests/{rid}/reject");
+    let (code, body) = api
+        .json("POST", &path, Some(json!({ "reason": " " })))
+        .await;
+    assert_eq!(
+        (code, body["error"]["code"].clone()),
+        (422, json!("invalid_reason"))
+    );
+    let (code, body) = api.json("POST", &path, Some(json!({ "why": "x" }))).await;
+    assert_eq!(code, 422, "{body}");
+    let (code, body) = api
+        .json(
+            "POST",
+            &path,
+            Some(json!({ "reason": "email does not match" })),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], "rejected");
+    assert_eq!(body["reason"], "email does not match");
+    assert!(api.requests("open").await.is_empty());
+    assert_eq!(api.requests("rejected").await.len(), 1);
+    let (code, _) = api
+        .json("GET", "/v1/manual-requests?status=bogus", None)
+        .await;
+    assert_eq!(code, 400);
+    let (code, _) = api
+        .json("GET", "/v1/manual-requests/mr_nonesuch", None)
+        .await;
+    assert_eq!(code, 404);
+    d.stop().await;
+}
+
+/// Whether the SQLite database's file holds `bytes`, after a checkpoint has moved the
+/// write-ahead log's pages into it.
+async fn sqlite_files_hold(d: &Daemon, bytes: &[u8]) -> bool {
+    use sqlx::{Connection, Executor};
+    let path = d.dir.as_ref().unwrap().path().join("test.db");
+    let mut conn = sqlx::AnyConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    conn.execute("PRAGMA busy_timeout = 10000; PRAGMA wal_checkpoint(TRUNCATE)")
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let file = std::fs::read(&path).unwrap();
+    file.windows(bytes.len()).any(|w| w == bytes)
+}
+
+async fn recordings_are_deleted_after_retention(db: Db) {
+    let d = crate::common::start_with(db, closed).await;
+    let api = api(&d).await;
+    run_support(
+        &d,
+        support_call(PHONE, 0).talk(Talk::new().say(voice(500)).key('#')),
+    )
+    .await;
+    let rid = api.requests("open").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let store = d.service.store();
+    let wav = store.manual_recording(&rid).await.unwrap().unwrap();
+    // A stretch of the recording's samples, to look for in the database's files.
+    let sample = wav[wav.len() / 2..wav.len() / 2 + 256].to_vec();
+    if db == Db::Sqlite {
+        assert!(
+            sqlite_files_hold(&d, &sample).await,
+            "the recording is stored"
+        );
+    }
+    let now = callverify::domain::clock::now_ms();
+    // Nothing is due yet; a day past the 30-day retention, it is.
+    assert_eq!(
+        store
+            .purge_support(now - 30 * 86_400_000, now)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.purge_support(now + 1, now).await.unwrap(), 1);
+    assert_eq!(store.manual_recording(&rid).await.unwrap(), None);
+    if db == Db::Sqlite {
+        // Overwritten, not left in the file's free pages (secure_delete).
+        assert!(
+            !sqlite_files_hold(&d, &sample).await,
+            "the recording is gone"
+        );
+    }
+    let listed = api.requests("open").await;
+    assert_eq!(listed[0]["recording_url"], Value::Null);
+    assert_eq!(listed[0]["overdue"], false);
+    // A message left 25 hours ago and still open is overdue.
+    store
+        .insert_manual_request(NewManualRequest {
+            id: "mr_old".into(),
+            created_at: now - 25 * 3_600_000,
+            caller: None,
+            caller_match: CallerMatch::Withheld,
+            verification_id: None,
+            ended_by: "key",
+            duration_ms: 1000,
+            recording: callverify_audio::wav::encode(&[0; 8], 8000),
+            transcript: None,
+            language: "en".into(),
+        })
+        .await
+        .unwrap();
+    let listed = api.requests("open").await;
+    assert_eq!(listed[0]["id"], "mr_old", "oldest first");
+    assert_eq!(listed[0]["overdue"], true);
+    assert_eq!(listed[1]["overdue"], false);
+    d.stop().await;
+}
+
+/// The daemon's upkeep deletes recordings past `support.retention_days` by itself, and keeps
+/// younger ones.
+async fn the_daemon_purges_old_recordings_by_itself(db: Db) {
+    let d = crate::common::start_with(db, |c| c.support.retention_days = 30).await;
+    let store = d.service.store();
+    let now = callverify::domain::clock::now_ms();
+    let day = 86_400_000;
+    for (id, age) in [("mr_31_days", 31 * day), ("mr_29_days", 29 * day)] {
+        store
+            .insert_manual_request(NewManualRequest {
+                id: id.into(),
+                created_at: now - age,
+                caller: None,
+                caller_match: CallerMatch::Withheld,
+                verification_id: None,
+                ended_by: "key",
+                duration_ms: 1000,
+                recording: callverify_audio::wav::encode(&[7; 8000], 8000),
+                transcript: Some("kept until then".into()),
+                language: "en".into(),
+            })
+            .await
+            .unwrap();
+    }
+    // The upkeep runs every 5 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store
+        .manual_recording("mr_31_days")
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the old recording was not purged"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(store
+        .manual_recording("mr_29_days")
+        .await
+        .unwrap()
+        .is_some());
+    d.stop().await;
+}
+
+on_both_backends!(
+    the_daemon_purges_old_recordings_by_itself,
+    a_failed_caller_leaves_a_message_that_is_approved,
+    hang_up_silence_overlong_and_withheld_callers,
+    staff_answer_within_business_hours,
+    decisions_are_checked_and_scoped,
+    recordings_are_deleted_after_retention,
+);
