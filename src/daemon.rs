@@ -111,20 +111,31 @@ async fn janitor(
     }
 }
 
-/// Open the store (applying migrations) and build the verification rules on it.
-pub async fn open(config: &Config) -> Result<Arc<Verifications>, DaemonError> {
+/// The store and the verification service on it: what `serve` and every CLI command open.
+#[derive(Clone)]
+pub struct App {
+    pub store: Store,
+    pub verifications: Arc<Verifications>,
+}
+
+/// Open the store (applying migrations) and build the verification service on it.
+pub async fn open(config: &Config) -> Result<App, DaemonError> {
     let store = Store::connect(&config.database.url, config.database.max_connections).await?;
     store.migrate().await?;
     let path = PathBuf::from(&config.security.secret_file);
     let key = server_key(&config.security.secret, &path)
         .map_err(|source| DaemonError::Key { path, source })?;
-    Ok(Arc::new(Verifications::new(
-        store,
+    let verifications = Arc::new(Verifications::new(
+        store.clone(),
         CodeHasher::new(key),
         config.phone_policy(),
         config.policy(),
         daemon_name(config),
-    )))
+    ));
+    Ok(App {
+        store,
+        verifications,
+    })
 }
 
 /// This daemon's name on its call attempts: one daemon per host and FastAGI address can run,
@@ -199,9 +210,9 @@ async fn spoken_codes(config: &Config) -> Result<Option<Arc<SpokenCodes>>, Daemo
 /// store, run until `shutdown` completes and calls in progress are done, close the store.
 pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let listeners = bind(config).await?;
-    let service = open(config).await?;
-    let result = run(config, service.clone(), listeners, shutdown).await;
-    service.store().close().await;
+    let app = open(config).await?;
+    let result = run(config, app.clone(), listeners, shutdown).await;
+    app.store.close().await;
     result
 }
 
@@ -225,10 +236,14 @@ pub async fn shutdown_signal() {
 /// Run the daemon until `shutdown` completes and calls in progress are done.
 pub async fn run(
     config: &Config,
-    service: Arc<Verifications>,
+    app: App,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    let App {
+        store,
+        verifications: service,
+    } = app;
     let recovered = service.recover_interrupted().await?;
     if recovered.attempts > 0 || recovered.verifications > 0 {
         tracing::warn!(
@@ -248,7 +263,7 @@ pub async fn run(
     let hub = Hub::new(&advertise);
     let speech = spoken_codes(config).await?;
     let support = Arc::new(Support::new(
-        service.store().clone(),
+        store.clone(),
         config.phone_policy(),
         config.support_settings()?,
         speech.as_ref().map(|s| s.recogniser.clone()),
@@ -269,14 +284,14 @@ pub async fn run(
     let api = Arc::new(ApiState::new(
         service.clone(),
         support.clone(),
-        ApiKeys::new(service.store().clone()),
+        ApiKeys::new(store.clone()),
         usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX),
         ami.map(|a| a.state()),
     ));
     let console = Arc::new(ConsoleState {
         support: support.clone(),
         staff: Staff::new(
-            service.store().clone(),
+            store.clone(),
             Duration::from_secs(config.support.session_hours * 3600),
         ),
         secure_cookies: config.support.secure_cookies,
@@ -297,14 +312,13 @@ pub async fn run(
         agi = %local(&listeners.agi),
         http = %local(&listeners.http),
         audiosocket = %local(&listeners.audio),
-        database = ?service.store().backend(),
+        database = ?store.backend(),
         "callverify serving"
     );
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    service
-        .store()
+    store
         .set_default_webhook(!config.webhooks.url.is_empty())
         .await?;
     match Sender::new(
@@ -314,7 +328,7 @@ pub async fn run(
             timeout: Duration::from_secs(config.webhooks.timeout_secs.max(1)),
             retry_base: Duration::from_millis(config.webhooks.retry_base_ms.max(10)),
         },
-        service.store().clone(),
+        store.clone(),
     ) {
         Ok(sender) => {
             tokio::spawn(sender.run(stopped.clone()));

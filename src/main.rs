@@ -157,8 +157,8 @@ fn init_logging(quiet: bool) {
 }
 
 async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode> {
-    let service = daemon::open(config).await?;
-    let keys = callverify::domain::api_keys::ApiKeys::new(service.store().clone());
+    let app = daemon::open(config).await?;
+    let keys = callverify::domain::api_keys::ApiKeys::new(app.store.clone());
     let code = match command {
         KeysCommand::Create { name } => {
             let (row, secret) = keys.create(&name).await?;
@@ -195,15 +195,15 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode>
             }
         }
     };
-    service.store().close().await;
+    app.store.close().await;
     Ok(code)
 }
 
 async fn staff(config: &Config, command: StaffCommand) -> anyhow::Result<ExitCode> {
     use callverify::support::staff::Staff;
-    let service = daemon::open(config).await?;
+    let app = daemon::open(config).await?;
     let session = std::time::Duration::from_secs(config.support.session_hours * 3600);
-    let staff = Staff::new(service.store().clone(), session);
+    let staff = Staff::new(app.store.clone(), session);
     match command {
         StaffCommand::Add { username } => {
             let mut password = String::new();
@@ -228,7 +228,7 @@ async fn staff(config: &Config, command: StaffCommand) -> anyhow::Result<ExitCod
             println!("disabled {username}");
         }
     }
-    service.store().close().await;
+    app.store.close().await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -291,10 +291,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn verify(config: &Config, command: VerifyCommand) -> anyhow::Result<ExitCode> {
-    let service = daemon::open(config).await?;
+    let app = daemon::open(config).await?;
     let (result, json) = match command {
         VerifyCommand::Start(a) => (
-            service
+            app.verifications
                 .start(NewVerification {
                     phone: a.phone,
                     user_ref: a.user_ref,
@@ -306,10 +306,10 @@ async fn verify(config: &Config, command: VerifyCommand) -> anyhow::Result<ExitC
                 .map(|started| started.view),
             a.json,
         ),
-        VerifyCommand::Status(a) => (service.get(&a.id).await, a.json),
-        VerifyCommand::Cancel(a) => (service.cancel(&a.id).await, a.json),
+        VerifyCommand::Status(a) => (app.verifications.get(&a.id).await, a.json),
+        VerifyCommand::Cancel(a) => (app.verifications.cancel(&a.id).await, a.json),
     };
-    service.store().close().await;
+    app.store.close().await;
     match result {
         Ok(view) => {
             print_view(&view, json);

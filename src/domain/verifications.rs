@@ -62,10 +62,6 @@ impl Verifications {
             .await?)
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// Create a verification and its code. The code is returned here and never again.
     pub async fn start(&self, new: NewVerification) -> Result<Started, VerifyError> {
         let phone = self.phones.parse(&new.phone)?;
@@ -345,6 +341,17 @@ impl Verifications {
             "attempts used up: number and user locked out"
         );
         Ok(CodeCheck::LockedOut)
+    }
+
+    /// Whether the store answers (for `/healthz`).
+    pub async fn check_store(&self) -> Result<(), VerifyError> {
+        self.store.verification("vf_healthcheck").await?;
+        Ok(())
+    }
+
+    /// Verifications due a call now, and webhooks not yet delivered (for `/metrics`).
+    pub async fn backlog(&self) -> Result<(i64, i64), VerifyError> {
+        Ok(self.store.backlog(now_ms()).await?)
     }
 
     /// Periodic upkeep of the queue: stale dialer claims released, overdue verifications

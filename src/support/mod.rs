@@ -2,6 +2,7 @@
 //! act on), when live staff answer, keeping messages, staff decisions with an audit trail,
 //! and deleting recordings after the retention period.
 
+mod actor;
 pub mod hours;
 pub mod message;
 pub mod staff;
@@ -18,6 +19,7 @@ use crate::domain::status::{CallerMatch, RequestStatus};
 use crate::store::{
     Decided, Decision, ManualRequestRow, NewManualRequest, RequestFilter, Store, StoreError,
 };
+pub use actor::Actor;
 use hours::BusinessHours;
 use message::{Message, MessageLimits};
 
@@ -37,24 +39,6 @@ pub struct Caller {
     pub number: Option<PhoneNumber>,
     pub matched: CallerMatch,
     pub verification_id: Option<String>,
-}
-
-/// Who did something, for the audit trail: `staff:<name>` or `api:<key id>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor(String);
-
-impl Actor {
-    pub fn staff(username: &str) -> Self {
-        Self(format!("staff:{username}"))
-    }
-
-    pub fn api_key(key_id: &str) -> Self {
-        Self(format!("api:{key_id}"))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,10 +95,6 @@ impl Support {
 
     pub fn settings(&self) -> &SupportSettings {
         &self.settings
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.store
     }
 
     /// Identify a caller by `agi_callerid` and `agi_callingpres`.

@@ -11,9 +11,9 @@ use argon2::Argon2;
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
+use super::actor::Actor;
 use crate::domain::clock::now_ms;
-use crate::domain::ids::random_token;
-use crate::domain::ids::token_hash;
+use crate::domain::ids::{random_token, token_hash};
 use crate::store::{StaffRow, StaffSession, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -153,8 +153,38 @@ impl Staff {
 
     /// Check a password and open a session; `None` for a wrong name or password. After
     /// [`MAX_FAILURES`] wrong passwords for an account within 15 minutes, its sign-ins are
-    /// refused until the window has passed.
+    /// refused until the window has passed. Sign-ins and failed ones are audited.
     pub async fn sign_in(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<Option<SignedIn>, StaffError> {
+        let signed_in = self.open_session(username, password).await?;
+        let now = now_ms();
+        match &signed_in {
+            Some(SignedIn { session, .. }) => {
+                let actor = Actor::staff(&session.username);
+                self.store
+                    .audit(actor.as_str(), "sign_in", &session.username, "", now)
+                    .await?;
+            }
+            None => {
+                // Only a name of staff-name form: a password typed into the name field
+                // stays out of the log.
+                let subject = if is_staff_name(username) {
+                    username
+                } else {
+                    "(not a staff name)"
+                };
+                self.store
+                    .audit("console", "sign_in_failed", subject, "", now)
+                    .await?;
+            }
+        }
+        Ok(signed_in)
+    }
+
+    async fn open_session(
         &self,
         username: &str,
         password: &str,
@@ -246,8 +276,19 @@ impl Staff {
         self.store.staff_session(&token_hash(token), now_ms()).await
     }
 
-    pub async fn sign_out(&self, token: &str) -> Result<(), StoreError> {
-        self.store.delete_staff_session(&token_hash(token)).await
+    /// End `session` (its cookie's `token`, when the request still carries it), audited.
+    pub async fn sign_out(
+        &self,
+        session: &StaffSession,
+        token: Option<&str>,
+    ) -> Result<(), StoreError> {
+        if let Some(token) = token {
+            self.store.delete_staff_session(&token_hash(token)).await?;
+        }
+        let actor = Actor::staff(&session.username);
+        self.store
+            .audit(actor.as_str(), "sign_out", &session.username, "", now_ms())
+            .await
     }
 }
 

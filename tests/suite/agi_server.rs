@@ -99,7 +99,7 @@ async fn peers_that_go_silent_or_vanish_are_closed_on() {
     drop(open_call(&d, &v2.id).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
     for id in [&v.id, &v2.id] {
-        let attempts = d.service.store().attempts(id).await.unwrap();
+        let attempts = d.store.attempts(id).await.unwrap();
         assert_eq!(attempts.len(), 1);
         assert!(attempts[0].ended_at.is_some(), "attempt closed");
         assert_eq!(d.status(id).await.status, Status::Pending);
@@ -131,7 +131,7 @@ async fn peers_outside_the_allowlist_are_refused() {
     let t = Call::verify(&v.id).press("#").run(d.addr).await.unwrap();
     assert!(t.commands.is_empty(), "{:?}", t.commands);
     assert!(t.closed_by_daemon);
-    assert!(d.service.store().attempts(&v.id).await.unwrap().is_empty());
+    assert!(d.store.attempts(&v.id).await.unwrap().is_empty());
     d.stop().await;
 }
 

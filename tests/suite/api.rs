@@ -76,10 +76,7 @@ impl Api {
 
     async fn with(db: Db, tweak: impl FnOnce(&mut callverify::config::Config)) -> Self {
         let d = crate::common::start_with(db, tweak).await;
-        let (_, key) = ApiKeys::new(d.service.store().clone())
-            .create("tests")
-            .await
-            .unwrap();
+        let (_, key) = ApiKeys::new(d.store.clone()).create("tests").await.unwrap();
         Self { d, key }
     }
 
@@ -227,7 +224,7 @@ async fn authentication_is_required(db: Db) {
         );
         assert_eq!(r.header("www-authenticate").as_deref(), Some("Bearer"));
     }
-    let keys = ApiKeys::new(api.d.service.store().clone());
+    let keys = ApiKeys::new(api.d.store.clone());
     let (row, secret) = keys.create("to revoke").await.unwrap();
     assert!(keys.revoke(&row.id).await.unwrap());
     let auth = format!("Bearer {secret}");

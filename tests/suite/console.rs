@@ -14,13 +14,10 @@ const PASSWORD: &str = "correct horse battery";
 
 async fn daemon_with_a_message() -> (Daemon, String) {
     let d = crate::common::start_with(Db::Sqlite, |c| c.support.days = Vec::new()).await;
-    Staff::new(
-        d.service.store().clone(),
-        std::time::Duration::from_secs(3600),
-    )
-    .add("alice", PASSWORD)
-    .await
-    .unwrap();
+    Staff::new(d.store.clone(), std::time::Duration::from_secs(3600))
+        .add("alice", PASSWORD)
+        .await
+        .unwrap();
     let v = d
         .service
         .start(NewVerification {
@@ -129,7 +126,7 @@ async fn staff_sign_in_play_and_approve_in_a_browser() {
         .unwrap();
     assert_eq!(recording.status().as_u16(), 401);
 
-    let audit = d.service.store().audit_entries(&rid).await.unwrap();
+    let audit = d.store.audit_entries(&rid).await.unwrap();
     let actions: Vec<(&str, &str)> = audit
         .iter()
         .map(|a| (a.actor.as_str(), a.action.as_str()))
@@ -169,10 +166,7 @@ async fn cookies_are_secure_when_configured() {
 async fn repeated_wrong_passwords_hold_an_account_back() {
     use callverify::support::staff::StaffError;
     let d = crate::common::start(Db::Sqlite).await;
-    let staff = Staff::new(
-        d.service.store().clone(),
-        std::time::Duration::from_secs(3600),
-    );
+    let staff = Staff::new(d.store.clone(), std::time::Duration::from_secs(3600));
     for name in ["bob", "carol"] {
         staff.add(name, PASSWORD).await.unwrap();
     }
@@ -203,7 +197,7 @@ async fn repeated_wrong_passwords_hold_an_account_back() {
 
     // Account changes are audited too.
     staff.disable("carol").await.unwrap();
-    let audit = d.service.store().audit_entries("carol").await.unwrap();
+    let audit = d.store.audit_entries("carol").await.unwrap();
     let actions: Vec<(&str, &str)> = audit
         .iter()
         .map(|a| (a.actor.as_str(), a.action.as_str()))

@@ -57,7 +57,7 @@ async fn wait_for_status(d: &Daemon, id: &str, want: Status, within: Duration) {
 async fn outcomes(d: &Daemon, id: &str) -> Vec<Option<CallOutcome>> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let attempts = d.service.store().attempts(id).await.unwrap();
+        let attempts = d.store.attempts(id).await.unwrap();
         let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome).collect();
         if outcomes.iter().all(Option::is_some) || Instant::now() > deadline {
             return outcomes;
@@ -85,7 +85,7 @@ async fn answered_call_verifies(db: Db) {
     assert!(call.variables.contains(&"CALLVERIFY_LANG=en".to_owned()));
     assert_eq!(call.channel_id, call.action_id);
     assert_eq!(outcomes(&d, &v.id).await, vec![Some(CallOutcome::Verified)]);
-    let attempts = d.service.store().attempts(&v.id).await.unwrap();
+    let attempts = d.store.attempts(&v.id).await.unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!(
         attempts[0].uniqueid, call.channel_id,
@@ -294,7 +294,7 @@ async fn two_daemons_drain_one_queue(db: Db) {
 async fn futures_daemons(d: &Daemon, ids: &[String]) -> HashSet<String> {
     let mut daemons = HashSet::new();
     for id in ids {
-        for a in d.service.store().attempts(id).await.unwrap() {
+        for a in d.store.attempts(id).await.unwrap() {
             daemons.insert(a.daemon);
         }
     }
@@ -318,7 +318,7 @@ async fn reqwest_json(addr: std::net::SocketAddr, path: &str) -> serde_json::Val
 async fn destinations_are_checked_again_at_dial_time(db: Db) {
     let (peer, d) = setup(db).await;
     let row = crate::common::pending_row("vf_abroad", "+442079460000", "abroad");
-    d.service.store().insert_verification(&row).await.unwrap();
+    d.store.insert_verification(&row).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while outcomes(&d, "vf_abroad").await.is_empty() {
         assert!(Instant::now() < deadline, "the dialer did not look at it");

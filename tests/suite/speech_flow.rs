@@ -54,7 +54,7 @@ async fn code_of(d: &Daemon, user: &str, code: &str) -> (String, String) {
 }
 
 async fn outcomes(d: &Daemon, id: &str) -> Vec<Option<CallOutcome>> {
-    let attempts = d.service.store().attempts(id).await.unwrap();
+    let attempts = d.store.attempts(id).await.unwrap();
     attempts.iter().map(|a| a.outcome).collect()
 }
 
@@ -276,12 +276,7 @@ async fn support_messages_get_a_transcript(db: Db) {
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let transcript = loop {
-        let requests = d
-            .service
-            .store()
-            .manual_requests(filter.clone())
-            .await
-            .unwrap();
+        let requests = d.store.manual_requests(filter.clone()).await.unwrap();
         if let Some(text) = requests[0].transcript.clone() {
             break text;
         }

@@ -33,11 +33,7 @@ fn closed(c: &mut Config) {
 }
 
 async fn api_key(d: &Daemon) -> String {
-    ApiKeys::new(d.service.store().clone())
-        .create("web")
-        .await
-        .unwrap()
-        .1
+    ApiKeys::new(d.store.clone()).create("web").await.unwrap().1
 }
 
 struct Api<'a> {
@@ -111,7 +107,7 @@ async fn failed_verification(
 }
 
 async fn key_id(d: &Daemon, secret: &str) -> String {
-    ApiKeys::new(d.service.store().clone())
+    ApiKeys::new(d.store.clone())
         .authenticate(secret)
         .await
         .unwrap()
@@ -205,7 +201,7 @@ async fn a_failed_caller_leaves_a_message_that_is_approved(db: Db) {
     };
     verify_signature(&verified.0, &verified.1);
 
-    let audit = d.service.store().audit_entries(&rid).await.unwrap();
+    let audit = d.store.audit_entries(&rid).await.unwrap();
     let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
     assert_eq!(actions, ["open", "play", "approve"]);
     assert!(audit.iter().all(|a| a.actor.starts_with("api:key_")));
@@ -435,7 +431,7 @@ async fn recordings_are_deleted_after_retention(db: Db) {
         .as_str()
         .unwrap()
         .to_owned();
-    let store = d.service.store();
+    let store = &d.store;
     let wav = store.manual_recording(&rid).await.unwrap().unwrap();
     // A stretch of the recording's samples, to look for in the database's files.
     let sample = wav[wav.len() / 2..wav.len() / 2 + 256].to_vec();
@@ -493,7 +489,7 @@ async fn recordings_are_deleted_after_retention(db: Db) {
 /// younger ones.
 async fn the_daemon_purges_old_recordings_by_itself(db: Db) {
     let d = crate::common::start_with(db, |c| c.support.retention_days = 30).await;
-    let store = d.service.store();
+    let store = &d.store;
     let now = callverify::domain::clock::now_ms();
     let day = 86_400_000;
     for (id, age) in [("mr_31_days", 31 * day), ("mr_29_days", 29 * day)] {

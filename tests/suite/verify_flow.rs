@@ -15,8 +15,7 @@ fn wrong(code: &str) -> String {
 }
 
 async fn outcomes(d: &Daemon, id: &str) -> Vec<CallOutcome> {
-    d.service
-        .store()
+    d.store
         .attempts(id)
         .await
         .unwrap()
@@ -57,7 +56,7 @@ async fn happy_path(db: Db) {
     assert!(view.verified_at.is_some());
     assert_eq!(view.attempts_remaining, 3);
     assert_eq!(outcomes(&d, &v.id).await, vec![CallOutcome::Verified]);
-    let attempt = &d.service.store().attempts(&v.id).await.unwrap()[0];
+    let attempt = &d.store.attempts(&v.id).await.unwrap()[0];
     assert_eq!(attempt.channel, "PJSIP/callverify-trunk-00000004");
     assert!(
         attempt.uniqueid.starts_with("1795786096."),

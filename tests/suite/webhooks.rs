@@ -55,10 +55,7 @@ async fn api_call_verifies_and_the_webhook_follows(db: Db) {
     peer.set_agi(d.addr);
     let keys: Keys = Arc::default();
     peer.callee(PHONE, Callee::Answer(keys.clone()));
-    let (_, api_key) = ApiKeys::new(d.service.store().clone())
-        .create("web")
-        .await
-        .unwrap();
+    let (_, api_key) = ApiKeys::new(d.store.clone()).create("web").await.unwrap();
     let created = post_json(
         d.http,
         &api_key,
@@ -97,7 +94,7 @@ async fn api_call_verifies_and_the_webhook_follows(db: Db) {
     }
     assert_eq!(d.status(&id).await.status, Status::Verified);
     assert_eq!(peer.originated().len(), 1);
-    let outbox = d.service.store().events(&id).await.unwrap();
+    let outbox = d.store.events(&id).await.unwrap();
     assert_eq!(outbox.len(), 2);
     assert!(outbox.iter().all(|(_, delivered, _)| *delivered));
     assert!(
@@ -122,7 +119,7 @@ async fn api_call_verifies_and_the_webhook_follows(db: Db) {
 async fn events_are_queued_only_for_a_receiver(db: Db) {
     let d = crate::common::start(db).await;
     let v = d.verify_by_keypad(PHONE, "quiet").await;
-    assert!(d.service.store().events(&v.id).await.unwrap().is_empty());
+    assert!(d.store.events(&v.id).await.unwrap().is_empty());
     d.stop().await;
 
     let (hook, received) = receiver(0).await;

@@ -78,7 +78,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
 }
 
 async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
-    if let Err(e) = state.service.store().verification("vf_healthcheck").await {
+    if let Err(e) = state.service.check_store().await {
         return ApiError::from(e).into_response();
     }
     let ami = match &state.ami {
@@ -90,11 +90,7 @@ async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
 
 /// Prometheus text; like /healthz, no key (the API listens on loopback by default).
 async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
-    let (queue_due, webhooks_undelivered) = state
-        .service
-        .store()
-        .backlog(crate::domain::clock::now_ms())
-        .await?;
+    let (queue_due, webhooks_undelivered) = state.service.backlog().await?;
     let snapshot = Snapshot {
         ami_state: state.ami.as_ref().map(|rx| rx.borrow().as_str()),
         queue_due,

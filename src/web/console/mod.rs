@@ -23,7 +23,7 @@ use crate::domain::clock::now_ms;
 use crate::domain::ids::random_token;
 use crate::domain::status::RequestStatus;
 use crate::store::{RequestFilter, StaffSession, StoreError};
-use crate::support::staff::{csrf_matches, is_staff_name, Staff, StaffError};
+use crate::support::staff::{csrf_matches, Staff, StaffError};
 use crate::support::{Actor, Support, SupportError};
 use crate::web::request_view::RequestView;
 
@@ -252,30 +252,10 @@ async fn login(
             throttled @ StaffError::Throttled(_) => Refusal::Throttled(throttled.to_string()),
             other => Refusal::Conflict(other.to_string()),
         })?;
-    let store = state.support.store();
     let Some(signed_in) = signed_in else {
-        // Only a name of staff-name form: a password typed into the name field stays out.
-        let subject = if is_staff_name(&form.username) {
-            form.username.as_str()
-        } else {
-            "(not a staff name)"
-        };
-        store
-            .audit("console", "sign_in_failed", subject, "", now_ms())
-            .await?;
         let body = html::login(expected, Some("Wrong name or password."));
         return Ok((StatusCode::UNAUTHORIZED, page_headers(), body).into_response());
     };
-    let actor = Actor::staff(&signed_in.session.username);
-    store
-        .audit(
-            actor.as_str(),
-            "sign_in",
-            &signed_in.session.username,
-            "",
-            now_ms(),
-        )
-        .await?;
     let cookie = set_cookie(
         &state,
         SESSION_COOKIE,
@@ -300,17 +280,13 @@ async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, Refusal> {
-    let (session, actor) = staff(&state, &headers).await?;
+    let (session, _) = staff(&state, &headers).await?;
     if !csrf_matches(&session, &form.csrf) {
         return Err(Refusal::Forged);
     }
-    if let Some(token) = cookie(&headers, SESSION_COOKIE) {
-        state.staff.sign_out(token).await?;
-    }
     state
-        .support
-        .store()
-        .audit(actor.as_str(), "sign_out", &session.username, "", now_ms())
+        .staff
+        .sign_out(&session, cookie(&headers, SESSION_COOKIE))
         .await?;
     Ok((
         StatusCode::SEE_OTHER,

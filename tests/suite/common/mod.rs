@@ -9,6 +9,7 @@ use std::sync::Arc;
 use callverify::config::Config;
 use callverify::daemon;
 use callverify::domain::{NewVerification, Verifications, View};
+use callverify::store::Store;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -55,6 +56,7 @@ pub struct Daemon {
     pub addr: SocketAddr,
     pub http: SocketAddr,
     pub service: Arc<Verifications>,
+    pub store: Store,
     pub config: Config,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -103,16 +105,16 @@ pub async fn start_config(config: Config) -> Daemon {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
-    let service = daemon::open(&config).await.expect("open the store");
+    let app = daemon::open(&config).await.expect("open the store");
     let listeners = daemon::bind(&config).await.expect("bind");
     let addr = listeners.agi.local_addr().unwrap();
     let http = listeners.http.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel();
     let task = {
         let config = config.clone();
-        let service = service.clone();
+        let app = app.clone();
         tokio::spawn(async move {
-            daemon::run(&config, service, listeners, async {
+            daemon::run(&config, app, listeners, async {
                 let _ = stopped.await;
             })
             .await
@@ -122,7 +124,8 @@ pub async fn start_config(config: Config) -> Daemon {
     Daemon {
         addr,
         http,
-        service,
+        service: app.verifications,
+        store: app.store,
         config,
         stop: Some(stop),
         task: Some(task),

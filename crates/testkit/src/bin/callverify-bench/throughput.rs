@@ -93,9 +93,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
 /// keep-alive connections: verifications enqueued per second and request latency.
 async fn enqueue_run(config: &Config, args: &BenchArgs, store: &str) -> anyhow::Result<()> {
     let running = InProcess::start(config).await?;
-    let service = running.service.clone();
     let url = format!("http://{}/v1/verifications", running.http);
-    let (_, key) = callverify::domain::api_keys::ApiKeys::new(service.store().clone())
+    let (_, key) = callverify::domain::api_keys::ApiKeys::new(running.app.store.clone())
         .create("bench")
         .await?;
     let client = reqwest::Client::new();
@@ -160,7 +159,7 @@ fn bench_config(dir: &Path, max_sessions: usize) -> Config {
 
 /// The daemon running in this process, on its own ports.
 struct InProcess {
-    service: Arc<Verifications>,
+    app: daemon::App,
     agi: std::net::SocketAddr,
     http: std::net::SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -169,11 +168,11 @@ struct InProcess {
 
 impl InProcess {
     async fn start(config: &Config) -> anyhow::Result<Self> {
-        let service = daemon::open(config).await?;
+        let app = daemon::open(config).await?;
         let listeners = daemon::bind(config).await?;
         let (agi, http) = (listeners.agi.local_addr()?, listeners.http.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (config, running) = (config.clone(), service.clone());
+        let (config, running) = (config.clone(), app.clone());
         let task = tokio::spawn(async move {
             daemon::run(&config, running, listeners, async {
                 let _ = stopped.await;
@@ -181,7 +180,7 @@ impl InProcess {
             .await
         });
         Ok(Self {
-            service,
+            app,
             agi,
             http,
             stop,
@@ -279,7 +278,7 @@ async fn drive(
 
 async fn throughput_daemon(config: &Config, args: &BenchArgs) -> anyhow::Result<RunStats> {
     let running = InProcess::start(config).await?;
-    let (service, addr) = (running.service.clone(), running.agi);
+    let (service, addr) = (running.app.verifications.clone(), running.agi);
     let made = Instant::now();
     let codes = create(&service, args.sessions).await?;
     println!(
@@ -384,7 +383,7 @@ async fn memory_run(config: &Config, dir: &Path, waiting: usize) -> anyhow::Resu
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let idle_kib = proc_status_kib(pid, "VmRSS:")?;
-    let service = daemon::open(config).await?;
+    let service = daemon::open(config).await?.verifications;
     let codes = create(&service, waiting).await?;
     let (go, hold) = watch::channel(false);
     let calls: Vec<Call> = codes
