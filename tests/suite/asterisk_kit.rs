@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use callverify::flow::prompts::{Prompt, LANGUAGES};
 use callverify::flow::{manual, SCRIPTS};
+use callverify_audio::{wav, SAMPLE_RATE};
 
 /// The channel variable the dialer's Originate sets to the verification id (DESIGN.md).
 const DIALER_ID_VAR: &str = "CALLVERIFY_ID";
@@ -729,19 +730,20 @@ fn every_catalogue_prompt_is_a_telephone_quality_wav_for_every_language() {
             let wav = wav_path(lang, prompt.file());
             let bytes = fs::read(&wav)
                 .unwrap_or_else(|e| panic!("{prompt:?} {lang}: {}: {e}", wav.display()));
-            let (format, data_len) = wav_format(&bytes, &wav);
+            let (format, data) = wav::parse(&bytes)
+                .unwrap_or_else(|e| panic!("{}: not a WAV file: {e}", wav.display()));
             assert_eq!(
                 format,
-                WavFormat {
-                    pcm: true,
+                wav::Format {
+                    encoding: 1,
                     channels: 1,
-                    rate: 8000,
+                    rate: SAMPLE_RATE,
                     bits: 16
                 },
                 "{}",
                 wav.display()
             );
-            let secs = data_len as f64 / 16000.0;
+            let secs = data.len() as f64 / f64::from(2 * SAMPLE_RATE);
             assert!(
                 (0.5..30.0).contains(&secs),
                 "{}: {secs:.2} s of audio",
@@ -776,50 +778,6 @@ fn the_listening_check_plays_the_whole_catalogue_in_order() {
         played, catalogue,
         "extension 7003 must play Prompt::ALL in order"
     );
-}
-
-#[derive(Debug, PartialEq)]
-struct WavFormat {
-    pcm: bool,
-    channels: u16,
-    rate: u32,
-    bits: u16,
-}
-
-/// The `fmt ` chunk and the `data` chunk's length of a RIFF/WAVE file.
-fn wav_format(bytes: &[u8], path: &Path) -> (WavFormat, usize) {
-    assert!(
-        bytes.len() > 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE",
-        "{}: not a RIFF/WAVE file",
-        path.display()
-    );
-    let u16_at = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]);
-    let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
-    let mut at = 12;
-    let mut format = None;
-    while at + 8 <= bytes.len() {
-        let id = &bytes[at..at + 4];
-        let len = u32_at(at + 4) as usize;
-        let body = at + 8;
-        if id == b"fmt " {
-            format = Some(WavFormat {
-                pcm: u16_at(body) == 1,
-                channels: u16_at(body + 2),
-                rate: u32_at(body + 4),
-                bits: u16_at(body + 14),
-            });
-        } else if id == b"data" {
-            let format = format.unwrap_or_else(|| panic!("{}: data before fmt", path.display()));
-            assert!(
-                body + len <= bytes.len(),
-                "{}: truncated data",
-                path.display()
-            );
-            return (format, len);
-        }
-        at = body + len + (len & 1);
-    }
-    panic!("{}: no data chunk", path.display());
 }
 
 // ------------------------------------------------------------------------------------------
