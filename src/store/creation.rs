@@ -10,7 +10,33 @@ use sqlx::{AnyConnection, Connection, Row};
 
 use crate::domain::verification::Verification;
 
-use super::{insert_verification, op, Backend, Earlier, RateSubject, Store, StoreError};
+use super::verifications::insert_verification;
+use super::{op, Backend, Store, StoreError};
+
+/// An earlier use of an idempotency key: the request's hash and what it created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Earlier {
+    pub request_hash: String,
+    pub verification_id: String,
+}
+
+/// Who a rate limit counts creations of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateSubject {
+    Phone,
+    User,
+    ApiKey,
+}
+
+impl RateSubject {
+    fn column(self) -> &'static str {
+        match self {
+            RateSubject::Phone => "phone",
+            RateSubject::User => "user_ref",
+            RateSubject::ApiKey => "api_key_id",
+        }
+    }
+}
 
 /// At most `max` creations for `subject` = `value` since the window's start.
 #[derive(Debug, Clone)]
@@ -104,8 +130,8 @@ async fn find_idempotent(
         .await?;
     row.map(|r| {
         Ok(Earlier {
-            request_hash: r.try_get(0)?,
-            verification_id: r.try_get(1)?,
+            request_hash: r.try_get("request_hash")?,
+            verification_id: r.try_get("verification_id")?,
         })
     })
     .transpose()
@@ -141,7 +167,7 @@ async fn checked_insert(
         }
     }
     let locked: Option<i64> = sqlx::query(
-        "SELECT MAX(locked_until) FROM lockouts WHERE locked_until > $1 AND \
+        "SELECT MAX(locked_until) AS latest FROM lockouts WHERE locked_until > $1 AND \
          ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))",
     )
     .bind(v.created_at)
@@ -149,13 +175,13 @@ async fn checked_insert(
     .bind(&v.user_ref)
     .fetch_one(&mut *tx)
     .await?
-    .try_get(0)?;
+    .try_get("latest")?;
     if let Some(until) = locked {
         return Ok(Created::LockedOut(until));
     }
     for limit in limits {
         let row = sqlx::query(&format!(
-            "SELECT COUNT(*), MIN(created_at) FROM verifications \
+            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM verifications \
              WHERE {} = $1 AND created_at > $2 AND is_test = 0",
             limit.subject.column()
         ))
@@ -163,11 +189,11 @@ async fn checked_insert(
         .bind(window_start)
         .fetch_one(&mut *tx)
         .await?;
-        let count: i64 = row.try_get(0)?;
+        let count: i64 = row.try_get("n")?;
         if count >= limit.max {
             return Ok(Created::Limited {
                 subject: limit.subject,
-                oldest: row.try_get(1)?,
+                oldest: row.try_get("oldest")?,
             });
         }
     }

@@ -1,5 +1,5 @@
-//! The support line's tables: manual-verification requests, staff accounts and their
-//! console sessions, and the audit trail.
+//! The support line's requests: manual-verification requests (the callers' messages, their
+//! recordings and transcripts, staff decisions on them) and the audit trail.
 
 use sqlx::{Connection, Row};
 
@@ -84,22 +84,6 @@ pub enum Decided {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StaffRow {
-    pub id: String,
-    pub username: String,
-    pub password_hash: String,
-    pub created_at: i64,
-    pub disabled_at: Option<i64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StaffSession {
-    pub staff_id: String,
-    pub username: String,
-    pub csrf_token: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
     pub at: i64,
     pub actor: String,
@@ -136,7 +120,7 @@ impl Store {
                     .bind(now)
                     .fetch_optional(&mut *c)
                     .await?;
-                    Ok(row.map(|r| r.try_get(0)).transpose()?)
+                    Ok(row.map(|r| r.try_get("id")).transpose()?)
                 })
             }))
             .await
@@ -250,7 +234,7 @@ impl Store {
                         .fetch_optional(&mut *c)
                         .await?;
                     Ok(row
-                        .map(|r| r.try_get::<Option<Vec<u8>>, _>(0))
+                        .map(|r| r.try_get::<Option<Vec<u8>>, _>("recording"))
                         .transpose()?
                         .flatten())
                 })
@@ -281,12 +265,12 @@ impl Store {
                     else {
                         return Ok(Decided::NotFound);
                     };
-                    let status: String = row.try_get(0)?;
+                    let status: String = row.try_get("status")?;
                     let status = parse(&status, "manual_requests.status")?;
                     if status != RequestStatus::Open {
                         return Ok(Decided::AlreadyDecided(status));
                     }
-                    let matched: Option<String> = row.try_get(1)?;
+                    let matched: Option<String> = row.try_get("verification_id")?;
                     let (new_status, verification_id, reason, action) = match decision {
                         Decision::Approve { verification_id } => {
                             if matched.is_some()
@@ -312,7 +296,7 @@ impl Store {
                                         .bind(&vid)
                                         .fetch_optional(&mut *tx)
                                         .await?
-                                        .map(|r| r.try_get::<String, _>(0))
+                                        .map(|r| r.try_get::<String, _>("status"))
                                         .transpose()?;
                                 let current = current
                                     .map(|s: String| parse::<Status>(&s, "verifications.status"))
@@ -400,11 +384,11 @@ impl Store {
                     rows.iter()
                         .map(|r| {
                             Ok(AuditEntry {
-                                at: r.try_get(0)?,
-                                actor: r.try_get(1)?,
-                                action: r.try_get(2)?,
-                                subject: r.try_get(3)?,
-                                detail: r.try_get(4)?,
+                                at: r.try_get("at")?,
+                                actor: r.try_get("actor")?,
+                                action: r.try_get("action")?,
+                                subject: r.try_get("subject")?,
+                                detail: r.try_get("detail")?,
                             })
                         })
                         .collect()
@@ -432,180 +416,6 @@ impl Store {
                         .execute(&mut *c)
                         .await?;
                     Ok(purged.rows_affected())
-                })
-            }))
-            .await
-    }
-
-    /// Add a staff account; false if the name is taken.
-    pub async fn insert_staff(&self, staff: StaffRow) -> Result<bool, StoreError> {
-        self.engine
-            .run(op(move |c| {
-                Box::pin(async move {
-                    let done = sqlx::query(
-                        "INSERT INTO staff (id, username, password_hash, created_at) \
-                         VALUES ($1, $2, $3, $4) ON CONFLICT (username) DO NOTHING",
-                    )
-                    .bind(&staff.id)
-                    .bind(&staff.username)
-                    .bind(&staff.password_hash)
-                    .bind(staff.created_at)
-                    .execute(&mut *c)
-                    .await?;
-                    Ok(done.rows_affected() == 1)
-                })
-            }))
-            .await
-    }
-
-    pub async fn staff(&self) -> Result<Vec<StaffRow>, StoreError> {
-        self.staff_where("1 = 1", String::new()).await
-    }
-
-    pub async fn staff_named(&self, username: &str) -> Result<Option<StaffRow>, StoreError> {
-        let mut found = self
-            .staff_where("username = $1", username.to_owned())
-            .await?;
-        Ok(found.pop())
-    }
-
-    async fn staff_where(
-        &self,
-        condition: &'static str,
-        value: String,
-    ) -> Result<Vec<StaffRow>, StoreError> {
-        self.engine
-            .run(op(move |c| {
-                Box::pin(async move {
-                    let sql = format!(
-                        "SELECT id, username, password_hash, created_at, disabled_at FROM staff \
-                         WHERE {condition} ORDER BY username"
-                    );
-                    let mut query = sqlx::query(&sql);
-                    if condition.contains("$1") {
-                        query = query.bind(&value);
-                    }
-                    let rows = query.fetch_all(&mut *c).await?;
-                    rows.iter()
-                        .map(|r| {
-                            Ok(StaffRow {
-                                id: r.try_get(0)?,
-                                username: r.try_get(1)?,
-                                password_hash: r.try_get(2)?,
-                                created_at: r.try_get(3)?,
-                                disabled_at: r.try_get(4)?,
-                            })
-                        })
-                        .collect()
-                })
-            }))
-            .await
-    }
-
-    /// Disable an account and end its sessions; false if there is no such active account.
-    pub async fn disable_staff(&self, username: &str, now: i64) -> Result<bool, StoreError> {
-        let username = username.to_owned();
-        self.engine
-            .run(op(move |c| {
-                Box::pin(async move {
-                    let mut tx = c.begin().await?;
-                    let done = sqlx::query(
-                        "UPDATE staff SET disabled_at = $1 WHERE username = $2 \
-                         AND disabled_at IS NULL",
-                    )
-                    .bind(now)
-                    .bind(&username)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query(
-                        "DELETE FROM staff_sessions WHERE staff_id IN \
-                         (SELECT id FROM staff WHERE username = $1)",
-                    )
-                    .bind(&username)
-                    .execute(&mut *tx)
-                    .await?;
-                    tx.commit().await?;
-                    Ok(done.rows_affected() == 1)
-                })
-            }))
-            .await
-    }
-
-    pub async fn insert_staff_session(
-        &self,
-        token_hash: &str,
-        staff_id: &str,
-        csrf_token: &str,
-        now: i64,
-        expires_at: i64,
-    ) -> Result<(), StoreError> {
-        let (token_hash, staff_id, csrf_token) = (
-            token_hash.to_owned(),
-            staff_id.to_owned(),
-            csrf_token.to_owned(),
-        );
-        self.engine
-            .run(op(move |c| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "INSERT INTO staff_sessions (token_hash, staff_id, csrf_token, \
-                         created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind(&token_hash)
-                    .bind(&staff_id)
-                    .bind(&csrf_token)
-                    .bind(now)
-                    .bind(expires_at)
-                    .execute(&mut *c)
-                    .await?;
-                    Ok(())
-                })
-            }))
-            .await
-    }
-
-    /// The signed-in staff member of a session, if it is current and the account active.
-    pub async fn staff_session(
-        &self,
-        token_hash: &str,
-        now: i64,
-    ) -> Result<Option<StaffSession>, StoreError> {
-        let token_hash = token_hash.to_owned();
-        self.engine
-            .run(op(move |c| {
-                Box::pin(async move {
-                    let row = sqlx::query(
-                        "SELECT s.staff_id, f.username, s.csrf_token FROM staff_sessions s \
-                         JOIN staff f ON f.id = s.staff_id WHERE s.token_hash = $1 \
-                         AND s.expires_at > $2 AND f.disabled_at IS NULL",
-                    )
-                    .bind(&token_hash)
-                    .bind(now)
-                    .fetch_optional(&mut *c)
-                    .await?;
-                    row.map(|r| {
-                        Ok(StaffSession {
-                            staff_id: r.try_get(0)?,
-                            username: r.try_get(1)?,
-                            csrf_token: r.try_get(2)?,
-                        })
-                    })
-                    .transpose()
-                })
-            }))
-            .await
-    }
-
-    pub async fn delete_staff_session(&self, token_hash: &str) -> Result<(), StoreError> {
-        let token_hash = token_hash.to_owned();
-        self.engine
-            .run(op(move |c| {
-                Box::pin(async move {
-                    sqlx::query("DELETE FROM staff_sessions WHERE token_hash = $1")
-                        .bind(&token_hash)
-                        .execute(&mut *c)
-                        .await?;
-                    Ok(())
                 })
             }))
             .await

@@ -1,0 +1,365 @@
+//! The `call_attempts` and `lockouts` tables: opening and closing call attempts, wrong entries
+//! and the lockouts they lead to, releasing a verification after a call, crash recovery.
+
+use sqlx::{AnyConnection, Connection, Row};
+
+use super::verifications::{parse_column, verification_from_row, VERIFICATION_COLUMNS};
+use super::{op, Store, StoreError};
+use crate::domain::status::CallOutcome;
+use crate::domain::verification::Verification;
+
+/// One call attempt of a verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRow {
+    pub id: i64,
+    pub verification_id: String,
+    pub channel: String,
+    pub uniqueid: String,
+    /// Which daemon handled it (host/FastAGI address).
+    pub daemon: String,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub outcome: Option<CallOutcome>,
+}
+
+/// What recovery after a crash closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Recovered {
+    pub attempts: u64,
+    pub verifications: u64,
+}
+
+/// A lockout in force for the verification's number or user (at time `$1`).
+pub(super) const LOCKED_OUT: &str = "SELECT 1 FROM lockouts l WHERE l.locked_until > $1 AND \
+     ((l.kind = 'phone' AND l.subject = verifications.phone) OR \
+      (l.kind = 'user' AND l.subject = verifications.user_ref))";
+
+impl Store {
+    /// Start a call attempt by `daemon`: `pending` becomes `calling`, then an attempt row is
+    /// opened; returns the attempt and the verification. `None` when the verification may
+    /// not be called: unknown, not `pending` (a verification is never in two calls at once),
+    /// expired, out of attempts, or its number or user locked out.
+    ///
+    /// No transaction of its own, as this runs on every call: if the second statement fails
+    /// or the daemon dies between the two, the verification is `calling` with no open
+    /// attempt, which is undone here or by recovery at the next start.
+    pub async fn begin_attempt(
+        &self,
+        id: &str,
+        channel: &str,
+        uniqueid: &str,
+        daemon: &str,
+        now: i64,
+    ) -> Result<Option<(i64, Verification)>, StoreError> {
+        let (id, channel, uniqueid, daemon) = (
+            id.to_owned(),
+            channel.to_owned(),
+            uniqueid.to_owned(),
+            daemon.to_owned(),
+        );
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let claimed = sqlx::query(&format!(
+                        "UPDATE verifications SET status = 'calling', updated_at = $1, \
+                         claimed_by = NULL, claimed_at = NULL \
+                         WHERE id = $2 AND expires_at > $1 AND attempts_used < max_attempts \
+                         AND ((status = 'pending' AND channel_id IS NULL \
+                               AND NOT EXISTS (SELECT 1 FROM call_attempts a \
+                                   WHERE a.verification_id = verifications.id \
+                                   AND a.uniqueid = $3)) \
+                              OR (status = 'calling' AND channel_id = $3 \
+                                  AND claimed_at IS NOT NULL)) \
+                         AND NOT EXISTS ({LOCKED_OUT}) \
+                         RETURNING {VERIFICATION_COLUMNS}"
+                    ))
+                    .bind(now)
+                    .bind(&id)
+                    .bind(&uniqueid)
+                    .fetch_optional(&mut *c)
+                    .await?;
+                    let Some(row) = claimed else {
+                        return Ok(None);
+                    };
+                    let verification = verification_from_row(&row)?;
+                    let inserted = sqlx::query(
+                        "INSERT INTO call_attempts \
+                         (verification_id, channel, uniqueid, daemon, started_at) \
+                         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                    )
+                    .bind(&id)
+                    .bind(&channel)
+                    .bind(&uniqueid)
+                    .bind(&daemon)
+                    .bind(now)
+                    .fetch_one(&mut *c)
+                    .await;
+                    match inserted {
+                        Ok(row) => Ok(Some((row.try_get("id")?, verification))),
+                        Err(e) => {
+                            let _ = sqlx::query(
+                                "UPDATE verifications SET status = 'pending' \
+                                 WHERE id = $1 AND status = 'calling'",
+                            )
+                            .bind(&id)
+                            .execute(&mut *c)
+                            .await;
+                            Err(e.into())
+                        }
+                    }
+                })
+            }))
+            .await
+    }
+
+    /// Count one wrong entry of a verification in a call; when that uses up its attempts, it
+    /// becomes `failed` and its number and user are locked out until `lock_until`, in the
+    /// same transaction. Returns the entries used so far, or `None` if the verification is
+    /// no longer in a call (canceled or expired meanwhile): nothing is counted then.
+    pub async fn count_wrong_entry(
+        &self,
+        v: &Verification,
+        lock_until: i64,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let (id, phone, user_ref) = (v.id.clone(), v.phone.clone(), v.user_ref.clone());
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let mut tx = c.begin().await?;
+                    let Some(row) = sqlx::query(
+                        "UPDATE verifications SET attempts_used = attempts_used + 1, \
+                         updated_at = $1 WHERE id = $2 AND status = 'calling' \
+                         RETURNING attempts_used, max_attempts",
+                    )
+                    .bind(now)
+                    .bind(&id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    else {
+                        return Ok(None);
+                    };
+                    let (used, max): (i64, i64) =
+                        (row.try_get("attempts_used")?, row.try_get("max_attempts")?);
+                    if used >= max {
+                        sqlx::query("UPDATE verifications SET status = 'failed' WHERE id = $1")
+                            .bind(&id)
+                            .execute(&mut *tx)
+                            .await?;
+                        for (kind, subject) in [("phone", &phone), ("user", &user_ref)] {
+                            sqlx::query(
+                                "INSERT INTO lockouts \
+                                 (kind, subject, locked_until, verification_id, created_at) \
+                                 VALUES ($1, $2, $3, $4, $5)",
+                            )
+                            .bind(kind)
+                            .bind(subject)
+                            .bind(lock_until)
+                            .bind(&id)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                    }
+                    tx.commit().await?;
+                    Ok(Some(used))
+                })
+            }))
+            .await
+    }
+
+    /// The latest end of a lockout in force for this number or this user.
+    pub async fn locked_until(
+        &self,
+        phone: &str,
+        user_ref: &str,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let (phone, user_ref) = (phone.to_owned(), user_ref.to_owned());
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let row = sqlx::query(
+                        "SELECT MAX(locked_until) AS latest FROM lockouts \
+                         WHERE locked_until > $1 AND \
+                         ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))",
+                    )
+                    .bind(now)
+                    .bind(&phone)
+                    .bind(&user_ref)
+                    .fetch_one(&mut *c)
+                    .await?;
+                    Ok(row.try_get::<Option<i64>, _>("latest")?)
+                })
+            }))
+            .await
+    }
+
+    /// Close an attempt with its outcome. A verification the call did not end (`calling`
+    /// still) is released: `pending` again, due its next call at `next_call_at` (none: the
+    /// dialer leaves it), or `unanswered` once it has had `max_dials` dialer calls.
+    pub async fn finish_attempt(
+        &self,
+        attempt: i64,
+        verification_id: &str,
+        outcome: CallOutcome,
+        next_call_at: Option<i64>,
+        max_dials: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let verification_id = verification_id.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    // The attempt first: a crash between the two leaves a `calling`
+                    // verification with no open attempt, which recovery puts back.
+                    sqlx::query(
+                        "UPDATE call_attempts SET ended_at = $1, outcome = $2 \
+                         WHERE id = $3 AND ended_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(outcome.as_str())
+                    .bind(attempt)
+                    .execute(&mut *c)
+                    .await?;
+                    if !outcome.ends_verification() {
+                        let by = Releaser::Attempt(attempt);
+                        release(c, &verification_id, by, next_call_at, max_dials, now).await?;
+                    }
+                    Ok(())
+                })
+            }))
+            .await
+    }
+
+    pub async fn attempts(&self, verification_id: &str) -> Result<Vec<AttemptRow>, StoreError> {
+        let verification_id = verification_id.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let rows = sqlx::query(
+                        "SELECT id, verification_id, channel, uniqueid, started_at, ended_at, \
+                         outcome, daemon FROM call_attempts WHERE verification_id = $1 ORDER BY id",
+                    )
+                    .bind(&verification_id)
+                    .fetch_all(&mut *c)
+                    .await?;
+                    rows.iter().map(attempt_from_row).collect()
+                })
+            }))
+            .await
+    }
+
+    /// After a crash: close as `interrupted` the attempts left open by `daemon` (which, now
+    /// starting, cannot have calls) and any attempt started before `stale_before`, and put
+    /// verifications left `calling` by a session without an open attempt back to `pending`
+    /// (dialer calls that may still ring are [`Store::maintain`]'s). Wrong
+    /// entries were counted as they happened and stay counted. Other daemons' live calls on
+    /// a shared database are left alone.
+    pub async fn recover_interrupted(
+        &self,
+        daemon: &str,
+        stale_before: i64,
+        now: i64,
+    ) -> Result<Recovered, StoreError> {
+        let daemon = daemon.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let mut tx = c.begin().await?;
+                    let attempts = sqlx::query(
+                        "UPDATE call_attempts SET ended_at = $1, outcome = 'interrupted' \
+                         WHERE ended_at IS NULL AND (daemon = $2 OR started_at < $3)",
+                    )
+                    .bind(now)
+                    .bind(&daemon)
+                    .bind(stale_before)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    let verifications = sqlx::query(
+                        "UPDATE verifications SET status = 'pending', updated_at = $1, \
+                         channel_id = NULL \
+                         WHERE status = 'calling' AND claimed_at IS NULL \
+                         AND NOT EXISTS (SELECT 1 FROM call_attempts a \
+                             WHERE a.verification_id = verifications.id AND a.ended_at IS NULL)",
+                    )
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    tx.commit().await?;
+                    Ok(Recovered {
+                        attempts,
+                        verifications,
+                    })
+                })
+            }))
+            .await
+    }
+}
+
+/// Which call asks to release a `calling` verification.
+#[derive(Clone, Copy)]
+pub(super) enum Releaser<'a> {
+    /// The dialer's call with this ChannelId, while no FastAGI session has taken it.
+    Dial(&'a str),
+    /// This FastAGI attempt, unless the verification is in a newer dialer call.
+    Attempt(i64),
+}
+
+/// Put a `calling` verification back to `pending`, due again at `next_call_at`, or make it
+/// `unanswered` when a retry is due but it has had `max_dials` calls. Shared by the end of
+/// an attempt ([`Store::finish_attempt`]) and a dialer call that never reached the daemon
+/// ([`Store::dial_failed`]).
+pub(super) async fn release(
+    c: &mut AnyConnection,
+    id: &str,
+    by: Releaser<'_>,
+    next_call_at: Option<i64>,
+    max_dials: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let give_up_at = if next_call_at.is_some() {
+        max_dials
+    } else {
+        i64::MAX
+    };
+    let (channel_id, attempt) = match by {
+        Releaser::Dial(channel_id) => (channel_id, 0),
+        Releaser::Attempt(attempt) => ("", attempt),
+    };
+    let done = sqlx::query(
+        "UPDATE verifications SET \
+         status = CASE WHEN dial_attempts >= $1 THEN 'unanswered' ELSE 'pending' END, \
+         next_call_at = $2, channel_id = NULL, claimed_by = NULL, claimed_at = NULL, \
+         updated_at = $3 \
+         WHERE id = $4 AND status = 'calling' AND ( \
+             ($5 <> '' AND channel_id = $5 AND claimed_at IS NOT NULL) OR \
+             ($5 = '' AND (channel_id IS NULL OR channel_id = \
+                 (SELECT a.uniqueid FROM call_attempts a WHERE a.id = $6))))",
+    )
+    .bind(give_up_at)
+    .bind(next_call_at)
+    .bind(now)
+    .bind(id)
+    .bind(channel_id)
+    .bind(attempt)
+    .execute(c)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+fn attempt_from_row(r: &sqlx::any::AnyRow) -> Result<AttemptRow, StoreError> {
+    let outcome: Option<String> = r.try_get("outcome")?;
+    Ok(AttemptRow {
+        id: r.try_get("id")?,
+        verification_id: r.try_get("verification_id")?,
+        channel: r.try_get("channel")?,
+        uniqueid: r.try_get("uniqueid")?,
+        started_at: r.try_get("started_at")?,
+        ended_at: r.try_get("ended_at")?,
+        outcome: outcome.map(|o| parse_column("outcome", &o)).transpose()?,
+        daemon: r.try_get("daemon")?,
+    })
+}

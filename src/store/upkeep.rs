@@ -1,0 +1,59 @@
+//! Queue upkeep over the `verifications` table (stale dialer claims, expiry) and the backlog
+//! `/metrics` reports (calls due, webhooks undelivered).
+
+use sqlx::Row;
+
+use super::{op, Store, StoreError};
+
+impl Store {
+    /// (verifications due a call now, status changes not yet delivered), for `/metrics`.
+    pub async fn backlog(&self, now: i64) -> Result<(i64, i64), StoreError> {
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let row = sqlx::query(
+                        "SELECT (SELECT COUNT(*) FROM verifications WHERE status = 'pending' \
+                             AND next_call_at <= $1 AND expires_at > $1) AS due_calls, \
+                         (SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL) AS undelivered",
+                    )
+                    .bind(now)
+                    .fetch_one(&mut *c)
+                    .await?;
+                    Ok((row.try_get("due_calls")?, row.try_get("undelivered")?))
+                })
+            }))
+            .await
+    }
+
+    /// Periodic upkeep: dialer claims older than `claims_before` that no FastAGI session
+    /// took (the daemon that made them died, or lost their events) go back to `pending`;
+    /// verifications waiting past their expiry become `expired`. Returns (released,
+    /// expired).
+    pub async fn maintain(&self, claims_before: i64, now: i64) -> Result<(u64, u64), StoreError> {
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let released = sqlx::query(
+                        "UPDATE verifications SET status = 'pending', next_call_at = $1, \
+                         channel_id = NULL, claimed_by = NULL, claimed_at = NULL, updated_at = $1 \
+                         WHERE status = 'calling' AND claimed_at IS NOT NULL AND claimed_at < $2",
+                    )
+                    .bind(now)
+                    .bind(claims_before)
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
+                    let expired = sqlx::query(
+                        "UPDATE verifications SET status = 'expired', updated_at = $1 \
+                         WHERE status = 'pending' AND expires_at <= $1",
+                    )
+                    .bind(now)
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
+                    Ok((released, expired))
+                })
+            }))
+            .await
+    }
+}

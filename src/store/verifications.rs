@@ -1,0 +1,186 @@
+//! The `verifications` table: inserting and reading verifications, and their status changes
+//! outside the dialer (a transition, the right code in a call).
+
+use std::str::FromStr;
+
+use sqlx::{AnyConnection, Row};
+
+use super::{op, Store, StoreError};
+use crate::domain::status::Status;
+use crate::domain::verification::Verification;
+
+/// The columns [`verification_from_row`] reads, in the order [`insert_verification`] binds
+/// them.
+pub(super) const VERIFICATION_COLUMNS: &str = "id, phone, user_ref, code_hash, code_length, \
+     status, attempts_used, max_attempts, locale, is_test, created_at, updated_at, expires_at, \
+     verified_at, api_key_id, callback_url";
+
+impl Store {
+    pub async fn insert_verification(&self, v: &Verification) -> Result<(), StoreError> {
+        let v = v.clone();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move { insert_verification(c, &v).await })
+            }))
+            .await
+    }
+
+    pub async fn verification(&self, id: &str) -> Result<Option<Verification>, StoreError> {
+        let id = id.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let row = sqlx::query(&format!(
+                        "SELECT {VERIFICATION_COLUMNS} FROM verifications WHERE id = $1"
+                    ))
+                    .bind(&id)
+                    .fetch_optional(&mut *c)
+                    .await?;
+                    row.map(|r| verification_from_row(&r)).transpose()
+                })
+            }))
+            .await
+    }
+
+    /// Move a verification from one of `from` to `to`; false if it was in another state.
+    pub async fn transition(
+        &self,
+        id: &str,
+        from: &[Status],
+        to: Status,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let (id, from) = (id.to_owned(), status_list(from));
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let verified_at = (to == Status::Verified).then_some(now);
+                    let done = sqlx::query(&format!(
+                        "UPDATE verifications SET status = $1, updated_at = $2, \
+                         verified_at = COALESCE($3, verified_at) \
+                         WHERE id = $4 AND status IN ({from})"
+                    ))
+                    .bind(to.as_str())
+                    .bind(now)
+                    .bind(verified_at)
+                    .bind(&id)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                })
+            }))
+            .await
+    }
+
+    /// The right code in a call: `calling` becomes `verified` and the attempt is closed as
+    /// verified, in one operation. False (and nothing done) if the verification is no longer in a
+    /// call. Closing the attempt again later changes nothing.
+    pub async fn verify_in_call(
+        &self,
+        id: &str,
+        attempt: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    // No transaction, to keep calls cheap: a crash between the two leaves
+                    // the attempt open, which recovery closes as interrupted.
+                    let done = sqlx::query(
+                        "UPDATE verifications SET status = 'verified', updated_at = $1, \
+                         verified_at = $1 WHERE id = $2 AND status = 'calling'",
+                    )
+                    .bind(now)
+                    .bind(&id)
+                    .execute(&mut *c)
+                    .await?;
+                    if done.rows_affected() != 1 {
+                        return Ok(false);
+                    }
+                    sqlx::query(
+                        "UPDATE call_attempts SET ended_at = $1, outcome = 'verified' \
+                         WHERE id = $2 AND ended_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(attempt)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(true)
+                })
+            }))
+            .await
+    }
+}
+
+/// Insert `v`, due a call at once unless it is a test verification. Also run by
+/// [`Store::create_verification`] inside its transaction.
+pub(super) async fn insert_verification(
+    c: &mut AnyConnection,
+    v: &Verification,
+) -> Result<(), StoreError> {
+    // Due a call at once, except test verifications, which the QA line calls itself.
+    sqlx::query(&format!(
+        "INSERT INTO verifications ({VERIFICATION_COLUMNS}, next_call_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+    ))
+    .bind(&v.id)
+    .bind(&v.phone)
+    .bind(&v.user_ref)
+    .bind(&v.code_hash)
+    .bind(v.code_length)
+    .bind(v.status.as_str())
+    .bind(v.attempts_used)
+    .bind(v.max_attempts)
+    .bind(&v.locale)
+    .bind(i64::from(v.is_test))
+    .bind(v.created_at)
+    .bind(v.updated_at)
+    .bind(v.expires_at)
+    .bind(v.verified_at)
+    .bind(&v.api_key_id)
+    .bind(&v.callback_url)
+    .bind((!v.is_test).then_some(v.created_at))
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
+/// A verification from a row with the [`VERIFICATION_COLUMNS`].
+pub(super) fn verification_from_row(r: &sqlx::any::AnyRow) -> Result<Verification, StoreError> {
+    let status: String = r.try_get("status")?;
+    Ok(Verification {
+        id: r.try_get("id")?,
+        phone: r.try_get("phone")?,
+        user_ref: r.try_get("user_ref")?,
+        code_hash: r.try_get("code_hash")?,
+        code_length: r.try_get("code_length")?,
+        status: parse_column("status", &status)?,
+        attempts_used: r.try_get("attempts_used")?,
+        max_attempts: r.try_get("max_attempts")?,
+        locale: r.try_get("locale")?,
+        is_test: r.try_get::<i64, _>("is_test")? != 0,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        expires_at: r.try_get("expires_at")?,
+        verified_at: r.try_get("verified_at")?,
+        api_key_id: r.try_get("api_key_id")?,
+        callback_url: r.try_get("callback_url")?,
+    })
+}
+
+/// A stored text value (a status, an outcome) as what it names, or `Corrupt`.
+pub(super) fn parse_column<T: FromStr>(column: &'static str, value: &str) -> Result<T, StoreError> {
+    value.parse().map_err(|_| StoreError::Corrupt {
+        column,
+        value: value.to_owned(),
+    })
+}
+
+fn status_list(statuses: &[Status]) -> String {
+    statuses
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
