@@ -15,7 +15,9 @@ use super::verification::{
     validate_callback_url, validate_locale, validate_user_ref, Call, CallStart, CodeCheck, DialJob,
     NewVerification, Policy, Started, Verification, VerifyError, View,
 };
-use crate::store::{Created, Earlier, IdempotencyKey, RateLimit, RateSubject, Recovered, Store};
+use crate::store::{
+    Begun, Created, Earlier, IdempotencyKey, RateLimit, RateSubject, Recovered, Store,
+};
 
 /// How long a call attempt can possibly last: an attempt open longer was left by a daemon
 /// that is gone, and recovery closes it whoever owned it.
@@ -263,36 +265,55 @@ impl Verifications {
             .ok_or_else(|| VerifyError::NotFound(id.to_owned()))
     }
 
-    /// A call for verification `id` has reached the daemon on `channel`.
+    /// A call for verification `id` has reached the daemon on `channel`: the attempt opens,
+    /// or the refusal says why, from what the store read in the same operation (a verification
+    /// waiting past its expiry becomes `expired` here).
     pub async fn begin_call(
         &self,
         id: &str,
         channel: &str,
         uniqueid: &str,
     ) -> Result<CallStart, VerifyError> {
+        if !valid_id(id) {
+            return Err(VerifyError::NotFound(id.chars().take(64).collect()));
+        }
         let now = now_ms();
-        let started = self
+        let begun = self
             .store
             .begin_attempt(id, channel, uniqueid, &self.daemon, now)
             .await?;
-        if let Some((attempt_id, verification)) = started {
-            return Ok(CallStart::Ready(Box::new(Call {
+        let (verification, locked_out) = match begun {
+            Begun::Started {
                 attempt_id,
                 verification,
-            })));
+            } => {
+                return Ok(CallStart::Ready(Box::new(Call {
+                    attempt_id,
+                    verification,
+                })))
+            }
+            Begun::Refused {
+                verification: None, ..
+            } => return Err(VerifyError::NotFound(id.to_owned())),
+            Begun::Refused {
+                verification: Some(v),
+                locked_out,
+            } => (v, locked_out),
+        };
+        if verification.status != Status::Pending {
+            return Ok(CallStart::NotCallable(verification.status));
         }
-        // Not callable: say why (expiring it if it is due).
-        let row = self.row(id).await?;
-        if row.status == Status::Pending
-            && self
-                .store
-                .locked_until(&row.phone, &row.user_ref, now)
-                .await?
-                .is_some()
-        {
+        if locked_out {
             return Ok(CallStart::LockedOut);
         }
-        Ok(CallStart::NotCallable(self.get(id).await?.status))
+        if now >= verification.expires_at {
+            // Expired: by this call, or by the queue upkeep at the same moment.
+            self.store
+                .transition(id, &[Status::Pending], Status::Expired, now)
+                .await?;
+            return Ok(CallStart::NotCallable(Status::Expired));
+        }
+        Ok(CallStart::NotCallable(verification.status))
     }
 
     /// Check a code the callee entered. Wrong entries are counted in the store at once, so a

@@ -34,11 +34,28 @@ pub(super) const LOCKED_OUT: &str = "SELECT 1 FROM lockouts l WHERE l.locked_unt
      ((l.kind = 'phone' AND l.subject = verifications.phone) OR \
       (l.kind = 'user' AND l.subject = verifications.user_ref))";
 
+/// What [`Store::begin_attempt`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begun {
+    /// The call is on: its attempt, and the verification as it now stands (`calling`).
+    Started {
+        attempt_id: i64,
+        verification: Verification,
+    },
+    /// The call may not go on: the verification as it stands (none: unknown), and whether
+    /// its number or user is locked out now. Read in the same operation.
+    Refused {
+        verification: Option<Verification>,
+        locked_out: bool,
+    },
+}
+
 impl Store {
     /// Start a call attempt by `daemon`: `pending` becomes `calling`, then an attempt row is
-    /// opened; returns the attempt and the verification. `None` when the verification may
-    /// not be called: unknown, not `pending` (a verification is never in two calls at once),
-    /// expired, out of attempts, or its number or user locked out.
+    /// opened. Refused when the verification may not be called: unknown, not `pending` (a
+    /// verification is never in two calls at once), expired, out of attempts, or its number
+    /// or user locked out; the refusal carries the verification as it stands, so that the
+    /// caller can say why without reading it again.
     ///
     /// No transaction of its own, as this runs on every call: if the second statement fails
     /// or the daemon dies between the two, the verification is `calling` with no open
@@ -50,7 +67,7 @@ impl Store {
         uniqueid: &str,
         daemon: &str,
         now: i64,
-    ) -> Result<Option<(i64, Verification)>, StoreError> {
+    ) -> Result<Begun, StoreError> {
         let (id, channel, uniqueid, daemon) = (
             id.to_owned(),
             channel.to_owned(),
@@ -79,7 +96,22 @@ impl Store {
                     .fetch_optional(&mut *c)
                     .await?;
                     let Some(row) = claimed else {
-                        return Ok(None);
+                        let row = sqlx::query(&format!(
+                            "SELECT {VERIFICATION_COLUMNS}, \
+                             CASE WHEN EXISTS ({LOCKED_OUT}) THEN 1 ELSE 0 END AS locked_out \
+                             FROM verifications WHERE id = $2"
+                        ))
+                        .bind(now)
+                        .bind(&id)
+                        .fetch_optional(&mut *c)
+                        .await?;
+                        return Ok(Begun::Refused {
+                            locked_out: match &row {
+                                Some(r) => r.try_get::<i64, _>("locked_out")? != 0,
+                                None => false,
+                            },
+                            verification: row.map(|r| verification_from_row(&r)).transpose()?,
+                        });
                     };
                     let verification = verification_from_row(&row)?;
                     let inserted = sqlx::query(
@@ -95,7 +127,10 @@ impl Store {
                     .fetch_one(&mut *c)
                     .await;
                     match inserted {
-                        Ok(row) => Ok(Some((row.try_get("id")?, verification))),
+                        Ok(row) => Ok(Begun::Started {
+                            attempt_id: row.try_get("id")?,
+                            verification,
+                        }),
                         Err(e) => {
                             let _ = sqlx::query(
                                 "UPDATE verifications SET status = 'pending' \

@@ -25,7 +25,7 @@ mod staff;
 mod upkeep;
 mod verifications;
 
-pub use attempts::{AttemptRow, Recovered};
+pub use attempts::{AttemptRow, Begun, Recovered};
 pub use creation::{Created, Earlier, IdempotencyKey, RateLimit, RateSubject};
 pub use error::{redact_url, StoreError};
 pub use manual_requests::{

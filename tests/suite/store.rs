@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::common::{pending_row as row, Db};
 use callverify::domain::clock::now_ms;
 use callverify::domain::status::{CallOutcome, Status};
-use callverify::store::Store;
+use callverify::store::{Begun, Store};
 
 const DAY: i64 = 24 * 3600 * 1000;
 
@@ -63,7 +63,7 @@ async fn one_call_at_a_time_even_when_racing(db: Db) {
         .collect();
     let mut started = 0;
     for t in tasks {
-        started += usize::from(t.await.unwrap().is_some());
+        started += usize::from(matches!(t.await.unwrap(), Begun::Started { .. }));
     }
     assert_eq!(started, 1);
     assert_eq!(s.attempts("vf_race").await.unwrap().len(), 1);
@@ -73,11 +73,16 @@ async fn wrong_entries_lock_out_in_one_step(db: Db) {
     let (s, _dir) = store(db).await;
     let v = row("vf_w", "+14155550101", "alice");
     s.insert_verification(&v).await.unwrap();
-    let (attempt, claimed) = s
+    let Begun::Started {
+        attempt_id: attempt,
+        verification: claimed,
+    } = s
         .begin_attempt("vf_w", "c", "u", "d1", now_ms())
         .await
         .unwrap()
-        .unwrap();
+    else {
+        panic!("the call could not start");
+    };
     assert_eq!(claimed.status, Status::Calling);
     assert_eq!(claimed.phone, v.phone);
     let now = now_ms();
@@ -128,21 +133,32 @@ async fn wrong_entries_lock_out_in_one_step(db: Db) {
     s.insert_verification(&row("vf_other", "+14155550101", "bob"))
         .await
         .unwrap();
-    assert!(s
+    let refused = s
         .begin_attempt("vf_other", "c", "u", "d1", now_ms())
         .await
-        .unwrap()
-        .is_none());
+        .unwrap();
+    assert!(
+        matches!(
+            &refused,
+            Begun::Refused {
+                verification: Some(v),
+                locked_out: true,
+            } if v.status == Status::Pending
+        ),
+        "{refused:?}"
+    );
 }
 
 async fn a_canceled_verification_counts_no_wrong_entry(db: Db) {
     let (s, _dir) = store(db).await;
     let v = row("vf_c", "+14155550101", "alice");
     s.insert_verification(&v).await.unwrap();
-    s.begin_attempt("vf_c", "c", "u", "d1", now_ms())
-        .await
-        .unwrap()
-        .unwrap();
+    assert!(matches!(
+        s.begin_attempt("vf_c", "c", "u", "d1", now_ms())
+            .await
+            .unwrap(),
+        Begun::Started { .. }
+    ));
     s.transition("vf_c", &[Status::Calling], Status::Canceled, now_ms())
         .await
         .unwrap();
@@ -162,12 +178,18 @@ async fn expired_or_exhausted_cannot_be_called(db: Db) {
     let mut exhausted = row("vf_x", "+14155550102", "bob");
     exhausted.attempts_used = 3;
     s.insert_verification(&exhausted).await.unwrap();
-    for id in ["vf_e", "vf_x", "vf_missing"] {
-        assert!(s
-            .begin_attempt(id, "c", "u", "d1", now_ms())
-            .await
-            .unwrap()
-            .is_none());
+    for (id, known) in [("vf_e", true), ("vf_x", true), ("vf_missing", false)] {
+        let refused = s.begin_attempt(id, "c", "u", "d1", now_ms()).await.unwrap();
+        assert!(
+            matches!(
+                &refused,
+                Begun::Refused {
+                    verification,
+                    locked_out: false,
+                } if verification.as_ref().map(|v| v.status) == known.then_some(Status::Pending)
+            ),
+            "{id}: {refused:?}"
+        );
     }
 }
 
