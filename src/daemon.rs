@@ -327,6 +327,7 @@ pub async fn run(
             secret: config.webhooks.secret.clone(),
             timeout: Duration::from_secs(config.webhooks.timeout_secs.max(1)),
             retry_base: Duration::from_millis(config.webhooks.retry_base_ms.max(10)),
+            allow_private_callbacks: config.webhooks.allow_private_callbacks,
         },
         store.clone(),
     ) {

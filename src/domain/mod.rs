@@ -6,12 +6,13 @@
 //! - [`verifications`]: the service: create, read, cancel; a call's start, code checks and
 //!   end; the dialer's queue; upkeep.
 //! - [`status`]: statuses and call outcomes, with their stored names.
-//! - [`codes`], [`phone`], [`api_keys`]: codes and their keyed hashes; numbers, the
-//!   destination policy and masking; the web app's credentials.
+//! - [`codes`], [`phone`], [`api_keys`], [`callback`]: codes and their keyed hashes; numbers,
+//!   the destination policy and masking; the web app's credentials; where webhooks may go.
 //! - [`clock`], [`ids`]: time as stored and shown; ids and secret tokens.
 //! - [`metrics`]: counters of what happened, for `/metrics`.
 
 pub mod api_keys;
+pub mod callback;
 pub mod clock;
 pub mod codes;
 pub mod ids;

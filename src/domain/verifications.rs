@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::callback::{self, CallbackError};
 use super::clock::{millis, now_ms};
 use super::codes::{self, CodeHasher};
 use super::ids::{new_verification_id, valid_id};
@@ -12,11 +13,12 @@ use super::metrics::Metrics;
 use super::phone::{PhoneError, PhoneNumber, PhonePolicy};
 use super::status::{CallOutcome, Status};
 use super::verification::{
-    validate_callback_url, validate_locale, validate_user_ref, Call, CallStart, CodeCheck, DialJob,
-    NewVerification, Policy, Started, Verification, VerifyError, View,
+    validate_locale, validate_user_ref, Call, CallStart, CodeCheck, DialJob, NewVerification,
+    Policy, Started, Verification, VerifyError, View,
 };
 use crate::store::{
-    Begun, Created, Earlier, IdempotencyKey, RateLimit, RateSubject, Recovered, Store,
+    Begun, Created, Earlier, IdempotencyKey, InCall, RateLimit, RateSubject, Recovered, Store,
+    StrikeRule,
 };
 
 /// How long a call attempt can possibly last: an attempt open longer was left by a daemon
@@ -75,7 +77,12 @@ impl Verifications {
         let locale = validate_locale(new.locale.as_deref())?;
         let callback_url = new
             .callback_url
-            .map(|url| validate_callback_url(url, self.policy.allow_private_callbacks))
+            .map(|url| {
+                callback::validate(&url, self.policy.allow_private_callbacks).map_err(|e| match e {
+                    CallbackError::Invalid => VerifyError::InvalidCallbackUrl,
+                    CallbackError::Internal => VerifyError::PrivateCallbackUrl,
+                })
+            })
             .transpose()?;
         let limits = [
             (
@@ -300,11 +307,12 @@ impl Verifications {
                 locked_out,
             } => (v, locked_out),
         };
+        // Waiting, or ended by the lockout (its own last try or a sibling's): say so.
+        if locked_out && matches!(verification.status, Status::Pending | Status::Failed) {
+            return Ok(CallStart::LockedOut);
+        }
         if verification.status != Status::Pending {
             return Ok(CallStart::NotCallable(verification.status));
-        }
-        if locked_out {
-            return Ok(CallStart::LockedOut);
         }
         if now >= verification.expires_at {
             // Expired: by this call, or by the queue upkeep at the same moment.
@@ -316,8 +324,6 @@ impl Verifications {
         Ok(CallStart::NotCallable(verification.status))
     }
 
-    /// Check a code the callee entered. Wrong entries are counted in the store at once, so a
-    /// crash cannot give an attempt back.
     /// Whether `entered` is the code, without using an attempt (a spoken code is checked so
     /// before the caller is asked to confirm a wrong one).
     pub fn code_matches(&self, call: &Call, entered: &str) -> bool {
@@ -325,6 +331,9 @@ impl Verifications {
         self.hasher.matches(&v.id, entered, &v.code_hash)
     }
 
+    /// Check a code the callee entered. The three tries belong to the number and the user,
+    /// across all their verifications: every check sees a lockout any sibling caused, and
+    /// wrong entries are counted in the store at once, so a crash cannot give a try back.
     pub async fn check_code(&self, call: &Call, entered: &str) -> Result<CodeCheck, VerifyError> {
         let v = &call.verification;
         let now = now_ms();
@@ -334,34 +343,45 @@ impl Verifications {
                 .await?;
             return Ok(CodeCheck::Expired);
         }
-        if self.hasher.matches(&v.id, entered, &v.code_hash) {
+        let checked = if self.hasher.matches(&v.id, entered, &v.code_hash) {
             // Verified and the attempt closed in one go: the common end of a call.
-            let verified = self
-                .store
-                .verify_in_call(&v.id, call.attempt_id, now)
-                .await?;
-            // Not `calling` any more: canceled meanwhile.
-            return Ok(if verified {
+            self.store.verify_in_call(v, call.attempt_id, now).await?
+        } else {
+            let rule = StrikeRule {
+                max: v.max_attempts,
+                forget_before: now - millis(self.policy.lockout),
+                lock_until: now + millis(self.policy.lockout),
+            };
+            self.store.count_wrong_entry(v, rule, now).await?
+        };
+        let masked = || {
+            PhoneNumber::from_stored(v.phone.clone())
+                .masked()
+                .to_string()
+        };
+        Ok(match checked {
+            InCall::Verified => {
                 tracing::info!("code correct: verified");
                 CodeCheck::Verified
-            } else {
-                CodeCheck::Expired
-            });
-        }
-        let lock_until = now + millis(self.policy.lockout);
-        let Some(used) = self.store.count_wrong_entry(v, lock_until, now).await? else {
-            return Ok(CodeCheck::Expired);
-        };
-        let remaining = (v.max_attempts - used).max(0);
-        tracing::info!(remaining, "wrong code entered");
-        if remaining > 0 {
-            return Ok(CodeCheck::Wrong { remaining });
-        }
-        tracing::warn!(
-            phone = %PhoneNumber::from_stored(v.phone.clone()).masked(),
-            "attempts used up: number and user locked out"
-        );
-        Ok(CodeCheck::LockedOut)
+            }
+            InCall::Wrong { strikes } => {
+                let remaining = (v.max_attempts - strikes).max(0);
+                tracing::info!(remaining, "wrong code entered");
+                CodeCheck::Wrong { remaining }
+            }
+            InCall::LockedOut => {
+                tracing::warn!(phone = %masked(), "attempts used up: number and user locked out");
+                CodeCheck::LockedOut
+            }
+            // Another verification of this number or user used up the tries (which failed
+            // this one too): the call says so.
+            InCall::AlreadyLockedOut | InCall::Ended(Status::Failed) => {
+                tracing::warn!(phone = %masked(), "number or user locked out by another verification");
+                CodeCheck::LockedOut
+            }
+            // Canceled or expired meanwhile.
+            InCall::Ended(_) => CodeCheck::Expired,
+        })
     }
 
     /// Whether the store answers (for `/healthz`).

@@ -4,14 +4,23 @@
 //!
 //! Signature: header `Callverify-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>` over
 //! `<t>.<body>` with `webhooks.secret`, as a receiver checks it (and rejects old `t`).
+//!
+//! A `callback_url` (the API caller's) is checked again when it is used, unless
+//! `webhooks.allow_private_callbacks`: its host as parsed, and every address its name
+//! resolves to, the addresses the request may connect to (a name that resolves into an
+//! internal network, at once or after a DNS change, reaches nothing). Redirects are never
+//! followed. `webhooks.url` is the admin's and is sent as configured.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::StreamExt;
 use hmac::{Hmac, Mac};
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use sha2::Sha256;
 use tokio::sync::watch;
 
+use crate::domain::callback;
 use crate::domain::clock::{now_ms, rfc3339};
 use crate::store::{OutboxEvent, Store};
 
@@ -25,6 +34,39 @@ pub struct WebhookConfig {
     pub timeout: Duration,
     /// First retry after this; doubling up to an hour.
     pub retry_base: Duration,
+    /// `callback_url`s may reach this host and internal networks (tests and labs only).
+    pub allow_private_callbacks: bool,
+}
+
+/// Why an event was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Undelivered {
+    /// Tried again later, with backoff.
+    Retry(String),
+    /// Never deliverable (a callback URL into an internal network): given up at once.
+    Never(String),
+}
+
+/// Name resolution that keeps only addresses outside this host and internal networks.
+struct PublicOnly;
+
+impl Resolve for PublicOnly {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let public: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| !callback::is_internal(a.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(format!(
+                    "{host} resolves only to internal addresses (webhooks.allow_private_callbacks)"
+                )
+                .into());
+            }
+            Ok(Box::new(public.into_iter()) as Addrs)
+        })
+    }
 }
 
 /// Events are given up after this long undelivered (the web app can still read statuses).
@@ -58,19 +100,30 @@ pub fn body(event: &OutboxEvent) -> Vec<u8> {
 pub struct Sender {
     config: WebhookConfig,
     store: Store,
+    /// For `webhooks.url`.
     client: reqwest::Client,
+    /// For `callback_url`s: connects to public addresses only.
+    guarded: reqwest::Client,
 }
 
 impl Sender {
     pub fn new(config: WebhookConfig, store: Store) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(config.timeout)
+                .redirect(reqwest::redirect::Policy::none())
+        };
+        let client = builder().build()?;
+        let guarded = if config.allow_private_callbacks {
+            client.clone()
+        } else {
+            builder().dns_resolver(PublicOnly).build()?
+        };
         Ok(Self {
             config,
             store,
             client,
+            guarded,
         })
     }
 
@@ -108,7 +161,7 @@ impl Sender {
         // A batch holds at most one event per verification, so sending its events side by
         // side keeps each verification's order; a slow receiver holds up only its own.
         let claimed = events.len();
-        let results: Vec<(OutboxEvent, Result<(), String>)> = futures::stream::iter(events)
+        let results: Vec<(OutboxEvent, Result<(), Undelivered>)> = futures::stream::iter(events)
             .map(|event| async move {
                 let result = self.deliver(&event).await;
                 (event, result)
@@ -118,9 +171,20 @@ impl Sender {
             .await;
         let mut done = Vec::with_capacity(claimed);
         for (event, result) in results {
-            let Err(e) = result else {
-                done.push(event.id);
-                continue;
+            let e = match result {
+                Ok(()) => {
+                    done.push(event.id);
+                    continue;
+                }
+                Err(Undelivered::Retry(e)) => e,
+                Err(Undelivered::Never(e)) => {
+                    tracing::error!(event = event.id, verification = %event.verification_id,
+                        error = %e, "webhook given up");
+                    if let Err(e) = self.store.event_failed(event.id, None, &e, now_ms()).await {
+                        tracing::error!(error = %e, "cannot record a webhook attempt");
+                    }
+                    continue;
+                }
             };
             let now = now_ms();
             let retry_at = if now - event.created_at > GIVE_UP_AFTER {
@@ -143,36 +207,58 @@ impl Sender {
         claimed
     }
 
-    async fn deliver(&self, event: &OutboxEvent) -> Result<(), String> {
-        let url = event
-            .callback_url
-            .as_deref()
-            .filter(|u| !u.is_empty())
-            .unwrap_or(&self.config.url);
+    async fn deliver(&self, event: &OutboxEvent) -> Result<(), Undelivered> {
+        let (url, client) = match event.callback_url.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) if !self.config.allow_private_callbacks => {
+                let parsed = url::Url::parse(url)
+                    .map_err(|_| Undelivered::Never("callback_url is not a URL".into()))?;
+                callback::check_host(&parsed)
+                    .map_err(|e| Undelivered::Never(format!("callback_url refused: {e}")))?;
+                (url, &self.guarded)
+            }
+            Some(url) => (url, &self.guarded),
+            None => (self.config.url.as_str(), &self.client),
+        };
         if url.is_empty() {
             return Ok(()); // No receiver configured: nothing to deliver.
         }
         if self.config.secret.is_empty() {
-            return Err("webhooks.secret is not set, so events cannot be signed".into());
+            return Err(Undelivered::Retry(
+                "webhooks.secret is not set, so events cannot be signed".into(),
+            ));
         }
         let body = body(event);
         let signature = sign(&self.config.secret, now_ms() / 1000, &body);
-        let response = self
-            .client
+        let response = client
             .post(url)
             .header("Content-Type", "application/json")
             .header(SIGNATURE_HEADER, signature)
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("POST failed: {e}"))?;
+            .map_err(|e| Undelivered::Retry(format!("POST failed: {}", causes(&e))))?;
         if response.status().is_success() {
             tracing::debug!(event = event.id, "webhook delivered");
             Ok(())
         } else {
-            Err(format!("receiver answered {}", response.status()))
+            Err(Undelivered::Retry(format!(
+                "receiver answered {}",
+                response.status()
+            )))
         }
     }
+}
+
+/// An error and its causes, `: `-separated (reqwest's own message leaves out why).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -186,5 +272,15 @@ mod tests {
         assert_eq!(s.len(), "t=1700000000,v1=".len() + 64);
         assert_ne!(s, sign("other", 1_700_000_000, b"{}"));
         assert_ne!(s, sign("whsec", 1_700_000_001, b"{}"));
+    }
+
+    #[tokio::test]
+    async fn names_resolving_into_this_host_reach_nothing() {
+        let err = PublicOnly
+            .resolve("localhost".parse().unwrap())
+            .await
+            .err()
+            .expect("localhost is refused");
+        assert!(err.to_string().contains("internal"), "{err}");
     }
 }

@@ -1,8 +1,9 @@
-//! The `call_attempts` and `lockouts` tables: opening and closing call attempts, wrong entries
-//! and the lockouts they lead to, releasing a verification after a call, crash recovery.
+//! The `call_attempts` table: opening and closing call attempts, releasing a verification
+//! after a call, crash recovery.
 
 use sqlx::{AnyConnection, Connection, Row};
 
+use super::lockouts::LOCKED_OUT;
 use super::verifications::{parse_column, verification_from_row, VERIFICATION_COLUMNS};
 use super::{op, Store, StoreError};
 use crate::domain::status::CallOutcome;
@@ -28,11 +29,6 @@ pub struct Recovered {
     pub attempts: u64,
     pub verifications: u64,
 }
-
-/// A lockout in force for the verification's number or user (at time `$1`).
-pub(super) const LOCKED_OUT: &str = "SELECT 1 FROM lockouts l WHERE l.locked_until > $1 AND \
-     ((l.kind = 'phone' AND l.subject = verifications.phone) OR \
-      (l.kind = 'user' AND l.subject = verifications.user_ref))";
 
 /// What [`Store::begin_attempt`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,89 +138,6 @@ impl Store {
                             Err(e.into())
                         }
                     }
-                })
-            }))
-            .await
-    }
-
-    /// Count one wrong entry of a verification in a call; when that uses up its attempts, it
-    /// becomes `failed` and its number and user are locked out until `lock_until`, in the
-    /// same transaction. Returns the entries used so far, or `None` if the verification is
-    /// no longer in a call (canceled or expired meanwhile): nothing is counted then.
-    pub async fn count_wrong_entry(
-        &self,
-        v: &Verification,
-        lock_until: i64,
-        now: i64,
-    ) -> Result<Option<i64>, StoreError> {
-        let (id, phone, user_ref) = (v.id.clone(), v.phone.clone(), v.user_ref.clone());
-        self.engine
-            .run(op(move |c| {
-                Box::pin(async move {
-                    let mut tx = c.begin().await?;
-                    let Some(row) = sqlx::query(
-                        "UPDATE verifications SET attempts_used = attempts_used + 1, \
-                         updated_at = $1 WHERE id = $2 AND status = 'calling' \
-                         RETURNING attempts_used, max_attempts",
-                    )
-                    .bind(now)
-                    .bind(&id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    else {
-                        return Ok(None);
-                    };
-                    let (used, max): (i64, i64) =
-                        (row.try_get("attempts_used")?, row.try_get("max_attempts")?);
-                    if used >= max {
-                        sqlx::query("UPDATE verifications SET status = 'failed' WHERE id = $1")
-                            .bind(&id)
-                            .execute(&mut *tx)
-                            .await?;
-                        for (kind, subject) in [("phone", &phone), ("user", &user_ref)] {
-                            sqlx::query(
-                                "INSERT INTO lockouts \
-                                 (kind, subject, locked_until, verification_id, created_at) \
-                                 VALUES ($1, $2, $3, $4, $5)",
-                            )
-                            .bind(kind)
-                            .bind(subject)
-                            .bind(lock_until)
-                            .bind(&id)
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await?;
-                        }
-                    }
-                    tx.commit().await?;
-                    Ok(Some(used))
-                })
-            }))
-            .await
-    }
-
-    /// The latest end of a lockout in force for this number or this user.
-    pub async fn locked_until(
-        &self,
-        phone: &str,
-        user_ref: &str,
-        now: i64,
-    ) -> Result<Option<i64>, StoreError> {
-        let (phone, user_ref) = (phone.to_owned(), user_ref.to_owned());
-        self.engine
-            .run(op(move |c| {
-                Box::pin(async move {
-                    let row = sqlx::query(
-                        "SELECT MAX(locked_until) AS latest FROM lockouts \
-                         WHERE locked_until > $1 AND \
-                         ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))",
-                    )
-                    .bind(now)
-                    .bind(&phone)
-                    .bind(&user_ref)
-                    .fetch_one(&mut *c)
-                    .await?;
-                    Ok(row.try_get::<Option<i64>, _>("latest")?)
                 })
             }))
             .await

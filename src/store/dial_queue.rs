@@ -3,7 +3,8 @@
 
 use sqlx::{Connection, Row};
 
-use super::attempts::{release, Releaser, LOCKED_OUT};
+use super::attempts::{release, Releaser};
+use super::lockouts::LOCKED_OUT;
 use super::{op, Backend, Store, StoreError};
 use crate::domain::status::CallOutcome;
 use crate::domain::verification::DialJob;

@@ -313,6 +313,17 @@ impl Store {
                             .bind(&vid)
                             .execute(&mut *tx)
                             .await?;
+                            // Verified by hand: the number's and the user's wrong codes are
+                            // forgotten, as a verified code forgets them.
+                            sqlx::query(
+                                "DELETE FROM strikes WHERE (kind = 'phone' AND subject = \
+                                 (SELECT phone FROM verifications WHERE id = $1)) OR \
+                                 (kind = 'user' AND subject = \
+                                 (SELECT user_ref FROM verifications WHERE id = $1))",
+                            )
+                            .bind(&vid)
+                            .execute(&mut *tx)
+                            .await?;
                             (RequestStatus::Approved, Some(vid), None, "approve")
                         }
                         Decision::Reject { reason } => {

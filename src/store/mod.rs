@@ -19,6 +19,7 @@ mod creation;
 mod dial_queue;
 mod engine;
 mod error;
+mod lockouts;
 mod manual_requests;
 mod outbox;
 mod staff;
@@ -28,6 +29,7 @@ mod verifications;
 pub use attempts::{AttemptRow, Begun, Recovered};
 pub use creation::{Created, Earlier, IdempotencyKey, RateLimit, RateSubject};
 pub use error::{redact_url, StoreError};
+pub use lockouts::{InCall, StrikeRule};
 pub use manual_requests::{
     AuditEntry, Decided, Decision, ManualRequestRow, NewManualRequest, RequestFilter,
 };

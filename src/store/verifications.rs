@@ -71,46 +71,6 @@ impl Store {
             }))
             .await
     }
-
-    /// The right code in a call: `calling` becomes `verified` and the attempt is closed as
-    /// verified, in one operation. False (and nothing done) if the verification is no longer in a
-    /// call. Closing the attempt again later changes nothing.
-    pub async fn verify_in_call(
-        &self,
-        id: &str,
-        attempt: i64,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let id = id.to_owned();
-        self.engine
-            .run(op(move |c| {
-                Box::pin(async move {
-                    // No transaction, to keep calls cheap: a crash between the two leaves
-                    // the attempt open, which recovery closes as interrupted.
-                    let done = sqlx::query(
-                        "UPDATE verifications SET status = 'verified', updated_at = $1, \
-                         verified_at = $1 WHERE id = $2 AND status = 'calling'",
-                    )
-                    .bind(now)
-                    .bind(&id)
-                    .execute(&mut *c)
-                    .await?;
-                    if done.rows_affected() != 1 {
-                        return Ok(false);
-                    }
-                    sqlx::query(
-                        "UPDATE call_attempts SET ended_at = $1, outcome = 'verified' \
-                         WHERE id = $2 AND ended_at IS NULL",
-                    )
-                    .bind(now)
-                    .bind(attempt)
-                    .execute(&mut *c)
-                    .await?;
-                    Ok(true)
-                })
-            }))
-            .await
-    }
 }
 
 /// Insert `v`, due a call at once unless it is a test verification. Also run by

@@ -26,7 +26,7 @@ pub enum StaffError {
     Exists(String),
     #[error("no active staff member named {0:?}")]
     Unknown(String),
-    #[error("too many failed sign-ins for {0:?}: try again in 15 minutes")]
+    #[error("too many sign-ins for {0:?}: try again in 15 minutes")]
     Throttled(String),
     #[error("password hashing failed: {0}")]
     Hash(String),
@@ -48,8 +48,8 @@ pub struct Staff {
     /// Password checks at once: each takes Argon2's 19 MiB and tens of milliseconds of a
     /// core, so a flood of sign-ins must queue, not exhaust memory.
     checks: Arc<Semaphore>,
-    /// Recent failed sign-ins of each account (only existing accounts are counted, so
-    /// the map is as small as the staff list).
+    /// Recent sign-in attempts per name typed, existing or not (so that being throttled
+    /// tells nothing of which names exist), bounded by [`TRACKED_NAMES`].
     failures: Mutex<HashMap<String, Failures>>,
 }
 
@@ -57,8 +57,11 @@ pub struct Staff {
 /// whoever may run it on the daemon's host.
 const ACCOUNTS_ACTOR: &str = "cli";
 
-/// Failed sign-ins allowed per account within [`FAILURE_WINDOW`].
+/// Failed sign-ins allowed per name within [`FAILURE_WINDOW`].
 const MAX_FAILURES: u32 = 5;
+/// Names whose attempts are tracked at most; past it, names not throttled are forgotten
+/// first, so that a flood of made-up names cannot lift a throttle.
+const TRACKED_NAMES: usize = 10_000;
 const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 const PASSWORD_CHECKS: usize = 2;
 
@@ -189,7 +192,13 @@ impl Staff {
         username: &str,
         password: &str,
     ) -> Result<Option<SignedIn>, StaffError> {
-        if self.throttled(username) {
+        // No account has a name of another shape: nothing to check or to count.
+        if !is_staff_name(username) {
+            return Ok(None);
+        }
+        // The attempt is counted before the password is checked, in one step under the
+        // lock: a burst of parallel guesses gets MAX_FAILURES checks, not one each.
+        if !self.reserve_attempt(username) {
             return Err(StaffError::Throttled(username.to_owned()));
         }
         let account = self
@@ -219,10 +228,9 @@ impl Staff {
             return Ok(None);
         };
         if !matches {
-            self.failed(&account.username);
             return Ok(None);
         }
-        self.failures_of(|f| f.remove(&account.username));
+        self.failures_of(|f| f.remove(username));
         let token = random_token("cvs_", 32);
         let csrf_token = random_token("", 32);
         let now = now_ms();
@@ -240,15 +248,19 @@ impl Staff {
         }))
     }
 
-    fn throttled(&self, username: &str) -> bool {
+    /// Count a sign-in attempt of `username`; false (not counted) when its tries within
+    /// [`FAILURE_WINDOW`] are used up.
+    fn reserve_attempt(&self, username: &str) -> bool {
         self.failures_of(|f| {
-            f.get(username)
-                .is_some_and(|n| n.count >= MAX_FAILURES && n.since.elapsed() < FAILURE_WINDOW)
-        })
-    }
-
-    fn failed(&self, username: &str) {
-        self.failures_of(|f| {
+            if f.len() >= TRACKED_NAMES && !f.contains_key(username) {
+                f.retain(|_, n| n.since.elapsed() < FAILURE_WINDOW);
+                if f.len() >= TRACKED_NAMES {
+                    f.retain(|_, n| n.count >= MAX_FAILURES);
+                }
+                if f.len() >= TRACKED_NAMES {
+                    return false;
+                }
+            }
             let now = Instant::now();
             let entry = f.entry(username.to_owned()).or_insert(Failures {
                 count: 0,
@@ -260,8 +272,12 @@ impl Staff {
                     since: now,
                 };
             }
+            if entry.count >= MAX_FAILURES {
+                return false;
+            }
             entry.count += 1;
-        });
+            true
+        })
     }
 
     fn failures_of<T>(&self, f: impl FnOnce(&mut HashMap<String, Failures>) -> T) -> T {

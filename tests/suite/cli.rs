@@ -231,6 +231,48 @@ fn sigkill_mid_call_loses_nothing_and_sigterm_stops_cleanly() {
     );
 }
 
+/// What a peer sends cannot start a log line of its own (a FastAGI usage block with a
+/// forged entry in it), and a log file gets no colour codes.
+#[test]
+fn peers_cannot_forge_log_lines_and_log_files_are_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = json(&start(dir.path(), "+14155550101", "mallory"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let daemon = serve(dir.path(), free_port(), "daemon.log");
+    let forged = "2026-12-02T00:00:00.000000Z  INFO callverify::domain::verifications: code correct: verified";
+    let usage = format!(
+        "520-Invalid command syntax.  Proper usage follows:\n{forged}\n\x1b[2J\n520 End of proper usage.\n"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(
+        Call::verify(&id)
+            .press("#")
+            .reply_once("GET DATA", &usage)
+            .run(daemon.addr),
+    )
+    .unwrap();
+    let mut child = daemon.child;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    child.wait().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    assert!(
+        log.contains(&format!("520 {forged}\\n\\x1b[2J")),
+        "the usage block is logged, escaped: {log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|line| line.starts_with("2026-12-02T00:00:00")),
+        "a forged line: {log}"
+    );
+    assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
+}
+
 /// The default build has no recogniser: a configured model stops `serve` at once, saying how
 /// to build with it (`scripts/test` builds with the speech feature, `cargo test` without).
 #[cfg(not(feature = "speech"))]

@@ -195,13 +195,98 @@ async fn repeated_wrong_passwords_hold_an_account_back() {
     assert!(matches!(refused, StaffError::Throttled(_)), "{refused}");
     assert!(staff.sign_in("carol", PASSWORD).await.unwrap().is_some());
 
-    // Account changes are audited too.
+    // Sign-ins, failed ones and account changes are audited.
     staff.disable("carol").await.unwrap();
     let audit = d.store.audit_entries("carol").await.unwrap();
     let actions: Vec<(&str, &str)> = audit
         .iter()
         .map(|a| (a.actor.as_str(), a.action.as_str()))
         .collect();
-    assert_eq!(actions, [("cli", "staff_add"), ("cli", "staff_disable")]);
+    let failed = ("console", "sign_in_failed");
+    let signed_in = ("staff:carol", "sign_in");
+    assert_eq!(
+        actions,
+        [
+            ("cli", "staff_add"),
+            failed,
+            failed,
+            failed,
+            failed,
+            signed_in,
+            failed,
+            signed_in,
+            ("cli", "staff_disable")
+        ]
+    );
+    d.stop().await;
+}
+
+/// A burst of wrong passwords at once is not a burst of guesses: each attempt is counted
+/// before its password is checked, so five are checked and the rest refused, and the right
+/// password afterwards is refused too. A name without an account is held back the same way,
+/// so the refusal does not tell which names exist.
+#[tokio::test]
+async fn a_burst_of_sign_ins_gets_five_password_checks() {
+    use callverify::support::staff::StaffError;
+    let d = crate::common::start(Db::Sqlite).await;
+    let staff = std::sync::Arc::new(Staff::new(
+        d.store.clone(),
+        std::time::Duration::from_secs(3600),
+    ));
+    staff.add("dora", PASSWORD).await.unwrap();
+    for name in ["dora", "nobody"] {
+        let burst: Vec<_> = (0..40)
+            .map(|_| {
+                let staff = staff.clone();
+                tokio::spawn(async move { staff.sign_in(name, "not the password").await })
+            })
+            .collect();
+        let (mut checked, mut refused) = (0, 0);
+        for attempt in burst {
+            match attempt.await.unwrap() {
+                Ok(None) => checked += 1,
+                Err(StaffError::Throttled(_)) => refused += 1,
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert_eq!((checked, refused), (5, 35), "{name}");
+        let last = staff.sign_in(name, PASSWORD).await.unwrap_err();
+        assert_eq!(
+            last.to_string(),
+            format!("too many sign-ins for {name:?}: try again in 15 minutes")
+        );
+    }
+    d.stop().await;
+}
+
+/// A sign-in form bigger than any real one is refused before it is read.
+#[tokio::test]
+async fn an_oversized_sign_in_form_is_refused_unread() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = crate::common::start(Db::Sqlite).await;
+    let body = format!("username=alice&password={}&csrf=x", "a".repeat(2 << 20));
+    let mut s = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    let head = format!(
+        "POST /console/login HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+         Cookie: cv_login=x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The daemon may answer and close before the whole body is sent.
+    let _ = s.write_all(body.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 413"), "{answer}");
+    // The framework's own error page is hardened like the console's pages.
+    assert!(
+        answer.contains("x-content-type-options: nosniff"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("content-security-policy: default-src 'none'"),
+        "{answer}"
+    );
     d.stop().await;
 }

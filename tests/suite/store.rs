@@ -6,9 +6,31 @@ use std::sync::Arc;
 use crate::common::{pending_row as row, Db};
 use callverify::domain::clock::now_ms;
 use callverify::domain::status::{CallOutcome, Status};
-use callverify::store::{Begun, Store};
+use callverify::domain::Verification;
+use callverify::store::{Begun, InCall, Store, StrikeRule};
 
 const DAY: i64 = 24 * 3600 * 1000;
+
+/// Three wrong codes per number and user within a day, then a day's lockout.
+fn rule(now: i64) -> StrikeRule {
+    StrikeRule {
+        max: 3,
+        forget_before: now - DAY,
+        lock_until: now + DAY,
+    }
+}
+
+/// Verification `id` of `phone` and `user`, in a call.
+async fn in_call(s: &Store, id: &str, phone: &str, user: &str) -> (i64, Verification) {
+    s.insert_verification(&row(id, phone, user)).await.unwrap();
+    match s.begin_attempt(id, "c", id, "d1", now_ms()).await.unwrap() {
+        Begun::Started {
+            attempt_id,
+            verification,
+        } => (attempt_id, verification),
+        refused => panic!("{id}: {refused:?}"),
+    }
+}
 
 async fn store(db: Db) -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -87,20 +109,20 @@ async fn wrong_entries_lock_out_in_one_step(db: Db) {
     assert_eq!(claimed.phone, v.phone);
     let now = now_ms();
     assert_eq!(
-        s.count_wrong_entry(&v, now + DAY, now).await.unwrap(),
-        Some(1)
+        s.count_wrong_entry(&v, rule(now), now).await.unwrap(),
+        InCall::Wrong { strikes: 1 }
     );
     assert_eq!(
-        s.count_wrong_entry(&v, now + DAY, now).await.unwrap(),
-        Some(2)
+        s.count_wrong_entry(&v, rule(now), now).await.unwrap(),
+        InCall::Wrong { strikes: 2 }
     );
     assert_eq!(
         s.locked_until("+14155550101", "alice", now).await.unwrap(),
         None
     );
     assert_eq!(
-        s.count_wrong_entry(&v, now + DAY, now).await.unwrap(),
-        Some(3)
+        s.count_wrong_entry(&v, rule(now), now).await.unwrap(),
+        InCall::LockedOut
     );
     let stored = s.verification("vf_w").await.unwrap().unwrap();
     assert_eq!((stored.status, stored.attempts_used), (Status::Failed, 3));
@@ -120,7 +142,10 @@ async fn wrong_entries_lock_out_in_one_step(db: Db) {
         None
     );
     // No more counting once the call's verification has ended.
-    assert_eq!(s.count_wrong_entry(&v, now + DAY, now).await.unwrap(), None);
+    assert_eq!(
+        s.count_wrong_entry(&v, rule(now), now).await.unwrap(),
+        InCall::Ended(Status::Failed)
+    );
     s.finish_attempt(attempt, "vf_w", CallOutcome::LockedOut, None, 3, now)
         .await
         .unwrap();
@@ -149,6 +174,90 @@ async fn wrong_entries_lock_out_in_one_step(db: Db) {
     );
 }
 
+/// The tries are the number's and the user's, not one verification's: wrong codes in two
+/// verifications of one number add up, the last one fails every open verification of the
+/// number and of the user, and the right code in a sibling's call no longer verifies.
+async fn strikes_add_up_across_a_numbers_verifications(db: Db) {
+    let (s, _dir) = store(db).await;
+    let (attempt_a, a) = in_call(&s, "vf_a", "+14155550101", "alice").await;
+    let (_, b) = in_call(&s, "vf_b", "+14155550101", "bob").await;
+    s.insert_verification(&row("vf_bob2", "+14155550177", "bob"))
+        .await
+        .unwrap();
+    s.insert_verification(&row("vf_other", "+14155550199", "carol"))
+        .await
+        .unwrap();
+    let now = now_ms();
+    for strikes in 1..=2 {
+        assert_eq!(
+            s.count_wrong_entry(&a, rule(now), now).await.unwrap(),
+            InCall::Wrong { strikes }
+        );
+    }
+    assert_eq!(
+        s.count_wrong_entry(&b, rule(now), now).await.unwrap(),
+        InCall::LockedOut
+    );
+    assert_eq!(
+        s.verify_in_call(&a, attempt_a, now).await.unwrap(),
+        InCall::Ended(Status::Failed)
+    );
+    for (id, status) in [
+        ("vf_a", Status::Failed),
+        ("vf_b", Status::Failed),
+        ("vf_bob2", Status::Failed),
+        ("vf_other", Status::Pending),
+    ] {
+        assert_eq!(
+            s.verification(id).await.unwrap().unwrap().status,
+            status,
+            "{id}"
+        );
+    }
+    assert_eq!(
+        s.locked_until("+14155550177", "bob", now).await.unwrap(),
+        Some(now + DAY)
+    );
+}
+
+/// Five verifications of one number in five calls at once, three wrong codes each: three
+/// are counted in all, one locks the number out, the rest are refused.
+async fn strikes_hold_under_concurrent_calls(db: Db) {
+    let (s, _dir) = store(db).await;
+    let s = Arc::new(s);
+    let mut calls = Vec::new();
+    for i in 0..5 {
+        calls.push(in_call(&s, &format!("vf_c{i}"), "+14155550101", &format!("u{i}")).await);
+    }
+    let now = now_ms();
+    let tasks: Vec<_> = calls
+        .into_iter()
+        .flat_map(|(_, v)| std::iter::repeat_n(v, 3))
+        .map(|v| {
+            let s = s.clone();
+            tokio::spawn(async move { s.count_wrong_entry(&v, rule(now), now).await.unwrap() })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let count = |f: fn(&InCall) -> bool| results.iter().filter(|r| f(r)).count();
+    assert_eq!(
+        count(|r| matches!(r, InCall::Wrong { .. })),
+        2,
+        "{results:?}"
+    );
+    assert_eq!(count(|r| *r == InCall::LockedOut), 1, "{results:?}");
+    let mut used = 0;
+    for i in 0..5 {
+        let v = s.verification(&format!("vf_c{i}")).await.unwrap().unwrap();
+        assert_eq!(v.status, Status::Failed);
+        used += v.attempts_used;
+    }
+    assert_eq!(used, 3, "wrong codes counted in all");
+}
+
 async fn a_canceled_verification_counts_no_wrong_entry(db: Db) {
     let (s, _dir) = store(db).await;
     let v = row("vf_c", "+14155550101", "alice");
@@ -163,7 +272,10 @@ async fn a_canceled_verification_counts_no_wrong_entry(db: Db) {
         .await
         .unwrap();
     let now = now_ms();
-    assert_eq!(s.count_wrong_entry(&v, now + DAY, now).await.unwrap(), None);
+    assert_eq!(
+        s.count_wrong_entry(&v, rule(now), now).await.unwrap(),
+        InCall::Ended(Status::Canceled)
+    );
     assert_eq!(
         s.locked_until("+14155550101", "alice", now).await.unwrap(),
         None
@@ -237,6 +349,8 @@ on_both_backends!(
     round_trip_and_transitions,
     one_call_at_a_time_even_when_racing,
     wrong_entries_lock_out_in_one_step,
+    strikes_add_up_across_a_numbers_verifications,
+    strikes_hold_under_concurrent_calls,
     a_canceled_verification_counts_no_wrong_entry,
     expired_or_exhausted_cannot_be_called,
     recovery_closes_only_this_daemons_and_stale_attempts,

@@ -123,21 +123,101 @@ async fn three_wrong_entries_lock_out_number_and_user(db: Db) {
             other => panic!("{other:?}"),
         }
     }
-    // A failed verification cannot be called again.
-    let t = Call::verify(&v.id).press("#").run(d.addr).await.unwrap();
-    assert_eq!(
-        t.prompts()[0..2],
-        [Prompt::NotAvailable.file(), Prompt::Goodbye.file()]
-    );
-    // Nor can another verification of the locked user, made before the lockout.
+    // A failed verification cannot be called again, nor can another verification of the
+    // locked user made before the lockout: the lockout ended it too, and its call says so.
+    assert_eq!(d.status(&sibling.id).await.status, Status::Failed);
+    for id in [&v.id, &sibling.id] {
+        let t = Call::verify(id).press("#").run(d.addr).await.unwrap();
+        assert_eq!(
+            t.prompts()[0..2],
+            [Prompt::LockedOut.file(), Prompt::Goodbye.file()]
+        );
+    }
+    d.new_verification("+14155550123", "dave").await;
+    d.stop().await;
+}
+
+/// The three tries are the number's: a call already waiting at code entry when a sibling
+/// verification of its number uses up the tries hears that the number is locked out, even
+/// with the right code, and its verification ends `failed`.
+async fn a_siblings_lockout_ends_a_call_waiting_at_code_entry(db: Db) {
+    let d = crate::common::start(db).await;
+    let waiting = d.new_verification(PHONE, "frank").await;
+    let sibling = d.new_verification(PHONE, "grace").await;
+    let (go, hold) = tokio::sync::watch::channel(false);
+    let first = Call::verify(&waiting.id)
+        .press("#")
+        .then(callverify_testkit::emulator::Action::Hold(hold))
+        .press(waiting.code.as_deref().unwrap());
+    let addr = d.addr;
+    let first = tokio::spawn(async move { first.run(addr).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while d.status(&waiting.id).await.status != Status::Calling {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first call never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let bad = wrong(sibling.code.as_deref().unwrap());
     let t = Call::verify(&sibling.id)
         .press("#")
+        .press(&bad)
+        .press(&bad)
+        .press(&bad)
         .run(d.addr)
         .await
         .unwrap();
-    assert_eq!(t.prompts()[0], Prompt::LockedOut.file());
-    assert_eq!(d.status(&sibling.id).await.status, Status::Pending);
-    d.new_verification("+14155550123", "dave").await;
+    assert_eq!(t.count_prompt(Prompt::LockedOut.file()), 1);
+    assert_eq!(d.status(&waiting.id).await.status, Status::Failed);
+    go.send(true).unwrap();
+    let t = first.await.unwrap().unwrap();
+    assert_eq!(
+        t.count_prompt(Prompt::LockedOut.file()),
+        1,
+        "{:?}",
+        t.prompts()
+    );
+    assert_eq!(t.count_prompt(Prompt::Verified.file()), 0);
+    assert_eq!(d.status(&waiting.id).await.status, Status::Failed);
+    assert_eq!(
+        outcomes(&d, &waiting.id).await,
+        vec![CallOutcome::LockedOut]
+    );
+    d.stop().await;
+}
+
+/// Wrong codes in calls of one number's verifications add up: after three, the number is
+/// locked out whichever verification they were made in.
+async fn wrong_entries_count_across_a_numbers_verifications(db: Db) {
+    let d = crate::common::start(db).await;
+    let first = d.new_verification(PHONE, "heidi").await;
+    let second = d.new_verification(PHONE, "ivan").await;
+    let bad = wrong(first.code.as_deref().unwrap());
+    let t = Call::verify(&first.id)
+        .press("#")
+        .press(&bad)
+        .press(&bad)
+        .hang_up()
+        .run(d.addr)
+        .await
+        .unwrap();
+    assert_eq!(t.count_prompt(Prompt::CodeIncorrect.file()), 2);
+    let t = Call::verify(&second.id)
+        .press("#")
+        .press(&wrong(second.code.as_deref().unwrap()))
+        .run(d.addr)
+        .await
+        .unwrap();
+    assert_eq!(
+        t.count_prompt(Prompt::LockedOut.file()),
+        1,
+        "{:?}",
+        t.prompts()
+    );
+    for id in [&first.id, &second.id] {
+        assert_eq!(d.status(id).await.status, Status::Failed);
+    }
     d.stop().await;
 }
 
@@ -414,6 +494,8 @@ on_both_backends!(
     happy_path,
     right_on_third_try,
     three_wrong_entries_lock_out_number_and_user,
+    a_siblings_lockout_ends_a_call_waiting_at_code_entry,
+    wrong_entries_count_across_a_numbers_verifications,
     wrong_entries_count_across_calls,
     silence_at_the_pound_prompt_ends_politely,
     wrong_key_at_the_pound_prompt_asks_again,

@@ -11,6 +11,7 @@ use crate::common::{Db, PHONE};
 use callverify::config::Config;
 use callverify::domain::api_keys::ApiKeys;
 use callverify::domain::status::Status;
+use callverify::domain::{NewVerification, VerifyError};
 use callverify_testkit::emulator::ami::{AmiPeer, Callee, Keys};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -144,7 +145,68 @@ async fn events_are_queued_only_for_a_receiver(db: Db) {
     d.stop().await;
 }
 
+/// A callback URL into this host is refused in every spelling of its address when the
+/// verification is made, and one already stored (as a DNS name that resolved elsewhere when
+/// it was checked would be) reaches nothing when the webhook is sent.
+async fn callback_urls_cannot_reach_this_host(db: Db) {
+    let (hook, received) = receiver(0).await;
+    let d = crate::common::start_with(db, move |c: &mut Config| {
+        c.webhooks.secret = SECRET.into();
+        c.webhooks.retry_base_ms = 50;
+        c.webhooks.allow_private_callbacks = false;
+    })
+    .await;
+    let port = hook.port();
+    for host in [
+        "2130706433",
+        "0x7f.1",
+        "127.1",
+        "0",
+        "0177.0.0.1",
+        "[::ffff:7f00:1]",
+    ] {
+        let err = d
+            .service
+            .start(NewVerification {
+                phone: PHONE.into(),
+                user_ref: format!("ssrf-{host}"),
+                callback_url: Some(format!("http://{host}:{port}/hook")),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, VerifyError::PrivateCallbackUrl),
+            "{host}: {err:?}"
+        );
+    }
+    let mut row = crate::common::pending_row("vf_ssrf", PHONE, "ssrf-stored");
+    row.callback_url = Some(format!("http://2130706433:{port}/hook"));
+    d.store.insert_verification(&row).await.unwrap();
+    d.service.cancel("vf_ssrf").await.unwrap();
+    // A hang guard, not a timing target.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = d.store.events("vf_ssrf").await.unwrap();
+        if events.iter().any(|(_, _, attempts)| *attempts > 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the event was never tried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Given up at once (closed after one try), not retried: it can never be delivered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = d.store.events("vf_ssrf").await.unwrap();
+    assert_eq!(events, vec![("canceled".to_owned(), true, 1)]);
+    assert!(
+        received.got.lock().unwrap().is_empty(),
+        "the webhook reached this host"
+    );
+    d.stop().await;
+}
+
 on_both_backends!(
+    callback_urls_cannot_reach_this_host,
     api_call_verifies_and_the_webhook_follows,
     events_are_queued_only_for_a_receiver,
 );

@@ -11,7 +11,7 @@ mod html;
 use std::sync::Arc;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,6 +30,8 @@ use crate::web::request_view::RequestView;
 const SESSION_COOKIE: &str = "cv_session";
 const LOGIN_COOKIE: &str = "cv_login";
 const QUEUE_LIMIT: i64 = 500;
+/// The largest form body the console reads.
+const FORM_LIMIT: usize = 16 * 1024;
 
 /// What the console's handlers share.
 pub struct ConsoleState {
@@ -50,6 +52,9 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
         .route("/console/requests/{id}/recording.wav", get(recording))
         .route("/console/requests/{id}/approve", post(approve))
         .route("/console/requests/{id}/reject", post(reject))
+        // Forms hold a name, a password (at most 1,024 characters), a token, a reason: a
+        // bigger body is refused before it is read, so failed sign-ins cost no memory.
+        .layer(DefaultBodyLimit::max(FORM_LIMIT))
         .with_state(state)
 }
 

@@ -12,7 +12,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 use callverify::config::Config;
 use callverify::daemon;
@@ -45,11 +44,7 @@ enum Daemon {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    callverify::logging::init("warn");
     run(cli).await.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
         ExitCode::FAILURE

@@ -1,0 +1,135 @@
+//! Log output of the daemon and the CLI: one line per event, on stderr.
+//!
+//! Peers write much of what is logged (FastAGI usage blocks, AMI messages, channel names,
+//! SIP headers). Every control character of an event is escaped as it is written (a newline
+//! becomes `\n`), so that no peer can start a line of its own and forge an entry; the event's
+//! own final newline is the only one. Colour only when stderr is a terminal: log files and
+//! journald get plain text.
+
+use std::io::{self, IsTerminal, Write};
+
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::EnvFilter;
+
+/// Log to stderr at `default_level` unless `RUST_LOG` says otherwise.
+pub fn init(default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let ansi = io::stderr().is_terminal();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(OneLinePerEvent { colour: ansi })
+        .init();
+}
+
+/// Stderr, each event escaped onto one line.
+#[derive(Debug, Clone, Copy)]
+struct OneLinePerEvent {
+    /// Keep ESC: the formatter's own colour codes (terminals only).
+    colour: bool,
+}
+
+impl<'a> MakeWriter<'a> for OneLinePerEvent {
+    type Writer = Escaping<io::Stderr>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Escaping {
+            inner: io::stderr(),
+            keep_esc: self.colour,
+        }
+    }
+}
+
+/// Writes what it is given with control characters escaped, except a final newline.
+/// The formatter writes each event whole, so each event stays one line.
+pub struct Escaping<W> {
+    inner: W,
+    keep_esc: bool,
+}
+
+impl<W: Write> Write for Escaping<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let (body, end): (&[u8], &[u8]) = match buf.strip_suffix(b"\n") {
+            Some(body) => (body, b"\n"),
+            None => (buf, b""),
+        };
+        let mut out = Vec::with_capacity(buf.len() + 16);
+        escape(body, self.keep_esc, &mut out);
+        out.extend_from_slice(end);
+        self.inner.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// `bytes` with C0 and C1 control characters and DEL escaped (`\n`, `\r`, `\x1b`, `\u{85}`);
+/// tabs and, with `keep_esc`, ESC stay as they are.
+fn escape(bytes: &[u8], keep_esc: bool, out: &mut Vec<u8>) {
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.push(b),
+            0x1b if keep_esc => out.push(b),
+            0x00..=0x1f | 0x7f => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+            // C1 controls, U+0080..U+009F, are 0xC2 0x80..0x9F in UTF-8.
+            0xc2 if bytes.get(i + 1).is_some_and(|c| (0x80..=0x9f).contains(c)) => {
+                out.extend_from_slice(format!("\\u{{{:x}}}", bytes[i + 1]).as_bytes());
+                i += 1;
+            }
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn escaped(input: &[u8], keep_esc: bool) -> String {
+        let mut writer = Escaping {
+            inner: Vec::new(),
+            keep_esc,
+        };
+        writer.write_all(input).unwrap();
+        String::from_utf8(writer.inner).unwrap()
+    }
+
+    #[test]
+    fn an_event_stays_one_line() {
+        let forged =
+            b"WARN call flow failed: 520 usage\n2026-12-02T00:00:00Z INFO code correct: verified\n";
+        assert_eq!(
+            escaped(forged, false),
+            "WARN call flow failed: 520 usage\\n2026-12-02T00:00:00Z INFO code correct: verified\n"
+        );
+        assert_eq!(
+            escaped(b"a\rb\x00c\x7f\td\n", false),
+            "a\\rb\\x00c\\x7f\td\n"
+        );
+    }
+
+    #[test]
+    fn colour_codes_pass_only_on_a_terminal() {
+        assert_eq!(
+            escaped(b"\x1b[31mred\x1b[0m\n", false),
+            "\\x1b[31mred\\x1b[0m\n"
+        );
+        assert_eq!(
+            escaped(b"\x1b[31mred\x1b[0m\n", true),
+            "\x1b[31mred\x1b[0m\n"
+        );
+    }
+
+    #[test]
+    fn unicode_stays_and_its_controls_are_escaped() {
+        assert_eq!(escaped("café\u{85}x\n".as_bytes(), false), "café\\u{85}x\n");
+    }
+}

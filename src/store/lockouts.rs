@@ -1,0 +1,259 @@
+//! Code checks in a call, and what they lead to: the `strikes` per number and per user (the
+//! three tries are theirs, across all their verifications) and the `lockouts` table.
+//!
+//! A check takes the number's and the user's strike rows first, always number before user,
+//! in its transaction: checks of one number or user (even on several daemons on one
+//! Postgres) are then one after the other, so the right code in one call cannot pass while
+//! a sibling's last wrong code locks the number out, and no more than the allowed wrong codes
+//! are ever counted.
+
+use sqlx::{AnyConnection, Connection, Row};
+
+use super::verifications::parse_column;
+use super::{op, Store, StoreError};
+use crate::domain::status::Status;
+use crate::domain::verification::Verification;
+
+/// A lockout in force for the verification's number or user (at time `$1`).
+pub(super) const LOCKED_OUT: &str = "SELECT 1 FROM lockouts l WHERE l.locked_until > $1 AND \
+     ((l.kind = 'phone' AND l.subject = verifications.phone) OR \
+      (l.kind = 'user' AND l.subject = verifications.user_ref))";
+
+/// What a code check in a call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InCall {
+    /// The right code: `verified`, the attempt closed, the strikes of the number and the
+    /// user cleared.
+    Verified,
+    /// A wrong code, counted: the strikes of the number or of the user so far (the higher).
+    Wrong { strikes: i64 },
+    /// This wrong code was the last try: the number and the user are locked out, and every
+    /// open verification of either (this one included) is `failed`.
+    LockedOut,
+    /// Nothing done: the number or the user is locked out already.
+    AlreadyLockedOut,
+    /// Nothing done: the verification is no longer in a call; its status now.
+    Ended(Status),
+}
+
+/// How a wrong code is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StrikeRule {
+    /// Wrong codes a number or a user may make before the lockout.
+    pub max: i64,
+    /// Strikes from before this time are forgotten.
+    pub forget_before: i64,
+    /// When the lockout that the last strike starts ends.
+    pub lock_until: i64,
+}
+
+impl Store {
+    /// The right code in a call: `calling` becomes `verified`, the attempt is closed as
+    /// verified and the strikes of the number and user are cleared, in one transaction;
+    /// refused if the number or user is locked out or the verification left the call.
+    pub async fn verify_in_call(
+        &self,
+        v: &Verification,
+        attempt: i64,
+        now: i64,
+    ) -> Result<InCall, StoreError> {
+        let (id, phone, user_ref) = (v.id.clone(), v.phone.clone(), v.user_ref.clone());
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let mut tx = c.begin().await?;
+                    for (kind, subject) in [("phone", &phone), ("user", &user_ref)] {
+                        sqlx::query("DELETE FROM strikes WHERE kind = $1 AND subject = $2")
+                            .bind(kind)
+                            .bind(subject)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    if let Some(refusal) = refusal(&mut tx, &id, &phone, &user_ref, now).await? {
+                        return Ok(refusal);
+                    }
+                    sqlx::query(
+                        "UPDATE verifications SET status = 'verified', updated_at = $1, \
+                         verified_at = $1 WHERE id = $2",
+                    )
+                    .bind(now)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "UPDATE call_attempts SET ended_at = $1, outcome = 'verified' \
+                         WHERE id = $2 AND ended_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(attempt)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(InCall::Verified)
+                })
+            }))
+            .await
+    }
+
+    /// A wrong code in a call: one strike for the number and one for the user, and one
+    /// attempt of the verification used. The strike that reaches `rule.max` locks the number
+    /// and the user out until `rule.lock_until` and fails every open verification of either,
+    /// in the same transaction. Nothing is counted if the number or user is locked out
+    /// already or the verification left the call.
+    pub async fn count_wrong_entry(
+        &self,
+        v: &Verification,
+        rule: StrikeRule,
+        now: i64,
+    ) -> Result<InCall, StoreError> {
+        let (id, phone, user_ref) = (v.id.clone(), v.phone.clone(), v.user_ref.clone());
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let mut tx = c.begin().await?;
+                    let mut strikes = 0;
+                    for (kind, subject) in [("phone", &phone), ("user", &user_ref)] {
+                        let row = sqlx::query(
+                            "INSERT INTO strikes (kind, subject, wrong, since) \
+                             VALUES ($1, $2, 1, $3) ON CONFLICT (kind, subject) DO UPDATE SET \
+                             wrong = CASE WHEN strikes.since < $4 THEN 1 \
+                                     ELSE strikes.wrong + 1 END, \
+                             since = CASE WHEN strikes.since < $4 THEN $3 \
+                                     ELSE strikes.since END \
+                             RETURNING wrong",
+                        )
+                        .bind(kind)
+                        .bind(subject)
+                        .bind(now)
+                        .bind(rule.forget_before)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        strikes = strikes.max(row.try_get::<i64, _>("wrong")?);
+                    }
+                    // A refusal drops the transaction: the strikes above are not kept.
+                    if let Some(refusal) = refusal(&mut tx, &id, &phone, &user_ref, now).await? {
+                        return Ok(refusal);
+                    }
+                    let row = sqlx::query(
+                        "UPDATE verifications SET attempts_used = attempts_used + 1, \
+                         updated_at = $1 WHERE id = $2 RETURNING attempts_used",
+                    )
+                    .bind(now)
+                    .bind(&id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let strikes = strikes.max(row.try_get("attempts_used")?);
+                    if strikes < rule.max {
+                        tx.commit().await?;
+                        return Ok(InCall::Wrong { strikes });
+                    }
+                    lock_out(&mut tx, &id, &phone, &user_ref, rule.lock_until, now).await?;
+                    tx.commit().await?;
+                    Ok(InCall::LockedOut)
+                })
+            }))
+            .await
+    }
+
+    /// The latest end of a lockout in force for this number or this user.
+    pub async fn locked_until(
+        &self,
+        phone: &str,
+        user_ref: &str,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let (phone, user_ref) = (phone.to_owned(), user_ref.to_owned());
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let row = sqlx::query(
+                        "SELECT MAX(locked_until) AS latest FROM lockouts \
+                         WHERE locked_until > $1 AND \
+                         ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))",
+                    )
+                    .bind(now)
+                    .bind(&phone)
+                    .bind(&user_ref)
+                    .fetch_one(&mut *c)
+                    .await?;
+                    Ok(row.try_get::<Option<i64>, _>("latest")?)
+                })
+            }))
+            .await
+    }
+}
+
+/// Why a code check does nothing: the verification is not in a call, or its number or user
+/// is locked out. `None`: it may go on.
+async fn refusal(
+    c: &mut AnyConnection,
+    id: &str,
+    phone: &str,
+    user_ref: &str,
+    now: i64,
+) -> Result<Option<InCall>, StoreError> {
+    let status: Option<String> = sqlx::query("SELECT status FROM verifications WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *c)
+        .await?
+        .map(|r| r.try_get("status"))
+        .transpose()?;
+    let status = match status {
+        Some(s) => parse_column::<Status>("status", &s)?,
+        // Deleted under the call: as good as ended.
+        None => return Ok(Some(InCall::Ended(Status::Canceled))),
+    };
+    if status != Status::Calling {
+        return Ok(Some(InCall::Ended(status)));
+    }
+    let locked = sqlx::query(
+        "SELECT 1 AS locked FROM lockouts WHERE locked_until > $1 AND \
+         ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))",
+    )
+    .bind(now)
+    .bind(phone)
+    .bind(user_ref)
+    .fetch_optional(&mut *c)
+    .await?;
+    Ok(locked.map(|_| InCall::AlreadyLockedOut))
+}
+
+/// Lock the number and the user out until `until` (on behalf of verification `id`), forget
+/// their strikes, and fail every open verification of either.
+async fn lock_out(
+    c: &mut AnyConnection,
+    id: &str,
+    phone: &str,
+    user_ref: &str,
+    until: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    for (kind, subject) in [("phone", phone), ("user", user_ref)] {
+        sqlx::query(
+            "INSERT INTO lockouts (kind, subject, locked_until, verification_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(kind)
+        .bind(subject)
+        .bind(until)
+        .bind(id)
+        .bind(now)
+        .execute(&mut *c)
+        .await?;
+        sqlx::query("DELETE FROM strikes WHERE kind = $1 AND subject = $2")
+            .bind(kind)
+            .bind(subject)
+            .execute(&mut *c)
+            .await?;
+    }
+    sqlx::query(
+        "UPDATE verifications SET status = 'failed', updated_at = $1 \
+         WHERE status IN ('pending', 'calling') AND (phone = $2 OR user_ref = $3)",
+    )
+    .bind(now)
+    .bind(phone)
+    .bind(user_ref)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
