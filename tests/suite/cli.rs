@@ -125,6 +125,18 @@ struct Served {
     addr: SocketAddr,
 }
 
+impl Served {
+    /// Stop the daemon with SIGTERM, as systemd does.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        self.child.wait().unwrap()
+    }
+}
+
 fn serve(dir: &Path, addr: SocketAddr, log: &str) -> Served {
     let log = std::fs::File::create(dir.join(log)).unwrap();
     let child = callverify(dir)
@@ -215,13 +227,7 @@ fn sigkill_mid_call_loses_nothing_and_sigterm_stops_cleanly() {
     );
 
     // SIGTERM: a graceful stop with exit status 0.
-    let mut child = daemon.child;
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let exit = child.wait().unwrap();
+    let exit = daemon.terminate();
     assert!(exit.success(), "{exit:?}");
     let log = std::fs::read_to_string(dir.path().join("second.log")).unwrap();
     assert!(log.contains("callverify stopped"), "{log}");
@@ -253,13 +259,7 @@ fn peers_cannot_forge_log_lines_and_log_files_are_plain() {
             .run(daemon.addr),
     )
     .unwrap();
-    let mut child = daemon.child;
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    child.wait().unwrap();
+    daemon.terminate();
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert!(
         log.contains(&format!("520 {forged}\\n\\x1b[2J")),
