@@ -201,8 +201,8 @@ async fn staff(config: &Config, command: StaffCommand) -> anyhow::Result<ExitCod
                 .read_line(&mut password)
                 .context("cannot read the password from stdin")?;
             let password = password.trim_end_matches(['\r', '\n']);
-            let row = staff.add(&username, password).await?;
-            println!("added staff member {} ({})", row.username, row.id);
+            let account = staff.add(&username, password).await?;
+            println!("added staff member {} ({})", account.username, account.id);
         }
         StaffCommand::List => {
             for s in staff.list().await? {

@@ -4,93 +4,10 @@
 use sqlx::{Connection, Row};
 
 use super::{op, Store, StoreError};
-use crate::domain::status::{CallerMatch, RequestStatus, Status};
-
-/// A message as the support line stores it.
-#[derive(Debug, Clone)]
-pub struct NewManualRequest {
-    pub id: String,
-    pub created_at: i64,
-    pub caller: Option<String>,
-    pub caller_match: CallerMatch,
-    pub verification_id: Option<String>,
-    pub ended_by: &'static str,
-    pub duration_ms: i64,
-    /// A WAV file.
-    pub recording: Vec<u8>,
-    pub transcript: Option<String>,
-    pub language: String,
-}
-
-/// A request as listed (the recording itself is fetched on its own).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManualRequestRow {
-    pub id: String,
-    pub created_at: i64,
-    pub caller: Option<String>,
-    pub caller_match: CallerMatch,
-    pub verification_id: Option<String>,
-    /// Of the matched verification.
-    pub user_ref: Option<String>,
-    pub verification_status: Option<Status>,
-    pub api_key_id: Option<String>,
-    pub status: RequestStatus,
-    pub ended_by: String,
-    pub duration_ms: i64,
-    pub has_recording: bool,
-    pub transcript: Option<String>,
-    pub decided_at: Option<i64>,
-    pub decided_by: Option<String>,
-    pub reason: Option<String>,
-}
-
-/// Which requests a listing shows.
-#[derive(Debug, Clone, Default)]
-pub struct RequestFilter {
-    /// None: all.
-    pub status: Option<RequestStatus>,
-    /// Only requests matched to this API key's verifications, and unmatched ones.
-    pub api_key_id: Option<String>,
-    pub limit: i64,
-}
-
-/// A staff member's decision on a request.
-#[derive(Debug, Clone)]
-pub enum Decision {
-    /// Verify `verification_id` (the matched one when none is named).
-    Approve {
-        verification_id: Option<String>,
-    },
-    Reject {
-        reason: String,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decided {
-    Done {
-        verification_id: Option<String>,
-    },
-    NotFound,
-    /// Already approved or rejected.
-    AlreadyDecided(RequestStatus),
-    /// Approving needs a verification and the request matched none.
-    NoVerification,
-    /// The verification cannot be verified by hand in this state (in a call, canceled) or
-    /// does not exist.
-    NotApprovable(Option<Status>),
-    /// The request matched a verification by caller ID; it cannot be approved for another.
-    MatchedOther,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEntry {
-    pub at: i64,
-    pub actor: String,
-    pub action: String,
-    pub subject: String,
-    pub detail: String,
-}
+use crate::domain::status::{RequestStatus, Status};
+use crate::support::request::{
+    AuditEntry, Decided, Decision, ManualRequest, NewManualRequest, RequestFilter,
+};
 
 /// Statuses a verification can be approved from by hand.
 const APPROVABLE: &str = "'pending', 'failed', 'unanswered', 'expired'";
@@ -158,7 +75,7 @@ impl Store {
     pub async fn manual_requests(
         &self,
         filter: RequestFilter,
-    ) -> Result<Vec<ManualRequestRow>, StoreError> {
+    ) -> Result<Vec<ManualRequest>, StoreError> {
         self.engine
             .run(op(move |c| {
                 let order = if filter.status == Some(RequestStatus::Open) {
@@ -185,7 +102,7 @@ impl Store {
             .await
     }
 
-    pub async fn manual_request(&self, id: &str) -> Result<Option<ManualRequestRow>, StoreError> {
+    pub async fn manual_request(&self, id: &str) -> Result<Option<ManualRequest>, StoreError> {
         let id = id.to_owned();
         self.engine
             .run(op(move |c| {
@@ -454,11 +371,11 @@ async fn insert_audit(
     Ok(())
 }
 
-fn request_from_row(r: &sqlx::any::AnyRow) -> Result<ManualRequestRow, StoreError> {
+fn request_from_row(r: &sqlx::any::AnyRow) -> Result<ManualRequest, StoreError> {
     let caller_match: String = r.try_get("caller_match")?;
     let status: String = r.try_get("status")?;
     let verification_status: Option<String> = r.try_get("verification_status")?;
-    Ok(ManualRequestRow {
+    Ok(ManualRequest {
         id: r.try_get("id")?,
         created_at: r.try_get("created_at")?,
         caller: r.try_get("caller")?,

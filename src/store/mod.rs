@@ -30,11 +30,7 @@ pub use attempts::{AttemptRow, Begun, Recovered};
 pub use creation::{Created, Earlier, IdempotencyKey, RateLimit, RateSubject};
 pub use error::{redact_url, StoreError};
 pub use lockouts::{InCall, StrikeRule};
-pub use manual_requests::{
-    AuditEntry, Decided, Decision, ManualRequestRow, NewManualRequest, RequestFilter,
-};
 pub use outbox::OutboxEvent;
-pub use staff::{StaffRow, StaffSession};
 
 use std::str::FromStr;
 

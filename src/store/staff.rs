@@ -3,26 +3,11 @@
 use sqlx::{Connection, Row};
 
 use super::{op, Store, StoreError};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StaffRow {
-    pub id: String,
-    pub username: String,
-    pub password_hash: String,
-    pub created_at: i64,
-    pub disabled_at: Option<i64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StaffSession {
-    pub staff_id: String,
-    pub username: String,
-    pub csrf_token: String,
-}
+use crate::support::account::{StaffAccount, StaffSession};
 
 impl Store {
     /// Add a staff account; false if the name is taken.
-    pub async fn insert_staff(&self, staff: StaffRow) -> Result<bool, StoreError> {
+    pub async fn insert_staff(&self, staff: StaffAccount) -> Result<bool, StoreError> {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
@@ -42,11 +27,11 @@ impl Store {
             .await
     }
 
-    pub async fn staff(&self) -> Result<Vec<StaffRow>, StoreError> {
+    pub async fn staff(&self) -> Result<Vec<StaffAccount>, StoreError> {
         self.staff_where("1 = 1", String::new()).await
     }
 
-    pub async fn staff_named(&self, username: &str) -> Result<Option<StaffRow>, StoreError> {
+    pub async fn staff_named(&self, username: &str) -> Result<Option<StaffAccount>, StoreError> {
         let mut found = self
             .staff_where("username = $1", username.to_owned())
             .await?;
@@ -57,7 +42,7 @@ impl Store {
         &self,
         condition: &'static str,
         value: String,
-    ) -> Result<Vec<StaffRow>, StoreError> {
+    ) -> Result<Vec<StaffAccount>, StoreError> {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
@@ -72,7 +57,7 @@ impl Store {
                     let rows = query.fetch_all(&mut *c).await?;
                     rows.iter()
                         .map(|r| {
-                            Ok(StaffRow {
+                            Ok(StaffAccount {
                                 id: r.try_get("id")?,
                                 username: r.try_get("username")?,
                                 password_hash: r.try_get("password_hash")?,

@@ -2,9 +2,11 @@
 //! act on), when live staff answer, keeping messages, staff decisions with an audit trail,
 //! and deleting recordings after the retention period.
 
+pub mod account;
 mod actor;
 pub mod hours;
 pub mod message;
+pub mod request;
 pub mod staff;
 
 use std::time::Duration;
@@ -16,12 +18,13 @@ use crate::domain::clock::now_ms;
 use crate::domain::ids::random_token;
 use crate::domain::phone::{PhoneNumber, PhonePolicy};
 use crate::domain::status::{CallerMatch, RequestStatus};
-use crate::store::{
-    Decided, Decision, ManualRequestRow, NewManualRequest, RequestFilter, Store, StoreError,
-};
+use crate::store::{Store, StoreError};
+pub use account::{StaffAccount, StaffSession};
 pub use actor::Actor;
 use hours::BusinessHours;
 use message::{Message, MessageLimits};
+use request::{Decided, Decision, NewManualRequest};
+pub use request::{ManualRequest, RequestFilter};
 
 #[derive(Debug, Clone)]
 pub struct SupportSettings {
@@ -171,27 +174,23 @@ impl Support {
         Ok(id)
     }
 
-    pub async fn list(&self, filter: RequestFilter) -> Result<Vec<ManualRequestRow>, StoreError> {
+    pub async fn list(&self, filter: RequestFilter) -> Result<Vec<ManualRequest>, StoreError> {
         self.store.manual_requests(filter).await
     }
 
     /// One request; opening it (it shows the full number) is audited.
-    pub async fn open(
-        &self,
-        id: &str,
-        actor: &Actor,
-    ) -> Result<Option<ManualRequestRow>, StoreError> {
-        let row = self.store.manual_request(id).await?;
-        if row.is_some() {
+    pub async fn open(&self, id: &str, actor: &Actor) -> Result<Option<ManualRequest>, StoreError> {
+        let request = self.store.manual_request(id).await?;
+        if request.is_some() {
             self.store
                 .audit(actor.as_str(), "open", id, "", now_ms())
                 .await?;
         }
-        Ok(row)
+        Ok(request)
     }
 
     /// A request without auditing (to check access before acting).
-    pub async fn peek(&self, id: &str) -> Result<Option<ManualRequestRow>, StoreError> {
+    pub async fn peek(&self, id: &str) -> Result<Option<ManualRequest>, StoreError> {
         self.store.manual_request(id).await
     }
 
@@ -251,7 +250,7 @@ impl Support {
         }
     }
 
-    pub fn is_overdue(&self, request: &ManualRequestRow, now: i64) -> bool {
+    pub fn is_overdue(&self, request: &ManualRequest, now: i64) -> bool {
         let after = i64::try_from(self.settings.overdue_after.as_millis()).unwrap_or(i64::MAX);
         request.status == RequestStatus::Open && now.saturating_sub(request.created_at) >= after
     }

@@ -11,10 +11,11 @@ use argon2::Argon2;
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
+use super::account::{StaffAccount, StaffSession};
 use super::actor::Actor;
 use crate::domain::clock::now_ms;
 use crate::domain::ids::{random_token, token_hash};
-use crate::store::{StaffRow, StaffSession, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StaffError {
@@ -100,7 +101,7 @@ impl Staff {
         }
     }
 
-    pub async fn add(&self, username: &str, password: &str) -> Result<StaffRow, StaffError> {
+    pub async fn add(&self, username: &str, password: &str) -> Result<StaffAccount, StaffError> {
         if !is_staff_name(username) {
             return Err(StaffError::InvalidName);
         }
@@ -117,20 +118,26 @@ impl Staff {
         .await
         .map_err(|e| StaffError::Hash(e.to_string()))?
         .map_err(|e| StaffError::Hash(e.to_string()))?;
-        let row = StaffRow {
+        let account = StaffAccount {
             id: random_token("stf_", 12),
             username: username.to_owned(),
             password_hash,
             created_at: now_ms(),
             disabled_at: None,
         };
-        if !self.store.insert_staff(row.clone()).await? {
+        if !self.store.insert_staff(account.clone()).await? {
             return Err(StaffError::Exists(username.to_owned()));
         }
         self.store
-            .audit(ACCOUNTS_ACTOR, "staff_add", username, "", row.created_at)
+            .audit(
+                ACCOUNTS_ACTOR,
+                "staff_add",
+                username,
+                "",
+                account.created_at,
+            )
             .await?;
-        Ok(row)
+        Ok(account)
     }
 
     /// How long a sign-in lasts, for the cookie's Max-Age.
@@ -138,7 +145,7 @@ impl Staff {
         self.session_length.as_secs()
     }
 
-    pub async fn list(&self) -> Result<Vec<StaffRow>, StoreError> {
+    pub async fn list(&self) -> Result<Vec<StaffAccount>, StoreError> {
         self.store.staff().await
     }
 

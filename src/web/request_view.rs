@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::domain::clock::{now_ms, rfc3339};
 use crate::domain::phone::masked;
 use crate::domain::status::RequestStatus;
-use crate::store::ManualRequestRow;
+use crate::support::request::ManualRequest;
 use crate::support::Support;
 
 /// A request as the API and the console show it.
@@ -38,15 +38,16 @@ pub struct VerificationRef {
 
 impl RequestView {
     /// Requests as a queue shows them: numbers masked.
-    pub fn listed(rows: &[ManualRequestRow], support: &Support) -> Vec<Self> {
+    pub fn listed(requests: &[ManualRequest], support: &Support) -> Vec<Self> {
         let now = now_ms();
-        rows.iter()
+        requests
+            .iter()
             .map(|r| Self::new(r, support, false, now))
             .collect()
     }
 
-    pub fn new(row: &ManualRequestRow, support: &Support, full_number: bool, now: i64) -> Self {
-        let caller = row.caller.as_deref().map(|number| {
+    pub fn new(request: &ManualRequest, support: &Support, full_number: bool, now: i64) -> Self {
+        let caller = request.caller.as_deref().map(|number| {
             if full_number {
                 number.to_owned()
             } else {
@@ -54,26 +55,26 @@ impl RequestView {
             }
         });
         Self {
-            id: row.id.clone(),
-            status: row.status,
-            created_at: rfc3339(row.created_at),
+            id: request.id.clone(),
+            status: request.status,
+            created_at: rfc3339(request.created_at),
             caller,
-            caller_match: row.caller_match.as_str(),
-            verification: row.verification_id.as_ref().map(|id| VerificationRef {
+            caller_match: request.caller_match.as_str(),
+            verification: request.verification_id.as_ref().map(|id| VerificationRef {
                 id: id.clone(),
-                user_ref: row.user_ref.clone(),
-                status: row.verification_status.map(|s| s.to_string()),
+                user_ref: request.user_ref.clone(),
+                status: request.verification_status.map(|s| s.to_string()),
             }),
-            overdue: support.is_overdue(row, now),
-            duration_ms: row.duration_ms,
-            ended_by: row.ended_by.clone(),
-            recording_url: row
+            overdue: support.is_overdue(request, now),
+            duration_ms: request.duration_ms,
+            ended_by: request.ended_by.clone(),
+            recording_url: request
                 .has_recording
-                .then(|| format!("/v1/manual-requests/{}/recording", row.id)),
-            transcript: row.transcript.clone(),
-            decided_at: row.decided_at.map(rfc3339),
-            decided_by: row.decided_by.clone(),
-            reason: row.reason.clone(),
+                .then(|| format!("/v1/manual-requests/{}/recording", request.id)),
+            transcript: request.transcript.clone(),
+            decided_at: request.decided_at.map(rfc3339),
+            decided_by: request.decided_by.clone(),
+            reason: request.reason.clone(),
         }
     }
 }

@@ -270,7 +270,7 @@ async fn support_messages_get_a_transcript(db: Db) {
         .await
         .unwrap();
     assert_eq!(t.count_prompt("callverify/support-thanks"), 1);
-    let filter = callverify::store::RequestFilter {
+    let filter = callverify::support::request::RequestFilter {
         limit: 10,
         ..Default::default()
     };

@@ -10,7 +10,7 @@ use callverify::config::Config;
 use callverify::domain::api_keys::ApiKeys;
 use callverify::domain::status::{CallerMatch, Status};
 use callverify::domain::NewVerification;
-use callverify::store::NewManualRequest;
+use callverify::support::request::NewManualRequest;
 use callverify_testkit::emulator::{inbound_env, AfterTalk, Call, Talk, Transcript};
 use serde_json::{json, Value};
 

@@ -17,7 +17,7 @@ use super::{authenticate, json_body, ApiError, ApiState};
 use crate::domain::api_keys::ApiKey;
 use crate::domain::clock::now_ms;
 use crate::domain::status::RequestStatus;
-use crate::store::RequestFilter;
+use crate::support::request::RequestFilter;
 use crate::support::{Actor, SupportError};
 use crate::web::request_view::RequestView;
 

@@ -1,0 +1,18 @@
+//! A support staff member's account and a signed-in console session, as the support desk
+//! sees them. Value types: the store persists them and returns them.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffAccount {
+    pub id: String,
+    pub username: String,
+    pub password_hash: String,
+    pub created_at: i64,
+    pub disabled_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffSession {
+    pub staff_id: String,
+    pub username: String,
+    pub csrf_token: String,
+}
