@@ -135,6 +135,77 @@ async fn peers_outside_the_allowlist_are_refused() {
     d.stop().await;
 }
 
+/// Over the cap, a call waits a moment for a place instead of being reset at once: one that
+/// comes while both places are taken verifies when one frees up.
+#[tokio::test]
+async fn a_call_over_the_cap_waits_for_a_place() {
+    let d = small_daemon().await;
+    let (go, hold) = tokio::sync::watch::channel(false);
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let v = d
+            .new_verification(&format!("+1415555014{i}"), &format!("holder{i}"))
+            .await;
+        let call = Call::verify(&v.id)
+            .press("#")
+            .then(Action::Hold(hold.clone()))
+            .press(v.code.as_deref().unwrap());
+        let addr = d.addr;
+        held.push(tokio::spawn(async move { call.run(addr).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let v = d.new_verification("+14155550150", "patient").await;
+    let call = Call::verify(&v.id)
+        .press("#")
+        .press(v.code.as_deref().unwrap());
+    let addr = d.addr;
+    let patient = tokio::spawn(async move { call.run(addr).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    go.send(true).unwrap();
+    for h in held {
+        h.await.unwrap().unwrap();
+    }
+    patient.await.unwrap().unwrap();
+    assert_eq!(d.status(&v.id).await.status, Status::Verified);
+    d.stop().await;
+}
+
+/// Peers that connect and say nothing hold a greeting place for agi.env_timeout_secs at
+/// most, never a call's: two hundred of them at once do not keep calls out, even with
+/// room for only two calls.
+#[tokio::test]
+async fn silent_connections_do_not_crowd_out_calls() {
+    let d = small_daemon().await;
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(TcpStream::connect(d.addr).await.unwrap());
+    }
+    let mut calls = Vec::new();
+    for i in 0..4 {
+        let v = d
+            .new_verification(&format!("+1415555016{i}"), &format!("caller{i}"))
+            .await;
+        let call = Call::verify(&v.id)
+            .press("#")
+            .press(v.code.as_deref().unwrap());
+        let addr = d.addr;
+        calls.push((v.id, tokio::spawn(async move { call.run(addr).await })));
+    }
+    for (id, call) in calls {
+        // A hang guard, not a timing target.
+        tokio::time::timeout(Duration::from_secs(60), call)
+            .await
+            .expect("the call got through")
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.status(&id).await.status, Status::Verified);
+    }
+    drop(silent);
+    d.stop().await;
+}
+
+/// When every place stays taken, a call is turned away after a short wait, and the cap
+/// frees up when calls end.
 #[tokio::test]
 async fn sessions_over_the_cap_are_closed_and_the_cap_frees_up() {
     let d = small_daemon().await;

@@ -1,19 +1,19 @@
-//! The FastAGI listener: an allowlist (AGI has no authentication), a cap on concurrent
-//! sessions, one task per session, and a graceful shutdown that lets calls finish.
+//! The FastAGI listener: an allowlist (AGI has no authentication), a short greeting stage
+//! for the environment block apart from the calls' cap (see [`crate::admission`]), one task
+//! per session, and a graceful shutdown that lets calls finish.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::{field, Instrument};
 
 use super::session::{AgiError, Session, Timeouts};
-use crate::admission::Admission;
+use crate::admission::{Admission, Greeting};
 use crate::redact::mask_digit_runs;
 
 /// What runs a call once its environment block is read. The session's span has the empty
@@ -29,8 +29,9 @@ pub trait Handler: Send + Sync + 'static {
 pub struct ServerConfig {
     /// Peers allowed to connect; everyone else is closed on at once.
     pub allow: Vec<IpNet>,
-    /// Sessions at once; a connection over the cap is closed, so that Asterisk sets
-    /// `AGISTATUS=FAILURE` at once and the dialplan apologises instead of dead air.
+    /// Sessions at once. A call over the cap waits a moment for a place, then is closed,
+    /// so that Asterisk sets `AGISTATUS=FAILURE` and the dialplan apologises instead of
+    /// leaving the caller in dead air.
     pub max_sessions: usize,
     pub timeouts: Timeouts,
     /// How long calls in progress may go on after a shutdown signal.
@@ -45,22 +46,22 @@ pub async fn serve<H: Handler>(
     handler: Arc<H>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let gate = Admission::new("FastAGI", config.allow.clone(), config.max_sessions);
+    let admission = Arc::new(Admission::new(
+        "FastAGI",
+        config.allow.clone(),
+        config.max_sessions,
+    ));
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            accepted = listener.accept() => {
-                let Some((stream, peer, permit)) = gate.admit(accepted).await else {
-                    continue;
-                };
-                let handler = handler.clone();
+            greeting = admission.accept(&listener) => {
+                let (handler, admission) = (handler.clone(), admission.clone());
                 let timeouts = config.timeouts;
                 sessions.spawn(async move {
-                    run_session(stream, peer, timeouts, &*handler).await;
-                    drop(permit);
+                    run_session(greeting, &admission, timeouts, &*handler).await;
                 });
             }
         }
@@ -85,32 +86,53 @@ pub async fn serve<H: Handler>(
 }
 
 async fn run_session<H: Handler>(
-    stream: TcpStream,
-    peer: SocketAddr,
+    greeting: Greeting,
+    admission: &Admission,
     timeouts: Timeouts,
     handler: &H,
 ) {
     let span = tracing::info_span!(
         "call",
-        %peer,
+        peer = %greeting.peer,
         script = field::Empty,
         channel = field::Empty,
         verification = field::Empty
     );
     async move {
+        let Greeting {
+            stream,
+            peer,
+            mut place,
+        } = greeting;
         // Replies are single short lines: don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
-        let mut session = match Session::accept(stream, timeouts).await {
+        let greeted = tokio::select! {
+            greeted = Session::accept(stream, timeouts) => greeted,
+            () = place.evicted() => {
+                admission.silent(peer, "silent while newer connections needed its place");
+                return;
+            }
+        };
+        let mut session = match greeted {
             Ok(session) => session,
             // A port check (monitoring, a load balancer) connects and closes: not worth a warning.
             Err(AgiError::Closed) => {
                 tracing::debug!("peer closed before sending an environment block");
                 return;
             }
+            Err(AgiError::Timeout(_)) => {
+                admission.silent(peer, "no environment block in time");
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "FastAGI session refused: bad environment block");
                 return;
             }
+        };
+        // It said who it is: from the greeting places to a call's.
+        drop(place);
+        let Some(_call) = admission.establish(peer).await else {
+            return;
         };
         let span = tracing::Span::current();
         span.record("script", session.env().script());

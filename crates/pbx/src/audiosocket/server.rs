@@ -1,19 +1,19 @@
-//! Accepts AudioSocket connections: allowlist (the protocol has no authentication), a cap on
-//! connections, and the UUID message within a deadline, before the stream goes to its call.
+//! Accepts AudioSocket connections: allowlist (the protocol has no authentication), the UUID
+//! message within a deadline in the greeting stage, then a place under the connection cap,
+//! before the stream goes to its call (see [`crate::admission`]).
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use ipnet::IpNet;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::net::TcpListener;
 use tokio_util::codec::FramedRead;
 
 use super::frame::{Frame, FrameCodec};
 use super::{AudioStream, Hub};
-use crate::admission::Admission;
+use crate::admission::{Admission, Greeting};
 
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
@@ -31,32 +31,41 @@ pub async fn serve(
     hub: Hub,
     shutdown: impl Future<Output = ()>,
 ) {
-    let gate = Admission::new("AudioSocket", config.allow, config.max_connections);
+    let admission = Arc::new(Admission::new(
+        "AudioSocket",
+        config.allow,
+        config.max_connections,
+    ));
     tokio::pin!(shutdown);
     loop {
-        let accepted = tokio::select! {
+        let greeting = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
+            greeting = admission.accept(&listener) => greeting,
         };
-        let Some((stream, peer, permit)) = gate.admit(accepted).await else {
-            continue;
-        };
-        let hub = hub.clone();
-        tokio::spawn(hand_over(stream, peer, permit, hub, config.uuid_timeout));
+        let (hub, admission) = (hub.clone(), admission.clone());
+        tokio::spawn(async move {
+            hand_over(greeting, &admission, hub, config.uuid_timeout).await;
+        });
     }
 }
 
-async fn hand_over(
-    stream: TcpStream,
-    peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-    hub: Hub,
-    uuid_timeout: Duration,
-) {
+async fn hand_over(greeting: Greeting, admission: &Admission, hub: Hub, uuid_timeout: Duration) {
+    let Greeting {
+        stream,
+        peer,
+        mut place,
+    } = greeting;
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
     let mut frames = FramedRead::new(read, FrameCodec);
-    let uuid = match tokio::time::timeout(uuid_timeout, frames.next()).await {
+    let first = tokio::select! {
+        first = tokio::time::timeout(uuid_timeout, frames.next()) => first,
+        () = place.evicted() => {
+            admission.silent(peer, "silent while newer connections needed its place");
+            return;
+        }
+    };
+    let uuid = match first {
         Ok(Some(Ok(Frame::Uuid(uuid)))) => uuid,
         Ok(Some(Ok(other))) => {
             tracing::warn!(%peer, kind = ?std::mem::discriminant(&other),
@@ -72,9 +81,13 @@ async fn hand_over(
             return;
         }
         Err(_) => {
-            tracing::warn!(%peer, timeout = ?uuid_timeout, "AudioSocket connection closed: no UUID message in time");
+            admission.silent(peer, "no UUID message in time");
             return;
         }
+    };
+    drop(place);
+    let Some(permit) = admission.establish(peer).await else {
+        return;
     };
     let stream = AudioStream::start(frames, write, permit);
     if !hub.deliver(uuid, stream) {
