@@ -189,6 +189,12 @@ pub struct HttpSection {
     pub listen: String,
     /// Larger request bodies are refused with 413.
     pub max_body_bytes: u64,
+    /// Connections at once; more wait to be accepted. Apart from the calls' places, so that
+    /// HTTP clients can never take what calls need.
+    pub max_connections: u64,
+    /// For a request's headers (and the wait for the next request on a kept-alive
+    /// connection), and for a request's handling, its body included.
+    pub timeout_secs: u64,
 }
 
 impl Default for HttpSection {
@@ -196,6 +202,8 @@ impl Default for HttpSection {
         Self {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 16 * 1024,
+            max_connections: 256,
+            timeout_secs: 10,
         }
     }
 }

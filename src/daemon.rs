@@ -22,6 +22,7 @@ use crate::support::staff::Staff;
 use crate::support::Support;
 use crate::web::api::ApiState;
 use crate::web::console::ConsoleState;
+use crate::web::HttpLimits;
 
 /// Asterisk names the call's UUID at once after connecting.
 const AUDIOSOCKET_UUID_TIMEOUT: Duration = Duration::from_secs(2);
@@ -45,8 +46,6 @@ pub enum DaemonError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("the HTTP API failed: {0}")]
-    Http(std::io::Error),
     #[error(transparent)]
     Speech(#[from] callverify_speech::SpeechError),
 }
@@ -341,6 +340,10 @@ pub async fn run(
         listeners.http,
         api,
         console,
+        HttpLimits {
+            max_connections: usize::try_from(config.http.max_connections).unwrap_or(usize::MAX),
+            timeout: Duration::from_secs(config.http.timeout_secs.max(1)),
+        },
         wait(stopped.clone()),
     ));
     let agi_server = config.agi_server()?;
@@ -360,9 +363,8 @@ pub async fn run(
         let _ = stop.send(true);
     };
     tokio::join!(agi, signal);
-    match http.await {
-        Ok(result) => result.map_err(DaemonError::Http)?,
-        Err(e) => tracing::error!(error = %e, "the HTTP API task failed"),
+    if let Err(e) = http.await {
+        tracing::error!(error = %e, "the HTTP API task failed");
     }
     tracing::info!("callverify stopped");
     Ok(())

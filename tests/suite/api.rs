@@ -604,3 +604,93 @@ on_both_backends!(
     idempotency_key_gives_one_verification,
     lockouts_and_rate_limits_are_429,
 );
+
+/// A daemon whose HTTP listener allows `max` connections and 1 s per request and idle wait.
+async fn tight_http(max: u64) -> Daemon {
+    crate::common::start_with(Db::Sqlite, move |c| {
+        c.http.max_connections = max;
+        c.http.timeout_secs = 1;
+    })
+    .await
+}
+
+/// Reads until the daemon closes the connection (a hang guard, not a timing target).
+async fn read_until_closed(s: &mut tokio::net::TcpStream) -> String {
+    let mut got = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(20), s.read_to_end(&mut got))
+        .await
+        .expect("the daemon closes the connection")
+        .ok();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Slow clients hold no connection for long: headers dripping in, an idle kept-alive
+/// connection, a body that never comes.
+#[tokio::test]
+async fn slow_clients_are_timed_out() {
+    let d = tight_http(16).await;
+    // Headers that never end: closed.
+    let mut slow = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_until_closed(&mut slow).await, "");
+    // A kept-alive connection left idle after its answer: closed.
+    let mut idle = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let answered = read_until_closed(&mut idle).await;
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    // A body that never arrives (the sign-in form is read before anything is checked): 408.
+    let mut dripping = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    dripping
+        .write_all(
+            b"POST /console/login HTTP/1.1\r\nHost: t\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nusername=",
+        )
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut dripping).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    d.stop().await;
+}
+
+/// HTTP connections have a cap of their own: a flood of idle ones waits its turn and never
+/// takes a place from calls, which go on being served.
+#[tokio::test]
+async fn an_http_flood_does_not_touch_calls() {
+    let d = tight_http(4).await;
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        flood.push(tokio::net::TcpStream::connect(d.http).await.unwrap());
+    }
+    let v = d.new_verification(PHONE, "during-flood").await;
+    let t = Call::verify(&v.id)
+        .press("#")
+        .press(v.code.as_deref().unwrap())
+        .run(d.addr)
+        .await
+        .unwrap();
+    assert!(t.closed_by_daemon);
+    assert_eq!(
+        d.status(&v.id).await.status,
+        callverify::domain::Status::Verified
+    );
+    // The flood times out four at a time; a request behind it is answered in the end.
+    let mut late = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    late.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        late.read_to_end(&mut answer),
+    )
+    .await
+    .expect("answered once the flood timed out")
+    .unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    drop(flood);
+    d.stop().await;
+}

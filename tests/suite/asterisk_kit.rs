@@ -940,3 +940,25 @@ fn the_ami_user_has_least_privilege_and_an_acl() {
     assert!(!user.all("permit").is_empty(), "an explicit permit");
     assert!(user.get("secret").is_some_and(|s| !s.is_empty()));
 }
+
+/// The shipped unit gives the daemon descriptors enough for its caps: two sockets a call,
+/// the greeting places of both Asterisk listeners and the HTTP connections, with room left.
+#[test]
+fn the_systemd_unit_allows_descriptors_for_every_cap() {
+    let unit = fs::read_to_string(repo().join("asterisk/callverify.service")).unwrap();
+    let limit: usize = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("LimitNOFILE="))
+        .expect("the unit sets LimitNOFILE")
+        .trim()
+        .parse()
+        .unwrap();
+    let config = callverify::config::Config::default();
+    let needed = 2 * config.agi.max_sessions as usize
+        + 2 * callverify_pbx::admission::GREETING_PLACES
+        + config.http.max_connections as usize;
+    assert!(
+        limit >= 2 * needed,
+        "LimitNOFILE={limit}, the caps need {needed}"
+    );
+}
