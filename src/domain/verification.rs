@@ -1,5 +1,5 @@
-//! A verification and the rules that need no store: its shape, its policy, what the web app
-//! sees of it, and the checks on what callers send.
+//! A verification and the rules that need no store: its shape, its call attempts and status
+//! events, its policy, what the web app sees of it, and the checks on what callers send.
 
 use std::time::Duration;
 
@@ -191,6 +191,31 @@ pub struct DialJob {
     /// The Originate's ChannelId and ActionID; Asterisk makes it the channel's Uniqueid.
     pub channel_id: String,
     pub dial_attempts: i64,
+}
+
+/// One call attempt of a verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallAttempt {
+    pub id: i64,
+    pub verification_id: String,
+    pub channel: String,
+    pub uniqueid: String,
+    /// Which daemon handled it (host/FastAGI address).
+    pub daemon: String,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub outcome: Option<CallOutcome>,
+}
+
+/// A status change waiting to be posted to the web app (the outbox).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusEvent {
+    pub id: i64,
+    pub verification_id: String,
+    pub status: String,
+    pub created_at: i64,
+    pub attempts: i64,
+    pub callback_url: Option<String>,
 }
 
 /// A call in progress on a verification.

@@ -22,7 +22,8 @@ use tokio::sync::watch;
 
 use crate::domain::callback;
 use crate::domain::clock::{now_ms, rfc3339};
-use crate::store::{OutboxEvent, Store};
+use crate::domain::verification::StatusEvent;
+use crate::store::Store;
 
 pub const SIGNATURE_HEADER: &str = "Callverify-Signature";
 
@@ -86,7 +87,7 @@ pub fn sign(secret: &str, t: i64, body: &[u8]) -> String {
 }
 
 /// The JSON body of an event.
-pub fn body(event: &OutboxEvent) -> Vec<u8> {
+pub fn body(event: &StatusEvent) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "id": format!("evt_{}", event.id),
         "type": "verification.status_changed",
@@ -161,7 +162,7 @@ impl Sender {
         // A batch holds at most one event per verification, so sending its events side by
         // side keeps each verification's order; a slow receiver holds up only its own.
         let claimed = events.len();
-        let results: Vec<(OutboxEvent, Result<(), Undelivered>)> = futures::stream::iter(events)
+        let results: Vec<(StatusEvent, Result<(), Undelivered>)> = futures::stream::iter(events)
             .map(|event| async move {
                 let result = self.deliver(&event).await;
                 (event, result)
@@ -207,7 +208,7 @@ impl Sender {
         claimed
     }
 
-    async fn deliver(&self, event: &OutboxEvent) -> Result<(), Undelivered> {
+    async fn deliver(&self, event: &StatusEvent) -> Result<(), Undelivered> {
         let (url, client) = match event.callback_url.as_deref().filter(|u| !u.is_empty()) {
             Some(url) if !self.config.allow_private_callbacks => {
                 let parsed = url::Url::parse(url)

@@ -7,21 +7,7 @@ use super::lockouts::LOCKED_OUT;
 use super::verifications::{parse_column, verification_from_row, VERIFICATION_COLUMNS};
 use super::{op, Store, StoreError};
 use crate::domain::status::CallOutcome;
-use crate::domain::verification::Verification;
-
-/// One call attempt of a verification.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttemptRow {
-    pub id: i64,
-    pub verification_id: String,
-    pub channel: String,
-    pub uniqueid: String,
-    /// Which daemon handled it (host/FastAGI address).
-    pub daemon: String,
-    pub started_at: i64,
-    pub ended_at: Option<i64>,
-    pub outcome: Option<CallOutcome>,
-}
+use crate::domain::verification::{CallAttempt, Verification};
 
 /// What recovery after a crash closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -180,7 +166,7 @@ impl Store {
             .await
     }
 
-    pub async fn attempts(&self, verification_id: &str) -> Result<Vec<AttemptRow>, StoreError> {
+    pub async fn attempts(&self, verification_id: &str) -> Result<Vec<CallAttempt>, StoreError> {
         let verification_id = verification_id.to_owned();
         self.engine
             .run(op(move |c| {
@@ -298,9 +284,9 @@ pub(super) async fn release(
     Ok(done.rows_affected() == 1)
 }
 
-fn attempt_from_row(r: &sqlx::any::AnyRow) -> Result<AttemptRow, StoreError> {
+fn attempt_from_row(r: &sqlx::any::AnyRow) -> Result<CallAttempt, StoreError> {
     let outcome: Option<String> = r.try_get("outcome")?;
-    Ok(AttemptRow {
+    Ok(CallAttempt {
         id: r.try_get("id")?,
         verification_id: r.try_get("verification_id")?,
         channel: r.try_get("channel")?,

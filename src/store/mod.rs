@@ -26,11 +26,10 @@ mod staff;
 mod upkeep;
 mod verifications;
 
-pub use attempts::{AttemptRow, Begun, Recovered};
+pub use attempts::{Begun, Recovered};
 pub use creation::{Created, Earlier, IdempotencyKey, RateLimit, RateSubject};
 pub use error::{redact_url, StoreError};
 pub use lockouts::{InCall, StrikeRule};
-pub use outbox::OutboxEvent;
 
 use std::str::FromStr;
 

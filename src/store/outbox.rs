@@ -4,17 +4,7 @@
 use sqlx::Row;
 
 use super::{op, Backend, Store, StoreError};
-
-/// A status change waiting to be posted to the web app.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxEvent {
-    pub id: i64,
-    pub verification_id: String,
-    pub status: String,
-    pub created_at: i64,
-    pub attempts: i64,
-    pub callback_url: Option<String>,
-}
+use crate::domain::verification::StatusEvent;
 
 impl Store {
     /// Take up to `limit` events due for sending, the oldest undelivered one of each
@@ -25,7 +15,7 @@ impl Store {
         limit: i64,
         lease: i64,
         now: i64,
-    ) -> Result<Vec<OutboxEvent>, StoreError> {
+    ) -> Result<Vec<StatusEvent>, StoreError> {
         let skip_locked = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
@@ -53,7 +43,7 @@ impl Store {
                     let mut events = rows
                         .iter()
                         .map(|r| {
-                            Ok(OutboxEvent {
+                            Ok(StatusEvent {
                                 id: r.try_get("id")?,
                                 verification_id: r.try_get("verification_id")?,
                                 status: r.try_get("status")?,
