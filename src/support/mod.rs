@@ -6,6 +6,7 @@ pub mod account;
 mod actor;
 pub mod hours;
 pub mod message;
+mod passwords;
 pub mod request;
 pub mod staff;
 

@@ -3,16 +3,16 @@
 //! hashed, with its own CSRF token for forms.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::password_hash::PasswordHasher;
 use argon2::Argon2;
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
 
 use super::account::{StaffAccount, StaffSession};
 use super::actor::Actor;
+use super::passwords::PasswordChecks;
 use crate::domain::clock::now_ms;
 use crate::domain::ids::{random_token, token_hash};
 use crate::store::{Store, StoreError};
@@ -46,9 +46,9 @@ pub struct SignedIn {
 pub struct Staff {
     store: Store,
     session_length: Duration,
-    /// Password checks at once: each takes Argon2's 19 MiB and tens of milliseconds of a
-    /// core, so a flood of sign-ins must queue, not exhaust memory.
-    checks: Arc<Semaphore>,
+    /// Password checks, two at a time on their own threads: each takes Argon2's 19 MiB
+    /// and tens of milliseconds of a core, so a flood of sign-ins queues, its memory bounded.
+    checks: PasswordChecks,
     /// Recent sign-in attempts per name typed, existing or not (so that being throttled
     /// tells nothing of which names exist), bounded by [`TRACKED_NAMES`].
     failures: Mutex<HashMap<String, Failures>>,
@@ -64,7 +64,6 @@ const MAX_FAILURES: u32 = 5;
 /// first, so that a flood of made-up names cannot lift a throttle.
 const TRACKED_NAMES: usize = 10_000;
 const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
-const PASSWORD_CHECKS: usize = 2;
 
 #[derive(Debug, Clone, Copy)]
 struct Failures {
@@ -80,23 +79,12 @@ pub fn is_staff_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// Verified when no account matches, so that a wrong name costs as long as a wrong password.
-fn dummy_hash() -> &'static str {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| {
-        Argon2::default()
-            .hash_password(random_token("", 32).as_bytes())
-            .map(|h| h.to_string())
-            .unwrap_or_default()
-    })
-}
-
 impl Staff {
     pub fn new(store: Store, session_length: Duration) -> Self {
         Self {
             store,
             session_length,
-            checks: Arc::new(Semaphore::new(PASSWORD_CHECKS)),
+            checks: PasswordChecks::start(),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -214,23 +202,7 @@ impl Staff {
             .await?
             .filter(|s| s.disabled_at.is_none());
         let hash = account.as_ref().map(|a| a.password_hash.clone());
-        let password = password.to_owned();
-        let _check = self
-            .checks
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
-        let matches = tokio::task::spawn_blocking(move || {
-            let hash: &str = match &hash {
-                Some(hash) => hash,
-                None => dummy_hash(),
-            };
-            Argon2::default()
-                .verify_password(password.as_bytes(), hash)
-                .is_ok()
-        })
-        .await
-        .map_err(|e| StaffError::Hash(e.to_string()))?;
+        let matches = self.checks.matches(hash, password).await;
         let Some(account) = account else {
             return Ok(None);
         };
