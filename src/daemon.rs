@@ -115,6 +115,8 @@ async fn janitor(
 pub struct App {
     pub store: Store,
     pub verifications: Arc<Verifications>,
+    /// The server's key (`security.secret` or the secret file): codes' hashes, form tokens.
+    key: Vec<u8>,
 }
 
 /// Open the store (applying migrations) and build the verification service on it.
@@ -126,7 +128,7 @@ pub async fn open(config: &Config) -> Result<App, DaemonError> {
         .map_err(|source| DaemonError::Key { path, source })?;
     let verifications = Arc::new(Verifications::new(
         store.clone(),
-        CodeHasher::new(key),
+        CodeHasher::new(key.clone()),
         config.phone_policy(),
         config.policy(),
         daemon_name(config),
@@ -134,6 +136,7 @@ pub async fn open(config: &Config) -> Result<App, DaemonError> {
     Ok(App {
         store,
         verifications,
+        key,
     })
 }
 
@@ -242,6 +245,7 @@ pub async fn run(
     let App {
         store,
         verifications: service,
+        key,
     } = app;
     let recovered = service.recover_interrupted().await?;
     if recovered.attempts > 0 || recovered.verifications > 0 {
@@ -294,6 +298,7 @@ pub async fn run(
             Duration::from_secs(config.support.session_hours * 3600),
         ),
         secure_cookies: config.support.secure_cookies,
+        form_key: key,
     });
     if !config.support.secure_cookies
         && !listeners

@@ -290,3 +290,33 @@ async fn an_oversized_sign_in_form_is_refused_unread() {
     );
     d.stop().await;
 }
+
+/// The sign-in form's token is the server's, not a cookie the client chose: a token and
+/// cookie made up alike (as a cookie planted from a sibling domain would be) are refused.
+#[tokio::test]
+async fn a_sign_in_token_the_client_chose_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = crate::common::start(Db::Sqlite).await;
+    Staff::new(d.store.clone(), std::time::Duration::from_secs(3600))
+        .add("alice", PASSWORD)
+        .await
+        .unwrap();
+    let body = format!(
+        "username=alice&password={}&csrf=made-up",
+        PASSWORD.replace(' ', "+")
+    );
+    let mut s = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    let request = format!(
+        "POST /console/login HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+         Cookie: cv_login=made-up\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(!answer.contains("cv_session="), "signed in: {answer}");
+    d.stop().await;
+}

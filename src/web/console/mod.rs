@@ -16,7 +16,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
+use hmac::{Hmac, Mac};
 use serde::Deserialize;
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::domain::clock::now_ms;
@@ -42,6 +44,9 @@ pub struct ConsoleState {
     pub staff: Staff,
     /// The console's cookies are `Secure` (served behind TLS).
     pub secure_cookies: bool,
+    /// Signs the sign-in form's token: the server's key (`security.secret`, shared by the
+    /// daemons of one store), so that only a token a daemon issued is taken.
+    pub form_key: Vec<u8>,
 }
 
 pub fn router(state: Arc<ConsoleState>) -> Router {
@@ -226,8 +231,35 @@ async fn queue(
     )))
 }
 
+/// A sign-in form's token: a random nonce and its HMAC under the server's key. Compared
+/// with the cookie as well, it cannot be one the client chose (a cookie planted from a
+/// sibling domain, say): only a token a daemon issued verifies.
+fn login_token(key: &[u8]) -> String {
+    let nonce = random_token("", 24);
+    let signature = login_signature(key, &nonce);
+    format!("{nonce}.{signature}")
+}
+
+fn login_token_valid(key: &[u8], token: &str) -> bool {
+    let Some((nonce, signature)) = token.split_once('.') else {
+        return false;
+    };
+    bool::from(
+        login_signature(key, nonce)
+            .as_bytes()
+            .ct_eq(signature.as_bytes()),
+    )
+}
+
+fn login_signature(key: &[u8], nonce: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key");
+    mac.update(b"callverify console sign-in form\0");
+    mac.update(nonce.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
 async fn login_page(State(state): State<Arc<ConsoleState>>) -> Response {
-    let token = random_token("", 32);
+    let token = login_token(&state.form_key);
     let body = html::login(&token, None);
     let cookie = set_cookie(&state, LOGIN_COOKIE, &token, 3600);
     (page_headers(), [cookie], body).into_response()
@@ -247,7 +279,10 @@ async fn login(
     Form(form): Form<LoginForm>,
 ) -> Result<Response, Refusal> {
     let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
-    if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes())) {
+    if expected.is_empty()
+        || !bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes()))
+        || !login_token_valid(&state.form_key, &form.csrf)
+    {
         return Err(Refusal::Forged);
     }
     let signed_in = state
@@ -415,4 +450,19 @@ fn urlencode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tokens_signed_with_the_key_are_valid() {
+        let token = login_token(b"key");
+        assert!(login_token_valid(b"key", &token));
+        assert!(!login_token_valid(b"other key", &token));
+        assert!(!login_token_valid(b"key", "chosen-by-the-client"));
+        let (nonce, _) = token.split_once('.').unwrap();
+        assert!(!login_token_valid(b"key", &format!("{nonce}.00")));
+    }
 }
