@@ -12,6 +12,12 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if env.validate().is_ok() {
-        let _ = (env.script(), env.channel(), env.uniqueid(), env.language(), env.arg(1));
+        let _ = (
+            env.script(),
+            env.channel(),
+            env.uniqueid(),
+            env.language(),
+            env.arg(1),
+        );
     }
 });

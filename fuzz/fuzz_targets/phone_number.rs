@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(number) = policy.parse(&text) {
         let e164 = number.as_str();
         assert!(e164.starts_with('+') && e164[1..].bytes().all(|b| b.is_ascii_digit()));
-        assert_eq!(policy.parse(e164).map(|n| n.as_str().to_owned()), Ok(e164.to_owned()));
+        assert_eq!(
+            policy.parse(e164).map(|n| n.as_str().to_owned()),
+            Ok(e164.to_owned())
+        );
     }
     let _ = policy.caller_id(&text);
 });

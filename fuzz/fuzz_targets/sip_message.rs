@@ -13,6 +13,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(sip) = rsip::SipMessage::try_from(data) else {
         return;
     };
-    let _ = (message::to_tag(&sip), message::branch(&sip), message::cseq(&sip));
+    let _ = (
+        message::to_tag(&sip),
+        message::branch(&sip),
+        message::cseq(&sip),
+    );
     let _ = message::record_routes(&sip);
 });
