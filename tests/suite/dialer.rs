@@ -193,6 +193,16 @@ async fn restarted_daemon_loses_nothing_of_the_queue(db: Db) {
     for (_, id, _) in &codes {
         wait_for_status(&d, id, Status::Calling, Duration::from_secs(5)).await;
     }
+    // `calling` is set when a call is claimed, before its Originate reaches the peer: wait
+    // until the peer has all three ringing (silent), or a late one would be answered below.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while peer.originated().len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the three Originates never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Stop it with the three calls ringing, then start another on the same store.
     let config = d.config.clone();
     let dir = {
