@@ -62,13 +62,7 @@ impl Store {
             .run(op(move |c| {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
-                    for (kind, subject) in [("phone", &phone), ("user", &user_ref)] {
-                        sqlx::query("DELETE FROM strikes WHERE kind = $1 AND subject = $2")
-                            .bind(kind)
-                            .bind(subject)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+                    forget_strikes(&mut tx, &phone, &user_ref).await?;
                     if let Some(refusal) = refusal(&mut tx, &id, &phone, &user_ref, now).await? {
                         return Ok(refusal);
                     }
@@ -240,12 +234,8 @@ async fn lock_out(
         .bind(now)
         .execute(&mut *c)
         .await?;
-        sqlx::query("DELETE FROM strikes WHERE kind = $1 AND subject = $2")
-            .bind(kind)
-            .bind(subject)
-            .execute(&mut *c)
-            .await?;
     }
+    forget_strikes(c, phone, user_ref).await?;
     sqlx::query(
         "UPDATE verifications SET status = 'failed', updated_at = $1 \
          WHERE status IN ('pending', 'calling') AND (phone = $2 OR user_ref = $3)",
@@ -255,5 +245,22 @@ async fn lock_out(
     .bind(user_ref)
     .execute(&mut *c)
     .await?;
+    Ok(())
+}
+
+/// Forget the strikes of a number and a user, the number's row first (the order every code
+/// check takes them in).
+async fn forget_strikes(
+    c: &mut AnyConnection,
+    phone: &str,
+    user_ref: &str,
+) -> Result<(), StoreError> {
+    for (kind, subject) in [("phone", phone), ("user", user_ref)] {
+        sqlx::query("DELETE FROM strikes WHERE kind = $1 AND subject = $2")
+            .bind(kind)
+            .bind(subject)
+            .execute(&mut *c)
+            .await?;
+    }
     Ok(())
 }
