@@ -185,8 +185,10 @@ impl Default for AgiSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSection {
-    /// The web app's JSON API (and, later, the support console).
+    /// The web app's JSON API and the support console.
     pub listen: String,
+    /// Networks or addresses allowed to connect (every `/v1` request needs an API key too).
+    pub allow: Vec<String>,
     /// Larger request bodies are refused with 413.
     pub max_body_bytes: u64,
     /// Connections at once; more wait to be accepted. Apart from the calls' places, so that
@@ -201,6 +203,18 @@ impl Default for HttpSection {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            // This host and the private networks: the web app and the support desk, not
+            // the Internet.
+            allow: [
+                "127.0.0.0/8",
+                "::1/128",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "fc00::/7",
+            ]
+            .map(String::from)
+            .to_vec(),
             max_body_bytes: 16 * 1024,
             max_connections: 256,
             timeout_secs: 10,
@@ -525,24 +539,17 @@ impl Config {
         socket_addr("agi.listen", &self.agi.listen, "127.0.0.1:4573")
     }
 
+    /// Who may connect to the HTTP listener.
+    pub fn http_allow(&self) -> Result<Vec<IpNet>, ConfigError> {
+        allowlist("http.allow", &self.http.allow)
+    }
+
     pub fn http_listen(&self) -> Result<SocketAddr, ConfigError> {
         socket_addr("http.listen", &self.http.listen, "127.0.0.1:8080")
     }
 
     pub fn agi_server(&self) -> Result<ServerConfig, ConfigError> {
-        let allow = self
-            .agi
-            .allow
-            .iter()
-            .map(|a| {
-                a.parse::<IpNet>()
-                    .or_else(|_| a.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map_err(|_| ConfigError::Invalid {
-                        key: "agi.allow",
-                        message: format!("{a:?} is not an address or network like 10.0.0.0/8"),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let allow = allowlist("agi.allow", &self.agi.allow)?;
         if self.agi.max_sessions == 0 {
             return invalid("agi.max_sessions", "must be at least 1");
         }
@@ -614,6 +621,21 @@ impl Config {
                 .collect(),
         }
     }
+}
+
+/// An allowlist setting: addresses or networks like 10.0.0.0/8.
+fn allowlist(key: &'static str, entries: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    entries
+        .iter()
+        .map(|a| {
+            a.parse::<IpNet>()
+                .or_else(|_| a.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| ConfigError::Invalid {
+                    key,
+                    message: format!("{a:?} is not an address or network like 10.0.0.0/8"),
+                })
+        })
+        .collect()
 }
 
 fn socket_addr(key: &'static str, value: &str, example: &str) -> Result<SocketAddr, ConfigError> {

@@ -346,6 +346,7 @@ pub async fn run(
         api,
         console,
         HttpLimits {
+            allow: config.http_allow()?,
             max_connections: usize::try_from(config.http.max_connections).unwrap_or(usize::MAX),
             timeout: Duration::from_secs(config.http.timeout_secs.max(1)),
         },

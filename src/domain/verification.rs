@@ -34,8 +34,10 @@ pub struct Verification {
 }
 
 impl Verification {
-    /// As shown to the web app, without its code.
-    pub fn view(&self) -> View {
+    /// As shown to the web app, without its code; `strikes` are the wrong codes its number
+    /// or user have against them (in any of their verifications), which an open
+    /// verification's remaining tries count too.
+    pub fn view(&self, strikes: i64) -> View {
         View {
             id: self.id.clone(),
             code: None,
@@ -47,7 +49,8 @@ impl Verification {
             // verification of theirs.
             attempts_remaining: match self.status {
                 Status::Failed => 0,
-                _ => (self.max_attempts - self.attempts_used).max(0),
+                s if s.is_final() => (self.max_attempts - self.attempts_used).max(0),
+                _ => (self.max_attempts - self.attempts_used.max(strikes)).max(0),
             },
             created_at: rfc3339(self.created_at),
             expires_at: rfc3339(self.expires_at),

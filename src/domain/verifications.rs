@@ -129,10 +129,16 @@ impl Verifications {
         // store looks the key up before it checks lockouts and limits.
         let created = self
             .store
-            .create_verification(&row, idempotency, limits, row.created_at - hour)
+            .create_verification(
+                &row,
+                idempotency,
+                limits,
+                row.created_at - hour,
+                self.strikes_since(row.created_at),
+            )
             .await?;
-        match created {
-            Created::Inserted => {}
+        let strikes = match created {
+            Created::Inserted { strikes } => strikes,
             Created::Existing(earlier) => {
                 let request_hash = new.idempotency.as_ref().map_or("", |(_, h)| h.as_str());
                 return self.replay(earlier, request_hash).await;
@@ -148,10 +154,10 @@ impl Verifications {
                     retry_at: oldest.unwrap_or(row.created_at) + hour,
                 })
             }
-        }
+        };
         tracing::info!(verification = %row.id, phone = %phone.masked(), "verification created");
         self.metrics.verification_created();
-        let mut view = row.view();
+        let mut view = row.view(strikes);
         view.code = Some(code);
         Ok(Started {
             view,
@@ -188,7 +194,7 @@ impl Verifications {
         let subject = format!("qa:{}", channel_id.chars().take(64).collect::<String>());
         let row = self.new_row(&subject, &subject, &code, "en".into(), true);
         self.store.insert_verification(&row).await?;
-        let mut view = row.view();
+        let mut view = row.view(0);
         view.code = Some(code);
         Ok(view)
     }
@@ -236,7 +242,21 @@ impl Verifications {
         {
             row.status = Status::Expired;
         }
-        Ok(row.view())
+        // An open verification's tries are its number's and user's: count theirs.
+        let strikes = if !row.status.is_final() {
+            self.store
+                .standing(&row.phone, &row.user_ref, now, self.strikes_since(now))
+                .await?
+                .strikes
+        } else {
+            0
+        };
+        Ok(row.view(strikes))
+    }
+
+    /// Wrong codes from before this are forgotten: the lockout's window.
+    fn strikes_since(&self, now: i64) -> i64 {
+        now - millis(self.policy.lockout)
     }
 
     /// The API key that made verification `id` (none: made with the CLI).
@@ -349,7 +369,7 @@ impl Verifications {
         } else {
             let rule = StrikeRule {
                 max: v.max_attempts,
-                forget_before: now - millis(self.policy.lockout),
+                forget_before: self.strikes_since(now),
                 lock_until: now + millis(self.policy.lockout),
             };
             self.store.count_wrong_entry(v, rule, now).await?

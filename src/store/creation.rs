@@ -10,6 +10,7 @@ use sqlx::{AnyConnection, Connection, Row};
 
 use crate::domain::verification::Verification;
 
+use super::lockouts::standing;
 use super::verifications::insert_verification;
 use super::{op, Backend, Store, StoreError};
 
@@ -56,7 +57,8 @@ pub struct IdempotencyKey {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Created {
-    Inserted,
+    /// Inserted; the wrong codes its number or user already have against them.
+    Inserted { strikes: i64 },
     /// The idempotency key was used before.
     Existing(Earlier),
     /// The number or the user is locked out until then.
@@ -74,13 +76,14 @@ const FIND_IDEMPOTENT: &str = "SELECT request_hash, verification_id FROM idempot
 impl Store {
     /// Insert `v` after the checks, all in one transaction: an earlier use of `idempotency`
     /// wins, then lockouts of its number or user in force at `v.created_at`, then `limits`
-    /// counted since `window_start`.
+    /// counted since `window_start`. The strikes counted are those since `strikes_since`.
     pub async fn create_verification(
         &self,
         v: &Verification,
         idempotency: Option<IdempotencyKey>,
         limits: Vec<RateLimit>,
         window_start: i64,
+        strikes_since: i64,
     ) -> Result<Created, StoreError> {
         let v = v.clone();
         let backend = self.backend;
@@ -90,9 +93,16 @@ impl Store {
                     if let Some(earlier) = earlier_use(c, idempotency.as_ref()).await? {
                         return Ok(Created::Existing(earlier));
                     }
-                    let created =
-                        checked_insert(c, backend, &v, idempotency.as_ref(), &limits, window_start)
-                            .await;
+                    let created = checked_insert(
+                        c,
+                        backend,
+                        &v,
+                        idempotency.as_ref(),
+                        &limits,
+                        window_start,
+                        strikes_since,
+                    )
+                    .await;
                     match created {
                         Err(e) => match earlier_use(c, idempotency.as_ref()).await? {
                             // Another daemon won the race for this key: its creation stands.
@@ -144,6 +154,7 @@ async fn checked_insert(
     idempotency: Option<&IdempotencyKey>,
     limits: &[RateLimit],
     window_start: i64,
+    strikes_since: i64,
 ) -> Result<Created, StoreError> {
     let mut tx = c.begin().await?;
     if backend == Backend::Postgres {
@@ -166,17 +177,8 @@ async fn checked_insert(
                 .await?;
         }
     }
-    let locked: Option<i64> = sqlx::query(
-        "SELECT MAX(locked_until) AS latest FROM lockouts WHERE locked_until > $1 AND \
-         ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))",
-    )
-    .bind(v.created_at)
-    .bind(&v.phone)
-    .bind(&v.user_ref)
-    .fetch_one(&mut *tx)
-    .await?
-    .try_get("latest")?;
-    if let Some(until) = locked {
+    let standing = standing(&mut tx, &v.phone, &v.user_ref, v.created_at, strikes_since).await?;
+    if let Some(until) = standing.locked_until {
         return Ok(Created::LockedOut(until));
     }
     for limit in limits {
@@ -213,5 +215,7 @@ async fn checked_insert(
         .await?;
     }
     tx.commit().await?;
-    Ok(Created::Inserted)
+    Ok(Created::Inserted {
+        strikes: standing.strikes,
+    })
 }

@@ -6,7 +6,10 @@
 //! waiting in its queue together in one transaction (group commit) and answers each
 //! operation only after that transaction has committed. Operations that need several
 //! statements to be atomic open a transaction of their own, which inside the group becomes
-//! a savepoint.
+//! a savepoint. A connection whose BEGIN or COMMIT failed (the disk full, say) is closed
+//! and a new one opened for the next group: after such a failure SQLite may have rolled the
+//! transaction back on its own, and sqlx's count of open transactions no longer says where
+//! the connection stands.
 
 use std::sync::Arc;
 
@@ -20,10 +23,24 @@ use super::StoreError;
 pub type Op<T> =
     Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T, StoreError>> + Send>;
 
-/// Delivers an operation's result once its transaction's fate is known (`Some` = the commit
-/// failed, with why).
-type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
-type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Finish> + Send>;
+/// What became of an operation's transaction.
+#[derive(Clone, Copy)]
+pub(super) enum Fate<'a> {
+    Committed,
+    /// The commit failed, with why: nothing of the group was written.
+    Failed(&'a str),
+    /// Not run: there is no connection to run it on, and why.
+    NotRun(&'a str),
+}
+
+/// Delivers an operation's result once its transaction's fate is known.
+type Finish = Box<dyn FnOnce(Fate<'_>) + Send>;
+/// An operation, run on the connection (or, with `None`, refused unrun).
+type Job = Box<dyn for<'c> FnOnce(Option<&'c mut AnyConnection>) -> BoxFuture<'c, Finish> + Send>;
+
+/// Opens the writer's connection, at start and after a failure.
+pub type Connect =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<AnyConnection, StoreError>> + Send + Sync>;
 
 /// Most operations committed together.
 const MAX_GROUP: usize = 256;
@@ -39,12 +56,21 @@ pub enum Engine {
 }
 
 impl Engine {
-    /// Start the group-commit writer on `conn`.
-    pub fn writer(conn: AnyConnection) -> Self {
+    /// Start the group-commit writer on `conn`, opened by `connect` (which opens the next
+    /// one when a transaction fails).
+    pub fn writer(conn: AnyConnection, connect: Connect) -> Self {
         let (jobs, queue) = mpsc::channel(4096);
         let closing = Arc::new(Notify::new());
         let closed = Arc::new(Notify::new());
-        tokio::spawn(write_loop(conn, queue, closing.clone(), closed.clone()));
+        tokio::spawn(write_loop(
+            Writer {
+                conn: Some(conn),
+                connect,
+            },
+            queue,
+            closing.clone(),
+            closed.clone(),
+        ));
         Engine::Writer {
             jobs,
             closing,
@@ -63,11 +89,19 @@ impl Engine {
                 let (reply, answer) = oneshot::channel();
                 let job: Job = Box::new(move |conn| {
                     Box::pin(async move {
-                        let result = op(conn).await;
-                        Box::new(move |commit_error: Option<&str>| {
-                            let _ = reply.send(match commit_error {
-                                Some(why) => Err(StoreError::Commit(why.to_owned())),
-                                None => result,
+                        let result = match conn {
+                            Some(conn) => Some(op(conn).await),
+                            None => None,
+                        };
+                        Box::new(move |fate: Fate<'_>| {
+                            let _ = reply.send(match (fate, result) {
+                                (Fate::Committed, Some(result)) => result,
+                                (Fate::Failed(why), _) => Err(StoreError::Commit(why.to_owned())),
+                                (Fate::NotRun(why), _) => {
+                                    Err(StoreError::Unavailable(why.to_owned()))
+                                }
+                                // A job given no connection is never told it committed.
+                                (Fate::Committed, None) => Err(StoreError::Closed),
                             });
                         }) as Finish
                     })
@@ -93,8 +127,32 @@ impl Engine {
     }
 }
 
+/// The writer's connection: `None` after a failure, until one is opened again.
+struct Writer {
+    conn: Option<AnyConnection>,
+    connect: Connect,
+}
+
+impl Writer {
+    /// The connection, opened again if the last one failed.
+    async fn conn(&mut self) -> Result<&mut AnyConnection, StoreError> {
+        if self.conn.is_none() {
+            self.conn = Some((self.connect)().await?);
+            tracing::info!("database connection opened again");
+        }
+        Ok(self.conn.as_mut().expect("just opened"))
+    }
+
+    /// Close the connection: its state is not known any more.
+    async fn discard(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close().await;
+        }
+    }
+}
+
 async fn write_loop(
-    mut conn: AnyConnection,
+    mut writer: Writer,
     mut queue: mpsc::Receiver<Job>,
     closing: Arc<Notify>,
     closed: Arc<Notify>,
@@ -112,35 +170,55 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
+        let conn = match writer.conn().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // No database to write to: every operation of the group is refused, unrun.
+                let why = e.to_string();
+                tracing::error!(error = %why, "the database cannot be opened");
+                for job in group {
+                    (job(None).await)(Fate::NotRun(&why));
+                }
+                continue;
+            }
+        };
         // IMMEDIATE: take the write lock up front (waiting on busy_timeout), rather than
         // fail on upgrading a read lock when another process (a CLI, a second daemon) wrote.
-        let ungrouped = match conn.begin_with("BEGIN IMMEDIATE").await {
+        let (ungrouped, failed) = match conn.begin_with("BEGIN IMMEDIATE").await {
             Ok(mut tx) => {
                 let mut finishes = Vec::with_capacity(group.len());
                 for job in group {
-                    finishes.push(job(&mut tx).await);
+                    finishes.push(job(Some(&mut tx)).await);
                 }
                 let error = tx.commit().await.err().map(|e| e.to_string());
                 if let Some(e) = &error {
                     tracing::error!(error = %e, "database commit failed");
                 }
+                let fate = error.as_deref().map_or(Fate::Committed, Fate::Failed);
                 for finish in finishes {
-                    finish(error.as_deref());
+                    finish(fate);
                 }
-                None
+                (None, error.is_some())
             }
             Err(e) => {
                 tracing::warn!(error = %e, "database BEGIN failed; writing without grouping");
-                Some(group)
+                (Some(group), true)
             }
         };
-        // No transaction to be had: run each operation on its own instead.
+        if failed {
+            writer.discard().await;
+        }
+        // No transaction to be had: run each operation on its own instead, on a new
+        // connection.
         for job in ungrouped.into_iter().flatten() {
-            (job(&mut conn).await)(None);
+            match writer.conn().await {
+                Ok(conn) => (job(Some(conn)).await)(Fate::Committed),
+                Err(e) => (job(None).await)(Fate::NotRun(&e.to_string())),
+            }
         }
     }
     // Answer whatever is still queued with `Closed` (their senders see the drop).
     drop(queue);
-    let _ = conn.close().await;
+    writer.discard().await;
     closed.notify_one();
 }

@@ -14,6 +14,13 @@ pub enum StoreError {
     Corrupt { column: &'static str, value: String },
     #[error("database commit failed: {0}")]
     Commit(String),
+    #[error("cannot write the SQLite file {}: {source}", path.display())]
+    SqliteFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("the store is closed")]
     Closed,
 }

@@ -149,32 +149,57 @@ impl Store {
             .await
     }
 
-    /// The latest end of a lockout in force for this number or this user.
-    pub async fn locked_until(
+    /// Where a number and a user stand at `now`: the lockout in force, and the wrong codes
+    /// counted since `forget_before` (the higher of the two subjects').
+    pub async fn standing(
         &self,
         phone: &str,
         user_ref: &str,
         now: i64,
-    ) -> Result<Option<i64>, StoreError> {
+        forget_before: i64,
+    ) -> Result<Standing, StoreError> {
         let (phone, user_ref) = (phone.to_owned(), user_ref.to_owned());
         self.engine
             .run(op(move |c| {
-                Box::pin(async move {
-                    let row = sqlx::query(
-                        "SELECT MAX(locked_until) AS latest FROM lockouts \
-                         WHERE locked_until > $1 AND \
-                         ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))",
-                    )
-                    .bind(now)
-                    .bind(&phone)
-                    .bind(&user_ref)
-                    .fetch_one(&mut *c)
-                    .await?;
-                    Ok(row.try_get::<Option<i64>, _>("latest")?)
-                })
+                Box::pin(async move { standing(c, &phone, &user_ref, now, forget_before).await })
             }))
             .await
     }
+}
+
+/// A number's and a user's standing: their lockout, their wrong codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// The latest end of a lockout in force for the number or the user.
+    pub locked_until: Option<i64>,
+    /// Wrong codes counted for the number or the user (the higher), not yet forgotten.
+    pub strikes: i64,
+}
+
+/// [`Store::standing`] on a connection (also read in the creation's transaction).
+pub(super) async fn standing(
+    c: &mut AnyConnection,
+    phone: &str,
+    user_ref: &str,
+    now: i64,
+    forget_before: i64,
+) -> Result<Standing, StoreError> {
+    let row = sqlx::query(
+        "SELECT (SELECT MAX(locked_until) FROM lockouts WHERE locked_until > $1 AND \
+             ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))) AS latest, \
+         (SELECT MAX(wrong) FROM strikes WHERE since >= $4 AND \
+             ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))) AS strikes",
+    )
+    .bind(now)
+    .bind(phone)
+    .bind(user_ref)
+    .bind(forget_before)
+    .fetch_one(&mut *c)
+    .await?;
+    Ok(Standing {
+        locked_until: row.try_get("latest")?,
+        strikes: row.try_get::<Option<i64>, _>("strikes")?.unwrap_or(0),
+    })
 }
 
 /// Why a code check does nothing: the verification is not in a call, or its number or user
@@ -200,15 +225,7 @@ async fn refusal(
     if status != Status::Calling {
         return Ok(Some(InCall::Ended(status)));
     }
-    let locked = sqlx::query(
-        "SELECT 1 AS locked FROM lockouts WHERE locked_until > $1 AND \
-         ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))",
-    )
-    .bind(now)
-    .bind(phone)
-    .bind(user_ref)
-    .fetch_optional(&mut *c)
-    .await?;
+    let locked = standing(c, phone, user_ref, now, now).await?.locked_until;
     Ok(locked.map(|_| InCall::AlreadyLockedOut))
 }
 

@@ -29,16 +29,17 @@ mod verifications;
 pub use attempts::{Begun, Recovered};
 pub use creation::{Created, Earlier, IdempotencyKey, RateLimit, RateSubject};
 pub use error::{redact_url, StoreError};
-pub use lockouts::{InCall, StrikeRule};
+pub use lockouts::{InCall, Standing, StrikeRule};
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyConnection, Connection, Executor};
 
-use engine::{Engine, Op};
+use engine::{Connect, Engine, Op};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("sql/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("sql/postgres");
@@ -79,15 +80,18 @@ impl Store {
             } else {
                 format!("{url}?mode=rwc")
             };
-            let mut conn = AnyConnection::connect_with(&AnyConnectOptions::from_str(&url)?).await?;
-            conn.execute(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-                 PRAGMA secure_delete = ON;",
-            )
-            .await?;
+            let options = AnyConnectOptions::from_str(&url)?;
+            let connect: Connect = Arc::new(move || {
+                let options = options.clone();
+                Box::pin(async move { open_sqlite(&options).await })
+            });
+            let conn = match connect().await {
+                Ok(conn) => conn,
+                // Say why in the file system's words, if that is where it fails.
+                Err(e) => return Err(sqlite_file_error(&url).unwrap_or(e)),
+            };
             return Ok(Self {
-                engine: Engine::writer(conn),
+                engine: Engine::writer(conn, connect),
                 backend: Backend::Sqlite,
             });
         }
@@ -128,4 +132,38 @@ impl Store {
     pub async fn close(&self) {
         self.engine.close().await;
     }
+}
+
+/// A SQLite connection as the writer uses it: WAL, a busy timeout for other processes (a CLI,
+/// a second daemon), foreign keys, and secure_delete.
+async fn open_sqlite(options: &AnyConnectOptions) -> Result<AnyConnection, StoreError> {
+    let mut conn = AnyConnection::connect_with(options).await?;
+    conn.execute(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+         PRAGMA secure_delete = ON;",
+    )
+    .await?;
+    Ok(conn)
+}
+
+/// Why the SQLite file of `url` cannot be written, if the file system says so (a read-only
+/// disk, a missing directory, no permission): SQLite only says "unable to open database file".
+fn sqlite_file_error(url: &str) -> Option<StoreError> {
+    let path = url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//")
+        .split('?')
+        .next()?;
+    let path = std::path::Path::new(path);
+    let probe = if path.exists() {
+        std::fs::OpenOptions::new().append(true).open(path).err()
+    } else {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+        std::fs::metadata(dir).err()
+    };
+    probe.map(|source| StoreError::SqliteFile {
+        path: path.to_owned(),
+        source,
+    })
 }

@@ -20,10 +20,11 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use callverify_pbx::admission::LogBudget;
+use callverify_pbx::admission::{allowed, LogBudget};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -31,8 +32,10 @@ use api::{ApiError, ApiState};
 use console::ConsoleState;
 
 /// Limits of the HTTP listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HttpLimits {
+    /// Who may connect; others are closed at once.
+    pub allow: Vec<IpNet>,
     pub max_connections: usize,
     /// For a request's headers and the idle wait for the next one; and for a request's
     /// handling, its body included.
@@ -102,6 +105,7 @@ pub async fn serve(
     let places = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let failures = LogBudget::default();
+    let refusals = LogBudget::default();
     tokio::pin!(shutdown);
     loop {
         let place = tokio::select! {
@@ -111,7 +115,14 @@ pub async fn serve(
         let stream = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, peer)) if allowed(&limits.allow, peer.ip()) => stream,
+                Ok((_, peer)) => {
+                    if let Some(suppressed) = refusals.allow() {
+                        tracing::warn!(%peer, suppressed,
+                            "HTTP connection from outside http.allow refused");
+                    }
+                    continue;
+                }
                 Err(e) => {
                     // E.g. out of file descriptors: back off instead of spinning.
                     if let Some(suppressed) = failures.allow() {

@@ -624,6 +624,31 @@ async fn read_until_closed(s: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// Only hosts in `http.allow` are served: another is closed unanswered.
+#[tokio::test]
+async fn hosts_outside_the_http_allowlist_are_refused() {
+    let d = crate::common::start_with(Db::Sqlite, |c| {
+        c.http.allow = vec!["127.0.0.1".into()];
+    })
+    .await;
+    let from = |ip: &str| {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind((ip, 0).into()).unwrap();
+            let mut s = socket.connect(d.http).await.unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .await
+                .ok();
+            read_until_closed(&mut s).await
+        }
+    };
+    let allowed = from("127.0.0.1").await;
+    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+    assert_eq!(from("127.0.0.2").await, "", "answered outside http.allow");
+    d.stop().await;
+}
+
 /// Slow clients hold no connection for long: headers dripping in, an idle kept-alive
 /// connection, a body that never comes.
 #[tokio::test]

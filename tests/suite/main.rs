@@ -14,6 +14,7 @@ mod captures;
 mod cli;
 mod console;
 mod dialer;
+mod faults;
 mod probe;
 mod speech_endpointing;
 mod speech_flow;

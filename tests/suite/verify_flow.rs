@@ -8,7 +8,7 @@ use callverify::domain::{NewVerification, VerifyError};
 use callverify::flow::prompts::Prompt;
 use callverify_testkit::emulator::{Action, Call};
 
-fn wrong(code: &str) -> String {
+pub(crate) fn wrong(code: &str) -> String {
     code.chars()
         .map(|c| if c == '9' { '0' } else { '9' })
         .collect()
@@ -203,6 +203,11 @@ async fn wrong_entries_count_across_a_numbers_verifications(db: Db) {
         .await
         .unwrap();
     assert_eq!(t.count_prompt(Prompt::CodeIncorrect.file()), 2);
+    // The tries left are the number's: a sibling that was never called, and one made now,
+    // show the one try the number has left.
+    assert_eq!(d.status(&second.id).await.attempts_remaining, 1);
+    let third = d.new_verification(PHONE, "judy").await;
+    assert_eq!(third.attempts_remaining, 1);
     let t = Call::verify(&second.id)
         .press("#")
         .press(&wrong(second.code.as_deref().unwrap()))
@@ -215,8 +220,9 @@ async fn wrong_entries_count_across_a_numbers_verifications(db: Db) {
         "{:?}",
         t.prompts()
     );
-    for id in [&first.id, &second.id] {
-        assert_eq!(d.status(id).await.status, Status::Failed);
+    for id in [&first.id, &second.id, &third.id] {
+        let view = d.status(id).await;
+        assert_eq!((view.status, view.attempts_remaining), (Status::Failed, 0));
     }
     d.stop().await;
 }

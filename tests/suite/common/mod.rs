@@ -121,6 +121,7 @@ pub async fn start_config(config: Config) -> Daemon {
             .expect("daemon run");
         })
     };
+    wait_until_serving(http, &task).await;
     Daemon {
         addr,
         http,
@@ -130,6 +131,34 @@ pub async fn start_config(config: Config) -> Daemon {
         stop: Some(stop),
         task: Some(task),
         dir: None,
+    }
+}
+
+/// Wait until the daemon answers HTTP: `daemon::run` serves the API only once its setup is
+/// done (recovery, the outbox switch for `webhooks.url`, ...), so a test that goes on to
+/// the domain directly does not race that setup. Returns early if the daemon task ended
+/// (its panic is reported when the test joins it).
+async fn wait_until_serving(http: SocketAddr, task: &JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !task.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not answer /healthz within 60 s"
+        );
+        let answered = async {
+            let mut s = tokio::net::TcpStream::connect(http).await.ok()?;
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).await.ok()?;
+            head.starts_with(b"HTTP/1.1 ").then_some(())
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(2), answered).await {
+            Ok(Some(())) => return,
+            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
     }
 }
 
