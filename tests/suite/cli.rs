@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use callverify::domain::status::CallOutcome;
 use callverify::store::Store;
+use callverify_testkit::emulator::ami::{AmiPeer, Callee};
 use callverify_testkit::emulator::{Action, Call};
+
+use crate::common::{Db, PHONE};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_callverify");
@@ -166,9 +169,25 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn sigkill_mid_call_loses_nothing_and_sigterm_stops_cleanly() {
+/// A store of kind `db` for the daemon and the CLI run in `dir` (Postgres: named in the
+/// directory's `callverify.toml`, with `extra` settings), and its URL.
+fn store_in(rt: &tokio::runtime::Runtime, dir: &Path, db: Db, extra: &str) -> String {
+    let url = match db {
+        Db::Sqlite => format!("sqlite://{}", dir.join("callverify.db").display()),
+        Db::Postgres => rt.block_on(crate::common::fresh_database(db, dir)),
+    };
+    std::fs::write(
+        dir.join("callverify.toml"),
+        format!("[database]\nurl = \"{url}\"\n{extra}"),
+    )
+    .unwrap();
+    url
+}
+
+fn sigkill_mid_call_loses_nothing_and_sigterm_stops_cleanly(db: Db) {
     let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = store_in(&rt, dir.path(), db, "");
     let out = start(dir.path(), "+14155550101", "kim");
     let v = json(&out);
     let id = v["id"].as_str().unwrap().to_owned();
@@ -178,7 +197,6 @@ fn sigkill_mid_call_loses_nothing_and_sigterm_stops_cleanly() {
         .map(|c| if c == '1' { '2' } else { '1' })
         .collect();
 
-    let rt = tokio::runtime::Runtime::new().unwrap();
     let mut daemon = serve(dir.path(), free_port(), "first.log");
     // One wrong entry, then the callee holds on while the daemon is killed.
     let (_go, hold) = tokio::sync::watch::channel(false);
@@ -215,7 +233,6 @@ fn sigkill_mid_call_loses_nothing_and_sigterm_stops_cleanly() {
     assert_eq!(s["status"], "verified");
     assert_eq!(s["attempts_remaining"], 2);
 
-    let url = format!("sqlite://{}", dir.path().join("callverify.db").display());
     let attempts = rt.block_on(async {
         let store = Store::connect(&url, 1).await.unwrap();
         store.attempts(&id).await.unwrap()
@@ -235,6 +252,82 @@ fn sigkill_mid_call_loses_nothing_and_sigterm_stops_cleanly() {
         !log.contains(&code) && !log.contains("+14155550101"),
         "logs must hold neither the code nor the full number: {log}"
     );
+}
+
+/// Killed with SIGKILL while its call rings (the Originate sent, nobody answered yet): the
+/// next daemon releases the lost call once it has rung out and calls once more, so the
+/// verification is called twice in all, never at once, and verifies.
+fn sigkill_mid_dial_calls_once_more(db: Db) {
+    const SECRET: &str = "ami-test-secret";
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let peer = rt.block_on(AmiPeer::start("callverify", SECRET)).unwrap();
+    let url = store_in(
+        &rt,
+        dir.path(),
+        db,
+        &format!(
+            "[ami]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"callverify\"\n\
+             secret = \"{SECRET}\"\nkeepalive_secs = 1\naction_timeout_secs = 2\n\
+             [dialer]\nring_timeout_secs = 1\nretry_delay_secs = 0\nmax_dials = 3\n",
+            peer.addr.port()
+        ),
+    );
+    peer.callee(PHONE, Callee::Silent);
+    let v = json(&start(dir.path(), PHONE, "lee"));
+    let (id, code) = (v["id"].as_str().unwrap(), v["code"].as_str().unwrap());
+    let addr = free_port();
+    peer.set_agi(addr);
+    let mut daemon = serve(dir.path(), addr, "first.log");
+    wait_for("the Originate", || peer.originated().len() == 1);
+    daemon.child.kill().unwrap(); // SIGKILL, the call ringing
+    daemon.child.wait().unwrap();
+    assert_eq!(status(dir.path(), id)["status"], "calling");
+
+    peer.callee(PHONE, Callee::answer(&["#", code]));
+    let daemon = serve(dir.path(), addr, "second.log");
+    // The lost call is released after twice the ring timeout and a margin (7 s here).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(dir.path(), id)["status"] != "verified" {
+        assert!(Instant::now() < deadline, "{}", status(dir.path(), id));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(peer.originated().len(), 2, "called once more, not twice");
+    let attempts = rt.block_on(async {
+        let store = Store::connect(&url, 1).await.unwrap();
+        store.attempts(id).await.unwrap()
+    });
+    let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome).collect();
+    assert_eq!(outcomes, vec![Some(CallOutcome::Verified)]);
+    assert!(daemon.terminate().success());
+}
+
+mod sqlite {
+    use crate::common::Db;
+
+    #[test]
+    fn sigkill_mid_call_loses_nothing_and_sigterm_stops_cleanly() {
+        super::sigkill_mid_call_loses_nothing_and_sigterm_stops_cleanly(Db::Sqlite)
+    }
+
+    #[test]
+    fn sigkill_mid_dial_calls_once_more() {
+        super::sigkill_mid_dial_calls_once_more(Db::Sqlite)
+    }
+}
+
+mod postgres {
+    use crate::common::Db;
+
+    #[test]
+    fn sigkill_mid_call_loses_nothing_and_sigterm_stops_cleanly() {
+        super::sigkill_mid_call_loses_nothing_and_sigterm_stops_cleanly(Db::Postgres)
+    }
+
+    #[test]
+    fn sigkill_mid_dial_calls_once_more() {
+        super::sigkill_mid_dial_calls_once_more(Db::Postgres)
+    }
 }
 
 /// What a peer sends cannot start a log line of its own (a FastAGI usage block with a
