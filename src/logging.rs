@@ -3,8 +3,8 @@
 //! Peers write much of what is logged (FastAGI usage blocks, AMI messages, channel names,
 //! SIP headers). Every control character of an event is escaped as it is written (a newline
 //! becomes `\n`), so that no peer can start a line of its own and forge an entry; the event's
-//! own final newline is the only one. Colour only when stderr is a terminal: log files and
-//! journald get plain text.
+//! own final newline is the only one. Colour only when stderr is a terminal and `NO_COLOR` is
+//! not set: log files and journald get plain text.
 
 use std::io::{self, IsTerminal, Write};
 
@@ -15,7 +15,9 @@ use tracing_subscriber::EnvFilter;
 pub fn init(default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let ansi = io::stderr().is_terminal();
+    // https://no-color.org: a NO_COLOR that is set and not empty turns colour off.
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let ansi = io::stderr().is_terminal() && !no_color;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)

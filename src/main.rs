@@ -126,6 +126,21 @@ struct IdArgs {
     json: bool,
 }
 
+/// `println!`, except that a closed stdout (`callverify keys list | head -1`) ends the command
+/// quietly, as other Unix tools do, instead of a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: cannot write the output: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = !matches!(cli.command, Command::Serve);
@@ -156,7 +171,7 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode>
                 "created API key {} ({}); it is shown only now:",
                 row.id, row.name
             );
-            println!("{secret}");
+            out!("{secret}");
             ExitCode::SUCCESS
         }
         KeysCommand::List => {
@@ -165,7 +180,7 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode>
                     Some(at) => format!("revoked {}", callverify::domain::clock::rfc3339(at)),
                     None => "active".into(),
                 };
-                println!(
+                out!(
                     "{}  {}  created {}  {}",
                     k.id,
                     state,
@@ -177,7 +192,7 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode>
         }
         KeysCommand::Revoke { id } => {
             if keys.revoke(&id).await? {
-                println!("revoked {id}");
+                out!("revoked {id}");
                 ExitCode::SUCCESS
             } else {
                 eprintln!("error: no active key {id:?} (see `callverify keys list`)");
@@ -202,7 +217,7 @@ async fn staff(config: &Config, command: StaffCommand) -> anyhow::Result<ExitCod
                 .context("cannot read the password from stdin")?;
             let password = password.trim_end_matches(['\r', '\n']);
             let account = staff.add(&username, password).await?;
-            println!("added staff member {} ({})", account.username, account.id);
+            out!("added staff member {} ({})", account.username, account.id);
         }
         StaffCommand::List => {
             for s in staff.list().await? {
@@ -210,12 +225,12 @@ async fn staff(config: &Config, command: StaffCommand) -> anyhow::Result<ExitCod
                     Some(at) => format!("disabled {}", callverify::domain::clock::rfc3339(at)),
                     None => "active".into(),
                 };
-                println!("{}  {}  {state}", s.username, s.id);
+                out!("{}  {}  {state}", s.username, s.id);
             }
         }
         StaffCommand::Disable { username } => {
             staff.disable(&username).await?;
-            println!("disabled {username}");
+            out!("disabled {username}");
         }
     }
     app.store.close().await;
@@ -233,13 +248,13 @@ fn print_prompts(tsv: bool) {
                 "callverify"
             };
             if tsv {
-                println!(
+                out!(
                     "{language}\t{}\t{kind}\t{}",
                     prompt.file(),
                     prompt.text(language)
                 );
             } else {
-                println!("{language}  {:34} {}", prompt.file(), prompt.text(language));
+                out!("{language}  {:34} {}", prompt.file(), prompt.text(language));
             }
         }
     }
@@ -263,7 +278,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate => {
             daemon::open(&config).await?;
-            println!(
+            out!(
                 "migrations applied to {}",
                 callverify::store::redact_url(&config.database.url)
             );
@@ -315,20 +330,20 @@ async fn verify(config: &Config, command: VerifyCommand) -> anyhow::Result<ExitC
 
 fn print_view(view: &View, json: bool) {
     if json {
-        println!("{}", serde_json::to_string(view).expect("views serialize"));
+        out!("{}", serde_json::to_string(view).expect("views serialize"));
         return;
     }
-    println!("id:                 {}", view.id);
+    out!("id:                 {}", view.id);
     if let Some(code) = &view.code {
-        println!("code:               {code}");
+        out!("code:               {code}");
     }
-    println!("status:             {}", view.status);
-    println!("phone:              {}", view.phone);
-    println!("user:               {}", view.user_ref);
-    println!("attempts remaining: {}", view.attempts_remaining);
-    println!("expires at:         {}", view.expires_at);
+    out!("status:             {}", view.status);
+    out!("phone:              {}", view.phone);
+    out!("user:               {}", view.user_ref);
+    out!("attempts remaining: {}", view.attempts_remaining);
+    out!("expires at:         {}", view.expires_at);
     if let Some(at) = &view.verified_at {
-        println!("verified at:        {at}");
+        out!("verified at:        {at}");
     }
 }
 
@@ -339,7 +354,7 @@ fn print_error(e: &VerifyError, json: bool) {
         if let VerifyError::LockedOut { retry_at } = e {
             error["retry_at"] = callverify::domain::clock::rfc3339(*retry_at).into();
         }
-        println!("{}", serde_json::json!({ "error": error }));
+        out!("{}", serde_json::json!({ "error": error }));
     }
     eprintln!("error: {} ({e})", e.code());
 }

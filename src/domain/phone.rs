@@ -15,6 +15,8 @@ pub enum PhoneError {
     Unparseable,
     #[error("not a valid phone number for its country")]
     Invalid,
+    #[error("an extension cannot be dialled: give the number without it")]
+    Extension,
     #[error("calls to country {0} are not allowed (dialer.allowed_countries)")]
     CountryNotAllowed(String),
     #[error("{0} numbers are not called (premium-rate and shared-cost numbers are refused)")]
@@ -36,6 +38,9 @@ impl PhonePolicy {
             return Err(PhoneError::Unparseable);
         }
         let number = phonenumber::parse(None, trimmed).map_err(|_| PhoneError::Unparseable)?;
+        if number.extension().is_some() {
+            return Err(PhoneError::Extension);
+        }
         if !number.is_valid() {
             return Err(PhoneError::Invalid);
         }

@@ -80,6 +80,7 @@ impl Store {
             } else {
                 format!("{url}?mode=rwc")
             };
+            create_private(&url);
             let options = AnyConnectOptions::from_str(&url)?;
             let connect: Connect = Arc::new(move || {
                 let options = options.clone();
@@ -147,15 +148,33 @@ async fn open_sqlite(options: &AnyConnectOptions) -> Result<AnyConnection, Store
     Ok(conn)
 }
 
-/// Why the SQLite file of `url` cannot be written, if the file system says so (a read-only
-/// disk, a missing directory, no permission): SQLite only says "unable to open database file".
-fn sqlite_file_error(url: &str) -> Option<StoreError> {
+/// The SQLite file of `url`, as a path.
+fn sqlite_path(url: &str) -> Option<&std::path::Path> {
     let path = url
         .trim_start_matches("sqlite:")
         .trim_start_matches("//")
         .split('?')
-        .next()?;
-    let path = std::path::Path::new(path);
+        .next()
+        .filter(|p| !p.is_empty() && *p != ":memory:")?;
+    Some(std::path::Path::new(path))
+}
+
+/// Create a missing SQLite file readable by its owner only: it holds phone numbers and voice
+/// recordings. SQLite gives its `-wal` and `-shm` files the same mode. (Failing here is left
+/// to SQLite to report when it opens the file.)
+fn create_private(url: &str) {
+    let Some(path) = sqlite_path(url) else { return };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let _ = options.open(path);
+}
+
+/// Why the SQLite file of `url` cannot be written, if the file system says so (a read-only
+/// disk, a missing directory, no permission): SQLite only says "unable to open database file".
+fn sqlite_file_error(url: &str) -> Option<StoreError> {
+    let path = sqlite_path(url)?;
     let probe = if path.exists() {
         std::fs::OpenOptions::new().append(true).open(path).err()
     } else {

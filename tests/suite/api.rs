@@ -239,11 +239,38 @@ async fn authentication_is_required(db: Db) {
     assert_eq!(r.status, 401, "a revoked key is refused");
     let r = http(api.d.http, "GET", "/healthz", &[], b"").await;
     assert_eq!(r.status, 200);
+    // The API's documentation is public.
     let r = http(api.d.http, "GET", "/v1/openapi.json", &[], b"").await;
-    assert_eq!(r.status, 401, "every /v1 call needs a key");
-    let r = api.get("/v1/openapi.json").await;
     assert_eq!(r.status, 200);
     assert!(r.json()["paths"]["/v1/verifications"]["post"].is_object());
+    // The scheme is case-insensitive (RFC 9110); the key is not.
+    let (_, fresh) = keys.create("any case").await.unwrap();
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let auth = format!("{scheme} {fresh}");
+        let r = http(
+            api.d.http,
+            "GET",
+            "/v1/verifications/vf_x",
+            &[("Authorization", &auth)],
+            b"",
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (404, "not_found"),
+            "{scheme}"
+        );
+    }
+    let auth = format!("Basic {fresh}");
+    let r = http(
+        api.d.http,
+        "GET",
+        "/v1/verifications/vf_x",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 401, "another scheme");
     // A verification is visible only to the key that made it.
     let mine = api
         .post(
@@ -322,6 +349,22 @@ async fn hostile_bodies_get_clear_errors(db: Db) {
             422,
             "invalid_field",
         ),
+        // The fields in order, as an array: serde would take it for the object.
+        (
+            "application/json",
+            br#"["+14155550101","a"]"#.to_vec(),
+            422,
+            "invalid_field",
+        ),
+        ("application/json", b"[]".to_vec(), 422, "invalid_field"),
+        ("application/json", br#""x""#.to_vec(), 422, "invalid_field"),
+        // An extension cannot be dialled, and is not dropped quietly.
+        (
+            "application/json",
+            br#"{"phone":"+14155550110x123","user_ref":"a"}"#.to_vec(),
+            422,
+            "invalid_phone",
+        ),
         (
             "application/json",
             br#"{"phone":"123","user_ref":"a"}"#.to_vec(),
@@ -389,7 +432,12 @@ async fn hostile_bodies_get_clear_errors(db: Db) {
             String::from_utf8_lossy(&r.body)
         );
         assert_eq!(r.error_code(), code, "{shown}");
-        assert!(!r.json()["error"]["message"].as_str().unwrap().is_empty());
+        let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(!message.is_empty());
+        assert!(
+            !message.contains("Request"),
+            "names an internal type: {message}"
+        );
     }
     let r = api
         .post(

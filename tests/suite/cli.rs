@@ -18,14 +18,20 @@ const BIN: &str = env!("CARGO_BIN_EXE_callverify");
 
 /// The binary, run in `dir` with a clean CALLVERIFY_* environment.
 fn callverify(dir: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = in_clean_env(BIN, dir);
+    cmd.env("RUST_LOG", "info");
+    cmd
+}
+
+/// `program`, run in `dir` without the CALLVERIFY_* settings of the test's environment.
+fn in_clean_env(program: &str, dir: &Path) -> Command {
+    let mut cmd = Command::new(program);
     cmd.current_dir(dir);
     for (name, _) in std::env::vars() {
         if name.starts_with("CALLVERIFY_") {
             cmd.env_remove(name);
         }
     }
-    cmd.env("RUST_LOG", "info");
     cmd
 }
 
@@ -71,6 +77,19 @@ fn start_prints_id_and_code_and_status_reads_it_back() {
     let s = status(dir.path(), id);
     assert_eq!(s["status"], "pending");
     assert!(s.get("code").is_none());
+    // The store and its key are the service user's alone.
+    for (file, required) in [
+        ("callverify.db", true),
+        ("callverify.secret", true),
+        // Present only while a connection is open.
+        ("callverify.db-wal", false),
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(dir.path().join(file)) {
+            Ok(m) => assert_eq!(m.permissions().mode() & 0o777, 0o600, "{file}"),
+            Err(e) => assert!(!required, "{file}: {e}"),
+        }
+    }
     let db = std::fs::read(dir.path().join("callverify.db")).unwrap();
     let wal = std::fs::read(dir.path().join("callverify.db-wal")).unwrap_or_default();
     for bytes in [db, wal] {
@@ -108,6 +127,22 @@ fn errors_are_one_clear_line_and_a_failure_status() {
         .env("CALLVERIFY_AGI_LISTEN", "nowhere"));
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("agi.listen"), "{}", stderr(&out));
+    // Output into a closed pipe (`| head -0`) ends the command quietly, no panic.
+    assert!(
+        run(callverify(dir.path()).args(["keys", "create", "--name", "pipe"]))
+            .status
+            .success()
+    );
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = callverify(dir.path())
+        .args(["keys", "list"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     let out = run(callverify(dir.path()).args(["--help"]));
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
@@ -328,6 +363,38 @@ mod postgres {
     fn sigkill_mid_dial_calls_once_more() {
         super::sigkill_mid_dial_calls_once_more(Db::Postgres)
     }
+}
+
+/// Logs are coloured on a terminal, unless NO_COLOR is set (https://no-color.org).
+#[test]
+fn no_color_turns_colour_off_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    // `script` runs the command on a terminal of its own and copies what it wrote.
+    let on_terminal = |no_color: &str| {
+        let command = format!("{BIN} verify start --phone +14155550101 --user tty{no_color}");
+        let out = in_clean_env("script", dir.path())
+            .args(["-qec", &command, "/dev/null"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", no_color)
+            .output()
+            .expect("script (util-linux)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let coloured = on_terminal("");
+    assert!(
+        coloured.contains("verification created") && coloured.contains('\x1b'),
+        "{coloured:?}"
+    );
+    let plain = on_terminal("1");
+    assert!(
+        plain.contains("verification created") && !plain.contains('\x1b'),
+        "{plain:?}"
+    );
 }
 
 /// What a peer sends cannot start a log line of its own (a FastAGI usage block with a

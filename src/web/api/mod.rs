@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
@@ -100,20 +101,20 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, ApiErro
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
-async fn openapi(
-    State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response())
+/// The API's own documentation: public, like `/healthz`.
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-/// The caller's API key, from `Authorization: Bearer ...`.
+/// The caller's API key, from `Authorization: Bearer ...` (the scheme in any case, as
+/// RFC 9110 has it).
 async fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<ApiKey, ApiError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
         .ok_or_else(ApiError::unauthorized)?;
     state
         .keys
@@ -163,6 +164,16 @@ async fn json_body<T: serde::de::DeserializeOwned>(
                 format!("the body is larger than {} bytes", state.max_body_bytes),
             )
         })?;
+    // An object, and nothing else: serde would take an array for a struct's fields in order,
+    // and name the struct in its complaint about anything else.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') && serde_json::from_slice::<Value>(&bytes).is_ok() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "the body must be a JSON object",
+        ));
+    }
     serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
