@@ -227,15 +227,19 @@ async fn authentication_is_required(db: Db) {
     let keys = ApiKeys::new(api.d.store.clone());
     let (row, secret) = keys.create("to revoke").await.unwrap();
     assert!(keys.revoke(&row.id).await.unwrap());
-    let auth = format!("Bearer {secret}");
-    let r = http(
-        api.d.http,
-        "GET",
-        "/v1/verifications/vf_x",
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await;
+    // A read with `Authorization: <auth>`.
+    let addr = api.d.http;
+    let read_as = |auth: String| async move {
+        http(
+            addr,
+            "GET",
+            "/v1/verifications/vf_x",
+            &[("Authorization", &auth)],
+            b"",
+        )
+        .await
+    };
+    let r = read_as(format!("Bearer {secret}")).await;
     assert_eq!(r.status, 401, "a revoked key is refused");
     let r = http(api.d.http, "GET", "/healthz", &[], b"").await;
     assert_eq!(r.status, 200);
@@ -246,30 +250,14 @@ async fn authentication_is_required(db: Db) {
     // The scheme is case-insensitive (RFC 9110); the key is not.
     let (_, fresh) = keys.create("any case").await.unwrap();
     for scheme in ["bearer", "BEARER", "Bearer"] {
-        let auth = format!("{scheme} {fresh}");
-        let r = http(
-            api.d.http,
-            "GET",
-            "/v1/verifications/vf_x",
-            &[("Authorization", &auth)],
-            b"",
-        )
-        .await;
+        let r = read_as(format!("{scheme} {fresh}")).await;
         assert_eq!(
             (r.status, r.error_code().as_str()),
             (404, "not_found"),
             "{scheme}"
         );
     }
-    let auth = format!("Basic {fresh}");
-    let r = http(
-        api.d.http,
-        "GET",
-        "/v1/verifications/vf_x",
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await;
+    let r = read_as(format!("Basic {fresh}")).await;
     assert_eq!(r.status, 401, "another scheme");
     // A verification is visible only to the key that made it.
     let mine = api
