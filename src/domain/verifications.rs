@@ -32,6 +32,8 @@ pub struct Verifications {
     policy: Policy,
     /// Which daemon this is (host and FastAGI address), recorded on each call attempt.
     daemon: String,
+    /// When this daemon started (wall clock): its claims from before are an earlier run's.
+    started_at: i64,
     metrics: Arc<Metrics>,
 }
 
@@ -49,6 +51,7 @@ impl Verifications {
             phones,
             policy,
             daemon,
+            started_at: now_ms(),
             metrics: Arc::default(),
         }
     }
@@ -420,11 +423,15 @@ impl Verifications {
     pub async fn maintain(&self) -> Result<(), VerifyError> {
         let now = now_ms();
         let stale = millis(self.policy.ring_timeout * 2 + Duration::from_secs(5));
-        let (released, expired) = self.store.maintain(now - stale, now).await?;
+        let (released, expired) = self
+            .store
+            .maintain(now - stale, &self.daemon, self.started_at, now)
+            .await?;
         if released > 0 {
             tracing::warn!(
                 released,
-                "dialer calls nobody answered for released (a daemon died or lost events)"
+                "dialer calls nobody answered for released (a daemon, or an earlier run of \
+                 this one, died)"
             );
         }
         if expired > 0 {

@@ -50,6 +50,9 @@ pub struct Dialer {
     service: Arc<Verifications>,
     ami: Ami,
     calls: HashMap<String, InFlight>,
+    /// Calls that ended unanswered but could not be recorded (the store failed): tried
+    /// again at each sweep, as the queue upkeep leaves this run's claims to the dialer.
+    unrecorded: Vec<(DialJob, String, CallOutcome)>,
 }
 
 impl Dialer {
@@ -59,6 +62,7 @@ impl Dialer {
             service,
             ami,
             calls: HashMap::new(),
+            unrecorded: Vec::new(),
         }
     }
 
@@ -233,9 +237,13 @@ impl Dialer {
     }
 
     /// Failed calls whose Hangup did not come (no channel was made), and calls whose events
-    /// were lost (AMI dropped, events missed): after twice the ring timeout and a margin
-    /// they are released, unless the daemon has them.
+    /// were lost (AMI dropped, events missed): after twice the ring timeout and a margin,
+    /// by the monotonic clock, they are released, unless the daemon has them. Failures that
+    /// could not be recorded are tried again first.
     async fn sweep(&mut self) {
+        for (job, channel, outcome) in std::mem::take(&mut self.unrecorded) {
+            self.failed(&job, &channel, outcome).await;
+        }
         let limit = self.config.ring_timeout * 2 + Duration::from_secs(5);
         let stale: Vec<String> = self
             .calls
@@ -260,11 +268,13 @@ impl Dialer {
         }
     }
 
-    async fn failed(&self, job: &DialJob, channel: &str, outcome: CallOutcome) {
+    async fn failed(&mut self, job: &DialJob, channel: &str, outcome: CallOutcome) {
         // Not applied (the call reached the daemon after all, or moved on) is fine too.
         if let Err(e) = self.service.dial_failed(job, channel, outcome).await {
             tracing::error!(verification = %job.verification_id, error = %e,
-                "cannot record a failed call (released later by the queue upkeep)");
+                "cannot record a failed call (tried again shortly)");
+            self.unrecorded
+                .push((job.clone(), channel.to_owned(), outcome));
         }
     }
 }

@@ -26,20 +26,33 @@ impl Store {
     }
 
     /// Periodic upkeep: dialer claims older than `claims_before` that no FastAGI session
-    /// took (the daemon that made them died, or lost their events) go back to `pending`;
-    /// verifications waiting past their expiry become `expired`. Returns (released,
-    /// expired).
-    pub async fn maintain(&self, claims_before: i64, now: i64) -> Result<(u64, u64), StoreError> {
+    /// took go back to `pending` when they are another daemon's (it died, or lost their
+    /// events) or this daemon's (`daemon`) from before it started at `started_at` (an
+    /// earlier run of it died); this daemon's own claims of this run are its dialer's to
+    /// give up, by the monotonic clock, so that a jump of the wall clock cannot release a
+    /// call that still rings. Verifications waiting past their expiry become `expired`.
+    /// Returns (released, expired).
+    pub async fn maintain(
+        &self,
+        claims_before: i64,
+        daemon: &str,
+        started_at: i64,
+        now: i64,
+    ) -> Result<(u64, u64), StoreError> {
+        let daemon = daemon.to_owned();
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
                     let released = sqlx::query(
                         "UPDATE verifications SET status = 'pending', next_call_at = $1, \
                          channel_id = NULL, claimed_by = NULL, claimed_at = NULL, updated_at = $1 \
-                         WHERE status = 'calling' AND claimed_at IS NOT NULL AND claimed_at < $2",
+                         WHERE status = 'calling' AND claimed_at IS NOT NULL AND claimed_at < $2 \
+                         AND (claimed_by IS NULL OR claimed_by <> $3 OR claimed_at < $4)",
                     )
                     .bind(now)
                     .bind(claims_before)
+                    .bind(&daemon)
+                    .bind(started_at)
                     .execute(&mut *c)
                     .await?
                     .rows_affected();

@@ -176,8 +176,13 @@ impl Served {
 }
 
 fn serve(dir: &Path, addr: SocketAddr, log: &str) -> Served {
+    serve_in(callverify(dir), dir, addr, log)
+}
+
+/// `serve` as `cmd` (the binary with an environment of the test's) runs it.
+fn serve_in(mut cmd: Command, dir: &Path, addr: SocketAddr, log: &str) -> Served {
     let log = std::fs::File::create(dir.join(log)).unwrap();
-    let child = callverify(dir)
+    let child = cmd
         .arg("serve")
         .env("CALLVERIFY_AGI_LISTEN", addr.to_string())
         .env("CALLVERIFY_HTTP_LISTEN", "127.0.0.1:0")
@@ -291,23 +296,27 @@ fn sigkill_mid_call_loses_nothing_and_sigterm_stops_cleanly(db: Db) {
 
 /// Killed with SIGKILL while its call rings (the Originate sent, nobody answered yet): the
 /// next daemon releases the lost call once it has rung out and calls once more, so the
+const AMI_SECRET: &str = "ami-test-secret";
+
+/// `callverify.toml` lines for a dialer on the emulated AMI `peer`: one-second rings, at
+/// once again, three calls at most.
+fn dialer_settings(peer: &AmiPeer) -> String {
+    format!(
+        "[ami]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"callverify\"\n\
+         secret = \"{AMI_SECRET}\"\nkeepalive_secs = 1\naction_timeout_secs = 2\n\
+         [dialer]\nring_timeout_secs = 1\nretry_delay_secs = 0\nmax_dials = 3\n",
+        peer.addr.port()
+    )
+}
+
 /// verification is called twice in all, never at once, and verifies.
 fn sigkill_mid_dial_calls_once_more(db: Db) {
-    const SECRET: &str = "ami-test-secret";
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let peer = rt.block_on(AmiPeer::start("callverify", SECRET)).unwrap();
-    let url = store_in(
-        &rt,
-        dir.path(),
-        db,
-        &format!(
-            "[ami]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"callverify\"\n\
-             secret = \"{SECRET}\"\nkeepalive_secs = 1\naction_timeout_secs = 2\n\
-             [dialer]\nring_timeout_secs = 1\nretry_delay_secs = 0\nmax_dials = 3\n",
-            peer.addr.port()
-        ),
-    );
+    let peer = rt
+        .block_on(AmiPeer::start("callverify", AMI_SECRET))
+        .unwrap();
+    let url = store_in(&rt, dir.path(), db, &dialer_settings(&peer));
     peer.callee(PHONE, Callee::Silent);
     let v = json(&start(dir.path(), PHONE, "lee"));
     let (id, code) = (v["id"].as_str().unwrap(), v["code"].as_str().unwrap());
@@ -334,6 +343,114 @@ fn sigkill_mid_dial_calls_once_more(db: Db) {
     });
     let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome).collect();
     assert_eq!(outcomes, vec![Some(CallOutcome::Verified)]);
+    assert!(daemon.terminate().success());
+}
+
+/// The binary with its wall clock shifted by what `dir/clock` says (`+0`, `+5m`, `-2h`),
+/// read at every reading of the clock: libfaketime, as an NTP step or a resumed VM would
+/// move it. The monotonic clock is left alone, as those leave it.
+fn with_shifted_clock(dir: &Path) -> Command {
+    const LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        Path::new(LIB).exists(),
+        "{LIB} is missing: install Debian's faketime (./scripts/test does)"
+    );
+    std::fs::write(dir.join("clock"), "+0\n").unwrap();
+    let mut cmd = callverify(dir);
+    cmd.env("LD_PRELOAD", LIB)
+        .env("FAKETIME_TIMESTAMP_FILE", dir.join("clock"))
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    cmd
+}
+
+fn shift_clock(dir: &Path, by: &str) {
+    std::fs::write(dir.join("clock"), format!("{by}\n")).unwrap();
+}
+
+/// The wall clock jumps 5 minutes ahead while the call rings: the call is not released
+/// and placed again at once (the dialer gives its own calls up by the monotonic clock,
+/// after twice the ring timeout and a margin, 7 s here), so the phone never rings twice.
+#[test]
+fn a_clock_jumping_ahead_does_not_ring_the_phone_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let peer = rt
+        .block_on(AmiPeer::start("callverify", AMI_SECRET))
+        .unwrap();
+    store_in(&rt, dir.path(), Db::Sqlite, &dialer_settings(&peer));
+    peer.callee(PHONE, Callee::Silent);
+    let v = json(&start(dir.path(), PHONE, "jump"));
+    let id = v["id"].as_str().unwrap();
+    let addr = free_port();
+    peer.set_agi(addr);
+    let daemon = serve_in(
+        with_shifted_clock(dir.path()),
+        dir.path(),
+        addr,
+        "daemon.log",
+    );
+    wait_for("the Originate", || peer.originated().len() == 1);
+    let first = Instant::now();
+    shift_clock(dir.path(), "+5m");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while peer.originated().len() < 2 {
+        assert!(Instant::now() < deadline, "{}", status(dir.path(), id));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rang_for = first.elapsed();
+    assert!(
+        rang_for >= Duration::from_secs(7),
+        "called again after {rang_for:?}, while the first call could still ring"
+    );
+    assert!(daemon.terminate().success());
+}
+
+/// The wall clock jumps 2 hours back between a caller's tries: the wrong codes before the
+/// jump still count, the third locks the number out, and the lockout holds for the CLI on
+/// the real clock.
+#[test]
+fn a_clock_jumping_back_keeps_the_tries_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    store_in(&rt, dir.path(), Db::Sqlite, "");
+    let v = json(&start(dir.path(), PHONE, "back"));
+    let (id, code) = (v["id"].as_str().unwrap(), v["code"].as_str().unwrap());
+    let bad = crate::verify_flow::wrong(code);
+    let daemon = serve_in(
+        with_shifted_clock(dir.path()),
+        dir.path(),
+        free_port(),
+        "daemon.log",
+    );
+    rt.block_on(
+        Call::verify(id)
+            .press("#")
+            .press(&bad)
+            .press(&bad)
+            .hang_up()
+            .run(daemon.addr),
+    )
+    .unwrap();
+    assert_eq!(status(dir.path(), id)["attempts_remaining"], 1);
+    shift_clock(dir.path(), "-2h");
+    let t = rt
+        .block_on(Call::verify(id).press("#").press(&bad).run(daemon.addr))
+        .unwrap();
+    assert_eq!(
+        t.count_prompt("callverify/locked-out"),
+        1,
+        "{:?}",
+        t.prompts()
+    );
+    assert_eq!(status(dir.path(), id)["status"], "failed");
+    let out = start(dir.path(), PHONE, "back");
+    assert_eq!(
+        json(&out)["error"]["code"],
+        "locked_out",
+        "{}",
+        stderr(&out)
+    );
     assert!(daemon.terminate().success());
 }
 
