@@ -371,8 +371,7 @@ fn shift_clock(dir: &Path, by: &str) {
 /// The wall clock jumps 5 minutes ahead while the call rings: the call is not released
 /// and placed again at once (the dialer gives its own calls up by the monotonic clock,
 /// after twice the ring timeout and a margin, 7 s here), so the phone never rings twice.
-#[test]
-fn a_clock_jumping_ahead_does_not_ring_the_phone_twice() {
+fn a_clock_jumping_ahead_does_not_ring_the_phone_twice(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let peer = rt
@@ -409,11 +408,10 @@ fn a_clock_jumping_ahead_does_not_ring_the_phone_twice() {
 /// The wall clock jumps 2 hours back between a caller's tries: the wrong codes before the
 /// jump still count, the third locks the number out, and the lockout holds for the CLI on
 /// the real clock.
-#[test]
-fn a_clock_jumping_back_keeps_the_tries_counted() {
+fn a_clock_jumping_back_keeps_the_tries_counted(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    store_in(&rt, dir.path(), Db::Sqlite, "");
+    store_in(&rt, dir.path(), db, "");
     let v = json(&start(dir.path(), PHONE, "back"));
     let (id, code) = (v["id"].as_str().unwrap(), v["code"].as_str().unwrap());
     let bad = crate::verify_flow::wrong(code);
@@ -466,6 +464,16 @@ mod sqlite {
     fn sigkill_mid_dial_calls_once_more() {
         super::sigkill_mid_dial_calls_once_more(Db::Sqlite)
     }
+
+    #[test]
+    fn a_clock_jumping_ahead_does_not_ring_the_phone_twice() {
+        super::a_clock_jumping_ahead_does_not_ring_the_phone_twice(Db::Sqlite)
+    }
+
+    #[test]
+    fn a_clock_jumping_back_keeps_the_tries_counted() {
+        super::a_clock_jumping_back_keeps_the_tries_counted(Db::Sqlite)
+    }
 }
 
 mod postgres {
@@ -479,6 +487,16 @@ mod postgres {
     #[test]
     fn sigkill_mid_dial_calls_once_more() {
         super::sigkill_mid_dial_calls_once_more(Db::Postgres)
+    }
+
+    #[test]
+    fn a_clock_jumping_ahead_does_not_ring_the_phone_twice() {
+        super::a_clock_jumping_ahead_does_not_ring_the_phone_twice(Db::Postgres)
+    }
+
+    #[test]
+    fn a_clock_jumping_back_keeps_the_tries_counted() {
+        super::a_clock_jumping_back_keeps_the_tries_counted(Db::Postgres)
     }
 }
 
