@@ -1,5 +1,7 @@
-//! Configuration: built-in defaults, then `callverify.toml`, then environment variables
-//! `CALLVERIFY_<SECTION>_<KEY>` (e.g. `CALLVERIFY_AGI_LISTEN`, `CALLVERIFY_DATABASE_URL`).
+//! Configuration: built-in defaults, then one file (see [`Source::locate`]), then environment
+//! variables `CALLVERIFY_<SECTION>_<KEY>` (e.g. `CALLVERIFY_AGI_LISTEN`,
+//! `CALLVERIFY_DATABASE_URL`). The service and every CLI command find the same file, so they
+//! use the same store.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +20,84 @@ use callverify_pbx::agi::{ServerConfig, Timeouts};
 use callverify_speech::{EndpointSettings, RecogniserSettings};
 
 pub const ENV_PREFIX: &str = "CALLVERIFY_";
+/// The file in the working directory, looked for after `--config` and [`FILE_VARIABLE`].
 pub const DEFAULT_FILE: &str = "callverify.toml";
+/// The environment variable naming the configuration file.
+pub const FILE_VARIABLE: &str = "CALLVERIFY_CONFIG";
+/// The installed service's configuration (the Debian package's conffile), looked for last.
+pub const SYSTEM_FILE: &str = "/etc/callverify/callverify.toml";
+
+/// Where the configuration file came from: `--config FILE`, else `$CALLVERIFY_CONFIG`, else
+/// `./callverify.toml`, else `/etc/callverify/callverify.toml`, else none (the defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Flag(PathBuf),
+    Variable(PathBuf),
+    WorkingDirectory(PathBuf),
+    System(PathBuf),
+    /// No file: the built-in defaults and the environment.
+    Defaults,
+}
+
+impl Source {
+    /// Where `callverify` finds its configuration: [`Self::locate_in`] the working directory
+    /// and [`SYSTEM_FILE`].
+    pub fn locate(flag: Option<&Path>) -> Self {
+        Self::locate_in(
+            flag,
+            std::env::var_os(FILE_VARIABLE),
+            Path::new(DEFAULT_FILE),
+            Path::new(SYSTEM_FILE),
+        )
+    }
+
+    /// The first of the places in order; a file named by the flag or the variable must exist
+    /// (reading it fails otherwise), `local` and `system` are taken only if they exist.
+    pub fn locate_in(
+        flag: Option<&Path>,
+        variable: Option<std::ffi::OsString>,
+        local: &Path,
+        system: &Path,
+    ) -> Self {
+        if let Some(path) = flag {
+            return Self::Flag(path.to_owned());
+        }
+        if let Some(path) = variable.filter(|v| !v.is_empty()) {
+            return Self::Variable(path.into());
+        }
+        if local.exists() {
+            return Self::WorkingDirectory(local.to_owned());
+        }
+        if system.exists() {
+            return Self::System(system.to_owned());
+        }
+        Self::Defaults
+    }
+
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Self::Flag(p) | Self::Variable(p) | Self::WorkingDirectory(p) | Self::System(p) => {
+                Some(p)
+            }
+            Self::Defaults => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Flag(p) => write!(f, "{} (--config)", p.display()),
+            Self::Variable(p) => write!(f, "{} (${FILE_VARIABLE})", p.display()),
+            Self::WorkingDirectory(p) => write!(f, "{} (in the working directory)", p.display()),
+            Self::System(p) => write!(f, "{} (the installed service's)", p.display()),
+            Self::Defaults => write!(
+                f,
+                "none: the defaults (no --config, no ${FILE_VARIABLE}, no ./{DEFAULT_FILE}, no {SYSTEM_FILE})"
+            ),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -34,6 +113,26 @@ pub struct Config {
     pub qa: QaSection,
     pub speech: SpeechSection,
     pub support: SupportSection,
+    pub log: LogSection,
+    /// What loading passed over (environment variables naming no setting), for the log once
+    /// it is set up.
+    #[serde(skip)]
+    pub ignored: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// `text` (one line per event) or `json` (one JSON object per line, for log shippers).
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -365,39 +464,46 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Defaults, then the file (`path`, or `callverify.toml` if present), then `vars`.
+    /// Defaults, then the file of `source` (its relative paths taken from the file's
+    /// folder), then `vars`.
     pub fn load(
-        path: Option<&Path>,
+        source: &Source,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let mut tree = toml::Value::try_from(Config::default()).expect("defaults serialize");
-        let file = match path {
-            Some(p) => Some(p.to_path_buf()),
-            None => Some(PathBuf::from(DEFAULT_FILE)).filter(|p| p.exists()),
-        };
+        let file = source.file().map(Path::to_path_buf);
         if let Some(path) = &file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
                 source,
             })?;
-            let parsed: toml::Value = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                path: path.clone(),
-                message: e.message().to_owned(),
-            })?;
+            let mut parsed: toml::Value =
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.message().to_owned(),
+                })?;
+            anchor_paths(&mut parsed, path.parent().unwrap_or(Path::new("")));
             merge(&mut tree, parsed);
         }
+        let mut ignored = Vec::new();
         for (name, value) in vars {
+            if name == FILE_VARIABLE {
+                continue;
+            }
             if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
-                apply_env(&mut tree, &name, rest, &value)?;
+                if let Some(why) = apply_env(&mut tree, &name, rest, &value)? {
+                    ignored.push(format!("{name} ignored: {why}"));
+                }
             }
         }
-        let config: Config = tree
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: file.unwrap_or_else(|| PathBuf::from("(defaults and environment)")),
-                message: e.message().to_owned(),
-            })?;
+        let mut config: Config =
+            tree.try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: file.unwrap_or_else(|| PathBuf::from("(defaults and environment)")),
+                    message: e.message().to_owned(),
+                })?;
         config.validate()?;
+        config.ignored = ignored;
         Ok(config)
     }
 
@@ -652,6 +758,35 @@ fn invalid<T>(key: &'static str, message: &str) -> Result<T, ConfigError> {
     })
 }
 
+/// A file's relative paths are its folder's, as in Cargo's config files: whichever folder a
+/// command runs in, `/etc/callverify/callverify.toml` saying `sqlite://callverify.db` means
+/// `/etc/callverify/callverify.db`, the store the service uses.
+fn anchor_paths(file: &mut toml::Value, folder: &Path) {
+    let anchored = |path: &str| folder.join(path).display().to_string();
+    if let Some(url) = file.get_mut("database").and_then(|d| d.get_mut("url")) {
+        if let Some(path) = url.as_str().and_then(crate::store::sqlite_path) {
+            if path.is_relative() {
+                let query = url.as_str().and_then(|u| u.split_once('?')).map(|(_, q)| q);
+                let mut new = format!("sqlite://{}", anchored(&path.display().to_string()));
+                if let Some(query) = query {
+                    new = format!("{new}?{query}");
+                }
+                *url = toml::Value::String(new);
+            }
+        }
+    }
+    for (section, key) in [("security", "secret_file"), ("speech", "model")] {
+        if let Some(value) = file.get_mut(section).and_then(|s| s.get_mut(key)) {
+            if let Some(path) = value
+                .as_str()
+                .filter(|p| !p.is_empty() && Path::new(p).is_relative())
+            {
+                *value = toml::Value::String(anchored(path));
+            }
+        }
+    }
+}
+
 fn merge(base: &mut toml::Value, over: toml::Value) {
     match (base, over) {
         (toml::Value::Table(base), toml::Value::Table(over)) => {
@@ -669,25 +804,24 @@ fn merge(base: &mut toml::Value, over: toml::Value) {
 }
 
 /// Set `section.key` from `CALLVERIFY_SECTION_KEY`, typed like the default it replaces.
+/// Set the setting `CALLVERIFY_<rest>` names; `Some(why)` when it names none.
 fn apply_env(
     tree: &mut toml::Value,
     name: &str,
     rest: &str,
     value: &str,
-) -> Result<(), ConfigError> {
+) -> Result<Option<&'static str>, ConfigError> {
     let env_err = |message: String| ConfigError::Env {
         name: name.to_owned(),
         message,
     };
     let rest = rest.to_ascii_lowercase();
     let Some((section, key)) = rest.split_once('_') else {
-        tracing::warn!(variable = name, "ignored: not CALLVERIFY_<SECTION>_<KEY>");
-        return Ok(());
+        return Ok(Some("not CALLVERIFY_<SECTION>_<KEY>"));
     };
     let Some(slot) = tree.get_mut(section).and_then(|s| s.get_mut(key)) else {
         // Settings of parts not built into this version (e.g. AMI) are ignored, not fatal.
-        tracing::warn!(variable = name, "ignored: no such setting in this version");
-        return Ok(());
+        return Ok(Some("no such setting in this version"));
     };
     *slot = match slot {
         toml::Value::Integer(_) => toml::Value::Integer(
@@ -712,7 +846,7 @@ fn apply_env(
         ),
         _ => toml::Value::String(value.to_owned()),
     };
-    Ok(())
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -728,7 +862,7 @@ mod tests {
 
     #[test]
     fn defaults_match_the_design() {
-        let c = Config::load(Some(Path::new("/dev/null")), env(&[])).unwrap();
+        let c = Config::load(&Source::Flag("/dev/null".into()), env(&[])).unwrap();
         assert_eq!(c.agi.listen, "127.0.0.1:4573");
         assert_eq!(c.database.url, "sqlite://callverify.db");
         assert_eq!(c.verification.code_length, 6);
@@ -747,7 +881,7 @@ mod tests {
         )
         .unwrap();
         let c = Config::load(
-            Some(&path),
+            &Source::Flag(path.clone()),
             env(&[
                 ("CALLVERIFY_AGI_MAX_SESSIONS", "7"),
                 ("CALLVERIFY_DATABASE_URL", "postgres://u@h/db"),
@@ -771,12 +905,12 @@ mod tests {
 
     #[test]
     fn speech_defaults_and_overrides() {
-        let c = Config::load(Some(Path::new("/dev/null")), env(&[])).unwrap();
+        let c = Config::load(&Source::Flag("/dev/null".into()), env(&[])).unwrap();
         assert_eq!(c.speech_listen().unwrap().to_string(), "127.0.0.1:4574");
         assert_eq!(c.speech_advertise().unwrap(), c.speech_listen().unwrap());
         assert_eq!(c.recogniser_settings(), None, "keypad only without a model");
         let everywhere = [("CALLVERIFY_SPEECH_LISTEN", "0.0.0.0:4574")];
-        let error = Config::load(Some(Path::new("/dev/null")), env(&everywhere))
+        let error = Config::load(&Source::Flag("/dev/null".into()), env(&everywhere))
             .unwrap_err()
             .to_string();
         assert!(error.contains("speech.advertise"), "{error}");
@@ -784,7 +918,7 @@ mod tests {
             everywhere[0],
             ("CALLVERIFY_SPEECH_ADVERTISE", "192.0.2.7:4574"),
         ]);
-        let c = Config::load(Some(Path::new("/dev/null")), advertised).unwrap();
+        let c = Config::load(&Source::Flag("/dev/null".into()), advertised).unwrap();
         assert_eq!(c.speech_advertise().unwrap().to_string(), "192.0.2.7:4574");
         assert_eq!(c.endpoint_settings(), EndpointSettings::default());
         assert_eq!(c.endpoint_settings().hangover, Duration::from_millis(1600));
@@ -794,7 +928,7 @@ mod tests {
         );
 
         let c = Config::load(
-            Some(Path::new("/dev/null")),
+            &Source::Flag("/dev/null".into()),
             env(&[
                 ("CALLVERIFY_SPEECH_ADVERTISE", "192.0.2.7:4574"),
                 ("CALLVERIFY_SPEECH_MODEL", "/m"),
@@ -809,7 +943,7 @@ mod tests {
         assert_eq!(c.endpoint_settings().hangover, Duration::from_millis(1200));
 
         let bad = Config::load(
-            Some(Path::new("/dev/null")),
+            &Source::Flag("/dev/null".into()),
             env(&[("CALLVERIFY_SPEECH_PAUSE_MS", "2000")]),
         )
         .unwrap_err()
@@ -820,22 +954,137 @@ mod tests {
     #[test]
     fn the_shipped_example_is_valid_and_says_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("callverify.example.toml");
-        let example = Config::load(Some(&path), env(&[])).unwrap();
-        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let mut example = Config::load(&Source::Flag(path), env(&[])).unwrap();
+        // Its relative paths are its folder's.
+        let folder = env!("CARGO_MANIFEST_DIR");
+        assert_eq!(
+            example.database.url,
+            format!("sqlite://{folder}/callverify.db")
+        );
+        assert_eq!(
+            example.security.secret_file,
+            format!("{folder}/callverify.secret")
+        );
+        let defaults = Config::default();
+        example.database.url = defaults.database.url.clone();
+        example.security.secret_file = defaults.security.secret_file.clone();
+        let defaults = toml::Value::try_from(defaults).unwrap();
         assert_eq!(toml::Value::try_from(example).unwrap(), defaults);
+    }
+
+    /// The Debian package's conffile: the store in the state directory, every other key
+    /// commented out with its default, so that it says what the example says.
+    #[test]
+    fn the_packaged_configuration_is_the_example_with_the_services_paths() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let packaged = root.join("packaging/callverify.toml");
+        let config = Config::load(&Source::System(packaged.clone()), env(&[])).unwrap();
+        assert_eq!(
+            config.database.url,
+            "sqlite:///var/lib/callverify/callverify.db"
+        );
+        assert_eq!(
+            config.security.secret_file,
+            "/var/lib/callverify/callverify.secret"
+        );
+        let text: String = std::fs::read_to_string(&packaged)
+            .unwrap()
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(key) if key.starts_with(|c: char| c.is_ascii_lowercase()) => key,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let uncommented: Config = toml::from_str(&text).unwrap();
+        let example = Config::load(
+            &Source::Flag(root.join("callverify.example.toml")),
+            env(&[]),
+        )
+        .unwrap();
+        let mut example = toml::Value::try_from(example).unwrap();
+        example["database"]["url"] = config.database.url.clone().into();
+        example["security"]["secret_file"] = config.security.secret_file.clone().into();
+        assert_eq!(toml::Value::try_from(uncommented).unwrap(), example);
+    }
+
+    #[test]
+    fn the_file_is_looked_for_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (local, system) = (
+            dir.path().join("local.toml"),
+            dir.path().join("system.toml"),
+        );
+        let flag = Path::new("flag.toml");
+        let variable = || Some(std::ffi::OsString::from("variable.toml"));
+        let locate = |flag, variable| Source::locate_in(flag, variable, &local, &system);
+        assert_eq!(locate(None, None), Source::Defaults);
+        std::fs::write(&system, "").unwrap();
+        assert_eq!(locate(None, None), Source::System(system.clone()));
+        std::fs::write(&local, "").unwrap();
+        assert_eq!(locate(None, None), Source::WorkingDirectory(local.clone()));
+        assert_eq!(
+            locate(None, Some("".into())),
+            Source::WorkingDirectory(local.clone())
+        );
+        assert_eq!(
+            locate(None, variable()),
+            Source::Variable("variable.toml".into())
+        );
+        assert_eq!(locate(Some(flag), variable()), Source::Flag(flag.into()));
+        // Each says where it came from.
+        assert!(Source::Defaults.to_string().contains(SYSTEM_FILE));
+        assert!(locate(None, variable()).to_string().contains(FILE_VARIABLE));
+    }
+
+    #[test]
+    fn a_files_relative_paths_are_its_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("callverify.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(&Source::System(path.clone()), env(&[])).unwrap()
+        };
+        let folder = dir.path().display();
+        let c = load(
+            "[database]\nurl = \"sqlite://cv.db?mode=rwc\"\n[security]\nsecret_file = \"k\"\n",
+        );
+        assert_eq!(c.database.url, format!("sqlite://{folder}/cv.db?mode=rwc"));
+        assert_eq!(c.security.secret_file, format!("{folder}/k"));
+        for url in [
+            "sqlite:///var/lib/callverify/callverify.db",
+            "sqlite::memory:",
+            "postgres://u@h/db",
+        ] {
+            let c = load(&format!("[database]\nurl = {url:?}\n"));
+            assert_eq!(c.database.url, url);
+        }
+        // The defaults and the environment are the working directory's.
+        let c = Config::load(
+            &Source::Defaults,
+            env(&[
+                ("CALLVERIFY_SECURITY_SECRET_FILE", "k"),
+                (FILE_VARIABLE, "x.toml"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.database.url.as_str(), c.security.secret_file.as_str()),
+            ("sqlite://callverify.db", "k")
+        );
     }
 
     #[test]
     fn clear_errors() {
         let bad_num = Config::load(
-            Some(Path::new("/dev/null")),
+            &Source::Flag("/dev/null".into()),
             env(&[("CALLVERIFY_AGI_MAX_SESSIONS", "lots")]),
         )
         .unwrap_err()
         .to_string();
         assert!(bad_num.contains("CALLVERIFY_AGI_MAX_SESSIONS"), "{bad_num}");
         let bad_listen = Config::load(
-            Some(Path::new("/dev/null")),
+            &Source::Flag("/dev/null".into()),
             env(&[("CALLVERIFY_AGI_LISTEN", "nowhere")]),
         )
         .unwrap_err()
@@ -844,9 +1093,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[agi]\nlisten_on = \"x\"\n").unwrap();
-        let unknown = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        let unknown = Config::load(&Source::Flag(path), env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(unknown.contains("listen_on"), "{unknown}");
-        let missing = Config::load(Some(&dir.path().join("nope.toml")), env(&[]))
+        let missing = Config::load(&Source::Variable(dir.path().join("nope.toml")), env(&[]))
             .unwrap_err()
             .to_string();
         assert!(missing.contains("nope.toml"), "{missing}");

@@ -48,6 +48,20 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Speech(#[from] callverify_speech::SpeechError),
+    #[error(
+        "no store at {}: only `callverify serve` and `callverify migrate` create one, and this \
+         command would have started an empty store apart from the service's. Name the service's \
+         configuration (--config FILE or $CALLVERIFY_CONFIG), or run `callverify migrate` to \
+         create a store here",
+        path.display()
+    )]
+    NoStore { path: PathBuf },
+    #[error(
+        "the store is there but its secret key file {} is missing: without it no code in the \
+         store can be checked. Restore the file, or set security.secret as the service does",
+        path.display()
+    )]
+    NoKey { path: PathBuf },
 }
 
 /// Start the AMI connection and the dialer when `ami.host` is set.
@@ -140,6 +154,24 @@ pub async fn open(config: &Config) -> Result<App, DaemonError> {
     })
 }
 
+/// [`open`] for the admin's commands: a store and key that are already there. Only the
+/// service (and `migrate`) create them, so a command run with another configuration than the
+/// service's cannot quietly write into a new, empty store.
+pub async fn open_existing(config: &Config) -> Result<App, DaemonError> {
+    if let Some(path) = crate::store::sqlite_path(&config.database.url) {
+        if !path.exists() {
+            return Err(DaemonError::NoStore {
+                path: std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
+            });
+        }
+    }
+    let key = PathBuf::from(&config.security.secret_file);
+    if config.security.secret.is_empty() && !key.exists() {
+        return Err(DaemonError::NoKey { path: key });
+    }
+    open(config).await
+}
+
 /// This daemon's name on its call attempts: one daemon per host and FastAGI address can run,
 /// so at its start none of its earlier attempts can still be live.
 fn daemon_name(config: &Config) -> String {
@@ -218,21 +250,24 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Resul
     result
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed at once, not when the daemon
+/// first waits on them, so that a SIGTERM while it starts up (a migration, a model loading)
+/// is a clean stop too.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    let ctrl_c = tokio::signal::ctrl_c();
+    async move {
+        #[cfg(unix)]
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
         }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown requested");
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown requested");
 }
 
 /// Run the daemon until `shutdown` completes and calls in progress are done.

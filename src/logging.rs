@@ -4,17 +4,28 @@
 //! SIP headers). Every control character of an event is escaped as it is written (a newline
 //! becomes `\n`), so that no peer can start a line of its own and forge an entry; the event's
 //! own final newline is the only one. Colour only when stderr is a terminal and `NO_COLOR` is
-//! not set: log files and journald get plain text.
+//! not set: log files and journald get plain text. With `log.format = "json"`, one JSON object
+//! per event and line, escaped as JSON escapes strings.
 
 use std::io::{self, IsTerminal, Write};
 
 use tracing_subscriber::fmt::MakeWriter;
+
+use crate::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 /// Log to stderr at `default_level` unless `RUST_LOG` says otherwise.
-pub fn init(default_level: &str) {
+pub fn init(default_level: &str, format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    if format == LogFormat::Json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(io::stderr)
+            .init();
+        return;
+    }
     // https://no-color.org: a NO_COLOR that is set and not empty turns colour off.
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let ansi = io::stderr().is_terminal() && !no_color;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use callverify::config::Config;
+use callverify::config::{Config, LogFormat, Source, FILE_VARIABLE, SYSTEM_FILE};
 use callverify::daemon;
 use callverify::domain::{NewVerification, VerifyError, View};
 
@@ -18,12 +18,13 @@ use callverify::domain::{NewVerification, VerifyError, View};
     long_about = "Phone verification calls for Asterisk.\n\n\
         `callverify serve` runs the FastAGI daemon that drives verification calls; \
         `callverify verify start` creates a verification and prints its code.\n\
-        Settings come from callverify.toml (or --config) and CALLVERIFY_<SECTION>_<KEY> \
-        environment variables; logging from RUST_LOG (default: info).",
-    after_help = "Exit status: 0 on success, 1 on an error, 2 on a usage error."
+        Settings come from one configuration file, the service's and every command's, \
+        and CALLVERIFY_<SECTION>_<KEY> environment variables; logging from RUST_LOG \
+        (default: info)."
 )]
 struct Cli {
-    /// Configuration file [default: ./callverify.toml if it exists]
+    /// Configuration file [default: $CALLVERIFY_CONFIG, else ./callverify.toml, else
+    /// /etc/callverify/callverify.toml, the first that is set or exists]
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
 
@@ -98,7 +99,8 @@ enum KeysCommand {
 
 #[derive(Subcommand)]
 enum StaffCommand {
-    /// Add a staff member; the password (12+ characters) is read from the first line of stdin
+    /// Add a staff member; asks for the password (12+ characters) at a terminal, without
+    /// echo, or reads it from the first line of stdin
     #[command(after_help = "Example: printf '%s\\n' \"$PASSWORD\" | callverify staff add alice")]
     Add {
         /// Sign-in name: letters, digits, '-', '_' or '.'
@@ -142,27 +144,85 @@ macro_rules! out {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let quiet = !matches!(cli.command, Command::Serve);
-    callverify::logging::init(if quiet { "warn" } else { "info" });
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
+    let cli = parse();
+    // The probe is a softphone, not the daemon: it reads no callverify.toml and none of the
+    // daemon's CALLVERIFY_* settings, so a broken one must not turn its exit 2 (usage) or 0/1
+    // (the call's verdict) into a configuration error, nor warn about its own
+    // CALLVERIFY_PROBE_* variables.
+    if let Command::Probe(command) = cli.command {
+        callverify::logging::init("warn", LogFormat::Text);
+        return on_runtime(callverify_probe::run(*command)).unwrap_or_else(|e| fail(&e));
+    }
+    let source = Source::locate(cli.config.as_deref());
+    let config = match Config::load(&source, std::env::vars()) {
+        Ok(config) => config,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            eprintln!("error: invalid configuration: {e}");
+            eprintln!("  configuration: {source}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+    let quiet = !matches!(cli.command, Command::Serve);
+    callverify::logging::init(if quiet { "warn" } else { "info" }, config.log.format);
+    for ignored in &config.ignored {
+        tracing::warn!("{ignored}");
     }
+    let used = format!(
+        "  configuration: {source}\n  store: {}",
+        callverify::store::redact_url(&config.database.url)
+    );
+    let result = callverify::store::owner::act_as_owner(&config.database.url)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| on_runtime(run(cli.command, &config)));
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        eprintln!("{used}");
+        ExitCode::FAILURE
+    })
+}
+
+/// The command line, with `--help` saying which configuration and store a command uses here.
+fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let source = Source::locate(None);
+    let store = match Config::load(&source, std::env::vars()) {
+        Ok(config) => callverify::store::redact_url(&config.database.url),
+        Err(e) => format!("none: the configuration does not load ({e})"),
+    };
+    let here = format!(
+        "Configuration here (unless --config names another): {source}\n\
+         Store: {store}\n\
+         The service and every command look in the same order: --config FILE, \
+         ${FILE_VARIABLE}, ./callverify.toml, {SYSTEM_FILE}.\n\n\
+         Exit status: 0 on success, 1 on an error, 2 on a usage error."
+    );
+    fn with_footer(command: clap::Command, footer: &str) -> clap::Command {
+        if command.get_name() == "probe" {
+            return command;
+        }
+        command
+            .after_help(footer.to_owned())
+            .mut_subcommands(|sub| with_footer(sub, footer))
+    }
+    let matches = with_footer(Cli::command(), &here).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+fn on_runtime(
+    work: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")?
+        .block_on(work)
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
 }
 
 async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode> {
-    let app = daemon::open(config).await?;
+    let app = daemon::open_existing(config).await?;
     let keys = callverify::domain::api_keys::ApiKeys::new(app.store.clone());
     let code = match command {
         KeysCommand::Create { name } => {
@@ -206,17 +266,13 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode>
 
 async fn staff(config: &Config, command: StaffCommand) -> anyhow::Result<ExitCode> {
     use callverify::support::staff::Staff;
-    let app = daemon::open(config).await?;
+    let app = daemon::open_existing(config).await?;
     let session = std::time::Duration::from_secs(config.support.session_hours * 3600);
     let staff = Staff::new(app.store.clone(), session);
     match command {
         StaffCommand::Add { username } => {
-            let mut password = String::new();
-            std::io::stdin()
-                .read_line(&mut password)
-                .context("cannot read the password from stdin")?;
-            let password = password.trim_end_matches(['\r', '\n']);
-            let account = staff.add(&username, password).await?;
+            let password = read_password(&username)?;
+            let account = staff.add(&username, &password).await?;
             out!("added staff member {} ({})", account.username, account.id);
         }
         StaffCommand::List => {
@@ -235,6 +291,46 @@ async fn staff(config: &Config, command: StaffCommand) -> anyhow::Result<ExitCod
     }
     app.store.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A new password: asked for twice, without echo, at a terminal; else stdin's first line.
+fn read_password(username: &str) -> anyhow::Result<String> {
+    use std::io::IsTerminal as _;
+    if !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read the password from stdin")?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    let first = read_hidden(&format!(
+        "Password for {username} (12 or more characters): "
+    ))?;
+    let again = read_hidden("The same password again: ")?;
+    anyhow::ensure!(
+        first == again,
+        "the two passwords differ; no account was added"
+    );
+    Ok(first)
+}
+
+/// One line from the terminal on stdin, with `prompt` on stderr and echo off while typing.
+fn read_hidden(prompt: &str) -> anyhow::Result<String> {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    let stdin = std::io::stdin();
+    let saved = tcgetattr(&stdin).context("cannot read the terminal's settings")?;
+    let mut hidden = saved.clone();
+    hidden.local_modes.remove(LocalModes::ECHO);
+    // The newline the user types still shows, so the next prompt starts on a line of its own.
+    hidden.local_modes.insert(LocalModes::ECHONL);
+    tcsetattr(&stdin, OptionalActions::Now, &hidden).context("cannot turn off echo")?;
+    // Only now: nothing typed after the prompt shows.
+    eprint!("{prompt}");
+    let mut line = String::new();
+    let read = stdin.read_line(&mut line);
+    let _ = tcsetattr(&stdin, OptionalActions::Now, &saved);
+    read.context("cannot read the password from the terminal")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 /// The prompt catalogue, for people (a table) or for the prompt-generation script (TSV).
@@ -260,34 +356,24 @@ fn print_prompts(tsv: bool) {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    // The probe is a softphone, not the daemon: it reads no callverify.toml and none of the
-    // daemon's CALLVERIFY_* settings, so a broken one must not turn its exit 2 (usage) or 0/1
-    // (the call's verdict) into a configuration error, nor warn about its own
-    // CALLVERIFY_PROBE_* variables.
-    let command = match cli.command {
-        Command::Probe(command) => return callverify_probe::run(*command).await,
-        command => command,
-    };
-    let config =
-        Config::load(cli.config.as_deref(), std::env::vars()).context("invalid configuration")?;
+async fn run(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve => {
-            daemon::serve(&config, daemon::shutdown_signal()).await?;
+            daemon::serve(config, daemon::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
-            daemon::open(&config).await?;
+            daemon::open(config).await?.store.close().await;
             out!(
                 "migrations applied to {}",
                 callverify::store::redact_url(&config.database.url)
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify(command) => verify(&config, command).await,
-        Command::Keys(command) => keys(&config, command).await,
-        Command::Staff(command) => staff(&config, command).await,
-        Command::Probe(_) => unreachable!("dispatched before the configuration is loaded"),
+        Command::Verify(command) => verify(config, command).await,
+        Command::Keys(command) => keys(config, command).await,
+        Command::Staff(command) => staff(config, command).await,
+        Command::Probe(_) => unreachable!("the probe is dispatched before the configuration"),
         Command::Prompts(args) => {
             print_prompts(args.tsv);
             Ok(ExitCode::SUCCESS)
@@ -296,7 +382,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn verify(config: &Config, command: VerifyCommand) -> anyhow::Result<ExitCode> {
-    let app = daemon::open(config).await?;
+    let app = daemon::open_existing(config).await?;
     let (result, json) = match command {
         VerifyCommand::Start(a) => (
             app.verifications

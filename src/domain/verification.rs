@@ -95,8 +95,10 @@ pub enum VerifyError {
     InvalidPhone(#[from] PhoneError),
     #[error("invalid user reference: {0}")]
     InvalidUserRef(&'static str),
-    #[error("invalid locale {0:?}: use a language tag such as en or en_US")]
+    #[error("invalid locale {0:?}: use a language tag such as en or en-US")]
     InvalidLocale(String),
+    #[error("no prompts in the language of locale {locale:?}: the call can speak {}", LANGUAGES.join(", "))]
+    UnsupportedLocale { locale: String },
     #[error("invalid code length {0}: it must be between 4 and 10")]
     InvalidCodeLength(u32),
     #[error("this number or user is locked out until {}", rfc3339(*retry_at))]
@@ -129,6 +131,7 @@ impl VerifyError {
             VerifyError::InvalidPhone(_) => "invalid_phone",
             VerifyError::InvalidUserRef(_) => "invalid_user_ref",
             VerifyError::InvalidLocale(_) => "invalid_locale",
+            VerifyError::UnsupportedLocale { .. } => "unsupported_locale",
             VerifyError::InvalidCodeLength(_) => "invalid_code_length",
             VerifyError::LockedOut { .. } => "locked_out",
             VerifyError::NotFound(_) => "not_found",
@@ -264,24 +267,65 @@ pub(super) fn validate_user_ref(user_ref: &str) -> Result<&str, VerifyError> {
     Ok(user_ref)
 }
 
+/// The languages calls can speak: the prompts' (`asterisk/sounds/`) and Asterisk's own
+/// sounds exist in each.
+pub const LANGUAGES: &[&str] = &["en", "es"];
+
+/// A verification's language: a tag's language (`en-US`, `en_us` and `EN` are `en`), which
+/// must be one the calls speak; `en` when none is given.
 pub(super) fn validate_locale(locale: Option<&str>) -> Result<String, VerifyError> {
     let locale = locale.unwrap_or("en");
-    let ok = (2..=16).contains(&locale.len())
+    let well_formed = (2..=16).contains(&locale.len())
         && locale
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(locale.to_owned())
-    } else {
-        Err(VerifyError::InvalidLocale(
+    if !well_formed {
+        return Err(VerifyError::InvalidLocale(
             locale.chars().take(32).collect(),
-        ))
+        ));
+    }
+    let language = locale
+        .split(['-', '_'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match LANGUAGES.iter().find(|l| **l == language) {
+        Some(l) => Ok((*l).to_owned()),
+        None => Err(VerifyError::UnsupportedLocale {
+            locale: locale.to_owned(),
+        }),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn locales_are_the_languages_calls_speak() {
+        for (given, language) in [
+            (None, "en"),
+            (Some("en"), "en"),
+            (Some("en-US"), "en"),
+            (Some("en_us"), "en"),
+            (Some("ES"), "es"),
+            (Some("es-419"), "es"),
+        ] {
+            assert_eq!(validate_locale(given).unwrap(), language, "{given:?}");
+        }
+        for unsupported in ["fr", "fr-CA", "zz"] {
+            let e = validate_locale(Some(unsupported)).unwrap_err();
+            assert_eq!(e.code(), "unsupported_locale", "{unsupported}");
+            assert!(e.to_string().contains("en, es"), "{e}");
+        }
+        for invalid in ["", "e", "../../etc", "en US", &"x".repeat(17)] {
+            assert_eq!(
+                validate_locale(Some(invalid)).unwrap_err().code(),
+                "invalid_locale",
+                "{invalid:?}"
+            );
+        }
+    }
 
     #[test]
     fn user_refs() {

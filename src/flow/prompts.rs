@@ -41,7 +41,7 @@ pub enum Prompt {
 }
 
 /// Languages the catalogue has words for (and `asterisk/sounds/` ships recordings of).
-pub const LANGUAGES: &[&str] = &["en", "es"];
+pub use crate::domain::verification::LANGUAGES;
 
 impl Prompt {
     pub const ALL: &'static [Prompt] = &[

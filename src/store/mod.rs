@@ -22,6 +22,7 @@ mod error;
 mod lockouts;
 mod manual_requests;
 mod outbox;
+pub mod owner;
 mod staff;
 mod upkeep;
 mod verifications;
@@ -148,10 +149,10 @@ async fn open_sqlite(options: &AnyConnectOptions) -> Result<AnyConnection, Store
     Ok(conn)
 }
 
-/// The SQLite file of `url`, as a path.
-fn sqlite_path(url: &str) -> Option<&std::path::Path> {
+/// The SQLite file of `url`, as a path; `None` for another database or an in-memory one.
+pub fn sqlite_path(url: &str) -> Option<&std::path::Path> {
     let path = url
-        .trim_start_matches("sqlite:")
+        .strip_prefix("sqlite:")?
         .trim_start_matches("//")
         .split('?')
         .next()

@@ -160,6 +160,17 @@ async fn create_call_and_read_back(db: Db) {
         .post(&format!("/v1/verifications/{id}/cancel"), &json!({}), &[])
         .await;
     assert_eq!((r.status, r.error_code().as_str()), (409, "not_cancelable"));
+
+    // A locale is read as its language, the one the call will speak.
+    let r = api
+        .post(
+            "/v1/verifications",
+            &json!({"phone": PHONE, "user_ref": "bob", "locale": "es-MX"}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["locale"], "es");
     api.d.stop().await;
 }
 
@@ -398,6 +409,12 @@ async fn hostile_bodies_get_clear_errors(db: Db) {
             br#"{"phone":"+14155550101","user_ref":"a","locale":"../../etc"}"#.to_vec(),
             422,
             "invalid_locale",
+        ),
+        (
+            "application/json",
+            br#"{"phone":"+14155550101","user_ref":"a","locale":"fr-CA"}"#.to_vec(),
+            422,
+            "unsupported_locale",
         ),
         (
             "application/json",

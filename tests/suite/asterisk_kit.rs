@@ -945,7 +945,7 @@ fn the_ami_user_has_least_privilege_and_an_acl() {
 /// the greeting places of both Asterisk listeners and the HTTP connections, with room left.
 #[test]
 fn the_systemd_unit_allows_descriptors_for_every_cap() {
-    let unit = fs::read_to_string(repo().join("asterisk/callverify.service")).unwrap();
+    let unit = fs::read_to_string(repo().join("packaging/callverify.service")).unwrap();
     let limit: usize = unit
         .lines()
         .find_map(|l| l.strip_prefix("LimitNOFILE="))

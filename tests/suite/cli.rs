@@ -14,17 +14,17 @@ use callverify_testkit::emulator::{Action, Call};
 use crate::common::{Db, PHONE};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_callverify");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_callverify");
 
 /// The binary, run in `dir` with a clean CALLVERIFY_* environment.
-fn callverify(dir: &Path) -> Command {
+pub(crate) fn callverify(dir: &Path) -> Command {
     let mut cmd = in_clean_env(BIN, dir);
     cmd.env("RUST_LOG", "info");
     cmd
 }
 
 /// `program`, run in `dir` without the CALLVERIFY_* settings of the test's environment.
-fn in_clean_env(program: &str, dir: &Path) -> Command {
+pub(crate) fn in_clean_env(program: &str, dir: &Path) -> Command {
     let mut cmd = Command::new(program);
     cmd.current_dir(dir);
     for (name, _) in std::env::vars() {
@@ -35,7 +35,7 @@ fn in_clean_env(program: &str, dir: &Path) -> Command {
     cmd
 }
 
-fn run(cmd: &mut Command) -> Output {
+pub(crate) fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run callverify")
 }
 
@@ -44,8 +44,21 @@ fn json(out: &Output) -> Value {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A folder with a new store in it, as `callverify migrate` creates it (the other commands
+/// create none).
+fn with_store() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    migrate(dir.path());
+    dir
+}
+
+pub(crate) fn migrate(dir: &Path) {
+    let out = run(callverify(dir).arg("migrate"));
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 fn start(dir: &Path, phone: &str, user: &str) -> Output {
@@ -62,7 +75,7 @@ fn status(dir: &Path, id: &str) -> Value {
 
 #[test]
 fn start_prints_id_and_code_and_status_reads_it_back() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = with_store();
     let out = start(dir.path(), "+14155550101", "alice");
     assert!(out.status.success(), "{}", stderr(&out));
     let v = json(&out);
@@ -105,7 +118,7 @@ fn start_prints_id_and_code_and_status_reads_it_back() {
 
 #[test]
 fn errors_are_one_clear_line_and_a_failure_status() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = with_store();
     let out = start(dir.path(), "4155550101", "alice");
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(json(&out)["error"]["code"], "invalid_phone");
@@ -151,21 +164,25 @@ fn errors_are_one_clear_line_and_a_failure_status() {
     }
 }
 
-fn free_port() -> SocketAddr {
+pub(crate) fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
 }
 
-struct Served {
+pub(crate) struct Served {
     child: Child,
     addr: SocketAddr,
 }
 
 impl Served {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stop the daemon with SIGTERM, as systemd does.
-    fn terminate(mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
         let sent = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -180,7 +197,7 @@ fn serve(dir: &Path, addr: SocketAddr, log: &str) -> Served {
 }
 
 /// `serve` as `cmd` (the binary with an environment of the test's) runs it.
-fn serve_in(mut cmd: Command, dir: &Path, addr: SocketAddr, log: &str) -> Served {
+pub(crate) fn serve_in(mut cmd: Command, dir: &Path, addr: SocketAddr, log: &str) -> Served {
     let log = std::fs::File::create(dir.join(log)).unwrap();
     let child = cmd
         .arg("serve")
@@ -221,6 +238,7 @@ fn store_in(rt: &tokio::runtime::Runtime, dir: &Path, db: Db, extra: &str) -> St
         format!("[database]\nurl = \"{url}\"\n{extra}"),
     )
     .unwrap();
+    migrate(dir);
     url
 }
 
@@ -506,7 +524,7 @@ mod postgres {
 /// Logs are coloured on a terminal, unless NO_COLOR is set (https://no-color.org).
 #[test]
 fn no_color_turns_colour_off_on_a_terminal() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = with_store();
     // `script` runs the command on a terminal of its own and copies what it wrote.
     let on_terminal = |no_color: &str| {
         let command = format!("{BIN} verify start --phone +14155550101 --user tty{no_color}");
@@ -535,11 +553,50 @@ fn no_color_turns_colour_off_on_a_terminal() {
     );
 }
 
+/// `log.format = "json"`: every line on stderr is one JSON object, for log shippers, with
+/// the event's fields.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = with_store();
+    let out = run(callverify(dir.path())
+        .args([
+            "verify",
+            "start",
+            "--phone",
+            "+14155550101",
+            "--user",
+            "json",
+        ])
+        .env("CALLVERIFY_LOG_FORMAT", "json"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events: Vec<Value> = stderr(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let created = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "verification created")
+        .unwrap_or_else(|| panic!("{events:?}"));
+    assert_eq!(created["level"], "INFO");
+    assert!(
+        created["fields"]["verification"]
+            .as_str()
+            .unwrap()
+            .starts_with("vf_"),
+        "{created}"
+    );
+    let out = run(callverify(dir.path())
+        .args(["keys", "list"])
+        .env("CALLVERIFY_LOG_FORMAT", "yaml"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("yaml"), "{}", stderr(&out));
+}
+
 /// What a peer sends cannot start a log line of its own (a FastAGI usage block with a
 /// forged entry in it), and a log file gets no colour codes.
 #[test]
 fn peers_cannot_forge_log_lines_and_log_files_are_plain() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = with_store();
     let id = json(&start(dir.path(), "+14155550101", "mallory"))["id"]
         .as_str()
         .unwrap()

@@ -1,6 +1,7 @@
 //! Whisper through CTranslate2 (ct2rs), in-process and offline: the model is a directory on
 //! disk, weights run as int8 on the CPU.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,6 +11,38 @@ use tokio::sync::Semaphore;
 use callverify_audio::resample;
 
 use super::{digits, Recognise, RecogniserSettings, Recognition, SpeechError};
+
+/// The files of a CTranslate2 Whisper model directory, as `scripts/fetch-speech-model`
+/// assembles it: the weights and their configuration, the vocabulary, the tokenizer, the
+/// audio front end's settings.
+const MODEL_FILES: &[&str] = &[
+    "model.bin",
+    "config.json",
+    "vocabulary.txt",
+    "tokenizer.json",
+    "preprocessor_config.json",
+];
+
+/// Names the first file `dir` lacks; the engine would only say that the directory failed.
+fn check_model(dir: &Path) -> Result<(), SpeechError> {
+    let problem = |message: String| SpeechError::Model {
+        path: dir.to_owned(),
+        message,
+    };
+    if !dir.is_dir() {
+        return Err(problem(
+            "no such directory (./scripts/fetch-speech-model fetches the model)".into(),
+        ));
+    }
+    match MODEL_FILES.iter().find(|f| !dir.join(f).is_file()) {
+        Some(file) => Err(problem(format!(
+            "{} is missing; a model directory holds {}",
+            dir.join(file).display(),
+            MODEL_FILES.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
 
 /// A loaded model, shared by all calls (cheap to clone).
 #[derive(Clone)]
@@ -36,6 +69,7 @@ impl Recogniser {
             num_threads_per_replica: settings.threads.max(1),
             ..Config::default()
         };
+        check_model(&settings.model)?;
         let whisper = Whisper::new(&settings.model, config).map_err(|e| SpeechError::Model {
             path: settings.model.clone(),
             message: format!("{e:#}"),
@@ -131,3 +165,27 @@ const CODE_TOKENS: usize = 64;
 /// Tokens of 30 s of speech (a username spelled letter by letter takes one each); Whisper's
 /// decoder stops at 448 with its prompt.
 const MESSAGE_TOKENS: usize = 400;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_model_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = check_model(&dir.path().join("nowhere"))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("no such directory"), "{missing}");
+        for file in &MODEL_FILES[1..] {
+            std::fs::write(dir.path().join(file), "").unwrap();
+        }
+        let missing = check_model(dir.path()).unwrap_err().to_string();
+        assert!(
+            missing.contains(&format!("{}/model.bin is missing", dir.path().display())),
+            "{missing}"
+        );
+        std::fs::write(dir.path().join("model.bin"), "").unwrap();
+        assert!(check_model(dir.path()).is_ok());
+    }
+}

@@ -47,6 +47,7 @@ impl From<VerifyError> for ApiError {
             VerifyError::InvalidPhone(_)
             | VerifyError::InvalidUserRef(_)
             | VerifyError::InvalidLocale(_)
+            | VerifyError::UnsupportedLocale { .. }
             | VerifyError::InvalidCodeLength(_)
             | VerifyError::InvalidCallbackUrl
             | VerifyError::PrivateCallbackUrl => StatusCode::UNPROCESSABLE_ENTITY,

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use callverify::config::Config;
+use callverify::config::{Config, Source};
 use callverify::daemon;
 
 #[derive(Parser)]
@@ -44,7 +44,7 @@ enum Daemon {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    callverify::logging::init("warn");
+    callverify::logging::init("warn", callverify::config::LogFormat::Text);
     run(cli).await.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
         ExitCode::FAILURE
@@ -52,8 +52,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config =
-        Config::load(cli.config.as_deref(), std::env::vars()).context("invalid configuration")?;
+    let config = Config::load(&Source::locate(cli.config.as_deref()), std::env::vars())
+        .context("invalid configuration")?;
     match cli.daemon {
         Some(Daemon::Serve) => {
             daemon::serve(&config, daemon::shutdown_signal()).await?;
