@@ -101,32 +101,25 @@ async fn hear(
     per_digit_timeout: Duration,
 ) -> Entry {
     let mut keys = String::new();
-    // The endpointer counts received audio; a stream with no frames at all for as long as
-    // the listening cap (a stalled channel) ends the turn too. Recognition is not timed.
-    let frame_gap = speech.endpoint.max_listen;
-    let mut stalled = false;
+    let mut frames = 0usize;
     let turn = {
-        let state = (&mut stream, &mut keys, &mut stalled);
-        let audio = futures::stream::unfold(state, |(stream, keys, stalled)| async move {
-            let Ok(next) = tokio::time::timeout(frame_gap, stream.next()).await else {
-                *stalled = true;
-                return None;
-            };
-            match next? {
-                Heard::Audio(samples) => Some((samples, (stream, keys, stalled))),
+        let state = (&mut stream, &mut keys, &mut frames);
+        let audio = futures::stream::unfold(state, |(stream, keys, frames)| async move {
+            match stream.next().await? {
+                Heard::Audio(samples) => {
+                    *frames += 1;
+                    Some((samples, (stream, keys, frames)))
+                }
                 Heard::Key(key) => {
                     keys.push(key);
                     None
                 }
             }
         });
-        speech::listen_for_code(
-            &speech.recogniser,
-            &speech.endpoint,
-            code_length,
-            Box::pin(audio),
-        )
-        .await
+        // A channel that sends no frames while its caller is silent leaves gaps: silence
+        // the endpointer counts by the wall clock, so listening ends on it.
+        let sounds = speech::with_gaps(Box::pin(audio), speech::GAP_TICK);
+        speech::listen_for_code(&speech.recogniser, &speech.endpoint, code_length, sounds).await
     };
     if keys.starts_with(|k: char| k.is_ascii_digit()) {
         while !keys.ends_with('#') && keys.len() < code_length {
@@ -144,8 +137,11 @@ async fn hear(
     // The caller hears the call go on (and Asterisk stops sending) while the last
     // recognition runs.
     stream.hang_up().await;
-    if stalled {
-        tracing::warn!("no audio from Asterisk while listening for a spoken code");
+    if frames == 0 {
+        tracing::warn!(
+            "no audio frames from Asterisk while listening for a spoken code: a silent caller \
+             on a channel that sends none, or a stalled stream"
+        );
     }
     let heard = match turn {
         Ok(turn) if caller_gone || !turn.heard_speech() => return Entry::Nothing,

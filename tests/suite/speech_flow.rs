@@ -257,6 +257,40 @@ async fn a_stream_without_frames_ends_listening(db: Db) {
     d.stop().await;
 }
 
+/// Seen on a real Asterisk 22: a caller on a channel that sends no frames while silent (a
+/// Local channel; SIP with silence suppression) said the code three times with 8 s pauses,
+/// and the readings ran together, because the pauses never arrived as audio. A gap in the
+/// frames is silence by the wall clock: the first reading ends listening and verifies.
+async fn a_channel_silent_between_readings_verifies_on_the_first(db: Db) {
+    let d = crate::common::start_with(db, with_speech).await;
+    let voice = voice();
+    let (id, code) = code_of(&d, "vad", "305817").await;
+    let said = voice.say(&code, 5);
+    let reading = said[..said.len() - TRAILING_SILENCE].to_vec();
+    let mut talk = Talk::new().paced(Duration::from_millis(20));
+    for _ in 0..3 {
+        talk = talk.say(reading.clone()).no_frames(Duration::from_secs(8));
+    }
+    let t = Call::verify(&id)
+        .press("#")
+        .talk(talk.then(AfterTalk::Quiet))
+        .run(d.addr)
+        .await
+        .unwrap();
+    assert_eq!(t.count_prompt("callverify/verified"), 1, "{:?}", t.commands);
+    assert_eq!(d.status(&id).await.status, Status::Verified);
+    assert!(t.audio[0].hangup_message, "the daemon ended the stream");
+    // One reading was heard, not three run together: no wrong code was counted.
+    assert_eq!(
+        t.count_prompt("callverify/code-incorrect"),
+        0,
+        "{:?}",
+        t.commands
+    );
+    assert_eq!(d.status(&id).await.attempts_remaining, 3);
+    d.stop().await;
+}
+
 async fn support_messages_get_a_transcript(db: Db) {
     let d = crate::common::start_with(db, |c| {
         with_speech(c);
@@ -293,4 +327,5 @@ on_both_backends!(
     said_then_pound_over_noise_and_in_other_languages,
     without_a_working_audiosocket_the_keypad_takes_over,
     a_stream_without_frames_ends_listening,
+    a_channel_silent_between_readings_verifies_on_the_first,
 );

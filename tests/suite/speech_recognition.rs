@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use callverify_speech::{
-    hear_code, Ending, EndpointSettings, Recognise, Recogniser, RecogniserSettings,
+    hear_code, Ending, EndpointSettings, Recognise, Recogniser, RecogniserSettings, Sound,
 };
 use callverify_testkit::corpus::{Voice, ALLISON_DIGITS};
 
@@ -57,7 +57,7 @@ async fn at_least_95_percent_of_spoken_codes_are_heard_whole() {
                     recogniser,
                     settings,
                     clip.code.len(),
-                    futures::stream::iter(frames),
+                    futures::stream::iter(frames).map(Sound::Audio),
                 )
                 .await
                 .expect("recognition runs");

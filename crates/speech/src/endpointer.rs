@@ -6,7 +6,9 @@
 //! [`FLOOR_WINDOW_FRAMES`] frames: a line's hiss or hum raises the threshold with it, where a
 //! fixed dBFS threshold would take a noisy line for endless speech. Every duration is counted
 //! in samples received, never in wall-clock time, so a slow or bursty transport (or a test
-//! feeding a whole clip at once) ends at the same place.
+//! feeding a whole clip at once) ends at the same place. A gap in the frames (a channel that
+//! sends nothing while its caller is silent) comes in as [`Endpointer::push_gap`]: silence of
+//! the length the transport measured, which leaves the noise floor as it was.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -123,10 +125,28 @@ impl Endpointer {
         let room = self.max_listen - self.audio.len();
         self.audio
             .extend_from_slice(&samples[..samples.len().min(room)]);
+        self.judge(false)
+    }
+
+    /// Takes a gap in the frames: `gap` of silence the caller's side sent no audio for.
+    /// It counts as received silence (the recogniser hears it as such) but is no measure of
+    /// the line's noise, so the floor stays as the audio around it set it.
+    pub fn push_gap(&mut self, gap: Duration) -> Option<Endpoint> {
+        if self.ended.is_some() {
+            return None;
+        }
+        let room = self.max_listen - self.audio.len();
+        let new_len = self.audio.len() + samples(gap).min(room);
+        self.audio.resize(new_len, 0);
+        self.judge(true)
+    }
+
+    /// Judges the whole frames received since the last call; `gap`: they are a gap's.
+    fn judge(&mut self, gap: bool) -> Option<Endpoint> {
         let mut event = None;
         while self.audio.len() - self.judged >= FRAME {
             let frame_end = self.judged + FRAME;
-            let level = level_dbfs(&self.audio[self.judged..frame_end]);
+            let level = (!gap).then(|| level_dbfs(&self.audio[self.judged..frame_end]));
             self.judged = frame_end;
             if let Some(found) = self.judge_frame(level) {
                 event = Some(found);
@@ -144,23 +164,9 @@ impl Endpointer {
         event
     }
 
-    fn judge_frame(&mut self, level: f32) -> Option<Endpoint> {
-        if self.recent_levels.len() == FLOOR_WINDOW_FRAMES {
-            self.recent_levels.pop_front();
-        }
-        self.recent_levels.push_back(level);
-        let floor = self
-            .recent_levels
-            .iter()
-            .copied()
-            .fold(f32::INFINITY, f32::min)
-            .max(FLOOR_MIN_DBFS);
-        let margin = if self.voiced_run > 0 {
-            FADE_MARGIN_DB
-        } else {
-            VOICE_MARGIN_DB
-        };
-        let voiced = level > floor + margin;
+    /// One frame at `level` dBFS; `None`: a frame of a gap, silent and not a noise sample.
+    fn judge_frame(&mut self, level: Option<f32>) -> Option<Endpoint> {
+        let voiced = level.is_some_and(|level| self.voiced(level));
         self.voiced_run = if voiced { self.voiced_run + 1 } else { 0 };
 
         let speaking = self.voiced_run >= START_FRAMES || (voiced && self.speech_end.is_some());
@@ -187,6 +193,26 @@ impl Endpointer {
                 }
             }
         }
+    }
+
+    /// Whether a frame at `level` is voice over the noise floor, which it then joins.
+    fn voiced(&mut self, level: f32) -> bool {
+        if self.recent_levels.len() == FLOOR_WINDOW_FRAMES {
+            self.recent_levels.pop_front();
+        }
+        self.recent_levels.push_back(level);
+        let floor = self
+            .recent_levels
+            .iter()
+            .copied()
+            .fold(f32::INFINITY, f32::min)
+            .max(FLOOR_MIN_DBFS);
+        let margin = if self.voiced_run > 0 {
+            FADE_MARGIN_DB
+        } else {
+            VOICE_MARGIN_DB
+        };
+        level > floor + margin
     }
 
     /// Changes the silence that ends listening from now on, e.g. to
@@ -292,6 +318,51 @@ mod tests {
         }
         audio.extend(tone(3000, None));
         audio
+    }
+
+    /// A channel that sends no frames while its caller is silent: the gaps are silence, the
+    /// first reading ends after the hangover, and the floor is still the line's.
+    #[test]
+    fn a_gap_in_the_frames_is_silence_that_ends_listening() {
+        let settings = EndpointSettings::default();
+        let mut seed = 7;
+        let mut ep = Endpointer::new(&settings);
+        let mut said = noise(500, -50.0, &mut seed);
+        for _ in 0..6 {
+            said = [
+                said,
+                mix(&tone(400, Some(-12.0)), &noise(400, -50.0, &mut seed)),
+            ]
+            .concat();
+            said.extend(noise(300, -50.0, &mut seed));
+        }
+        assert_eq!(ep.push(&said), None);
+        let spoken = ep.audio().len();
+        assert_eq!(
+            ep.push_gap(Duration::from_millis(800)),
+            Some(Endpoint::Pause)
+        );
+        assert_eq!(ep.push_gap(Duration::from_millis(400)), None);
+        assert_eq!(
+            ep.push_gap(Duration::from_millis(600)),
+            Some(Endpoint::End(EndReason::Hangover))
+        );
+        // The gap is in the audio as silence, up to the end.
+        let audio = ep.audio();
+        assert!(audio.len() > spoken && audio[spoken..].iter().all(|&s| s == 0));
+        assert!(ep.push(&tone(400, Some(-12.0))).is_none(), "ended");
+
+        // Line noise after a gap is still noise: the gap's digital silence did not lower
+        // the floor.
+        let mut ep = Endpointer::new(&settings);
+        ep.push(&noise(1000, -45.0, &mut seed));
+        ep.push_gap(Duration::from_millis(1000));
+        assert_eq!(ep.push(&noise(1000, -45.0, &mut seed)), None);
+        assert_eq!(ep.speech_end(), None, "noise after a gap is not speech");
+        assert_eq!(
+            ep.push_gap(Duration::from_secs(5)),
+            Some(Endpoint::End(EndReason::NoSpeech))
+        );
     }
 
     #[test]

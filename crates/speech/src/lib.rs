@@ -20,8 +20,8 @@
 //!     Some(settings) => Some(speech::Recogniser::load(&settings)?),
 //!     None => None, // keypad only
 //! };
-//! // Per call: `audio` is a Stream of Vec<i16> chunks (AudioSocket audio payloads) that the
-//! // transport ends on DTMF or hang-up.
+//! // Per call: `audio` is a Stream of [`Sound`]s: AudioSocket audio payloads, which the
+//! // transport ends on DTMF or hang-up, with the gaps in them ([`with_gaps`]).
 //! let heard = speech::hear_code(&recogniser, &config.endpoint_settings(), code.len(), audio)
 //!     .await?;
 //! if heard.digits == code { /* verified */ }
@@ -48,6 +48,7 @@
 
 pub mod digits;
 mod endpointer;
+mod gaps;
 #[cfg(feature = "whisper")]
 mod recogniser;
 
@@ -59,6 +60,7 @@ use std::time::{Duration, Instant};
 use futures::{Stream, StreamExt};
 
 pub use endpointer::{EndReason, Endpoint, EndpointSettings, Endpointer};
+pub use gaps::{with_gaps, Sound, GAP_TICK};
 #[cfg(feature = "whisper")]
 pub use recogniser::Recogniser;
 
@@ -208,7 +210,7 @@ pub async fn hear_code<R: Recognise>(
     recogniser: &R,
     settings: &EndpointSettings,
     code_length: usize,
-    audio: impl Stream<Item = Vec<i16>> + Unpin,
+    audio: impl Stream<Item = Sound> + Unpin,
 ) -> Result<Heard, SpeechError> {
     listen_for_code(recogniser, settings, code_length, audio)
         .await?
@@ -231,21 +233,24 @@ pub struct Turn {
 /// Feeds `audio` to an [`Endpointer`], runs an interim recognition at each pause and stops
 /// as soon as one has `code_length` digits, else when the endpointer or the stream ends.
 /// While a recognition runs, `audio` is not polled: the transport should buffer (the
-/// endpointer counts received audio, so nothing is judged late).
+/// endpointer counts received audio, so nothing is judged late), and a gap measured meanwhile
+/// ([`with_gaps`]) is silence the caller kept.
 pub async fn listen_for_code<R: Recognise>(
     recogniser: &R,
     settings: &EndpointSettings,
     code_length: usize,
-    mut audio: impl Stream<Item = Vec<i16>> + Unpin,
+    mut audio: impl Stream<Item = Sound> + Unpin,
 ) -> Result<Turn, SpeechError> {
     let mut endpointer = Endpointer::new(settings);
     let mut recognitions = 0;
     let mut interim = None;
     let ending = loop {
-        let Some(chunk) = audio.next().await else {
-            break Ending::InputEnded;
+        let event = match audio.next().await {
+            Some(Sound::Audio(chunk)) => endpointer.push(&chunk),
+            Some(Sound::Gap(gap)) => endpointer.push_gap(gap),
+            None => break Ending::InputEnded,
         };
-        match endpointer.push(&chunk) {
+        match event {
             Some(Endpoint::Pause) => {
                 let result = recogniser.recognise(endpointer.audio().to_vec()).await?;
                 recognitions += 1;
@@ -395,7 +400,7 @@ mod tests {
     /// A 6-digit code's listening turn with the default settings.
     async fn hear(recogniser: &Scripted, chunks: Vec<Vec<i16>>) -> Heard {
         let settings = EndpointSettings::default();
-        let audio = futures::stream::iter(chunks);
+        let audio = futures::stream::iter(chunks).map(Sound::Audio);
         hear_code(recogniser, &settings, 6, audio).await.unwrap()
     }
 

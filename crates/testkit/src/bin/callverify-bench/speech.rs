@@ -45,7 +45,7 @@ mod measured {
     use futures::StreamExt;
 
     use callverify::config::Config;
-    use callverify_speech::{hear_code, Recognise, Recogniser, RecogniserSettings};
+    use callverify_speech::{hear_code, Recognise, Recogniser, RecogniserSettings, Sound};
     use callverify_testkit::corpus::{Clip, Voice, ALLISON_DIGITS};
 
     use super::SpeechBenchArgs;
@@ -88,7 +88,7 @@ mod measured {
                 &recogniser,
                 &endpoint,
                 clip.code.len(),
-                futures::stream::iter(frames),
+                futures::stream::iter(frames).map(Sound::Audio),
             )
             .await?;
             right += usize::from(heard.digits == clip.code);
