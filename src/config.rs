@@ -683,6 +683,9 @@ impl Config {
             max_dials: self.dialer.max_dials,
             retry_delay: Duration::from_secs(self.dialer.retry_delay_secs),
             ring_timeout: Duration::from_secs(self.dialer.ring_timeout_secs),
+            longest_call: self
+                .flow_settings()
+                .longest_call(v.max_attempts, self.endpoint_settings().max_listen),
             allow_private_callbacks: self.webhooks.allow_private_callbacks,
         }
     }
@@ -869,6 +872,9 @@ mod tests {
         assert_eq!(c.verification.max_attempts, 3);
         assert_eq!(c.verification.lockout_secs, 86400);
         assert_eq!(c.phone_policy().allowed_countries, vec!["US", "CA"]);
+        // 3 × ("press #" + 5 s), then 6 entries (3 silences, 3 wrong codes) of 10 keys × 5 s
+        // or 12 s of speech, with three prompts each.
+        assert_eq!(c.policy().longest_call, Duration::from_secs(702));
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub struct Policy {
     /// How long a dialer call may ring: a claim older than twice this (and a margin) that
     /// no session took is released.
     pub ring_timeout: Duration,
+    /// The longest an answered call can last (`FlowSettings::longest_call`): a verification
+    /// still `calling` that long plus a ring past its expiry is expired.
+    pub longest_call: Duration,
     /// Accept `callback_url`s on loopback or private networks (for tests and labs only:
     /// otherwise an API caller could make the daemon post into the internal network).
     pub allow_private_callbacks: bool,

@@ -423,9 +423,16 @@ impl Verifications {
     pub async fn maintain(&self) -> Result<(), VerifyError> {
         let now = now_ms();
         let stale = millis(self.policy.ring_timeout * 2 + Duration::from_secs(5));
+        let stranded = millis(self.policy.ring_timeout + self.policy.longest_call);
         let (released, expired) = self
             .store
-            .maintain(now - stale, &self.daemon, self.started_at, now)
+            .maintain(
+                now - stale,
+                &self.daemon,
+                self.started_at,
+                now - stranded,
+                now,
+            )
             .await?;
         if released > 0 {
             tracing::warn!(

@@ -39,6 +39,24 @@ pub struct FlowSettings {
     pub qa_code: Option<String>,
 }
 
+/// Time each prompt may take in [`FlowSettings::longest_call`] (the kit's longest plays 6 s).
+const PROMPT_ALLOWANCE: Duration = Duration::from_secs(15);
+
+impl FlowSettings {
+    /// The longest a verification call can last once answered, with these settings: every
+    /// "press #" prompt and its wait, then every code entry the call allows (each silence and
+    /// each wrong code: the longest code keyed at the slowest, or `listen` of speech, and
+    /// their prompts). A verification still `calling` this long (and a ring) after its code
+    /// expired has lost the daemon that called.
+    pub fn longest_call(&self, max_attempts: u32, listen: Duration) -> Duration {
+        let ack = (self.ack_wait + PROMPT_ALLOWANCE) * self.ack_prompts;
+        let entry = self.digit_timeout * *crate::domain::codes::LENGTHS.end()
+            + listen
+            + PROMPT_ALLOWANCE * 3;
+        ack + entry * (self.entry_silences + max_attempts)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
     #[error(transparent)]

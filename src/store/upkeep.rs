@@ -1,7 +1,7 @@
 //! Queue upkeep over the `verifications` table (stale dialer claims, expiry) and the backlog
 //! `/metrics` reports (calls due, webhooks undelivered).
 
-use sqlx::Row;
+use sqlx::{Connection, Row};
 
 use super::{op, Store, StoreError};
 
@@ -30,13 +30,16 @@ impl Store {
     /// events) or this daemon's (`daemon`) from before it started at `started_at` (an
     /// earlier run of it died); this daemon's own claims of this run are its dialer's to
     /// give up, by the monotonic clock, so that a jump of the wall clock cannot release a
-    /// call that still rings. Verifications waiting past their expiry become `expired`.
+    /// call that still rings. Verifications waiting past their expiry become `expired`, and
+    /// so do those still `calling` when they expired before `stranded_before` (no call
+    /// lasts that long: its daemon died), their open attempts closed as `interrupted`.
     /// Returns (released, expired).
     pub async fn maintain(
         &self,
         claims_before: i64,
         daemon: &str,
         started_at: i64,
+        stranded_before: i64,
         now: i64,
     ) -> Result<(u64, u64), StoreError> {
         let daemon = daemon.to_owned();
@@ -56,14 +59,28 @@ impl Store {
                     .execute(&mut *c)
                     .await?
                     .rows_affected();
-                    let expired = sqlx::query(
-                        "UPDATE verifications SET status = 'expired', updated_at = $1 \
-                         WHERE status = 'pending' AND expires_at <= $1",
+                    let mut tx = c.begin().await?;
+                    sqlx::query(
+                        "UPDATE call_attempts SET ended_at = $1, outcome = 'interrupted' \
+                         WHERE ended_at IS NULL AND verification_id IN (SELECT id FROM \
+                             verifications WHERE status = 'calling' AND expires_at <= $2)",
                     )
                     .bind(now)
-                    .execute(&mut *c)
+                    .bind(stranded_before)
+                    .execute(&mut *tx)
+                    .await?;
+                    let expired = sqlx::query(
+                        "UPDATE verifications SET status = 'expired', updated_at = $1, \
+                         channel_id = NULL, claimed_by = NULL, claimed_at = NULL \
+                         WHERE (status = 'pending' AND expires_at <= $1) \
+                         OR (status = 'calling' AND expires_at <= $2)",
+                    )
+                    .bind(now)
+                    .bind(stranded_before)
+                    .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                    tx.commit().await?;
                     Ok((released, expired))
                 })
             }))

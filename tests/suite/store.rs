@@ -342,7 +342,81 @@ async fn recovery_closes_only_this_daemons_and_stale_attempts(db: Db) {
     assert!(s.attempts("vf_theirs").await.unwrap()[0].ended_at.is_none());
 }
 
+/// A verification whose daemon died mid-call stays `calling`; once it expired longer ago
+/// than any call lasts, the upkeep expires it (with its webhook) and closes its attempt as
+/// interrupted. A call that may still be live, and a call that is ringing, are left alone.
+async fn a_stranded_call_expires(db: Db) {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::common::fresh_database(db, dir.path()).await;
+    let s = Store::connect(&url, 8).await.unwrap();
+    s.migrate().await.unwrap();
+    s.set_default_webhook(true).await.unwrap();
+    let now = now_ms();
+    let longest = 15 * 60 * 1000;
+    let mut raw = sqlx::AnyConnection::connect(&url).await.unwrap();
+    for (id, phone, expired_ago) in [
+        ("vf_stranded", "+14155550101", longest + 1),
+        ("vf_live", "+14155550102", longest - 60_000),
+    ] {
+        s.insert_verification(&row(id, phone, id)).await.unwrap();
+        s.begin_attempt(id, "PJSIP/x", id, "host/gone", now)
+            .await
+            .unwrap();
+        // Its code's lifetime ran out `expired_ago` before `now`.
+        sqlx::query("UPDATE verifications SET expires_at = $1 WHERE id = $2")
+            .bind(now - expired_ago)
+            .bind(id)
+            .execute(&mut raw)
+            .await
+            .unwrap();
+    }
+    raw.close().await.unwrap();
+    let (released, expired) = s
+        .maintain(
+            now - 65_000,
+            "host/here",
+            now - 3_600_000,
+            now - longest,
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!((released, expired), (0, 1));
+    let status = |id: &'static str| {
+        let s = s.clone();
+        async move { s.verification(id).await.unwrap().unwrap().status }
+    };
+    assert_eq!(status("vf_stranded").await, Status::Expired);
+    assert_eq!(status("vf_live").await, Status::Calling);
+    let outcomes = |id: &'static str| {
+        let s = s.clone();
+        async move {
+            let attempts = s.attempts(id).await.unwrap();
+            attempts.iter().map(|a| a.outcome).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        outcomes("vf_stranded").await,
+        vec![Some(CallOutcome::Interrupted)]
+    );
+    assert_eq!(outcomes("vf_live").await, vec![None]);
+    let events: Vec<String> = s
+        .events("vf_stranded")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(status, _, _)| status)
+        .collect();
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("expired"),
+        "{events:?}"
+    );
+}
+
 on_both_backends!(
+    a_stranded_call_expires,
     round_trip_and_transitions,
     one_call_at_a_time_even_when_racing,
     wrong_entries_lock_out_in_one_step,
