@@ -786,9 +786,22 @@ fn the_listening_check_plays_the_whole_catalogue_in_order() {
 const REGISTER_INCLUDE: &str = "#include callverify-trunk-register.conf";
 const IP_INCLUDE: &str = "#include callverify-trunk-ip.conf";
 
-/// pjsip.conf as shipped (registering trunk), and with the IP-authenticated trunk instead.
+/// The kit's PJSIP part, `callverify-pjsip.conf`, as shipped (registering trunk) and with the
+/// IP-authenticated trunk instead, each with the transports of the sample pjsip.conf that
+/// includes it (on an existing PBX, the admin's own).
 fn pjsip_variants() -> Vec<(&'static str, Config)> {
-    let path = repo().join("asterisk/pjsip.conf");
+    let sample = parse_file(&repo().join("asterisk/pjsip.conf"));
+    let path = repo().join("asterisk/callverify-pjsip.conf");
+    assert!(
+        sample.files.contains(&path),
+        "the sample pjsip.conf includes the kit's part"
+    );
+    let transports: Vec<Section> = sample
+        .sections
+        .iter()
+        .filter(|s| s.get("type") == Some("transport"))
+        .cloned()
+        .collect();
     let text = fs::read_to_string(&path).unwrap();
     let active: Vec<_> = text
         .lines()
@@ -797,20 +810,127 @@ fn pjsip_variants() -> Vec<(&'static str, Config)> {
     assert_eq!(
         active,
         vec![REGISTER_INCLUDE],
-        "pjsip.conf must #include exactly the registering trunk by default"
+        "callverify-pjsip.conf must #include exactly the registering trunk by default"
     );
     let commented = format!(";{IP_INCLUDE}");
     assert!(
         text.contains(&commented),
-        "pjsip.conf must offer {commented}"
+        "callverify-pjsip.conf must offer {commented}"
     );
     let ip_text = text
         .replace(REGISTER_INCLUDE, &format!(";{REGISTER_INCLUDE}"))
         .replace(&commented, IP_INCLUDE);
+    let with_transports = |mut kit: Config| {
+        kit.sections.extend(transports.iter().cloned());
+        kit
+    };
     vec![
-        ("registering trunk", parse_text(&text, &path)),
-        ("IP-authenticated trunk", parse_text(&ip_text, &path)),
+        (
+            "registering trunk",
+            with_transports(parse_text(&text, &path)),
+        ),
+        (
+            "IP-authenticated trunk",
+            with_transports(parse_text(&ip_text, &path)),
+        ),
     ]
+}
+
+/// The lines the guide (asterisk/README.md, "Add the kit to Asterisk") has an admin add to
+/// an existing PBX's files, one per file.
+const MERGE_LINES: &[(&str, &str)] = &[
+    ("pjsip.conf", "#include callverify-pjsip.conf"),
+    ("manager.conf", "#include callverify-manager.conf"),
+    (
+        "extensions.conf",
+        "#include callverify/callverify-globals.conf",
+    ),
+    ("extensions.conf", "#include callverify/callverify.conf"),
+];
+
+/// The kit merges into a PBX that has its own transport, AMI settings and dialplan: the
+/// guide's lines add callverify's sections and change none of the admin's.
+#[test]
+fn the_guides_lines_merge_the_kit_into_an_existing_pbx() {
+    let guide = fs::read_to_string(repo().join("asterisk/README.md")).unwrap();
+    for (file, line) in MERGE_LINES {
+        assert!(
+            guide.contains(line),
+            "the guide does not tell to add {line:?} to {file}"
+        );
+    }
+    let lines = |file: &str| -> String {
+        MERGE_LINES
+            .iter()
+            .filter(|(f, _)| *f == file)
+            .map(|(_, l)| format!("{l}\n"))
+            .collect()
+    };
+    let dir = repo().join("asterisk");
+
+    let existing = "[transport-tls]\ntype=transport\nprotocol=tls\nbind=0.0.0.0:5061\n\n\
+                    [101]\ntype=endpoint\ncontext=internal\n\n";
+    let pjsip = parse_text(
+        &format!("{existing}{}", lines("pjsip.conf")),
+        &dir.join("pjsip.conf"),
+    );
+    let transports: Vec<_> = pjsip
+        .sections
+        .iter()
+        .filter(|s| s.get("type") == Some("transport"))
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(
+        transports,
+        vec!["transport-tls"],
+        "the kit adds no transport"
+    );
+    assert_eq!(
+        pjsip.typed("101", "endpoint").get("context"),
+        Some("internal")
+    );
+    let trunk = pjsip.typed(TRUNK_ENDPOINT, "endpoint");
+    assert_eq!(
+        trunk.get("transport"),
+        None,
+        "the trunk uses the PBX's transport"
+    );
+    assert_eq!(trunk.get("dtmf_mode"), Some("rfc4733"));
+
+    let existing = "[general]\nenabled = yes\nbindaddr = 127.0.0.1\n\n[admin]\nsecret = s\nread = all\nwrite = all\n\n";
+    let manager = parse_text(
+        &format!("{existing}{}", lines("manager.conf")),
+        &dir.join("manager.conf"),
+    );
+    assert_eq!(
+        manager.named("general").len(),
+        1,
+        "the kit adds no [general]"
+    );
+    assert_eq!(manager.named("admin")[0].get("write"), Some("all"));
+    assert_eq!(
+        manager.named("callverify")[0].get("write"),
+        Some("originate")
+    );
+
+    // extensions.conf: the globals inside the admin's [globals], the contexts after it.
+    let dialplan_lines = lines("extensions.conf");
+    let (globals_line, contexts_line) = dialplan_lines.split_once('\n').unwrap();
+    let existing = format!(
+        "[general]\nstatic=yes\n\n[globals]\nTRUNK=PJSIP/provider\n{globals_line}\n\n\
+         [internal]\nexten => 100,1,Answer()\n\n{contexts_line}"
+    );
+    let extensions = parse_text(&existing, &dir.join("extensions.conf"));
+    let globals = extensions.named("globals");
+    assert_eq!(globals.len(), 1, "one [globals]");
+    let names: Vec<_> = globals[0].entries.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(
+        names.contains(&"TRUNK") && names.contains(&"CALLVERIFY_AGI_HOST"),
+        "{names:?}"
+    );
+    for context in ["internal", OUTBOUND_CONTEXT, QA_CONTEXT] {
+        assert_eq!(extensions.named(context).len(), 1, "[{context}]");
+    }
 }
 
 #[test]
@@ -897,10 +1017,21 @@ fn the_qa_softphone_lands_in_the_qa_context() {
     }
 }
 
-/// The endpoint's transport and aors exist.
+/// The endpoint's transport (the one named, else the first of pjsip.conf) and aors exist.
 fn check_references(pjsip: &Config, endpoint: &Section, variant: &str) {
-    let transport = endpoint.get("transport").expect("endpoint transport");
-    pjsip.typed(transport, "transport");
+    match endpoint.get("transport") {
+        Some(transport) => {
+            pjsip.typed(transport, "transport");
+        }
+        None => assert!(
+            pjsip
+                .sections
+                .iter()
+                .any(|s| s.get("type") == Some("transport")),
+            "{variant}: [{}] names no transport and there is none",
+            endpoint.name
+        ),
+    }
     for aor in endpoint.get("aors").expect("endpoint aors").split(',') {
         pjsip.typed(aor.trim(), "aor");
     }
