@@ -27,6 +27,9 @@ use message::{Message, MessageLimits};
 use request::{Decided, Decision, NewManualRequest};
 pub use request::{ManualRequest, RequestFilter};
 
+/// How long after a decision the page that shows it (`after_decision`) is part of it.
+const DECISION_VIEW_MS: i64 = 60_000;
+
 #[derive(Debug, Clone)]
 pub struct SupportSettings {
     pub hours: BusinessHours,
@@ -179,13 +182,32 @@ impl Support {
         self.store.manual_requests(filter).await
     }
 
-    /// One request; opening it (it shows the full number) is audited.
-    pub async fn open(&self, id: &str, actor: &Actor) -> Result<Option<ManualRequest>, StoreError> {
+    /// One request; opening it (it shows the full number) is audited, except the page the
+    /// console shows right after the actor's own approve or reject (`after_decision`, and
+    /// the trail's last entry is that decision): no new look at the number.
+    pub async fn open(
+        &self,
+        id: &str,
+        actor: &Actor,
+        after_decision: bool,
+    ) -> Result<Option<ManualRequest>, StoreError> {
         let request = self.store.manual_request(id).await?;
         if request.is_some() {
-            self.store
-                .audit(actor.as_str(), "open", id, "", now_ms())
-                .await?;
+            let now = now_ms();
+            let trail = match after_decision {
+                true => self.store.audit_entries(id).await?,
+                false => Vec::new(),
+            };
+            let just_decided = trail.last().is_some_and(|last| {
+                last.actor == actor.as_str()
+                    && matches!(last.action.as_str(), "approve" | "reject")
+                    && now - last.at < DECISION_VIEW_MS
+            });
+            if !just_decided {
+                self.store
+                    .audit(actor.as_str(), "open", id, "", now)
+                    .await?;
+            }
         }
         Ok(request)
     }

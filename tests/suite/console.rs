@@ -100,7 +100,15 @@ async fn staff_sign_in_play_and_approve_in_a_browser() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let rid = browser.url().await.rsplit('/').next().unwrap().to_owned();
+    // After the decision the page is the request's, `?after=decision`.
+    let url = browser.url().await;
+    assert!(url.ends_with("?after=decision"), "{url}");
+    let rid = url
+        .trim_end_matches("?after=decision")
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
     let reject = format!("{base}/console/requests/{rid}/reject");
     let forged = client
         .post(&reject)
@@ -134,6 +142,22 @@ async fn staff_sign_in_play_and_approve_in_a_browser() {
     assert!(actions.contains(&("staff:alice", "open")), "{actions:?}");
     assert!(actions.contains(&("staff:alice", "play")), "{actions:?}");
     assert!(actions.contains(&("staff:alice", "approve")), "{actions:?}");
+    // The page shown after the decision is not a second "open".
+    let after = actions
+        .iter()
+        .skip_while(|(_, action)| *action != "approve")
+        .skip(1)
+        .collect::<Vec<_>>();
+    assert!(
+        !after.contains(&&("staff:alice", "open")),
+        "the view after approve was audited as an open: {actions:?}"
+    );
+    // A look at it later is an open again.
+    browser.go(&format!("{base}/console/requests/{rid}")).await;
+    let audit = d.store.audit_entries(&rid).await.unwrap();
+    let opens = audit.iter().filter(|a| a.action == "open").count();
+    let before = actions.iter().filter(|(_, a)| *a == "open").count();
+    assert_eq!(opens, before + 1, "a later look is audited");
 
     browser.click("#sign-out").await;
     browser.wait_for_url("/console/login").await;

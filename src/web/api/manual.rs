@@ -70,7 +70,7 @@ pub async fn show(
     let (key, id) = visible(&state, &headers, id).await?;
     let row = state
         .support
-        .open(&id, &Actor::api_key(&key.id))
+        .open(&id, &Actor::api_key(&key.id), false)
         .await?
         .ok_or_else(ApiError::not_found)?;
     Ok(Json(RequestView::new(&row, &state.support, true, now_ms())).into_response())

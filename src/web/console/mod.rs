@@ -344,16 +344,25 @@ fn path_id(id: Result<Path<String>, PathRejection>) -> Result<String, Refusal> {
     id.map(|Path(id)| id).map_err(|_| Refusal::NotFound)
 }
 
+#[derive(Deserialize)]
+struct ShowQuery {
+    /// Set by the redirect after approve or reject (`back_to`).
+    #[serde(default)]
+    after: Option<String>,
+}
+
 async fn show(
     State(state): State<Arc<ConsoleState>>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
+    query: Result<Query<ShowQuery>, QueryRejection>,
 ) -> Result<Response, Refusal> {
     let (session, actor) = staff(&state, &headers).await?;
     let id = path_id(id)?;
+    let after_decision = query.is_ok_and(|Query(q)| q.after.as_deref() == Some("decision"));
     let row = state
         .support
-        .open(&id, &actor)
+        .open(&id, &actor, after_decision)
         .await?
         .ok_or(Refusal::NotFound)?;
     let view = RequestView::new(&row, &state.support, true, now_ms());
@@ -436,8 +445,9 @@ async fn reject(
 }
 
 /// After a decision, the request's page (which shows it).
+/// The request's page again, after a decision on it.
 fn back_to(id: &str) -> Response {
-    let location = format!("/console/requests/{}", urlencode(id));
+    let location = format!("/console/requests/{}?after=decision", urlencode(id));
     (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
 }
 
