@@ -181,31 +181,50 @@ fn main() -> ExitCode {
     })
 }
 
-/// The command line, with `--help` saying which configuration and store a command uses here.
+/// The command line. Only when help is shown does it say which configuration and store a
+/// command uses here: other runs read the configuration once, in `main`.
 fn parse() -> Cli {
+    use clap::error::ErrorKind;
     use clap::{CommandFactory, FromArgMatches};
+    let matches = match Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            // Parsed again with the footer, which shows the help and exits as clap does.
+            with_footer(Cli::command(), &here()).get_matches()
+        }
+        Err(e) => e.exit(),
+    };
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Help's footer: the configuration and store found from this folder, and the order looked in.
+fn here() -> String {
     let source = Source::locate(None);
     let store = match Config::load(&source, std::env::vars()) {
         Ok(config) => callverify::store::redact_url(&config.database.url),
         Err(e) => format!("none: the configuration does not load ({e})"),
     };
-    let here = format!(
+    format!(
         "Configuration here (unless --config names another): {source}\n\
          Store: {store}\n\
          The service and every command look in the same order: --config FILE, \
          ${FILE_VARIABLE}, ./callverify.toml, {SYSTEM_FILE}.\n\n\
          Exit status: 0 on success, 1 on an error, 2 on a usage error."
-    );
-    fn with_footer(command: clap::Command, footer: &str) -> clap::Command {
-        if command.get_name() == "probe" {
-            return command;
-        }
-        command
-            .after_help(footer.to_owned())
-            .mut_subcommands(|sub| with_footer(sub, footer))
+    )
+}
+
+fn with_footer(command: clap::Command, footer: &str) -> clap::Command {
+    if command.get_name() == "probe" {
+        return command;
     }
-    let matches = with_footer(Cli::command(), &here).get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    command
+        .after_help(footer.to_owned())
+        .mut_subcommands(|sub| with_footer(sub, footer))
 }
 
 fn on_runtime(
