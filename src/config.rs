@@ -765,28 +765,25 @@ fn invalid<T>(key: &'static str, message: &str) -> Result<T, ConfigError> {
 /// command runs in, `/etc/callverify/callverify.toml` saying `sqlite://callverify.db` means
 /// `/etc/callverify/callverify.db`, the store the service uses.
 fn anchor_paths(file: &mut toml::Value, folder: &Path) {
-    let anchored = |path: &str| folder.join(path).display().to_string();
-    if let Some(url) = file.get_mut("database").and_then(|d| d.get_mut("url")) {
-        if let Some(path) = url.as_str().and_then(crate::store::sqlite_path) {
-            if path.is_relative() {
-                let query = url.as_str().and_then(|u| u.split_once('?')).map(|(_, q)| q);
-                let mut new = format!("sqlite://{}", anchored(&path.display().to_string()));
-                if let Some(query) = query {
-                    new = format!("{new}?{query}");
-                }
-                *url = toml::Value::String(new);
-            }
-        }
-    }
-    for (section, key) in [("security", "secret_file"), ("speech", "model")] {
+    let mut anchor = |section: &str, key: &str, anchored: fn(&Path, &str) -> Option<String>| {
         if let Some(value) = file.get_mut(section).and_then(|s| s.get_mut(key)) {
-            if let Some(path) = value
-                .as_str()
-                .filter(|p| !p.is_empty() && Path::new(p).is_relative())
-            {
-                *value = toml::Value::String(anchored(path));
+            if let Some(new) = value.as_str().and_then(|text| anchored(folder, text)) {
+                *value = toml::Value::String(new);
             }
         }
+    };
+    anchor("database", "url", |folder, url| {
+        let path = crate::store::sqlite_path(url).filter(|p| p.is_relative())?;
+        let query = url
+            .split_once('?')
+            .map_or(String::new(), |(_, q)| format!("?{q}"));
+        Some(format!("sqlite://{}{query}", folder.join(path).display()))
+    });
+    for (section, key) in [("security", "secret_file"), ("speech", "model")] {
+        anchor(section, key, |folder, path| {
+            let relative = !path.is_empty() && Path::new(path).is_relative();
+            relative.then(|| folder.join(path).display().to_string())
+        });
     }
 }
 
