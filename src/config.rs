@@ -17,6 +17,7 @@ use crate::support::hours::BusinessHours;
 use crate::support::message::MessageLimits;
 use crate::support::SupportSettings;
 use callverify_pbx::agi::{ServerConfig, Timeouts};
+use callverify_pbx::ami::AmiConfig;
 use callverify_speech::{EndpointSettings, RecogniserSettings};
 
 pub const ENV_PREFIX: &str = "CALLVERIFY_";
@@ -652,6 +653,18 @@ impl Config {
 
     pub fn http_listen(&self) -> Result<SocketAddr, ConfigError> {
         socket_addr("http.listen", &self.http.listen, "127.0.0.1:8080")
+    }
+
+    /// The AMI connection, as the dialer and `callverify doctor` make it.
+    pub fn ami_config(&self) -> AmiConfig {
+        AmiConfig {
+            host: self.ami.host.clone(),
+            port: self.ami.port,
+            username: self.ami.username.clone(),
+            secret: self.ami.secret.clone(),
+            keepalive: Duration::from_secs(self.ami.keepalive_secs.max(1)),
+            action_timeout: Duration::from_secs(self.ami.action_timeout_secs.max(1)),
+        }
     }
 
     pub fn agi_server(&self) -> Result<ServerConfig, ConfigError> {

@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use callverify_pbx::ami::{Ami, AmiConfig};
+use callverify_pbx::ami::Ami;
 use callverify_pbx::audiosocket::{Hub, ListenerConfig};
 use tokio::net::TcpListener;
 
 use crate::config::{Config, ConfigError};
+use crate::doctor::selftest::Selftests;
 use crate::domain::api_keys::ApiKeys;
 use crate::domain::codes::{server_key, CodeHasher};
 use crate::domain::{Verifications, VerifyError};
@@ -74,17 +75,7 @@ fn start_dialer(
         tracing::info!("ami.host is not set: no outbound calls (the dialer is idle)");
         return None;
     }
-    let ami = Ami::start(
-        AmiConfig {
-            host: config.ami.host.clone(),
-            port: config.ami.port,
-            username: config.ami.username.clone(),
-            secret: config.ami.secret.clone(),
-            keepalive: Duration::from_secs(config.ami.keepalive_secs.max(1)),
-            action_timeout: Duration::from_secs(config.ami.action_timeout_secs.max(1)),
-        },
-        stopped.clone(),
-    );
+    let ami = Ami::start(config.ami_config(), stopped.clone());
     let dialer = Dialer::new(
         DialerConfig {
             channel: config.dialer.channel.clone(),
@@ -315,6 +306,7 @@ pub async fn run(
         config.flow_settings(),
         support.clone(),
         hearing,
+        Selftests::new(store.clone()),
     ));
     // One shutdown signal, seen by every part.
     let (stop, stopped) = tokio::sync::watch::channel(false);

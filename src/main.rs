@@ -47,6 +47,9 @@ enum Command {
     /// Manage support staff accounts for the console at /console/
     #[command(subcommand)]
     Staff(StaffCommand),
+    /// Check the live set-up: store, AMI, and a self-test call through Asterisk to the
+    /// running daemon (dialplan, trunk, prompts, AudioSocket); exit 1 on any problem
+    Doctor(DoctorArgs),
     /// List the prompts the calls play, with their words per language
     Prompts(PromptsArgs),
     /// QA softphone: call an extension or answer a call, press keys, record, report
@@ -113,6 +116,14 @@ enum StaffCommand {
 }
 
 #[derive(Args)]
+struct DoctorArgs {
+    /// Print one JSON object: {"ok", "configuration", "checks": [{"check", "status",
+    /// "detail", "fix"}]}
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct PromptsArgs {
     /// Print tab-separated lines: language, file, core|callverify, text (for scripts)
     #[arg(long)]
@@ -173,7 +184,7 @@ fn main() -> ExitCode {
     );
     let result = callverify::store::owner::act_as_owner(&config.database.url)
         .map_err(anyhow::Error::from)
-        .and_then(|()| on_runtime(run(cli.command, &config)));
+        .and_then(|()| on_runtime(run(cli.command, &config, &source)));
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
         eprintln!("{used}");
@@ -375,7 +386,7 @@ fn print_prompts(tsv: bool) {
     }
 }
 
-async fn run(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
+async fn run(command: Command, config: &Config, source: &Source) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve => {
             daemon::serve(config, daemon::shutdown_signal()).await?;
@@ -393,6 +404,22 @@ async fn run(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
         Command::Keys(command) => keys(config, command).await,
         Command::Staff(command) => staff(config, command).await,
         Command::Probe(_) => unreachable!("the probe is dispatched before the configuration"),
+        Command::Doctor(args) => {
+            let findings = callverify::doctor::examine(config, source).await;
+            if args.json {
+                out!(
+                    "{}",
+                    serde_json::to_string(&findings).expect("findings serialize")
+                );
+            } else {
+                out!("{}", findings.to_text().trim_end());
+            }
+            Ok(if findings.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Prompts(args) => {
             print_prompts(args.tsv);
             Ok(ExitCode::SUCCESS)

@@ -85,7 +85,7 @@ pub async fn code<S: AsyncRead + AsyncWrite + Unpin + Send>(
     match heard {
         Listened::Heard(entry) => Ok(entry),
         Listened::HungUp(_) => Err(AgiError::Hangup),
-        Listened::Unavailable => {
+        Listened::Unavailable(_) => {
             keypad(session, Prompt::UseKeypad, length, per_digit_timeout).await
         }
     }

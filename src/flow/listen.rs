@@ -13,11 +13,20 @@ use callverify_pbx::audiosocket::{AudioStream, Hub};
 pub enum Listened<T> {
     /// The stream came and `consume` ran over it (to its own end, or to Asterisk's).
     Heard(T),
-    /// AudioSocket did not work (nothing reachable at the advertised address, or Asterisk
-    /// lacks the module) and the channel is still up: fall back to the keypad.
-    Unavailable,
+    /// AudioSocket did not work and the channel is still up: fall back to the keypad.
+    Unavailable(Why),
     /// The caller hung up, with what `consume` got until then (a message is kept).
     HungUp(Option<T>),
+}
+
+/// Why AudioSocket did not work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// Asterisk has no `AudioSocket` application (app_audiosocket is not loaded): `EXEC`
+    /// answers `result=-2`, as res_agi.c does for an unknown application.
+    NoApplication,
+    /// Nothing was reachable at the advertised address, or the stream failed at once.
+    NotReached,
 }
 
 /// Run `AudioSocket` on the channel and hand the stream to `consume`, which reads what the
@@ -59,12 +68,16 @@ where
     }
     Ok(match heard {
         Some(heard) => Listened::Heard(heard),
+        None if reply.result == "-2" => {
+            tracing::warn!("Asterisk has no AudioSocket application: load app_audiosocket");
+            Listened::Unavailable(Why::NoApplication)
+        }
         None => {
             tracing::warn!(
                 address = hub.advertise(),
-                "AudioSocket failed: is app_audiosocket loaded and speech.advertise reachable from Asterisk?"
+                "AudioSocket failed: is speech.advertise reachable from Asterisk?"
             );
-            Listened::Unavailable
+            Listened::Unavailable(Why::NotReached)
         }
     })
 }

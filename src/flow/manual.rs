@@ -80,7 +80,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 }
                 return Err(AgiError::Hangup.into());
             }
-            Listened::Unavailable => {
+            Listened::Unavailable(_) => {
                 tracing::error!("cannot take a support message: AudioSocket is not working");
                 return goodbye(session, Prompt::TechnicalProblem).await;
             }

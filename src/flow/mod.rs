@@ -6,6 +6,7 @@ pub mod listen;
 pub mod manual;
 pub mod prompts;
 pub mod qa;
+pub mod selftest;
 pub mod verify;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::doctor::selftest::Selftests;
 use crate::domain::{Verifications, VerifyError};
 use crate::store::StoreError;
 use crate::support::Support;
@@ -22,7 +24,7 @@ use callverify_speech::{CodeRecogniser, EndpointSettings};
 use prompts::Prompt;
 
 /// The FastAGI scripts the daemon serves (`agi://HOST:PORT/<script>`).
-pub const SCRIPTS: &[&str] = &["verify", "manual", "qa"];
+pub const SCRIPTS: &[&str] = &["verify", "manual", "qa", "selftest"];
 
 /// Timing and patience of the flows.
 #[derive(Debug, Clone)]
@@ -73,6 +75,7 @@ pub struct Router {
     settings: FlowSettings,
     support: Arc<Support>,
     hearing: Hearing,
+    selftests: Selftests,
 }
 
 /// How the flows hear the caller beyond keys: the AudioSocket listener's hub, and spoken
@@ -106,12 +109,14 @@ impl Router {
         settings: FlowSettings,
         support: Arc<Support>,
         hearing: Hearing,
+        selftests: Selftests,
     ) -> Self {
         Self {
             service,
             settings,
             support,
             hearing,
+            selftests,
         }
     }
 }
@@ -133,6 +138,10 @@ impl Handler for Router {
             },
             "qa" => qa::run(session, &self.service, &self.settings, &self.hearing).await,
             "manual" => manual::run(session, &self.support, &self.hearing.audio).await,
+            "selftest" => {
+                let token = session.env().arg(1).unwrap_or_default().to_owned();
+                selftest::run(session, &self.selftests, &self.hearing.audio, &token).await
+            }
             other => {
                 tracing::warn!(script = other, "unknown FastAGI script");
                 let message = format!("callverify: unknown script {other}");

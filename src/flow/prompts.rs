@@ -43,6 +43,17 @@ pub enum Prompt {
 /// Languages the catalogue has words for (and `asterisk/sounds/` ships recordings of).
 pub use crate::domain::verification::LANGUAGES;
 
+/// Asterisk's core sounds that `SAY DIGITS` plays when a call reads digits back.
+pub const SAID_DIGITS: [&str; 10] = [
+    "digits/0", "digits/1", "digits/2", "digits/3", "digits/4", "digits/5", "digits/6", "digits/7",
+    "digits/8", "digits/9",
+];
+
+/// Every sound file a call can play, in each language: the prompts and the digits.
+pub fn sound_files() -> impl Iterator<Item = &'static str> {
+    Prompt::ALL.iter().map(|p| p.file()).chain(SAID_DIGITS)
+}
+
 impl Prompt {
     pub const ALL: &'static [Prompt] = &[
         Prompt::Greeting,

@@ -11,7 +11,8 @@
 //! One file per table family, each an `impl Store` block: `verifications.rs` (and
 //! `creation.rs`, the checked insert), `attempts.rs` (call attempts and lockouts),
 //! `dial_queue.rs`, `outbox.rs` (webhook events), `api_keys.rs`, `upkeep.rs`, and the support
-//! line's `manual_requests.rs` and `staff.rs`.
+//! line's `manual_requests.rs` and `staff.rs`, and `selftests.rs` (`callverify doctor`'s
+//! self-test calls).
 
 mod api_keys;
 mod attempts;
@@ -23,6 +24,7 @@ mod lockouts;
 mod manual_requests;
 mod outbox;
 pub mod owner;
+mod selftests;
 mod staff;
 mod upkeep;
 mod verifications;
@@ -31,6 +33,7 @@ pub use attempts::{Begun, Recovered};
 pub use creation::{Created, Earlier, IdempotencyKey, RateLimit, RateSubject};
 pub use error::{redact_url, StoreError};
 pub use lockouts::{InCall, Standing, StrikeRule};
+pub use selftests::SelftestRow;
 
 use std::str::FromStr;
 use std::sync::Arc;

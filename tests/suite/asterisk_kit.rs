@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use callverify::doctor::selftest::TOKEN_VARIABLE;
+use callverify::doctor::{KIT_CONTEXTS, SELFTEST_CONTEXT};
 use callverify::flow::prompts::{Prompt, LANGUAGES};
 use callverify::flow::{manual, SCRIPTS};
 use callverify_audio::{wav, SAMPLE_RATE};
@@ -504,6 +506,21 @@ fn the_contexts_the_dialer_and_the_daemon_name_exist() {
             "{QA_CONTEXT} has no extension {exten}"
         );
     }
+    // Every context the doctor checks for, and its self-test call's own, which hands the
+    // doctor's token to the selftest script.
+    for context in KIT_CONTEXTS.iter().chain([&SELFTEST_CONTEXT]) {
+        assert!(contexts.contains_key(*context), "context {context} missing");
+    }
+    let selftest = &contexts[SELFTEST_CONTEXT];
+    let token = format!("${{{TOKEN_VARIABLE}}}");
+    assert!(
+        selftest
+            .iter()
+            .filter(|s| s.exten == "s")
+            .flat_map(apps_of)
+            .any(|(app, args)| app == "AGI" && args.ends_with(&format!("/selftest,{token}"))),
+        "{SELFTEST_CONTEXT} does not run agi://.../selftest,{token} at exten s"
+    );
     // The QA context runs the daemon's qa script, reads DTMF back, echoes.
     let apps: BTreeSet<_> = qa.iter().flat_map(apps_of).map(|(a, _)| a).collect();
     for app in ["AGI", "Read", "SayDigits", "Echo"] {
@@ -537,7 +554,7 @@ fn every_agi_url_points_at_the_daemon_and_a_script_it_serves() {
             scripts_used.insert(path.to_string());
         }
     }
-    for script in ["verify", "manual", "qa"] {
+    for script in ["verify", "manual", "qa", "selftest"] {
         assert!(
             scripts_used.contains(script),
             "no extension runs agi://.../{script}"

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use callverify::flow::listen::{listen, Listened};
+use callverify::flow::listen::{listen, Listened, Why};
 use callverify_pbx::agi::{Session, Timeouts};
 use callverify_pbx::audiosocket::{self, AudioStream, Heard, Hub, ListenerConfig};
 use callverify_testkit::emulator::{outbound_env, AfterTalk, Call, Ending, Talk, Transcript};
@@ -173,7 +173,7 @@ async fn nothing_listening_at_the_advertised_address_is_unavailable() {
         l.local_addr().unwrap().to_string()
     };
     let (listened, transcript) = run(rig(Some(&closed)).await, call(), usize::MAX).await;
-    assert_eq!(listened, Listened::Unavailable);
+    assert_eq!(listened, Listened::Unavailable(Why::NotReached));
     assert!(!transcript.audio[0].connected);
     // Told from a hang-up by CHANNEL STATUS, then the call goes on.
     assert_eq!(transcript.commands[1], "CHANNEL STATUS");
@@ -206,7 +206,7 @@ async fn a_stream_with_an_unknown_uuid_is_closed() {
 #[tokio::test]
 async fn a_peer_outside_the_allowlist_is_refused() {
     let (listened, transcript) = run(rig_allowing(None, "10.0.0.0/8").await, call(), 1).await;
-    assert_eq!(listened, Listened::Unavailable);
+    assert_eq!(listened, Listened::Unavailable(Why::NotReached));
     assert!(transcript.audio[0].connected);
     assert_eq!(transcript.audio[0].frames_from_daemon, 0);
 }

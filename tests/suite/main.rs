@@ -15,6 +15,7 @@ mod cli;
 mod configuration;
 mod console;
 mod dialer;
+mod doctor;
 mod faults;
 mod probe;
 mod speech_endpointing;

@@ -16,8 +16,10 @@ use tokio::sync::watch;
 
 pub mod ami;
 pub mod audiosocket;
+mod pbx;
 
 pub use audiosocket::{AfterTalk, AudioLog, Ending, Talk};
+pub use pbx::Pbx;
 
 /// What the callee does at the next prompt that listens for keys.
 #[derive(Debug, Clone)]
@@ -42,7 +44,10 @@ pub struct Call {
     env: Vec<String>,
     actions: VecDeque<Action>,
     overrides: Vec<(String, String)>,
-    missing_prompts: Vec<String>,
+    /// (language, file) of sounds not installed; no language: in none.
+    missing_prompts: Vec<(Option<String>, String)>,
+    /// The dialplan functions, globals and modules a self-test call looks at.
+    pbx: Option<Pbx>,
     reply_timeout: Duration,
 }
 
@@ -151,6 +156,7 @@ impl Call {
             actions: VecDeque::new(),
             overrides: Vec::new(),
             missing_prompts: Vec::new(),
+            pbx: None,
             reply_timeout: Duration::from_secs(30),
         }
     }
@@ -195,7 +201,20 @@ impl Call {
 
     /// Play `file` as a prompt that is not installed: `200 result=-1 endpos=0`.
     pub fn missing_prompt(mut self, file: &str) -> Self {
-        self.missing_prompts.push(file.into());
+        self.missing_prompts.push((None, file.into()));
+        self
+    }
+
+    /// Run in `pbx`: its contexts and devices answer `DIALPLAN_EXISTS` and `DEVICE_STATE`,
+    /// its globals `GET VARIABLE`, its sounds STREAM FILE in the channel's language, and
+    /// without app_audiosocket `EXEC AudioSocket` answers `result=-2`.
+    pub fn in_pbx(mut self, pbx: &Pbx) -> Self {
+        self.missing_prompts.extend(
+            pbx.missing_sounds
+                .iter()
+                .map(|(lang, file)| (Some(lang.clone()), file.clone())),
+        );
+        self.pbx = Some(pbx.clone());
         self
     }
 
@@ -223,6 +242,16 @@ impl Call {
             .find_map(|l| l.strip_prefix("agi_callerid: "))
         {
             channel.vars.insert("CALLERID(num)".into(), number.into());
+        }
+        if let Some(language) = self
+            .env
+            .iter()
+            .find_map(|l| l.strip_prefix("agi_language: "))
+        {
+            channel.vars.insert(LANGUAGE.into(), language.into());
+        }
+        if let Some(pbx) = &self.pbx {
+            channel.vars.extend(pbx.globals.clone());
         }
         let mut line = String::new();
         let mut last_write = std::time::Instant::now();
@@ -272,9 +301,11 @@ impl Call {
         let words = split_args(command);
         let verb = verb_of(&words);
         let args = &words[verb.split(' ').count().min(words.len())..];
+        let no_audiosocket = self.pbx.as_ref().is_some_and(|p| !p.audiosocket);
         // Commands Asterisk still runs on a dead channel (asterisk-agi-hangup.txt).
         if verb == "EXEC"
             && !channel.dead
+            && !no_audiosocket
             && args
                 .first()
                 .is_some_and(|a| a.eq_ignore_ascii_case("AudioSocket"))
@@ -298,6 +329,9 @@ impl Call {
         match verb {
             "GET VARIABLE" => {
                 let name = args.first().map(String::as_str).unwrap_or_default();
+                if let Some(value) = self.pbx.as_ref().and_then(|p| p.function(name)) {
+                    return format!("200 result=1 ({value})\n");
+                }
                 return match channel.vars.get(name) {
                     Some(v) => format!("200 result=1 ({v})\n"),
                     None => "200 result=0\n".into(),
@@ -308,6 +342,15 @@ impl Call {
                     channel.vars.insert(name.clone(), value.clone());
                 }
                 return "200 result=1\n".into();
+            }
+            // res_agi.c: an application Asterisk does not have.
+            "EXEC"
+                if no_audiosocket
+                    && args
+                        .first()
+                        .is_some_and(|a| a.eq_ignore_ascii_case("AudioSocket")) =>
+            {
+                return "200 result=-2\n".into()
             }
             "EXEC" | "NOOP" => return "200 result=0\n".into(),
             "VERBOSE" => return "200 result=1\n".into(),
@@ -352,8 +395,14 @@ impl Call {
             }
             "CHANNEL STATUS" => "200 result=6\n".into(),
             "STREAM FILE" => {
-                if self.missing_prompts.contains(&args[0]) {
-                    return "200 result=-1 endpos=0\n".into();
+                // res_agi.c answers a missing file with the offset it was given.
+                let offset = args.get(2).map_or("0", String::as_str);
+                let language = channel.vars.get(LANGUAGE).map(String::as_str);
+                let missing = self.missing_prompts.iter().any(|(lang, file)| {
+                    *file == args[0] && (lang.is_none() || lang.as_deref() == language)
+                });
+                if missing {
+                    return format!("200 result=-1 endpos={offset}\n");
                 }
                 match self.take_key_if(|k| escape.contains(k)) {
                     Some(key) => format!("200 result={} endpos=3404\n", u32::from(key)),
@@ -445,6 +494,9 @@ fn closed_on(e: &std::io::Error) -> bool {
         std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
     )
 }
+
+/// The channel's language, as dialplan and AGI name it.
+const LANGUAGE: &str = "CHANNEL(language)";
 
 const DEAD: &str = "511 Command Not Permitted on a dead channel or intercept routine\n";
 

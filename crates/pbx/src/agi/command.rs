@@ -17,6 +17,8 @@ pub enum Command {
     StreamFile {
         file: String,
         escape_digits: String,
+        /// Start this many samples in (beyond the end: nothing plays).
+        offset: Option<u64>,
     },
     GetData {
         file: String,
@@ -86,7 +88,13 @@ impl Command {
             Command::StreamFile {
                 file,
                 escape_digits,
-            } => words(&mut line, "STREAM FILE", &[file, escape_digits]),
+                offset,
+            } => {
+                words(&mut line, "STREAM FILE", &[file, escape_digits]);
+                if let Some(offset) = offset {
+                    let _ = write!(line, " {offset}");
+                }
+            }
             Command::GetData {
                 file,
                 timeout,
@@ -184,9 +192,18 @@ mod tests {
         assert_eq!(
             enc(Command::StreamFile {
                 file: "beep".into(),
-                escape_digits: String::new()
+                escape_digits: String::new(),
+                offset: None,
             }),
             r#"STREAM FILE beep """#
+        );
+        assert_eq!(
+            enc(Command::StreamFile {
+                file: "digits/1".into(),
+                escape_digits: String::new(),
+                offset: Some(8000),
+            }),
+            r#"STREAM FILE digits/1 "" 8000"#
         );
         assert_eq!(
             enc(Command::GetData {

@@ -227,8 +227,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let command = Command::StreamFile {
             file: file.into(),
             escape_digits: escape_digits.into(),
+            offset: None,
         };
         Ok(self.run_checked(&command).await?.and_then(|s| s.key()))
+    }
+
+    /// Whether Asterisk finds the sound `file` in the channel's language, without playing
+    /// it: STREAM FILE from beyond its end answers `result=0`, a missing file `result=-1`
+    /// (res_agi.c) on a live channel.
+    pub async fn sound_exists(&mut self, file: &str) -> Result<bool, AgiError> {
+        // An hour of 8 kHz audio: longer than any prompt.
+        const PAST_THE_END: u64 = 3600 * 8000;
+        let command = Command::StreamFile {
+            file: file.into(),
+            escape_digits: String::new(),
+            offset: Some(PAST_THE_END),
+        };
+        let reply = self.run(&command).await?;
+        if !reply.is_failure() {
+            return Ok(true);
+        }
+        if self.hung_up || !self.channel_alive().await? {
+            return Err(AgiError::Hangup);
+        }
+        Ok(false)
     }
 
     /// Play a prompt and collect up to `max_digits` keys; `#` ends early.

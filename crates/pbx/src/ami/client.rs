@@ -113,6 +113,25 @@ impl Ami {
         }
     }
 
+    /// Log in once and off again, to learn whether Asterisk takes the credentials: the
+    /// error says why not (no connection, or the login refused).
+    pub async fn try_login(config: &AmiConfig) -> Result<(), AmiError> {
+        let addr = format!("{}:{}", config.host, config.port);
+        let mut framed = connect(&addr, config).await?;
+        let logoff = Message::action("Logoff", "callverify-logoff");
+        let _ = framed.send(&logoff).await;
+        Ok(())
+    }
+
+    /// Wait until the connection is up (or its login refused), at most `wait`.
+    pub async fn connected(&self, wait: Duration) -> Result<(), AmiError> {
+        let mut state = self.state.clone();
+        let reached = tokio::time::timeout(wait, state.wait_for(|s| *s == AmiState::Connected))
+            .await
+            .map_err(|_| AmiError::Timeout(wait))?;
+        reached.map(drop).map_err(|_| AmiError::Closed)
+    }
+
     pub fn events(&self) -> broadcast::Receiver<Message> {
         self.events.subscribe()
     }

@@ -1,9 +1,9 @@
-//! An emulated Asterisk 22 Manager Interface, for tests: the banner, Login, Ping, Logoff and
-//! async Originate, answered with the messages and event sequences of
+//! An emulated Asterisk 22 Manager Interface, for tests: the banner, Login, Ping, Logoff,
+//! ListCommands and async Originate, answered with the messages and event sequences of
 //! `shared/captures/asterisk-ami-*.txt`. What happens to each originated call is decided per
 //! number: answered (then the callee's FastAGI call is played against the daemon, as
 //! Asterisk would run the dialplan), busy, no answer, no such endpoint, or the connection
-//! dropped.
+//! dropped; `callverify doctor`'s self-test call runs in the emulated [`Pbx`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +15,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
 
-use super::Call;
+use super::{outbound_env, Call, Pbx};
+
+/// The channel `callverify doctor` originates its self-test call on.
+const SELFTEST_CHANNEL: &str = "Local/s@callverify-selftest";
 
 /// What the callee's side does with an originated call.
 #[derive(Debug, Clone)]
@@ -75,6 +78,7 @@ pub struct AmiPeer {
     username: String,
     secret: String,
     agi: Arc<Mutex<Option<SocketAddr>>>,
+    pbx: Arc<Mutex<Pbx>>,
 }
 
 const BANNER: &str = "Asterisk Call Manager/11.0.0";
@@ -89,6 +93,7 @@ impl AmiPeer {
             username: username.into(),
             secret: secret.into(),
             agi: Arc::default(),
+            pbx: Arc::default(),
         };
         let server = peer.clone();
         tokio::spawn(async move {
@@ -102,6 +107,11 @@ impl AmiPeer {
     /// Where answered calls' FastAGI sessions go (the daemon's agi.listen).
     pub fn set_agi(&self, addr: SocketAddr) {
         *self.agi.lock().unwrap() = Some(addr);
+    }
+
+    /// What the PBX has loaded and installed (the doctor's self-test call finds it out).
+    pub fn set_pbx(&self, pbx: Pbx) {
+        *self.pbx.lock().unwrap() = pbx;
     }
 
     /// What the callee at `number` (as in the Originate channel) does.
@@ -202,6 +212,10 @@ impl AmiPeer {
                         "Response: Success\r\nActionID: {id}\r\nPing: Pong\r\nTimestamp: 1795786096.123456\r\n"
                     ));
                 }
+                "listcommands" => {
+                    let reply = self.pbx.lock().unwrap().list_commands(&id);
+                    let _ = tx.send(reply);
+                }
                 "logoff" => {
                     let _ = tx.send(format!(
                         "Response: Goodbye\r\nActionID: {id}\r\nMessage: Thanks for all the fish.\r\n"
@@ -262,6 +276,9 @@ impl AmiPeer {
     }
 
     async fn play(self, call: Originated, callee: Callee) {
+        if call.channel == SELFTEST_CHANNEL {
+            return self.selftest(call).await;
+        }
         let cid = &call.channel_id;
         let channel = format!(
             "{}-00000006",
@@ -314,5 +331,56 @@ impl AmiPeer {
             }
             Callee::DropConnection | Callee::Silent => {}
         }
+    }
+
+    /// `callverify doctor`'s self-test call: a Local channel into `callverify-selftest`,
+    /// whose `;2` half runs `AGI(agi://.../selftest,${CALLVERIFY_SELFTEST})` (the variable
+    /// copied from `;1`, as core_local.c does). Without the context, Asterisk fails the
+    /// Originate as `asterisk-ami-errors.txt` shows for a missing extension.
+    async fn selftest(self, call: Originated) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let pbx = self.pbx.lock().unwrap().clone();
+        if !pbx.contexts.iter().any(|c| c == "callverify-selftest") {
+            self.broadcast(format!(
+                "Event: OriginateResponse\r\nPrivilege: call,all\r\nActionID: {}\r\nResponse: Failure\r\nChannel: {}\r\nContext: \r\nExten: \r\nReason: 0\r\nUniqueid: <unknown>\r\nCallerIDNum: <unknown>\r\nCallerIDName: <unknown>\r\n",
+                call.action_id, call.channel
+            ));
+            return;
+        }
+        let channel = "Local/s@callverify-selftest-00000002;1";
+        let uniqueid = match call.channel_id.as_str() {
+            "" => "1795786096.20",
+            id => id,
+        };
+        self.broadcast(format!(
+            "Event: OriginateResponse\r\nPrivilege: call,all\r\nActionID: {}\r\nResponse: Success\r\nChannel: {channel}\r\nContext: \r\nExten: \r\nReason: 4\r\nUniqueid: {uniqueid}\r\nCallerIDNum: selftest\r\nCallerIDName: callverify doctor\r\n",
+            call.action_id
+        ));
+        let token = call
+            .variables
+            .iter()
+            .find_map(|v| v.strip_prefix("CALLVERIFY_SELFTEST="))
+            .unwrap_or_default()
+            .to_owned();
+        let agi = *self.agi.lock().unwrap();
+        if let Some(agi) = agi {
+            let env = outbound_env("selftest", &[&token])
+                .into_iter()
+                .map(|line| match line.split_once(": ") {
+                    Some(("agi_channel", _)) => {
+                        "agi_channel: Local/s@callverify-selftest-00000002;2".into()
+                    }
+                    Some(("agi_type", _)) => "agi_type: Local".into(),
+                    Some(("agi_context", _)) => "agi_context: callverify-selftest".into(),
+                    Some(("agi_priority", _)) => "agi_priority: 2".into(),
+                    _ => line,
+                })
+                .collect();
+            // Refused (nothing listens at CALLVERIFY_AGI_HOST): AGISTATUS=FAILURE, hang up.
+            let _ = Call::with_env(env).in_pbx(&pbx).run(agi).await;
+        }
+        self.broadcast(format!(
+            "Event: Hangup\r\nPrivilege: call,all\r\nChannel: {channel}\r\nChannelState: 6\r\nChannelStateDesc: Up\r\nCallerIDNum: selftest\r\nCallerIDName: callverify doctor\r\nConnectedLineNum: <unknown>\r\nConnectedLineName: <unknown>\r\nLanguage: en\r\nAccountCode: \r\nContext: \r\nExten: \r\nPriority: 1\r\nUniqueid: {uniqueid}\r\nLinkedid: {uniqueid}\r\nCause: 16\r\nCause-txt: Normal Clearing\r\n"
+        ));
     }
 }
