@@ -670,8 +670,14 @@ fn every_application_is_known_and_every_label_and_variable_exists() {
                 let var = &var[..end];
                 assert!(
                     globals.contains(var)
-                        || [DIALER_ID_VAR, DIALER_LANG_VAR, manual::ROUTE_VARIABLE].contains(&var),
-                    "{}: ${{{var}}} is neither a global nor set by the dialer or the daemon",
+                        || [
+                            DIALER_ID_VAR,
+                            DIALER_LANG_VAR,
+                            manual::ROUTE_VARIABLE,
+                            TOKEN_VARIABLE
+                        ]
+                        .contains(&var),
+                    "{}: ${{{var}}} is neither a global nor set by the dialer, the doctor or the daemon",
                     step.origin
                 );
                 rest = &rest[at + 2 + end..];
