@@ -52,45 +52,89 @@ fn sipp(
         "sipp is not installed: the probe's tests need a real SIP peer \
          (Debian: apt-get install sip-tester; ./scripts/test installs it)"
     );
-    let port = free_udp_port();
-    let media_port = free_udp_port();
-    let mut command = Command::new("sipp");
-    command
-        .arg("-sf")
-        .arg(fixture(scenario.as_ref()))
-        .args([
-            "-i",
-            "127.0.0.1",
-            "-mi",
-            "127.0.0.1",
-            "-m",
-            "1",
-            "-timeout",
-            "30s",
-            "-nostdin",
-        ])
-        .args(["-p", &port.to_string(), "-mp", &media_port.to_string()])
-        .args(extra);
-    for (k, v) in keys {
-        // sipp does not expand keywords inside -key values: "MEDIA_PORT" stands for its own.
-        let v = if *v == "MEDIA_PORT" {
-            media_port.to_string()
-        } else {
-            v.to_string()
+    // A free port can be taken again before sipp binds it (by a parallel test, or as sipp's
+    // own media port): sipp then exits at once with its socket error, and we try new ports.
+    let mut failures = Vec::new();
+    for _ in 0..5 {
+        let port = free_udp_port();
+        let media_port = loop {
+            let candidate = free_udp_port();
+            if candidate.abs_diff(port) > 2 {
+                break candidate;
+            }
         };
-        command.args(["-key", k, &v]);
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut command = Command::new("sipp");
+        command
+            .arg("-sf")
+            .arg(fixture(scenario.as_ref()))
+            .args([
+                "-i",
+                "127.0.0.1",
+                "-mi",
+                "127.0.0.1",
+                "-m",
+                "1",
+                "-timeout",
+                "30s",
+                "-nostdin",
+            ])
+            .args(["-p", &port.to_string(), "-mp", &media_port.to_string()])
+            .args(extra);
+        for (k, v) in keys {
+            // sipp does not expand keywords inside -key values: "MEDIA_PORT" stands for its own.
+            let v = if *v == "MEDIA_PORT" {
+                media_port.to_string()
+            } else {
+                v.to_string()
+            };
+            command.args(["-key", k, &v]);
+        }
+        if let Some(remote) = &remote {
+            command.arg(remote);
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("starting sipp");
+        match wait_until_sipp_binds(&mut child, port) {
+            Ok(()) => return (Sipp(child), port),
+            Err(status) => {
+                failures.push(format!(
+                "sipp on port {port} (media {media_port}) exited with {status} before binding: {}",
+                std::fs::read_to_string(log.path()).unwrap_or_default().trim()
+            ))
+            }
+        }
     }
-    if let Some(remote) = remote {
-        command.arg(remote);
+    panic!("sipp did not start:\n{}", failures.join("\n"));
+}
+
+/// Waits until sipp holds its SIP port, or returns its exit status when it ended with one of
+/// its start-up failures (255: fatal error, 254: a socket could not be bound). Any other exit
+/// is a scenario that ran to its end before we looked (a quick UAC), which counts as started.
+/// sipp binds its media ports just after the SIP port (or the SIP port was someone else's),
+/// so a start-up failure is looked for a moment longer once the port is held.
+fn wait_until_sipp_binds(child: &mut Child, port: u16) -> Result<(), std::process::ExitStatus> {
+    let failed = |child: &mut Child| match child.try_wait().unwrap() {
+        Some(status) if matches!(status.code(), Some(254 | 255)) => Err(status),
+        _ => Ok(()),
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if child.try_wait().unwrap().is_some() {
+            return failed(child);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sipp has not bound 127.0.0.1:{port} in 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting sipp");
-    wait_until_bound(&format!("127.0.0.1:{port}"));
-    (Sipp(child), port)
+    std::thread::sleep(Duration::from_millis(200));
+    failed(child)
 }
 
 /// Wait until a process of the test holds the UDP address (a bind of ours then fails): a
