@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use callverify::config::{Config, LogFormat, Source, FILE_VARIABLE, SYSTEM_FILE};
 use callverify::daemon;
-use callverify::domain::{NewVerification, VerifyError, View};
+use callverify::domain::{Mode, NewVerification, VerifyError, View};
 
 #[derive(Parser)]
 #[command(
@@ -59,7 +59,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum VerifyCommand {
-    /// Create a verification; prints its id and the code to show the user
+    /// Create a verification; prints its id and the code to show the user (none in read_code
+    /// mode: the call reads it)
     Start(StartArgs),
     /// Show a verification's status
     Status(IdArgs),
@@ -81,6 +82,10 @@ struct StartArgs {
     /// Digits in the code (4-10) [default: verification.code_length]
     #[arg(long)]
     code_length: Option<u32>,
+    /// enter_code: the user keys or says the code shown to them; read_code: the call reads
+    /// the code and the web app checks what the user types in
+    #[arg(long, value_name = "MODE", default_value = "enter_code", value_parser = mode_parser())]
+    mode: Mode,
     /// Print JSON, as the HTTP API does
     #[arg(long)]
     json: bool,
@@ -437,6 +442,7 @@ async fn verify(config: &Config, command: VerifyCommand) -> anyhow::Result<ExitC
                     user_ref: a.user_ref,
                     locale: a.locale,
                     code_length: a.code_length,
+                    mode: Some(a.mode),
                     ..Default::default()
                 })
                 .await
@@ -460,6 +466,13 @@ async fn verify(config: &Config, command: VerifyCommand) -> anyhow::Result<ExitC
     }
 }
 
+/// The verification modes, by their API names.
+fn mode_parser() -> impl clap::builder::TypedValueParser<Value = Mode> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(Mode::ALL.iter().map(|m| m.as_str()))
+        .map(|name| name.parse().expect("a possible value is a mode"))
+}
+
 fn print_view(view: &View, json: bool) {
     if json {
         out!("{}", serde_json::to_string(view).expect("views serialize"));
@@ -470,6 +483,7 @@ fn print_view(view: &View, json: bool) {
         out!("code:               {code}");
     }
     out!("status:             {}", view.status);
+    out!("mode:               {}", view.mode);
     out!("phone:              {}", view.phone);
     out!("user:               {}", view.user_ref);
     out!("attempts remaining: {}", view.attempts_remaining);

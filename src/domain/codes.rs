@@ -35,6 +35,11 @@ impl CodeHasher {
         Self { key }
     }
 
+    /// The sealer of read-code verifications' codes, under a key derived from this one.
+    pub fn sealer(&self) -> super::sealed::CodeSealer {
+        super::sealed::CodeSealer::new(&self.key)
+    }
+
     /// The hex digest stored for `code` of verification `id`. Binding the id means one
     /// verification's hash says nothing about another's.
     pub fn hash(&self, id: &str, code: &str) -> String {

@@ -6,7 +6,8 @@
 //! - [`verifications`]: the service: create, read, cancel; a call's start, code checks and
 //!   end; the dialer's queue; upkeep.
 //! - [`status`]: statuses and call outcomes, with their stored names.
-//! - [`codes`], [`phone`], [`api_keys`], [`callback`]: codes and their keyed hashes; numbers,
+//! - [`codes`], [`sealed`], [`phone`], [`api_keys`], [`callback`]: codes, their keyed hashes and
+//!   the sealed codes a read-code call says; numbers,
 //!   the destination policy and masking; the web app's credentials; where webhooks may go.
 //! - [`clock`], [`ids`]: time as stored and shown; ids and secret tokens.
 //! - [`metrics`]: counters of what happened, for `/metrics`.
@@ -18,11 +19,12 @@ pub mod codes;
 pub mod ids;
 pub mod metrics;
 pub mod phone;
+pub mod sealed;
 pub mod status;
 pub mod verification;
 pub mod verifications;
 
-pub use status::{CallOutcome, Status};
+pub use status::{CallOutcome, Mode, Status};
 pub use verification::{
     Call, CallStart, CodeCheck, DialJob, NewVerification, Policy, Started, Verification,
     VerifyError, View,

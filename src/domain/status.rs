@@ -35,6 +35,18 @@ macro_rules! stored_enum {
                 s.serialize_str(self.as_str())
             }
         }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                text.parse().map_err(|()| {
+                    serde::de::Error::invalid_value(
+                        serde::de::Unexpected::Str(&text),
+                        &concat!("one of:" $(, " ", $text)+),
+                    )
+                })
+            }
+        }
     };
 }
 
@@ -48,6 +60,16 @@ stored_enum! {
         Unanswered => "unanswered",
         Expired => "expired",
         Canceled => "canceled",
+    }
+}
+
+stored_enum! {
+    /// Which way the code goes: `enter_code`, the web app shows it and the callee keys or
+    /// says it on the phone; `read_code`, the call reads it and the user types it into the
+    /// web page, which checks it through the API.
+    Mode {
+        EnterCode => "enter_code",
+        ReadCode => "read_code",
     }
 }
 
@@ -92,6 +114,7 @@ stored_enum! {
         NoAnswer => "no_answer",
         DialFailed => "dial_failed",
         DestinationRefused => "destination_refused",
+        CodeRead => "code_read",
     }
 }
 
@@ -126,6 +149,9 @@ mod tests {
     fn round_trip_through_text() {
         for s in Status::ALL {
             assert_eq!(s.as_str().parse::<Status>(), Ok(*s));
+        }
+        for m in Mode::ALL {
+            assert_eq!(m.as_str().parse::<Mode>(), Ok(*m));
         }
         for o in CallOutcome::ALL {
             assert_eq!(o.as_str().parse::<CallOutcome>(), Ok(*o));

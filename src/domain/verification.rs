@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::clock::{millis, rfc3339};
 use super::phone::PhoneError;
-use super::status::{CallOutcome, Status};
+use super::status::{CallOutcome, Mode, Status};
 use crate::store::StoreError;
 
 /// A verification: the number, the user, the keyed hash of its code, where it stands.
@@ -31,6 +31,13 @@ pub struct Verification {
     pub api_key_id: Option<String>,
     /// Where its status changes are posted, if not the configured URL.
     pub callback_url: Option<String>,
+    pub mode: Mode,
+    /// Read-code mode: the code, sealed (`sealed`), for the call to say; wiped when the
+    /// verification ends.
+    pub sealed_code: Option<String>,
+    /// Read-code mode: when a call first began to say the code (before that, the web app's
+    /// checks are refused).
+    pub code_delivered_at: Option<i64>,
 }
 
 impl Verification {
@@ -42,6 +49,7 @@ impl Verification {
             id: self.id.clone(),
             code: None,
             status: self.status,
+            mode: self.mode,
             phone: self.phone.clone(),
             user_ref: self.user_ref.clone(),
             locale: self.locale.clone(),
@@ -123,6 +131,18 @@ pub enum VerifyError {
     IdempotencyConflict,
     #[error("the verification has ended ({0}) and cannot be canceled")]
     NotCancelable(Status),
+    #[error("this verification's code is entered on the phone (mode enter_code): there is nothing to check here")]
+    WrongMode,
+    #[error("invalid code: it must be the {0} digits the call read")]
+    InvalidCode(i64),
+    #[error(
+        "no call has read this verification's code yet: check it once the callee has heard it"
+    )]
+    CodeNotDelivered,
+    #[error("the verification has ended ({0}): start a new one")]
+    NotCheckable(Status),
+    #[error(transparent)]
+    Unsealable(#[from] super::sealed::Unsealable),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -144,7 +164,11 @@ impl VerifyError {
             }
             VerifyError::IdempotencyConflict => "idempotency_conflict",
             VerifyError::NotCancelable(_) => "not_cancelable",
-            VerifyError::Store(_) => "internal",
+            VerifyError::WrongMode => "wrong_mode",
+            VerifyError::InvalidCode(_) => "invalid_code",
+            VerifyError::CodeNotDelivered => "code_not_delivered",
+            VerifyError::NotCheckable(_) => "not_checkable",
+            VerifyError::Unsealable(_) | VerifyError::Store(_) => "internal",
         }
     }
 }
@@ -157,6 +181,8 @@ pub struct NewVerification {
     pub locale: Option<String>,
     pub code_length: Option<u32>,
     pub callback_url: Option<String>,
+    /// `enter_code` when not given.
+    pub mode: Option<Mode>,
     /// The API key asking (rate-limited per key); none from the CLI.
     pub api_key_id: Option<String>,
     /// `Idempotency-Key` and a hash of the request it came with.
@@ -172,13 +198,15 @@ pub struct Started {
     pub replayed: bool,
 }
 
-/// A verification as shown to the web app (never with its code, except at creation).
+/// A verification as shown to the web app (never with its code, except at the creation of an
+/// `enter_code` one).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct View {
     pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     pub status: Status,
+    pub mode: Mode,
     pub phone: String,
     pub user_ref: String,
     pub locale: String,

@@ -11,14 +11,15 @@ use super::codes::{self, CodeHasher};
 use super::ids::{new_verification_id, valid_id};
 use super::metrics::Metrics;
 use super::phone::{PhoneError, PhoneNumber, PhonePolicy};
-use super::status::{CallOutcome, Status};
+use super::sealed::CodeSealer;
+use super::status::{CallOutcome, Mode, Status};
 use super::verification::{
     validate_locale, validate_user_ref, Call, CallStart, CodeCheck, DialJob, NewVerification,
     Policy, Started, Verification, VerifyError, View,
 };
 use crate::store::{
-    Begun, Created, Earlier, IdempotencyKey, InCall, RateLimit, RateSubject, Recovered, Store,
-    StrikeRule,
+    Begun, Checked, Checker, Created, Earlier, IdempotencyKey, RateLimit, RateSubject, Recovered,
+    Store, StrikeRule,
 };
 
 /// How long a call attempt can possibly last: an attempt open longer was left by a daemon
@@ -28,6 +29,7 @@ const STALE_ATTEMPT: Duration = Duration::from_secs(3600);
 pub struct Verifications {
     store: Store,
     hasher: CodeHasher,
+    sealer: CodeSealer,
     phones: PhonePolicy,
     policy: Policy,
     /// Which daemon this is (host and FastAGI address), recorded on each call attempt.
@@ -47,6 +49,7 @@ impl Verifications {
     ) -> Self {
         Self {
             store,
+            sealer: hasher.sealer(),
             hasher,
             phones,
             policy,
@@ -69,7 +72,8 @@ impl Verifications {
             .await?)
     }
 
-    /// Create a verification and its code. The code is returned here and never again.
+    /// Create a verification and its code. In `enter_code` mode the code is returned here and
+    /// never again; in `read_code` mode only the call says it.
     pub async fn start(&self, new: NewVerification) -> Result<Started, VerifyError> {
         let phone = self.phones.parse(&new.phone)?;
         let user_ref = validate_user_ref(&new.user_ref)?;
@@ -116,7 +120,12 @@ impl Verifications {
         })
         .collect();
         let code = codes::generate(code_length);
+        let mode = new.mode.unwrap_or(Mode::EnterCode);
         let mut row = self.new_row(phone.as_str(), user_ref, &code, locale, false);
+        if mode == Mode::ReadCode {
+            row.sealed_code = Some(self.sealer.seal(&row.id, &code));
+        }
+        row.mode = mode;
         row.api_key_id = new.api_key_id.clone();
         row.callback_url = callback_url;
         let idempotency = match (&new.api_key_id, &new.idempotency) {
@@ -158,10 +167,10 @@ impl Verifications {
                 })
             }
         };
-        tracing::info!(verification = %row.id, phone = %phone.masked(), "verification created");
+        tracing::info!(verification = %row.id, phone = %phone.masked(), %mode, "verification created");
         self.metrics.verification_created();
         let mut view = row.view(strikes);
-        view.code = Some(code);
+        view.code = (mode == Mode::EnterCode).then_some(code);
         Ok(Started {
             view,
             replayed: false,
@@ -229,6 +238,9 @@ impl Verifications {
             verified_at: None,
             api_key_id: None,
             callback_url: None,
+            mode: Mode::EnterCode,
+            sealed_code: None,
+            code_delivered_at: None,
         }
     }
 
@@ -366,16 +378,15 @@ impl Verifications {
                 .await?;
             return Ok(CodeCheck::Expired);
         }
+        let by = Checker::Call {
+            attempt: call.attempt_id,
+        };
         let checked = if self.hasher.matches(&v.id, entered, &v.code_hash) {
             // Verified and the attempt closed in one go: the common end of a call.
-            self.store.verify_in_call(v, call.attempt_id, now).await?
+            self.store.verify_code(v, by, now).await?
         } else {
-            let rule = StrikeRule {
-                max: v.max_attempts,
-                forget_before: self.strikes_since(now),
-                lock_until: now + millis(self.policy.lockout),
-            };
-            self.store.count_wrong_entry(v, rule, now).await?
+            let rule = self.strike_rule(v, now);
+            self.store.count_wrong_code(v, by, rule, now).await?
         };
         let masked = || {
             PhoneNumber::from_stored(v.phone.clone())
@@ -383,28 +394,119 @@ impl Verifications {
                 .to_string()
         };
         Ok(match checked {
-            InCall::Verified => {
+            Checked::Verified => {
                 tracing::info!("code correct: verified");
                 CodeCheck::Verified
             }
-            InCall::Wrong { strikes } => {
+            Checked::Wrong { strikes } => {
                 let remaining = (v.max_attempts - strikes).max(0);
                 tracing::info!(remaining, "wrong code entered");
                 CodeCheck::Wrong { remaining }
             }
-            InCall::LockedOut => {
+            Checked::LockedOut => {
                 tracing::warn!(phone = %masked(), "attempts used up: number and user locked out");
                 CodeCheck::LockedOut
             }
             // Another verification of this number or user used up the tries (which failed
             // this one too): the call says so.
-            InCall::AlreadyLockedOut | InCall::Ended(Status::Failed) => {
+            Checked::AlreadyLockedOut | Checked::Ended(Status::Failed) => {
                 tracing::warn!(phone = %masked(), "number or user locked out by another verification");
                 CodeCheck::LockedOut
             }
-            // Canceled or expired meanwhile.
-            InCall::Ended(_) => CodeCheck::Expired,
+            // Canceled or expired meanwhile (the other two are the web app's only).
+            Checked::Ended(_) | Checked::NotDelivered | Checked::Repeated => CodeCheck::Expired,
         })
+    }
+
+    /// How a wrong code of `v` checked at `now` counts.
+    fn strike_rule(&self, v: &Verification, now: i64) -> StrikeRule {
+        StrikeRule {
+            max: v.max_attempts,
+            forget_before: self.strikes_since(now),
+            lock_until: now + millis(self.policy.lockout),
+        }
+    }
+
+    /// The code a read-code call is to say, noted as delivered before it is said (the web
+    /// app's checks are accepted from then on); `None` when the verification left the call
+    /// meanwhile (canceled, expired) or has no code to say: nothing is to be said then.
+    pub async fn code_to_say(&self, call: &Call) -> Result<Option<String>, VerifyError> {
+        let v = &call.verification;
+        let Some(sealed) = &v.sealed_code else {
+            return Ok(None);
+        };
+        let code = self.sealer.open(&v.id, sealed)?;
+        if !self.store.code_delivered(&v.id, now_ms()).await? {
+            return Ok(None);
+        }
+        Ok(Some(code))
+    }
+
+    /// The web app checks the code its user typed in (read-code mode), with the rules of a
+    /// keyed code: three wrong codes lock the number and the user out, the code compares in
+    /// constant time, an expired verification cannot be checked. Allowed once a call began
+    /// to say the code, also while that call goes on. A retried identical check gets the
+    /// same answer: the right code again once verified, the last wrong code again without
+    /// counting it twice. Answers the verification as it now stands.
+    pub async fn check(&self, id: &str, entered: &str) -> Result<View, VerifyError> {
+        let v = self.row(id).await?;
+        if v.mode != Mode::ReadCode {
+            return Err(VerifyError::WrongMode);
+        }
+        if entered.len() != v.code_length as usize || !entered.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(VerifyError::InvalidCode(v.code_length));
+        }
+        let right = self.hasher.matches(&v.id, entered, &v.code_hash);
+        if right && v.status == Status::Verified {
+            return self.get(id).await;
+        }
+        let now = now_ms();
+        if !v.status.is_final() && now >= v.expires_at {
+            let open = [Status::Pending, Status::Calling];
+            self.store
+                .transition(id, &open, Status::Expired, now)
+                .await?;
+            return Err(VerifyError::NotCheckable(Status::Expired));
+        }
+        let by = Checker::WebApp {
+            entered_hash: self.hasher.hash(&v.id, entered),
+        };
+        let checked = if right {
+            self.store.verify_code(&v, by, now).await?
+        } else {
+            let rule = self.strike_rule(&v, now);
+            self.store.count_wrong_code(&v, by, rule, now).await?
+        };
+        let masked = || {
+            PhoneNumber::from_stored(v.phone.clone())
+                .masked()
+                .to_string()
+        };
+        match checked {
+            Checked::Verified => {
+                tracing::info!(verification = %v.id, "code checked by the web app: verified")
+            }
+            Checked::Wrong { strikes } => tracing::info!(
+                verification = %v.id,
+                remaining = (v.max_attempts - strikes).max(0),
+                "wrong code checked by the web app"
+            ),
+            Checked::LockedOut => tracing::warn!(
+                verification = %v.id,
+                phone = %masked(),
+                "attempts used up: number and user locked out"
+            ),
+            Checked::Repeated => {}
+            Checked::AlreadyLockedOut => {
+                let standing = self.store.standing(&v.phone, &v.user_ref, now, now).await?;
+                return Err(VerifyError::LockedOut {
+                    retry_at: standing.locked_until.unwrap_or(now),
+                });
+            }
+            Checked::NotDelivered => return Err(VerifyError::CodeNotDelivered),
+            Checked::Ended(status) => return Err(VerifyError::NotCheckable(status)),
+        }
+        self.get(id).await
     }
 
     /// Whether the store answers (for `/healthz`).

@@ -6,6 +6,7 @@ pub mod listen;
 pub mod manual;
 pub mod prompts;
 pub mod qa;
+pub mod read_code;
 pub mod selftest;
 pub mod verify;
 

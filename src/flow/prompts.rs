@@ -20,6 +20,13 @@ pub enum Prompt {
     ConfirmSpoken,
     /// Spoken entry given up on: the keypad.
     UseKeypad,
+    /// Read-code mode: "press # to hear your code", then the code, twice, and the offer to
+    /// say it again; then where to enter it.
+    PressPoundForCode,
+    YourCodeIs,
+    CodeAgain,
+    RepeatCode,
+    EnterCodeOnPage,
     CodeIncorrect,
     Verified,
     LockedOut,
@@ -66,6 +73,11 @@ impl Prompt {
         Prompt::YouSaid,
         Prompt::ConfirmSpoken,
         Prompt::UseKeypad,
+        Prompt::PressPoundForCode,
+        Prompt::YourCodeIs,
+        Prompt::CodeAgain,
+        Prompt::RepeatCode,
+        Prompt::EnterCodeOnPage,
         Prompt::CodeIncorrect,
         Prompt::Verified,
         Prompt::LockedOut,
@@ -97,6 +109,11 @@ impl Prompt {
             Prompt::YouSaid => "callverify/you-said",
             Prompt::ConfirmSpoken => "callverify/confirm-spoken",
             Prompt::UseKeypad => "callverify/use-keypad",
+            Prompt::PressPoundForCode => "callverify/press-pound-for-code",
+            Prompt::YourCodeIs => "callverify/your-code-is",
+            Prompt::CodeAgain => "callverify/code-again",
+            Prompt::RepeatCode => "callverify/repeat-code",
+            Prompt::EnterCodeOnPage => "callverify/enter-code-on-page",
             Prompt::CodeIncorrect => "callverify/code-incorrect",
             Prompt::Verified => "callverify/verified",
             Prompt::LockedOut => "callverify/locked-out",
@@ -161,6 +178,23 @@ impl Prompt {
             Prompt::UseKeypad => (
                 "Please enter the code on your keypad, followed by the pound key.",
                 "Introduzca el código con el teclado, seguido de la tecla numeral.",
+            ),
+            Prompt::PressPoundForCode => (
+                "If you were expecting this call, press the pound key to hear your code.",
+                "Si esperaba esta llamada, pulse la tecla numeral para escuchar su código.",
+            ),
+            Prompt::YourCodeIs => (
+                "Your verification code is",
+                "Su código de verificación es",
+            ),
+            Prompt::CodeAgain => ("Again, your code is", "Repito, su código es"),
+            Prompt::RepeatCode => (
+                "To hear the code again, press 1.",
+                "Para escucharlo de nuevo, pulse 1.",
+            ),
+            Prompt::EnterCodeOnPage => (
+                "Please enter this code on the web page.",
+                "Introduzca este código en la página web.",
             ),
             Prompt::CodeIncorrect => (
                 "That code is not correct.",

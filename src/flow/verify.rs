@@ -1,6 +1,6 @@
 //! The verification call, as users of the product know it: acknowledge with `#`, enter the
 //! code shown on screen (or say it, when spoken codes are on), three attempts, then a 24-hour
-//! lockout.
+//! lockout. In read-code mode the `#` leads to the code being read instead (`read_code`).
 //!
 //! A recognition slip must not cost an attempt as easily as a keyed mistake. The rule: a
 //! spoken code that is right verifies at once. Anything else heard (no digits, the wrong
@@ -14,9 +14,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::entry::{self, Entry};
 use super::prompts::Prompt;
-use super::{goodbye, play, FlowError, FlowSettings, Hearing};
+use super::{goodbye, play, read_code, FlowError, FlowSettings, Hearing};
 use crate::domain::{Call, CallStart, CodeCheck, Verifications, VerifyError};
-use crate::domain::{CallOutcome, Status};
+use crate::domain::{CallOutcome, Mode, Status};
 use callverify_pbx::agi::Session;
 
 /// Keys accepted while the "press #" prompt plays: any key stops it, only `#` acknowledges.
@@ -79,9 +79,18 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin + Send>(
 ) -> Result<CallOutcome, FlowError> {
     // The dialer's call is already up; ANSWER is harmless then and needed for inbound tests.
     session.answer().await?;
-    if !acknowledged(session, settings).await? {
+    let reads_code = call.verification.mode == Mode::ReadCode;
+    let ask = if reads_code {
+        Prompt::PressPoundForCode
+    } else {
+        Prompt::PressPound
+    };
+    if !acknowledged(session, settings, ask).await? {
         goodbye(session, Prompt::NoAcknowledgement).await?;
         return Ok(CallOutcome::NoAcknowledgement);
+    }
+    if reads_code {
+        return read_code::run(session, service, call).await;
     }
     let length = u32::try_from(call.verification.code_length).unwrap_or(6);
     let mut silences = 0;
@@ -169,20 +178,18 @@ async fn spoken_counts<S: AsyncRead + AsyncWrite + Unpin + Send>(
     Ok(choice.digits == "1")
 }
 
-/// Greeting, then "press # if you were expecting this call", asked again a few times on
-/// silence or a wrong key.
+/// Greeting, then `ask` ("press # if you were expecting this call"), asked again a few times
+/// on silence or a wrong key.
 async fn acknowledged<S: AsyncRead + AsyncWrite + Unpin + Send>(
     session: &mut Session<S>,
     settings: &FlowSettings,
+    ask: Prompt,
 ) -> Result<bool, FlowError> {
     if session.stream_file(Prompt::Greeting.file(), "#").await? == Some('#') {
         return Ok(true);
     }
     for _ in 0..settings.ack_prompts {
-        let key = match session
-            .stream_file(Prompt::PressPound.file(), ANY_KEY)
-            .await?
-        {
+        let key = match session.stream_file(ask.file(), ANY_KEY).await? {
             Some(key) => Some(key),
             None => session.wait_for_digit(settings.ack_wait).await?,
         };

@@ -1,4 +1,4 @@
-//! Code checks in a call, and what they lead to: the `strikes` per number and per user (the
+//! Code checks, in a call or from the web app (read-code mode), and what they lead to: the `strikes` per number and per user (the
 //! three tries are theirs, across all their verifications) and the `lockouts` table.
 //!
 //! A check takes the number's and the user's strike rows first, always number before user,
@@ -19,11 +19,22 @@ pub(super) const LOCKED_OUT: &str = "SELECT 1 FROM lockouts l WHERE l.locked_unt
      ((l.kind = 'phone' AND l.subject = verifications.phone) OR \
       (l.kind = 'user' AND l.subject = verifications.user_ref))";
 
-/// What a code check in a call did.
+/// Who checks a code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checker {
+    /// The call, in its attempt (the verification must be `calling`).
+    Call { attempt: i64 },
+    /// The web app, for a read-code verification (`pending` or `calling`, once a call began
+    /// to say the code), with the keyed hash of the code it sent: the same wrong code sent
+    /// again is answered as before, not counted again.
+    WebApp { entered_hash: String },
+}
+
+/// What a code check did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InCall {
-    /// The right code: `verified`, the attempt closed, the strikes of the number and the
-    /// user cleared.
+pub enum Checked {
+    /// The right code: `verified`, the call's attempt closed, the strikes of the number and
+    /// the user cleared.
     Verified,
     /// A wrong code, counted: the strikes of the number or of the user so far (the higher).
     Wrong { strikes: i64 },
@@ -32,8 +43,13 @@ pub enum InCall {
     LockedOut,
     /// Nothing done: the number or the user is locked out already.
     AlreadyLockedOut,
-    /// Nothing done: the verification is no longer in a call; its status now.
+    /// Nothing done: the verification cannot be checked by this checker any more; its
+    /// status now.
     Ended(Status),
+    /// Nothing done: the web app checked a read-code verification no call has said yet.
+    NotDelivered,
+    /// Nothing done: the web app sent the last wrong code it sent again (a retry).
+    Repeated,
 }
 
 /// How a wrong code is counted.
@@ -48,22 +64,24 @@ pub struct StrikeRule {
 }
 
 impl Store {
-    /// The right code in a call: `calling` becomes `verified`, the attempt is closed as
+    /// The right code: the verification becomes `verified`, a call's attempt is closed as
     /// verified and the strikes of the number and user are cleared, in one transaction;
-    /// refused if the number or user is locked out or the verification left the call.
-    pub async fn verify_in_call(
+    /// refused if the number or user is locked out or `by` may not check it (see
+    /// [`Checker`]).
+    pub async fn verify_code(
         &self,
         v: &Verification,
-        attempt: i64,
+        by: Checker,
         now: i64,
-    ) -> Result<InCall, StoreError> {
+    ) -> Result<Checked, StoreError> {
         let (id, phone, user_ref) = (v.id.clone(), v.phone.clone(), v.user_ref.clone());
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
                     forget_strikes(&mut tx, &phone, &user_ref).await?;
-                    if let Some(refusal) = refusal(&mut tx, &id, &phone, &user_ref, now).await? {
+                    let refused = refusal(&mut tx, &by, &id, &phone, &user_ref, now).await?;
+                    if let Some(refusal) = refused {
                         return Ok(refusal);
                     }
                     sqlx::query(
@@ -74,32 +92,35 @@ impl Store {
                     .bind(&id)
                     .execute(&mut *tx)
                     .await?;
-                    sqlx::query(
-                        "UPDATE call_attempts SET ended_at = $1, outcome = 'verified' \
-                         WHERE id = $2 AND ended_at IS NULL",
-                    )
-                    .bind(now)
-                    .bind(attempt)
-                    .execute(&mut *tx)
-                    .await?;
+                    if let Checker::Call { attempt } = by {
+                        sqlx::query(
+                            "UPDATE call_attempts SET ended_at = $1, outcome = 'verified' \
+                             WHERE id = $2 AND ended_at IS NULL",
+                        )
+                        .bind(now)
+                        .bind(attempt)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                     tx.commit().await?;
-                    Ok(InCall::Verified)
+                    Ok(Checked::Verified)
                 })
             }))
             .await
     }
 
-    /// A wrong code in a call: one strike for the number and one for the user, and one
-    /// attempt of the verification used. The strike that reaches `rule.max` locks the number
-    /// and the user out until `rule.lock_until` and fails every open verification of either,
-    /// in the same transaction. Nothing is counted if the number or user is locked out
-    /// already or the verification left the call.
-    pub async fn count_wrong_entry(
+    /// A wrong code: one strike for the number and one for the user, and one attempt of the
+    /// verification used. The strike that reaches `rule.max` locks the number and the user
+    /// out until `rule.lock_until` and fails every open verification of either, in the same
+    /// transaction. Nothing is counted if the number or user is locked out already or `by`
+    /// may not check it (see [`Checker`]).
+    pub async fn count_wrong_code(
         &self,
         v: &Verification,
+        by: Checker,
         rule: StrikeRule,
         now: i64,
-    ) -> Result<InCall, StoreError> {
+    ) -> Result<Checked, StoreError> {
         let (id, phone, user_ref) = (v.id.clone(), v.phone.clone(), v.user_ref.clone());
         self.engine
             .run(op(move |c| {
@@ -125,25 +146,32 @@ impl Store {
                         strikes = strikes.max(row.try_get::<i64, _>("wrong")?);
                     }
                     // A refusal drops the transaction: the strikes above are not kept.
-                    if let Some(refusal) = refusal(&mut tx, &id, &phone, &user_ref, now).await? {
+                    let refused = refusal(&mut tx, &by, &id, &phone, &user_ref, now).await?;
+                    if let Some(refusal) = refused {
                         return Ok(refusal);
                     }
+                    let entered_hash = match &by {
+                        Checker::WebApp { entered_hash } => Some(entered_hash.as_str()),
+                        Checker::Call { .. } => None,
+                    };
                     let row = sqlx::query(
                         "UPDATE verifications SET attempts_used = attempts_used + 1, \
-                         updated_at = $1 WHERE id = $2 RETURNING attempts_used",
+                         updated_at = $1, last_wrong_check = COALESCE($3, last_wrong_check) \
+                         WHERE id = $2 RETURNING attempts_used",
                     )
                     .bind(now)
                     .bind(&id)
+                    .bind(entered_hash)
                     .fetch_one(&mut *tx)
                     .await?;
                     let strikes = strikes.max(row.try_get("attempts_used")?);
                     if strikes < rule.max {
                         tx.commit().await?;
-                        return Ok(InCall::Wrong { strikes });
+                        return Ok(Checked::Wrong { strikes });
                     }
                     lock_out(&mut tx, &id, &phone, &user_ref, rule.lock_until, now).await?;
                     tx.commit().await?;
-                    Ok(InCall::LockedOut)
+                    Ok(Checked::LockedOut)
                 })
             }))
             .await
@@ -202,31 +230,50 @@ pub(super) async fn standing(
     })
 }
 
-/// Why a code check does nothing: the verification is not in a call, or its number or user
-/// is locked out. `None`: it may go on.
+/// Why a code check does nothing: `by` may not check the verification (see [`Checker`]), or
+/// its number or user is locked out. `None`: it may go on.
 async fn refusal(
     c: &mut AnyConnection,
+    by: &Checker,
     id: &str,
     phone: &str,
     user_ref: &str,
     now: i64,
-) -> Result<Option<InCall>, StoreError> {
-    let status: Option<String> = sqlx::query("SELECT status FROM verifications WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut *c)
-        .await?
-        .map(|r| r.try_get("status"))
-        .transpose()?;
-    let status = match status {
-        Some(s) => parse_column::<Status>("status", &s)?,
-        // Deleted under the call: as good as ended.
-        None => return Ok(Some(InCall::Ended(Status::Canceled))),
+) -> Result<Option<Checked>, StoreError> {
+    let row = sqlx::query(
+        "SELECT status, code_delivered_at, last_wrong_check FROM verifications WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *c)
+    .await?;
+    // Deleted under the check: as good as ended.
+    let Some(row) = row else {
+        return Ok(Some(Checked::Ended(Status::Canceled)));
     };
-    if status != Status::Calling {
-        return Ok(Some(InCall::Ended(status)));
+    let status = parse_column::<Status>("status", &row.try_get::<String, _>("status")?)?;
+    match by {
+        Checker::Call { .. } if status != Status::Calling => {
+            return Ok(Some(Checked::Ended(status)));
+        }
+        Checker::Call { .. } => {}
+        Checker::WebApp { entered_hash } => {
+            let last_wrong: Option<String> = row.try_get("last_wrong_check")?;
+            if last_wrong.as_deref() == Some(entered_hash.as_str()) {
+                return Ok(Some(Checked::Repeated));
+            }
+            if status.is_final() {
+                return Ok(Some(Checked::Ended(status)));
+            }
+            if row
+                .try_get::<Option<i64>, _>("code_delivered_at")?
+                .is_none()
+            {
+                return Ok(Some(Checked::NotDelivered));
+            }
+        }
     }
     let locked = standing(c, phone, user_ref, now, now).await?.locked_until;
-    Ok(locked.map(|_| InCall::AlreadyLockedOut))
+    Ok(locked.map(|_| Checked::AlreadyLockedOut))
 }
 
 /// Lock the number and the user out until `until` (on behalf of verification `id`), forget

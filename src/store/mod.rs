@@ -32,7 +32,7 @@ mod verifications;
 pub use attempts::{Begun, Recovered};
 pub use creation::{Created, Earlier, IdempotencyKey, RateLimit, RateSubject};
 pub use error::{redact_url, StoreError};
-pub use lockouts::{InCall, Standing, StrikeRule};
+pub use lockouts::{Checked, Checker, Standing, StrikeRule};
 pub use selftests::SelftestRow;
 
 use std::str::FromStr;

@@ -1,5 +1,5 @@
 //! The `verifications` table: inserting and reading verifications, and their status changes
-//! outside the dialer (a transition, the right code in a call).
+//! outside the dialer (a transition, a read code delivered).
 
 use std::str::FromStr;
 
@@ -13,7 +13,7 @@ use crate::domain::verification::Verification;
 /// them.
 pub(super) const VERIFICATION_COLUMNS: &str = "id, phone, user_ref, code_hash, code_length, \
      status, attempts_used, max_attempts, locale, is_test, created_at, updated_at, expires_at, \
-     verified_at, api_key_id, callback_url";
+     verified_at, api_key_id, callback_url, mode, sealed_code, code_delivered_at";
 
 impl Store {
     pub async fn insert_verification(&self, v: &Verification) -> Result<(), StoreError> {
@@ -37,6 +37,28 @@ impl Store {
                     .fetch_optional(&mut *c)
                     .await?;
                     row.map(|r| verification_from_row(&r)).transpose()
+                })
+            }))
+            .await
+    }
+
+    /// A call began to say the code of verification `id` (read-code mode): noted the first
+    /// time; false if the verification is no longer in a call (the code is not to be said).
+    pub async fn code_delivered(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "UPDATE verifications SET code_delivered_at = \
+                         COALESCE(code_delivered_at, $1) \
+                         WHERE id = $2 AND status = 'calling' AND sealed_code IS NOT NULL",
+                    )
+                    .bind(now)
+                    .bind(&id)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
                 })
             }))
             .await
@@ -82,7 +104,7 @@ pub(super) async fn insert_verification(
     // Due a call at once, except test verifications, which the QA line calls itself.
     sqlx::query(&format!(
         "INSERT INTO verifications ({VERIFICATION_COLUMNS}, next_call_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
     ))
     .bind(&v.id)
     .bind(&v.phone)
@@ -100,6 +122,9 @@ pub(super) async fn insert_verification(
     .bind(v.verified_at)
     .bind(&v.api_key_id)
     .bind(&v.callback_url)
+    .bind(v.mode.as_str())
+    .bind(&v.sealed_code)
+    .bind(v.code_delivered_at)
     .bind((!v.is_test).then_some(v.created_at))
     .execute(c)
     .await?;
@@ -109,6 +134,7 @@ pub(super) async fn insert_verification(
 /// A verification from a row with the [`VERIFICATION_COLUMNS`].
 pub(super) fn verification_from_row(r: &sqlx::any::AnyRow) -> Result<Verification, StoreError> {
     let status: String = r.try_get("status")?;
+    let mode: String = r.try_get("mode")?;
     Ok(Verification {
         id: r.try_get("id")?,
         phone: r.try_get("phone")?,
@@ -126,6 +152,9 @@ pub(super) fn verification_from_row(r: &sqlx::any::AnyRow) -> Result<Verificatio
         verified_at: r.try_get("verified_at")?,
         api_key_id: r.try_get("api_key_id")?,
         callback_url: r.try_get("callback_url")?,
+        mode: parse_column("mode", &mode)?,
+        sealed_code: r.try_get("sealed_code")?,
+        code_delivered_at: r.try_get("code_delivered_at")?,
     })
 }
 

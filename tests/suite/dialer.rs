@@ -204,13 +204,7 @@ async fn restarted_daemon_loses_nothing_of_the_queue(db: Db) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Stop it with the three calls ringing, then start another on the same store.
-    let config = d.config.clone();
-    let dir = {
-        let mut d = d;
-        d.signal_stop();
-        d.join().await;
-        d.dir.take()
-    };
+    let (config, dir) = d.halt().await;
     for (phone, _, code) in &codes {
         peer.callee(phone, Callee::answer(&["#", code]));
     }

@@ -18,6 +18,7 @@ mod dialer;
 mod doctor;
 mod faults;
 mod probe;
+mod read_code;
 mod speech_endpointing;
 mod speech_flow;
 mod speech_recognition;

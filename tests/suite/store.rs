@@ -7,7 +7,7 @@ use crate::common::{pending_row as row, Db};
 use callverify::domain::clock::now_ms;
 use callverify::domain::status::{CallOutcome, Status};
 use callverify::domain::Verification;
-use callverify::store::{Begun, InCall, Store, StrikeRule};
+use callverify::store::{Begun, Checked, Checker, Store, StrikeRule};
 
 const DAY: i64 = 24 * 3600 * 1000;
 
@@ -114,17 +114,23 @@ async fn wrong_entries_lock_out_in_one_step(db: Db) {
     assert_eq!(claimed.phone, v.phone);
     let now = now_ms();
     assert_eq!(
-        s.count_wrong_entry(&v, rule(now), now).await.unwrap(),
-        InCall::Wrong { strikes: 1 }
+        s.count_wrong_code(&v, Checker::Call { attempt }, rule(now), now)
+            .await
+            .unwrap(),
+        Checked::Wrong { strikes: 1 }
     );
     assert_eq!(
-        s.count_wrong_entry(&v, rule(now), now).await.unwrap(),
-        InCall::Wrong { strikes: 2 }
+        s.count_wrong_code(&v, Checker::Call { attempt }, rule(now), now)
+            .await
+            .unwrap(),
+        Checked::Wrong { strikes: 2 }
     );
     assert_eq!(locked_until(&s, "+14155550101", "alice", now).await, None);
     assert_eq!(
-        s.count_wrong_entry(&v, rule(now), now).await.unwrap(),
-        InCall::LockedOut
+        s.count_wrong_code(&v, Checker::Call { attempt }, rule(now), now)
+            .await
+            .unwrap(),
+        Checked::LockedOut
     );
     let stored = s.verification("vf_w").await.unwrap().unwrap();
     assert_eq!((stored.status, stored.attempts_used), (Status::Failed, 3));
@@ -143,8 +149,10 @@ async fn wrong_entries_lock_out_in_one_step(db: Db) {
     );
     // No more counting once the call's verification has ended.
     assert_eq!(
-        s.count_wrong_entry(&v, rule(now), now).await.unwrap(),
-        InCall::Ended(Status::Failed)
+        s.count_wrong_code(&v, Checker::Call { attempt }, rule(now), now)
+            .await
+            .unwrap(),
+        Checked::Ended(Status::Failed)
     );
     s.finish_attempt(attempt, "vf_w", CallOutcome::LockedOut, None, 3, now)
         .await
@@ -180,7 +188,7 @@ async fn wrong_entries_lock_out_in_one_step(db: Db) {
 async fn strikes_add_up_across_a_numbers_verifications(db: Db) {
     let (s, _dir) = store(db).await;
     let (attempt_a, a) = in_call(&s, "vf_a", "+14155550101", "alice").await;
-    let (_, b) = in_call(&s, "vf_b", "+14155550101", "bob").await;
+    let (attempt_b, b) = in_call(&s, "vf_b", "+14155550101", "bob").await;
     s.insert_verification(&row("vf_bob2", "+14155550177", "bob"))
         .await
         .unwrap();
@@ -190,17 +198,23 @@ async fn strikes_add_up_across_a_numbers_verifications(db: Db) {
     let now = now_ms();
     for strikes in 1..=2 {
         assert_eq!(
-            s.count_wrong_entry(&a, rule(now), now).await.unwrap(),
-            InCall::Wrong { strikes }
+            s.count_wrong_code(&a, Checker::Call { attempt: attempt_a }, rule(now), now)
+                .await
+                .unwrap(),
+            Checked::Wrong { strikes }
         );
     }
     assert_eq!(
-        s.count_wrong_entry(&b, rule(now), now).await.unwrap(),
-        InCall::LockedOut
+        s.count_wrong_code(&b, Checker::Call { attempt: attempt_b }, rule(now), now)
+            .await
+            .unwrap(),
+        Checked::LockedOut
     );
     assert_eq!(
-        s.verify_in_call(&a, attempt_a, now).await.unwrap(),
-        InCall::Ended(Status::Failed)
+        s.verify_code(&a, Checker::Call { attempt: attempt_a }, now)
+            .await
+            .unwrap(),
+        Checked::Ended(Status::Failed)
     );
     for (id, status) in [
         ("vf_a", Status::Failed),
@@ -232,23 +246,27 @@ async fn strikes_hold_under_concurrent_calls(db: Db) {
     let now = now_ms();
     let tasks: Vec<_> = calls
         .into_iter()
-        .flat_map(|(_, v)| std::iter::repeat_n(v, 3))
-        .map(|v| {
+        .flat_map(|call| std::iter::repeat_n(call, 3))
+        .map(|(attempt, v)| {
             let s = s.clone();
-            tokio::spawn(async move { s.count_wrong_entry(&v, rule(now), now).await.unwrap() })
+            tokio::spawn(async move {
+                s.count_wrong_code(&v, Checker::Call { attempt }, rule(now), now)
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     let mut results = Vec::new();
     for t in tasks {
         results.push(t.await.unwrap());
     }
-    let count = |f: fn(&InCall) -> bool| results.iter().filter(|r| f(r)).count();
+    let count = |f: fn(&Checked) -> bool| results.iter().filter(|r| f(r)).count();
     assert_eq!(
-        count(|r| matches!(r, InCall::Wrong { .. })),
+        count(|r| matches!(r, Checked::Wrong { .. })),
         2,
         "{results:?}"
     );
-    assert_eq!(count(|r| *r == InCall::LockedOut), 1, "{results:?}");
+    assert_eq!(count(|r| *r == Checked::LockedOut), 1, "{results:?}");
     let mut used = 0;
     for i in 0..5 {
         let v = s.verification(&format!("vf_c{i}")).await.unwrap().unwrap();
@@ -262,19 +280,25 @@ async fn a_canceled_verification_counts_no_wrong_entry(db: Db) {
     let (s, _dir) = store(db).await;
     let v = row("vf_c", "+14155550101", "alice");
     s.insert_verification(&v).await.unwrap();
-    assert!(matches!(
-        s.begin_attempt("vf_c", "c", "u", "d1", now_ms())
-            .await
-            .unwrap(),
-        Begun::Started { .. }
-    ));
+    let Begun::Started {
+        attempt_id: attempt,
+        ..
+    } = s
+        .begin_attempt("vf_c", "c", "u", "d1", now_ms())
+        .await
+        .unwrap()
+    else {
+        panic!("the call could not start");
+    };
     s.transition("vf_c", &[Status::Calling], Status::Canceled, now_ms())
         .await
         .unwrap();
     let now = now_ms();
     assert_eq!(
-        s.count_wrong_entry(&v, rule(now), now).await.unwrap(),
-        InCall::Ended(Status::Canceled)
+        s.count_wrong_code(&v, Checker::Call { attempt }, rule(now), now)
+            .await
+            .unwrap(),
+        Checked::Ended(Status::Canceled)
     );
     assert_eq!(locked_until(&s, "+14155550101", "alice", now).await, None);
 }

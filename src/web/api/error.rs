@@ -49,16 +49,19 @@ impl From<VerifyError> for ApiError {
             | VerifyError::InvalidLocale(_)
             | VerifyError::UnsupportedLocale { .. }
             | VerifyError::InvalidCodeLength(_)
+            | VerifyError::InvalidCode(_)
             | VerifyError::InvalidCallbackUrl
             | VerifyError::PrivateCallbackUrl => StatusCode::UNPROCESSABLE_ENTITY,
             VerifyError::LockedOut { .. } | VerifyError::RateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
             VerifyError::NotFound(_) => StatusCode::NOT_FOUND,
-            VerifyError::IdempotencyConflict | VerifyError::NotCancelable(_) => {
-                StatusCode::CONFLICT
-            }
-            VerifyError::Store(_) => return store_failure(&e),
+            VerifyError::IdempotencyConflict
+            | VerifyError::NotCancelable(_)
+            | VerifyError::WrongMode
+            | VerifyError::CodeNotDelivered
+            | VerifyError::NotCheckable(_) => StatusCode::CONFLICT,
+            VerifyError::Unsealable(_) | VerifyError::Store(_) => return store_failure(&e),
         };
         let retry_at = match &e {
             VerifyError::LockedOut { retry_at } | VerifyError::RateLimited { retry_at, .. } => {

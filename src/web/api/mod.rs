@@ -1,5 +1,5 @@
 //! The HTTP JSON API the web application calls (DESIGN.md): start a verification, read it,
-//! cancel it. Every `/v1` call needs `Authorization: Bearer <key>`.
+//! cancel it, check a code a read-code call said. Every `/v1` call needs `Authorization: Bearer <key>`.
 
 mod error;
 pub mod manual;
@@ -25,7 +25,7 @@ use callverify_pbx::ami::AmiState;
 
 use crate::domain::api_keys::{ApiKey, ApiKeys};
 use crate::domain::metrics::Snapshot;
-use crate::domain::{NewVerification, Verifications};
+use crate::domain::{Mode, NewVerification, Verifications};
 use crate::support::Support;
 use replays::Replays;
 
@@ -70,6 +70,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/verifications", post(create))
         .route("/v1/verifications/{id}", get(show))
         .route("/v1/verifications/{id}/cancel", post(cancel))
+        .route("/v1/verifications/{id}/check", post(check))
         .route("/v1/manual-requests", get(manual::list))
         .route("/v1/manual-requests/{id}", get(manual::show))
         .route("/v1/manual-requests/{id}/recording", get(manual::recording))
@@ -134,6 +135,15 @@ struct CreateRequest {
     callback_url: Option<String>,
     #[serde(default)]
     code_length: Option<u32>,
+    /// Left out of the request's hash when not given, as before there were modes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mode: Option<Mode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckRequest {
+    code: String,
 }
 
 /// Read a JSON body: 415 unless it says it is JSON, 413 past the limit, 400 if it is not
@@ -223,6 +233,7 @@ async fn create(
             locale: request.locale,
             code_length: request.code_length,
             callback_url: request.callback_url,
+            mode: request.mode,
             api_key_id: Some(key.id.clone()),
             idempotency: idem_key.clone().map(|k| (k, request_hash)),
         })
@@ -286,4 +297,16 @@ async fn cancel(
 ) -> Result<Response, ApiError> {
     let id = owned_id(&state, &headers, id).await?;
     Ok(Json(state.service.cancel(&id).await?).into_response())
+}
+
+/// The web app checks the code its user typed in (read-code mode).
+async fn check(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let id = owned_id(&state, &headers, id).await?;
+    let request: CheckRequest = json_body(&state, &headers, body).await?;
+    Ok(Json(state.service.check(&id, &request.code).await?).into_response())
 }

@@ -2,6 +2,7 @@
 
 pub mod browser;
 pub mod hooks;
+pub mod http;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -220,6 +221,14 @@ impl Daemon {
         }
     }
 
+    /// Stop, keeping what another run on the same store needs: its configuration, and the
+    /// folder that holds the SQLite file and the secret.
+    pub async fn halt(mut self) -> (Config, Option<tempfile::TempDir>) {
+        self.signal_stop();
+        self.join().await;
+        (self.config.clone(), self.dir.take())
+    }
+
     pub fn signal_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -272,5 +281,8 @@ pub fn pending_row(id: &str, phone: &str, user: &str) -> callverify::domain::Ver
         verified_at: None,
         api_key_id: None,
         callback_url: None,
+        mode: callverify::domain::Mode::EnterCode,
+        sealed_code: None,
+        code_delivered_at: None,
     }
 }
