@@ -117,6 +117,43 @@ fn start_prints_id_and_code_and_status_reads_it_back() {
 }
 
 #[test]
+fn read_code_mode_shows_no_code() {
+    let dir = with_store();
+    let mut cmd = callverify(dir.path());
+    cmd.args([
+        "verify",
+        "start",
+        "--phone",
+        "+14155550101",
+        "--user",
+        "alice",
+    ]);
+    let out = run(cmd.args(["--mode", "read_code", "--json"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["mode"], "read_code");
+    assert!(v.get("code").is_none(), "{v}");
+    let out = run(callverify(dir.path()).args(["verify", "status", v["id"].as_str().unwrap()]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mode:               read_code"));
+    let mut cmd = callverify(dir.path());
+    cmd.args([
+        "verify",
+        "start",
+        "--phone",
+        "+14155550101",
+        "--user",
+        "alice",
+    ]);
+    let out = run(cmd.args(["--mode", "speak"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("possible values: enter_code, read_code"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn errors_are_one_clear_line_and_a_failure_status() {
     let dir = with_store();
     let out = start(dir.path(), "4155550101", "alice");
