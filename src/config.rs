@@ -328,6 +328,10 @@ pub struct DatabaseSection {
     /// `sqlite://FILE` or `postgres://USER:PASSWORD@HOST/DB`.
     pub url: String,
     pub max_connections: u32,
+    /// How often a daemon tells the store it is alive (several daemons on one Postgres).
+    pub heartbeat_secs: u64,
+    /// A daemon unheard for this long is declared dead and its calls taken over.
+    pub takeover_after_secs: u64,
 }
 
 impl Default for DatabaseSection {
@@ -335,6 +339,8 @@ impl Default for DatabaseSection {
         Self {
             url: "sqlite://callverify.db".into(),
             max_connections: 8,
+            heartbeat_secs: 5,
+            takeover_after_secs: 20,
         }
     }
 }
@@ -557,6 +563,13 @@ impl Config {
                 "max_dials, max_concurrent and max_per_second must be at least 1",
             );
         }
+        let d = &self.database;
+        if d.heartbeat_secs == 0 || d.takeover_after_secs < 2 * d.heartbeat_secs {
+            return invalid(
+                "database.takeover_after_secs",
+                "must be at least twice database.heartbeat_secs, which must be at least 1",
+            );
+        }
         if !self.ami.host.is_empty() && self.ami.secret.is_empty() {
             return invalid(
                 "ami.secret",
@@ -699,6 +712,7 @@ impl Config {
             longest_call: self
                 .flow_settings()
                 .longest_call(v.max_attempts, self.endpoint_settings().max_listen),
+            dead_after: Duration::from_secs(self.database.takeover_after_secs),
             allow_private_callbacks: self.webhooks.allow_private_callbacks,
         }
     }

@@ -14,7 +14,7 @@ use crate::config::{Config, ConfigError};
 use crate::doctor::selftest::Selftests;
 use crate::domain::api_keys::ApiKeys;
 use crate::domain::codes::{server_key, CodeHasher};
-use crate::domain::{Verifications, VerifyError};
+use crate::domain::{Machine, Registered, Verifications, VerifyError};
 use crate::flow::{Hearing, Router, SpokenCodes};
 use crate::outbound::dialer::{Dialer, DialerConfig};
 use crate::outbound::webhooks::{Sender, WebhookConfig};
@@ -46,6 +46,15 @@ pub enum DaemonError {
         what: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
+    },
+    #[error(
+        "another live daemon runs as {name} on this store (process {pid}, seen {seen_secs} s \
+         ago): give each daemon its own agi.listen address, or stop the other first"
+    )]
+    NameInUse {
+        name: String,
+        pid: i64,
+        seen_secs: i64,
     },
     #[error(transparent)]
     Speech(#[from] callverify_speech::SpeechError),
@@ -136,7 +145,7 @@ pub async fn open(config: &Config) -> Result<App, DaemonError> {
         CodeHasher::new(key.clone()),
         config.phone_policy(),
         config.policy(),
-        daemon_name(config),
+        daemon_name(config, None),
     ));
     Ok(App {
         store,
@@ -163,16 +172,75 @@ pub async fn open_existing(config: &Config) -> Result<App, DaemonError> {
     open(config).await
 }
 
-/// This daemon's name on its call attempts: one daemon per host and FastAGI address can run,
-/// so at its start none of its earlier attempts can still be live.
-fn daemon_name(config: &Config) -> String {
+/// A daemon's name on its call attempts and in the store's list of daemons: the host and the
+/// FastAGI address it listens on (`bound`, once bound: port 0 then names the real port). One
+/// daemon per host and address can run, so the name survives a restart and two daemons on
+/// one host never share it.
+fn daemon_name(config: &Config, bound: Option<SocketAddr>) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
-    format!("{host}/{}", config.agi.listen)
+    match bound {
+        Some(addr) => format!("{host}/{addr}"),
+        None => format!("{host}/{}", config.agi.listen),
+    }
+}
+
+/// This machine's boot and this process, as the store's list of daemons records them.
+fn machine() -> Machine {
+    Machine {
+        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|b| b.trim().to_owned())
+            .unwrap_or_default(),
+        pid: i64::from(std::process::id()),
+        is_running: |pid| std::path::Path::new(&format!("/proc/{pid}")).exists(),
+    }
+}
+
+/// Register in the store under this daemon's name, and heartbeat until `stopped`.
+async fn register(
+    config: &Config,
+    service: &Arc<Verifications>,
+    agi: &TcpListener,
+    stopped: &tokio::sync::watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    let name = daemon_name(config, agi.local_addr().ok());
+    let machine = machine();
+    match service.register(name.clone(), &machine).await? {
+        Registered::Fresh => {}
+        Registered::Replaced { last_seen } => tracing::info!(
+            daemon = %name,
+            unheard_ms = crate::domain::clock::now_ms() - last_seen,
+            "took over this daemon name from an earlier run"
+        ),
+        Registered::InUse { pid, last_seen, .. } => {
+            return Err(DaemonError::NameInUse {
+                name,
+                pid,
+                seen_secs: (crate::domain::clock::now_ms() - last_seen) / 1000,
+            })
+        }
+    }
+    let service = service.clone();
+    let mut stopped = stopped.clone();
+    let every = Duration::from_secs(config.database.heartbeat_secs.max(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = service.heartbeat(&machine).await {
+                        tracing::error!(error = %e, "heartbeat to the store failed");
+                    }
+                }
+                _ = stopped.changed() => return,
+            }
+        }
+    });
+    Ok(())
 }
 
 /// The daemon's listening sockets, bound before it runs (so that a caller can learn the
@@ -273,6 +341,9 @@ pub async fn run(
         verifications: service,
         key,
     } = app;
+    // One shutdown signal, seen by every part.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    register(config, &service, &listeners.agi, &stopped).await?;
     let recovered = service.recover_interrupted().await?;
     if recovered.attempts > 0 || recovered.verifications > 0 {
         tracing::warn!(
@@ -308,8 +379,6 @@ pub async fn run(
         hearing,
         Selftests::new(store.clone()),
     ));
-    // One shutdown signal, seen by every part.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let ami = start_dialer(config, &service, &stopped);
     let api = Arc::new(ApiState::new(
         service.clone(),
@@ -398,6 +467,10 @@ pub async fn run(
     tokio::join!(agi, signal);
     if let Err(e) = http.await {
         tracing::error!(error = %e, "the HTTP API task failed");
+    }
+    // The calls are done: nothing of this daemon's is left to take over.
+    if let Err(e) = service.deregister().await {
+        tracing::error!(error = %e, "cannot leave the store's list of daemons");
     }
     tracing::info!("callverify stopped");
     Ok(())

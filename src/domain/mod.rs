@@ -26,7 +26,7 @@ pub mod verifications;
 
 pub use status::{CallOutcome, Mode, Status};
 pub use verification::{
-    Call, CallStart, CodeCheck, DialJob, NewVerification, Policy, Started, Verification,
-    VerifyError, View,
+    Call, CallStart, CodeCheck, DialJob, Machine, NewVerification, Policy, Registered, Started,
+    TrunkCaps, Verification, VerifyError, View,
 };
 pub use verifications::Verifications;

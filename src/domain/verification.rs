@@ -88,6 +88,8 @@ pub struct Policy {
     /// The longest an answered call can last (`FlowSettings::longest_call`): a verification
     /// still `calling` that long plus a ring past its expiry is expired.
     pub longest_call: Duration,
+    /// A daemon not heard from for this long is declared dead, and its calls taken over.
+    pub dead_after: Duration,
     /// Accept `callback_url`s on loopback or private networks (for tests and labs only:
     /// otherwise an API caller could make the daemon post into the internal network).
     pub allow_private_callbacks: bool,
@@ -141,6 +143,8 @@ pub enum VerifyError {
     CodeNotDelivered,
     #[error("the verification has ended ({0}): start a new one")]
     NotCheckable(Status),
+    #[error("another daemon registered as {0:?} at the same moment")]
+    NameRace(String),
     #[error(transparent)]
     Unsealable(#[from] super::sealed::Unsealable),
     #[error(transparent)]
@@ -168,7 +172,9 @@ impl VerifyError {
             VerifyError::InvalidCode(_) => "invalid_code",
             VerifyError::CodeNotDelivered => "code_not_delivered",
             VerifyError::NotCheckable(_) => "not_checkable",
-            VerifyError::Unsealable(_) | VerifyError::Store(_) => "internal",
+            VerifyError::NameRace(_) | VerifyError::Unsealable(_) | VerifyError::Store(_) => {
+                "internal"
+            }
         }
     }
 }
@@ -276,9 +282,49 @@ pub enum CallStart {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodeCheck {
     Verified,
-    Wrong { remaining: i64 },
+    Wrong {
+        remaining: i64,
+    },
     LockedOut,
     Expired,
+    /// The call's attempt was closed under it: this daemon was declared dead and another
+    /// took its calls over. The call must stop.
+    TakenOver,
+}
+
+/// The trunk the dialer calls through and its caps, which every daemon on the store shares.
+#[derive(Debug, Clone)]
+pub struct TrunkCaps {
+    /// What names the trunk (the dialer's channel template).
+    pub name: String,
+    pub max_calls: u32,
+    pub per_second: u32,
+    /// A call whose end was never heard stops counting after this.
+    pub longest_call: Duration,
+}
+
+/// This machine, as a daemon registering sees it: its boot and process, and whether a
+/// process id is running here.
+pub struct Machine {
+    pub boot_id: String,
+    pub pid: i64,
+    pub is_running: fn(i64) -> bool,
+}
+
+/// What [`Verifications::register`](super::Verifications::register) found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registered {
+    /// The name was free.
+    Fresh,
+    /// The name was an earlier run's (on this machine, or declared dead): its open calls
+    /// are this run's to recover.
+    Replaced { last_seen: i64 },
+    /// Another live daemon has the name: this one must not run under it.
+    InUse {
+        boot_id: String,
+        pid: i64,
+        last_seen: i64,
+    },
 }
 
 pub(super) fn validate_user_ref(user_ref: &str) -> Result<&str, VerifyError> {

@@ -14,13 +14,20 @@ use super::phone::{PhoneError, PhoneNumber, PhonePolicy};
 use super::sealed::CodeSealer;
 use super::status::{CallOutcome, Mode, Status};
 use super::verification::{
-    validate_locale, validate_user_ref, Call, CallStart, CodeCheck, DialJob, NewVerification,
-    Policy, Started, Verification, VerifyError, View,
+    validate_locale, validate_user_ref, Call, CallStart, CodeCheck, DialJob, Machine,
+    NewVerification, Policy, Registered, Started, TrunkCaps, Verification, VerifyError, View,
 };
 use crate::store::{
-    Begun, Checked, Checker, Created, Earlier, IdempotencyKey, RateLimit, RateSubject, Recovered,
-    Store, StrikeRule,
+    Begun, Checked, Checker, Created, DaemonRow, Earlier, IdempotencyKey, RateLimit, RateSubject,
+    Recovered, Store, StrikeRule, Trunk,
 };
+
+/// A daemon's registration in the store: its name and this run of it.
+#[derive(Debug, Clone)]
+struct Registration {
+    name: String,
+    incarnation: String,
+}
 
 /// How long a call attempt can possibly last: an attempt open longer was left by a daemon
 /// that is gone, and recovery closes it whoever owned it.
@@ -32,8 +39,10 @@ pub struct Verifications {
     sealer: CodeSealer,
     phones: PhonePolicy,
     policy: Policy,
-    /// Which daemon this is (host and FastAGI address), recorded on each call attempt.
+    /// Which daemon this is (host and FastAGI address), recorded on each call attempt: the
+    /// name it registered under ([`Verifications::register`]), else the configured one.
     daemon: String,
+    registration: std::sync::OnceLock<Registration>,
     /// When this daemon started (wall clock): its claims from before are an earlier run's.
     started_at: i64,
     metrics: Arc<Metrics>,
@@ -54,6 +63,7 @@ impl Verifications {
             phones,
             policy,
             daemon,
+            registration: std::sync::OnceLock::new(),
             started_at: now_ms(),
             metrics: Arc::default(),
         }
@@ -68,7 +78,7 @@ impl Verifications {
         let now = now_ms();
         Ok(self
             .store
-            .recover_interrupted(&self.daemon, now - millis(STALE_ATTEMPT), now)
+            .recover_interrupted(self.daemon(), now - millis(STALE_ATTEMPT), now)
             .await?)
     }
 
@@ -322,7 +332,7 @@ impl Verifications {
         let now = now_ms();
         let begun = self
             .store
-            .begin_attempt(id, channel, uniqueid, &self.daemon, now)
+            .begin_attempt(id, channel, uniqueid, self.daemon(), now)
             .await?;
         let (verification, locked_out) = match begun {
             Begun::Started {
@@ -413,6 +423,10 @@ impl Verifications {
                 tracing::warn!(phone = %masked(), "number or user locked out by another verification");
                 CodeCheck::LockedOut
             }
+            Checked::Fenced => {
+                tracing::error!("this call was taken over by another daemon: it stops here");
+                CodeCheck::TakenOver
+            }
             // Canceled or expired meanwhile (the other two are the web app's only).
             Checked::Ended(_) | Checked::NotDelivered | Checked::Repeated => CodeCheck::Expired,
         })
@@ -436,7 +450,11 @@ impl Verifications {
             return Ok(None);
         };
         let code = self.sealer.open(&v.id, sealed)?;
-        if !self.store.code_delivered(&v.id, now_ms()).await? {
+        let delivered = self
+            .store
+            .code_delivered(&v.id, call.attempt_id, now_ms())
+            .await?;
+        if !delivered {
             return Ok(None);
         }
         Ok(Some(code))
@@ -504,7 +522,9 @@ impl Verifications {
                 });
             }
             Checked::NotDelivered => return Err(VerifyError::CodeNotDelivered),
+            // (Fenced is a call's only.)
             Checked::Ended(status) => return Err(VerifyError::NotCheckable(status)),
+            Checked::Fenced => return Err(VerifyError::NotCheckable(v.status)),
         }
         self.get(id).await
     }
@@ -521,7 +541,7 @@ impl Verifications {
     }
 
     /// Periodic upkeep of the queue: stale dialer claims released, overdue verifications
-    /// expired (which sends their `expired` webhook).
+    /// expired (which sends their `expired` webhook), dead daemons' calls taken over.
     pub async fn maintain(&self) -> Result<(), VerifyError> {
         let now = now_ms();
         let stale = millis(self.policy.ring_timeout * 2 + Duration::from_secs(5));
@@ -530,7 +550,7 @@ impl Verifications {
             .store
             .maintain(
                 now - stale,
-                &self.daemon,
+                self.daemon(),
                 self.started_at,
                 now - stranded,
                 now,
@@ -546,12 +566,50 @@ impl Verifications {
         if expired > 0 {
             tracing::info!(expired, "verifications expired");
         }
+        let taken = self
+            .store
+            .take_over(
+                self.daemon(),
+                now - millis(self.policy.dead_after),
+                self.policy.max_dials.into(),
+                now,
+            )
+            .await?;
+        if !taken.daemons.is_empty() {
+            tracing::warn!(
+                daemons = ?taken.daemons,
+                attempts = taken.attempts,
+                released = taken.released,
+                "daemons unheard for longer than database.takeover_after_secs declared dead: \
+                 their calls closed as interrupted and their verifications queued again"
+            );
+        }
         Ok(())
     }
 
-    /// Claim up to `limit` verifications due a call, for this daemon's dialer.
-    pub async fn claim_calls(&self, limit: i64) -> Result<Vec<DialJob>, VerifyError> {
-        Ok(self.store.claim_due(&self.daemon, limit, now_ms()).await?)
+    /// Claim up to `limit` verifications due a call, for this daemon's dialer, within the
+    /// trunk's caps (for all daemons on the store together).
+    pub async fn claim_calls(
+        &self,
+        trunk: &TrunkCaps,
+        limit: i64,
+    ) -> Result<Vec<DialJob>, VerifyError> {
+        let now = now_ms();
+        let trunk = Trunk {
+            name: trunk.name.clone(),
+            max_calls: trunk.max_calls.into(),
+            gap_ms: 1000 / i64::from(trunk.per_second.max(1)),
+            calls_since: now - millis(trunk.longest_call),
+        };
+        Ok(self
+            .store
+            .claim_due(self.daemon(), &trunk, limit, now)
+            .await?)
+    }
+
+    /// A dialer call's Hangup was heard: it no longer counts on the trunk.
+    pub async fn trunk_call_over(&self, channel_id: &str) -> Result<(), VerifyError> {
+        Ok(self.store.trunk_call_over(channel_id).await?)
     }
 
     /// Give back a claimed call that was never placed (it waits for the next claim, and the
@@ -575,7 +633,7 @@ impl Verifications {
             .dial_failed(
                 job,
                 channel,
-                &self.daemon,
+                self.daemon(),
                 outcome,
                 self.policy.next_call(outcome, now),
                 self.policy.max_dials.into(),
@@ -598,16 +656,131 @@ impl Verifications {
         &self.policy
     }
 
+    /// This daemon's name on its call attempts and claims.
     pub fn daemon(&self) -> &str {
-        &self.daemon
+        self.registration
+            .get()
+            .map_or(self.daemon.as_str(), |r| r.name.as_str())
+    }
+
+    /// Register this daemon under `name` in the store, where the daemons sharing it see one
+    /// another: refused while another live daemon has the name (seen within the policy's
+    /// `dead_after`, and not an earlier run on this machine whose process is gone).
+    pub async fn register(
+        &self,
+        name: String,
+        machine: &Machine,
+    ) -> Result<Registered, VerifyError> {
+        let now = now_ms();
+        let me = DaemonRow {
+            name: name.clone(),
+            incarnation: super::ids::random_token("run_", 16),
+            boot_id: machine.boot_id.clone(),
+            pid: machine.pid,
+            started_at: now,
+            last_seen: now,
+            taken_over_by: None,
+        };
+        // Twice at most: a second daemon of the name may register between the read and
+        // the write, and is then judged like any other.
+        for _ in 0..2 {
+            let existing = self.store.daemon(&name).await?;
+            let registered = match &existing {
+                None => self
+                    .store
+                    .register_daemon(&me, None)
+                    .await?
+                    .then_some(Registered::Fresh),
+                Some(row) => {
+                    let alive = row.taken_over_by.is_none()
+                        && row.last_seen >= now - millis(self.policy.dead_after);
+                    let earlier_run_here = row.boot_id == machine.boot_id
+                        && (row.pid == machine.pid || !(machine.is_running)(row.pid));
+                    if alive && !earlier_run_here {
+                        return Ok(Registered::InUse {
+                            boot_id: row.boot_id.clone(),
+                            pid: row.pid,
+                            last_seen: row.last_seen,
+                        });
+                    }
+                    self.store
+                        .register_daemon(&me, Some(&row.incarnation))
+                        .await?
+                        .then_some(Registered::Replaced {
+                            last_seen: row.last_seen,
+                        })
+                }
+            };
+            if let Some(registered) = registered {
+                let _ = self.registration.set(Registration {
+                    name,
+                    incarnation: me.incarnation,
+                });
+                return Ok(registered);
+            }
+        }
+        Err(VerifyError::NameRace(name))
+    }
+
+    /// The heartbeat of a registered daemon. When its registration is gone (it was declared
+    /// dead and taken over, being unheard for too long), it registers again, and says so:
+    /// its calls of before were taken over, and their late writes are refused.
+    pub async fn heartbeat(&self, machine: &Machine) -> Result<(), VerifyError> {
+        let Some(r) = self.registration.get() else {
+            return Ok(());
+        };
+        if self
+            .store
+            .heartbeat(&r.name, &r.incarnation, now_ms())
+            .await?
+        {
+            return Ok(());
+        }
+        let row = self.store.daemon(&r.name).await?;
+        if let Some(row) = row.as_ref().filter(|row| row.taken_over_by.is_none()) {
+            // Another run of this name registered since: it has the name now.
+            tracing::error!(
+                daemon = %r.name,
+                other_pid = row.pid,
+                "another daemon runs under this daemon's name: stop one of them, or give \
+                 them different agi.listen addresses"
+            );
+            return Ok(());
+        }
+        tracing::error!(
+            daemon = %r.name,
+            "this daemon was declared dead (unheard for longer than \
+             database.takeover_after_secs) and its calls were taken over; registering again"
+        );
+        let me = DaemonRow {
+            name: r.name.clone(),
+            incarnation: r.incarnation.clone(),
+            boot_id: machine.boot_id.clone(),
+            pid: machine.pid,
+            started_at: self.started_at,
+            last_seen: now_ms(),
+            taken_over_by: None,
+        };
+        let replacing = row.map(|row| row.incarnation);
+        self.store
+            .register_daemon(&me, replacing.as_deref())
+            .await?;
+        Ok(())
+    }
+
+    /// A clean stop, calls done: this daemon leaves the store's list.
+    pub async fn deregister(&self) -> Result<(), VerifyError> {
+        if let Some(r) = self.registration.get() {
+            self.store.deregister(&r.name, &r.incarnation).await?;
+        }
+        Ok(())
     }
 
     /// Record how the call ended.
     pub async fn end_call(&self, call: &Call, outcome: CallOutcome) -> Result<(), VerifyError> {
         self.metrics.call_ended(outcome);
-        if outcome == CallOutcome::Verified {
-            return Ok(()); // Recorded with the verification by check_code.
-        }
+        // A verified call's attempt was closed with the verification by check_code; this
+        // ends its count on the trunk.
         let now = now_ms();
         self.store
             .finish_attempt(

@@ -145,6 +145,10 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 goodbye(session, Prompt::Expired).await?;
                 return Ok(CallOutcome::Expired);
             }
+            CodeCheck::TakenOver => {
+                goodbye(session, Prompt::TechnicalProblem).await?;
+                return Ok(CallOutcome::Interrupted);
+            }
         }
     }
 }

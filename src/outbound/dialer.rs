@@ -1,7 +1,9 @@
 //! The dialer: claims verifications due a call and originates each through AMI into the
 //! `callverify-outbound` context; learns from `OriginateResponse` and `Hangup` events the
 //! calls that never reached the daemon (busy, no answer, failed) and schedules retries.
-//! Calls that are answered reach the daemon over FastAGI, whose flow records them.
+//! Calls that are answered reach the daemon over FastAGI, whose flow records them. The
+//! trunk's caps (`max_concurrent`, `max_per_second`) are kept in the store for every daemon
+//! on it together; this daemon's own count and pace come on top.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use tracing::Instrument;
 use callverify_pbx::ami::{Ami, AmiError, AmiState, Message};
 use callverify_pbx::redact::mask_digit_runs;
 
-use crate::domain::{CallOutcome, DialJob, Verifications};
+use crate::domain::{CallOutcome, DialJob, TrunkCaps, Verifications};
 
 #[derive(Debug, Clone)]
 pub struct DialerConfig {
@@ -47,6 +49,8 @@ const HANGUP_GRACE: Duration = Duration::from_secs(2);
 
 pub struct Dialer {
     config: DialerConfig,
+    /// The caps of the trunk, which the daemons on the store share.
+    trunk: TrunkCaps,
     service: Arc<Verifications>,
     ami: Ami,
     calls: HashMap<String, InFlight>,
@@ -57,8 +61,15 @@ pub struct Dialer {
 
 impl Dialer {
     pub fn new(config: DialerConfig, service: Arc<Verifications>, ami: Ami) -> Self {
+        let trunk = TrunkCaps {
+            name: config.channel.clone(),
+            max_calls: u32::try_from(config.max_concurrent).unwrap_or(u32::MAX),
+            per_second: config.max_per_second,
+            longest_call: MAX_CALL,
+        };
         Self {
             config,
+            trunk,
             service,
             ami,
             calls: HashMap::new(),
@@ -100,7 +111,7 @@ impl Dialer {
 
     /// Claim one due verification and originate it; false if none was due.
     async fn dial_one(&mut self) -> bool {
-        let jobs = match self.service.claim_calls(1).await {
+        let jobs = match self.service.claim_calls(&self.trunk, 1).await {
             Ok(jobs) => jobs,
             Err(e) => {
                 tracing::error!(error = %e, "dialer cannot read the queue");
@@ -220,9 +231,11 @@ impl Dialer {
                 let Some(call) = m.get("Uniqueid").and_then(|u| self.calls.remove(u)) else {
                     return;
                 };
-                // An answered call was recorded by its flow; one that hung up before
-                // reaching the daemon is released here.
+                // An answered call was recorded by its flow (and its FastAGI attempt's end
+                // ended its count on the trunk, unless it never reached a daemon); one that
+                // hung up before reaching the daemon is released here.
                 if call.answered {
+                    self.trunk_call_over(&call.job).await;
                     return;
                 }
                 let outcome = match m.get("Cause") {
@@ -260,11 +273,21 @@ impl Dialer {
             .collect();
         for id in stale {
             if let Some(call) = self.calls.remove(&id) {
-                if !call.answered {
+                if call.answered {
+                    self.trunk_call_over(&call.job).await;
+                } else {
                     self.failed(&call.job, &call.channel, CallOutcome::DialFailed)
                         .await;
                 }
             }
+        }
+    }
+
+    /// An answered call is over: it no longer counts on the trunk (for any daemon).
+    async fn trunk_call_over(&self, job: &DialJob) {
+        if let Err(e) = self.service.trunk_call_over(&job.channel_id).await {
+            tracing::error!(verification = %job.verification_id, error = %e,
+                "cannot end a call's count on the trunk (it lapses after 30 minutes)");
         }
     }
 

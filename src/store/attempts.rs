@@ -3,6 +3,7 @@
 
 use sqlx::{AnyConnection, Connection, Row};
 
+use super::dial_queue::end_trunk_call;
 use super::lockouts::LOCKED_OUT;
 use super::verifications::{parse_column, verification_from_row, VERIFICATION_COLUMNS};
 use super::{op, Store, StoreError};
@@ -131,7 +132,9 @@ impl Store {
 
     /// Close an attempt with its outcome. A verification the call did not end (`calling`
     /// still) is released: `pending` again, due its next call at `next_call_at` (none: the
-    /// dialer leaves it), or `unanswered` once it has had `max_dials` dialer calls.
+    /// dialer leaves it), or `unanswered` once it has had `max_dials` dialer calls. An
+    /// attempt closed already (by its right code, or by a takeover) releases nothing. The
+    /// call no longer counts on the trunk.
     pub async fn finish_attempt(
         &self,
         attempt: i64,
@@ -147,16 +150,29 @@ impl Store {
                 Box::pin(async move {
                     // The attempt first: a crash between the two leaves a `calling`
                     // verification with no open attempt, which recovery puts back.
-                    sqlx::query(
+                    let closed = sqlx::query(
                         "UPDATE call_attempts SET ended_at = $1, outcome = $2 \
-                         WHERE id = $3 AND ended_at IS NULL",
+                         WHERE id = $3 AND ended_at IS NULL RETURNING uniqueid",
                     )
                     .bind(now)
                     .bind(outcome.as_str())
                     .bind(attempt)
-                    .execute(&mut *c)
+                    .fetch_optional(&mut *c)
                     .await?;
-                    if !outcome.ends_verification() {
+                    let uniqueid: String = match &closed {
+                        Some(row) => row.try_get("uniqueid")?,
+                        None => sqlx::query("SELECT uniqueid FROM call_attempts WHERE id = $1")
+                            .bind(attempt)
+                            .fetch_optional(&mut *c)
+                            .await?
+                            .map(|r| r.try_get("uniqueid"))
+                            .transpose()?
+                            .unwrap_or_default(),
+                    };
+                    end_trunk_call(c, &uniqueid).await?;
+                    // Closed already (verified, or taken over after this daemon was declared
+                    // dead): the verification is not this call's to release any more.
+                    if closed.is_some() && !outcome.ends_verification() {
                         let by = Releaser::Attempt(attempt);
                         release(c, &verification_id, by, next_call_at, max_dials, now).await?;
                     }

@@ -1,7 +1,8 @@
-//! The dialer's queue in the `verifications` table: claiming verifications due a call, giving
-//! a claim back, and recording a dialer call that never reached the daemon.
+//! The dialer's queue in the `verifications` table: claiming verifications due a call within
+//! the trunk's caps (shared by every daemon on the store, in `trunk_calls` and `trunks`),
+//! giving a claim back, and recording a dialer call that never reached the daemon.
 
-use sqlx::{Connection, Row};
+use sqlx::{AnyConnection, Connection, Row};
 
 use super::attempts::{release, Releaser};
 use super::lockouts::LOCKED_OUT;
@@ -9,24 +10,52 @@ use super::{op, Backend, Store, StoreError};
 use crate::domain::status::CallOutcome;
 use crate::domain::verification::DialJob;
 
+/// The trunk a dialer calls through, and its caps, which hold for every daemon together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trunk {
+    /// What names it (the dialer's channel template).
+    pub name: String,
+    /// Calls in progress at most (`dialer.max_concurrent`).
+    pub max_calls: i64,
+    /// The least time between two Originates (`1 s / dialer.max_per_second`), in ms.
+    pub gap_ms: i64,
+    /// A call in progress since before this no longer counts (its end was never heard).
+    pub calls_since: i64,
+}
+
 impl Store {
-    /// Claim up to `limit` verifications due a call for `daemon`'s dialer: each becomes
-    /// `calling` with a fresh ChannelId. On Postgres, daemons sharing the queue skip each
-    /// other's rows (`FOR UPDATE SKIP LOCKED`).
+    /// Claim up to `limit` verifications due a call for `daemon`'s dialer, as far as the
+    /// trunk's caps allow: each becomes `calling` with a fresh ChannelId and counts as a
+    /// call in progress on the trunk until it ends. On Postgres, daemons sharing the queue
+    /// skip each other's rows (`FOR UPDATE SKIP LOCKED`), and a lock on the trunk makes their
+    /// claims one after the other, so that together they keep its caps.
     pub async fn claim_due(
         &self,
         daemon: &str,
+        trunk: &Trunk,
         limit: i64,
         now: i64,
     ) -> Result<Vec<DialJob>, StoreError> {
-        let daemon = daemon.to_owned();
-        let skip_locked = match self.backend {
+        let (daemon, trunk) = (daemon.to_owned(), trunk.clone());
+        let backend = self.backend;
+        let skip_locked = match backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
+                    let mut tx = c.begin().await?;
+                    if backend == Backend::Postgres {
+                        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))")
+                            .bind(format!("trunk:{}", trunk.name))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    let limit = limit.min(trunk_room(&mut tx, &trunk, now).await?);
+                    if limit <= 0 {
+                        return Ok(Vec::new());
+                    }
                     // MATERIALIZED: Postgres would otherwise rescan the LIMIT subquery and
                     // claim more rows than asked.
                     let rows = sqlx::query(&format!(
@@ -44,9 +73,10 @@ impl Store {
                     .bind(now)
                     .bind(&daemon)
                     .bind(limit)
-                    .fetch_all(&mut *c)
+                    .fetch_all(&mut *tx)
                     .await?;
-                    rows.iter()
+                    let jobs = rows
+                        .iter()
                         .map(|r| {
                             Ok(DialJob {
                                 verification_id: r.try_get("id")?,
@@ -56,8 +86,45 @@ impl Store {
                                 dial_attempts: r.try_get("dial_attempts")?,
                             })
                         })
-                        .collect()
+                        .collect::<Result<Vec<_>, StoreError>>()?;
+                    for job in &jobs {
+                        sqlx::query(
+                            "INSERT INTO trunk_calls (channel_id, verification_id, trunk, \
+                             daemon, since) VALUES ($1, $2, $3, $4, $5) \
+                             ON CONFLICT (channel_id) DO NOTHING",
+                        )
+                        .bind(&job.channel_id)
+                        .bind(&job.verification_id)
+                        .bind(&trunk.name)
+                        .bind(&daemon)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    if !jobs.is_empty() {
+                        sqlx::query(
+                            "INSERT INTO trunks (trunk, next_dial_at) VALUES ($1, $2) \
+                             ON CONFLICT (trunk) DO UPDATE SET next_dial_at = $2",
+                        )
+                        .bind(&trunk.name)
+                        .bind(now + trunk.gap_ms * jobs.len() as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(jobs)
                 })
+            }))
+            .await
+    }
+
+    /// A dialer call's FastAGI side is over, or its Hangup was heard: it no longer counts
+    /// on the trunk (nothing happens if it was not counted).
+    pub async fn trunk_call_over(&self, channel_id: &str) -> Result<(), StoreError> {
+        let channel_id = channel_id.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move { end_trunk_call(c, &channel_id).await })
             }))
             .await
     }
@@ -81,6 +148,7 @@ impl Store {
                     .bind(&job.channel_id)
                     .execute(&mut *c)
                     .await?;
+                    end_trunk_call(c, &job.channel_id).await?;
                     Ok(done.rows_affected() == 1)
                 })
             }))
@@ -140,10 +208,43 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                     }
+                    end_trunk_call(&mut tx, &job.channel_id).await?;
                     tx.commit().await?;
                     Ok(released)
                 })
             }))
             .await
     }
+}
+
+/// How many more calls the trunk takes now: none before its next Originate is due, else
+/// its cap less the calls in progress.
+async fn trunk_room(c: &mut AnyConnection, trunk: &Trunk, now: i64) -> Result<i64, StoreError> {
+    let row = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM trunk_calls WHERE trunk = $1 AND since >= $2) AS calls, \
+         (SELECT next_dial_at FROM trunks WHERE trunk = $1) AS next_dial_at",
+    )
+    .bind(&trunk.name)
+    .bind(trunk.calls_since)
+    .fetch_one(&mut *c)
+    .await?;
+    if row
+        .try_get::<Option<i64>, _>("next_dial_at")?
+        .is_some_and(|at| now < at)
+    {
+        return Ok(0);
+    }
+    Ok(trunk.max_calls - row.try_get::<i64, _>("calls")?)
+}
+
+/// The trunk call with this ChannelId is over.
+pub(super) async fn end_trunk_call(
+    c: &mut AnyConnection,
+    channel_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM trunk_calls WHERE channel_id = $1")
+        .bind(channel_id)
+        .execute(c)
+        .await?;
+    Ok(())
 }

@@ -22,7 +22,7 @@ pub(super) const LOCKED_OUT: &str = "SELECT 1 FROM lockouts l WHERE l.locked_unt
 /// Who checks a code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Checker {
-    /// The call, in its attempt (the verification must be `calling`).
+    /// The call, in its attempt (which must be open, and the verification `calling`).
     Call { attempt: i64 },
     /// The web app, for a read-code verification (`pending` or `calling`, once a call began
     /// to say the code), with the keyed hash of the code it sent: the same wrong code sent
@@ -50,6 +50,9 @@ pub enum Checked {
     NotDelivered,
     /// Nothing done: the web app sent the last wrong code it sent again (a retry).
     Repeated,
+    /// Nothing done: the call's attempt was closed under it (its daemon was declared dead
+    /// and its calls taken over).
+    Fenced,
 }
 
 /// How a wrong code is counted.
@@ -252,10 +255,20 @@ async fn refusal(
     };
     let status = parse_column::<Status>("status", &row.try_get::<String, _>("status")?)?;
     match by {
-        Checker::Call { .. } if status != Status::Calling => {
-            return Ok(Some(Checked::Ended(status)));
+        Checker::Call { attempt } => {
+            let open = sqlx::query(
+                "SELECT 1 AS open FROM call_attempts WHERE id = $1 AND ended_at IS NULL",
+            )
+            .bind(attempt)
+            .fetch_optional(&mut *c)
+            .await?;
+            if open.is_none() {
+                return Ok(Some(Checked::Fenced));
+            }
+            if status != Status::Calling {
+                return Ok(Some(Checked::Ended(status)));
+            }
         }
-        Checker::Call { .. } => {}
         Checker::WebApp { entered_hash } => {
             let last_wrong: Option<String> = row.try_get("last_wrong_check")?;
             if last_wrong.as_deref() == Some(entered_hash.as_str()) {

@@ -10,13 +10,15 @@
 //!
 //! One file per table family, each an `impl Store` block: `verifications.rs` (and
 //! `creation.rs`, the checked insert), `attempts.rs` (call attempts and lockouts),
-//! `dial_queue.rs`, `outbox.rs` (webhook events), `api_keys.rs`, `upkeep.rs`, and the support
+//! `dial_queue.rs` (with the trunk's caps), `daemons.rs` (heartbeats and takeover),
+//! `outbox.rs` (webhook events), `api_keys.rs`, `upkeep.rs`, and the support
 //! line's `manual_requests.rs` and `staff.rs`, and `selftests.rs` (`callverify doctor`'s
 //! self-test calls).
 
 mod api_keys;
 mod attempts;
 mod creation;
+mod daemons;
 mod dial_queue;
 mod engine;
 mod error;
@@ -31,6 +33,8 @@ mod verifications;
 
 pub use attempts::{Begun, Recovered};
 pub use creation::{Created, Earlier, IdempotencyKey, RateLimit, RateSubject};
+pub use daemons::{DaemonRow, TakenOver};
+pub use dial_queue::Trunk;
 pub use error::{redact_url, StoreError};
 pub use lockouts::{Checked, Checker, Standing, StrikeRule};
 pub use selftests::SelftestRow;

@@ -1,4 +1,5 @@
-//! Queue upkeep over the `verifications` table (stale dialer claims, expiry) and the backlog
+//! Queue upkeep over the `verifications` table (stale dialer claims, missed trunk call ends,
+//! expiry) and the backlog
 //! `/metrics` reports (calls due, webhooks undelivered).
 
 use sqlx::{Connection, Row};
@@ -32,8 +33,9 @@ impl Store {
     /// give up, by the monotonic clock, so that a jump of the wall clock cannot release a
     /// call that still rings. Verifications waiting past their expiry become `expired`, and
     /// so do those still `calling` when they expired before `stranded_before` (no call
-    /// lasts that long: its daemon died), their open attempts closed as `interrupted`.
-    /// Returns (released, expired).
+    /// lasts that long: its daemon died), their open attempts closed as `interrupted`. Trunk
+    /// calls counted since before `claims_before` that neither ring nor are in a call are
+    /// forgotten. Returns (released, expired).
     pub async fn maintain(
         &self,
         claims_before: i64,
@@ -59,6 +61,19 @@ impl Store {
                     .execute(&mut *c)
                     .await?
                     .rows_affected();
+                    // Trunk calls whose end was missed (their daemon died while they rang,
+                    // or a Hangup was lost): neither ringing nor in a FastAGI call.
+                    sqlx::query(
+                        "DELETE FROM trunk_calls WHERE since < $1 AND NOT EXISTS \
+                         (SELECT 1 FROM verifications v WHERE v.id = trunk_calls.verification_id \
+                             AND v.status = 'calling' AND v.channel_id = trunk_calls.channel_id) \
+                         AND NOT EXISTS (SELECT 1 FROM call_attempts a \
+                             WHERE a.verification_id = trunk_calls.verification_id \
+                             AND a.uniqueid = trunk_calls.channel_id AND a.ended_at IS NULL)",
+                    )
+                    .bind(claims_before)
+                    .execute(&mut *c)
+                    .await?;
                     let mut tx = c.begin().await?;
                     sqlx::query(
                         "UPDATE call_attempts SET ended_at = $1, outcome = 'interrupted' \

@@ -42,9 +42,15 @@ impl Store {
             .await
     }
 
-    /// A call began to say the code of verification `id` (read-code mode): noted the first
-    /// time; false if the verification is no longer in a call (the code is not to be said).
-    pub async fn code_delivered(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+    /// Call attempt `attempt` began to say the code of verification `id` (read-code mode):
+    /// noted the first time; false if the verification is no longer in that call (the code
+    /// is not to be said).
+    pub async fn code_delivered(
+        &self,
+        id: &str,
+        attempt: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         let id = id.to_owned();
         self.engine
             .run(op(move |c| {
@@ -52,10 +58,13 @@ impl Store {
                     let done = sqlx::query(
                         "UPDATE verifications SET code_delivered_at = \
                          COALESCE(code_delivered_at, $1) \
-                         WHERE id = $2 AND status = 'calling' AND sealed_code IS NOT NULL",
+                         WHERE id = $2 AND status = 'calling' AND sealed_code IS NOT NULL \
+                         AND EXISTS (SELECT 1 FROM call_attempts \
+                             WHERE id = $3 AND ended_at IS NULL)",
                     )
                     .bind(now)
                     .bind(&id)
+                    .bind(attempt)
                     .execute(&mut *c)
                     .await?;
                     Ok(done.rows_affected() == 1)

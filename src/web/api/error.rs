@@ -61,7 +61,9 @@ impl From<VerifyError> for ApiError {
             | VerifyError::WrongMode
             | VerifyError::CodeNotDelivered
             | VerifyError::NotCheckable(_) => StatusCode::CONFLICT,
-            VerifyError::Unsealable(_) | VerifyError::Store(_) => return store_failure(&e),
+            VerifyError::NameRace(_) | VerifyError::Unsealable(_) | VerifyError::Store(_) => {
+                return store_failure(&e)
+            }
         };
         let retry_at = match &e {
             VerifyError::LockedOut { retry_at } | VerifyError::RateLimited { retry_at, .. } => {
