@@ -39,7 +39,7 @@ pub(crate) fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run callverify")
 }
 
-fn json(out: &Output) -> Value {
+pub(crate) fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
@@ -218,6 +218,12 @@ impl Served {
         self.child.id()
     }
 
+    /// Kill the daemon with SIGKILL, as a crash or the OOM killer would.
+    pub(crate) fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Stop the daemon with SIGTERM, as systemd does.
     pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
         let sent = Command::new("kill")
@@ -255,7 +261,7 @@ pub(crate) fn serve_in(mut cmd: Command, dir: &Path, addr: SocketAddr, log: &str
     Served { child, addr }
 }
 
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

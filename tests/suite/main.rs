@@ -12,6 +12,7 @@ mod asterisk_kit;
 mod audiosocket;
 mod captures;
 mod cli;
+mod cluster;
 mod configuration;
 mod console;
 mod dialer;

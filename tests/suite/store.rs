@@ -7,7 +7,7 @@ use crate::common::{pending_row as row, Db};
 use callverify::domain::clock::now_ms;
 use callverify::domain::status::{CallOutcome, Status};
 use callverify::domain::Verification;
-use callverify::store::{Begun, Checked, Checker, Store, StrikeRule};
+use callverify::store::{Begun, Checked, Checker, DaemonRow, Store, StrikeRule};
 
 const DAY: i64 = 24 * 3600 * 1000;
 
@@ -439,7 +439,112 @@ async fn a_stranded_call_expires(db: Db) {
     );
 }
 
+/// A daemon unheard for too long is taken over once, however many live daemons notice at
+/// the same moment; its late writes for the calls taken over are refused (fencing).
+async fn a_dead_daemon_is_taken_over_once_and_fenced(db: Db) {
+    let (s, _dir) = store(db).await;
+    let s = Arc::new(s);
+    let now = now_ms();
+    let dead = DaemonRow {
+        name: "d1".into(),
+        incarnation: "run_1".into(),
+        boot_id: "boot".into(),
+        pid: 1,
+        started_at: now - 60_000,
+        last_seen: now - 30_000,
+        taken_over_by: None,
+    };
+    assert!(s.register_daemon(&dead, None).await.unwrap());
+    assert!(
+        !s.register_daemon(&dead, None).await.unwrap(),
+        "the name is taken"
+    );
+    let (attempt, v) = in_call(&s, "vf_t", "+14155550101", "tina").await;
+    in_call(&s, "vf_u", "+14155550199", "uma").await;
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.take_over(&format!("live{i}"), now - 10_000, 3, now)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut takers = Vec::new();
+    for t in tasks {
+        let taken = t.await.unwrap();
+        if !taken.daemons.is_empty() {
+            takers.push(taken);
+        }
+    }
+    assert_eq!(takers.len(), 1, "{takers:?}");
+    assert_eq!(takers[0].daemons, ["d1"]);
+    assert_eq!((takers[0].attempts, takers[0].released), (2, 2));
+    for id in ["vf_t", "vf_u"] {
+        let stored = s.verification(id).await.unwrap().unwrap();
+        assert_eq!(stored.status, Status::Pending, "{id}");
+        let attempts = s.attempts(id).await.unwrap();
+        assert_eq!(attempts[0].outcome, Some(CallOutcome::Interrupted));
+    }
+    assert!(s
+        .daemon("d1")
+        .await
+        .unwrap()
+        .unwrap()
+        .taken_over_by
+        .is_some());
+    assert!(!s.heartbeat("d1", "run_1", now).await.unwrap());
+    assert!(s
+        .take_over("live0", now - 10_000, 3, now)
+        .await
+        .unwrap()
+        .daemons
+        .is_empty());
+
+    // The verification is in a live daemon's call now: the dead one's late writes for its
+    // old call are refused, the new call's go through.
+    let Begun::Started {
+        attempt_id: new_attempt,
+        ..
+    } = s
+        .begin_attempt("vf_t", "c", "u2", "live0", now)
+        .await
+        .unwrap()
+    else {
+        panic!("the new call could not start");
+    };
+    let old = Checker::Call { attempt };
+    assert_eq!(
+        s.count_wrong_code(&v, old.clone(), rule(now), now)
+            .await
+            .unwrap(),
+        Checked::Fenced
+    );
+    assert_eq!(s.verify_code(&v, old, now).await.unwrap(), Checked::Fenced);
+    s.finish_attempt(
+        attempt,
+        "vf_t",
+        CallOutcome::NoAcknowledgement,
+        Some(now),
+        3,
+        now,
+    )
+    .await
+    .unwrap();
+    let stored = s.verification("vf_t").await.unwrap().unwrap();
+    assert_eq!((stored.status, stored.attempts_used), (Status::Calling, 0));
+    let new = Checker::Call {
+        attempt: new_attempt,
+    };
+    assert_eq!(
+        s.verify_code(&v, new, now).await.unwrap(),
+        Checked::Verified
+    );
+}
+
 on_both_backends!(
+    a_dead_daemon_is_taken_over_once_and_fenced,
     a_stranded_call_expires,
     round_trip_and_transitions,
     one_call_at_a_time_even_when_racing,

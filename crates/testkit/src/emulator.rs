@@ -36,6 +36,9 @@ pub enum Action {
     Hold(watch::Receiver<bool>),
     /// What the caller says and keys when the next `EXEC AudioSocket` runs.
     Talk(Talk),
+    /// Press these keys, one press per prompt, as they are when this action is reached (a
+    /// test may fill them in after the call started, e.g. once it knows the code).
+    PressLater(std::sync::Arc<std::sync::Mutex<Vec<String>>>),
 }
 
 /// One emulated call: the environment block, the callee's actions, and canned replies.
@@ -376,6 +379,13 @@ impl Call {
                 let mut rx = rx.clone();
                 let _ = rx.wait_for(|go| *go).await;
                 self.actions.pop_front();
+            }
+            if let Some(Action::PressLater(keys)) = self.actions.front() {
+                let keys = keys.lock().unwrap().clone();
+                self.actions.pop_front();
+                for k in keys.into_iter().rev() {
+                    self.actions.push_front(Action::Press(k));
+                }
             }
             if matches!(self.actions.front(), Some(Action::HangUp)) {
                 self.actions.pop_front();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
 
 use super::{outbound_env, Call, Pbx};
@@ -26,6 +26,10 @@ pub enum Callee {
     /// Answers; the FastAGI call then presses these keys, one press per prompt (read when
     /// the call is answered, so a test can fill them in after creating the verification).
     Answer(Keys),
+    /// Answers, and the FastAGI call waits at the greeting until the value turns true (a
+    /// call in progress, for as long as the test wants), then presses the keys as they are
+    /// then.
+    AnswerHolding(Keys, watch::Receiver<bool>),
     /// `486 Busy Here`: OriginateResponse Reason 0, then Hangup Cause 17.
     Busy,
     /// Rings until the timeout: OriginateResponse Reason 3, then Hangup Cause 19.
@@ -47,6 +51,63 @@ impl Callee {
         Callee::Answer(Arc::new(Mutex::new(
             keys.iter().map(|k| k.to_string()).collect(),
         )))
+    }
+}
+
+/// A Hangup event as Asterisk sends it for an Originate's channel.
+fn hangup(channel: &str, cid: &str, context: &str, cause: &str, text: &str) -> String {
+    format!(
+        "Event: Hangup\r\nPrivilege: call,all\r\nChannel: {channel}\r\nChannelState: 0\r\nChannelStateDesc: Down\r\nCallerIDNum: <unknown>\r\nCallerIDName: <unknown>\r\nConnectedLineNum: <unknown>\r\nConnectedLineName: <unknown>\r\nLanguage: en\r\nAccountCode: \r\nContext: {context}\r\nExten: s\r\nPriority: 1\r\nUniqueid: {cid}\r\nLinkedid: {cid}\r\nCause: {cause}\r\nCause-txt: {text}\r\n"
+    )
+}
+
+/// The calls in progress on a trunk, which several emulated PBXes may share: from the
+/// Originate until the Hangup (calls that never end, `Silent` or `DropConnection`, are not
+/// counted).
+#[derive(Clone, Default)]
+pub struct TrunkLog(Arc<Mutex<TrunkCalls>>);
+
+#[derive(Default)]
+struct TrunkCalls {
+    /// Calls in progress per verification id.
+    active: HashMap<String, usize>,
+    total: usize,
+    most_at_once: usize,
+    most_for_one: usize,
+}
+
+impl TrunkLog {
+    fn begin(&self, verification: &str) {
+        let mut t = self.0.lock().unwrap();
+        let n = t.active.entry(verification.to_owned()).or_default();
+        *n += 1;
+        let n = *n;
+        t.total += 1;
+        t.most_at_once = t.most_at_once.max(t.total);
+        t.most_for_one = t.most_for_one.max(n);
+    }
+
+    fn end(&self, verification: &str) {
+        let mut t = self.0.lock().unwrap();
+        if let Some(n) = t.active.get_mut(verification) {
+            *n -= 1;
+            t.total -= 1;
+        }
+    }
+
+    /// Calls in progress now.
+    pub fn in_progress(&self) -> usize {
+        self.0.lock().unwrap().total
+    }
+
+    /// The most calls that were in progress at once.
+    pub fn most_at_once(&self) -> usize {
+        self.0.lock().unwrap().most_at_once
+    }
+
+    /// The most calls one verification was in at once (more than 1: called twice at once).
+    pub fn most_for_one_verification(&self) -> usize {
+        self.0.lock().unwrap().most_for_one
     }
 }
 
@@ -79,6 +140,7 @@ pub struct AmiPeer {
     secret: String,
     agi: Arc<Mutex<Option<SocketAddr>>>,
     pbx: Arc<Mutex<Pbx>>,
+    trunk: Arc<Mutex<TrunkLog>>,
 }
 
 const BANNER: &str = "Asterisk Call Manager/11.0.0";
@@ -94,6 +156,7 @@ impl AmiPeer {
             secret: secret.into(),
             agi: Arc::default(),
             pbx: Arc::default(),
+            trunk: Arc::default(),
         };
         let server = peer.clone();
         tokio::spawn(async move {
@@ -107,6 +170,11 @@ impl AmiPeer {
     /// Where answered calls' FastAGI sessions go (the daemon's agi.listen).
     pub fn set_agi(&self, addr: SocketAddr) {
         *self.agi.lock().unwrap() = Some(addr);
+    }
+
+    /// Count this PBX's calls in `log` (shared with other PBXes on the same trunk).
+    pub fn log_calls(&self, log: &TrunkLog) {
+        *self.trunk.lock().unwrap() = log.clone();
     }
 
     /// What the PBX has loaded and installed (the doctor's self-test call finds it out).
@@ -290,47 +358,84 @@ impl AmiPeer {
                 call.action_id, call.channel, call.context, call.exten
             )
         };
-        let hangup = |cause: &str, text: &str| {
-            format!(
-                "Event: Hangup\r\nPrivilege: call,all\r\nChannel: {channel}\r\nChannelState: 0\r\nChannelStateDesc: Down\r\nCallerIDNum: <unknown>\r\nCallerIDName: <unknown>\r\nConnectedLineNum: <unknown>\r\nConnectedLineName: <unknown>\r\nLanguage: en\r\nAccountCode: \r\nContext: {}\r\nExten: s\r\nPriority: 1\r\nUniqueid: {cid}\r\nLinkedid: {cid}\r\nCause: {cause}\r\nCause-txt: {text}\r\n",
-                call.context
-            )
-        };
+        let verification = call
+            .variables
+            .iter()
+            .find_map(|v| v.strip_prefix("CALLVERIFY_ID="))
+            .unwrap_or_default()
+            .to_owned();
+        let trunk = self.trunk.lock().unwrap().clone();
+        let ends = !matches!(callee, Callee::Silent | Callee::DropConnection);
+        if ends {
+            trunk.begin(&verification);
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
         match callee {
             Callee::Busy => {
                 self.broadcast(failure("0"));
-                self.broadcast(hangup("17", "User busy"));
+                self.broadcast(hangup(&channel, cid, &call.context, "17", "User busy"));
             }
             Callee::NoAnswer => {
                 self.broadcast(failure("3"));
-                self.broadcast(hangup("19", "User alerting, no answer"));
+                self.broadcast(hangup(
+                    &channel,
+                    cid,
+                    &call.context,
+                    "19",
+                    "User alerting, no answer",
+                ));
             }
             Callee::NoEndpoint => self.broadcast(failure("0")),
             Callee::Answer(keys) => {
-                self.broadcast(format!(
-                    "Event: OriginateResponse\r\nPrivilege: call,all\r\nActionID: {}\r\nResponse: Success\r\nChannel: {channel}\r\nContext: {}\r\nExten: {}\r\nReason: 4\r\nUniqueid: {cid}\r\nCallerIDNum: +15550001111\r\nCallerIDName: QA Verify\r\n",
-                    call.action_id, call.context, call.exten
-                ));
-                let id = call
-                    .variables
-                    .iter()
-                    .find_map(|v| v.strip_prefix("CALLVERIFY_ID="))
-                    .unwrap_or_default()
-                    .to_owned();
-                let agi = *self.agi.lock().unwrap();
-                if let Some(agi) = agi {
-                    let mut fastagi = Call::verify(&id).uniqueid(cid);
+                self.answer(&call, &channel, &verification, keys, None)
+                    .await
+            }
+            Callee::AnswerHolding(keys, release) => {
+                self.answer(&call, &channel, &verification, keys, Some(release))
+                    .await
+            }
+            Callee::DropConnection | Callee::Silent => {}
+        }
+        if ends {
+            trunk.end(&verification);
+        }
+    }
+
+    /// An answered call: its FastAGI session (held at the greeting until `hold` turns true),
+    /// then its Hangup.
+    async fn answer(
+        &self,
+        call: &Originated,
+        channel: &str,
+        verification: &str,
+        keys: Keys,
+        hold: Option<watch::Receiver<bool>>,
+    ) {
+        let cid = &call.channel_id;
+        self.broadcast(format!(
+            "Event: OriginateResponse\r\nPrivilege: call,all\r\nActionID: {}\r\nResponse: Success\r\nChannel: {channel}\r\nContext: {}\r\nExten: {}\r\nReason: 4\r\nUniqueid: {cid}\r\nCallerIDNum: +15550001111\r\nCallerIDName: QA Verify\r\n",
+            call.action_id, call.context, call.exten
+        ));
+        let agi = *self.agi.lock().unwrap();
+        if let Some(agi) = agi {
+            let mut fastagi = Call::verify(verification).uniqueid(cid);
+            match hold {
+                // The keys as they are once the call goes on.
+                Some(hold) => {
+                    fastagi = fastagi
+                        .then(super::Action::Hold(hold))
+                        .then(super::Action::PressLater(keys));
+                }
+                None => {
                     let keys = keys.lock().unwrap().clone();
                     for k in &keys {
                         fastagi = fastagi.press(k);
                     }
-                    let _ = fastagi.run(agi).await;
                 }
-                self.broadcast(hangup("16", "Normal Clearing"));
             }
-            Callee::DropConnection | Callee::Silent => {}
+            let _ = fastagi.run(agi).await;
         }
+        self.broadcast(hangup(channel, cid, &call.context, "16", "Normal Clearing"));
     }
 
     /// `callverify doctor`'s self-test call: a Local channel into `callverify-selftest`,
