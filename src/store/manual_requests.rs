@@ -3,14 +3,46 @@
 
 use sqlx::{Connection, Row};
 
+use super::verifications::parse_column;
 use super::{op, Store, StoreError};
 use crate::domain::status::{RequestStatus, Status};
 use crate::support::request::{
-    AuditEntry, Decided, Decision, ManualRequest, NewManualRequest, RequestFilter,
+    AuditEntry, Cursor, Decided, Decision, ManualRequest, NewManualRequest, RequestFilter,
+    RequestPage, Search,
 };
 
 /// Statuses a verification can be approved from by hand.
 const APPROVABLE: &str = "'pending', 'failed', 'unanswered', 'expired'";
+
+/// What a search finds, with its three values bound from `$first` on ([`bind_search`]): a
+/// request or verification id, a user_ref (any case), transcript words, or the caller's or
+/// the verification's number ending in the digits (so that a national number finds its
+/// E.164 form).
+fn searched(first: usize) -> String {
+    let (text, words, digits) = (first, first + 1, first + 2);
+    format!(
+        "(${text} IS NULL OR r.id = ${text} OR r.verification_id = ${text} \
+         OR LOWER(v.user_ref) = LOWER(${text}) \
+         OR LOWER(COALESCE(r.transcript, '')) LIKE ${words} ESCAPE '\\' \
+         OR (${digits} IS NOT NULL AND (r.caller LIKE ${digits} OR v.phone LIKE ${digits})))"
+    )
+}
+
+/// The values of [`searched`]: the text, it as a LIKE pattern of lower case, a phone
+/// number's digits as a suffix pattern.
+fn bind_search<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    search: Option<&Search>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(search.map(|s| s.text.clone()))
+        .bind(search.map(|s| format!("%{}%", like_escaped(&s.text.to_lowercase()))))
+        .bind(
+            search
+                .and_then(|s| s.digits.as_ref())
+                .map(|d| format!("%{d}")),
+        )
+}
 
 const REQUEST_COLUMNS: &str = "r.id, r.created_at, r.caller, r.caller_match, r.verification_id, \
      v.user_ref, v.status AS verification_status, v.api_key_id, r.status, r.ended_by, \
@@ -70,33 +102,75 @@ impl Store {
             .await
     }
 
-    /// Requests: open ones oldest first (the work queue), decided ones and all of them
-    /// newest first, so that a long history never hides what came last.
-    pub async fn manual_requests(
-        &self,
-        filter: RequestFilter,
-    ) -> Result<Vec<ManualRequest>, StoreError> {
+    /// A page of requests: open ones oldest first (the work queue), decided ones and all of
+    /// them newest first, so that a long history never hides what came last. Keyset paging
+    /// on (received, id): following `next` returns every request the filter matches once,
+    /// also while new ones arrive (an open queue's new requests come on its last pages).
+    pub async fn manual_requests(&self, filter: RequestFilter) -> Result<RequestPage, StoreError> {
         self.engine
             .run(op(move |c| {
-                let order = if filter.status == Some(RequestStatus::Open) {
-                    "ASC"
+                let (order, after) = if filter.status == Some(RequestStatus::Open) {
+                    ("ASC", ">")
                 } else {
-                    "DESC"
+                    ("DESC", "<")
                 };
                 Box::pin(async move {
-                    let rows = sqlx::query(&format!(
+                    let search = filter.search.as_ref();
+                    let statement = format!(
                         "SELECT {REQUEST_COLUMNS} FROM manual_requests r \
                          LEFT JOIN verifications v ON v.id = r.verification_id \
                          WHERE ($1 IS NULL OR r.status = $1) \
                          AND ($2 IS NULL OR v.api_key_id IS NULL OR v.api_key_id = $2) \
-                         ORDER BY r.created_at {order}, r.id {order} LIMIT $3"
-                    ))
-                    .bind(filter.status.map(RequestStatus::as_str))
-                    .bind(&filter.api_key_id)
-                    .bind(filter.limit)
-                    .fetch_all(&mut *c)
-                    .await?;
-                    rows.iter().map(request_from_row).collect()
+                         AND ($4 IS NULL OR r.created_at {after} $4 \
+                              OR (r.created_at = $4 AND r.id {after} $5)) \
+                         AND {} \
+                         ORDER BY r.created_at {order}, r.id {order} LIMIT $3",
+                        searched(6)
+                    );
+                    let rows = sqlx::query(&statement)
+                        .bind(filter.status.map(RequestStatus::as_str))
+                        .bind(&filter.api_key_id)
+                        .bind(filter.limit + 1)
+                        .bind(filter.after.as_ref().map(|a| a.created_at))
+                        .bind(filter.after.as_ref().map(|a| a.id.clone()));
+                    let rows = bind_search(rows, search).fetch_all(&mut *c).await?;
+                    let mut requests = rows
+                        .iter()
+                        .map(request_from_row)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let more = requests.len() as i64 > filter.limit;
+                    requests.truncate(filter.limit as usize);
+                    let next = more.then(|| requests.last().map(Cursor::of)).flatten();
+                    Ok(RequestPage { requests, next })
+                })
+            }))
+            .await
+    }
+
+    /// How many requests of each status the filter finds (its status and paging aside).
+    pub async fn manual_request_counts(
+        &self,
+        filter: RequestFilter,
+    ) -> Result<Vec<(RequestStatus, i64)>, StoreError> {
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let search = filter.search.as_ref();
+                    let statement = format!(
+                        "SELECT r.status, COUNT(*) AS n FROM manual_requests r \
+                         LEFT JOIN verifications v ON v.id = r.verification_id \
+                         WHERE ($1 IS NULL OR v.api_key_id IS NULL OR v.api_key_id = $1) \
+                         AND {} GROUP BY r.status",
+                        searched(2)
+                    );
+                    let query = sqlx::query(&statement).bind(&filter.api_key_id);
+                    let rows = bind_search(query, search).fetch_all(&mut *c).await?;
+                    rows.iter()
+                        .map(|r| {
+                            let status: String = r.try_get("status")?;
+                            Ok((parse_column("status", &status)?, r.try_get("n")?))
+                        })
+                        .collect()
                 })
             }))
             .await
@@ -402,4 +476,16 @@ fn parse<T: std::str::FromStr>(value: &str, column: &'static str) -> Result<T, S
         column,
         value: value.to_owned(),
     })
+}
+
+/// `text` with LIKE's wildcards and the escape character escaped (by `\\`).
+fn like_escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

@@ -24,7 +24,7 @@ pub use account::{StaffAccount, StaffSession};
 pub use actor::Actor;
 use hours::BusinessHours;
 use message::{Message, MessageLimits};
-use request::{Decided, Decision, NewManualRequest};
+use request::{Decided, Decision, NewManualRequest, RequestPage};
 pub use request::{ManualRequest, RequestFilter};
 
 /// How long after a decision the page that shows it (`after_decision`) is part of it.
@@ -178,8 +178,22 @@ impl Support {
         Ok(id)
     }
 
-    pub async fn list(&self, filter: RequestFilter) -> Result<Vec<ManualRequest>, StoreError> {
+    /// A page of the requests `filter` finds.
+    pub async fn list(&self, filter: RequestFilter) -> Result<RequestPage, StoreError> {
         self.store.manual_requests(filter).await
+    }
+
+    /// How many requests of each status `filter` finds (its status and page aside).
+    pub async fn counts(
+        &self,
+        filter: RequestFilter,
+    ) -> Result<Vec<(RequestStatus, i64)>, StoreError> {
+        self.store.manual_request_counts(filter).await
+    }
+
+    /// One request as a decision's confirmation shows it (the number masked): not audited.
+    pub async fn request(&self, id: &str) -> Result<Option<ManualRequest>, StoreError> {
+        self.store.manual_request(id).await
     }
 
     /// One request; opening it (it shows the full number) is audited, except the page the

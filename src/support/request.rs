@@ -49,7 +49,97 @@ pub struct RequestFilter {
     pub status: Option<RequestStatus>,
     /// Only requests matched to this API key's verifications, and unmatched ones.
     pub api_key_id: Option<String>,
+    /// Only requests this search finds.
+    pub search: Option<Search>,
+    /// The page after this request (keyset paging), in the listing's order.
+    pub after: Option<Cursor>,
     pub limit: i64,
+}
+
+/// One page of a listing, and where the next one starts (none: this was the last).
+#[derive(Debug, Clone, Default)]
+pub struct RequestPage {
+    pub requests: Vec<ManualRequest>,
+    pub next: Option<Cursor>,
+}
+
+/// A search from the desk's one box: a request or verification id, a `user_ref`, words of
+/// the transcript, or a phone number in any format (its digits; the country code may be left
+/// out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Search {
+    /// The text as typed, trimmed.
+    pub text: String,
+    /// Its digits, when it could be a phone number (only digits and `+ - . ( )` and spaces,
+    /// six digits at least).
+    pub digits: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SearchError {
+    #[error("the search is longer than 200 characters")]
+    TooLong,
+    #[error("the search contains control characters")]
+    Control,
+}
+
+impl Search {
+    /// The search `q` asks for; `None` for an empty one.
+    pub fn parse(q: &str) -> Result<Option<Self>, SearchError> {
+        let text = q.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        if text.chars().count() > 200 {
+            return Err(SearchError::TooLong);
+        }
+        if text.chars().any(char::is_control) {
+            return Err(SearchError::Control);
+        }
+        let phone_like = text
+            .chars()
+            .all(|c| c.is_ascii_digit() || " +-.()".contains(c));
+        let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+        Ok(Some(Self {
+            text: text.to_owned(),
+            digits: (phone_like && digits.len() >= 6).then_some(digits),
+        }))
+    }
+}
+
+/// Where a page of requests starts: after the request received at `created_at` with `id`
+/// (the listing's order is by both). Shown to clients as an opaque string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: i64,
+    pub id: String,
+}
+
+impl Cursor {
+    pub fn of(request: &ManualRequest) -> Self {
+        Self {
+            created_at: request.created_at,
+            id: request.id.clone(),
+        }
+    }
+
+    /// The cursor as clients pass it back.
+    pub fn encode(&self) -> String {
+        format!("{}-{}", self.created_at, self.id)
+    }
+
+    /// A cursor this service gave out; `None` for anything else.
+    pub fn decode(text: &str) -> Option<Self> {
+        let (at, id) = text.split_once('-')?;
+        let created_at = at.parse().ok().filter(|at| *at >= 0)?;
+        let shaped = id.len() <= 64
+            && id.starts_with("mr_")
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        shaped.then(|| Self {
+            created_at,
+            id: id.to_owned(),
+        })
+    }
 }
 
 /// A staff member's decision on a request.
@@ -88,4 +178,54 @@ pub struct AuditEntry {
     pub action: String,
     pub subject: String,
     pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn searches_tell_numbers_from_text() {
+        let s = Search::parse(" +1 (415) 555-0101 ").unwrap().unwrap();
+        assert_eq!(s.text, "+1 (415) 555-0101");
+        assert_eq!(s.digits.as_deref(), Some("14155550101"));
+        assert_eq!(
+            Search::parse("4155550101")
+                .unwrap()
+                .unwrap()
+                .digits
+                .as_deref(),
+            Some("4155550101")
+        );
+        assert_eq!(Search::parse("alice").unwrap().unwrap().digits, None);
+        assert_eq!(
+            Search::parse("12345").unwrap().unwrap().digits,
+            None,
+            "too short"
+        );
+        assert_eq!(Search::parse("vf_123456").unwrap().unwrap().digits, None);
+        assert_eq!(Search::parse("  ").unwrap(), None);
+        assert_eq!(Search::parse(&"x".repeat(201)), Err(SearchError::TooLong));
+        assert_eq!(Search::parse("a\u{0}b"), Err(SearchError::Control));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_anything_else() {
+        let c = Cursor {
+            created_at: 1_795_786_096_123,
+            id: "mr_abc123".into(),
+        };
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        for bad in [
+            "",
+            "x-mr_abc",
+            "-1-mr_abc",
+            "123",
+            "123-",
+            "123-a b",
+            "123-mr_'; --",
+        ] {
+            assert_eq!(Cursor::decode(bad), None, "{bad}");
+        }
+    }
 }

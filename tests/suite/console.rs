@@ -4,8 +4,11 @@
 
 use crate::common::browser::Browser;
 use crate::common::{Daemon, Db, PHONE};
-use callverify::domain::status::Status;
+use std::time::Duration;
+
+use callverify::domain::status::{CallerMatch, Status};
 use callverify::domain::NewVerification;
+use callverify::support::request::NewManualRequest;
 use callverify::support::staff::Staff;
 use callverify_testkit::emulator::{inbound_env, Call, Talk};
 use serde_json::Value;
@@ -90,7 +93,13 @@ async fn staff_sign_in_play_and_approve_in_a_browser() {
         "playback advanced: {played}"
     );
 
+    // A decision takes a second step: nothing is decided until it is confirmed.
     browser.click("#approve").await;
+    browser
+        .wait_for_text("#confirm-text", "Approve request")
+        .await;
+    assert_eq!(d.status(&verification).await.status, Status::Failed);
+    browser.click("#confirm").await;
     browser.wait_for_text("#status", "approved").await;
     assert_eq!(d.status(&verification).await.status, Status::Verified);
 
@@ -343,4 +352,171 @@ async fn a_sign_in_token_the_client_chose_is_refused() {
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     assert!(!answer.contains("cv_session="), "signed in: {answer}");
     d.stop().await;
+}
+
+/// A PNG's width and height (its IHDR chunk).
+fn png_size(png: &[u8]) -> (u32, u32) {
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+    let word = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+    (word(16), word(20))
+}
+
+/// Save a screenshot of the page beside the test's other output, and check its size.
+async fn screenshot(browser: &Browser, name: &str) {
+    let png = browser.screenshot().await;
+    let (width, height) = png_size(&png);
+    assert_eq!((width, height), (1280, 800), "{name}");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.png"));
+    std::fs::write(&path, &png).unwrap();
+    println!("screenshot {name}: {} ({width}×{height})", path.display());
+}
+
+/// The desk's day: search by each key from one box, page through 1,200 requests, the counts
+/// per status, open one, approve it with its confirmation; at 1280×800.
+#[tokio::test]
+async fn the_desk_searches_pages_and_decides_with_confirmation() {
+    let (d, verification) = daemon_with_a_message().await;
+    let now = callverify::domain::clock::now_ms();
+    let filler = |id: String, at: i64, transcript: &str| NewManualRequest {
+        id,
+        created_at: at,
+        caller: None,
+        caller_match: CallerMatch::Withheld,
+        verification_id: None,
+        ended_by: "key",
+        duration_ms: 3000,
+        recording: callverify_audio::wav::encode(&[0; 8], 8000),
+        transcript: Some(transcript.into()),
+        language: "en".into(),
+    };
+    d.store
+        .insert_manual_request(filler(
+            "mr_zoe".into(),
+            now - 2_000_000,
+            "my username is zoe and my email is zoe at example dot com",
+        ))
+        .await
+        .unwrap();
+    for i in 0..1200 {
+        d.store
+            .insert_manual_request(filler(
+                format!("mr_fill{i:04}"),
+                now - 1_000_000 + i,
+                "hello",
+            ))
+            .await
+            .unwrap();
+    }
+    let matched = d
+        .store
+        .manual_requests(callverify::support::request::RequestFilter {
+            search: callverify::support::request::Search::parse(&verification).unwrap(),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .requests[0]
+        .id
+        .clone();
+    let browser = Browser::start().await;
+    let base = format!("http://{}", d.http);
+    browser.go(&format!("{base}/console/login")).await;
+    // A 1280×800 viewport: the window less what its frame takes.
+    browser.window_size(1280, 800).await;
+    let (_, inner) = png_size(&browser.screenshot().await);
+    browser.window_size(1280, 1600 - inner).await;
+    browser.type_into("#username", "alice").await;
+    browser.type_into("#password", PASSWORD).await;
+    browser.click("#sign-in").await;
+    browser.wait_for_url("/console/").await;
+    browser.wait_for_text("#tab-open .count", "1202").await;
+    screenshot(&browser, "queue").await;
+
+    // One box, each key.
+    for (q, expected) in [
+        ("(415) 555-0101", matched.as_str()),
+        ("ALICE-USER", &matched),
+        (verification.as_str(), &matched),
+        (matched.as_str(), &matched),
+        ("zoe at EXAMPLE", "mr_zoe"),
+    ] {
+        browser.go(&format!("{base}/console/?status=all")).await;
+        browser.type_into("#q", q).await;
+        browser.click("#search").await;
+        browser.wait_for_url(&format!("q={}", urlencoded(q))).await;
+        assert_eq!(browser.count("#queue tbody tr").await, 1, "{q}");
+        let row = browser.source().await;
+        assert!(
+            row.contains(&format!("/console/requests/{expected}\"")),
+            "{q}"
+        );
+    }
+
+    // Page through the open queue: every request once.
+    browser.go(&format!("{base}/console/?status=open")).await;
+    let mut seen = std::collections::HashSet::new();
+    let mut pages = 0;
+    loop {
+        let source = browser.source().await;
+        for part in source.split("/console/requests/").skip(1) {
+            let id = part.split('"').next().unwrap().to_owned();
+            assert!(seen.insert(id.clone()), "{id} twice");
+        }
+        pages += 1;
+        if browser
+            .count_within("#next-page", Duration::from_millis(300))
+            .await
+            == 0
+        {
+            break;
+        }
+        let cursor = source
+            .split("id=\"next-page\" rel=\"next\" href=\"")
+            .nth(1)
+            .and_then(|link| link.split('"').next())
+            .and_then(|link| link.split("cursor=").nth(1))
+            .unwrap()
+            .to_owned();
+        browser.click("#next-page").await;
+        browser.wait_for_url(&format!("cursor={cursor}")).await;
+    }
+    assert_eq!(seen.len(), 1202);
+    assert_eq!(pages, 25, "50 a page");
+
+    // Open the matched request, approve it: a second step, then done.
+    browser
+        .go(&format!("{base}/console/requests/{matched}"))
+        .await;
+    browser.wait_for_text("#caller", PHONE).await;
+    screenshot(&browser, "request").await;
+    browser.click("#approve").await;
+    browser
+        .wait_for_text("#confirm-text", "Approve request")
+        .await;
+    browser.click("#cancel").await;
+    browser.wait_for_text("#status", "open").await;
+    assert_eq!(d.status(&verification).await.status, Status::Failed);
+    browser.click("#approve").await;
+    browser.click("#confirm").await;
+    browser.wait_for_text("#status", "approved").await;
+    assert_eq!(d.status(&verification).await.status, Status::Verified);
+    browser.go(&format!("{base}/console/?status=open")).await;
+    browser.wait_for_text("#tab-approved .count", "1").await;
+    browser.wait_for_text("#tab-open .count", "1201").await;
+    d.stop().await;
+}
+
+fn urlencoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -310,7 +310,12 @@ async fn support_messages_get_a_transcript(db: Db) {
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let transcript = loop {
-        let requests = d.store.manual_requests(filter.clone()).await.unwrap();
+        let requests = d
+            .store
+            .manual_requests(filter.clone())
+            .await
+            .unwrap()
+            .requests;
         if let Some(text) = requests[0].transcript.clone() {
             break text;
         }

@@ -531,7 +531,176 @@ async fn the_daemon_purges_old_recordings_by_itself(db: Db) {
     d.stop().await;
 }
 
+/// A stored message for the search and paging tests.
+fn message(
+    id: &str,
+    created_at: i64,
+    caller: Option<&str>,
+    verification_id: Option<&str>,
+    transcript: &str,
+) -> NewManualRequest {
+    NewManualRequest {
+        id: id.into(),
+        created_at,
+        caller: caller.map(str::to_owned),
+        caller_match: if verification_id.is_some() {
+            CallerMatch::Matched
+        } else {
+            CallerMatch::Unmatched
+        },
+        verification_id: verification_id.map(str::to_owned),
+        ended_by: "key",
+        duration_ms: 4000,
+        recording: callverify_audio::wav::encode(&[0; 8], 8000),
+        transcript: Some(transcript.into()),
+        language: "en".into(),
+    }
+}
+
+/// The ids of a listing's page, and its next cursor.
+async fn page(api: &Api<'_>, query: &str) -> (Vec<String>, Option<String>) {
+    let (code, body) = api
+        .json("GET", &format!("/v1/manual-requests?{query}"), None)
+        .await;
+    assert_eq!(code, 200, "{query}: {body}");
+    let ids = body["manual_requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    (ids, body["next_cursor"].as_str().map(str::to_owned))
+}
+
+/// What a search of every status finds.
+async fn found(api: &Api<'_>, q: &str) -> Vec<String> {
+    let mut encoded = String::new();
+    for b in q.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    page(api, &format!("status=all&q={encoded}")).await.0
+}
+
+/// The desk's one box finds a request by the caller's number in any format, the user_ref,
+/// the request's or the verification's id, and words of the transcript; a listing of 1,200
+/// requests is paged through by cursor, each request exactly once, also while new ones
+/// arrive.
+async fn the_desk_finds_requests_by_each_key_and_pages_through_them(db: Db) {
+    let d = crate::common::start(db).await;
+    let api = api(&d).await;
+    let key = key_id(&d, &api.key).await;
+    let v = d
+        .service
+        .start(NewVerification {
+            phone: "+14155550142".into(),
+            user_ref: "Zoe.Example".into(),
+            api_key_id: Some(key),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .view;
+    let now = callverify::domain::clock::now_ms();
+    let store = &d.store;
+    for m in [
+        message(
+            "mr_zoe",
+            now - 5000,
+            Some("+14155550142"),
+            Some(&v.id),
+            "I want my number verified, my username is zoe, email zoe at example dot com",
+        ),
+        message(
+            "mr_bob",
+            now - 4000,
+            Some("+442079460123"),
+            None,
+            "hello this is bob, 50%_off is not my name",
+        ),
+    ] {
+        store.insert_manual_request(m).await.unwrap();
+    }
+    for q in [
+        "(415) 555-0142",
+        "4155550142",
+        "+1 415 555 0142",
+        "zoe.EXAMPLE",
+        &v.id,
+        "mr_zoe",
+        "ZOE AT example",
+    ] {
+        assert_eq!(found(&api, q).await, ["mr_zoe"], "{q}");
+    }
+    // LIKE's wildcards are the characters themselves.
+    for q in ["+44 20 7946 0123", "mr_bob", "50%_off", "BOB", "%", "_"] {
+        assert_eq!(found(&api, q).await, ["mr_bob"], "{q}");
+    }
+    for q in ["0142x", "555-9999", "zoe.examples"] {
+        assert!(found(&api, q).await.is_empty(), "{q}");
+    }
+    let (code, body) = api
+        .json("GET", "/v1/manual-requests?cursor=garbage", None)
+        .await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (400, Some("invalid_query"))
+    );
+
+    // 1,200 open requests, three to a millisecond, paged 100 at a time; five more arrive
+    // while the desk pages.
+    let base = now - 1_000_000;
+    for i in 0..1200 {
+        let id = format!("mr_fill{i:04}");
+        store
+            .insert_manual_request(message(&id, base + i / 3, None, None, "a message"))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let query = match &cursor {
+            Some(c) => format!("status=open&limit=100&cursor={c}"),
+            None => "status=open&limit=100".into(),
+        };
+        let (ids, next) = page(&api, &query).await;
+        seen.extend(ids);
+        pages += 1;
+        if pages == 3 {
+            for i in 0..5 {
+                store
+                    .insert_manual_request(message(
+                        &format!("mr_late{i}"),
+                        now + i,
+                        None,
+                        None,
+                        "late",
+                    ))
+                    .await
+                    .unwrap();
+            }
+        }
+        match next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let unique: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no request twice");
+    assert_eq!(seen.len(), 1200 + 2 + 5, "every request once");
+    assert_eq!(seen[0], "mr_fill0000", "oldest first");
+    assert_eq!(seen.last().unwrap(), "mr_late4", "the new ones at the end");
+    assert_eq!(pages, 13);
+    d.stop().await;
+}
+
 on_both_backends!(
+    the_desk_finds_requests_by_each_key_and_pages_through_them,
     the_daemon_purges_old_recordings_by_itself,
     a_failed_caller_leaves_a_message_that_is_approved,
     hang_up_silence_overlong_and_withheld_callers,

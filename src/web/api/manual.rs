@@ -1,5 +1,6 @@
 //! The manual-verification queue over the API (the support console's twin for the web app):
-//! `GET /v1/manual-requests`, `GET /v1/manual-requests/{id}` (+ `/recording`),
+//! `GET /v1/manual-requests` (searched, paged by cursor), `GET /v1/manual-requests/{id}`
+//! (+ `/recording`),
 //! `POST /v1/manual-requests/{id}/approve|reject`. A key sees requests about its own
 //! verifications and those that matched none.
 
@@ -17,7 +18,7 @@ use super::{authenticate, json_body, ApiError, ApiState};
 use crate::domain::api_keys::ApiKey;
 use crate::domain::clock::now_ms;
 use crate::domain::status::RequestStatus;
-use crate::support::request::RequestFilter;
+use crate::support::request::{Cursor, RequestFilter, Search};
 use crate::support::{Actor, SupportError};
 use crate::web::request_view::RequestView;
 
@@ -30,6 +31,11 @@ pub struct ListQuery {
     /// `open` (default), `approved`, `rejected` or `all`.
     status: Option<String>,
     limit: Option<i64>,
+    /// A phone number in any format, a user_ref, a request or verification id, or words of
+    /// the transcript.
+    q: Option<String>,
+    /// The `next_cursor` of the page before.
+    cursor: Option<String>,
 }
 
 pub async fn list(
@@ -50,16 +56,30 @@ pub async fn list(
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(invalid_query(format!("limit must be 1 to {MAX_LIMIT}")));
     }
-    let rows = state
+    let search = Search::parse(query.q.as_deref().unwrap_or_default())
+        .map_err(|e| invalid_query(format!("q: {e}")))?;
+    let after = match query.cursor.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(Cursor::decode(text).ok_or_else(|| {
+            invalid_query("cursor is not one this API gave out (pass next_cursor as it came)")
+        })?),
+    };
+    let page = state
         .support
         .list(RequestFilter {
             status,
             api_key_id: Some(key.id),
+            search,
+            after,
             limit,
         })
         .await?;
-    let views = RequestView::listed(&rows, &state.support);
-    Ok(Json(serde_json::json!({ "manual_requests": views })).into_response())
+    let views = RequestView::listed(&page.requests, &state.support);
+    let next_cursor = page.next.as_ref().map(Cursor::encode);
+    Ok(
+        Json(serde_json::json!({ "manual_requests": views, "next_cursor": next_cursor }))
+            .into_response(),
+    )
 }
 
 pub async fn show(

@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use crate::domain::status::RequestStatus;
 use crate::web::request_view::RequestView;
 
 /// Escape text for HTML element content and quoted attribute values.
@@ -67,54 +68,134 @@ pub fn login(csrf: &str, error: Option<&str>) -> String {
     )
 }
 
-pub fn queue(requests: &[RequestView], status: &str, staff: (&str, &str)) -> String {
-    let mut body = String::from("<nav>");
-    for s in ["open", "approved", "rejected", "all"] {
-        let current = if s == status {
-            " aria-current=\"page\""
-        } else {
-            ""
-        };
-        let _ = write!(body, "<a href=\"/console/?status={s}\"{current}>{s}</a>");
+/// A page of the queue as the console shows it.
+pub struct Queue<'a> {
+    pub requests: &'a [RequestView],
+    /// `open`, `approved`, `rejected` or `all`.
+    pub status: &'a str,
+    /// The search as typed.
+    pub search: &'a str,
+    /// Why the search was not run.
+    pub problem: Option<&'a str>,
+    /// Requests per status that the search finds.
+    pub counts: &'a [(RequestStatus, i64)],
+    /// This is a later page: offer the first.
+    pub first_page: bool,
+    /// The cursor of the next page, if there is one.
+    pub next: Option<String>,
+}
+
+/// A link to the queue with these parameters.
+fn queue_link(status: &str, search: &str, cursor: Option<&str>) -> String {
+    let mut link = format!("/console/?status={status}");
+    if !search.is_empty() {
+        link.push_str("&amp;q=");
+        link.push_str(&escape(&super::urlencode(search)));
     }
-    body.push_str("</nav>");
-    if requests.is_empty() {
-        body.push_str("<p id=\"empty\">No requests.</p>");
-        return page("Manual verification requests", Some(staff), &body);
+    if let Some(cursor) = cursor {
+        link.push_str("&amp;cursor=");
+        link.push_str(&escape(&super::urlencode(cursor)));
     }
-    body.push_str(
-        "<table id=\"queue\"><thead><tr><th>Received (UTC)</th><th>Caller</th><th>User</th>\
-         <th>Verification</th><th>Length</th><th>Status</th><th></th></tr></thead><tbody>",
+    link
+}
+
+pub fn queue(q: &Queue<'_>, staff: (&str, &str)) -> String {
+    let mut body = format!(
+        "<form method=\"get\" action=\"/console/\" role=\"search\">\
+         <input type=\"hidden\" name=\"status\" value=\"{}\">\
+         <label for=\"q\">Search: phone number, user, request or verification id, or words \
+         of the message</label> <input id=\"q\" name=\"q\" type=\"search\" value=\"{}\" \
+         maxlength=\"200\"> <button id=\"search\">Search</button></form>",
+        escape(q.status),
+        escape(q.search)
     );
-    for r in requests {
-        let user = r
-            .verification
-            .as_ref()
-            .and_then(|v| v.user_ref.as_deref())
-            .unwrap_or("—");
-        let verification = r.verification.as_ref().map_or_else(
-            || r.caller_match.to_owned(),
-            |v| format!("{} ({})", v.id, v.status.as_deref().unwrap_or("?")),
+    if let Some(problem) = q.problem {
+        let _ = write!(
+            body,
+            "<p class=\"error\" id=\"error\">{}</p>",
+            escape(problem)
         );
-        let overdue = if r.overdue {
-            " <span class=\"overdue\">overdue</span>"
+    }
+    body.push_str("<nav aria-label=\"Status\">");
+    let count = |status: Option<RequestStatus>| -> i64 {
+        q.counts
+            .iter()
+            .filter(|(s, _)| status.is_none_or(|wanted| *s == wanted))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    for (name, status) in [
+        ("open", Some(RequestStatus::Open)),
+        ("approved", Some(RequestStatus::Approved)),
+        ("rejected", Some(RequestStatus::Rejected)),
+        ("all", None),
+    ] {
+        let current = if name == q.status {
+            " aria-current=\"page\""
         } else {
             ""
         };
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s</td><td>{}{overdue}</td>\
-             <td><a class=\"open\" href=\"/console/requests/{}\">Open</a></td></tr>",
-            escape(&r.created_at),
-            escape(r.caller.as_deref().unwrap_or("withheld")),
-            escape(user),
-            escape(&verification),
-            r.duration_ms as f64 / 1000.0,
-            r.status,
-            escape(&r.id),
+            "<a id=\"tab-{name}\" href=\"{}\"{current}>{name} (<span class=\"count\">{}</span>)</a>",
+            queue_link(name, q.search, None),
+            count(status)
         );
     }
-    body.push_str("</tbody></table>");
+    body.push_str("</nav>");
+    if q.requests.is_empty() {
+        body.push_str("<p id=\"empty\">No requests.</p>");
+    } else {
+        body.push_str(
+            "<table id=\"queue\"><thead><tr><th>Received (UTC)</th><th>Caller</th><th>User</th>\
+             <th>Verification</th><th>Length</th><th>Status</th><th></th></tr></thead><tbody>",
+        );
+        for r in q.requests {
+            let user = r
+                .verification
+                .as_ref()
+                .and_then(|v| v.user_ref.as_deref())
+                .unwrap_or("—");
+            let verification = r.verification.as_ref().map_or_else(
+                || r.caller_match.to_owned(),
+                |v| format!("{} ({})", v.id, v.status.as_deref().unwrap_or("?")),
+            );
+            let overdue = if r.overdue {
+                " <span class=\"overdue\">overdue</span>"
+            } else {
+                ""
+            };
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s</td><td>{}{overdue}</td>\
+                 <td><a class=\"open\" href=\"/console/requests/{}\">Open</a></td></tr>",
+                escape(&r.created_at),
+                escape(r.caller.as_deref().unwrap_or("withheld")),
+                escape(user),
+                escape(&verification),
+                r.duration_ms as f64 / 1000.0,
+                r.status,
+                escape(&r.id),
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+    body.push_str("<nav aria-label=\"Pages\">");
+    if q.first_page {
+        let _ = write!(
+            body,
+            "<a id=\"first-page\" href=\"{}\">First page</a>",
+            queue_link(q.status, q.search, None)
+        );
+    }
+    if let Some(next) = &q.next {
+        let _ = write!(
+            body,
+            "<a id=\"next-page\" rel=\"next\" href=\"{}\">Next page</a>",
+            queue_link(q.status, q.search, Some(next))
+        );
+    }
+    body.push_str("</nav>");
     page("Manual verification requests", Some(staff), &body)
 }
 
@@ -196,6 +277,72 @@ pub fn request(r: &RequestView, staff: (&str, &str)) -> String {
         );
     }
     page("Request", Some(staff), &body)
+}
+
+/// The second step of a decision: what it will do, and a button that does it (the form's
+/// fields again, with `confirm=yes`), or back to the request.
+pub fn confirm(r: &RequestView, decision: &Confirming<'_>, staff: (&str, &str)) -> String {
+    let id = escape(&r.id);
+    let csrf = escape(staff.1);
+    let (what, action, fields, button) = match decision {
+        Confirming::Approve { verification_id } => {
+            let target = verification_id
+                .map(str::to_owned)
+                .or_else(|| r.verification.as_ref().map(|v| v.id.clone()))
+                .unwrap_or_default();
+            let user = r
+                .verification
+                .as_ref()
+                .and_then(|v| v.user_ref.as_deref())
+                .unwrap_or("?");
+            (
+                format!(
+                    "Approve request {id}: verification {} (user {}) becomes verified, and the \
+                     web app is told so. This cannot be undone.",
+                    escape(&target),
+                    escape(user)
+                ),
+                "approve",
+                verification_id.map_or_else(String::new, |v| {
+                    format!(
+                        "<input type=\"hidden\" name=\"verification_id\" value=\"{}\">",
+                        escape(v)
+                    )
+                }),
+                "Yes, approve",
+            )
+        }
+        Confirming::Reject { reason } => (
+            format!(
+                "Reject request {id} with the reason “{}”. The number stays unverified. This \
+                 cannot be undone.",
+                escape(reason)
+            ),
+            "reject",
+            format!(
+                "<input type=\"hidden\" name=\"reason\" value=\"{}\">",
+                escape(reason)
+            ),
+            "Yes, reject",
+        ),
+    };
+    page(
+        "Confirm the decision",
+        Some(staff),
+        &format!(
+            "<p id=\"confirm-text\">{what}</p>\
+             <form method=\"post\" action=\"/console/requests/{id}/{action}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">{fields}\
+             <button id=\"confirm\" name=\"confirm\" value=\"yes\">{button}</button> \
+             <a id=\"cancel\" href=\"/console/requests/{id}\">Cancel</a></form>"
+        ),
+    )
+}
+
+/// A decision waiting for its confirmation.
+pub enum Confirming<'a> {
+    Approve { verification_id: Option<&'a str> },
+    Reject { reason: &'a str },
 }
 
 pub fn message(title: &str, text: &str, staff: Option<(&str, &str)>) -> String {

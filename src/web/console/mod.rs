@@ -26,14 +26,15 @@ use crate::domain::ids::random_token;
 use crate::domain::status::RequestStatus;
 use crate::store::StoreError;
 use crate::support::account::StaffSession;
-use crate::support::request::RequestFilter;
+use crate::support::request::{Cursor, RequestFilter, Search};
 use crate::support::staff::{csrf_matches, Staff, StaffError};
 use crate::support::{Actor, Support, SupportError};
 use crate::web::request_view::RequestView;
 
 const SESSION_COOKIE: &str = "cv_session";
 const LOGIN_COOKIE: &str = "cv_login";
-const QUEUE_LIMIT: i64 = 500;
+/// Requests per page of the queue.
+const QUEUE_PAGE: i64 = 50;
 /// The largest form body the console reads.
 const FORM_LIMIT: usize = 16 * 1024;
 
@@ -192,6 +193,10 @@ async fn staff(
 #[derive(Deserialize)]
 struct QueueQuery {
     status: Option<String>,
+    /// The search box.
+    q: Option<String>,
+    /// Where the page starts (the link to the next page carries it).
+    cursor: Option<String>,
 }
 
 async fn queue(
@@ -202,11 +207,12 @@ async fn queue(
     let Ok((session, _)) = staff(&state, &headers).await else {
         return Ok(redirect("/console/login"));
     };
-    let shown = query
-        .ok()
-        .and_then(|Query(q)| q.status)
-        .unwrap_or_else(|| "open".into());
-    let status = match shown.as_str() {
+    let query = query.ok().map(|Query(q)| q);
+    let (shown, q, cursor) = match query {
+        Some(q) => (q.status, q.q.unwrap_or_default(), q.cursor),
+        None => (None, String::new(), None),
+    };
+    let status = match shown.as_deref().unwrap_or("open") {
         "all" => None,
         other => Some(
             other
@@ -214,19 +220,30 @@ async fn queue(
                 .unwrap_or(RequestStatus::Open),
         ),
     };
-    let rows = state
-        .support
-        .list(RequestFilter {
-            status,
-            api_key_id: None,
-            limit: QUEUE_LIMIT,
-        })
-        .await?;
-    let views = RequestView::listed(&rows, &state.support);
-    let shown = status.map_or("all", RequestStatus::as_str);
+    let (search, problem) = match Search::parse(&q) {
+        Ok(search) => (search, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let filter = RequestFilter {
+        status,
+        api_key_id: None,
+        search,
+        after: cursor.as_deref().and_then(Cursor::decode),
+        limit: QUEUE_PAGE,
+    };
+    let counts = state.support.counts(filter.clone()).await?;
+    let page = state.support.list(filter).await?;
+    let views = RequestView::listed(&page.requests, &state.support);
     Ok(html_page(html::queue(
-        &views,
-        shown,
+        &html::Queue {
+            requests: &views,
+            status: status.map_or("all", RequestStatus::as_str),
+            search: &q,
+            problem: problem.as_deref(),
+            counts: &counts,
+            first_page: cursor.is_some(),
+            next: page.next.as_ref().map(Cursor::encode),
+        },
         (&session.username, &session.csrf_token),
     )))
 }
@@ -400,6 +417,9 @@ struct ApproveForm {
     csrf: String,
     #[serde(default)]
     verification_id: Option<String>,
+    /// `yes` from the confirmation page; otherwise that page is shown first.
+    #[serde(default)]
+    confirm: Option<String>,
 }
 
 async fn approve(
@@ -417,8 +437,37 @@ async fn approve(
         .verification_id
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty());
+    if form.confirm.as_deref() != Some("yes") {
+        let decision = html::Confirming::Approve {
+            verification_id: verification_id.as_deref(),
+        };
+        return confirmation(&state, &session, &id, &decision).await;
+    }
     state.support.approve(&id, verification_id, &actor).await?;
     Ok(back_to(&id))
+}
+
+/// The confirmation page of a decision on request `id` (nothing is audited: the request is
+/// not opened again, and its number is not shown).
+async fn confirmation(
+    state: &ConsoleState,
+    session: &StaffSession,
+    id: &str,
+    decision: &html::Confirming<'_>,
+) -> Result<Response, Refusal> {
+    let request = state.support.request(id).await?.ok_or(Refusal::NotFound)?;
+    if request.status != RequestStatus::Open {
+        return Err(Refusal::Conflict(format!(
+            "This request was {} already.",
+            request.status
+        )));
+    }
+    let view = RequestView::new(&request, &state.support, false, now_ms());
+    Ok(html_page(html::confirm(
+        &view,
+        decision,
+        (&session.username, &session.csrf_token),
+    )))
 }
 
 #[derive(Deserialize)]
@@ -427,6 +476,9 @@ struct RejectForm {
     csrf: String,
     #[serde(default)]
     reason: String,
+    /// `yes` from the confirmation page; otherwise that page is shown first.
+    #[serde(default)]
+    confirm: Option<String>,
 }
 
 async fn reject(
@@ -440,6 +492,12 @@ async fn reject(
         return Err(Refusal::Forged);
     }
     let id = path_id(id)?;
+    if form.confirm.as_deref() != Some("yes") {
+        let decision = html::Confirming::Reject {
+            reason: form.reason.trim(),
+        };
+        return confirmation(&state, &session, &id, &decision).await;
+    }
     state.support.reject(&id, &form.reason, &actor).await?;
     Ok(back_to(&id))
 }

@@ -233,6 +233,36 @@ impl Browser {
         .await
     }
 
+    /// Size the window (the page's viewport in headless Chromium).
+    pub async fn window_size(&self, width: u32, height: u32) {
+        self.command(
+            "POST",
+            "/window/rect",
+            json!({ "width": width, "height": height }),
+        )
+        .await;
+    }
+
+    /// A PNG of the viewport.
+    pub async fn screenshot(&self) -> Vec<u8> {
+        use base64::Engine as _;
+        let png = self.command("GET", "/screenshot", Value::Null).await;
+        base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap_or_default())
+            .expect("a base64 screenshot")
+    }
+
+    /// Look for `css` for at most `wait` (the usual wait is for elements that must appear).
+    pub async fn count_within(&self, css: &str, wait: Duration) -> usize {
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        self.command("POST", "/timeouts", json!({ "implicit": ms }))
+            .await;
+        let n = self.count(css).await;
+        self.command("POST", "/timeouts", json!({ "implicit": 10_000 }))
+            .await;
+        n
+    }
+
     pub async fn cookie(&self, name: &str) -> Option<String> {
         let cookies = self.command("GET", "/cookie", Value::Null).await;
         cookies.as_array()?.iter().find_map(|c| {
