@@ -74,6 +74,16 @@ stored_enum! {
 }
 
 stored_enum! {
+    /// How a code that was checked came: keyed or said in a call, or typed into the web
+    /// page (read-code mode).
+    EntryMethod {
+        Keypad => "keypad",
+        Speech => "speech",
+        WebPage => "web",
+    }
+}
+
+stored_enum! {
     /// How a support caller was recognised by caller ID: `matched` to a verification
     /// support can act on, `unmatched` (none of ours, or not a usable number), `withheld`.
     CallerMatch {

@@ -12,7 +12,7 @@ use super::ids::{new_verification_id, valid_id};
 use super::metrics::Metrics;
 use super::phone::{PhoneError, PhoneNumber, PhonePolicy};
 use super::sealed::CodeSealer;
-use super::status::{CallOutcome, Mode, Status};
+use super::status::{CallOutcome, EntryMethod, Mode, Status};
 use super::verification::{
     validate_locale, validate_user_ref, Call, CallStart, CodeCheck, DialJob, Machine,
     NewVerification, Policy, Registered, Started, TrunkCaps, Verification, VerifyError, View,
@@ -379,7 +379,12 @@ impl Verifications {
     /// Check a code the callee entered. The three tries belong to the number and the user,
     /// across all their verifications: every check sees a lockout any sibling caused, and
     /// wrong entries are counted in the store at once, so a crash cannot give a try back.
-    pub async fn check_code(&self, call: &Call, entered: &str) -> Result<CodeCheck, VerifyError> {
+    pub async fn check_code(
+        &self,
+        call: &Call,
+        entered: &str,
+        method: EntryMethod,
+    ) -> Result<CodeCheck, VerifyError> {
         let v = &call.verification;
         let now = now_ms();
         if now >= v.expires_at {
@@ -390,6 +395,7 @@ impl Verifications {
         }
         let by = Checker::Call {
             attempt: call.attempt_id,
+            method,
         };
         let checked = if self.hasher.matches(&v.id, entered, &v.code_hash) {
             // Verified and the attempt closed in one go: the common end of a call.

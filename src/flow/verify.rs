@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::entry::{self, Entry};
 use super::prompts::Prompt;
 use super::{goodbye, play, read_code, FlowError, FlowSettings, Hearing};
+use crate::domain::status::EntryMethod;
 use crate::domain::{Call, CallStart, CodeCheck, Verifications, VerifyError};
 use crate::domain::{CallOutcome, Mode, Status};
 use callverify_pbx::agi::Session;
@@ -112,14 +113,14 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin + Send>(
             settings.digit_timeout,
         )
         .await?;
-        let digits = match entered {
-            Entry::Code(digits) => digits,
+        let (digits, method) = match entered {
+            Entry::Code(digits) => (digits, EntryMethod::Keypad),
             Entry::Spoken(digits) => {
                 if !spoken_counts(session, service, call, &digits, length).await? {
                     free_spoken_tries += 1;
                     continue;
                 }
-                digits
+                (digits, EntryMethod::Speech)
             }
             Entry::Nothing => {
                 silences += 1;
@@ -130,7 +131,7 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 continue;
             }
         };
-        match service.check_code(call, &digits).await? {
+        match service.check_code(call, &digits, method).await? {
             CodeCheck::Verified => {
                 goodbye(session, Prompt::Verified).await?;
                 return Ok(CallOutcome::Verified);

@@ -11,7 +11,7 @@ use sqlx::{AnyConnection, Connection, Row};
 
 use super::verifications::parse_column;
 use super::{op, Store, StoreError};
-use crate::domain::status::Status;
+use crate::domain::status::{EntryMethod, Status};
 use crate::domain::verification::Verification;
 
 /// A lockout in force for the verification's number or user (at time `$1`).
@@ -22,8 +22,9 @@ pub(super) const LOCKED_OUT: &str = "SELECT 1 FROM lockouts l WHERE l.locked_unt
 /// Who checks a code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Checker {
-    /// The call, in its attempt (which must be open, and the verification `calling`).
-    Call { attempt: i64 },
+    /// The call, in its attempt (which must be open, and the verification `calling`), with
+    /// how the code came (keyed or said).
+    Call { attempt: i64, method: EntryMethod },
     /// The web app, for a read-code verification (`pending` or `calling`, once a call began
     /// to say the code), with the keyed hash of the code it sent: the same wrong code sent
     /// again is answered as before, not counted again.
@@ -95,7 +96,8 @@ impl Store {
                     .bind(&id)
                     .execute(&mut *tx)
                     .await?;
-                    if let Checker::Call { attempt } = by {
+                    record_check(&mut tx, &id, &by, true, now).await?;
+                    if let Checker::Call { attempt, .. } = by {
                         sqlx::query(
                             "UPDATE call_attempts SET ended_at = $1, outcome = 'verified' \
                              WHERE id = $2 AND ended_at IS NULL",
@@ -153,6 +155,7 @@ impl Store {
                     if let Some(refusal) = refused {
                         return Ok(refusal);
                     }
+                    record_check(&mut tx, &id, &by, false, now).await?;
                     let entered_hash = match &by {
                         Checker::WebApp { entered_hash } => Some(entered_hash.as_str()),
                         Checker::Call { .. } => None,
@@ -180,6 +183,47 @@ impl Store {
             .await
     }
 
+    /// The counted code checks of a verification, oldest first, and the lockouts it caused.
+    pub async fn checks_of(&self, verification_id: &str) -> Result<Checks, StoreError> {
+        let id = verification_id.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let rows = sqlx::query(
+                        "SELECT at, method, right_code FROM code_checks \
+                         WHERE verification_id = $1 ORDER BY id",
+                    )
+                    .bind(&id)
+                    .fetch_all(&mut *c)
+                    .await?;
+                    let checks = rows
+                        .iter()
+                        .map(|r| {
+                            let method: String = r.try_get("method")?;
+                            Ok(CheckRow {
+                                at: r.try_get("at")?,
+                                method: parse_column("method", &method)?,
+                                right: r.try_get::<i64, _>("right_code")? != 0,
+                            })
+                        })
+                        .collect::<Result<_, StoreError>>()?;
+                    let locked_until = sqlx::query(
+                        "SELECT MAX(locked_until) AS until FROM lockouts \
+                         WHERE verification_id = $1",
+                    )
+                    .bind(&id)
+                    .fetch_one(&mut *c)
+                    .await?
+                    .try_get("until")?;
+                    Ok(Checks {
+                        checks,
+                        locked_until,
+                    })
+                })
+            }))
+            .await
+    }
+
     /// Where a number and a user stand at `now`: the lockout in force, and the wrong codes
     /// counted since `forget_before` (the higher of the two subjects').
     pub async fn standing(
@@ -196,6 +240,21 @@ impl Store {
             }))
             .await
     }
+}
+
+/// One counted code check, as a verification's history shows it (never the digits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRow {
+    pub at: i64,
+    pub method: EntryMethod,
+    pub right: bool,
+}
+
+/// A verification's counted checks, and the end of the lockout it caused, if any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checks {
+    pub checks: Vec<CheckRow>,
+    pub locked_until: Option<i64>,
 }
 
 /// A number's and a user's standing: their lockout, their wrong codes.
@@ -255,7 +314,7 @@ async fn refusal(
     };
     let status = parse_column::<Status>("status", &row.try_get::<String, _>("status")?)?;
     match by {
-        Checker::Call { attempt } => {
+        Checker::Call { attempt, .. } => {
             let open = sqlx::query(
                 "SELECT 1 AS open FROM call_attempts WHERE id = $1 AND ended_at IS NULL",
             )
@@ -287,6 +346,32 @@ async fn refusal(
     }
     let locked = standing(c, phone, user_ref, now, now).await?.locked_until;
     Ok(locked.map(|_| Checked::AlreadyLockedOut))
+}
+
+/// Note a counted check of verification `id` for its history (how it came, right or not).
+async fn record_check(
+    c: &mut AnyConnection,
+    id: &str,
+    by: &Checker,
+    right: bool,
+    now: i64,
+) -> Result<(), StoreError> {
+    let (attempt, method) = match by {
+        Checker::Call { attempt, method } => (Some(*attempt), *method),
+        Checker::WebApp { .. } => (None, EntryMethod::WebPage),
+    };
+    sqlx::query(
+        "INSERT INTO code_checks (verification_id, attempt_id, at, method, right_code) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(now)
+    .bind(method.as_str())
+    .bind(i64::from(right))
+    .execute(&mut *c)
+    .await?;
+    Ok(())
 }
 
 /// Lock the number and the user out until `until` (on behalf of verification `id`), forget

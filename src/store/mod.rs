@@ -36,7 +36,7 @@ pub use creation::{Created, Earlier, IdempotencyKey, RateLimit, RateSubject};
 pub use daemons::{DaemonRow, TakenOver};
 pub use dial_queue::Trunk;
 pub use error::{redact_url, StoreError};
-pub use lockouts::{Checked, Checker, Standing, StrikeRule};
+pub use lockouts::{CheckRow, Checked, Checker, Checks, Standing, StrikeRule};
 pub use selftests::SelftestRow;
 
 use std::str::FromStr;

@@ -24,7 +24,7 @@ pub use account::{StaffAccount, StaffSession};
 pub use actor::Actor;
 use hours::BusinessHours;
 use message::{Message, MessageLimits};
-use request::{Decided, Decision, NewManualRequest, RequestPage};
+use request::{Decided, Decision, NewManualRequest, RequestHistory, RequestPage, Search};
 pub use request::{ManualRequest, RequestFilter};
 
 /// How long after a decision the page that shows it (`after_decision`) is part of it.
@@ -189,6 +189,36 @@ impl Support {
         filter: RequestFilter,
     ) -> Result<Vec<(RequestStatus, i64)>, StoreError> {
         self.store.manual_request_counts(filter).await
+    }
+
+    /// Why the automated call did not do it: the request's verification's calls and code
+    /// checks, its lockout, and the other requests from the same number (at most 20).
+    pub async fn history(&self, request: &ManualRequest) -> Result<RequestHistory, StoreError> {
+        let mut history = RequestHistory::default();
+        if let Some(id) = &request.verification_id {
+            history.calls = self.store.attempts(id).await?;
+            history.checks = self.store.checks_of(id).await?;
+        }
+        if let Some(caller) = &request.caller {
+            let page = self
+                .store
+                .manual_requests(RequestFilter {
+                    search: Some(Search {
+                        text: caller.clone(),
+                        digits: Some(caller.trim_start_matches('+').to_owned()),
+                    }),
+                    limit: 21,
+                    ..Default::default()
+                })
+                .await?;
+            history.others = page
+                .requests
+                .into_iter()
+                .filter(|r| r.id != request.id)
+                .take(20)
+                .collect();
+        }
+        Ok(history)
     }
 
     /// One request as a decision's confirmation shows it (the number masked): not audited.

@@ -171,6 +171,16 @@ pub enum Decided {
     MatchedOther,
 }
 
+/// What the desk sees of a request's past: its verification's calls and counted code checks
+/// (never the digits), the lockout they caused, and the other requests from its number.
+#[derive(Debug, Clone, Default)]
+pub struct RequestHistory {
+    pub calls: Vec<crate::domain::verification::CallAttempt>,
+    pub checks: crate::store::Checks,
+    /// Newest first.
+    pub others: Vec<ManualRequest>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
     pub at: i64,

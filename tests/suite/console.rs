@@ -374,16 +374,21 @@ async fn screenshot(browser: &Browser, name: &str) {
 }
 
 /// The desk's day: search by each key from one box, page through 1,200 requests, the counts
-/// per status, open one, approve it with its confirmation; at 1280×800.
+/// per status, open one and see why its call failed, approve it with its confirmation; at a
+/// 1280×800 viewport.
 #[tokio::test]
 async fn the_desk_searches_pages_and_decides_with_confirmation() {
     let (d, verification) = daemon_with_a_message().await;
     let now = callverify::domain::clock::now_ms();
-    let filler = |id: String, at: i64, transcript: &str| NewManualRequest {
-        id,
+    let filler = |id: &str, at: i64, caller: Option<&str>, transcript: &str| NewManualRequest {
+        id: id.into(),
         created_at: at,
-        caller: None,
-        caller_match: CallerMatch::Withheld,
+        caller: caller.map(str::to_owned),
+        caller_match: if caller.is_some() {
+            CallerMatch::Unmatched
+        } else {
+            CallerMatch::Withheld
+        },
         verification_id: None,
         ended_by: "key",
         duration_ms: 3000,
@@ -391,23 +396,21 @@ async fn the_desk_searches_pages_and_decides_with_confirmation() {
         transcript: Some(transcript.into()),
         language: "en".into(),
     };
-    d.store
-        .insert_manual_request(filler(
-            "mr_zoe".into(),
-            now - 2_000_000,
-            "my username is zoe and my email is zoe at example dot com",
-        ))
-        .await
-        .unwrap();
+    let zoe = "my username is zoe and my email is zoe at example dot com";
+    let mut messages = vec![filler("mr_zoe", now - 2_000_000, None, zoe)];
     for i in 0..1200 {
-        d.store
-            .insert_manual_request(filler(
-                format!("mr_fill{i:04}"),
-                now - 1_000_000 + i,
-                "hello",
-            ))
-            .await
-            .unwrap();
+        let id = format!("mr_fill{i:04}");
+        messages.push(filler(&id, now - 1_000_000 + i, None, "hello"));
+    }
+    // The same caller again, later.
+    messages.push(filler(
+        "mr_again",
+        now - 1000,
+        Some(PHONE),
+        "it is me again",
+    ));
+    for m in messages {
+        d.store.insert_manual_request(m).await.unwrap();
     }
     let matched = d
         .store
@@ -432,27 +435,34 @@ async fn the_desk_searches_pages_and_decides_with_confirmation() {
     browser.type_into("#password", PASSWORD).await;
     browser.click("#sign-in").await;
     browser.wait_for_url("/console/").await;
-    browser.wait_for_text("#tab-open .count", "1202").await;
+    browser.wait_for_text("#tab-open .count", "1203").await;
     screenshot(&browser, "queue").await;
 
     // One box, each key.
-    for (q, expected) in [
-        ("(415) 555-0101", matched.as_str()),
-        ("ALICE-USER", &matched),
-        (verification.as_str(), &matched),
-        (matched.as_str(), &matched),
-        ("zoe at EXAMPLE", "mr_zoe"),
-    ] {
+    let searches: [(&str, Vec<&str>); 5] = [
+        ("(415) 555-0101", vec![&matched, "mr_again"]),
+        ("ALICE-USER", vec![&matched]),
+        (&verification, vec![&matched]),
+        (&matched, vec![&matched]),
+        ("zoe at EXAMPLE", vec!["mr_zoe"]),
+    ];
+    for (q, expected) in searches {
         browser.go(&format!("{base}/console/?status=all")).await;
         browser.type_into("#q", q).await;
         browser.click("#search").await;
         browser.wait_for_url(&format!("q={}", urlencoded(q))).await;
-        assert_eq!(browser.count("#queue tbody tr").await, 1, "{q}");
-        let row = browser.source().await;
-        assert!(
-            row.contains(&format!("/console/requests/{expected}\"")),
+        assert_eq!(
+            browser.count("#queue tbody tr").await,
+            expected.len(),
             "{q}"
         );
+        let rows = browser.source().await;
+        for id in expected {
+            assert!(
+                rows.contains(&format!("/console/requests/{id}\"")),
+                "{q}: {id}"
+            );
+        }
     }
 
     // Page through the open queue: every request once.
@@ -466,11 +476,10 @@ async fn the_desk_searches_pages_and_decides_with_confirmation() {
             assert!(seen.insert(id.clone()), "{id} twice");
         }
         pages += 1;
-        if browser
+        let more = browser
             .count_within("#next-page", Duration::from_millis(300))
-            .await
-            == 0
-        {
+            .await;
+        if more == 0 {
             break;
         }
         let cursor = source
@@ -483,15 +492,34 @@ async fn the_desk_searches_pages_and_decides_with_confirmation() {
         browser.click("#next-page").await;
         browser.wait_for_url(&format!("cursor={cursor}")).await;
     }
-    assert_eq!(seen.len(), 1202);
+    assert_eq!(seen.len(), 1203);
     assert_eq!(pages, 25, "50 a page");
 
-    // Open the matched request, approve it: a second step, then done.
+    // Its history says why the call did not verify: three wrong keyed codes, the lockout,
+    // and the same caller's other request.
     browser
         .go(&format!("{base}/console/requests/{matched}"))
         .await;
     browser.wait_for_text("#caller", PHONE).await;
+    browser
+        .wait_for_text("#calls tbody tr td:nth-child(3)", "locked_out")
+        .await;
+    assert_eq!(browser.count("#checks tbody tr").await, 3);
+    let page = browser.source().await;
+    assert_eq!(page.matches("<td>keyed</td><td>wrong</td>").count(), 3);
+    for digits in ["000000", "111111", "222222"] {
+        assert!(!page.contains(digits), "never the digits");
+    }
+    browser
+        .wait_for_text("#lockout", "The number and the user were locked out until")
+        .await;
+    assert!(
+        page.contains("href=\"/console/requests/mr_again\""),
+        "the same caller's other request"
+    );
     screenshot(&browser, "request").await;
+
+    // Approve: a second step, cancel, then confirm.
     browser.click("#approve").await;
     browser
         .wait_for_text("#confirm-text", "Approve request")
@@ -505,7 +533,7 @@ async fn the_desk_searches_pages_and_decides_with_confirmation() {
     assert_eq!(d.status(&verification).await.status, Status::Verified);
     browser.go(&format!("{base}/console/?status=open")).await;
     browser.wait_for_text("#tab-approved .count", "1").await;
-    browser.wait_for_text("#tab-open .count", "1201").await;
+    browser.wait_for_text("#tab-open .count", "1202").await;
     d.stop().await;
 }
 

@@ -208,6 +208,11 @@ async fn the_code_is_said_after_pound_and_the_web_app_checks_it(db: Db) {
         stored.sealed_code, None,
         "wiped once the verification ended"
     );
+    // The desk's history: one wrong and one right check from the web page, counted once each.
+    let checks = d.store.checks_of(&id).await.unwrap().checks;
+    let seen: Vec<_> = checks.iter().map(|c| (c.method, c.right)).collect();
+    use callverify::domain::status::EntryMethod::WebPage;
+    assert_eq!(seen, [(WebPage, false), (WebPage, true)]);
 
     // The webhook of each status change, ending with `verified`.
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -11,6 +11,14 @@ use callverify::store::{Begun, Checked, Checker, DaemonRow, Store, StrikeRule};
 
 const DAY: i64 = 24 * 3600 * 1000;
 
+/// A code keyed in call attempt `attempt`.
+fn keyed(attempt: i64) -> Checker {
+    Checker::Call {
+        attempt,
+        method: callverify::domain::status::EntryMethod::Keypad,
+    }
+}
+
 /// Three wrong codes per number and user within a day, then a day's lockout.
 fn rule(now: i64) -> StrikeRule {
     StrikeRule {
@@ -114,20 +122,20 @@ async fn wrong_entries_lock_out_in_one_step(db: Db) {
     assert_eq!(claimed.phone, v.phone);
     let now = now_ms();
     assert_eq!(
-        s.count_wrong_code(&v, Checker::Call { attempt }, rule(now), now)
+        s.count_wrong_code(&v, keyed(attempt), rule(now), now)
             .await
             .unwrap(),
         Checked::Wrong { strikes: 1 }
     );
     assert_eq!(
-        s.count_wrong_code(&v, Checker::Call { attempt }, rule(now), now)
+        s.count_wrong_code(&v, keyed(attempt), rule(now), now)
             .await
             .unwrap(),
         Checked::Wrong { strikes: 2 }
     );
     assert_eq!(locked_until(&s, "+14155550101", "alice", now).await, None);
     assert_eq!(
-        s.count_wrong_code(&v, Checker::Call { attempt }, rule(now), now)
+        s.count_wrong_code(&v, keyed(attempt), rule(now), now)
             .await
             .unwrap(),
         Checked::LockedOut
@@ -149,7 +157,7 @@ async fn wrong_entries_lock_out_in_one_step(db: Db) {
     );
     // No more counting once the call's verification has ended.
     assert_eq!(
-        s.count_wrong_code(&v, Checker::Call { attempt }, rule(now), now)
+        s.count_wrong_code(&v, keyed(attempt), rule(now), now)
             .await
             .unwrap(),
         Checked::Ended(Status::Failed)
@@ -198,22 +206,20 @@ async fn strikes_add_up_across_a_numbers_verifications(db: Db) {
     let now = now_ms();
     for strikes in 1..=2 {
         assert_eq!(
-            s.count_wrong_code(&a, Checker::Call { attempt: attempt_a }, rule(now), now)
+            s.count_wrong_code(&a, keyed(attempt_a), rule(now), now)
                 .await
                 .unwrap(),
             Checked::Wrong { strikes }
         );
     }
     assert_eq!(
-        s.count_wrong_code(&b, Checker::Call { attempt: attempt_b }, rule(now), now)
+        s.count_wrong_code(&b, keyed(attempt_b), rule(now), now)
             .await
             .unwrap(),
         Checked::LockedOut
     );
     assert_eq!(
-        s.verify_code(&a, Checker::Call { attempt: attempt_a }, now)
-            .await
-            .unwrap(),
+        s.verify_code(&a, keyed(attempt_a), now).await.unwrap(),
         Checked::Ended(Status::Failed)
     );
     for (id, status) in [
@@ -250,7 +256,7 @@ async fn strikes_hold_under_concurrent_calls(db: Db) {
         .map(|(attempt, v)| {
             let s = s.clone();
             tokio::spawn(async move {
-                s.count_wrong_code(&v, Checker::Call { attempt }, rule(now), now)
+                s.count_wrong_code(&v, keyed(attempt), rule(now), now)
                     .await
                     .unwrap()
             })
@@ -295,7 +301,7 @@ async fn a_canceled_verification_counts_no_wrong_entry(db: Db) {
         .unwrap();
     let now = now_ms();
     assert_eq!(
-        s.count_wrong_code(&v, Checker::Call { attempt }, rule(now), now)
+        s.count_wrong_code(&v, keyed(attempt), rule(now), now)
             .await
             .unwrap(),
         Checked::Ended(Status::Canceled)
@@ -514,7 +520,7 @@ async fn a_dead_daemon_is_taken_over_once_and_fenced(db: Db) {
     else {
         panic!("the new call could not start");
     };
-    let old = Checker::Call { attempt };
+    let old = keyed(attempt);
     assert_eq!(
         s.count_wrong_code(&v, old.clone(), rule(now), now)
             .await
@@ -534,9 +540,7 @@ async fn a_dead_daemon_is_taken_over_once_and_fenced(db: Db) {
     .unwrap();
     let stored = s.verification("vf_t").await.unwrap().unwrap();
     assert_eq!((stored.status, stored.attempts_used), (Status::Calling, 0));
-    let new = Checker::Call {
-        attempt: new_attempt,
-    };
+    let new = keyed(new_attempt);
     assert_eq!(
         s.verify_code(&v, new, now).await.unwrap(),
         Checked::Verified

@@ -3,7 +3,9 @@
 
 use std::fmt::Write;
 
-use crate::domain::status::RequestStatus;
+use crate::domain::clock::rfc3339;
+use crate::domain::status::{CallOutcome, EntryMethod, RequestStatus};
+use crate::support::request::RequestHistory;
 use crate::web::request_view::RequestView;
 
 /// Escape text for HTML element content and quoted attribute values.
@@ -199,7 +201,73 @@ pub fn queue(q: &Queue<'_>, staff: (&str, &str)) -> String {
     page("Manual verification requests", Some(staff), &body)
 }
 
-pub fn request(r: &RequestView, staff: (&str, &str)) -> String {
+/// The request's past: calls, code checks, lockout, other requests from the number.
+fn history(h: &RequestHistory) -> String {
+    let mut out = String::from("<h2>History</h2>");
+    if h.calls.is_empty() {
+        out.push_str("<p id=\"no-calls\">No call reached this verification.</p>");
+    } else {
+        out.push_str(
+            "<table id=\"calls\"><caption>Calls</caption><thead><tr><th>Started (UTC)</th>\
+             <th>Ended</th><th>Outcome</th></tr></thead><tbody>",
+        );
+        for c in &h.calls {
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                rfc3339(c.started_at),
+                c.ended_at.map_or_else(|| "in progress".to_owned(), rfc3339),
+                c.outcome.map_or("—", CallOutcome::as_str)
+            );
+        }
+        out.push_str("</tbody></table>");
+    }
+    if !h.checks.checks.is_empty() {
+        out.push_str(
+            "<table id=\"checks\"><caption>Codes checked (never the digits)</caption><thead>\
+             <tr><th>When (UTC)</th><th>How</th><th>Result</th></tr></thead><tbody>",
+        );
+        for c in &h.checks.checks {
+            let how = match c.method {
+                EntryMethod::Keypad => "keyed",
+                EntryMethod::Speech => "spoken",
+                EntryMethod::WebPage => "web page",
+            };
+            let result = if c.right { "right" } else { "wrong" };
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{how}</td><td>{result}</td></tr>",
+                rfc3339(c.at)
+            );
+        }
+        out.push_str("</tbody></table>");
+    }
+    if let Some(until) = h.checks.locked_until {
+        let _ = write!(
+            out,
+            "<p id=\"lockout\">The number and the user were locked out until {} (by this \
+             verification).</p>",
+            rfc3339(until)
+        );
+    }
+    if !h.others.is_empty() {
+        out.push_str("<h3>Other requests from this number</h3><ul id=\"others\">");
+        for o in &h.others {
+            let _ = write!(
+                out,
+                "<li><a href=\"/console/requests/{}\">{}</a> — {} — {}</li>",
+                escape(&o.id),
+                escape(&o.id),
+                rfc3339(o.created_at),
+                o.status
+            );
+        }
+        out.push_str("</ul>");
+    }
+    out
+}
+
+pub fn request(r: &RequestView, h: &RequestHistory, staff: (&str, &str)) -> String {
     let csrf = escape(staff.1);
     let id = escape(&r.id);
     let mut body = format!(
@@ -258,6 +326,7 @@ pub fn request(r: &RequestView, staff: (&str, &str)) -> String {
             escape(transcript)
         );
     }
+    body.push_str(&history(h));
     if r.status.as_str() == "open" {
         let pick = if r.verification.is_none() {
             "<label>Verification id (the request matched none) \

@@ -382,9 +382,11 @@ async fn show(
         .open(&id, &actor, after_decision)
         .await?
         .ok_or(Refusal::NotFound)?;
+    let history = state.support.history(&row).await?;
     let view = RequestView::new(&row, &state.support, true, now_ms());
     Ok(html_page(html::request(
         &view,
+        &history,
         (&session.username, &session.csrf_token),
     )))
 }

@@ -1,0 +1,12 @@
+-- Every code checked for a verification and counted (never the digits): how it came (keyed
+-- or said in a call, or typed into the web page) and whether it was right, for the support
+-- desk's history of a verification. Written in the transaction that counts it.
+CREATE TABLE code_checks (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    verification_id TEXT NOT NULL REFERENCES verifications (id),
+    attempt_id      INTEGER,
+    at              INTEGER NOT NULL,
+    method          TEXT NOT NULL CHECK (method IN ('keypad', 'speech', 'web')),
+    right_code      INTEGER NOT NULL
+);
+CREATE INDEX code_checks_verification ON code_checks (verification_id, id);
