@@ -113,11 +113,40 @@ enum StaffCommand {
     Add {
         /// Sign-in name: letters, digits, '-', '_' or '.'
         username: String,
+        #[command(flatten)]
+        account: AccountArgs,
+    },
+    /// Change a staff member's role or time zone
+    Set {
+        username: String,
+        #[command(flatten)]
+        account: AccountArgs,
     },
     /// List staff accounts
     List,
     /// Disable an account and end its console sessions
     Disable { username: String },
+}
+
+#[derive(Args)]
+struct AccountArgs {
+    /// Also let them read the audit log and export decisions in the console
+    #[arg(long)]
+    admin: bool,
+    /// Show their times in this IANA zone, e.g. America/New_York [default: support.timezone]
+    #[arg(long, value_name = "ZONE")]
+    time_zone: Option<String>,
+}
+
+impl AccountArgs {
+    fn role(&self) -> callverify::domain::status::StaffRole {
+        use callverify::domain::status::StaffRole;
+        if self.admin {
+            StaffRole::Admin
+        } else {
+            StaffRole::Agent
+        }
+    }
 }
 
 #[derive(Args)]
@@ -305,10 +334,27 @@ async fn staff(config: &Config, command: StaffCommand) -> anyhow::Result<ExitCod
     let session = std::time::Duration::from_secs(config.support.session_hours * 3600);
     let staff = Staff::new(app.store.clone(), session);
     match command {
-        StaffCommand::Add { username } => {
+        StaffCommand::Add { username, account } => {
+            if let Some(zone) = &account.time_zone {
+                callverify::support::staff::check_zone(zone)?;
+            }
             let password = read_password(&username)?;
-            let account = staff.add(&username, &password).await?;
-            out!("added staff member {} ({})", account.username, account.id);
+            let added = staff.add(&username, &password).await?;
+            staff
+                .set(&username, account.role(), account.time_zone.as_deref())
+                .await?;
+            out!(
+                "added staff member {} ({}, {})",
+                added.username,
+                added.id,
+                account.role()
+            );
+        }
+        StaffCommand::Set { username, account } => {
+            staff
+                .set(&username, account.role(), account.time_zone.as_deref())
+                .await?;
+            out!("{username}: {}", account.role());
         }
         StaffCommand::List => {
             for s in staff.list().await? {
@@ -316,7 +362,8 @@ async fn staff(config: &Config, command: StaffCommand) -> anyhow::Result<ExitCod
                     Some(at) => format!("disabled {}", callverify::domain::clock::rfc3339(at)),
                     None => "active".into(),
                 };
-                out!("{}  {}  {state}", s.username, s.id);
+                let zone = s.time_zone.as_deref().unwrap_or("support.timezone");
+                out!("{}  {}  {}  {zone}  {state}", s.username, s.id, s.role);
             }
         }
         StaffCommand::Disable { username } => {

@@ -94,6 +94,15 @@ stored_enum! {
 }
 
 stored_enum! {
+    /// What a staff account may do: `agent`s work the queue; `admin`s also read the audit
+    /// log and export decisions.
+    StaffRole {
+        Agent => "agent",
+        Admin => "admin",
+    }
+}
+
+stored_enum! {
     /// Where a manual-verification request stands.
     RequestStatus {
         Open => "open",

@@ -7,8 +7,8 @@ use super::verifications::parse_column;
 use super::{op, Store, StoreError};
 use crate::domain::status::{RequestStatus, Status};
 use crate::support::request::{
-    AuditEntry, Cursor, Decided, Decision, ManualRequest, NewManualRequest, RequestFilter,
-    RequestPage, Search,
+    AuditEntry, AuditFilter, Cursor, Decided, Decision, ManualRequest, NewManualRequest,
+    RequestFilter, RequestPage, Search,
 };
 
 /// Statuses a verification can be approved from by hand.
@@ -377,23 +377,13 @@ impl Store {
             .run(op(move |c| {
                 Box::pin(async move {
                     let rows = sqlx::query(
-                        "SELECT at, actor, action, subject, detail FROM audit_log \
+                        "SELECT id, at, actor, action, subject, detail FROM audit_log \
                          WHERE subject = $1 ORDER BY at, id",
                     )
                     .bind(&subject)
                     .fetch_all(&mut *c)
                     .await?;
-                    rows.iter()
-                        .map(|r| {
-                            Ok(AuditEntry {
-                                at: r.try_get("at")?,
-                                actor: r.try_get("actor")?,
-                                action: r.try_get("action")?,
-                                subject: r.try_get("subject")?,
-                                detail: r.try_get("detail")?,
-                            })
-                        })
-                        .collect()
+                    rows.iter().map(audit_from_row).collect()
                 })
             }))
             .await
@@ -401,6 +391,31 @@ impl Store {
 
     /// Delete recordings and transcripts of requests made before `before`, and console
     /// sessions expired by `now`; returns how many recordings went.
+    /// The audit log, newest first, as `filter` narrows it.
+    pub async fn audit_log(&self, filter: AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let rows = sqlx::query(
+                        "SELECT id, at, actor, action, subject, detail FROM audit_log \
+                         WHERE ($1 IS NULL OR actor = $1) AND ($2 IS NULL OR action = $2) \
+                         AND ($3 IS NULL OR at >= $3) AND ($4 IS NULL OR at < $4) \
+                         AND ($5 IS NULL OR id < $5) ORDER BY id DESC LIMIT $6",
+                    )
+                    .bind(&filter.actor)
+                    .bind(&filter.action)
+                    .bind(filter.since)
+                    .bind(filter.until)
+                    .bind(filter.before_id)
+                    .bind(filter.limit)
+                    .fetch_all(&mut *c)
+                    .await?;
+                    rows.iter().map(audit_from_row).collect()
+                })
+            }))
+            .await
+    }
+
     pub async fn purge_support(&self, before: i64, now: i64) -> Result<u64, StoreError> {
         self.engine
             .run(op(move |c| {
@@ -422,6 +437,17 @@ impl Store {
             }))
             .await
     }
+}
+
+fn audit_from_row(r: &sqlx::any::AnyRow) -> Result<AuditEntry, StoreError> {
+    Ok(AuditEntry {
+        id: r.try_get("id")?,
+        at: r.try_get("at")?,
+        actor: r.try_get("actor")?,
+        action: r.try_get("action")?,
+        subject: r.try_get("subject")?,
+        detail: r.try_get("detail")?,
+    })
 }
 
 async fn insert_audit(

@@ -2,7 +2,9 @@
 
 use sqlx::{Connection, Row};
 
+use super::verifications::parse_column;
 use super::{op, Store, StoreError};
+use crate::domain::status::StaffRole;
 use crate::support::account::{StaffAccount, StaffSession};
 
 impl Store {
@@ -47,8 +49,8 @@ impl Store {
             .run(op(move |c| {
                 Box::pin(async move {
                     let sql = format!(
-                        "SELECT id, username, password_hash, created_at, disabled_at FROM staff \
-                         WHERE {condition} ORDER BY username"
+                        "SELECT id, username, password_hash, created_at, disabled_at, role, \
+                         time_zone FROM staff WHERE {condition} ORDER BY username"
                     );
                     let mut query = sqlx::query(&sql);
                     if condition.contains("$1") {
@@ -57,15 +59,44 @@ impl Store {
                     let rows = query.fetch_all(&mut *c).await?;
                     rows.iter()
                         .map(|r| {
+                            let role: String = r.try_get("role")?;
                             Ok(StaffAccount {
                                 id: r.try_get("id")?,
                                 username: r.try_get("username")?,
                                 password_hash: r.try_get("password_hash")?,
                                 created_at: r.try_get("created_at")?,
                                 disabled_at: r.try_get("disabled_at")?,
+                                role: parse_column("role", &role)?,
+                                time_zone: r.try_get("time_zone")?,
                             })
                         })
                         .collect()
+                })
+            }))
+            .await
+    }
+
+    /// Set an account's role and time zone (`None`: the support line's); false if there is
+    /// no such account.
+    pub async fn set_staff(
+        &self,
+        username: &str,
+        role: StaffRole,
+        time_zone: Option<String>,
+    ) -> Result<bool, StoreError> {
+        let username = username.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "UPDATE staff SET role = $1, time_zone = $2 WHERE username = $3",
+                    )
+                    .bind(role.as_str())
+                    .bind(&time_zone)
+                    .bind(&username)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
                 })
             }))
             .await
@@ -144,7 +175,8 @@ impl Store {
             .run(op(move |c| {
                 Box::pin(async move {
                     let row = sqlx::query(
-                        "SELECT s.staff_id, f.username, s.csrf_token FROM staff_sessions s \
+                        "SELECT s.staff_id, f.username, s.csrf_token, f.role, f.time_zone \
+                         FROM staff_sessions s \
                          JOIN staff f ON f.id = s.staff_id WHERE s.token_hash = $1 \
                          AND s.expires_at > $2 AND f.disabled_at IS NULL",
                     )
@@ -153,10 +185,13 @@ impl Store {
                     .fetch_optional(&mut *c)
                     .await?;
                     row.map(|r| {
+                        let role: String = r.try_get("role")?;
                         Ok(StaffSession {
                             staff_id: r.try_get("staff_id")?,
                             username: r.try_get("username")?,
                             csrf_token: r.try_get("csrf_token")?,
+                            role: parse_column("role", &role)?,
+                            time_zone: r.try_get("time_zone")?,
                         })
                     })
                     .transpose()

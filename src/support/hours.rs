@@ -64,6 +64,11 @@ impl BusinessHours {
 
     /// Whether staff answer at `at_ms` (Unix milliseconds): from opening time, up to but
     /// not including closing time.
+    /// The zone the hours are kept in (the support desk's).
+    pub fn zone(&self) -> &TimeZone {
+        &self.zone
+    }
+
     pub fn is_open(&self, at_ms: i64) -> bool {
         let Ok(at) = Timestamp::from_millisecond(at_ms) else {
             return false;

@@ -24,7 +24,10 @@ pub use account::{StaffAccount, StaffSession};
 pub use actor::Actor;
 use hours::BusinessHours;
 use message::{Message, MessageLimits};
-use request::{Decided, Decision, NewManualRequest, RequestHistory, RequestPage, Search};
+use request::{
+    AuditEntry, AuditFilter, Decided, Decision, NewManualRequest, RequestHistory, RequestPage,
+    Search,
+};
 pub use request::{ManualRequest, RequestFilter};
 
 /// How long after a decision the page that shows it (`after_decision`) is part of it.
@@ -138,6 +141,13 @@ impl Support {
         })
     }
 
+    /// The zone a staff member's times are shown in: their own, else the support desk's.
+    pub fn zone_for(&self, staff_zone: Option<&str>) -> jiff::tz::TimeZone {
+        staff_zone
+            .and_then(|z| jiff::tz::TimeZone::get(z).ok())
+            .unwrap_or_else(|| self.settings.hours.zone().clone())
+    }
+
     pub fn staff_answer_at(&self, at_ms: i64) -> bool {
         self.settings.hours.is_open(at_ms)
     }
@@ -221,14 +231,15 @@ impl Support {
         Ok(history)
     }
 
-    /// One request as a decision's confirmation shows it (the number masked): not audited.
-    pub async fn request(&self, id: &str) -> Result<Option<ManualRequest>, StoreError> {
-        self.store.manual_request(id).await
+    /// The audit log, newest first (for administrators).
+    pub async fn audit_log(&self, filter: AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
+        self.store.audit_log(filter).await
     }
 
-    /// One request; opening it (it shows the full number) is audited, except the page the
-    /// console shows right after the actor's own approve or reject (`after_decision`, and
-    /// the trail's last entry is that decision): no new look at the number.
+    /// One request; opening it (it shows the full number) is audited, once per look: not
+    /// again when the actor's own last entry on it, within a minute, is an open (a reload, a
+    /// canceled decision) or, for the page shown right after it (`after_decision`), their
+    /// approve or reject.
     pub async fn open(
         &self,
         id: &str,
@@ -238,16 +249,14 @@ impl Support {
         let request = self.store.manual_request(id).await?;
         if request.is_some() {
             let now = now_ms();
-            let trail = match after_decision {
-                true => self.store.audit_entries(id).await?,
-                false => Vec::new(),
-            };
-            let just_decided = trail.last().is_some_and(|last| {
+            let trail = self.store.audit_entries(id).await?;
+            let seen = trail.last().is_some_and(|last| {
                 last.actor == actor.as_str()
-                    && matches!(last.action.as_str(), "approve" | "reject")
                     && now - last.at < DECISION_VIEW_MS
+                    && (last.action == "open"
+                        || after_decision && matches!(last.action.as_str(), "approve" | "reject"))
             });
-            if !just_decided {
+            if !seen {
                 self.store
                     .audit(actor.as_str(), "open", id, "", now)
                     .await?;

@@ -181,8 +181,24 @@ pub struct RequestHistory {
     pub others: Vec<ManualRequest>,
 }
 
+/// Which entries of the audit log an administrator looks at.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// `staff:alice`, `api:key_...`, `accounts`, ...
+    pub actor: Option<String>,
+    /// `open`, `play`, `approve`, `reject`, `staff_add`, ...
+    pub action: Option<String>,
+    /// Entries at or after this time, and before `until`.
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    /// The page after (older than) the entry with this id.
+    pub before_id: Option<i64>,
+    pub limit: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
+    pub id: i64,
     pub at: i64,
     pub actor: String,
     pub action: String,

@@ -15,6 +15,7 @@ use super::actor::Actor;
 use super::passwords::PasswordChecks;
 use crate::domain::clock::now_ms;
 use crate::domain::ids::{random_token, token_hash};
+use crate::domain::status::StaffRole;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,10 +30,19 @@ pub enum StaffError {
     Unknown(String),
     #[error("too many sign-ins for {0:?}: try again in 15 minutes")]
     Throttled(String),
+    #[error("unknown time zone {0:?}: use an IANA name such as America/Los_Angeles")]
+    UnknownZone(String),
     #[error("password hashing failed: {0}")]
     Hash(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Whether `zone` is a time zone staff times can be shown in (an IANA name).
+pub fn check_zone(zone: &str) -> Result<(), StaffError> {
+    jiff::tz::TimeZone::get(zone)
+        .map(drop)
+        .map_err(|_| StaffError::UnknownZone(zone.to_owned()))
 }
 
 /// A console session as the browser holds it.
@@ -112,6 +122,8 @@ impl Staff {
             password_hash,
             created_at: now_ms(),
             disabled_at: None,
+            role: StaffRole::Agent,
+            time_zone: None,
         };
         if !self.store.insert_staff(account.clone()).await? {
             return Err(StaffError::Exists(username.to_owned()));
@@ -223,8 +235,34 @@ impl Staff {
                 staff_id: account.id,
                 username: account.username,
                 csrf_token,
+                role: account.role,
+                time_zone: account.time_zone,
             },
         }))
+    }
+
+    /// Give an account a role and a time zone (an IANA name; none: the support line's).
+    pub async fn set(
+        &self,
+        username: &str,
+        role: StaffRole,
+        time_zone: Option<&str>,
+    ) -> Result<(), StaffError> {
+        if let Some(zone) = time_zone {
+            check_zone(zone)?;
+        }
+        if !self
+            .store
+            .set_staff(username, role, time_zone.map(str::to_owned))
+            .await?
+        {
+            return Err(StaffError::Unknown(username.to_owned()));
+        }
+        let detail = format!("role={role} time_zone={}", time_zone.unwrap_or("support"));
+        self.store
+            .audit(ACCOUNTS_ACTOR, "staff_set", username, &detail, now_ms())
+            .await?;
+        Ok(())
     }
 
     /// Count a sign-in attempt of `username`; false (not counted) when its tries within

@@ -14,6 +14,9 @@ pub struct RequestView {
     pub id: String,
     pub status: RequestStatus,
     pub created_at: String,
+    /// The same, in Unix ms (for the console's local times).
+    #[serde(skip)]
+    pub received_ms: i64,
     /// Masked in lists; in full when one request is opened.
     pub caller: Option<String>,
     pub caller_match: &'static str,
@@ -25,6 +28,8 @@ pub struct RequestView {
     pub recording_url: Option<String>,
     pub transcript: Option<String>,
     pub decided_at: Option<String>,
+    #[serde(skip)]
+    pub decided_ms: Option<i64>,
     pub decided_by: Option<String>,
     pub reason: Option<String>,
 }
@@ -58,6 +63,7 @@ impl RequestView {
             id: request.id.clone(),
             status: request.status,
             created_at: rfc3339(request.created_at),
+            received_ms: request.created_at,
             caller,
             caller_match: request.caller_match.as_str(),
             verification: request.verification_id.as_ref().map(|id| VerificationRef {
@@ -73,6 +79,7 @@ impl RequestView {
                 .then(|| format!("/v1/manual-requests/{}/recording", request.id)),
             transcript: request.transcript.clone(),
             decided_at: request.decided_at.map(rfc3339),
+            decided_ms: request.decided_at,
             decided_by: request.decided_by.clone(),
             reason: request.reason.clone(),
         }

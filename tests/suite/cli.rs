@@ -116,6 +116,63 @@ fn start_prints_id_and_code_and_status_reads_it_back() {
     assert_eq!(json(&out)["status"], "canceled");
 }
 
+/// `staff add --admin --time-zone` and `staff set`: roles and zones, a wrong zone refused
+/// before any account is made.
+#[test]
+fn staff_roles_and_time_zones() {
+    use std::io::Write as _;
+    let dir = with_store();
+    let add = |args: &[&str]| {
+        let mut child = callverify(dir.path())
+            .args(["staff", "add"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "a long enough password").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = add(&["dana", "--time-zone", "Mars/Olympus_Mons"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("unknown time zone"),
+        "{}",
+        stderr(&out)
+    );
+    let out = add(&["dana", "--admin", "--time-zone", "Europe/Madrid"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = add(&["erik"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(callverify(dir.path()).args([
+        "staff",
+        "set",
+        "erik",
+        "--time-zone",
+        "America/New_York",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(callverify(dir.path()).args(["staff", "list"]));
+    let list = String::from_utf8_lossy(&out.stdout);
+    let line = |name: &str| {
+        list.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .to_owned()
+    };
+    assert!(
+        line("dana").contains("admin  Europe/Madrid  active"),
+        "{list}"
+    );
+    assert!(
+        line("erik").contains("agent  America/New_York  active"),
+        "{list}"
+    );
+    let out = run(callverify(dir.path()).args(["staff", "set", "nobody", "--admin"]));
+    assert_eq!(out.status.code(), Some(1));
+}
+
 #[test]
 fn read_code_mode_shows_no_code() {
     let dir = with_store();

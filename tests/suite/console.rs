@@ -6,7 +6,7 @@ use crate::common::browser::Browser;
 use crate::common::{Daemon, Db, PHONE};
 use std::time::Duration;
 
-use callverify::domain::status::{CallerMatch, Status};
+use callverify::domain::status::{CallerMatch, StaffRole, Status};
 use callverify::domain::NewVerification;
 use callverify::support::request::NewManualRequest;
 use callverify::support::staff::Staff;
@@ -79,10 +79,10 @@ async fn staff_sign_in_play_and_approve_in_a_browser() {
         .run_async(
             "const done = arguments[arguments.length - 1];\
              const a = document.getElementById('recording');\
-             const go = () => a.play().then(\
+             a.onerror = () => done({error: 'load failed'});\
+             a.play().then(\
                () => setTimeout(() => done({duration: a.duration, time: a.currentTime, paused: a.paused}), 300),\
-               e => done({error: String(e)}));\
-             if (a.readyState >= 1) go(); else { a.onloadedmetadata = go; a.onerror = () => done({error: 'load failed'}); }",
+               e => done({error: String(e)}));",
         )
         .await;
     assert_eq!(played["error"], Value::Null, "{played}");
@@ -534,6 +534,67 @@ async fn the_desk_searches_pages_and_decides_with_confirmation() {
     browser.go(&format!("{base}/console/?status=open")).await;
     browser.wait_for_text("#tab-approved .count", "1").await;
     browser.wait_for_text("#tab-open .count", "1202").await;
+    // Times in alice's zone, how long ago, the UTC timestamp on hover.
+    let queue = browser.source().await;
+    assert!(queue.contains(" PST <span class=\"ago\">("), "local times");
+    assert!(queue.contains(" min ago)</span>"), "how long ago");
+    assert!(queue.contains("title=\"20"), "the UTC time on hover");
+
+    // The audit view: administrators only.
+    assert_eq!(
+        browser
+            .count_within("#audit-link", Duration::from_millis(300))
+            .await,
+        0
+    );
+    browser.go(&format!("{base}/console/audit")).await;
+    browser.wait_for_text("h1", "Administrators only").await;
+    Staff::new(d.store.clone(), Duration::from_secs(3600))
+        .set("alice", StaffRole::Admin, Some("America/Los_Angeles"))
+        .await
+        .unwrap();
+    browser.go(&format!("{base}/console/")).await;
+    browser.click("#audit-link").await;
+    browser.wait_for_text("h1", "Audit log").await;
+    browser.type_into("#action", "approve").await;
+    browser.click("#filter").await;
+    browser.wait_for_url("action=approve&from=&to=").await;
+    assert_eq!(browser.count("#audit tbody tr").await, 1);
+    let audit = browser.source().await;
+    assert!(audit.contains("staff:alice") && audit.contains(&format!(">{matched}</a>")));
+    // No second "open" after the decision, and the decision's CSV for today.
+    let opens = d.store.audit_entries(&matched).await.unwrap();
+    let actions: Vec<&str> = opens.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["open", "approve"], "one open, one decision");
+    let today = jiff::Timestamp::now()
+        .to_zoned_datetime(jiff::tz::TimeZone::get("America/Los_Angeles").unwrap())
+        .date()
+        .to_string();
+    let session = browser.cookie("cv_session").await.unwrap();
+    let csv = reqwest::Client::new()
+        .get(format!(
+            "{base}/console/audit/decisions.csv?from={today}&to={today}"
+        ))
+        .header("cookie", format!("cv_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.status().as_u16(), 200);
+    assert!(csv.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains(".csv"));
+    let csv = csv.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "at_utc,at_local,staff,decision,request,detail");
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(
+        lines[1].contains(&format!(
+            ",staff:alice,approve,{matched},verified {verification}"
+        )),
+        "{csv}"
+    );
+    screenshot(&browser, "audit").await;
     d.stop().await;
 }
 

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use crate::domain::clock::rfc3339;
 use crate::domain::status::{CallOutcome, EntryMethod, RequestStatus};
-use crate::support::request::RequestHistory;
+use crate::support::request::{AuditEntry, RequestHistory};
 use crate::web::request_view::RequestView;
 
 /// Escape text for HTML element content and quoted attribute values.
@@ -24,9 +24,51 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// How the console shows a time: in the staff member's zone, with how long ago, and the UTC
+/// timestamp on hover and for machines (`<time datetime>`).
+pub struct Times {
+    pub zone: jiff::tz::TimeZone,
+    pub now: i64,
+}
+
+impl Times {
+    pub fn show(&self, ms: i64) -> String {
+        let utc = rfc3339(ms);
+        let local = jiff::Timestamp::from_millisecond(ms)
+            .map(|t| {
+                t.to_zoned_datetime(self.zone.clone())
+                    .strftime("%a %-d %b %Y %H:%M %Z")
+                    .to_string()
+            })
+            .unwrap_or_else(|_| utc.clone());
+        format!(
+            "<time datetime=\"{utc}\" title=\"{utc}\">{} <span class=\"ago\">({})</span></time>",
+            escape(&local),
+            ago(self.now - ms)
+        )
+    }
+}
+
+/// `ms` of age in words: "just now", "5 min ago", "2 h ago", "3 days ago", "in 10 min".
+fn ago(ms: i64) -> String {
+    let (ahead, ms) = (ms < 0, ms.abs());
+    let minutes = ms / 60_000;
+    let span = match minutes {
+        0 => return "just now".into(),
+        1..=59 => format!("{minutes} min"),
+        60..=2879 => format!("{} h", minutes / 60),
+        _ => format!("{} days", minutes / 1440),
+    };
+    if ahead {
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
+    }
+}
+
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;max-width:72rem;color:#222}\
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.4rem .6rem;\
-border-bottom:1px solid #ddd}.overdue{color:#b00;font-weight:bold}nav a{margin-right:1rem}\
+border-bottom:1px solid #ddd}.overdue{color:#b00;font-weight:bold}.ago{color:#555}nav a{margin-right:1rem}\
 .error{color:#b00}form.inline{display:inline}label{display:block;margin:.5rem 0}\
 header{display:flex;justify-content:space-between;align-items:center}";
 
@@ -85,6 +127,9 @@ pub struct Queue<'a> {
     pub first_page: bool,
     /// The cursor of the next page, if there is one.
     pub next: Option<String>,
+    pub times: &'a Times,
+    /// Offer the audit log.
+    pub admin: bool,
 }
 
 /// A link to the queue with these parameters.
@@ -118,6 +163,9 @@ pub fn queue(q: &Queue<'_>, staff: (&str, &str)) -> String {
             escape(problem)
         );
     }
+    if q.admin {
+        body.push_str("<p><a id=\"audit-link\" href=\"/console/audit\">Audit log</a></p>");
+    }
     body.push_str("<nav aria-label=\"Status\">");
     let count = |status: Option<RequestStatus>| -> i64 {
         q.counts
@@ -149,7 +197,7 @@ pub fn queue(q: &Queue<'_>, staff: (&str, &str)) -> String {
         body.push_str("<p id=\"empty\">No requests.</p>");
     } else {
         body.push_str(
-            "<table id=\"queue\"><thead><tr><th>Received (UTC)</th><th>Caller</th><th>User</th>\
+            "<table id=\"queue\"><thead><tr><th>Received</th><th>Caller</th><th>User</th>\
              <th>Verification</th><th>Length</th><th>Status</th><th></th></tr></thead><tbody>",
         );
         for r in q.requests {
@@ -171,7 +219,7 @@ pub fn queue(q: &Queue<'_>, staff: (&str, &str)) -> String {
                 body,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s</td><td>{}{overdue}</td>\
                  <td><a class=\"open\" href=\"/console/requests/{}\">Open</a></td></tr>",
-                escape(&r.created_at),
+                q.times.show(r.received_ms),
                 escape(r.caller.as_deref().unwrap_or("withheld")),
                 escape(user),
                 escape(&verification),
@@ -202,21 +250,22 @@ pub fn queue(q: &Queue<'_>, staff: (&str, &str)) -> String {
 }
 
 /// The request's past: calls, code checks, lockout, other requests from the number.
-fn history(h: &RequestHistory) -> String {
+fn history(h: &RequestHistory, times: &Times) -> String {
     let mut out = String::from("<h2>History</h2>");
     if h.calls.is_empty() {
         out.push_str("<p id=\"no-calls\">No call reached this verification.</p>");
     } else {
         out.push_str(
-            "<table id=\"calls\"><caption>Calls</caption><thead><tr><th>Started (UTC)</th>\
+            "<table id=\"calls\"><caption>Calls</caption><thead><tr><th>Started</th>\
              <th>Ended</th><th>Outcome</th></tr></thead><tbody>",
         );
         for c in &h.calls {
             let _ = write!(
                 out,
                 "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-                rfc3339(c.started_at),
-                c.ended_at.map_or_else(|| "in progress".to_owned(), rfc3339),
+                times.show(c.started_at),
+                c.ended_at
+                    .map_or_else(|| "in progress".to_owned(), |at| times.show(at)),
                 c.outcome.map_or("—", CallOutcome::as_str)
             );
         }
@@ -225,7 +274,7 @@ fn history(h: &RequestHistory) -> String {
     if !h.checks.checks.is_empty() {
         out.push_str(
             "<table id=\"checks\"><caption>Codes checked (never the digits)</caption><thead>\
-             <tr><th>When (UTC)</th><th>How</th><th>Result</th></tr></thead><tbody>",
+             <tr><th>When</th><th>How</th><th>Result</th></tr></thead><tbody>",
         );
         for c in &h.checks.checks {
             let how = match c.method {
@@ -237,7 +286,7 @@ fn history(h: &RequestHistory) -> String {
             let _ = write!(
                 out,
                 "<tr><td>{}</td><td>{how}</td><td>{result}</td></tr>",
-                rfc3339(c.at)
+                times.show(c.at)
             );
         }
         out.push_str("</tbody></table>");
@@ -247,7 +296,7 @@ fn history(h: &RequestHistory) -> String {
             out,
             "<p id=\"lockout\">The number and the user were locked out until {} (by this \
              verification).</p>",
-            rfc3339(until)
+            times.show(until)
         );
     }
     if !h.others.is_empty() {
@@ -258,7 +307,7 @@ fn history(h: &RequestHistory) -> String {
                 "<li><a href=\"/console/requests/{}\">{}</a> — {} — {}</li>",
                 escape(&o.id),
                 escape(&o.id),
-                rfc3339(o.created_at),
+                times.show(o.created_at),
                 o.status
             );
         }
@@ -267,14 +316,14 @@ fn history(h: &RequestHistory) -> String {
     out
 }
 
-pub fn request(r: &RequestView, h: &RequestHistory, staff: (&str, &str)) -> String {
+pub fn request(r: &RequestView, h: &RequestHistory, times: &Times, staff: (&str, &str)) -> String {
     let csrf = escape(staff.1);
     let id = escape(&r.id);
     let mut body = format!(
         "<p><a href=\"/console/\">← Queue</a></p><dl>\
-         <dt>Received (UTC)</dt><dd>{}</dd><dt>Caller</dt><dd id=\"caller\">{}</dd>\
+         <dt>Received</dt><dd>{}</dd><dt>Caller</dt><dd id=\"caller\">{}</dd>\
          <dt>Caller ID</dt><dd>{}</dd><dt>Status</dt><dd id=\"status\">{}{}</dd>",
-        escape(&r.created_at),
+        times.show(r.received_ms),
         escape(r.caller.as_deref().unwrap_or("withheld")),
         r.caller_match,
         r.status,
@@ -296,11 +345,11 @@ pub fn request(r: &RequestView, h: &RequestHistory, staff: (&str, &str)) -> Stri
     if let Some(reason) = &r.reason {
         let _ = write!(body, "<dt>Reason</dt><dd>{}</dd>", escape(reason));
     }
-    if let (Some(at), Some(by)) = (&r.decided_at, &r.decided_by) {
+    if let (Some(at), Some(by)) = (r.decided_ms, &r.decided_by) {
         let _ = write!(
             body,
             "<dt>Decided</dt><dd>{} by {}</dd>",
-            escape(at),
+            times.show(at),
             escape(by)
         );
     }
@@ -313,7 +362,7 @@ pub fn request(r: &RequestView, h: &RequestHistory, staff: (&str, &str)) -> Stri
     if r.recording_url.is_some() {
         let _ = write!(
             body,
-            "<audio id=\"recording\" controls preload=\"metadata\" \
+            "<audio id=\"recording\" controls preload=\"none\" \
              src=\"/console/requests/{id}/recording.wav\"></audio>"
         );
     } else {
@@ -326,7 +375,7 @@ pub fn request(r: &RequestView, h: &RequestHistory, staff: (&str, &str)) -> Stri
             escape(transcript)
         );
     }
-    body.push_str(&history(h));
+    body.push_str(&history(h, times));
     if r.status.as_str() == "open" {
         let pick = if r.verification.is_none() {
             "<label>Verification id (the request matched none) \
@@ -412,6 +461,130 @@ pub fn confirm(r: &RequestView, decision: &Confirming<'_>, staff: (&str, &str)) 
 pub enum Confirming<'a> {
     Approve { verification_id: Option<&'a str> },
     Reject { reason: &'a str },
+}
+
+/// The audit log page: the filter form, the entries, the next page.
+pub struct AuditPage<'a> {
+    pub entries: &'a [AuditEntry],
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub problem: Option<&'a str>,
+    /// The id the next (older) page starts before.
+    pub next: Option<i64>,
+    pub times: &'a Times,
+}
+
+pub fn audit(a: &AuditPage<'_>, staff: (&str, &str)) -> String {
+    let mut body = format!(
+        "<p><a href=\"/console/\">← Queue</a></p>\
+         <form method=\"get\" action=\"/console/audit\" id=\"audit-filter\">\
+         <label>Who <input id=\"actor\" name=\"actor\" value=\"{}\" \
+         placeholder=\"staff:alice\"></label>\
+         <label>Action <input id=\"action\" name=\"action\" value=\"{}\" \
+         placeholder=\"approve\"></label>\
+         <label>From (day) <input id=\"from\" name=\"from\" type=\"date\" value=\"{}\"></label>\
+         <label>To (day) <input id=\"to\" name=\"to\" type=\"date\" value=\"{}\"></label>\
+         <button id=\"filter\">Show</button> \
+         <button id=\"export\" formaction=\"/console/audit/decisions.csv\">Export the \
+         decisions of these days (CSV)</button></form>",
+        escape(a.actor),
+        escape(a.action),
+        escape(a.from),
+        escape(a.to)
+    );
+    if let Some(problem) = a.problem {
+        let _ = write!(
+            body,
+            "<p class=\"error\" id=\"error\">{}</p>",
+            escape(problem)
+        );
+    }
+    if a.entries.is_empty() {
+        body.push_str("<p id=\"empty\">No entries.</p>");
+    } else {
+        body.push_str(
+            "<table id=\"audit\"><thead><tr><th>When</th><th>Who</th><th>Action</th>\
+             <th>Subject</th><th>Detail</th></tr></thead><tbody>",
+        );
+        for e in a.entries {
+            let subject = if e.subject.starts_with("mr_") {
+                format!(
+                    "<a href=\"/console/requests/{0}\">{0}</a>",
+                    escape(&e.subject)
+                )
+            } else {
+                escape(&e.subject)
+            };
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{subject}</td><td>{}</td></tr>",
+                a.times.show(e.at),
+                escape(&e.actor),
+                escape(&e.action),
+                escape(&e.detail)
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+    if let Some(next) = a.next {
+        let mut link = format!("/console/audit?before={next}");
+        for (key, value) in [
+            ("actor", a.actor),
+            ("action", a.action),
+            ("from", a.from),
+            ("to", a.to),
+        ] {
+            if !value.is_empty() {
+                let _ = write!(link, "&amp;{key}={}", escape(&super::urlencode(value)));
+            }
+        }
+        let _ = write!(
+            body,
+            "<nav aria-label=\"Pages\"><a id=\"next-page\" rel=\"next\" href=\"{link}\">\
+             Older entries</a></nav>"
+        );
+    }
+    page("Audit log", Some(staff), &body)
+}
+
+/// Decisions as CSV: one row each, oldest first. A field that a spreadsheet would take for
+/// a formula (`=`, `+`, `-`, `@`) is prefixed with `'`.
+pub fn decisions_csv(decisions: &[AuditEntry], times: &Times) -> String {
+    let field = |text: &str| -> String {
+        let text = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+            format!("'{text}")
+        } else {
+            text.to_owned()
+        };
+        if text.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", text.replace('"', "\"\""))
+        } else {
+            text
+        }
+    };
+    let mut out = String::from("at_utc,at_local,staff,decision,request,detail\r\n");
+    for d in decisions {
+        let local = jiff::Timestamp::from_millisecond(d.at)
+            .map(|t| {
+                t.to_zoned_datetime(times.zone.clone())
+                    .strftime("%Y-%m-%d %H:%M:%S %Z")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let _ = write!(
+            out,
+            "{},{},{},{},{},{}\r\n",
+            rfc3339(d.at),
+            field(&local),
+            field(&d.actor),
+            field(&d.action),
+            field(&d.subject),
+            field(&d.detail)
+        );
+    }
+    out
 }
 
 pub fn message(title: &str, text: &str, staff: Option<(&str, &str)>) -> String {

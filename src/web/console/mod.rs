@@ -24,9 +24,10 @@ use subtle::ConstantTimeEq;
 use crate::domain::clock::now_ms;
 use crate::domain::ids::random_token;
 use crate::domain::status::RequestStatus;
+use crate::domain::status::StaffRole;
 use crate::store::StoreError;
 use crate::support::account::StaffSession;
-use crate::support::request::{Cursor, RequestFilter, Search};
+use crate::support::request::{AuditFilter, Cursor, RequestFilter, Search};
 use crate::support::staff::{csrf_matches, Staff, StaffError};
 use crate::support::{Actor, Support, SupportError};
 use crate::web::request_view::RequestView;
@@ -56,6 +57,8 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
         .route("/console/", get(queue))
         .route("/console/login", get(login_page).post(login))
         .route("/console/logout", post(logout))
+        .route("/console/audit", get(audit))
+        .route("/console/audit/decisions.csv", get(decisions_csv))
         .route("/console/requests/{id}", get(show))
         .route("/console/requests/{id}/recording.wav", get(recording))
         .route("/console/requests/{id}/approve", post(approve))
@@ -70,6 +73,8 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
 enum Refusal {
     SignedOut,
     Forged,
+    /// For administrators only.
+    NotAllowed,
     NotFound,
     Conflict(String),
     Throttled(String),
@@ -91,6 +96,12 @@ impl IntoResponse for Refusal {
                     .to_owned(),
             ),
             Refusal::NotFound => (StatusCode::NOT_FOUND, "Not found", "No such request.".to_owned()),
+            Refusal::NotAllowed => (
+                StatusCode::FORBIDDEN,
+                "Administrators only",
+                "The audit log is for administrators (callverify staff set NAME --admin)."
+                    .to_owned(),
+            ),
             Refusal::Conflict(text) => (StatusCode::CONFLICT, "Not done", text),
             Refusal::Throttled(text) => (StatusCode::TOO_MANY_REQUESTS, "Signed out", text),
             Refusal::Store(e) => {
@@ -243,9 +254,173 @@ async fn queue(
             counts: &counts,
             first_page: cursor.is_some(),
             next: page.next.as_ref().map(Cursor::encode),
+            times: &times(&state, &session),
+            admin: session.role == StaffRole::Admin,
         },
         (&session.username, &session.csrf_token),
     )))
+}
+
+#[derive(Deserialize, Default)]
+struct AuditQuery {
+    actor: Option<String>,
+    action: Option<String>,
+    /// First and last day (YYYY-MM-DD, in the staff member's zone).
+    from: Option<String>,
+    to: Option<String>,
+    /// The page after (older than) this entry.
+    before: Option<i64>,
+}
+
+/// Entries of the audit log per page.
+const AUDIT_PAGE: i64 = 100;
+
+/// The audit log for administrators: who did what when, filtered by actor, action and days.
+async fn audit(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Response, Refusal> {
+    let session = administrator(&state, &headers).await?;
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let times = times(&state, &session);
+    let (mut filter, problem) = audit_filter(&query, &times);
+    filter.limit = AUDIT_PAGE + 1;
+    let mut entries = state.support.audit_log(filter).await?;
+    let more = entries.len() as i64 > AUDIT_PAGE;
+    entries.truncate(AUDIT_PAGE as usize);
+    let next = more.then(|| entries.last().map(|e| e.id)).flatten();
+    Ok(html_page(html::audit(
+        &html::AuditPage {
+            entries: &entries,
+            actor: query.actor.as_deref().unwrap_or_default(),
+            action: query.action.as_deref().unwrap_or_default(),
+            from: query.from.as_deref().unwrap_or_default(),
+            to: query.to.as_deref().unwrap_or_default(),
+            problem: problem.as_deref(),
+            next,
+            times: &times,
+        },
+        (&session.username, &session.csrf_token),
+    )))
+}
+
+/// The decisions (approvals and rejections) of the days asked for, as CSV, oldest first.
+async fn decisions_csv(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Response, Refusal> {
+    let session = administrator(&state, &headers).await?;
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let times = times(&state, &session);
+    let (filter, problem) = audit_filter(&query, &times);
+    if let Some(problem) = problem {
+        return Err(Refusal::Conflict(problem));
+    }
+    let mut decisions = Vec::new();
+    let mut before = None;
+    loop {
+        let page = state
+            .support
+            .audit_log(AuditFilter {
+                before_id: before,
+                limit: 1000,
+                ..filter.clone()
+            })
+            .await?;
+        before = page.last().map(|e| e.id);
+        let done = page.len() < 1000;
+        decisions.extend(
+            page.into_iter()
+                .filter(|e| matches!(e.action.as_str(), "approve" | "reject")),
+        );
+        if done {
+            break;
+        }
+    }
+    decisions.reverse();
+    let name = format!(
+        "decisions-{}-{}.csv",
+        query.from.as_deref().unwrap_or("start"),
+        query.to.as_deref().unwrap_or("now")
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}\"", name.replace(['"', '\\'], "")),
+            ),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        html::decisions_csv(&decisions, &times),
+    )
+        .into_response())
+}
+
+/// The signed-in staff member, if an administrator.
+async fn administrator(state: &ConsoleState, headers: &HeaderMap) -> Result<StaffSession, Refusal> {
+    let (session, _) = staff(state, headers).await?;
+    if session.role != StaffRole::Admin {
+        return Err(Refusal::NotAllowed);
+    }
+    Ok(session)
+}
+
+/// The store's filter for an audit query, and what was wrong with its days, if anything.
+fn audit_filter(query: &AuditQuery, times: &html::Times) -> (AuditFilter, Option<String>) {
+    let day = |text: Option<&str>, next: bool| -> Result<Option<i64>, String> {
+        let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
+            return Ok(None);
+        };
+        let date: jiff::civil::Date = text
+            .parse()
+            .map_err(|_| format!("{text:?} is not a day like 2026-12-01"))?;
+        let date = if next {
+            date.tomorrow().map_err(|e| e.to_string())?
+        } else {
+            date
+        };
+        date.to_zoned_datetime(times.zone.clone())
+            .map(|z| Some(z.timestamp().as_millisecond()))
+            .map_err(|e| e.to_string())
+    };
+    let blank = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let mut problem = None;
+    let mut since = None;
+    let mut until = None;
+    match (
+        day(query.from.as_deref(), false),
+        day(query.to.as_deref(), true),
+    ) {
+        (Ok(a), Ok(b)) => (since, until) = (a, b),
+        (Err(e), _) | (_, Err(e)) => problem = Some(e),
+    }
+    (
+        AuditFilter {
+            actor: blank(&query.actor),
+            action: blank(&query.action),
+            since,
+            until,
+            before_id: query.before,
+            limit: AUDIT_PAGE,
+        },
+        problem,
+    )
+}
+
+/// How this staff member's pages show times: in their zone, else the support desk's.
+fn times(state: &ConsoleState, session: &StaffSession) -> html::Times {
+    html::Times {
+        zone: state.support.zone_for(session.time_zone.as_deref()),
+        now: now_ms(),
+    }
 }
 
 /// A sign-in form's token: a random nonce and its HMAC under the server's key. Compared
@@ -387,6 +562,7 @@ async fn show(
     Ok(html_page(html::request(
         &view,
         &history,
+        &times(&state, &session),
         (&session.username, &session.csrf_token),
     )))
 }
@@ -457,7 +633,7 @@ async fn confirmation(
     id: &str,
     decision: &html::Confirming<'_>,
 ) -> Result<Response, Refusal> {
-    let request = state.support.request(id).await?.ok_or(Refusal::NotFound)?;
+    let request = state.support.peek(id).await?.ok_or(Refusal::NotFound)?;
     if request.status != RequestStatus::Open {
         return Err(Refusal::Conflict(format!(
             "This request was {} already.",
