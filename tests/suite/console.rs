@@ -595,6 +595,21 @@ async fn the_desk_searches_pages_and_decides_with_confirmation() {
         "{csv}"
     );
     screenshot(&browser, "audit").await;
+
+    // On a tablet (768 px wide) the page itself does not scroll sideways: wide tables do.
+    browser.window_size(768, 1024).await;
+    browser.go(&format!("{base}/console/?status=open")).await;
+    browser.wait_for_text("#tab-open .count", "1202").await;
+    let widths = browser
+        .run_async(
+            "const done = arguments[arguments.length - 1];\
+             done({page: document.documentElement.scrollWidth, view: window.innerWidth});",
+        )
+        .await;
+    assert!(
+        widths["page"].as_i64() <= widths["view"].as_i64(),
+        "{widths}"
+    );
     d.stop().await;
 }
 

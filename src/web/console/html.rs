@@ -70,7 +70,9 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;max-width
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.4rem .6rem;\
 border-bottom:1px solid #ddd}.overdue{color:#b00;font-weight:bold}.ago{color:#555}nav a{margin-right:1rem}\
 .error{color:#b00}form.inline{display:inline}label{display:block;margin:.5rem 0}\
-header{display:flex;justify-content:space-between;align-items:center}";
+header{display:flex;justify-content:space-between;align-items:center}\
+:focus-visible{outline:3px solid #0050b3;outline-offset:2px}\
+@media (max-width:900px){body{margin:1rem}.scroll{overflow-x:auto}}";
 
 /// A whole page; `signed_in` adds the header with the sign-out form.
 pub fn page(title: &str, signed_in: Option<(&str, &str)>, body: &str) -> String {
@@ -87,6 +89,7 @@ pub fn page(title: &str, signed_in: Option<(&str, &str)>, body: &str) -> String 
     };
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{} · callverify support</title><style>{STYLE}</style></head>\
          <body>{header}{body}</body></html>",
         escape(title)
@@ -197,7 +200,7 @@ pub fn queue(q: &Queue<'_>, staff: (&str, &str)) -> String {
         body.push_str("<p id=\"empty\">No requests.</p>");
     } else {
         body.push_str(
-            "<table id=\"queue\"><thead><tr><th>Received</th><th>Caller</th><th>User</th>\
+            "<div class=\"scroll\"><table id=\"queue\"><thead><tr><th>Received</th><th>Caller</th><th>User</th>\
              <th>Verification</th><th>Length</th><th>Status</th><th></th></tr></thead><tbody>",
         );
         for r in q.requests {
@@ -228,7 +231,7 @@ pub fn queue(q: &Queue<'_>, staff: (&str, &str)) -> String {
                 escape(&r.id),
             );
         }
-        body.push_str("</tbody></table>");
+        body.push_str("</tbody></table></div>");
     }
     body.push_str("<nav aria-label=\"Pages\">");
     if q.first_page {
@@ -505,7 +508,7 @@ pub fn audit(a: &AuditPage<'_>, staff: (&str, &str)) -> String {
         body.push_str("<p id=\"empty\">No entries.</p>");
     } else {
         body.push_str(
-            "<table id=\"audit\"><thead><tr><th>When</th><th>Who</th><th>Action</th>\
+            "<div class=\"scroll\"><table id=\"audit\"><thead><tr><th>When</th><th>Who</th><th>Action</th>\
              <th>Subject</th><th>Detail</th></tr></thead><tbody>",
         );
         for e in a.entries {
@@ -526,7 +529,7 @@ pub fn audit(a: &AuditPage<'_>, staff: (&str, &str)) -> String {
                 escape(&e.detail)
             );
         }
-        body.push_str("</tbody></table>");
+        body.push_str("</tbody></table></div>");
     }
     if let Some(next) = a.next {
         let mut link = format!("/console/audit?before={next}");
