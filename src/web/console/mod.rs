@@ -340,17 +340,30 @@ async fn decisions_csv(
         }
     }
     decisions.reverse();
+    // Days only (they were parsed above): nothing else reaches the header.
+    let day = |d: Option<&str>, none: &str| -> String {
+        let d: String = d
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| c.is_ascii_digit() || *c == '-')
+            .collect();
+        if d.is_empty() {
+            none.to_owned()
+        } else {
+            d
+        }
+    };
     let name = format!(
         "decisions-{}-{}.csv",
-        query.from.as_deref().unwrap_or("start"),
-        query.to.as_deref().unwrap_or("now")
+        day(query.from.as_deref(), "start"),
+        day(query.to.as_deref(), "now")
     );
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
             (
                 header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{}\"", name.replace(['"', '\\'], "")),
+                format!("attachment; filename=\"{name}\""),
             ),
             (header::CACHE_CONTROL, "no-store".to_owned()),
         ],
