@@ -3,8 +3,8 @@
 
 use sqlx::{AnyConnection, Connection, Row};
 
-use super::dial_queue::end_trunk_call;
 use super::lockouts::LOCKED_OUT;
+use super::trunk::end_trunk_call;
 use super::verifications::{parse_column, verification_from_row, VERIFICATION_COLUMNS};
 use super::{op, Store, StoreError};
 use crate::domain::status::CallOutcome;

@@ -10,7 +10,7 @@
 //!
 //! One file per table family, each an `impl Store` block: `verifications.rs` (and
 //! `creation.rs`, the checked insert), `attempts.rs` (call attempts and lockouts),
-//! `dial_queue.rs` (with the trunk's caps), `daemons.rs` (heartbeats and takeover),
+//! `dial_queue.rs`, `trunk.rs` (the trunk's caps), `daemons.rs` (heartbeats and takeover),
 //! `outbox.rs` (webhook events), `api_keys.rs`, `upkeep.rs`, and the support
 //! line's `manual_requests.rs` and `staff.rs`, and `selftests.rs` (`callverify doctor`'s
 //! self-test calls).
@@ -28,16 +28,17 @@ mod outbox;
 pub mod owner;
 mod selftests;
 mod staff;
+mod trunk;
 mod upkeep;
 mod verifications;
 
 pub use attempts::{Begun, Recovered};
 pub use creation::{Created, Earlier, IdempotencyKey, RateLimit, RateSubject};
 pub use daemons::{DaemonRow, TakenOver};
-pub use dial_queue::Trunk;
 pub use error::{redact_url, StoreError};
 pub use lockouts::{CheckRow, Checked, Checker, Checks, Standing, StrikeRule};
 pub use selftests::SelftestRow;
+pub use trunk::Trunk;
 
 use std::str::FromStr;
 use std::sync::Arc;

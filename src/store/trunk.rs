@@ -1,0 +1,68 @@
+//! The trunk's calls in progress and its pace, which every daemon on the store shares
+//! (`trunk_calls`, `trunks`): a dialer call counts from its claim until it ends.
+
+use sqlx::{AnyConnection, Row};
+
+use super::{op, Store, StoreError};
+
+/// The trunk a dialer calls through, and its caps, which hold for every daemon together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trunk {
+    /// What names it (the dialer's channel template).
+    pub name: String,
+    /// Calls in progress at most (`dialer.max_concurrent`).
+    pub max_calls: i64,
+    /// The least time between two Originates (`1 s / dialer.max_per_second`), in ms.
+    pub gap_ms: i64,
+    /// A call in progress since before this no longer counts (its end was never heard).
+    pub calls_since: i64,
+}
+
+impl Store {
+    /// A dialer call's FastAGI side is over, or its Hangup was heard: it no longer counts
+    /// on the trunk (nothing happens if it was not counted).
+    pub async fn trunk_call_over(&self, channel_id: &str) -> Result<(), StoreError> {
+        let channel_id = channel_id.to_owned();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move { end_trunk_call(c, &channel_id).await })
+            }))
+            .await
+    }
+}
+
+/// How many more calls the trunk takes now: none before its next Originate is due, else
+/// its cap less the calls in progress.
+pub(super) async fn trunk_room(
+    c: &mut AnyConnection,
+    trunk: &Trunk,
+    now: i64,
+) -> Result<i64, StoreError> {
+    let row = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM trunk_calls WHERE trunk = $1 AND since >= $2) AS calls, \
+         (SELECT next_dial_at FROM trunks WHERE trunk = $1) AS next_dial_at",
+    )
+    .bind(&trunk.name)
+    .bind(trunk.calls_since)
+    .fetch_one(&mut *c)
+    .await?;
+    if row
+        .try_get::<Option<i64>, _>("next_dial_at")?
+        .is_some_and(|at| now < at)
+    {
+        return Ok(0);
+    }
+    Ok(trunk.max_calls - row.try_get::<i64, _>("calls")?)
+}
+
+/// The trunk call with this ChannelId is over.
+pub(super) async fn end_trunk_call(
+    c: &mut AnyConnection,
+    channel_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM trunk_calls WHERE channel_id = $1")
+        .bind(channel_id)
+        .execute(c)
+        .await?;
+    Ok(())
+}
