@@ -93,6 +93,9 @@ impl Browser {
         browser
             .command("POST", "/timeouts", json!({ "implicit": 10_000 }))
             .await;
+        // A desk's screen, not headless Chromium's 800×600 (where the console's tables
+        // scroll inside their box and a click may land beside a link).
+        browser.window_size(1280, 800).await;
         browser
     }
 

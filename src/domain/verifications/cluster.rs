@@ -1,0 +1,130 @@
+//! This daemon among the daemons on one store: its registration under its name, its
+//! heartbeat, and a clean leave (the takeover of a dead one is part of the queue upkeep).
+
+use super::Verifications;
+use crate::domain::clock::{millis, now_ms};
+use crate::domain::ids::random_token;
+use crate::domain::verification::{Machine, Registered, VerifyError};
+use crate::store::DaemonRow;
+
+/// A daemon's registration in the store: its name and this run of it.
+#[derive(Debug, Clone)]
+pub(super) struct Registration {
+    pub(super) name: String,
+    pub(super) incarnation: String,
+}
+
+impl Verifications {
+    /// Register this daemon under `name` in the store, where the daemons sharing it see one
+    /// another: refused while another live daemon has the name (seen within the policy's
+    /// `dead_after`, and not an earlier run on this machine whose process is gone).
+    pub async fn register(
+        &self,
+        name: String,
+        machine: &Machine,
+    ) -> Result<Registered, VerifyError> {
+        let now = now_ms();
+        let me = DaemonRow {
+            name: name.clone(),
+            incarnation: random_token("run_", 16),
+            boot_id: machine.boot_id.clone(),
+            pid: machine.pid,
+            started_at: now,
+            last_seen: now,
+            taken_over_by: None,
+        };
+        // Twice at most: a second daemon of the name may register between the read and
+        // the write, and is then judged like any other.
+        for _ in 0..2 {
+            let existing = self.store.daemon(&name).await?;
+            let registered = match &existing {
+                None => self
+                    .store
+                    .register_daemon(&me, None)
+                    .await?
+                    .then_some(Registered::Fresh),
+                Some(row) => {
+                    let alive = row.taken_over_by.is_none()
+                        && row.last_seen >= now - millis(self.policy.dead_after);
+                    let earlier_run_here = row.boot_id == machine.boot_id
+                        && (row.pid == machine.pid || !(machine.is_running)(row.pid));
+                    if alive && !earlier_run_here {
+                        return Ok(Registered::InUse {
+                            boot_id: row.boot_id.clone(),
+                            pid: row.pid,
+                            last_seen: row.last_seen,
+                        });
+                    }
+                    self.store
+                        .register_daemon(&me, Some(&row.incarnation))
+                        .await?
+                        .then_some(Registered::Replaced {
+                            last_seen: row.last_seen,
+                        })
+                }
+            };
+            if let Some(registered) = registered {
+                let _ = self.registration.set(Registration {
+                    name,
+                    incarnation: me.incarnation,
+                });
+                return Ok(registered);
+            }
+        }
+        Err(VerifyError::NameRace(name))
+    }
+
+    /// The heartbeat of a registered daemon. When its registration is gone (it was declared
+    /// dead and taken over, being unheard for too long), it registers again, and says so:
+    /// its calls of before were taken over, and their late writes are refused.
+    pub async fn heartbeat(&self, machine: &Machine) -> Result<(), VerifyError> {
+        let Some(r) = self.registration.get() else {
+            return Ok(());
+        };
+        if self
+            .store
+            .heartbeat(&r.name, &r.incarnation, now_ms())
+            .await?
+        {
+            return Ok(());
+        }
+        let row = self.store.daemon(&r.name).await?;
+        if let Some(row) = row.as_ref().filter(|row| row.taken_over_by.is_none()) {
+            // Another run of this name registered since: it has the name now.
+            tracing::error!(
+                daemon = %r.name,
+                other_pid = row.pid,
+                "another daemon runs under this daemon's name: stop one of them, or give \
+                 them different agi.listen addresses"
+            );
+            return Ok(());
+        }
+        tracing::error!(
+            daemon = %r.name,
+            "this daemon was declared dead (unheard for longer than \
+             database.takeover_after_secs) and its calls were taken over; registering again"
+        );
+        let me = DaemonRow {
+            name: r.name.clone(),
+            incarnation: r.incarnation.clone(),
+            boot_id: machine.boot_id.clone(),
+            pid: machine.pid,
+            started_at: self.started_at,
+            last_seen: now_ms(),
+            taken_over_by: None,
+        };
+        let replacing = row.map(|row| row.incarnation);
+        self.store
+            .register_daemon(&me, replacing.as_deref())
+            .await?;
+        Ok(())
+    }
+
+    /// A clean stop, calls done: this daemon leaves the store's list.
+    pub async fn deregister(&self) -> Result<(), VerifyError> {
+        if let Some(r) = self.registration.get() {
+            self.store.deregister(&r.name, &r.incarnation).await?;
+        }
+        Ok(())
+    }
+}
