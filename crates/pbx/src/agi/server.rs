@@ -106,7 +106,10 @@ async fn run_session<H: Handler>(
         } = greeting;
         // Replies are single short lines: don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
+        // The block first: a connection whose block waits in its socket is not silent, even
+        // if newer ones took its place before this task first ran (a burst of calls).
         let greeted = tokio::select! {
+            biased;
             greeted = Session::accept(stream, timeouts) => greeted,
             () = place.evicted() => {
                 admission.silent(peer, "silent while newer connections needed its place");

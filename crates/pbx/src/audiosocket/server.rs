@@ -58,7 +58,9 @@ async fn hand_over(greeting: Greeting, admission: &Admission, hub: Hub, uuid_tim
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
     let mut frames = FramedRead::new(read, FrameCodec);
+    // The UUID first: one waiting in the socket is not silence (see the FastAGI server).
     let first = tokio::select! {
+        biased;
         first = tokio::time::timeout(uuid_timeout, frames.next()) => first,
         () = place.evicted() => {
             admission.silent(peer, "silent while newer connections needed its place");

@@ -36,9 +36,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Daemon {
-    /// The daemon the memory run measures, as a child process (`callverify serve`)
+    /// The daemon the throughput and memory runs measure, as a child process (`callverify serve`)
     #[command(hide = true)]
     Serve,
+    /// The bare line server the throughput runs measure the daemon against
+    #[command(hide = true)]
+    BareServer,
 }
 
 #[tokio::main]
@@ -57,6 +60,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.daemon {
         Some(Daemon::Serve) => {
             daemon::serve(&config, daemon::shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Daemon::BareServer) => {
+            throughput::bare_server(config.agi_listen()?).await?;
             Ok(ExitCode::SUCCESS)
         }
         None if cli.bench.speech.speech => speech::run(&config, &cli.bench.speech).await,

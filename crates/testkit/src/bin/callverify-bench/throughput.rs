@@ -1,6 +1,6 @@
 //! The throughput, enqueue and memory runs: concurrent emulated Asterisk sessions through the verify flow.
 //!
-//! 1. Throughput: `--sessions` calls, `--concurrency` at a time, each acknowledging with `#`
+//! 1. Throughput: `--sessions` calls, `--concurrency` at a time (100 and 1,000), each acknowledging with `#`
 //!    and keying the right code, against the daemon on a fresh SQLite store; then the same
 //!    number of sessions and round trips against a bare tokio line server that answers from
 //!    a fixed script with no store, as the yardstick.
@@ -22,16 +22,16 @@ use callverify::config::Config;
 use callverify::daemon;
 use callverify::domain::status::Status;
 use callverify::domain::{NewVerification, Verifications};
-use callverify_testkit::emulator::{Action, Call, Transcript};
+use callverify_testkit::emulator::{Action, Call};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Sessions in the throughput run
+    /// Sessions in each throughput run
     #[arg(long, default_value_t = 20_000)]
     sessions: usize,
-    /// Sessions in flight at once in the throughput run
-    #[arg(long, default_value_t = 100)]
-    concurrency: usize,
+    /// Sessions in flight at once in the throughput runs, one pair of runs each
+    #[arg(long, value_delimiter = ',', default_values_t = [100, 1000])]
+    concurrency: Vec<usize>,
     /// Sessions held waiting for input at once in the memory run (0 skips it)
     #[arg(long, default_value_t = 10_000)]
     waiting: usize,
@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// Also run the API enqueue run on this Postgres database (its tables are created)
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
+    /// Count each server's instructions per session under valgrind's callgrind, over this
+    /// many sessions (0 skips it; needs valgrind)
+    #[arg(long, value_name = "SESSIONS", default_value_t = 0)]
+    callgrind: usize,
     #[command(flatten)]
     pub speech: crate::speech::SpeechBenchArgs,
 }
@@ -55,53 +59,84 @@ const BARE_SCRIPT: &[&str] = &[
     "HANGUP",
 ];
 
+/// Sessions in flight while callgrind counts (it runs one thread at a time, slowly).
+const CALLGRIND_CONCURRENCY: usize = 50;
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     let dir = tempfile::tempdir().context("creating a scratch directory")?;
-    let config = bench_config(dir.path(), args.concurrency.max(args.waiting) + 64);
+    let config = bench_config(dir.path(), "bench");
     println!(
-        "callverify-bench: {} sessions, {} at a time; {} waiting (SQLite, {} cores)",
+        "callverify-bench: {} sessions a run, {} at a time; {} waiting (SQLite, {} cores, \
+         agi.max_sessions {})",
         args.sessions,
-        args.concurrency,
+        args.concurrency
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(" and "),
         args.waiting,
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        config.agi.max_sessions,
     );
-
-    let daemon_run = throughput_daemon(&config, &args).await?;
-    daemon_run.print("daemon (verify flow, SQLite)");
-    let bare_run = throughput_bare(&args).await?;
-    bare_run.print("bare tokio line server");
-    println!(
-        "daemon / bare: {:.0}% of the bare server's sessions/s",
-        100.0 * daemon_run.per_sec() / bare_run.per_sec()
-    );
+    for &concurrency in &args.concurrency {
+        let flow = bench_config(dir.path(), &format!("flow-{concurrency}"));
+        let daemon_run = throughput(&Server::Daemon(&flow), args.sessions, concurrency).await?;
+        daemon_run.print(&format!(
+            "daemon (verify flow, SQLite), {concurrency} at a time"
+        ));
+        let bare_run = throughput(&Server::Bare, args.sessions, concurrency).await?;
+        bare_run.print(&format!("bare tokio line server, {concurrency} at a time"));
+        println!(
+            "daemon / bare at {concurrency}: {:.2}x the sessions/s, {:.2}x the CPU per session",
+            daemon_run.per_sec() / bare_run.per_sec(),
+            daemon_run.cpu_per_session().as_secs_f64() / bare_run.cpu_per_session().as_secs_f64()
+        );
+    }
+    if args.callgrind > 0 {
+        let flow = bench_config(dir.path(), "callgrind");
+        let daemon = instructions(&Server::Daemon(&flow), dir.path(), args.callgrind).await?;
+        let bare = instructions(&Server::Bare, dir.path(), args.callgrind).await?;
+        println!(
+            "instructions per session (callgrind, {} sessions, {CALLGRIND_CONCURRENCY} at a \
+             time): daemon {daemon:.0}, bare server {bare:.0}: {:.2}x",
+            args.callgrind,
+            daemon / bare
+        );
+    }
     if args.api_requests > 0 {
-        enqueue_run(&config, &args, "SQLite").await?;
+        let concurrency = args.concurrency.first().copied().unwrap_or(100);
+        enqueue_run(&config, args.api_requests, concurrency, "SQLite").await?;
         if let Some(url) = &args.postgres {
             let mut pg = config.clone();
             pg.database.url = url.clone();
             pg.database.max_connections = 16;
-            enqueue_run(&pg, &args, "Postgres").await?;
+            enqueue_run(&pg, args.api_requests, concurrency, "Postgres").await?;
         }
     }
     if args.waiting > 0 {
-        memory_run(&config, dir.path(), args.waiting).await?;
+        memory_run(&bench_config(dir.path(), "memory"), args.waiting).await?;
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// `POST /v1/verifications` through the HTTP API, `--concurrency` at a time, over
 /// keep-alive connections: verifications enqueued per second and request latency.
-async fn enqueue_run(config: &Config, args: &BenchArgs, store: &str) -> anyhow::Result<()> {
+async fn enqueue_run(
+    config: &Config,
+    requests: usize,
+    concurrency: usize,
+    store: &str,
+) -> anyhow::Result<()> {
     let running = InProcess::start(config).await?;
     let url = format!("http://{}/v1/verifications", running.http);
     let (_, key) = callverify::domain::api_keys::ApiKeys::new(running.app.store.clone())
         .create("bench")
         .await?;
     let client = reqwest::Client::new();
-    let limit = Arc::new(Semaphore::new(args.concurrency));
+    let limit = Arc::new(Semaphore::new(concurrency));
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(args.api_requests);
-    for i in 0..args.api_requests {
+    let mut tasks = Vec::with_capacity(requests);
+    for i in 0..requests {
         let permit = limit.clone().acquire_owned().await?;
         let (client, url, key) = (client.clone(), url.clone(), key.clone());
         tasks.push(tokio::spawn(async move {
@@ -132,6 +167,7 @@ async fn enqueue_run(config: &Config, args: &BenchArgs, store: &str) -> anyhow::
         sessions: latencies.len(),
         elapsed: started.elapsed(),
         turnarounds: latencies,
+        ..RunStats::default()
     };
     let mut line = String::new();
     stats.describe(&mut line, "requests", "request latency");
@@ -140,15 +176,15 @@ async fn enqueue_run(config: &Config, args: &BenchArgs, store: &str) -> anyhow::
     Ok(())
 }
 
-fn bench_config(dir: &Path, max_sessions: usize) -> Config {
+/// The daemon's configuration for one run, on its own SQLite file `name.db` in `dir`, with
+/// the product's defaults otherwise (`agi.max_sessions` 1,000 among them).
+fn bench_config(dir: &Path, name: &str) -> Config {
     let mut config = Config::default();
-    config.database.url = format!("sqlite://{}", dir.join("bench.db").display());
+    config.database.url = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
     config.security.secret_file = dir.join("bench.secret").display().to_string();
     config.agi.listen = "127.0.0.1:0".into();
     config.http.listen = "127.0.0.1:0".into();
     config.speech.listen = "127.0.0.1:0".into();
-    config.agi.max_sessions = u32::try_from(max_sessions).unwrap_or(u32::MAX);
-    config.agi.reply_timeout_secs = 300;
     // Every bench call is for one number: no rate limits here.
     config.verification.max_per_number_per_hour = u32::MAX;
     config.verification.max_per_user_per_hour = u32::MAX;
@@ -157,10 +193,9 @@ fn bench_config(dir: &Path, max_sessions: usize) -> Config {
     config
 }
 
-/// The daemon running in this process, on its own ports.
+/// The daemon running in this process, on its own ports (the API enqueue run).
 struct InProcess {
     app: daemon::App,
-    agi: std::net::SocketAddr,
     http: std::net::SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), daemon::DaemonError>>,
@@ -170,7 +205,7 @@ impl InProcess {
     async fn start(config: &Config) -> anyhow::Result<Self> {
         let app = daemon::open(config).await?;
         let listeners = daemon::bind(config).await?;
-        let (agi, http) = (listeners.agi.local_addr()?, listeners.http.local_addr()?);
+        let http = listeners.http.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (config, running) = (config.clone(), app.clone());
         let task = tokio::spawn(async move {
@@ -181,7 +216,6 @@ impl InProcess {
         });
         Ok(Self {
             app,
-            agi,
             http,
             stop,
             task,
@@ -195,10 +229,16 @@ impl InProcess {
     }
 }
 
+/// What a throughput run measured.
+#[derive(Default)]
 struct RunStats {
     sessions: usize,
     elapsed: Duration,
     turnarounds: Vec<Duration>,
+    /// Sessions that did not run their whole script (refused, reset, cut short).
+    errors: usize,
+    /// The server process's CPU time (user and system) during the run.
+    cpu: Duration,
 }
 
 impl RunStats {
@@ -206,17 +246,29 @@ impl RunStats {
         self.sessions as f64 / self.elapsed.as_secs_f64()
     }
 
+    fn cpu_per_session(&self) -> Duration {
+        self.cpu / u32::try_from(self.sessions.max(1)).unwrap_or(u32::MAX)
+    }
+
     fn print(&self, name: &str) {
         let mut line = String::new();
         self.describe(&mut line, "sessions", "command turnaround");
-        println!("{name}: {line}");
+        println!(
+            "{name}: {line}; {} errors; server CPU {:?} per session",
+            self.errors,
+            self.cpu_per_session()
+        );
     }
 
     /// "N units/s (...); what p50 .. p99 ..".
     fn describe(&self, out: &mut String, units: &str, what: &str) {
         let mut t = self.turnarounds.clone();
         t.sort_unstable();
-        let pct = |p: f64| t[((t.len() as f64 * p) as usize).min(t.len() - 1)];
+        let pct = |p: f64| {
+            t.get(((t.len() as f64 * p) as usize).min(t.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
         *out = format!(
             "{:.0} {units}/s ({} {units} in {:.2} s, {} round trips); {what} p50 {:?} p99 {:?}",
             self.per_sec(),
@@ -229,24 +281,36 @@ impl RunStats {
     }
 }
 
-/// New verifications with their codes.
-async fn create(service: &Verifications, n: usize) -> anyhow::Result<Vec<(String, String)>> {
+/// New verifications with their codes, created 256 at a time.
+async fn create(service: &Arc<Verifications>, n: usize) -> anyhow::Result<Vec<(String, String)>> {
     let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let view = service
-            .start(NewVerification {
-                phone: "+14155550101".into(),
-                user_ref: format!("bench-{i}"),
-                ..Default::default()
+    let mut next = 0;
+    while next < n {
+        let batch: Vec<_> = (next..n.min(next + 256))
+            .map(|i| {
+                let service = service.clone();
+                tokio::spawn(async move {
+                    service
+                        .start(NewVerification {
+                            phone: "+14155550101".into(),
+                            user_ref: format!("bench-{i}"),
+                            ..Default::default()
+                        })
+                        .await
+                })
             })
-            .await?
-            .view;
-        out.push((view.id, view.code.unwrap_or_default()));
+            .collect();
+        next += batch.len();
+        for started in batch {
+            let view = started.await??.view;
+            out.push((view.id, view.code.unwrap_or_default()));
+        }
     }
     Ok(out)
 }
 
-/// Run `calls` against `addr`, `concurrency` at a time.
+/// Run `calls` against `addr`, `concurrency` at a time; a call that does not get through its
+/// whole script (the six commands, HANGUP last) is an error.
 async fn drive(
     addr: std::net::SocketAddr,
     calls: Vec<Call>,
@@ -263,63 +327,290 @@ async fn drive(
             t
         }));
     }
-    let mut turnarounds = Vec::new();
-    let sessions = tasks.len();
+    let mut stats = RunStats {
+        sessions: tasks.len(),
+        ..RunStats::default()
+    };
     for t in tasks {
-        let transcript: Transcript = t.await??;
-        turnarounds.extend(transcript.turnarounds);
-    }
-    Ok(RunStats {
-        sessions,
-        elapsed: started.elapsed(),
-        turnarounds,
-    })
-}
-
-async fn throughput_daemon(config: &Config, args: &BenchArgs) -> anyhow::Result<RunStats> {
-    let running = InProcess::start(config).await?;
-    let (service, addr) = (running.app.verifications.clone(), running.agi);
-    let made = Instant::now();
-    let codes = create(&service, args.sessions).await?;
-    println!(
-        "created {} verifications in {:.2} s",
-        codes.len(),
-        made.elapsed().as_secs_f64()
-    );
-    let calls = codes
-        .iter()
-        .map(|(id, code)| Call::verify(id).press("#").press(code))
-        .collect();
-    let stats = drive(addr, calls, args.concurrency).await?;
-    for (id, _) in codes.iter().step_by((codes.len() / 50).max(1)) {
-        if service.get(id).await?.status != Status::Verified {
-            bail!("verification {id} did not end verified: the benchmark is not valid");
+        match t.await? {
+            Ok(transcript) => {
+                let whole = transcript.commands.len() == BARE_SCRIPT.len()
+                    && transcript.commands.last().is_some_and(|c| c == "HANGUP");
+                stats.errors += usize::from(!whole);
+                stats.turnarounds.extend(transcript.turnarounds);
+            }
+            Err(_) => stats.errors += 1,
         }
     }
-    running.stop().await?;
+    stats.elapsed = started.elapsed();
     Ok(stats)
 }
 
-async fn throughput_bare(args: &BenchArgs) -> anyhow::Result<RunStats> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let server = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(bare_session(stream));
-        }
-    });
-    let calls = (0..args.sessions)
-        .map(|_| Call::verify("vf_bench").press("#").press("123456"))
-        .collect();
-    let stats = drive(addr, calls, args.concurrency).await;
-    server.abort();
-    stats
+/// What a throughput run measures: the daemon on a store, or the bare line server.
+enum Server<'a> {
+    Daemon(&'a Config),
+    Bare,
 }
 
-/// Read the environment block, then send the fixed script, one reply per command.
+impl Server<'_> {
+    /// Its calls, each acknowledging with `#` and keying the right code; for the daemon,
+    /// `sessions` new verifications in its store.
+    async fn calls(&self, sessions: usize) -> anyhow::Result<(Vec<Call>, Vec<String>)> {
+        match self {
+            Server::Daemon(config) => {
+                let app = daemon::open(config).await?;
+                let made = Instant::now();
+                let codes = create(&app.verifications, sessions).await?;
+                println!(
+                    "created {} verifications in {:.2} s",
+                    codes.len(),
+                    made.elapsed().as_secs_f64()
+                );
+                app.store.close().await;
+                let calls = codes
+                    .iter()
+                    .map(|(id, code)| Call::verify(id).press("#").press(code))
+                    .collect();
+                Ok((calls, codes.into_iter().map(|(id, _)| id).collect()))
+            }
+            Server::Bare => Ok((
+                (0..sessions)
+                    .map(|_| Call::verify("vf_bench").press("#").press("123456"))
+                    .collect(),
+                Vec::new(),
+            )),
+        }
+    }
+
+    /// Start it as a child process, under `wrapper` (valgrind) if given.
+    async fn start(&self, wrapper: Option<&[String]>) -> anyhow::Result<Process> {
+        let mut env = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
+        let args: &[&str] = match self {
+            Server::Daemon(config) => {
+                env.extend(daemon_env(config));
+                &["serve"]
+            }
+            Server::Bare => &["bare-server"],
+        };
+        Process::start(args, &env, wrapper).await
+    }
+
+    /// After a daemon run: every verification (a sample of them) ended verified.
+    async fn check(&self, ids: &[String]) -> anyhow::Result<()> {
+        let Server::Daemon(config) = self else {
+            return Ok(());
+        };
+        let app = daemon::open(config).await?;
+        for id in ids.iter().step_by((ids.len() / 50).max(1)) {
+            if app.verifications.get(id).await?.status != Status::Verified {
+                bail!("verification {id} did not end verified: the benchmark is not valid");
+            }
+        }
+        app.store.close().await;
+        Ok(())
+    }
+}
+
+/// The environment that makes `callverify serve` use `config`'s store, key and listeners.
+fn daemon_env(config: &Config) -> Vec<(String, String)> {
+    [
+        ("CALLVERIFY_DATABASE_URL", config.database.url.clone()),
+        (
+            "CALLVERIFY_SECURITY_SECRET_FILE",
+            config.security.secret_file.clone(),
+        ),
+        ("CALLVERIFY_HTTP_LISTEN", "127.0.0.1:0".into()),
+        ("CALLVERIFY_SPEECH_LISTEN", "127.0.0.1:0".into()),
+        (
+            "CALLVERIFY_AGI_MAX_SESSIONS",
+            config.agi.max_sessions.to_string(),
+        ),
+        (
+            "CALLVERIFY_AGI_REPLY_TIMEOUT_SECS",
+            config.agi.reply_timeout_secs.to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// One throughput run: `sessions` calls, `concurrency` at a time, against `server` in a
+/// process of its own, whose CPU time is read from /proc around the run.
+async fn throughput(
+    server: &Server<'_>,
+    sessions: usize,
+    concurrency: usize,
+) -> anyhow::Result<RunStats> {
+    let (calls, ids) = server.calls(sessions).await?;
+    let process = server.start(None).await?;
+    let cpu_before = process.cpu()?;
+    let mut stats = drive(process.addr, calls, concurrency).await?;
+    stats.cpu = process.cpu()?.saturating_sub(cpu_before);
+    process.stop().await?;
+    server.check(&ids).await?;
+    Ok(stats)
+}
+
+/// Instructions per session of `server`, counted by callgrind over `sessions` sessions
+/// (its counters zeroed when it is ready, dumped when they are done).
+async fn instructions(server: &Server<'_>, dir: &Path, sessions: usize) -> anyhow::Result<f64> {
+    let (calls, ids) = server.calls(sessions).await?;
+    let out = dir.join(format!("callgrind.{}", std::process::id()));
+    let wrapper = [
+        "valgrind".to_owned(),
+        "--tool=callgrind".to_owned(),
+        "--quiet".to_owned(),
+        "--fair-sched=yes".to_owned(),
+        format!("--callgrind-out-file={}", out.display()),
+    ];
+    let process = server.start(Some(&wrapper)).await?;
+    callgrind_control(&["-z"], process.pid).await?;
+    let stats = drive(process.addr, calls, CALLGRIND_CONCURRENCY).await?;
+    if stats.errors > 0 {
+        bail!(
+            "{} sessions failed under callgrind: the count is not valid",
+            stats.errors
+        );
+    }
+    callgrind_control(&["-d"], process.pid).await?;
+    process.stop().await?;
+    server.check(&ids).await?;
+    // The dump after the zeroing is `OUT.1`.
+    let dump = std::fs::read_to_string(format!("{}.1", out.display()))
+        .context("reading callgrind's dump")?;
+    let total: f64 = dump
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no instruction total in callgrind's dump")?;
+    Ok(total / sessions as f64)
+}
+
+async fn callgrind_control(args: &[&str], pid: u32) -> anyhow::Result<()> {
+    let status = tokio::process::Command::new("callgrind_control")
+        .args(args)
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .context("running callgrind_control (install valgrind)")?;
+    if !status.success() {
+        bail!("callgrind_control {args:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// A server this benchmark started as a child process, listening for FastAGI on `addr`.
+struct Process {
+    child: tokio::process::Child,
+    pid: u32,
+    addr: std::net::SocketAddr,
+}
+
+impl Process {
+    /// This benchmark's own hidden `serve` (what `callverify serve` runs) or `bare-server`,
+    /// on a free port, once it accepts connections.
+    async fn start(
+        args: &[&str],
+        env: &[(String, String)],
+        wrapper: Option<&[String]>,
+    ) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let exe = std::env::current_exe()?;
+        let mut command = match wrapper {
+            Some([program, options @ ..]) => {
+                let mut c = tokio::process::Command::new(program);
+                c.args(options).arg(&exe);
+                c
+            }
+            _ => tokio::process::Command::new(&exe),
+        };
+        let mut child = command
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("CALLVERIFY_AGI_LISTEN", addr.to_string())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {args:?} for the benchmark"))?;
+        let pid = child.id().context("server pid")?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while TcpStream::connect(addr).await.is_err() {
+            if let Some(status) = child.try_wait()? {
+                bail!("{args:?} exited before listening: {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("{args:?} did not start listening on {addr}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self { child, pid, addr })
+    }
+
+    /// Its CPU time so far, user and system, all threads (/proc/PID/stat).
+    fn cpu(&self) -> anyhow::Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .context("reading the server's CPU time from /proc (Linux only)")?;
+        // After the command name in parentheses: state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| -> anyhow::Result<u64> {
+            fields
+                .get(i)
+                .and_then(|f| f.parse().ok())
+                .context("unexpected /proc/PID/stat")
+        };
+        // USER_HZ is 100 on Linux.
+        Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+    }
+
+    /// A `kB` field of /proc/PID/status, e.g. `VmRSS:` or `VmHWM:`.
+    fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .context("reading the daemon's memory from /proc (Linux only)")?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {field} in /proc/{}/status", self.pid))
+    }
+
+    /// Stop it (SIGTERM, as systemd does) and wait for it.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = tokio::process::Command::new("kill")
+            .arg(self.pid.to_string())
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .is_err()
+        {
+            self.child.start_kill()?;
+            self.child.wait().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The bare server (`callverify-bench bare-server`): for each connection, read the
+/// environment block, then send the fixed script, one reply per command.
+pub async fn bare_server(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(bare_session(stream));
+    }
+}
+
 async fn bare_session(stream: TcpStream) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
@@ -347,44 +638,17 @@ async fn bare_session(stream: TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn memory_run(config: &Config, dir: &Path, waiting: usize) -> anyhow::Result<()> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    // This benchmark's own hidden `serve`: the daemon as `callverify serve` runs it.
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .arg("serve")
-        .current_dir(dir)
-        .env("CALLVERIFY_DATABASE_URL", &config.database.url)
-        .env(
-            "CALLVERIFY_SECURITY_SECRET_FILE",
-            &config.security.secret_file,
-        )
-        .env("CALLVERIFY_AGI_LISTEN", addr.to_string())
-        .env("CALLVERIFY_HTTP_LISTEN", "127.0.0.1:0")
-        .env("CALLVERIFY_SPEECH_LISTEN", "127.0.0.1:0")
-        .env(
-            "CALLVERIFY_AGI_MAX_SESSIONS",
-            config.agi.max_sessions.to_string(),
-        )
-        .env("CALLVERIFY_AGI_REPLY_TIMEOUT_SECS", "600")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting `callverify serve` for the memory run")?;
-    let pid = child.id().context("daemon pid")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).await.is_err() {
-        if Instant::now() > deadline {
-            bail!("the daemon did not start listening on {addr}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let idle_kib = proc_status_kib(pid, "VmRSS:")?;
-    let service = daemon::open(config).await?.verifications;
-    let codes = create(&service, waiting).await?;
+/// `waiting` calls held at the code prompt at once: the daemon's resident memory.
+async fn memory_run(config: &Config, waiting: usize) -> anyhow::Result<()> {
+    let mut config = config.clone();
+    config.agi.max_sessions = u32::try_from(waiting + 64).unwrap_or(u32::MAX);
+    config.agi.reply_timeout_secs = 600;
+    let server = Server::Daemon(&config);
+    let app = daemon::open(&config).await?;
+    let codes = create(&app.verifications, waiting).await?;
+    let process = server.start(None).await?;
+    let idle_kib = process.status_kib("VmRSS:")?;
+    let service = app.verifications.clone();
     let (go, hold) = watch::channel(false);
     let calls: Vec<Call> = codes
         .iter()
@@ -398,7 +662,7 @@ async fn memory_run(config: &Config, dir: &Path, waiting: usize) -> anyhow::Resu
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(calls.len());
     for call in calls {
-        tasks.push(tokio::spawn(call.run(addr)));
+        tasks.push(tokio::spawn(call.run(process.addr)));
     }
     // All waiting: every call has a call attempt open.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -414,7 +678,7 @@ async fn memory_run(config: &Config, dir: &Path, waiting: usize) -> anyhow::Resu
     }
     // Let the last ones get from the code prompt's start to waiting on it.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_kib = proc_status_kib(pid, "VmRSS:")?;
+    let rss_kib = process.status_kib("VmRSS:")?;
     println!(
         "memory: {waiting} sessions waiting for input after {:.1} s: daemon RSS {:.1} MiB \
          (idle {:.1} MiB, {:.1} KiB per session)",
@@ -427,14 +691,14 @@ async fn memory_run(config: &Config, dir: &Path, waiting: usize) -> anyhow::Resu
     for t in tasks {
         t.await??;
     }
-    let peak_kib = proc_status_kib(pid, "VmHWM:")?;
+    let peak_kib = process.status_kib("VmHWM:")?;
     let verified = count_status(&service, &codes, Status::Verified).await?;
     println!(
         "memory: all released; {verified} of {waiting} verified; daemon peak RSS {:.1} MiB",
         peak_kib as f64 / 1024.0
     );
-    child.start_kill()?;
-    child.wait().await?;
+    process.stop().await?;
+    app.store.close().await;
     Ok(())
 }
 
@@ -448,15 +712,4 @@ async fn count_status(
         n += usize::from(service.get(id).await?.status == status);
     }
     Ok(n)
-}
-
-/// A `kB` field of /proc/PID/status, e.g. `VmRSS:` or `VmHWM:`.
-fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .context("reading the daemon's memory from /proc (Linux only)")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
