@@ -1109,7 +1109,7 @@ fn the_systemd_unit_allows_descriptors_for_every_cap() {
         .unwrap();
     let config = callverify::config::Config::default();
     let needed = 2 * config.agi.max_sessions as usize
-        + 2 * callverify_pbx::admission::GREETING_PLACES
+        + 2 * callverify_pbx::admission::greeting_places(config.agi.max_sessions as usize)
         + config.http.max_connections as usize;
     assert!(
         limit >= 2 * needed,

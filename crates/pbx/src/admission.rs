@@ -2,8 +2,9 @@
 //! many at once. Neither protocol authenticates, so peers are checked against an allowlist.
 //!
 //! A connection goes through two stages, each with its own budget. While it has not said
-//! who it is (the FastAGI environment block, the AudioSocket UUID) it holds one of
-//! [`GREETING_PLACES`] *greeting* places, for a short timeout at most; when they are all
+//! who it is (the FastAGI environment block, the AudioSocket UUID) it holds one of the
+//! *greeting* places ([`greeting_places`]: as many as calls may be established, and
+//! [`GREETING_PLACES`] at least), for a short timeout at most; when they are all
 //! taken, the connection that has been silent longest gives its place up to the newcomer
 //! (Asterisk speaks at once, so a real call needs its place for a moment only). Only then
 //! does it take one of the `max` *established* places a call needs. Peers that connect and
@@ -20,8 +21,15 @@ use ipnet::IpNet;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
-/// Connections still greeting at most, per listener.
+/// Connections still greeting at most, per listener, however small its calls' cap.
 pub const GREETING_PLACES: usize = 256;
+
+/// The greeting places of a listener that establishes `max` calls at once: a burst of as
+/// many calls as it may take (Asterisk connecting them all at once, faster than the daemon
+/// reads their environment blocks) never makes one of them give its place to another.
+pub fn greeting_places(max: usize) -> usize {
+    GREETING_PLACES.max(max)
+}
 /// How long a greeted connection waits for an established place when all are taken.
 pub const ESTABLISH_WAIT: Duration = Duration::from_secs(2);
 
@@ -37,6 +45,7 @@ pub struct Admission {
     greeting: Arc<Mutex<Greeters>>,
     established: Arc<Semaphore>,
     max: usize,
+    greeting_places: usize,
     what: &'static str,
     refusals: LogBudget,
 }
@@ -87,6 +96,7 @@ impl Admission {
             greeting: Arc::default(),
             established: Arc::new(Semaphore::new(max)),
             max,
+            greeting_places: greeting_places(max),
             what,
             refusals: LogBudget::default(),
         }
@@ -125,7 +135,7 @@ impl Admission {
 
     fn greeting_place(&self) -> GreetingPlace {
         let mut greeters = self.greeting.lock().unwrap_or_else(|e| e.into_inner());
-        if greeters.waiting.len() >= GREETING_PLACES {
+        if greeters.waiting.len() >= self.greeting_places {
             if let Some((_, evict)) = greeters.waiting.pop_front() {
                 let _ = evict.send(());
             }
@@ -241,6 +251,19 @@ mod tests {
         assert_eq!(admission.greeting.lock().unwrap().waiting.len(), 1);
         drop(newcomer);
         assert!(admission.greeting.lock().unwrap().waiting.is_empty());
+    }
+
+    #[tokio::test]
+    async fn as_many_calls_as_the_cap_greet_at_once_without_evicting_each_other() {
+        let max = 3 * GREETING_PLACES;
+        let admission = Admission::new("test", Vec::new(), max);
+        let mut places: Vec<_> = (0..max).map(|_| admission.greeting_place()).collect();
+        let nobody = tokio::time::timeout(Duration::from_millis(50), places[0].evicted()).await;
+        assert!(nobody.is_err(), "a burst within the cap evicts no one");
+        let _newcomer = admission.greeting_place();
+        tokio::time::timeout(Duration::from_secs(1), places[0].evicted())
+            .await
+            .expect("one more than the cap evicts the oldest");
     }
 
     #[tokio::test]
