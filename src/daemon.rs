@@ -345,11 +345,13 @@ pub async fn run(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     register(config, &service, &listeners.agi, &stopped).await?;
     let recovered = service.recover_interrupted().await?;
-    if recovered.attempts > 0 || recovered.verifications > 0 {
+    if recovered.attempts > 0 || recovered.verifications > 0 || recovered.events > 0 {
         tracing::warn!(
             attempts = recovered.attempts,
             verifications = recovered.verifications,
-            "closed call attempts left open by an earlier run as interrupted"
+            webhooks = recovered.events,
+            "closed call attempts left open by an earlier run as interrupted, and sending \
+             again the webhooks it was sending"
         );
     }
     let advertise = match config.speech.advertise.as_str() {
@@ -430,6 +432,7 @@ pub async fn run(
             allow_private_callbacks: config.webhooks.allow_private_callbacks,
         },
         store.clone(),
+        service.daemon().to_owned(),
     ) {
         Ok(sender) => {
             tokio::spawn(sender.run(stopped.clone()));

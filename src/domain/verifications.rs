@@ -582,8 +582,10 @@ impl Verifications {
                 daemons = ?taken.daemons,
                 attempts = taken.attempts,
                 released = taken.released,
+                webhooks = taken.events,
                 "daemons unheard for longer than database.takeover_after_secs declared dead: \
-                 their calls closed as interrupted and their verifications queued again"
+                 their calls closed as interrupted, their verifications queued again and \
+                 the webhooks they were sending made due"
             );
         }
         Ok(())

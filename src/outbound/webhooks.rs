@@ -101,6 +101,8 @@ pub fn body(event: &StatusEvent) -> Vec<u8> {
 pub struct Sender {
     config: WebhookConfig,
     store: Store,
+    /// This daemon's name, on the events it claims.
+    daemon: String,
     /// For `webhooks.url`.
     client: reqwest::Client,
     /// For `callback_url`s: connects to public addresses only.
@@ -108,7 +110,11 @@ pub struct Sender {
 }
 
 impl Sender {
-    pub fn new(config: WebhookConfig, store: Store) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        config: WebhookConfig,
+        store: Store,
+        daemon: String,
+    ) -> Result<Self, reqwest::Error> {
         let builder = || {
             reqwest::Client::builder()
                 .timeout(config.timeout)
@@ -123,6 +129,7 @@ impl Sender {
         Ok(Self {
             config,
             store,
+            daemon,
             client,
             guarded,
         })
@@ -152,7 +159,11 @@ impl Sender {
         // Held long enough for the whole batch, so that another daemon does not send them too.
         let lease = self.config.timeout * BATCH.div_ceil(PARALLEL) as u32 + Duration::from_secs(30);
         let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        let events = match self.store.claim_events(BATCH as i64, lease, now).await {
+        let events = match self
+            .store
+            .claim_events(&self.daemon, BATCH as i64, lease, now)
+            .await
+        {
             Ok(events) => events,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the webhook outbox");

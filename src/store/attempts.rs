@@ -4,6 +4,7 @@
 use sqlx::{AnyConnection, Connection, Row};
 
 use super::lockouts::LOCKED_OUT;
+use super::outbox::release_claims;
 use super::trunk::end_trunk_call;
 use super::verifications::{parse_column, verification_from_row, VERIFICATION_COLUMNS};
 use super::{op, Store, StoreError};
@@ -15,6 +16,8 @@ use crate::domain::verification::{CallAttempt, Verification};
 pub struct Recovered {
     pub attempts: u64,
     pub verifications: u64,
+    /// Webhook events an earlier run was sending, due again.
+    pub events: u64,
 }
 
 /// What [`Store::begin_attempt`] did.
@@ -203,9 +206,9 @@ impl Store {
     /// After a crash: close as `interrupted` the attempts left open by `daemon` (which, now
     /// starting, cannot have calls) and any attempt started before `stale_before`, and put
     /// verifications left `calling` by a session without an open attempt back to `pending`
-    /// (dialer calls that may still ring are [`Store::maintain`]'s). Wrong
-    /// entries were counted as they happened and stay counted. Other daemons' live calls on
-    /// a shared database are left alone.
+    /// (dialer calls that may still ring are [`Store::maintain`]'s), and make the webhook
+    /// events `daemon` was sending due again. Wrong entries were counted as they happened and
+    /// stay counted. Other daemons' live calls on a shared database are left alone.
     pub async fn recover_interrupted(
         &self,
         daemon: &str,
@@ -238,10 +241,12 @@ impl Store {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                    let events = release_claims(&mut tx, &daemon, now).await?;
                     tx.commit().await?;
                     Ok(Recovered {
                         attempts,
                         verifications,
+                        events,
                     })
                 })
             }))

@@ -5,6 +5,7 @@
 use sqlx::{Connection, Row};
 
 use super::attempts::{release, Releaser};
+use super::outbox::release_claims;
 use super::{op, Store, StoreError};
 
 /// A daemon as registered.
@@ -33,6 +34,8 @@ pub struct TakenOver {
     /// The verifications those calls left `calling`, released (queued again, or
     /// `unanswered` past `dialer.max_dials`).
     pub released: u64,
+    /// The webhook events they were sending, due again.
+    pub events: u64,
 }
 
 impl Store {
@@ -156,7 +159,7 @@ impl Store {
     /// attempts closed as `interrupted` (a late write of the dead daemon for one of them is
     /// then refused, as for any closed attempt), their verifications released as at the end
     /// of a call that is retried (due again now, or `unanswered` after `max_dials` calls),
-    /// its trunk calls forgotten. Each dead daemon is taken over once: the daemon that marks
+    /// its trunk calls forgotten, the webhook events it was sending due again. Each dead daemon is taken over once: the daemon that marks
     /// its row does it, whoever else noticed at the same moment.
     pub async fn take_over(
         &self,
@@ -202,6 +205,7 @@ impl Store {
                             }
                         }
                         taken.attempts += attempts.len() as u64;
+                        taken.events += release_claims(&mut tx, name, now).await?;
                         sqlx::query("DELETE FROM trunk_calls WHERE daemon = $1")
                             .bind(name)
                             .execute(&mut *tx)

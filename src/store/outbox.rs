@@ -1,7 +1,7 @@
 //! The `outbox` table (and its `settings` switch): status changes waiting to be posted to the
 //! web app as webhooks, claimed by senders, marked delivered or failed.
 
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
 use super::{op, Backend, Store, StoreError};
 use crate::domain::verification::StatusEvent;
@@ -12,10 +12,12 @@ impl Store {
     /// them for `lease` ms so that another sender (another daemon) does not take them too.
     pub async fn claim_events(
         &self,
+        daemon: &str,
         limit: i64,
         lease: i64,
         now: i64,
     ) -> Result<Vec<StatusEvent>, StoreError> {
+        let daemon = daemon.to_owned();
         let skip_locked = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
@@ -29,7 +31,7 @@ impl Store {
                              AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.delivered_at IS NULL \
                                  AND p.verification_id = o.verification_id AND p.id < o.id) \
                              ORDER BY o.id LIMIT $2 {skip_locked}) \
-                         UPDATE outbox SET next_attempt_at = $3 \
+                         UPDATE outbox SET next_attempt_at = $3, claimed_by = $4 \
                          WHERE id IN (SELECT id FROM due) \
                          RETURNING id, verification_id, status, created_at, attempts, \
                          (SELECT callback_url FROM verifications v \
@@ -38,6 +40,7 @@ impl Store {
                     .bind(now)
                     .bind(limit)
                     .bind(now + lease)
+                    .bind(&daemon)
                     .fetch_all(&mut *c)
                     .await?;
                     let mut events = rows
@@ -74,6 +77,7 @@ impl Store {
                 Box::pin(async move {
                     sqlx::query(
                         "UPDATE outbox SET attempts = attempts + 1, last_error = $1, \
+                         claimed_by = NULL, \
                          delivered_at = CASE WHEN $2 = 0 THEN $3 ELSE NULL END, \
                          next_attempt_at = CASE WHEN $2 = 0 THEN next_attempt_at ELSE $2 END \
                          WHERE id = $4",
@@ -125,7 +129,7 @@ impl Store {
                 Box::pin(async move {
                     sqlx::query(&format!(
                         "UPDATE outbox SET attempts = attempts + 1, delivered_at = $1, \
-                         last_error = NULL WHERE id IN ({list})"
+                         last_error = NULL, claimed_by = NULL WHERE id IN ({list})"
                     ))
                     .bind(now)
                     .execute(&mut *c)
@@ -167,4 +171,24 @@ impl Store {
             }))
             .await
     }
+}
+
+/// Make the events `daemon` claimed and never reported on due again at `now`: it died (or an
+/// earlier run of its name did) while sending them, so nobody else would send them, nor any
+/// later event of their verifications, before the claim's lease ran out. Sent at least once:
+/// an event it delivered but did not record is sent again.
+pub(super) async fn release_claims(
+    c: &mut AnyConnection,
+    daemon: &str,
+    now: i64,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE outbox SET next_attempt_at = $1, claimed_by = NULL \
+         WHERE claimed_by = $2 AND delivered_at IS NULL",
+    )
+    .bind(now)
+    .bind(daemon)
+    .execute(&mut *c)
+    .await?;
+    Ok(done.rows_affected())
 }

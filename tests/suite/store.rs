@@ -334,6 +334,7 @@ async fn expired_or_exhausted_cannot_be_called(db: Db) {
 
 async fn recovery_closes_only_this_daemons_and_stale_attempts(db: Db) {
     let (s, _dir) = store(db).await;
+    s.set_default_webhook(true).await.unwrap();
     for (id, phone) in [
         ("vf_mine", "+14155550101"),
         ("vf_theirs", "+14155550102"),
@@ -351,11 +352,35 @@ async fn recovery_closes_only_this_daemons_and_stale_attempts(db: Db) {
     s.begin_attempt("vf_old", "c", "u", "host/gone", now - 2 * 3_600_000)
         .await
         .unwrap();
+    // Each call's `calling` webhook is being sent: vf_mine's by host/b, the others' by an
+    // earlier run of host/a, which died before it could say how the sending went.
+    let lease = 3_600_000;
+    let claimed = |who: &'static str, limit| {
+        let s = s.clone();
+        async move {
+            let events = s.claim_events(who, limit, lease, now).await.unwrap();
+            events
+                .into_iter()
+                .map(|e| (e.verification_id, e.status))
+                .collect::<Vec<_>>()
+        }
+    };
+    let calling = |id: &str| (id.to_owned(), "calling".to_owned());
+    assert_eq!(claimed("host/b", 1).await, [calling("vf_mine")]);
+    assert_eq!(
+        claimed("host/a", 10).await,
+        [calling("vf_theirs"), calling("vf_old")]
+    );
     let r = s
         .recover_interrupted("host/a", now - 3_600_000, now)
         .await
         .unwrap();
-    assert_eq!((r.attempts, r.verifications), (2, 2));
+    assert_eq!((r.attempts, r.verifications, r.events), (2, 2, 2));
+    assert_eq!(
+        claimed("host/c", 10).await,
+        [calling("vf_theirs"), calling("vf_old")],
+        "host/a's events are due again, host/b's still held (and vf_mine's later ones wait)"
+    );
     let status = |id: &'static str| {
         let s = s.clone();
         async move { s.verification(id).await.unwrap().unwrap().status }
@@ -465,8 +490,24 @@ async fn a_dead_daemon_is_taken_over_once_and_fenced(db: Db) {
         !s.register_daemon(&dead, None).await.unwrap(),
         "the name is taken"
     );
+    s.set_default_webhook(true).await.unwrap();
     let (attempt, v) = in_call(&s, "vf_t", "+14155550101", "tina").await;
     in_call(&s, "vf_u", "+14155550199", "uma").await;
+    // The dead daemon was sending both calls' `calling` webhooks, held for an hour (claimed
+    // a minute on, as the calls began after `now`).
+    let hour = 3_600_000;
+    let sending = |who: &'static str| {
+        let s = s.clone();
+        async move {
+            let events = s.claim_events(who, 10, hour, now + 60_000).await.unwrap();
+            events
+                .into_iter()
+                .map(|e| (e.verification_id, e.status))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(sending("d1").await.len(), 2);
+    assert!(sending("live0").await.is_empty(), "held by d1");
     let tasks: Vec<_> = (0..4)
         .map(|i| {
             let s = s.clone();
@@ -486,7 +527,18 @@ async fn a_dead_daemon_is_taken_over_once_and_fenced(db: Db) {
     }
     assert_eq!(takers.len(), 1, "{takers:?}");
     assert_eq!(takers[0].daemons, ["d1"]);
-    assert_eq!((takers[0].attempts, takers[0].released), (2, 2));
+    assert_eq!(
+        (takers[0].attempts, takers[0].released, takers[0].events),
+        (2, 2, 2)
+    );
+    assert_eq!(
+        sending("live0").await,
+        [
+            ("vf_t".to_owned(), "calling".to_owned()),
+            ("vf_u".to_owned(), "calling".to_owned())
+        ],
+        "the dead daemon's webhooks are due again, in order"
+    );
     for id in ["vf_t", "vf_u"] {
         let stored = s.verification(id).await.unwrap().unwrap();
         assert_eq!(stored.status, Status::Pending, "{id}");
