@@ -1,7 +1,7 @@
 //! The `api_keys` table: the web app's API keys, stored by the hash of the secret, and their
 //! revocation.
 
-use sqlx::Row;
+use super::sql::{query, Row};
 
 use super::{op, Store, StoreError};
 use crate::domain::api_keys::ApiKey;
@@ -12,7 +12,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    sqlx::query(
+                    query(
                         "INSERT INTO api_keys (id, name, key_hash, created_at) \
                          VALUES ($1, $2, $3, $4)",
                     )
@@ -34,7 +34,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let row = sqlx::query(
+                    let row = query(
                         "SELECT id, name, created_at, revoked_at FROM api_keys WHERE key_hash = $1",
                     )
                     .bind(&key_hash)
@@ -50,7 +50,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let rows = sqlx::query(
+                    let rows = query(
                         "SELECT id, name, created_at, revoked_at FROM api_keys ORDER BY created_at",
                     )
                     .fetch_all(&mut *c)
@@ -67,7 +67,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let done = sqlx::query(
+                    let done = query(
                         "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
                     )
                     .bind(now)
@@ -81,7 +81,7 @@ impl Store {
     }
 }
 
-fn api_key_from_row(r: &sqlx::any::AnyRow) -> Result<ApiKey, StoreError> {
+fn api_key_from_row(r: &Row) -> Result<ApiKey, StoreError> {
     Ok(ApiKey {
         id: r.try_get("id")?,
         name: r.try_get("name")?,

@@ -1,11 +1,11 @@
 //! The `call_attempts` table: opening and closing call attempts, releasing a verification
 //! after a call, crash recovery.
 
-use sqlx::{AnyConnection, Connection, Row};
+use super::sql::{query, Conn, Row};
 
 use super::lockouts::LOCKED_OUT;
 use super::outbox::release_claims;
-use super::trunk::end_trunk_call;
+use super::trunk::end_attempts_trunk_call;
 use super::verifications::{parse_column, verification_from_row, VERIFICATION_COLUMNS};
 use super::{op, Store, StoreError};
 use crate::domain::status::CallOutcome;
@@ -63,7 +63,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let claimed = sqlx::query(&format!(
+                    let claimed = query(format!(
                         "UPDATE verifications SET status = 'calling', updated_at = $1, \
                          claimed_by = NULL, claimed_at = NULL \
                          WHERE id = $2 AND expires_at > $1 AND attempts_used < max_attempts \
@@ -82,7 +82,7 @@ impl Store {
                     .fetch_optional(&mut *c)
                     .await?;
                     let Some(row) = claimed else {
-                        let row = sqlx::query(&format!(
+                        let row = query(format!(
                             "SELECT {VERIFICATION_COLUMNS}, \
                              CASE WHEN EXISTS ({LOCKED_OUT}) THEN 1 ELSE 0 END AS locked_out \
                              FROM verifications WHERE id = $2"
@@ -93,14 +93,14 @@ impl Store {
                         .await?;
                         return Ok(Begun::Refused {
                             locked_out: match &row {
-                                Some(r) => r.try_get::<i64, _>("locked_out")? != 0,
+                                Some(r) => r.try_get::<i64>("locked_out")? != 0,
                                 None => false,
                             },
                             verification: row.map(|r| verification_from_row(&r)).transpose()?,
                         });
                     };
                     let verification = verification_from_row(&row)?;
-                    let inserted = sqlx::query(
+                    let inserted = query(
                         "INSERT INTO call_attempts \
                          (verification_id, channel, uniqueid, daemon, started_at) \
                          VALUES ($1, $2, $3, $4, $5) RETURNING id",
@@ -118,14 +118,14 @@ impl Store {
                             verification,
                         }),
                         Err(e) => {
-                            let _ = sqlx::query(
+                            let _ = query(
                                 "UPDATE verifications SET status = 'pending' \
                                  WHERE id = $1 AND status = 'calling'",
                             )
                             .bind(&id)
                             .execute(&mut *c)
                             .await;
-                            Err(e.into())
+                            Err(e)
                         }
                     }
                 })
@@ -153,29 +153,21 @@ impl Store {
                 Box::pin(async move {
                     // The attempt first: a crash between the two leaves a `calling`
                     // verification with no open attempt, which recovery puts back.
-                    let closed = sqlx::query(
+                    let closed = query(
                         "UPDATE call_attempts SET ended_at = $1, outcome = $2 \
-                         WHERE id = $3 AND ended_at IS NULL RETURNING uniqueid",
+                         WHERE id = $3 AND ended_at IS NULL",
                     )
                     .bind(now)
                     .bind(outcome.as_str())
                     .bind(attempt)
-                    .fetch_optional(&mut *c)
-                    .await?;
-                    let uniqueid: String = match &closed {
-                        Some(row) => row.try_get("uniqueid")?,
-                        None => sqlx::query("SELECT uniqueid FROM call_attempts WHERE id = $1")
-                            .bind(attempt)
-                            .fetch_optional(&mut *c)
-                            .await?
-                            .map(|r| r.try_get("uniqueid"))
-                            .transpose()?
-                            .unwrap_or_default(),
-                    };
-                    end_trunk_call(c, &uniqueid).await?;
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected()
+                        == 1;
+                    end_attempts_trunk_call(c, attempt).await?;
                     // Closed already (verified, or taken over after this daemon was declared
                     // dead): the verification is not this call's to release any more.
-                    if closed.is_some() && !outcome.ends_verification() {
+                    if closed && !outcome.ends_verification() {
                         let by = Releaser::Attempt(attempt);
                         release(c, &verification_id, by, next_call_at, max_dials, now).await?;
                     }
@@ -190,7 +182,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let rows = sqlx::query(
+                    let rows = query(
                         "SELECT id, verification_id, channel, uniqueid, started_at, ended_at, \
                          outcome, daemon FROM call_attempts WHERE verification_id = $1 ORDER BY id",
                     )
@@ -220,17 +212,17 @@ impl Store {
             .run(op(move |c| {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
-                    let attempts = sqlx::query(
+                    let attempts = query(
                         "UPDATE call_attempts SET ended_at = $1, outcome = 'interrupted' \
                          WHERE ended_at IS NULL AND (daemon = $2 OR started_at < $3)",
                     )
                     .bind(now)
                     .bind(&daemon)
                     .bind(stale_before)
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await?
                     .rows_affected();
-                    let verifications = sqlx::query(
+                    let verifications = query(
                         "UPDATE verifications SET status = 'pending', updated_at = $1, \
                          channel_id = NULL \
                          WHERE status = 'calling' AND claimed_at IS NULL \
@@ -238,7 +230,7 @@ impl Store {
                              WHERE a.verification_id = verifications.id AND a.ended_at IS NULL)",
                     )
                     .bind(now)
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await?
                     .rows_affected();
                     let events = release_claims(&mut tx, &daemon, now).await?;
@@ -268,7 +260,7 @@ pub(super) enum Releaser<'a> {
 /// an attempt ([`Store::finish_attempt`]) and a dialer call that never reached the daemon
 /// ([`Store::dial_failed`]).
 pub(super) async fn release(
-    c: &mut AnyConnection,
+    c: &mut Conn,
     id: &str,
     by: Releaser<'_>,
     next_call_at: Option<i64>,
@@ -284,7 +276,7 @@ pub(super) async fn release(
         Releaser::Dial(channel_id) => (channel_id, 0),
         Releaser::Attempt(attempt) => ("", attempt),
     };
-    let done = sqlx::query(
+    let done = query(
         "UPDATE verifications SET \
          status = CASE WHEN dial_attempts >= $1 THEN 'unanswered' ELSE 'pending' END, \
          next_call_at = $2, channel_id = NULL, claimed_by = NULL, claimed_at = NULL, \
@@ -305,7 +297,7 @@ pub(super) async fn release(
     Ok(done.rows_affected() == 1)
 }
 
-fn attempt_from_row(r: &sqlx::any::AnyRow) -> Result<CallAttempt, StoreError> {
+fn attempt_from_row(r: &Row) -> Result<CallAttempt, StoreError> {
     let outcome: Option<String> = r.try_get("outcome")?;
     Ok(CallAttempt {
         id: r.try_get("id")?,

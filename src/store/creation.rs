@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use sqlx::{AnyConnection, Connection, Row};
+use super::sql::{query, Conn};
 
 use crate::domain::verification::Verification;
 
@@ -118,7 +118,7 @@ impl Store {
 }
 
 async fn earlier_use(
-    c: &mut AnyConnection,
+    c: &mut Conn,
     key: Option<&IdempotencyKey>,
 ) -> Result<Option<Earlier>, StoreError> {
     match key {
@@ -129,11 +129,11 @@ async fn earlier_use(
 
 /// The earlier use of `key` by `api_key_id`, if any.
 async fn find_idempotent(
-    c: &mut AnyConnection,
+    c: &mut Conn,
     api_key_id: &str,
     key: &str,
 ) -> Result<Option<Earlier>, StoreError> {
-    let row = sqlx::query(FIND_IDEMPOTENT)
+    let row = query(FIND_IDEMPOTENT)
         .bind(api_key_id)
         .bind(key)
         .fetch_optional(&mut *c)
@@ -148,7 +148,7 @@ async fn find_idempotent(
 }
 
 async fn checked_insert(
-    c: &mut AnyConnection,
+    c: &mut Conn,
     backend: Backend,
     v: &Verification,
     idempotency: Option<&IdempotencyKey>,
@@ -171,9 +171,9 @@ async fn checked_insert(
                 )
                 .collect();
         for subject in subjects {
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
                 .bind(subject)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?;
         }
     }
@@ -182,14 +182,14 @@ async fn checked_insert(
         return Ok(Created::LockedOut(until));
     }
     for limit in limits {
-        let row = sqlx::query(&format!(
+        let row = query(format!(
             "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM verifications \
              WHERE {} = $1 AND created_at > $2 AND is_test = 0",
             limit.subject.column()
         ))
         .bind(&limit.value)
         .bind(window_start)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut tx)
         .await?;
         let count: i64 = row.try_get("n")?;
         if count >= limit.max {
@@ -201,7 +201,7 @@ async fn checked_insert(
     }
     insert_verification(&mut tx, v).await?;
     if let Some(key) = idempotency {
-        sqlx::query(
+        query(
             "INSERT INTO idempotency_keys \
              (api_key_id, idem_key, request_hash, verification_id, created_at) \
              VALUES ($1, $2, $3, $4, $5)",
@@ -211,7 +211,7 @@ async fn checked_insert(
         .bind(&key.request_hash)
         .bind(&v.id)
         .bind(v.created_at)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
     }
     tx.commit().await?;

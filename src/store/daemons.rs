@@ -2,7 +2,7 @@
 //! stopped heartbeating: its open call attempts closed as `interrupted`, their
 //! verifications released as at the end of a call, its trunk calls forgotten.
 
-use sqlx::{Connection, Row};
+use super::sql::query;
 
 use super::attempts::{release, Releaser};
 use super::outbox::release_claims;
@@ -45,7 +45,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let row = sqlx::query(
+                    let row = query(
                         "SELECT name, incarnation, boot_id, pid, started_at, last_seen, \
                          taken_over_by FROM daemons WHERE name = $1",
                     )
@@ -93,7 +93,7 @@ impl Store {
                              taken_over_at = NULL WHERE name = $1 AND incarnation = $7"
                         }
                     };
-                    let mut query = sqlx::query(statement)
+                    let mut query = query(statement)
                         .bind(&row.name)
                         .bind(&row.incarnation)
                         .bind(&row.boot_id)
@@ -122,7 +122,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let done = sqlx::query(
+                    let done = query(
                         "UPDATE daemons SET last_seen = $1 WHERE name = $2 \
                          AND incarnation = $3 AND taken_over_by IS NULL",
                     )
@@ -143,7 +143,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    sqlx::query("DELETE FROM daemons WHERE name = $1 AND incarnation = $2")
+                    query("DELETE FROM daemons WHERE name = $1 AND incarnation = $2")
                         .bind(&name)
                         .bind(&incarnation)
                         .execute(&mut *c)
@@ -173,7 +173,7 @@ impl Store {
             .run(op(move |c| {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
-                    let dead: Vec<String> = sqlx::query(
+                    let dead: Vec<String> = query(
                         "UPDATE daemons SET taken_over_by = $1, taken_over_at = $2 \
                          WHERE last_seen < $3 AND taken_over_by IS NULL AND name <> $1 \
                          RETURNING name",
@@ -181,21 +181,21 @@ impl Store {
                     .bind(&me)
                     .bind(now)
                     .bind(dead_before)
-                    .fetch_all(&mut *tx)
+                    .fetch_all(&mut tx)
                     .await?
                     .iter()
                     .map(|r| r.try_get("name"))
                     .collect::<Result<_, _>>()?;
                     let mut taken = TakenOver::default();
                     for name in &dead {
-                        let attempts = sqlx::query(
+                        let attempts = query(
                             "UPDATE call_attempts SET ended_at = $1, outcome = 'interrupted' \
                              WHERE ended_at IS NULL AND daemon = $2 \
                              RETURNING id, verification_id",
                         )
                         .bind(now)
                         .bind(name)
-                        .fetch_all(&mut *tx)
+                        .fetch_all(&mut tx)
                         .await?;
                         for a in &attempts {
                             let id: String = a.try_get("verification_id")?;
@@ -206,9 +206,9 @@ impl Store {
                         }
                         taken.attempts += attempts.len() as u64;
                         taken.events += release_claims(&mut tx, name, now).await?;
-                        sqlx::query("DELETE FROM trunk_calls WHERE daemon = $1")
+                        query("DELETE FROM trunk_calls WHERE daemon = $1")
                             .bind(name)
-                            .execute(&mut *tx)
+                            .execute(&mut tx)
                             .await?;
                     }
                     tx.commit().await?;

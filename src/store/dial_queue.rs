@@ -2,7 +2,7 @@
 //! the trunk's caps (shared by every daemon on the store, in `trunk_calls` and `trunks`),
 //! giving a claim back, and recording a dialer call that never reached the daemon.
 
-use sqlx::{Connection, Row};
+use super::sql::query;
 
 use super::attempts::{release, Releaser};
 use super::lockouts::LOCKED_OUT;
@@ -35,9 +35,9 @@ impl Store {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
                     if backend == Backend::Postgres {
-                        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))")
+                        query("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))")
                             .bind(format!("trunk:{}", trunk.name))
-                            .execute(&mut *tx)
+                            .execute(&mut tx)
                             .await?;
                     }
                     let limit = limit.min(trunk_room(&mut tx, &trunk, now).await?);
@@ -46,7 +46,7 @@ impl Store {
                     }
                     // MATERIALIZED: Postgres would otherwise rescan the LIMIT subquery and
                     // claim more rows than asked.
-                    let rows = sqlx::query(&format!(
+                    let rows = query(format!(
                         "WITH due AS MATERIALIZED (SELECT id FROM verifications \
                              WHERE status = 'pending' AND next_call_at <= $1 AND expires_at > $1 \
                              AND attempts_used < max_attempts AND NOT EXISTS ({LOCKED_OUT}) \
@@ -61,7 +61,7 @@ impl Store {
                     .bind(now)
                     .bind(&daemon)
                     .bind(limit)
-                    .fetch_all(&mut *tx)
+                    .fetch_all(&mut tx)
                     .await?;
                     let jobs = rows
                         .iter()
@@ -76,7 +76,7 @@ impl Store {
                         })
                         .collect::<Result<Vec<_>, StoreError>>()?;
                     for job in &jobs {
-                        sqlx::query(
+                        query(
                             "INSERT INTO trunk_calls (channel_id, verification_id, trunk, \
                              daemon, since) VALUES ($1, $2, $3, $4, $5) \
                              ON CONFLICT (channel_id) DO NOTHING",
@@ -86,17 +86,17 @@ impl Store {
                         .bind(&trunk.name)
                         .bind(&daemon)
                         .bind(now)
-                        .execute(&mut *tx)
+                        .execute(&mut tx)
                         .await?;
                     }
                     if !jobs.is_empty() {
-                        sqlx::query(
+                        query(
                             "INSERT INTO trunks (trunk, next_dial_at) VALUES ($1, $2) \
                              ON CONFLICT (trunk) DO UPDATE SET next_dial_at = $2",
                         )
                         .bind(&trunk.name)
                         .bind(now + trunk.gap_ms * jobs.len() as i64)
-                        .execute(&mut *tx)
+                        .execute(&mut tx)
                         .await?;
                     }
                     tx.commit().await?;
@@ -113,7 +113,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let done = sqlx::query(
+                    let done = query(
                         "UPDATE verifications SET status = 'pending', \
                          dial_attempts = dial_attempts - 1, channel_id = NULL, \
                          claimed_by = NULL, claimed_at = NULL, updated_at = $1 \
@@ -153,9 +153,9 @@ impl Store {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
                     let claimed_at: Option<i64> =
-                        sqlx::query("SELECT claimed_at FROM verifications WHERE id = $1")
+                        query("SELECT claimed_at FROM verifications WHERE id = $1")
                             .bind(&job.verification_id)
-                            .fetch_optional(&mut *tx)
+                            .fetch_optional(&mut tx)
                             .await?
                             .map(|r| r.try_get("claimed_at"))
                             .transpose()?
@@ -170,7 +170,7 @@ impl Store {
                     )
                     .await?;
                     if released {
-                        sqlx::query(
+                        query(
                             "INSERT INTO call_attempts (verification_id, channel, uniqueid, \
                              daemon, started_at, ended_at, outcome) \
                              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -182,7 +182,7 @@ impl Store {
                         .bind(claimed_at.unwrap_or(now))
                         .bind(now)
                         .bind(outcome.as_str())
-                        .execute(&mut *tx)
+                        .execute(&mut tx)
                         .await?;
                     }
                     end_trunk_call(&mut tx, &job.channel_id).await?;

@@ -2,26 +2,29 @@
 //!
 //! Postgres: each operation runs on a connection from a pool. SQLite has one writer at a
 //! time anyway, and sqlx's pool costs more per statement (a ping on every release) than the
-//! statement itself; so one connection is owned by a writer task that runs the operations
+//! statement itself; so one connection is owned by a writer thread that runs the operations
 //! waiting in its queue together in one transaction (group commit) and answers each
 //! operation only after that transaction has committed. Operations that need several
 //! statements to be atomic open a transaction of their own, which inside the group becomes
 //! a savepoint. A connection whose BEGIN or COMMIT failed (the disk full, say) is closed
 //! and a new one opened for the next group: after such a failure SQLite may have rolled the
-//! transaction back on its own, and sqlx's count of open transactions no longer says where
-//! the connection stands.
+//! transaction back on its own, and the count of open transactions no longer says where
+//! the connection stands. The SQLite connection is rusqlite's, not sqlx's: sqlx hands every
+//! statement to a thread of its own and back, two thread wake-ups a statement, which cost
+//! ten times SQLite's own work (see [`super::sql`]).
 
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use sqlx::{AnyConnection, AnyPool, Connection};
-use tokio::sync::{mpsc, oneshot, Notify};
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
 
+use super::sql::Conn;
 use super::StoreError;
 
 /// An operation on a connection.
 pub type Op<T> =
-    Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T, StoreError>> + Send>;
+    Box<dyn for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T, StoreError>> + Send>;
 
 /// What became of an operation's transaction.
 #[derive(Clone, Copy)]
@@ -36,56 +39,57 @@ pub(super) enum Fate<'a> {
 /// Delivers an operation's result once its transaction's fate is known.
 type Finish = Box<dyn FnOnce(Fate<'_>) + Send>;
 /// An operation, run on the connection (or, with `None`, refused unrun).
-type Job = Box<dyn for<'c> FnOnce(Option<&'c mut AnyConnection>) -> BoxFuture<'c, Finish> + Send>;
+type Job = Box<dyn for<'c> FnOnce(Option<&'c mut Conn>) -> BoxFuture<'c, Finish> + Send>;
+
+/// What the writer's thread is sent.
+pub enum Message {
+    Job(Job),
+    /// Finish what is queued, close the connection, and say so.
+    Close(oneshot::Sender<()>),
+}
 
 /// Opens the writer's connection, at start and after a failure.
-pub type Connect =
-    Arc<dyn Fn() -> BoxFuture<'static, Result<AnyConnection, StoreError>> + Send + Sync>;
+pub type Connect = Arc<dyn Fn() -> Result<Conn, StoreError> + Send + Sync>;
 
 /// Most operations committed together.
 const MAX_GROUP: usize = 256;
 
 #[derive(Clone)]
 pub enum Engine {
-    Pool(AnyPool),
-    Writer {
-        jobs: mpsc::Sender<Job>,
-        closing: Arc<Notify>,
-        closed: Arc<Notify>,
-    },
+    Pool(PgPool),
+    Writer(mpsc::Sender<Message>),
 }
 
 impl Engine {
-    /// Start the group-commit writer on `conn`, opened by `connect` (which opens the next
-    /// one when a transaction fails).
-    pub fn writer(conn: AnyConnection, connect: Connect) -> Self {
+    /// Start the group-commit writer's thread on `conn`, opened by `connect` (which opens
+    /// the next one when a transaction fails).
+    pub fn writer(conn: Conn, connect: Connect) -> Self {
         let (jobs, queue) = mpsc::channel(4096);
-        let closing = Arc::new(Notify::new());
-        let closed = Arc::new(Notify::new());
-        tokio::spawn(write_loop(
-            Writer {
-                conn: Some(conn),
-                connect,
-            },
-            queue,
-            closing.clone(),
-            closed.clone(),
-        ));
-        Engine::Writer {
-            jobs,
-            closing,
-            closed,
-        }
+        std::thread::Builder::new()
+            .name("callverify-sqlite".into())
+            .spawn(move || {
+                write_loop(
+                    Writer {
+                        conn: Some(conn),
+                        connect,
+                    },
+                    queue,
+                )
+            })
+            .expect("starting the SQLite writer's thread");
+        Engine::Writer(jobs)
     }
 
     /// Run `op` and return its result once it is durable.
     pub async fn run<T: Send + 'static>(&self, op: Op<T>) -> Result<T, StoreError> {
         match self {
             Engine::Pool(pool) => {
-                let mut conn = pool.acquire().await?;
-                op(&mut conn).await
+                let mut conn = Conn::postgres(pool.acquire().await?);
+                let result = op(&mut conn).await;
+                conn.settle().await?;
+                result
             }
-            Engine::Writer { jobs, .. } => {
+            Engine::Writer(jobs) => {
                 let (reply, answer) = oneshot::channel();
                 let job: Job = Box::new(move |conn| {
                     Box::pin(async move {
@@ -106,7 +110,9 @@ impl Engine {
                         }) as Finish
                     })
                 });
-                jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+                jobs.send(Message::Job(job))
+                    .await
+                    .map_err(|_| StoreError::Closed)?;
                 answer.await.map_err(|_| StoreError::Closed)?
             }
         }
@@ -116,12 +122,11 @@ impl Engine {
     pub async fn close(&self) {
         match self {
             Engine::Pool(pool) => pool.close().await,
-            Engine::Writer {
-                closing, closed, ..
-            } => {
-                let done = closed.notified();
-                closing.notify_one();
-                done.await;
+            Engine::Writer(jobs) => {
+                let (done, closed) = oneshot::channel();
+                if jobs.send(Message::Close(done)).await.is_ok() {
+                    let _ = closed.await;
+                }
             }
         }
     }
@@ -129,68 +134,80 @@ impl Engine {
 
 /// The writer's connection: `None` after a failure, until one is opened again.
 struct Writer {
-    conn: Option<AnyConnection>,
+    conn: Option<Conn>,
     connect: Connect,
 }
 
 impl Writer {
     /// The connection, opened again if the last one failed.
-    async fn conn(&mut self) -> Result<&mut AnyConnection, StoreError> {
+    fn conn(&mut self) -> Result<&mut Conn, StoreError> {
         if self.conn.is_none() {
-            self.conn = Some((self.connect)().await?);
+            self.conn = Some((self.connect)()?);
             tracing::info!("database connection opened again");
         }
         Ok(self.conn.as_mut().expect("just opened"))
     }
 
     /// Close the connection: its state is not known any more.
-    async fn discard(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            let _ = conn.close().await;
-        }
+    fn discard(&mut self) {
+        self.conn = None;
     }
 }
 
-async fn write_loop(
-    mut writer: Writer,
-    mut queue: mpsc::Receiver<Job>,
-    closing: Arc<Notify>,
-    closed: Arc<Notify>,
-) {
-    loop {
-        let first = tokio::select! {
-            job = queue.recv() => job,
-            () = closing.notified() => None,
+/// The writer's thread: each group of queued operations in one transaction. The
+/// operations' statements complete at once on this thread, so an operation is polled to
+/// its end here (`block_on`) without a hand-over per statement.
+fn write_loop(mut writer: Writer, mut queue: mpsc::Receiver<Message>) {
+    use futures::executor::block_on;
+    let mut closing = None;
+    while closing.is_none() {
+        let Some(first) = queue.blocking_recv() else {
+            break;
         };
-        let Some(first) = first else { break };
-        let mut group = vec![first];
+        let mut group = Vec::new();
+        match first {
+            Message::Job(job) => group.push(job),
+            Message::Close(done) => closing = Some(done),
+        }
+        // What is queued goes in this group (and, when closing, is finished first).
         while group.len() < MAX_GROUP {
             match queue.try_recv() {
-                Ok(job) => group.push(job),
+                Ok(Message::Job(job)) => group.push(job),
+                Ok(Message::Close(done)) => closing = Some(done),
                 Err(_) => break,
             }
         }
-        let conn = match writer.conn().await {
+        if group.is_empty() {
+            continue;
+        }
+        let conn = match writer.conn() {
             Ok(conn) => conn,
             Err(e) => {
                 // No database to write to: every operation of the group is refused, unrun.
                 let why = e.to_string();
                 tracing::error!(error = %why, "the database cannot be opened");
                 for job in group {
-                    (job(None).await)(Fate::NotRun(&why));
+                    (block_on(job(None)))(Fate::NotRun(&why));
                 }
                 continue;
             }
         };
         // IMMEDIATE: take the write lock up front (waiting on busy_timeout), rather than
         // fail on upgrading a read lock when another process (a CLI, a second daemon) wrote.
-        let (ungrouped, failed) = match conn.begin_with("BEGIN IMMEDIATE").await {
+        let (ungrouped, failed) = match block_on(conn.begin_with("BEGIN IMMEDIATE")) {
             Ok(mut tx) => {
                 let mut finishes = Vec::with_capacity(group.len());
                 for job in group {
-                    finishes.push(job(Some(&mut tx)).await);
+                    // SQLite rolls a transaction back on its own after some errors (a full
+                    // disk): the rest of the group would run outside it, each statement
+                    // committed alone. It is refused instead; the commit fails the others.
+                    if tx.in_transaction() {
+                        finishes.push(block_on(job(Some(&mut tx))));
+                    } else {
+                        (block_on(job(None)))(Fate::NotRun("the transaction was rolled back"));
+                    }
                 }
-                let error = tx.commit().await.err().map(|e| e.to_string());
+                let error = block_on(tx.commit()).err().map(|e| e.to_string());
                 if let Some(e) = &error {
                     tracing::error!(error = %e, "database commit failed");
                 }
@@ -206,19 +223,21 @@ async fn write_loop(
             }
         };
         if failed {
-            writer.discard().await;
+            writer.discard();
         }
         // No transaction to be had: run each operation on its own instead, on a new
         // connection.
         for job in ungrouped.into_iter().flatten() {
-            match writer.conn().await {
-                Ok(conn) => (job(Some(conn)).await)(Fate::Committed),
-                Err(e) => (job(None).await)(Fate::NotRun(&e.to_string())),
+            match writer.conn() {
+                Ok(conn) => (block_on(job(Some(conn))))(Fate::Committed),
+                Err(e) => (block_on(job(None)))(Fate::NotRun(&e.to_string())),
             }
         }
     }
     // Answer whatever is still queued with `Closed` (their senders see the drop).
     drop(queue);
-    writer.discard().await;
-    closed.notify_one();
+    writer.discard();
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
 }

@@ -10,6 +10,14 @@ pub enum StoreError {
     Database(sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(sqlx::migrate::MigrateError),
+    #[error("SQLite error: {0}")]
+    Sqlite(rusqlite::Error),
+    #[error("a statement returned no row where one was expected")]
+    NoRow,
+    #[error("a statement returned no column {0}")]
+    NoColumn(String),
+    #[error("column {column} holds {value}, not the type read")]
+    ColumnType { column: String, value: String },
     #[error("stored value {value:?} in column {column} is not valid")]
     Corrupt { column: &'static str, value: String },
     #[error("database commit failed: {0}")]
@@ -28,6 +36,12 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         StoreError::Database(e)
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
     }
 }
 

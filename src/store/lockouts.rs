@@ -7,7 +7,7 @@
 //! a sibling's last wrong code locks the number out, and no more than the allowed wrong codes
 //! are ever counted.
 
-use sqlx::{AnyConnection, Connection, Row};
+use super::sql::{query, Conn};
 
 use super::verifications::parse_column;
 use super::{op, Store, StoreError};
@@ -84,27 +84,63 @@ impl Store {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
                     forget_strikes(&mut tx, &phone, &user_ref).await?;
-                    let refused = refusal(&mut tx, &by, &id, &phone, &user_ref, now).await?;
+                    let refused = match &by {
+                        // Every verified call comes here: one statement checks and verifies,
+                        // and the refusal is read only when it did not.
+                        Checker::Call { attempt, .. } => {
+                            let done = query(format!(
+                                "UPDATE verifications SET status = 'verified', \
+                                 updated_at = $1, verified_at = $1 \
+                                 WHERE id = $2 AND status = 'calling' \
+                                 AND EXISTS (SELECT 1 FROM call_attempts a \
+                                     WHERE a.id = $3 AND a.ended_at IS NULL) \
+                                 AND NOT EXISTS ({LOCKED_OUT})"
+                            ))
+                            .bind(now)
+                            .bind(&id)
+                            .bind(*attempt)
+                            .execute(&mut tx)
+                            .await?;
+                            match done.rows_affected() {
+                                1 => None,
+                                // The same rules, read in the same transaction, say why.
+                                // Should they find none, nothing is done, as for a call
+                                // closed under it.
+                                _ => Some(
+                                    refusal(&mut tx, &by, &id, &phone, &user_ref, now)
+                                        .await?
+                                        .unwrap_or(Checked::Fenced),
+                                ),
+                            }
+                        }
+                        Checker::WebApp { .. } => {
+                            let refused =
+                                refusal(&mut tx, &by, &id, &phone, &user_ref, now).await?;
+                            if refused.is_none() {
+                                query(
+                                    "UPDATE verifications SET status = 'verified', \
+                                     updated_at = $1, verified_at = $1 WHERE id = $2",
+                                )
+                                .bind(now)
+                                .bind(&id)
+                                .execute(&mut tx)
+                                .await?;
+                            }
+                            refused
+                        }
+                    };
                     if let Some(refusal) = refused {
                         return Ok(refusal);
                     }
-                    sqlx::query(
-                        "UPDATE verifications SET status = 'verified', updated_at = $1, \
-                         verified_at = $1 WHERE id = $2",
-                    )
-                    .bind(now)
-                    .bind(&id)
-                    .execute(&mut *tx)
-                    .await?;
                     record_check(&mut tx, &id, &by, true, now).await?;
                     if let Checker::Call { attempt, .. } = by {
-                        sqlx::query(
+                        query(
                             "UPDATE call_attempts SET ended_at = $1, outcome = 'verified' \
                              WHERE id = $2 AND ended_at IS NULL",
                         )
                         .bind(now)
                         .bind(attempt)
-                        .execute(&mut *tx)
+                        .execute(&mut tx)
                         .await?;
                     }
                     tx.commit().await?;
@@ -133,7 +169,7 @@ impl Store {
                     let mut tx = c.begin().await?;
                     let mut strikes = 0;
                     for (kind, subject) in [("phone", &phone), ("user", &user_ref)] {
-                        let row = sqlx::query(
+                        let row = query(
                             "INSERT INTO strikes (kind, subject, wrong, since) \
                              VALUES ($1, $2, 1, $3) ON CONFLICT (kind, subject) DO UPDATE SET \
                              wrong = CASE WHEN strikes.since < $4 THEN 1 \
@@ -146,9 +182,9 @@ impl Store {
                         .bind(subject)
                         .bind(now)
                         .bind(rule.forget_before)
-                        .fetch_one(&mut *tx)
+                        .fetch_one(&mut tx)
                         .await?;
-                        strikes = strikes.max(row.try_get::<i64, _>("wrong")?);
+                        strikes = strikes.max(row.try_get::<i64>("wrong")?);
                     }
                     // A refusal drops the transaction: the strikes above are not kept.
                     let refused = refusal(&mut tx, &by, &id, &phone, &user_ref, now).await?;
@@ -160,7 +196,7 @@ impl Store {
                         Checker::WebApp { entered_hash } => Some(entered_hash.as_str()),
                         Checker::Call { .. } => None,
                     };
-                    let row = sqlx::query(
+                    let row = query(
                         "UPDATE verifications SET attempts_used = attempts_used + 1, \
                          updated_at = $1, last_wrong_check = COALESCE($3, last_wrong_check) \
                          WHERE id = $2 RETURNING attempts_used",
@@ -168,7 +204,7 @@ impl Store {
                     .bind(now)
                     .bind(&id)
                     .bind(entered_hash)
-                    .fetch_one(&mut *tx)
+                    .fetch_one(&mut tx)
                     .await?;
                     let strikes = strikes.max(row.try_get("attempts_used")?);
                     if strikes < rule.max {
@@ -189,7 +225,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let rows = sqlx::query(
+                    let rows = query(
                         "SELECT at, method, right_code FROM code_checks \
                          WHERE verification_id = $1 ORDER BY id",
                     )
@@ -203,11 +239,11 @@ impl Store {
                             Ok(CheckRow {
                                 at: r.try_get("at")?,
                                 method: parse_column("method", &method)?,
-                                right: r.try_get::<i64, _>("right_code")? != 0,
+                                right: r.try_get::<i64>("right_code")? != 0,
                             })
                         })
                         .collect::<Result<_, StoreError>>()?;
-                    let locked_until = sqlx::query(
+                    let locked_until = query(
                         "SELECT MAX(locked_until) AS until FROM lockouts \
                          WHERE verification_id = $1",
                     )
@@ -268,13 +304,13 @@ pub struct Standing {
 
 /// [`Store::standing`] on a connection (also read in the creation's transaction).
 pub(super) async fn standing(
-    c: &mut AnyConnection,
+    c: &mut Conn,
     phone: &str,
     user_ref: &str,
     now: i64,
     forget_before: i64,
 ) -> Result<Standing, StoreError> {
-    let row = sqlx::query(
+    let row = query(
         "SELECT (SELECT MAX(locked_until) FROM lockouts WHERE locked_until > $1 AND \
              ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))) AS latest, \
          (SELECT MAX(wrong) FROM strikes WHERE since >= $4 AND \
@@ -288,21 +324,21 @@ pub(super) async fn standing(
     .await?;
     Ok(Standing {
         locked_until: row.try_get("latest")?,
-        strikes: row.try_get::<Option<i64>, _>("strikes")?.unwrap_or(0),
+        strikes: row.try_get::<Option<i64>>("strikes")?.unwrap_or(0),
     })
 }
 
 /// Why a code check does nothing: `by` may not check the verification (see [`Checker`]), or
 /// its number or user is locked out. `None`: it may go on.
 async fn refusal(
-    c: &mut AnyConnection,
+    c: &mut Conn,
     by: &Checker,
     id: &str,
     phone: &str,
     user_ref: &str,
     now: i64,
 ) -> Result<Option<Checked>, StoreError> {
-    let row = sqlx::query(
+    let row = query(
         "SELECT status, code_delivered_at, last_wrong_check FROM verifications WHERE id = $1",
     )
     .bind(id)
@@ -312,15 +348,14 @@ async fn refusal(
     let Some(row) = row else {
         return Ok(Some(Checked::Ended(Status::Canceled)));
     };
-    let status = parse_column::<Status>("status", &row.try_get::<String, _>("status")?)?;
+    let status = parse_column::<Status>("status", &row.try_get::<String>("status")?)?;
     match by {
         Checker::Call { attempt, .. } => {
-            let open = sqlx::query(
-                "SELECT 1 AS open FROM call_attempts WHERE id = $1 AND ended_at IS NULL",
-            )
-            .bind(attempt)
-            .fetch_optional(&mut *c)
-            .await?;
+            let open =
+                query("SELECT 1 AS open FROM call_attempts WHERE id = $1 AND ended_at IS NULL")
+                    .bind(attempt)
+                    .fetch_optional(&mut *c)
+                    .await?;
             if open.is_none() {
                 return Ok(Some(Checked::Fenced));
             }
@@ -336,10 +371,7 @@ async fn refusal(
             if status.is_final() {
                 return Ok(Some(Checked::Ended(status)));
             }
-            if row
-                .try_get::<Option<i64>, _>("code_delivered_at")?
-                .is_none()
-            {
+            if row.try_get::<Option<i64>>("code_delivered_at")?.is_none() {
                 return Ok(Some(Checked::NotDelivered));
             }
         }
@@ -350,7 +382,7 @@ async fn refusal(
 
 /// Note a counted check of verification `id` for its history (how it came, right or not).
 async fn record_check(
-    c: &mut AnyConnection,
+    c: &mut Conn,
     id: &str,
     by: &Checker,
     right: bool,
@@ -360,7 +392,7 @@ async fn record_check(
         Checker::Call { attempt, method } => (Some(*attempt), *method),
         Checker::WebApp { .. } => (None, EntryMethod::WebPage),
     };
-    sqlx::query(
+    query(
         "INSERT INTO code_checks (verification_id, attempt_id, at, method, right_code) \
          VALUES ($1, $2, $3, $4, $5)",
     )
@@ -377,7 +409,7 @@ async fn record_check(
 /// Lock the number and the user out until `until` (on behalf of verification `id`), forget
 /// their strikes, and fail every open verification of either.
 async fn lock_out(
-    c: &mut AnyConnection,
+    c: &mut Conn,
     id: &str,
     phone: &str,
     user_ref: &str,
@@ -385,7 +417,7 @@ async fn lock_out(
     now: i64,
 ) -> Result<(), StoreError> {
     for (kind, subject) in [("phone", phone), ("user", user_ref)] {
-        sqlx::query(
+        query(
             "INSERT INTO lockouts (kind, subject, locked_until, verification_id, created_at) \
              VALUES ($1, $2, $3, $4, $5)",
         )
@@ -398,7 +430,7 @@ async fn lock_out(
         .await?;
     }
     forget_strikes(c, phone, user_ref).await?;
-    sqlx::query(
+    query(
         "UPDATE verifications SET status = 'failed', updated_at = $1 \
          WHERE status IN ('pending', 'calling') AND (phone = $2 OR user_ref = $3)",
     )
@@ -412,13 +444,9 @@ async fn lock_out(
 
 /// Forget the strikes of a number and a user, the number's row first (the order every code
 /// check takes them in).
-async fn forget_strikes(
-    c: &mut AnyConnection,
-    phone: &str,
-    user_ref: &str,
-) -> Result<(), StoreError> {
+async fn forget_strikes(c: &mut Conn, phone: &str, user_ref: &str) -> Result<(), StoreError> {
     for (kind, subject) in [("phone", phone), ("user", user_ref)] {
-        sqlx::query("DELETE FROM strikes WHERE kind = $1 AND subject = $2")
+        query("DELETE FROM strikes WHERE kind = $1 AND subject = $2")
             .bind(kind)
             .bind(subject)
             .execute(&mut *c)

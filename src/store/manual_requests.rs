@@ -1,7 +1,7 @@
 //! The support line's requests: manual-verification requests (the callers' messages, their
 //! recordings and transcripts, staff decisions on them) and the audit trail.
 
-use sqlx::{Connection, Row};
+use super::sql::{query, Conn, Query, Row};
 
 use super::verifications::parse_column;
 use super::{op, Store, StoreError};
@@ -30,10 +30,7 @@ fn searched(first: usize) -> String {
 
 /// The values of [`searched`]: the text, it as a LIKE pattern of lower case, a phone
 /// number's digits as a suffix pattern.
-fn bind_search<'q>(
-    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    search: Option<&Search>,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+fn bind_search<'q>(query: Query<'q>, search: Option<&Search>) -> Query<'q> {
     query
         .bind(search.map(|s| s.text.clone()))
         .bind(search.map(|s| format!("%{}%", like_escaped(&s.text.to_lowercase()))))
@@ -58,7 +55,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let row = sqlx::query(
+                    let row = query(
                         "SELECT id FROM verifications WHERE phone = $1 AND is_test = 0 AND \
                          (status IN ('pending', 'calling', 'failed', 'unanswered') OR id IN \
                           (SELECT verification_id FROM lockouts WHERE kind = 'phone' \
@@ -69,7 +66,7 @@ impl Store {
                     .bind(now)
                     .fetch_optional(&mut *c)
                     .await?;
-                    Ok(row.map(|r| r.try_get("id")).transpose()?)
+                    row.map(|r| r.try_get("id")).transpose()
                 })
             }))
             .await
@@ -79,7 +76,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    sqlx::query(
+                    query(
                         "INSERT INTO manual_requests (id, created_at, caller, caller_match, \
                          verification_id, status, ended_by, duration_ms, recording, transcript, \
                          language) VALUES ($1, $2, $3, $4, $5, 'open', $6, $7, $8, $9, $10)",
@@ -127,7 +124,7 @@ impl Store {
                          ORDER BY r.created_at {order}, r.id {order} LIMIT $3",
                         searched(6)
                     );
-                    let rows = sqlx::query(&statement)
+                    let rows = query(&statement)
                         .bind(filter.status.map(RequestStatus::as_str))
                         .bind(&filter.api_key_id)
                         .bind(filter.limit + 1)
@@ -163,7 +160,7 @@ impl Store {
                          AND {} GROUP BY r.status",
                         searched(2)
                     );
-                    let query = sqlx::query(&statement).bind(&filter.api_key_id);
+                    let query = query(&statement).bind(&filter.api_key_id);
                     let rows = bind_search(query, search).fetch_all(&mut *c).await?;
                     rows.iter()
                         .map(|r| {
@@ -181,7 +178,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let row = sqlx::query(&format!(
+                    let row = query(format!(
                         "SELECT {REQUEST_COLUMNS} FROM manual_requests r \
                          LEFT JOIN verifications v ON v.id = r.verification_id WHERE r.id = $1"
                     ))
@@ -200,7 +197,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    sqlx::query(
+                    query(
                         "UPDATE manual_requests SET transcript = $1 \
                          WHERE id = $2 AND purged_at IS NULL",
                     )
@@ -220,12 +217,12 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let row = sqlx::query("SELECT recording FROM manual_requests WHERE id = $1")
+                    let row = query("SELECT recording FROM manual_requests WHERE id = $1")
                         .bind(&id)
                         .fetch_optional(&mut *c)
                         .await?;
                     Ok(row
-                        .map(|r| r.try_get::<Option<Vec<u8>>, _>("recording"))
+                        .map(|r| r.try_get::<Option<Vec<u8>>>("recording"))
                         .transpose()?
                         .flatten())
                 })
@@ -247,12 +244,11 @@ impl Store {
             .run(op(move |c| {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
-                    let Some(row) = sqlx::query(
-                        "SELECT status, verification_id FROM manual_requests WHERE id = $1",
-                    )
-                    .bind(&id)
-                    .fetch_optional(&mut *tx)
-                    .await?
+                    let Some(row) =
+                        query("SELECT status, verification_id FROM manual_requests WHERE id = $1")
+                            .bind(&id)
+                            .fetch_optional(&mut tx)
+                            .await?
                     else {
                         return Ok(Decided::NotFound);
                     };
@@ -273,21 +269,21 @@ impl Store {
                             let Some(vid) = verification_id.or(matched) else {
                                 return Ok(Decided::NoVerification);
                             };
-                            let verified = sqlx::query(&format!(
+                            let verified = query(format!(
                                 "UPDATE verifications SET status = 'verified', verified_at = $1, \
                                  updated_at = $1 WHERE id = $2 AND status IN ({APPROVABLE})"
                             ))
                             .bind(now)
                             .bind(&vid)
-                            .execute(&mut *tx)
+                            .execute(&mut tx)
                             .await?;
                             if verified.rows_affected() == 0 {
                                 let current: Option<String> =
-                                    sqlx::query("SELECT status FROM verifications WHERE id = $1")
+                                    query("SELECT status FROM verifications WHERE id = $1")
                                         .bind(&vid)
-                                        .fetch_optional(&mut *tx)
+                                        .fetch_optional(&mut tx)
                                         .await?
-                                        .map(|r| r.try_get::<String, _>("status"))
+                                        .map(|r| r.try_get::<String>("status"))
                                         .transpose()?;
                                 let current = current
                                     .map(|s: String| parse::<Status>(&s, "verifications.status"))
@@ -296,24 +292,24 @@ impl Store {
                                     return Ok(Decided::NotApprovable(current));
                                 }
                             }
-                            sqlx::query(
+                            query(
                                 "UPDATE lockouts SET locked_until = $1 \
                                  WHERE verification_id = $2 AND locked_until > $1",
                             )
                             .bind(now)
                             .bind(&vid)
-                            .execute(&mut *tx)
+                            .execute(&mut tx)
                             .await?;
                             // Verified by hand: the number's and the user's wrong codes are
                             // forgotten, as a verified code forgets them.
-                            sqlx::query(
+                            query(
                                 "DELETE FROM strikes WHERE (kind = 'phone' AND subject = \
                                  (SELECT phone FROM verifications WHERE id = $1)) OR \
                                  (kind = 'user' AND subject = \
                                  (SELECT user_ref FROM verifications WHERE id = $1))",
                             )
                             .bind(&vid)
-                            .execute(&mut *tx)
+                            .execute(&mut tx)
                             .await?;
                             (RequestStatus::Approved, Some(vid), None, "approve")
                         }
@@ -323,7 +319,7 @@ impl Store {
                     };
                     // Still open: a decision taken meanwhile (by another daemon, or staff
                     // and the API at once) wins, and this transaction is rolled back.
-                    let decided = sqlx::query(
+                    let decided = query(
                         "UPDATE manual_requests SET status = $1, verification_id = $2, \
                          reason = $3, decided_at = $4, decided_by = $5 \
                          WHERE id = $6 AND status = 'open'",
@@ -334,7 +330,7 @@ impl Store {
                     .bind(now)
                     .bind(&actor)
                     .bind(&id)
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await?;
                     if decided.rows_affected() == 0 {
                         return Ok(Decided::AlreadyDecided(new_status));
@@ -376,7 +372,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let rows = sqlx::query(
+                    let rows = query(
                         "SELECT id, at, actor, action, subject, detail FROM audit_log \
                          WHERE subject = $1 ORDER BY at, id",
                     )
@@ -396,7 +392,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let rows = sqlx::query(
+                    let rows = query(
                         "SELECT id, at, actor, action, subject, detail FROM audit_log \
                          WHERE ($1 IS NULL OR actor = $1) AND ($2 IS NULL OR action = $2) \
                          AND ($3 IS NULL OR at >= $3) AND ($4 IS NULL OR at < $4) \
@@ -420,7 +416,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let purged = sqlx::query(
+                    let purged = query(
                         "UPDATE manual_requests SET recording = NULL, transcript = NULL, \
                          purged_at = $1 WHERE created_at < $2 AND purged_at IS NULL",
                     )
@@ -428,7 +424,7 @@ impl Store {
                     .bind(before)
                     .execute(&mut *c)
                     .await?;
-                    sqlx::query("DELETE FROM staff_sessions WHERE expires_at <= $1")
+                    query("DELETE FROM staff_sessions WHERE expires_at <= $1")
                         .bind(now)
                         .execute(&mut *c)
                         .await?;
@@ -439,7 +435,7 @@ impl Store {
     }
 }
 
-fn audit_from_row(r: &sqlx::any::AnyRow) -> Result<AuditEntry, StoreError> {
+fn audit_from_row(r: &Row) -> Result<AuditEntry, StoreError> {
     Ok(AuditEntry {
         id: r.try_get("id")?,
         at: r.try_get("at")?,
@@ -451,27 +447,25 @@ fn audit_from_row(r: &sqlx::any::AnyRow) -> Result<AuditEntry, StoreError> {
 }
 
 async fn insert_audit(
-    c: &mut sqlx::AnyConnection,
+    c: &mut Conn,
     at: i64,
     actor: &str,
     action: &str,
     subject: &str,
     detail: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(at)
-    .bind(actor)
-    .bind(action)
-    .bind(subject)
-    .bind(detail)
-    .execute(c)
-    .await?;
+    query("INSERT INTO audit_log (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)")
+        .bind(at)
+        .bind(actor)
+        .bind(action)
+        .bind(subject)
+        .bind(detail)
+        .execute(c)
+        .await?;
     Ok(())
 }
 
-fn request_from_row(r: &sqlx::any::AnyRow) -> Result<ManualRequest, StoreError> {
+fn request_from_row(r: &Row) -> Result<ManualRequest, StoreError> {
     let caller_match: String = r.try_get("caller_match")?;
     let status: String = r.try_get("status")?;
     let verification_status: Option<String> = r.try_get("verification_status")?;
@@ -489,7 +483,7 @@ fn request_from_row(r: &sqlx::any::AnyRow) -> Result<ManualRequest, StoreError> 
         status: parse(&status, "manual_requests.status")?,
         ended_by: r.try_get("ended_by")?,
         duration_ms: r.try_get("duration_ms")?,
-        has_recording: r.try_get::<i64, _>("has_recording")? == 1,
+        has_recording: r.try_get::<i64>("has_recording")? == 1,
         transcript: r.try_get("transcript")?,
         decided_at: r.try_get("decided_at")?,
         decided_by: r.try_get("decided_by")?,

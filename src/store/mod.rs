@@ -1,9 +1,10 @@
 //! Persistence of verifications, call attempts and lockouts, on SQLite or Postgres.
 //!
-//! One set of queries serves both backends through sqlx's `Any` driver: every statement uses
-//! `$N` placeholders (which SQLite reads too), integer columns are 64-bit on both, times are
-//! Unix milliseconds. Each state change is one conditional statement, or a transaction where
-//! several must go together, so two calls, or two daemons on one Postgres, cannot race it.
+//! One set of queries serves both backends through [`sql`] (rusqlite on SQLite, sqlx on
+//! Postgres): every statement uses `$N` placeholders (which SQLite reads too), integer
+//! columns are 64-bit on both, times are Unix milliseconds. Each state change is one
+//! conditional statement, or a transaction where several must go together, so two calls,
+//! or two daemons on one Postgres, cannot race it.
 //! Columns are read by name, and every expression a statement returns is given one (`AS`),
 //! so that the names are the same on both backends.
 //! [`engine`] decides how the statements reach the database.
@@ -27,6 +28,7 @@ mod manual_requests;
 mod outbox;
 pub mod owner;
 mod selftests;
+mod sql;
 mod staff;
 mod trunk;
 mod upkeep;
@@ -44,11 +46,12 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyConnection, Connection, Executor};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::Connection as _;
 
 use engine::{Connect, Engine, Op};
+use sql::Conn;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("sql/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("sql/postgres");
@@ -63,14 +66,14 @@ pub enum Backend {
 pub struct Store {
     engine: Engine,
     backend: Backend,
+    /// Where it is (the migrations of a SQLite store run on a connection of their own).
+    url: Arc<str>,
 }
 
 /// Box an operation for the engine.
 fn op<T, F>(f: F) -> Op<T>
 where
-    F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T, StoreError>>
-        + Send
-        + 'static,
+    F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T, StoreError>> + Send + 'static,
 {
     Box::new(f)
 }
@@ -80,7 +83,6 @@ impl Store {
     /// created if missing and put in WAL mode, with secure_delete: a purged recording is
     /// overwritten with zeros, not left in free pages.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        sqlx::any::install_default_drivers();
         if url.starts_with("sqlite:") {
             let url = if url.contains("mode=") {
                 url.to_owned()
@@ -90,12 +92,11 @@ impl Store {
                 format!("{url}?mode=rwc")
             };
             create_private(&url);
-            let options = AnyConnectOptions::from_str(&url)?;
-            let connect: Connect = Arc::new(move || {
-                let options = options.clone();
-                Box::pin(async move { open_sqlite(&options).await })
-            });
-            let conn = match connect().await {
+            let path = sqlite_path(&url)
+                .ok_or_else(|| StoreError::UnsupportedUrl(url.clone()))?
+                .to_owned();
+            let connect: Connect = Arc::new(move || open_sqlite(&path));
+            let conn = match connect() {
                 Ok(conn) => conn,
                 // Say why in the file system's words, if that is where it fails.
                 Err(e) => return Err(sqlite_file_error(&url).unwrap_or(e)),
@@ -103,18 +104,20 @@ impl Store {
             return Ok(Self {
                 engine: Engine::writer(conn, connect),
                 backend: Backend::Sqlite,
+                url: url.into(),
             });
         }
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         }
-        let pool = AnyPoolOptions::new()
+        let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
-            .connect_with(AnyConnectOptions::from_str(url)?)
+            .connect_with(PgConnectOptions::from_str(url)?)
             .await?;
         Ok(Self {
             engine: Engine::Pool(pool),
             backend: Backend::Postgres,
+            url: url.into(),
         })
     }
 
@@ -124,18 +127,27 @@ impl Store {
 
     /// Apply the migrations under `sql/<backend>/`.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let migrator = match self.backend {
-            Backend::Sqlite => &SQLITE_MIGRATIONS,
-            Backend::Postgres => &POSTGRES_MIGRATIONS,
-        };
-        self.engine
-            .run(op(move |c| {
-                Box::pin(async move {
-                    migrator.run_direct(c).await?;
-                    Ok(())
-                })
-            }))
-            .await
+        match self.backend {
+            // On a connection of sqlx's own, while the writer waits (it holds no lock
+            // between groups).
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url).await?;
+                SQLITE_MIGRATIONS.run_direct(&mut conn).await?;
+                conn.close().await?;
+                Ok(())
+            }
+            Backend::Postgres => {
+                self.engine
+                    .run(op(move |c| {
+                        Box::pin(async move {
+                            let pg = c.as_postgres().expect("a Postgres store");
+                            POSTGRES_MIGRATIONS.run_direct(pg).await?;
+                            Ok(())
+                        })
+                    }))
+                    .await
+            }
+        }
     }
 
     /// Finish pending writes and close the database connections.
@@ -145,16 +157,16 @@ impl Store {
 }
 
 /// A SQLite connection as the writer uses it: WAL, a busy timeout for other processes (a CLI,
-/// a second daemon), foreign keys, and secure_delete.
-async fn open_sqlite(options: &AnyConnectOptions) -> Result<AnyConnection, StoreError> {
-    let mut conn = AnyConnection::connect_with(options).await?;
-    conn.execute(
+/// a second daemon), foreign keys, and secure_delete; statements prepared once.
+fn open_sqlite(path: &std::path::Path) -> Result<Conn, StoreError> {
+    let db = rusqlite::Connection::open(path)?;
+    db.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
          PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
          PRAGMA secure_delete = ON;",
-    )
-    .await?;
-    Ok(conn)
+    )?;
+    db.set_prepared_statement_cache_capacity(256);
+    Ok(Conn::sqlite(db))
 }
 
 /// The SQLite file of `url`, as a path; `None` for another database or an in-memory one.

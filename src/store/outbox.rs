@@ -1,7 +1,7 @@
 //! The `outbox` table (and its `settings` switch): status changes waiting to be posted to the
 //! web app as webhooks, claimed by senders, marked delivered or failed.
 
-use sqlx::{AnyConnection, Row};
+use super::sql::{query, Conn};
 
 use super::{op, Backend, Store, StoreError};
 use crate::domain::verification::StatusEvent;
@@ -25,7 +25,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let rows = sqlx::query(&format!(
+                    let rows = query(format!(
                         "WITH due AS MATERIALIZED (SELECT o.id FROM outbox o \
                              WHERE o.delivered_at IS NULL AND o.next_attempt_at <= $1 \
                              AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.delivered_at IS NULL \
@@ -75,7 +75,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    sqlx::query(
+                    query(
                         "UPDATE outbox SET attempts = attempts + 1, last_error = $1, \
                          claimed_by = NULL, \
                          delivered_at = CASE WHEN $2 = 0 THEN $3 ELSE NULL END, \
@@ -100,7 +100,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    sqlx::query(
+                    query(
                         "INSERT INTO settings (key, value) VALUES ('webhooks_default', $1) \
                          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     )
@@ -127,7 +127,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    sqlx::query(&format!(
+                    query(format!(
                         "UPDATE outbox SET attempts = attempts + 1, delivered_at = $1, \
                          last_error = NULL, claimed_by = NULL WHERE id IN ({list})"
                     ))
@@ -149,7 +149,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let rows = sqlx::query(
+                    let rows = query(
                         "SELECT status, \
                          CASE WHEN delivered_at IS NULL THEN 0 ELSE 1 END AS delivered, attempts \
                          FROM outbox \
@@ -162,7 +162,7 @@ impl Store {
                         .map(|r| {
                             Ok((
                                 r.try_get("status")?,
-                                r.try_get::<i64, _>("delivered")? != 0,
+                                r.try_get::<i64>("delivered")? != 0,
                                 r.try_get("attempts")?,
                             ))
                         })
@@ -178,11 +178,11 @@ impl Store {
 /// later event of their verifications, before the claim's lease ran out. Sent at least once:
 /// an event it delivered but did not record is sent again.
 pub(super) async fn release_claims(
-    c: &mut AnyConnection,
+    c: &mut Conn,
     daemon: &str,
     now: i64,
 ) -> Result<u64, StoreError> {
-    let done = sqlx::query(
+    let done = query(
         "UPDATE outbox SET next_attempt_at = $1, claimed_by = NULL \
          WHERE claimed_by = $2 AND delivered_at IS NULL",
     )

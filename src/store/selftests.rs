@@ -1,7 +1,7 @@
 //! The `selftests` table: `callverify doctor`'s self-test calls, a plan in and a report out,
 //! both as the JSON the doctor and the `selftest` flow agree on.
 
-use sqlx::Row;
+use super::sql::query;
 
 use super::{op, Store, StoreError};
 
@@ -26,18 +26,16 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    sqlx::query("DELETE FROM selftests WHERE created_at < $1")
+                    query("DELETE FROM selftests WHERE created_at < $1")
                         .bind(now - FORGOTTEN_AFTER_MS)
                         .execute(&mut *c)
                         .await?;
-                    sqlx::query(
-                        "INSERT INTO selftests (token, plan, created_at) VALUES ($1, $2, $3)",
-                    )
-                    .bind(&token)
-                    .bind(&plan)
-                    .bind(now)
-                    .execute(&mut *c)
-                    .await?;
+                    query("INSERT INTO selftests (token, plan, created_at) VALUES ($1, $2, $3)")
+                        .bind(&token)
+                        .bind(&plan)
+                        .bind(now)
+                        .execute(&mut *c)
+                        .await?;
                     Ok(())
                 })
             }))
@@ -56,7 +54,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let row = sqlx::query(
+                    let row = query(
                         "UPDATE selftests SET reached_at = $1 \
                          WHERE token = $2 AND reached_at IS NULL AND created_at >= $3 \
                          RETURNING plan",
@@ -66,9 +64,7 @@ impl Store {
                     .bind(not_before)
                     .fetch_optional(&mut *c)
                     .await?;
-                    row.map(|r| r.try_get("plan"))
-                        .transpose()
-                        .map_err(Into::into)
+                    row.map(|r| r.try_get("plan")).transpose()
                 })
             }))
             .await
@@ -80,7 +76,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let done = sqlx::query(
+                    let done = query(
                         "UPDATE selftests SET report = $1 \
                          WHERE token = $2 AND reached_at IS NOT NULL AND report IS NULL",
                     )
@@ -99,11 +95,10 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let row =
-                        sqlx::query("SELECT reached_at, report FROM selftests WHERE token = $1")
-                            .bind(&token)
-                            .fetch_optional(&mut *c)
-                            .await?;
+                    let row = query("SELECT reached_at, report FROM selftests WHERE token = $1")
+                        .bind(&token)
+                        .fetch_optional(&mut *c)
+                        .await?;
                     row.map(|r| {
                         Ok(SelftestRow {
                             reached_at: r.try_get("reached_at")?,
@@ -121,7 +116,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    sqlx::query("DELETE FROM selftests WHERE token = $1")
+                    query("DELETE FROM selftests WHERE token = $1")
                         .bind(&token)
                         .execute(&mut *c)
                         .await?;

@@ -1,6 +1,6 @@
 //! Staff accounts of the support console and their console sessions.
 
-use sqlx::{Connection, Row};
+use super::sql::query;
 
 use super::verifications::parse_column;
 use super::{op, Store, StoreError};
@@ -13,7 +13,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let done = sqlx::query(
+                    let done = query(
                         "INSERT INTO staff (id, username, password_hash, created_at) \
                          VALUES ($1, $2, $3, $4) ON CONFLICT (username) DO NOTHING",
                     )
@@ -52,7 +52,7 @@ impl Store {
                         "SELECT id, username, password_hash, created_at, disabled_at, role, \
                          time_zone FROM staff WHERE {condition} ORDER BY username"
                     );
-                    let mut query = sqlx::query(&sql);
+                    let mut query = query(&sql);
                     if condition.contains("$1") {
                         query = query.bind(&value);
                     }
@@ -88,14 +88,13 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let done = sqlx::query(
-                        "UPDATE staff SET role = $1, time_zone = $2 WHERE username = $3",
-                    )
-                    .bind(role.as_str())
-                    .bind(&time_zone)
-                    .bind(&username)
-                    .execute(&mut *c)
-                    .await?;
+                    let done =
+                        query("UPDATE staff SET role = $1, time_zone = $2 WHERE username = $3")
+                            .bind(role.as_str())
+                            .bind(&time_zone)
+                            .bind(&username)
+                            .execute(&mut *c)
+                            .await?;
                     Ok(done.rows_affected() == 1)
                 })
             }))
@@ -109,20 +108,20 @@ impl Store {
             .run(op(move |c| {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
-                    let done = sqlx::query(
+                    let done = query(
                         "UPDATE staff SET disabled_at = $1 WHERE username = $2 \
                          AND disabled_at IS NULL",
                     )
                     .bind(now)
                     .bind(&username)
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await?;
-                    sqlx::query(
+                    query(
                         "DELETE FROM staff_sessions WHERE staff_id IN \
                          (SELECT id FROM staff WHERE username = $1)",
                     )
                     .bind(&username)
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await?;
                     tx.commit().await?;
                     Ok(done.rows_affected() == 1)
@@ -147,7 +146,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    sqlx::query(
+                    query(
                         "INSERT INTO staff_sessions (token_hash, staff_id, csrf_token, \
                          created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
                     )
@@ -174,7 +173,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let row = sqlx::query(
+                    let row = query(
                         "SELECT s.staff_id, f.username, s.csrf_token, f.role, f.time_zone \
                          FROM staff_sessions s \
                          JOIN staff f ON f.id = s.staff_id WHERE s.token_hash = $1 \
@@ -205,7 +204,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    sqlx::query("DELETE FROM staff_sessions WHERE token_hash = $1")
+                    query("DELETE FROM staff_sessions WHERE token_hash = $1")
                         .bind(&token_hash)
                         .execute(&mut *c)
                         .await?;

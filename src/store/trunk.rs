@@ -1,7 +1,7 @@
 //! The trunk's calls in progress and its pace, which every daemon on the store shares
 //! (`trunk_calls`, `trunks`): a dialer call counts from its claim until it ends.
 
-use sqlx::{AnyConnection, Row};
+use super::sql::{query, Conn};
 
 use super::{op, Store, StoreError};
 
@@ -33,12 +33,8 @@ impl Store {
 
 /// How many more calls the trunk takes now: none before its next Originate is due, else
 /// its cap less the calls in progress.
-pub(super) async fn trunk_room(
-    c: &mut AnyConnection,
-    trunk: &Trunk,
-    now: i64,
-) -> Result<i64, StoreError> {
-    let row = sqlx::query(
+pub(super) async fn trunk_room(c: &mut Conn, trunk: &Trunk, now: i64) -> Result<i64, StoreError> {
+    let row = query(
         "SELECT (SELECT COUNT(*) FROM trunk_calls WHERE trunk = $1 AND since >= $2) AS calls, \
          (SELECT next_dial_at FROM trunks WHERE trunk = $1) AS next_dial_at",
     )
@@ -47,22 +43,31 @@ pub(super) async fn trunk_room(
     .fetch_one(&mut *c)
     .await?;
     if row
-        .try_get::<Option<i64>, _>("next_dial_at")?
+        .try_get::<Option<i64>>("next_dial_at")?
         .is_some_and(|at| now < at)
     {
         return Ok(0);
     }
-    Ok(trunk.max_calls - row.try_get::<i64, _>("calls")?)
+    Ok(trunk.max_calls - row.try_get::<i64>("calls")?)
 }
 
 /// The trunk call with this ChannelId is over.
-pub(super) async fn end_trunk_call(
-    c: &mut AnyConnection,
-    channel_id: &str,
-) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM trunk_calls WHERE channel_id = $1")
+pub(super) async fn end_trunk_call(c: &mut Conn, channel_id: &str) -> Result<(), StoreError> {
+    query("DELETE FROM trunk_calls WHERE channel_id = $1")
         .bind(channel_id)
         .execute(c)
         .await?;
+    Ok(())
+}
+
+/// The trunk call of call attempt `attempt` (its ChannelId is the attempt's uniqueid) is over.
+pub(super) async fn end_attempts_trunk_call(c: &mut Conn, attempt: i64) -> Result<(), StoreError> {
+    query(
+        "DELETE FROM trunk_calls \
+         WHERE channel_id = (SELECT uniqueid FROM call_attempts WHERE id = $1)",
+    )
+    .bind(attempt)
+    .execute(c)
+    .await?;
     Ok(())
 }

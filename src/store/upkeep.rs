@@ -2,7 +2,7 @@
 //! expiry) and the backlog
 //! `/metrics` reports (calls due, webhooks undelivered).
 
-use sqlx::{Connection, Row};
+use super::sql::query;
 
 use super::{op, Store, StoreError};
 
@@ -12,7 +12,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let row = sqlx::query(
+                    let row = query(
                         "SELECT (SELECT COUNT(*) FROM verifications WHERE status = 'pending' \
                              AND next_call_at <= $1 AND expires_at > $1) AS due_calls, \
                          (SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL) AS undelivered",
@@ -48,7 +48,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let released = sqlx::query(
+                    let released = query(
                         "UPDATE verifications SET status = 'pending', next_call_at = $1, \
                          channel_id = NULL, claimed_by = NULL, claimed_at = NULL, updated_at = $1 \
                          WHERE status = 'calling' AND claimed_at IS NOT NULL AND claimed_at < $2 \
@@ -63,7 +63,7 @@ impl Store {
                     .rows_affected();
                     // Trunk calls whose end was missed (their daemon died while they rang,
                     // or a Hangup was lost): neither ringing nor in a FastAGI call.
-                    sqlx::query(
+                    query(
                         "DELETE FROM trunk_calls WHERE since < $1 AND NOT EXISTS \
                          (SELECT 1 FROM verifications v WHERE v.id = trunk_calls.verification_id \
                              AND v.status = 'calling' AND v.channel_id = trunk_calls.channel_id) \
@@ -75,16 +75,16 @@ impl Store {
                     .execute(&mut *c)
                     .await?;
                     let mut tx = c.begin().await?;
-                    sqlx::query(
+                    query(
                         "UPDATE call_attempts SET ended_at = $1, outcome = 'interrupted' \
                          WHERE ended_at IS NULL AND verification_id IN (SELECT id FROM \
                              verifications WHERE status = 'calling' AND expires_at <= $2)",
                     )
                     .bind(now)
                     .bind(stranded_before)
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await?;
-                    let expired = sqlx::query(
+                    let expired = query(
                         "UPDATE verifications SET status = 'expired', updated_at = $1, \
                          channel_id = NULL, claimed_by = NULL, claimed_at = NULL \
                          WHERE (status = 'pending' AND expires_at <= $1) \
@@ -92,7 +92,7 @@ impl Store {
                     )
                     .bind(now)
                     .bind(stranded_before)
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await?
                     .rows_affected();
                     tx.commit().await?;

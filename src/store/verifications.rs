@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use sqlx::{AnyConnection, Row};
+use super::sql::{query, Conn, Row};
 
 use super::{op, Store, StoreError};
 use crate::domain::status::Status;
@@ -30,7 +30,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let row = sqlx::query(&format!(
+                    let row = query(format!(
                         "SELECT {VERIFICATION_COLUMNS} FROM verifications WHERE id = $1"
                     ))
                     .bind(&id)
@@ -55,7 +55,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let done = sqlx::query(
+                    let done = query(
                         "UPDATE verifications SET code_delivered_at = \
                          COALESCE(code_delivered_at, $1) \
                          WHERE id = $2 AND status = 'calling' AND sealed_code IS NOT NULL \
@@ -86,7 +86,7 @@ impl Store {
             .run(op(move |c| {
                 Box::pin(async move {
                     let verified_at = (to == Status::Verified).then_some(now);
-                    let done = sqlx::query(&format!(
+                    let done = query(format!(
                         "UPDATE verifications SET status = $1, updated_at = $2, \
                          verified_at = COALESCE($3, verified_at) \
                          WHERE id = $4 AND status IN ({from})"
@@ -106,12 +106,9 @@ impl Store {
 
 /// Insert `v`, due a call at once unless it is a test verification. Also run by
 /// [`Store::create_verification`] inside its transaction.
-pub(super) async fn insert_verification(
-    c: &mut AnyConnection,
-    v: &Verification,
-) -> Result<(), StoreError> {
+pub(super) async fn insert_verification(c: &mut Conn, v: &Verification) -> Result<(), StoreError> {
     // Due a call at once, except test verifications, which the QA line calls itself.
-    sqlx::query(&format!(
+    query(format!(
         "INSERT INTO verifications ({VERIFICATION_COLUMNS}, next_call_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
     ))
@@ -141,7 +138,7 @@ pub(super) async fn insert_verification(
 }
 
 /// A verification from a row with the [`VERIFICATION_COLUMNS`].
-pub(super) fn verification_from_row(r: &sqlx::any::AnyRow) -> Result<Verification, StoreError> {
+pub(super) fn verification_from_row(r: &Row) -> Result<Verification, StoreError> {
     let status: String = r.try_get("status")?;
     let mode: String = r.try_get("mode")?;
     Ok(Verification {
@@ -154,7 +151,7 @@ pub(super) fn verification_from_row(r: &sqlx::any::AnyRow) -> Result<Verificatio
         attempts_used: r.try_get("attempts_used")?,
         max_attempts: r.try_get("max_attempts")?,
         locale: r.try_get("locale")?,
-        is_test: r.try_get::<i64, _>("is_test")? != 0,
+        is_test: r.try_get::<i64>("is_test")? != 0,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         expires_at: r.try_get("expires_at")?,

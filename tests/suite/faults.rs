@@ -191,6 +191,7 @@ async fn sqlite_disk_full_or_read_only_loses_nothing_and_recovers() {
         .await
         .unwrap();
     assert!(heard(&t, VERIFIED), "{:?}", t.prompts());
+    let agi = d.addr;
     let store = d.store.clone();
     d.stop().await;
     store.close().await;
@@ -207,14 +208,20 @@ async fn sqlite_disk_full_or_read_only_loses_nothing_and_recovers() {
     );
     disk.remount("rw");
 
-    // After a restart: every acknowledged verification, and nothing else.
-    let d = start_on(url.clone(), keys.path(), unlimited).await;
+    // After a restart under its name (its FastAGI address): every acknowledged
+    // verification, and nothing else.
+    let d = start_on(url.clone(), keys.path(), |c| {
+        unlimited(c);
+        c.agi.listen = agi.to_string();
+    })
+    .await;
     for id in &acknowledged {
         assert!(
             d.store.verification(id).await.unwrap().is_some(),
             "{id} lost"
         );
     }
+    sqlx::any::install_default_drivers();
     let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
     let rows: i64 = sqlx::query("SELECT COUNT(*) AS n FROM verifications")
         .fetch_one(&mut conn)
@@ -228,7 +235,8 @@ async fn sqlite_disk_full_or_read_only_loses_nothing_and_recovers() {
     );
     drop(conn);
     // The call during the full disk: counted if and only if the caller was told so. Its
-    // attempt, cut short by the store, was closed as interrupted by the restart.
+    // attempt, cut short by the store (whichever of its writes the full disk refused), was
+    // closed as interrupted by the restart.
     let view = d.status(&waiting.id).await;
     assert_eq!(view.status, Status::Pending);
     assert_eq!(
@@ -378,6 +386,7 @@ async fn postgres_crashing_under_load_loses_nothing() {
         })
         .collect();
     let verified_count = |d: Arc<Daemon>| async move {
+        sqlx::any::install_default_drivers();
         let mut conn = sqlx::AnyConnection::connect(&d.config.database.url)
             .await
             .ok()?;

@@ -1,14 +1,13 @@
 //! The `agi_*` environment block Asterisk sends first on every FastAGI connection.
 
-use std::collections::HashMap;
-
 /// At most this many variables: Asterisk sends about 22 plus one per argument.
 pub const MAX_VARIABLES: usize = 256;
 
-/// The parsed environment of one AGI session.
+/// The parsed environment of one AGI session, in the order Asterisk sent it. A list, not a
+/// map: it holds some 22 variables, read a few times each, and every call parses one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgiEnv {
-    vars: HashMap<String, String>,
+    vars: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,13 +32,17 @@ impl AgiEnv {
             return Err(EnvError::TooManyVariables);
         }
         let value = value.strip_prefix(' ').unwrap_or(value);
-        self.vars.insert(name.to_owned(), value.to_owned());
+        // A name sent twice: the later value counts.
+        match self.vars.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => *v = value.to_owned(),
+            None => self.vars.push((name.to_owned(), value.to_owned())),
+        }
         Ok(())
     }
 
     /// Check that the block describes a FastAGI request.
     pub fn validate(&self) -> Result<(), EnvError> {
-        if self.vars.contains_key("agi_network_script") {
+        if self.get("agi_network_script").is_some() {
             Ok(())
         } else {
             Err(EnvError::NoScript)
@@ -47,7 +50,9 @@ impl AgiEnv {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.vars.get(name).map(String::as_str)
+        self.vars
+            .iter()
+            .find_map(|(n, v)| (n == name).then_some(v.as_str()))
     }
 
     /// The script name from `agi_network_script`, without a query string or slashes:
@@ -114,6 +119,12 @@ mod tests {
         assert_eq!(e.arg(3), None);
         assert_eq!(e.get("agi_accountcode"), Some(""));
         assert_eq!(e.channel(), "PJSIP/qa-00000008");
+    }
+
+    #[test]
+    fn a_name_sent_twice_keeps_the_later_value() {
+        let e = env(&["agi_channel: PJSIP/a-1", "agi_channel: PJSIP/b-2"]);
+        assert_eq!((e.channel(), e.len()), ("PJSIP/b-2", 1));
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// many sessions (0 skips it; needs valgrind)
     #[arg(long, value_name = "SESSIONS", default_value_t = 0)]
     callgrind: usize,
+    /// Keep the callgrind dumps in this directory (`daemon.callgrind`, `bare.callgrind`), to
+    /// read with callgrind_annotate
+    #[arg(long, value_name = "DIR")]
+    callgrind_out: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub speech: crate::speech::SpeechBenchArgs,
 }
@@ -58,6 +62,10 @@ const BARE_SCRIPT: &[&str] = &[
     "STREAM FILE goodbye \"\"",
     "HANGUP",
 ];
+
+/// Sessions run before each measurement, outside it: what a server does once (the webhook
+/// sender's root certificates, the first preparation of each statement) is not counted.
+const WARM_UP: usize = 200;
 
 /// Sessions in flight while callgrind counts (it runs one thread at a time, slowly).
 const CALLGRIND_CONCURRENCY: usize = 50;
@@ -94,8 +102,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     if args.callgrind > 0 {
         let flow = bench_config(dir.path(), "callgrind");
-        let daemon = instructions(&Server::Daemon(&flow), dir.path(), args.callgrind).await?;
-        let bare = instructions(&Server::Bare, dir.path(), args.callgrind).await?;
+        let out = args.callgrind_out.as_deref().unwrap_or(dir.path());
+        let daemon = instructions(&Server::Daemon(&flow), out, "daemon", args.callgrind).await?;
+        let bare = instructions(&Server::Bare, out, "bare", args.callgrind).await?;
         println!(
             "instructions per session (callgrind, {} sessions, {CALLGRIND_CONCURRENCY} at a \
              time): daemon {daemon:.0}, bare server {bare:.0}: {:.2}x",
@@ -436,27 +445,52 @@ fn daemon_env(config: &Config) -> Vec<(String, String)> {
 }
 
 /// One throughput run: `sessions` calls, `concurrency` at a time, against `server` in a
-/// process of its own, whose CPU time is read from /proc around the run.
+/// process of its own, whose CPU time is read from /proc around the run (after a warm-up).
 async fn throughput(
     server: &Server<'_>,
     sessions: usize,
     concurrency: usize,
 ) -> anyhow::Result<RunStats> {
-    let (calls, ids) = server.calls(sessions).await?;
+    let (mut calls, ids) = server.calls(WARM_UP + sessions).await?;
     let process = server.start(None).await?;
+    let measured = calls.split_off(WARM_UP);
+    warm_up(process.addr, calls, concurrency).await?;
     let cpu_before = process.cpu()?;
-    let mut stats = drive(process.addr, calls, concurrency).await?;
+    let mut stats = drive(process.addr, measured, concurrency).await?;
     stats.cpu = process.cpu()?.saturating_sub(cpu_before);
     process.stop().await?;
     server.check(&ids).await?;
     Ok(stats)
 }
 
+/// The warm-up sessions, which must all go through too.
+async fn warm_up(
+    addr: std::net::SocketAddr,
+    calls: Vec<Call>,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let stats = drive(addr, calls, concurrency).await?;
+    if stats.errors > 0 {
+        bail!(
+            "{} warm-up sessions failed: the run is not valid",
+            stats.errors
+        );
+    }
+    Ok(())
+}
+
 /// Instructions per session of `server`, counted by callgrind over `sessions` sessions
-/// (its counters zeroed when it is ready, dumped when they are done).
-async fn instructions(server: &Server<'_>, dir: &Path, sessions: usize) -> anyhow::Result<f64> {
-    let (calls, ids) = server.calls(sessions).await?;
-    let out = dir.join(format!("callgrind.{}", std::process::id()));
+/// (its counters zeroed after the warm-up, dumped when they are done, to
+/// `dir/NAME.callgrind`).
+async fn instructions(
+    server: &Server<'_>,
+    dir: &Path,
+    name: &str,
+    sessions: usize,
+) -> anyhow::Result<f64> {
+    let (mut calls, ids) = server.calls(WARM_UP + sessions).await?;
+    let measured = calls.split_off(WARM_UP);
+    let out = dir.join(format!("{name}.callgrind.{}", std::process::id()));
     let wrapper = [
         "valgrind".to_owned(),
         "--tool=callgrind".to_owned(),
@@ -465,8 +499,9 @@ async fn instructions(server: &Server<'_>, dir: &Path, sessions: usize) -> anyho
         format!("--callgrind-out-file={}", out.display()),
     ];
     let process = server.start(Some(&wrapper)).await?;
+    warm_up(process.addr, calls, CALLGRIND_CONCURRENCY).await?;
     callgrind_control(&["-z"], process.pid).await?;
-    let stats = drive(process.addr, calls, CALLGRIND_CONCURRENCY).await?;
+    let stats = drive(process.addr, measured, CALLGRIND_CONCURRENCY).await?;
     if stats.errors > 0 {
         bail!(
             "{} sessions failed under callgrind: the count is not valid",
@@ -476,9 +511,11 @@ async fn instructions(server: &Server<'_>, dir: &Path, sessions: usize) -> anyho
     callgrind_control(&["-d"], process.pid).await?;
     process.stop().await?;
     server.check(&ids).await?;
-    // The dump after the zeroing is `OUT.1`.
-    let dump = std::fs::read_to_string(format!("{}.1", out.display()))
-        .context("reading callgrind's dump")?;
+    // The dump after the zeroing is `OUT.1`; the one at exit is not wanted.
+    let zeroed = dir.join(format!("{name}.callgrind"));
+    std::fs::rename(format!("{}.1", out.display()), &zeroed).context("reading callgrind's dump")?;
+    let _ = std::fs::remove_file(&out);
+    let dump = std::fs::read_to_string(&zeroed).context("reading callgrind's dump")?;
     let total: f64 = dump
         .lines()
         .find_map(|l| {
