@@ -47,6 +47,13 @@ pub struct RateLimit {
     pub max: i64,
 }
 
+impl RateLimit {
+    /// The name of the advisory lock that serialises its counts (Postgres).
+    fn lock_subject(&self) -> String {
+        format!("{}:{}", self.subject.column(), self.value)
+    }
+}
+
 /// An `Idempotency-Key` of an API key, with the hash of the request that used it.
 #[derive(Debug, Clone)]
 pub struct IdempotencyKey {
@@ -157,46 +164,34 @@ async fn checked_insert(
     strikes_since: i64,
 ) -> Result<Created, StoreError> {
     let mut tx = c.begin().await?;
+    // The API key's subject is shared by all of a web app's creations: it is locked last, for
+    // the count and the insert only, so that creations of other numbers and users wait for
+    // each other as briefly as can be.
+    let (shared, own): (Vec<&RateLimit>, Vec<&RateLimit>) = limits
+        .iter()
+        .partition(|l| l.subject == RateSubject::ApiKey);
     if backend == Backend::Postgres {
-        // The number and the user (lockouts) and whatever a limit counts, the API key
-        // included. A BTreeSet gives a fixed order, so that two creations never wait for
-        // each other's second lock.
-        let subjects: BTreeSet<String> =
-            [format!("phone:{}", v.phone), format!("user:{}", v.user_ref)]
-                .into_iter()
-                .chain(
-                    limits
-                        .iter()
-                        .map(|l| format!("{}:{}", l.subject.column(), l.value)),
-                )
-                .collect();
-        for subject in subjects {
-            query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                .bind(subject)
-                .execute(&mut tx)
-                .await?;
-        }
+        // The number and the user (lockouts) and whatever their limits count.
+        let subjects = [format!("phone:{}", v.phone), format!("user:{}", v.user_ref)]
+            .into_iter()
+            .chain(own.iter().map(|l| l.lock_subject()));
+        lock_subjects(&mut tx, subjects).await?;
     }
     let standing = standing(&mut tx, &v.phone, &v.user_ref, v.created_at, strikes_since).await?;
     if let Some(until) = standing.locked_until {
         return Ok(Created::LockedOut(until));
     }
-    for limit in limits {
-        let row = query(format!(
-            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM verifications \
-             WHERE {} = $1 AND created_at > $2 AND is_test = 0",
-            limit.subject.column()
-        ))
-        .bind(&limit.value)
-        .bind(window_start)
-        .fetch_one(&mut tx)
-        .await?;
-        let count: i64 = row.try_get("n")?;
-        if count >= limit.max {
-            return Ok(Created::Limited {
-                subject: limit.subject,
-                oldest: row.try_get("oldest")?,
-            });
+    for limit in own {
+        if let Some(limited) = over_limit(&mut tx, limit, window_start).await? {
+            return Ok(limited);
+        }
+    }
+    if backend == Backend::Postgres && !shared.is_empty() {
+        lock_subjects(&mut tx, shared.iter().map(|l| l.lock_subject())).await?;
+    }
+    for limit in shared {
+        if let Some(limited) = over_limit(&mut tx, limit, window_start).await? {
+            return Ok(limited);
         }
     }
     insert_verification(&mut tx, v).await?;
@@ -218,4 +213,61 @@ async fn checked_insert(
     Ok(Created::Inserted {
         strikes: standing.strikes,
     })
+}
+
+/// Take the transaction advisory locks of `subjects` (on Postgres), in one statement and in
+/// a fixed order (a BTreeSet's), so that two creations never wait for each other's second
+/// lock. Every creation takes its number's and user's before its API key's.
+async fn lock_subjects(
+    c: &mut Conn,
+    subjects: impl Iterator<Item = String>,
+) -> Result<(), StoreError> {
+    let subjects: BTreeSet<String> = subjects.collect();
+    // VALUES rows are taken in the order written.
+    let rows = (1..=subjects.len())
+        .map(|n| format!("(${n})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut locks = query(format!(
+        "SELECT pg_advisory_xact_lock(hashtextextended(s, 0)) FROM (VALUES {rows}) AS t (s)"
+    ));
+    for subject in subjects {
+        locks = locks.bind(subject);
+    }
+    locks.execute(c).await?;
+    Ok(())
+}
+
+/// `Limited` if `limit` is reached: counted up to the limit only, so that a busy subject
+/// costs no more than its limit.
+async fn over_limit(
+    c: &mut Conn,
+    limit: &RateLimit,
+    window_start: i64,
+) -> Result<Option<Created>, StoreError> {
+    let column = limit.subject.column();
+    let row = query(format!(
+        "SELECT COUNT(*) AS n FROM (SELECT 1 FROM verifications \
+         WHERE {column} = $1 AND created_at > $2 AND is_test = 0 LIMIT $3) AS w"
+    ))
+    .bind(&limit.value)
+    .bind(window_start)
+    .bind(limit.max)
+    .fetch_one(&mut *c)
+    .await?;
+    if row.try_get::<i64>("n")? < limit.max {
+        return Ok(None);
+    }
+    let row = query(format!(
+        "SELECT MIN(created_at) AS oldest FROM verifications \
+         WHERE {column} = $1 AND created_at > $2 AND is_test = 0"
+    ))
+    .bind(&limit.value)
+    .bind(window_start)
+    .fetch_one(&mut *c)
+    .await?;
+    Ok(Some(Created::Limited {
+        subject: limit.subject,
+        oldest: row.try_get("oldest")?,
+    }))
 }

@@ -129,7 +129,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
 }
 
 /// `POST /v1/verifications` through the HTTP API, `--concurrency` at a time, over
-/// keep-alive connections: verifications enqueued per second and request latency.
+/// keep-alive connections, each for another number and user as a web app's are (one API
+/// key, whose hourly limit counts them all): verifications enqueued per second and request
+/// latency.
 async fn enqueue_run(
     config: &Config,
     requests: usize,
@@ -155,7 +157,8 @@ async fn enqueue_run(
                 .bearer_auth(&key)
                 .header("Content-Type", "application/json")
                 .body(format!(
-                    r#"{{"phone":"+14155550101","user_ref":"bench-api-{i}"}}"#
+                    r#"{{"phone":"+1415555{:04}","user_ref":"bench-api-{i}"}}"#,
+                    i % 10_000
                 ))
                 .send()
                 .await;
