@@ -38,7 +38,8 @@ pub struct BenchArgs {
     /// `POST /v1/verifications` requests in the API enqueue run (0 skips it)
     #[arg(long, default_value_t = 5_000)]
     api_requests: usize,
-    /// Also run the API enqueue run on this Postgres database (its tables are created)
+    /// Also run the call flow and the API enqueue run on this Postgres database (its tables
+    /// are created)
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
     /// Count each server's instructions per session under valgrind's callgrind, over this
@@ -94,11 +95,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         ));
         let bare_run = throughput(&Server::Bare, args.sessions, concurrency).await?;
         bare_run.print(&format!("bare tokio line server, {concurrency} at a time"));
-        println!(
-            "daemon / bare at {concurrency}: {:.2}x the sessions/s, {:.2}x the CPU per session",
-            daemon_run.per_sec() / bare_run.per_sec(),
-            daemon_run.cpu_per_session().as_secs_f64() / bare_run.cpu_per_session().as_secs_f64()
-        );
+        daemon_run.compare(&bare_run, &format!("daemon / bare at {concurrency}"));
+        if let Some(url) = &args.postgres {
+            let mut pg = flow.clone();
+            pg.database.url = url.clone();
+            let pg_run = throughput(&Server::Daemon(&pg), args.sessions, concurrency).await?;
+            pg_run.print(&format!(
+                "daemon (verify flow, Postgres), {concurrency} at a time"
+            ));
+            pg_run.compare(&bare_run, &format!("daemon on Postgres / bare at {concurrency}"));
+        }
     }
     if args.callgrind > 0 {
         let flow = bench_config(dir.path(), "callgrind");
@@ -260,6 +266,15 @@ impl RunStats {
 
     fn cpu_per_session(&self) -> Duration {
         self.cpu / u32::try_from(self.sessions.max(1)).unwrap_or(u32::MAX)
+    }
+
+    /// This run against the bare server's: the ratios of sessions/s and of CPU per session.
+    fn compare(&self, bare: &RunStats, name: &str) {
+        println!(
+            "{name}: {:.2}x the sessions/s, {:.2}x the CPU per session",
+            self.per_sec() / bare.per_sec(),
+            self.cpu_per_session().as_secs_f64() / bare.cpu_per_session().as_secs_f64()
+        );
     }
 
     fn print(&self, name: &str) {
