@@ -292,6 +292,17 @@ impl Served {
     }
 }
 
+impl Drop for Served {
+    /// A daemon its test did not stop (it ended early, or left it to the end of its scope)
+    /// does not outlive the test.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn serve(dir: &Path, addr: SocketAddr, log: &str) -> Served {
     serve_in(callverify(dir), dir, addr, log)
 }

@@ -2,6 +2,7 @@
 //! for the support console's end-to-end tests. Missing browsers fail the test, loudly.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,10 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
+        // In a process group of its own, with the Chromium it starts, so that all of them
+        // go when the test is done (killing chromedriver alone leaves Chromium running).
         let driver = Command::new(CHROMEDRIVER)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -276,7 +280,8 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.wait();
     }
 }

@@ -103,7 +103,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
             pg_run.print(&format!(
                 "daemon (verify flow, Postgres), {concurrency} at a time"
             ));
-            pg_run.compare(&bare_run, &format!("daemon on Postgres / bare at {concurrency}"));
+            pg_run.compare(
+                &bare_run,
+                &format!("daemon on Postgres / bare at {concurrency}"),
+            );
         }
     }
     if args.callgrind > 0 {
