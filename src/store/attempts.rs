@@ -103,18 +103,18 @@ impl Store {
                     let inserted = query(
                         "INSERT INTO call_attempts \
                          (verification_id, channel, uniqueid, daemon, started_at) \
-                         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                         VALUES ($1, $2, $3, $4, $5)",
                     )
                     .bind(&id)
                     .bind(&channel)
                     .bind(&uniqueid)
                     .bind(&daemon)
                     .bind(now)
-                    .fetch_one(&mut *c)
+                    .insert_id(&mut *c)
                     .await;
                     match inserted {
-                        Ok(row) => Ok(Begun::Started {
-                            attempt_id: row.try_get("id")?,
+                        Ok(attempt_id) => Ok(Begun::Started {
+                            attempt_id,
                             verification,
                         }),
                         Err(e) => {

@@ -219,6 +219,13 @@ impl<'q> Query<'q> {
         Ok(self.fetch_all(c).await?.into_iter().next())
     }
 
+    /// Run an INSERT into a table keyed by an integer `id`: the new row's id. Postgres
+    /// returns it (`RETURNING id`); SQLite's connection knows it, which spares the temporary
+    /// table SQLite builds for a RETURNING clause.
+    pub async fn insert_id(self, c: &mut Conn) -> Result<i64, StoreError> {
+        c.insert_id(&self.sql, &self.args).await
+    }
+
     pub async fn fetch_one(self, c: &mut Conn) -> Result<Row, StoreError> {
         self.fetch_optional(c).await?.ok_or(StoreError::NoRow)
     }
@@ -281,6 +288,21 @@ impl Conn {
         match &mut self.db {
             Db::Sqlite(db) => sqlite_run(db, sql, args, rows),
             Db::Postgres(pg) => postgres_run(pg, sql, args, rows).await,
+        }
+    }
+
+    async fn insert_id(&mut self, sql: &str, args: &[Value]) -> Result<i64, StoreError> {
+        self.settle().await?;
+        match &mut self.db {
+            Db::Sqlite(db) => {
+                sqlite_run(db, sql, args, false)?;
+                Ok(db.last_insert_rowid())
+            }
+            Db::Postgres(pg) => {
+                let sql = format!("{sql} RETURNING id");
+                let (rows, _) = postgres_run(pg, &sql, args, true).await?;
+                rows.first().ok_or(StoreError::NoRow)?.try_get("id")
+            }
         }
     }
 
