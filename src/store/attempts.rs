@@ -73,13 +73,16 @@ impl Store {
                                    AND a.uniqueid = $3)) \
                               OR (status = 'calling' AND channel_id = $3 \
                                   AND claimed_at IS NOT NULL)) \
-                         AND NOT EXISTS ({LOCKED_OUT}) \
-                         RETURNING {VERIFICATION_COLUMNS}"
+                         AND NOT EXISTS ({LOCKED_OUT})"
                     ))
                     .bind(now)
                     .bind(&id)
                     .bind(&uniqueid)
-                    .fetch_optional(&mut *c)
+                    .fetch_updated(
+                        &mut *c,
+                        VERIFICATION_COLUMNS,
+                        &format!("SELECT {VERIFICATION_COLUMNS} FROM verifications WHERE id = $2"),
+                    )
                     .await?;
                     let Some(row) = claimed else {
                         let row = query(format!(
