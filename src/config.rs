@@ -232,6 +232,9 @@ pub struct SpeechSection {
     /// Silence after speech that triggers an interim recognition (stop early when the
     /// code's length was heard); shorter than `hangover_ms`, longer than digit gaps.
     pub pause_ms: u64,
+    /// The same once as many words as the code has digits were heard: the recognition
+    /// starts this soon after the caller's probable last digit.
+    pub early_pause_ms: u64,
     /// Listening ends after this much audio.
     pub max_listen_ms: u64,
     /// Listening ends when no speech started within this.
@@ -251,6 +254,7 @@ impl Default for SpeechSection {
             hangover_ms: ms(endpoint.hangover),
             incomplete_hangover_ms: ms(endpoint.incomplete_hangover),
             pause_ms: ms(endpoint.pause),
+            early_pause_ms: ms(endpoint.early_pause),
             max_listen_ms: ms(endpoint.max_listen),
             no_speech_ms: ms(endpoint.no_speech),
         }
@@ -606,13 +610,15 @@ impl Config {
         if s.max_concurrent == 0 || s.threads == 0 {
             return invalid("speech", "max_concurrent and threads must be at least 1");
         }
-        if !(s.pause_ms < s.hangover_ms
+        if !(s.early_pause_ms <= s.pause_ms
+            && s.pause_ms < s.hangover_ms
             && s.hangover_ms <= s.incomplete_hangover_ms
             && s.incomplete_hangover_ms < s.max_listen_ms)
         {
             return invalid(
                 "speech",
-                "needs pause_ms < hangover_ms <= incomplete_hangover_ms < max_listen_ms",
+                "needs early_pause_ms <= pause_ms < hangover_ms <= incomplete_hangover_ms \
+                 < max_listen_ms",
             );
         }
         if s.no_speech_ms == 0 {
@@ -638,6 +644,7 @@ impl Config {
         let s = &self.speech;
         EndpointSettings {
             pause: Duration::from_millis(s.pause_ms),
+            early_pause: Duration::from_millis(s.early_pause_ms),
             hangover: Duration::from_millis(s.hangover_ms),
             incomplete_hangover: Duration::from_millis(s.incomplete_hangover_ms),
             max_listen: Duration::from_millis(s.max_listen_ms),

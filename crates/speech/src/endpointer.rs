@@ -29,6 +29,13 @@ const FLOOR_WINDOW_FRAMES: usize = 100;
 /// The floor never goes under this: G.711's idle pattern or digital silence would otherwise
 /// make the faintest breath "speech".
 const FLOOR_MIN_DBFS: f32 = -65.0;
+/// Silence between two stretches of speech that makes them two words: longer than the stop
+/// inside a digit ("ei-t", "si-x", about 0.1 s), shorter than the gaps callers leave
+/// between digits (0.2 s and more).
+const WORD_GAP_FRAMES: usize = 8;
+/// Audio kept for the recogniser before the start of speech and after its end: a soft first
+/// or last sound may reach a little beyond what the endpointer heard as voiced.
+const MARGIN_FRAMES: usize = 15;
 
 /// When to call an interim recognition and when to stop listening.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +43,10 @@ pub struct EndpointSettings {
     /// Silence after speech that reports [`Endpoint::Pause`]: longer than the gaps between
     /// digits (0.2-0.6 s), shorter than the hangover.
     pub pause: Duration,
+    /// The same once as many words as expected were heard ([`Endpointer::expect_words`]):
+    /// the caller has probably finished, so the recognition starts this soon after the last
+    /// word. A digit gap this long costs a recognition that finds too few digits, no more.
+    pub early_pause: Duration,
     /// Silence after speech that ends listening.
     pub hangover: Duration,
     /// The same while what was heard is shorter than the code (see
@@ -52,6 +63,7 @@ impl Default for EndpointSettings {
     fn default() -> Self {
         Self {
             pause: Duration::from_millis(700),
+            early_pause: Duration::from_millis(300),
             hangover: Duration::from_millis(1600),
             incomplete_hangover: Duration::from_millis(2400),
             max_listen: Duration::from_millis(12_000),
@@ -84,6 +96,11 @@ pub enum EndReason {
 #[derive(Debug)]
 pub struct Endpointer {
     pause: usize,
+    early_pause: usize,
+    /// Words (stretches of speech apart by [`WORD_GAP_FRAMES`]) the caller is expected to
+    /// say ([`Endpointer::expect_words`]); `None`: the pause is `pause`, whatever was said.
+    expected_words: Option<usize>,
+    words: usize,
     hangover: usize,
     max_listen: usize,
     no_speech: usize,
@@ -93,6 +110,8 @@ pub struct Endpointer {
     judged: usize,
     recent_levels: VecDeque<f32>,
     voiced_run: u32,
+    /// Sample index where speech started (its first voiced frame), once it has.
+    speech_start: Option<usize>,
     /// Sample index just past the last voiced frame, once speech has started.
     speech_end: Option<usize>,
     pause_reported: bool,
@@ -103,6 +122,10 @@ impl Endpointer {
     pub fn new(settings: &EndpointSettings) -> Self {
         Self {
             pause: samples(settings.pause),
+            early_pause: samples(settings.early_pause),
+            expected_words: None,
+            words: 0,
+            speech_start: None,
             hangover: samples(settings.hangover),
             max_listen: samples(settings.max_listen),
             no_speech: samples(settings.no_speech),
@@ -171,8 +194,16 @@ impl Endpointer {
 
         let speaking = self.voiced_run >= START_FRAMES || (voiced && self.speech_end.is_some());
         if speaking {
-            if self.speech_end.is_none() {
-                tracing::debug!(at_ms = self.ms(self.judged), "speech started");
+            match self.speech_end {
+                None => {
+                    tracing::debug!(at_ms = self.ms(self.judged), "speech started");
+                    self.words = 1;
+                    self.speech_start = Some(self.judged - START_FRAMES as usize * FRAME);
+                }
+                Some(end) if self.judged - FRAME - end >= WORD_GAP_FRAMES * FRAME => {
+                    self.words += 1;
+                }
+                Some(_) => {}
             }
             self.speech_end = Some(self.judged);
             self.pause_reported = false;
@@ -183,9 +214,17 @@ impl Endpointer {
             None => None,
             Some(end) => {
                 let silence = self.judged - end;
+                // Before the code's number of words (one less, for two digits said as one),
+                // the caller has not finished: no interim, which could only come up short.
+                let pause = match self.expected_words {
+                    None => self.pause,
+                    Some(expected) if self.words >= expected => self.early_pause,
+                    Some(expected) if self.words + 1 >= expected => self.pause,
+                    Some(_) => self.hangover,
+                };
                 if silence >= self.hangover {
                     Some(Endpoint::End(EndReason::Hangover))
-                } else if silence >= self.pause && !self.pause_reported {
+                } else if silence >= pause && !self.pause_reported {
                     self.pause_reported = true;
                     Some(Endpoint::Pause)
                 } else {
@@ -215,6 +254,19 @@ impl Endpointer {
         level > floor + margin
     }
 
+    /// Expects `words` words, a code of that many digits: the pause is reported sooner once
+    /// they were heard ([`EndpointSettings::early_pause`]), after `pause` when one is
+    /// missing (two digits said as one), and not at all before (a pause between digit
+    /// groups is no moment to recognise).
+    pub fn expect_words(&mut self, words: usize) {
+        self.expected_words = Some(words);
+    }
+
+    /// Words heard so far: stretches of speech apart by 0.16 s or more.
+    pub fn words(&self) -> usize {
+        self.words
+    }
+
     /// Changes the silence that ends listening from now on, e.g. to
     /// `incomplete_hangover` when an interim recognition heard too few digits.
     pub fn set_hangover(&mut self, hangover: Duration) {
@@ -224,6 +276,19 @@ impl Endpointer {
     /// Everything received so far (after the end: up to the end).
     pub fn audio(&self) -> &[i16] {
         &self.audio
+    }
+
+    /// What the recogniser needs of [`Endpointer::audio`]: the speech, with 0.3 s of what
+    /// came before and after it (the silence around it is only work for the recogniser, which
+    /// adds silence of its own); empty before speech started.
+    pub fn speech(&self) -> &[i16] {
+        match (self.speech_start, self.speech_end) {
+            (Some(start), Some(end)) => {
+                let margin = MARGIN_FRAMES * FRAME;
+                &self.audio[start.saturating_sub(margin)..(end + margin).min(self.audio.len())]
+            }
+            _ => &[],
+        }
     }
 
     /// Audio received so far.
@@ -377,6 +442,37 @@ mod tests {
         let pauses: Vec<_> = events.iter().filter(|e| e.1 == Endpoint::Pause).collect();
         assert_eq!(pauses.len(), 1);
         assert_eq!(pauses[0].0, 4000 * 8);
+    }
+
+    #[test]
+    fn the_pause_comes_sooner_once_the_expected_words_were_heard_and_not_before_one_short() {
+        let audio = speech_like(4, 400);
+        let events = |expected: usize| {
+            let mut ep = Endpointer::new(&EndpointSettings::default());
+            ep.expect_words(expected);
+            let mut events = Vec::new();
+            for (i, piece) in audio.chunks(160).enumerate() {
+                if let Some(event) = ep.push(piece) {
+                    events.push(((i + 1) * 160, event));
+                }
+            }
+            assert_eq!(ep.words(), 4);
+            events
+        };
+        // Speech ends at 3.3 s (see above); the 0.4 s digit gaps are no pause.
+        assert_eq!(
+            events(4),
+            [
+                (3600 * 8, Endpoint::Pause),
+                (4900 * 8, Endpoint::End(EndReason::Hangover))
+            ]
+        );
+        assert_eq!(events(5)[0], (4000 * 8, Endpoint::Pause), "one word short");
+        assert_eq!(
+            events(6),
+            [(4900 * 8, Endpoint::End(EndReason::Hangover))],
+            "two words short: no interim"
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@
 //! while let Some(chunk) = audio.next().await {
 //!     match endpointer.push(&chunk) {
 //!         Some(Endpoint::Pause) => {
-//!             let interim = recogniser.recognise(endpointer.audio().to_vec()).await?;
+//!             let interim = recogniser.recognise(endpointer.speech().to_vec(), Window::Heard).await?;
 //!             if interim.digits.len() == code_len { break; } // heard it whole
 //!             endpointer.set_hangover(settings.incomplete_hangover);
 //!         }
@@ -48,6 +48,8 @@
 
 pub mod digits;
 mod endpointer;
+#[cfg(feature = "whisper")]
+mod features;
 mod gaps;
 #[cfg(feature = "whisper")]
 mod recogniser;
@@ -57,7 +59,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 
 pub use endpointer::{EndReason, Endpoint, EndpointSettings, Endpointer};
 pub use gaps::{with_gaps, Sound, GAP_TICK};
@@ -94,6 +96,7 @@ impl Recognise for NoRecogniser {
     fn recognise(
         &self,
         _audio: Vec<i16>,
+        _window: Window,
     ) -> impl Future<Output = Result<Recognition, SpeechError>> + Send {
         let never = self;
         async move { match *never {} }
@@ -152,7 +155,18 @@ pub trait Recognise {
     fn recognise(
         &self,
         audio: Vec<i16>,
+        window: Window,
     ) -> impl Future<Output = Result<Recognition, SpeechError>> + Send;
+}
+
+/// How much the recogniser reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// The heard audio and two seconds of silence: fast, the usual reading.
+    Heard,
+    /// Whisper's whole 30 s window, as it was trained: about three times the work, surer
+    /// where the quick reading slips (a digit said twice read three times).
+    Full,
 }
 
 /// Why a listening turn stopped.
@@ -174,7 +188,8 @@ pub struct Heard {
     pub ending: Ending,
     /// Received audio up to the end of the last speech (`None`: no speech).
     pub speech_end: Option<Duration>,
-    /// Received audio when listening stopped.
+    /// Received audio when listening stopped (with [`Ending::Complete`]: when the
+    /// recognition that completed it began).
     pub stopped_at: Duration,
     /// Recognitions run, interim ones included.
     pub recognitions: u32,
@@ -222,19 +237,25 @@ pub async fn hear_code<R: Recognise>(
 /// end the stream (and the caller hears the call go on) before that recognition runs.
 pub struct Turn {
     endpointer: Endpointer,
+    code_length: usize,
     ending: Ending,
     recognitions: u32,
     /// The last interim result, with the end of speech it covered: reused when the caller
     /// said nothing more after it (with [`Ending::Complete`], it is the result).
     interim: Option<(Option<Duration>, Recognition)>,
+    /// Received audio when listening stopped (with [`Ending::Complete`]: when the
+    /// recognition that completed it began).
+    stopped_at: Duration,
     stopped: Instant,
 }
 
 /// Feeds `audio` to an [`Endpointer`], runs an interim recognition at each pause and stops
-/// as soon as one has `code_length` digits, else when the endpointer or the stream ends.
-/// While a recognition runs, `audio` is not polled: the transport should buffer (the
-/// endpointer counts received audio, so nothing is judged late), and a gap measured meanwhile
-/// ([`with_gaps`]) is silence the caller kept.
+/// as soon as one has `code_length` digits and the caller did not speak again while it ran,
+/// else when the endpointer or the stream ends. The pause comes sooner once `code_length`
+/// words were heard ([`EndpointSettings::early_pause`]). While a recognition runs, `audio`
+/// is not polled: the transport should buffer (the endpointer counts received audio, so
+/// nothing is judged late), and a gap measured meanwhile ([`with_gaps`]) is silence the
+/// caller kept.
 pub async fn listen_for_code<R: Recognise>(
     recogniser: &R,
     settings: &EndpointSettings,
@@ -242,22 +263,40 @@ pub async fn listen_for_code<R: Recognise>(
     mut audio: impl Stream<Item = Sound> + Unpin,
 ) -> Result<Turn, SpeechError> {
     let mut endpointer = Endpointer::new(settings);
+    endpointer.expect_words(code_length);
     let mut recognitions = 0;
-    let mut interim = None;
+    let mut interim: Option<(Option<Duration>, Recognition)> = None;
+    // Received audio when an interim with the code's length began: it is the result unless
+    // the audio that came while it ran (read without waiting) has speech again.
+    let mut complete_at = None;
     let ending = loop {
-        let event = match audio.next().await {
+        let next = match complete_at {
+            Some(_) => match audio.next().now_or_never() {
+                Some(next) => next,
+                None => break Ending::Complete,
+            },
+            None => audio.next().await,
+        };
+        let event = match next {
             Some(Sound::Audio(chunk)) => endpointer.push(&chunk),
             Some(Sound::Gap(gap)) => endpointer.push_gap(gap),
+            None if complete_at.is_some() => break Ending::Complete,
             None => break Ending::InputEnded,
         };
+        let covered = interim.as_ref().map(|(covered, _)| *covered);
+        if complete_at.is_some() && covered != Some(endpointer.speech_end()) {
+            // The caller went on after the pause: that was not all.
+            complete_at = None;
+        }
         match event {
             Some(Endpoint::Pause) => {
-                let result = recogniser.recognise(endpointer.audio().to_vec()).await?;
-                recognitions += 1;
+                let started_at = endpointer.received();
+                let result = read(recogniser, &endpointer, code_length, &mut recognitions).await?;
                 let heard = result.digits.len();
                 interim = Some((endpointer.speech_end(), result));
                 if heard == code_length {
-                    break Ending::Complete;
+                    complete_at = Some(started_at);
+                    continue;
                 }
                 endpointer.set_hangover(if heard < code_length {
                     settings.incomplete_hangover
@@ -265,12 +304,15 @@ pub async fn listen_for_code<R: Recognise>(
                     settings.hangover
                 });
             }
+            Some(Endpoint::End(_)) if complete_at.is_some() => break Ending::Complete,
             Some(Endpoint::End(reason)) => break Ending::Endpoint(reason),
             None => {}
         }
     };
     Ok(Turn {
+        stopped_at: complete_at.unwrap_or_else(|| endpointer.received()),
         endpointer,
+        code_length,
         ending,
         recognitions,
         interim,
@@ -289,9 +331,11 @@ impl Turn {
     pub async fn recognise<R: Recognise>(self, recogniser: &R) -> Result<Heard, SpeechError> {
         let Turn {
             endpointer,
+            code_length,
             ending,
             mut recognitions,
             interim,
+            stopped_at,
             stopped,
         } = self;
         let result = match interim {
@@ -302,17 +346,51 @@ impl Turn {
             },
             Some((_, result)) if ending == Ending::Complete => {
                 let took = result.took;
-                return Ok(finish(&endpointer, ending, result, recognitions, took));
+                return Ok(finish(
+                    &endpointer,
+                    ending,
+                    result,
+                    recognitions,
+                    stopped_at,
+                    took,
+                ));
             }
             Some((covered, result)) if covered == endpointer.speech_end() => result,
-            _ => {
-                recognitions += 1;
-                recogniser.recognise(endpointer.audio().to_vec()).await?
-            }
+            _ => read(recogniser, &endpointer, code_length, &mut recognitions).await?,
         };
         let wait = stopped.elapsed();
-        Ok(finish(&endpointer, ending, result, recognitions, wait))
+        Ok(finish(
+            &endpointer,
+            ending,
+            result,
+            recognitions,
+            stopped_at,
+            wait,
+        ))
     }
+}
+
+/// Recognises the speech `endpointer` heard, quickly; again over the full window when as
+/// many words as the code has digits were heard but the quick reading has another number
+/// of digits.
+async fn read<R: Recognise>(
+    recogniser: &R,
+    endpointer: &Endpointer,
+    code_length: usize,
+    recognitions: &mut u32,
+) -> Result<Recognition, SpeechError> {
+    let speech = endpointer.speech().to_vec();
+    *recognitions += 1;
+    let quick = recogniser.recognise(speech.clone(), Window::Heard).await?;
+    if quick.digits.len() == code_length || endpointer.words() < code_length {
+        return Ok(quick);
+    }
+    *recognitions += 1;
+    let full = recogniser.recognise(speech, Window::Full).await?;
+    Ok(Recognition {
+        took: quick.took + full.took,
+        ..full
+    })
 }
 
 fn finish(
@@ -320,13 +398,14 @@ fn finish(
     ending: Ending,
     result: Recognition,
     recognitions: u32,
+    stopped_at: Duration,
     result_wait: Duration,
 ) -> Heard {
     let heard = Heard {
         digits: result.digits,
         ending,
         speech_end: endpointer.speech_end(),
-        stopped_at: endpointer.received(),
+        stopped_at,
         recognitions,
         result_wait,
     };
@@ -352,6 +431,7 @@ mod tests {
     struct Scripted {
         answers: Mutex<Vec<&'static str>>,
         heard_samples: Mutex<Vec<usize>>,
+        windows: Mutex<Vec<Window>>,
     }
 
     impl Scripted {
@@ -359,13 +439,19 @@ mod tests {
             Self {
                 answers: Mutex::new(answers.iter().rev().copied().collect()),
                 heard_samples: Mutex::new(Vec::new()),
+                windows: Mutex::new(Vec::new()),
             }
         }
     }
 
     impl Recognise for Scripted {
-        async fn recognise(&self, audio: Vec<i16>) -> Result<Recognition, SpeechError> {
+        async fn recognise(
+            &self,
+            audio: Vec<i16>,
+            window: Window,
+        ) -> Result<Recognition, SpeechError> {
             self.heard_samples.lock().unwrap().push(audio.len());
+            self.windows.lock().unwrap().push(window);
             let text = self
                 .answers
                 .lock()
@@ -405,15 +491,44 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stops_at_the_first_pause_whose_interim_has_the_codes_length() {
-        let recogniser = Scripted::new(&["4, 8, 2", "4, 8, 2, 9, 1, 3."]);
+    async fn stops_soon_after_the_codes_number_of_words_when_the_interim_has_its_length() {
+        let recogniser = Scripted::new(&["4, 8, 2, 9, 1, 3."]);
         let heard = hear(&recogniser, call_audio(6, 1200)).await;
         assert_eq!(heard.digits, "482913");
         assert_eq!(heard.ending, Ending::Complete);
-        assert_eq!(heard.recognitions, 2);
-        // Second pause: 0.3 + 6 * 0.4 + 4 * 0.3 + 1.2 = 5.1 s of speech, then 0.7 s.
+        assert_eq!(
+            heard.recognitions, 1,
+            "none at the pause between the groups"
+        );
+        // 0.3 + 6 * 0.4 + 4 * 0.3 + 1.2 = 5.1 s of speech, then the early pause, 0.3 s.
         assert_eq!(heard.speech_end, Some(Duration::from_millis(5100)));
-        assert_eq!(heard.stopped_at, Duration::from_millis(5800));
+        assert_eq!(heard.stopped_at, Duration::from_millis(5400));
+        assert_eq!(heard.latency(), Some(Duration::from_millis(305)));
+        // The recogniser heard the speech with 0.3 s around it, from the first tone less
+        // 0.3 s (the start of the audio) to the early pause.
+        let heard = recogniser.heard_samples.lock().unwrap().clone();
+        assert_eq!(heard, [5400 * 8]);
+    }
+
+    #[tokio::test]
+    async fn a_quick_reading_of_another_length_is_read_again_over_the_full_window() {
+        let recogniser = Scripted::new(&["4, 8, 2, 9, 9, 1, 3.", "4, 8, 2, 9, 1, 3."]);
+        let heard = hear(&recogniser, call_audio(6, 300)).await;
+        assert_eq!(heard.digits, "482913");
+        assert_eq!(heard.ending, Ending::Complete);
+        assert_eq!(heard.recognitions, 2);
+        let windows = recogniser.windows.lock().unwrap().clone();
+        assert_eq!(windows, [Window::Heard, Window::Full]);
+        assert_eq!(heard.latency(), Some(Duration::from_millis(310)));
+    }
+
+    #[tokio::test]
+    async fn a_pause_with_a_digit_missing_is_recognised_after_the_longer_pause() {
+        // Five words for a 6-digit code (two digits said as one): the interim waits for
+        // `pause`, 0.7 s.
+        let recogniser = Scripted::new(&["4, 8, 2, 9, 1, 3."]);
+        let heard = hear(&recogniser, call_audio(5, 300)).await;
+        assert_eq!(heard.ending, Ending::Complete);
         assert_eq!(heard.latency(), Some(Duration::from_millis(705)));
     }
 
@@ -450,12 +565,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn speech_after_a_pause_is_recognised_again_at_the_end() {
-        let recogniser = Scripted::new(&["4 8 2", "4 8 2 9 1 3 7"]);
-        let heard = hear(&recogniser, call_audio(7, 1200)).await;
+    async fn a_caller_who_goes_on_after_the_codes_length_is_heard_to_the_end() {
+        // Seven digits for a 6-digit code, the seventh after a 0.5 s gap: the interim after
+        // the sixth has the code's length, but the caller spoke again while it ran.
+        let recogniser = Scripted::new(&["4 8 2 9 1 3", "4 8 2 9 1 3 7", "4 8 2 9 1 3 7"]);
+        let mut audio = call_audio(6, 300);
+        let tone_and_end = call_audio(7, 300).split_off(audio.len() - 150);
+        audio.truncate(audio.len() - 150);
+        audio.extend(vec![vec![0; 160]; 10]); // a 0.5 s gap before the seventh
+        audio.extend(tone_and_end);
+        let heard = hear(&recogniser, audio).await;
         assert_eq!(heard.digits, "4829137");
         assert_eq!(heard.ending, Ending::Endpoint(EndReason::Hangover));
-        assert_eq!(heard.recognitions, 2);
+        assert_eq!(
+            heard.recognitions, 3,
+            "the sixth's interim, the seventh's, read twice"
+        );
         let lengths = recogniser.heard_samples.lock().unwrap().clone();
         assert!(lengths[0] < lengths[1], "the end recognises all the audio");
     }

@@ -45,7 +45,7 @@ mod measured {
     use futures::StreamExt;
 
     use callverify::config::Config;
-    use callverify_speech::{hear_code, Recognise, Recogniser, RecogniserSettings, Sound};
+    use callverify_speech::{hear_code, Recognise, Recogniser, RecogniserSettings, Sound, Window};
     use callverify_testkit::corpus::{Clip, Voice, ALLISON_DIGITS};
 
     use super::SpeechBenchArgs;
@@ -80,7 +80,7 @@ mod measured {
     ) -> anyhow::Result<f64> {
         let recogniser = load(settings, 1)?;
         let endpoint = config.endpoint_settings();
-        let (mut right, mut recognitions) = (0, 0);
+        let (mut right, mut noisy, mut noisy_right, mut recognitions) = (0, 0, 0, 0);
         let (mut waits, mut latencies) = (Vec::new(), Vec::new());
         for clip in clips {
             let frames: Vec<Vec<i16>> = clip.audio.chunks(160).map(<[i16]>::to_vec).collect();
@@ -91,14 +91,18 @@ mod measured {
                 futures::stream::iter(frames).map(Sound::Audio),
             )
             .await?;
-            right += usize::from(heard.digits == clip.code);
+            let ok = heard.digits == clip.code;
+            right += usize::from(ok);
+            noisy += usize::from(clip.noisy);
+            noisy_right += usize::from(clip.noisy && ok);
             recognitions += heard.recognitions;
             waits.push(heard.result_wait);
             latencies.extend(heard.latency());
         }
         println!(
-            "calls: {right} of {} codes right; {:.2} recognitions per code; wait for the \
-             result after listening stopped {}; end of speech to result {}",
+            "calls: {right} of {} codes right ({noisy_right} of the {noisy} over line noise); \
+             {:.2} recognitions per code; wait for the result after listening stopped {}; end \
+             of speech to result {}",
             clips.len(),
             recognitions as f32 / clips.len() as f32,
             spread(&mut waits),
@@ -116,7 +120,7 @@ mod measured {
         let recogniser = load(settings, in_flight)?;
         let started = Instant::now();
         let mut took: Vec<Duration> = futures::stream::iter(clips)
-            .map(|clip| recogniser.recognise(clip.audio.clone()))
+            .map(|clip| recogniser.recognise(clip.audio.clone(), Window::Heard))
             .buffer_unordered(in_flight)
             .map(|r| r.map(|r| r.took))
             .collect::<Vec<_>>()
