@@ -1019,6 +1019,22 @@ fn baresip(dir: &Path, play: &Path) -> Baresip {
         "baresip is not installed: this test calls a real softphone \
          (Debian: apt-get install --no-install-recommends baresip-core; ./scripts/test installs it)"
     );
+    // A free port may be taken by another test before baresip binds it: then baresip
+    // exits, and is started again on another (as sipp is, see `Sipp`).
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match start_baresip(dir, play) {
+            Ok(baresip) => return baresip,
+            Err(why) if tries < 3 => eprintln!("baresip did not start ({why}); again"),
+            Err(why) => panic!("baresip did not start, {tries} times: {why}"),
+        }
+    }
+}
+
+/// One start of baresip on a free port: `Err` with its log when it exits or is not ready
+/// within 20 s.
+fn start_baresip(dir: &Path, play: &Path) -> Result<Baresip, String> {
     let port = free_udp_port();
     let config = format!(
         "poll_method epoll\nsip_listen 127.0.0.1:{port}\naudio_player aufile,{heard}\n\
@@ -1044,19 +1060,23 @@ fn baresip(dir: &Path, play: &Path) -> Baresip {
         .stderr(Stdio::null())
         .spawn()
         .expect("starting baresip");
+    let mut baresip = Baresip { child, log, port };
     // baresip prints this once its SIP socket is up.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("baresip is ready")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "baresip did not start"
-        );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let printed = std::fs::read_to_string(&baresip.log).unwrap_or_default();
+        if printed.contains("baresip is ready") {
+            return Ok(baresip);
+        }
+        let exited = baresip.child.try_wait().ok().flatten();
+        if exited.is_some() || std::time::Instant::now() > deadline {
+            return Err(format!(
+                "port {port}, {}, its log: {printed}",
+                exited.map_or("not ready in 20 s".into(), |status| status.to_string())
+            ));
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Baresip { child, log, port }
 }
 
 #[test]
