@@ -1,5 +1,5 @@
 //! Whisper through CTranslate2 (ct2rs), in-process and offline: the model is a directory on
-//! disk, weights run as int8 on the CPU. The encoder reads the heard audio and a second of
+//! disk, weights run as int8 on the CPU. The encoder reads the heard audio and two seconds of
 //! silence ([`features`](super::features)), not a 30 s window, and a code's decoder may
 //! write numbers only.
 
