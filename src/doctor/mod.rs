@@ -120,6 +120,7 @@ pub async fn examine(config: &Config, source: &Source) -> Findings {
     let mut doctor = Doctor { checks: Vec::new() };
     doctor.ok("configuration", source.to_string());
     let selftests = store_checks(&mut doctor, config).await;
+    speech_check(&mut doctor, config).await;
     asterisk_checks(&mut doctor, config, selftests.as_ref()).await;
     if let Some(selftests) = &selftests {
         selftests.store().close().await;
@@ -180,6 +181,44 @@ async fn store_checks(doctor: &mut Doctor, config: &Config) -> Option<Selftests>
             None
         }
     }
+}
+
+/// Spoken codes: off, or the configured model checked against its SHA256SUMS and loaded
+/// as `serve` loads it.
+async fn speech_check(doctor: &mut Doctor, config: &Config) {
+    const CHECK: &str = "spoken codes";
+    let Some(settings) = config.recogniser_settings() else {
+        doctor.ok(CHECK, "off: keypad entry only (speech.model is empty)");
+        return;
+    };
+    let model = settings.model.display().to_string();
+    #[cfg(feature = "speech")]
+    {
+        let loaded =
+            tokio::task::spawn_blocking(move || callverify_speech::Recogniser::load(&settings))
+                .await;
+        match loaded {
+            Ok(Ok(recogniser)) => doctor.ok(
+                CHECK,
+                format!("{model}: {}; loads", recogniser.model_check()),
+            ),
+            Ok(Err(e)) => doctor.problem(
+                CHECK,
+                e.to_string(),
+                "set speech.model to the directory the package callverify-speech-model \
+                 installs (/usr/share/callverify/speech/whisper-base) or that \
+                 ./scripts/fetch-speech-model prints; empty turns spoken codes off",
+            ),
+            Err(e) => doctor.problem(CHECK, format!("{model}: loading stopped: {e}"), "report it"),
+        }
+    }
+    #[cfg(not(feature = "speech"))]
+    doctor.problem(
+        CHECK,
+        format!("speech.model is {model}, but this build has no recogniser"),
+        "install the Debian package (built with spoken codes) or build with `--features \
+         speech`; or leave speech.model empty",
+    );
 }
 
 async fn asterisk_checks(doctor: &mut Doctor, config: &Config, selftests: Option<&Selftests>) {

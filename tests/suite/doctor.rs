@@ -57,8 +57,13 @@ async fn doctor(dir: &Path, json: bool) -> Output {
 /// The JSON findings, as `check` → (status, detail, fix).
 async fn findings(dir: &Path) -> (bool, Vec<(String, String, String, String)>) {
     let out = doctor(dir, true).await;
-    let json: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            crate::cli::stderr(&out)
+        )
+    });
     let ok = json["ok"].as_bool().unwrap();
     assert_eq!(
         out.status.success(),
@@ -113,6 +118,7 @@ async fn a_set_up_as_the_guide_says_passes_every_check(db: Db) {
         "trunk",
         "prompts",
         "audiosocket",
+        "spoken codes",
     ] {
         assert!(
             text.lines()
@@ -137,6 +143,7 @@ async fn a_set_up_as_the_guide_says_passes_every_check(db: Db) {
         .2
         .contains("PJSIP/callverify-trunk: NOT_INUSE"));
     assert!(find(&checks, "fastagi").2.contains("127.0.0.1:4573"));
+    assert!(find(&checks, "spoken codes").2.starts_with("off: keypad"));
     // Each doctor run leaves no self-test behind.
     assert_eq!(d.store.selftest("st_x").await.unwrap(), None);
     d.stop().await;
@@ -265,3 +272,63 @@ on_both_backends!(
     a_set_up_as_the_guide_says_passes_every_check,
     each_fault_is_named_with_what_to_do,
 );
+
+/// Spoken codes on: the model is checked against its SHA256SUMS (as fetch-speech-model and
+/// the package callverify-speech-model leave it) and loaded as `serve` loads it; a model
+/// file changed on disk is named, with what to do, and fails the exit status.
+#[cfg(feature = "speech")]
+#[tokio::test]
+async fn the_speech_model_is_checked_against_its_sums_and_loaded() {
+    let model =
+        std::path::PathBuf::from(std::env::var("CALLVERIFY_TEST_SPEECH_MODEL").expect(
+            "CALLVERIFY_TEST_SPEECH_MODEL: the directory ./scripts/fetch-speech-model prints",
+        ));
+    let dir = tempfile::tempdir().unwrap();
+    let configure = |model: &Path| {
+        std::fs::write(
+            dir.path().join("callverify.toml"),
+            format!(
+                "[database]\nurl = \"sqlite://{}/doctor.db\"\n[ami]\nport = {}\n\
+                 [speech]\nmodel = \"{}\"\n",
+                dir.path().display(),
+                free_port().port(),
+                model.display()
+            ),
+        )
+        .unwrap()
+    };
+    configure(&model);
+    let (_, checks) = findings(dir.path()).await;
+    let (_, status, detail, _) = find(&checks, "spoken codes");
+    assert_eq!(status, "ok", "{checks:?}");
+    assert!(
+        detail.ends_with("5 files match its SHA256SUMS; loads"),
+        "{detail}"
+    );
+
+    // The same model with one byte of config.json changed: the others are links to it.
+    let damaged = dir.path().join("damaged");
+    std::fs::create_dir(&damaged).unwrap();
+    for entry in std::fs::read_dir(&model).unwrap() {
+        let entry = entry.unwrap();
+        let to = damaged.join(entry.file_name());
+        if entry.file_name() == "config.json" {
+            let mut bytes = std::fs::read(entry.path()).unwrap();
+            bytes[0] ^= 1;
+            std::fs::write(to, bytes).unwrap();
+        } else {
+            std::os::unix::fs::symlink(entry.path(), to).unwrap();
+        }
+    }
+    configure(&damaged);
+    let out = doctor(dir.path(), false).await;
+    assert_eq!(out.status.code(), Some(1));
+    let (ok, checks) = findings(dir.path()).await;
+    assert!(!ok);
+    problem_in(
+        &checks,
+        "spoken codes",
+        "config.json does not match its SHA256SUMS",
+    );
+    problem_in(&checks, "spoken codes", "callverify-speech-model");
+}

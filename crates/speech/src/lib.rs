@@ -52,6 +52,8 @@ mod endpointer;
 mod features;
 mod gaps;
 #[cfg(feature = "whisper")]
+mod model_dir;
+#[cfg(feature = "whisper")]
 mod recogniser;
 
 use std::fmt;
@@ -63,6 +65,8 @@ use futures::{FutureExt, Stream, StreamExt};
 
 pub use endpointer::{EndReason, Endpoint, EndpointSettings, Endpointer};
 pub use gaps::{with_gaps, Sound, GAP_TICK};
+#[cfg(feature = "whisper")]
+pub use model_dir::ModelCheck;
 #[cfg(feature = "whisper")]
 pub use recogniser::Recogniser;
 

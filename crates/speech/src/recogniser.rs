@@ -3,7 +3,6 @@
 //! silence ([`features`](super::features)), not a 30 s window, and a code's decoder may
 //! write numbers only.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,44 +14,15 @@ use tokio::sync::Semaphore;
 use callverify_audio::resample;
 
 use super::features::{FrontEnd, MAX_FRAMES, MELS};
+use super::model_dir::{self, ModelCheck};
 use super::{digits, Recognise, RecogniserSettings, Recognition, SpeechError, Window};
-
-/// The files of a CTranslate2 Whisper model directory, as `scripts/fetch-speech-model`
-/// assembles it: the weights and their configuration, the vocabulary, the tokenizer, the
-/// audio front end's settings.
-const MODEL_FILES: &[&str] = &[
-    "model.bin",
-    "config.json",
-    "vocabulary.txt",
-    "tokenizer.json",
-    "preprocessor_config.json",
-];
-
-/// Names the first file `dir` lacks; the engine would only say that the directory failed.
-fn check_model(dir: &Path) -> Result<(), SpeechError> {
-    let problem = |message: String| SpeechError::Model {
-        path: dir.to_owned(),
-        message,
-    };
-    if !dir.is_dir() {
-        return Err(problem(
-            "no such directory (./scripts/fetch-speech-model fetches the model)".into(),
-        ));
-    }
-    match MODEL_FILES.iter().find(|f| !dir.join(f).is_file()) {
-        Some(file) => Err(problem(format!(
-            "{} is missing; a model directory holds {}",
-            dir.join(file).display(),
-            MODEL_FILES.join(", ")
-        ))),
-        None => Ok(()),
-    }
-}
 
 /// A loaded model, shared by all calls (cheap to clone).
 #[derive(Clone)]
 pub struct Recogniser {
     shared: Arc<Shared>,
+    /// What was checked of the model's files before it was read.
+    model_check: ModelCheck,
 }
 
 struct Shared {
@@ -79,7 +49,7 @@ impl Recogniser {
             num_threads_per_replica: settings.threads.max(1),
             ..Config::default()
         };
-        check_model(&settings.model)?;
+        let model_check = model_dir::check(&settings.model)?;
         let problem = |message: String| SpeechError::Model {
             path: settings.model.clone(),
             message,
@@ -98,6 +68,7 @@ impl Recogniser {
             replicas,
             threads = settings.threads,
             took_ms = started.elapsed().as_millis() as u64,
+            checked = %model_check,
             "speech model loaded"
         );
         Ok(Self {
@@ -108,7 +79,13 @@ impl Recogniser {
                 not_digits,
                 turns: Semaphore::new(replicas),
             }),
+            model_check,
         })
+    }
+
+    /// What was checked of the model's files before it was read (`callverify doctor`).
+    pub fn model_check(&self) -> ModelCheck {
+        self.model_check
     }
 
     /// What `audio` (8 kHz mono, at most 30 s) says in `language` (the channel's language,
@@ -262,27 +239,3 @@ const CODE_TOKENS: usize = 40;
 /// Tokens of 30 s of speech (a username spelled letter by letter takes one each); Whisper's
 /// decoder stops at 448 with its prompt.
 const MESSAGE_TOKENS: usize = 400;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_missing_model_file_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let missing = check_model(&dir.path().join("nowhere"))
-            .unwrap_err()
-            .to_string();
-        assert!(missing.contains("no such directory"), "{missing}");
-        for file in &MODEL_FILES[1..] {
-            std::fs::write(dir.path().join(file), "").unwrap();
-        }
-        let missing = check_model(dir.path()).unwrap_err().to_string();
-        assert!(
-            missing.contains(&format!("{}/model.bin is missing", dir.path().display())),
-            "{missing}"
-        );
-        std::fs::write(dir.path().join("model.bin"), "").unwrap();
-        assert!(check_model(dir.path()).is_ok());
-    }
-}
