@@ -19,6 +19,10 @@ use callverify_testkit::corpus::{Voice, ALLISON_DIGITS};
 const MODEL_ENV: &str = "CALLVERIFY_TEST_SPEECH_MODEL";
 
 fn recogniser() -> Recogniser {
+    recogniser_with_turns(2)
+}
+
+fn recogniser_with_turns(max_concurrent: usize) -> Recogniser {
     let model = std::env::var_os(MODEL_ENV).unwrap_or_else(|| {
         panic!(
             "{MODEL_ENV} is not set: the recognition tests need the Whisper model. Run \
@@ -28,7 +32,7 @@ fn recogniser() -> Recogniser {
     });
     Recogniser::load(&RecogniserSettings {
         model: PathBuf::from(model),
-        max_concurrent: 2,
+        max_concurrent,
         threads: 1,
     })
     .expect("load the speech model")
@@ -111,6 +115,44 @@ async fn at_least_98_percent_of_spoken_codes_are_heard_whole_and_of_the_noisy_on
         noisy_right * 100 >= noisy * 98,
         "{noisy_right} of {noisy} codes over line noise heard whole, under 98 %"
     );
+}
+
+/// More calls speaking at once than there are turns: the ones that wait run together as one
+/// batch, and each caller gets its own code back, not a neighbour's; a caller who hangs up
+/// while waiting (or while its batch runs) costs the others nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_speaking_at_once_share_batches_and_each_hears_its_own_code() {
+    let recogniser = recogniser_with_turns(1);
+    let voice = Voice::load(Path::new(ALLISON_DIGITS))
+        .unwrap_or_else(|e| panic!("the spoken-digit corpus: {e}"));
+    let clips: Vec<_> = voice
+        .clips(40, 7)
+        .into_iter()
+        .filter(|c| !c.noisy)
+        .take(7)
+        .collect();
+    assert_eq!(clips.len(), 7);
+    let settings = EndpointSettings::default();
+    // The first caller hangs up at once: its recognition is queued, or already running.
+    let gone = tokio::time::timeout(
+        Duration::from_millis(5),
+        recogniser.recognise(clips[0].audio.clone(), Window::Heard),
+    )
+    .await;
+    assert!(gone.is_err(), "a recognition takes longer than 5 ms");
+    let heard = futures::future::join_all(clips[1..].iter().map(|clip| {
+        let frames: Vec<Vec<i16>> = clip.audio.chunks(160).map(<[i16]>::to_vec).collect();
+        hear_code(
+            &recogniser,
+            &settings,
+            clip.code.len(),
+            futures::stream::iter(frames).map(Sound::Audio),
+        )
+    }))
+    .await;
+    for (clip, heard) in clips[1..].iter().zip(heard) {
+        assert_eq!(heard.expect("recognition runs").digits, clip.code);
+    }
 }
 
 #[tokio::test]

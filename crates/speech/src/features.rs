@@ -28,13 +28,6 @@ pub struct FrontEnd {
     filters: Vec<Vec<f32>>,
 }
 
-/// Log-mel features, `MELS` rows of `frames` values (row-major: the encoder's
-/// `[1, MELS, frames]` layout).
-pub struct Features {
-    pub values: Vec<f32>,
-    pub frames: usize,
-}
-
 impl FrontEnd {
     pub fn new() -> Self {
         let window = (0..N_FFT)
@@ -55,12 +48,12 @@ impl FrontEnd {
         }
     }
 
-    /// The features of `audio` (16 kHz, in [-1, 1]) followed by `padding` frames of silence
-    /// (digital zeros, as Whisper pads), an even number of frames in all (the encoder halves
-    /// them), [`MAX_FRAMES`] at most: longer audio is cut to its first 30 s.
-    pub fn features(&self, audio: &[f32], padding: usize) -> Features {
-        let heard = audio.len().div_ceil(HOP);
-        let frames = (heard + padding).next_multiple_of(2).clamp(2, MAX_FRAMES);
+    /// The log-mel features of `audio` (16 kHz, in [-1, 1]) followed by silence (digital
+    /// zeros, as Whisper pads) up to `frames` frames, as [`frames_for`] counts them (longer
+    /// audio is cut): `MELS` rows of `frames` values, row-major (the encoder's `[1, MELS,
+    /// frames]` layout).
+    pub fn features(&self, audio: &[f32], frames: usize) -> Vec<f32> {
+        let frames = frames.next_multiple_of(2).clamp(2, MAX_FRAMES);
         let total = frames * HOP;
         // The padded signal, centred: N_FFT / 2 reflected samples before and after.
         let half = N_FFT / 2;
@@ -99,8 +92,17 @@ impl FrontEnd {
         for value in &mut values {
             *value = (value.max(loudest - 8.0) + 4.0) / 4.0;
         }
-        Features { values, frames }
+        values
     }
+}
+
+/// The frames of `samples` of audio (16 kHz) and `padding` frames of silence: an even
+/// number (the encoder halves them), [`MAX_FRAMES`] at most (longer audio is cut to its first
+/// 30 s).
+pub fn frames_for(samples: usize, padding: usize) -> usize {
+    (samples.div_ceil(HOP) + padding)
+        .next_multiple_of(2)
+        .clamp(2, MAX_FRAMES)
 }
 
 #[cfg(test)]
@@ -116,23 +118,28 @@ mod tests {
     #[test]
     fn frames_cover_the_audio_and_the_padding_evenly() {
         let front = FrontEnd::new();
-        let features = front.features(&tone(440.0, 1.0), 50);
-        assert_eq!(features.frames, 150);
-        assert_eq!(features.values.len(), MELS * 150);
-        let features = front.features(&tone(440.0, 1.005), 0);
+        let frames = |audio: &[f32], padding| {
+            let values = front.features(audio, frames_for(audio.len(), padding));
+            assert_eq!(values.len() % MELS, 0);
+            values.len() / MELS
+        };
+        assert_eq!(frames(&tone(440.0, 1.0), 50), 150);
         assert_eq!(
-            features.frames, 102,
+            frames(&tone(440.0, 1.005), 0),
+            102,
             "a part frame counts, and the count is even"
         );
-        let features = front.features(&tone(440.0, 40.0), 100);
-        assert_eq!(features.frames, MAX_FRAMES);
+        assert_eq!(frames(&tone(440.0, 40.0), 100), MAX_FRAMES);
+        // A batch's clips are padded to the longest one's frames.
+        assert_eq!(front.features(&tone(440.0, 1.0), 240).len(), MELS * 240);
     }
 
     #[test]
     fn a_tone_lights_its_own_mel_bins_and_the_padding_is_the_floor() {
         let front = FrontEnd::new();
-        let features = front.features(&tone(1000.0, 1.0), 100);
-        let at = |m: usize, t: usize| features.values[m * features.frames + t];
+        let frames = frames_for(RATE, 100);
+        let features = front.features(&tone(1000.0, 1.0), frames);
+        let at = |m: usize, t: usize| features[m * frames + t];
         // In the middle of the tone, the loudest bin is the one whose filter covers 1 kHz.
         let loudest = (0..MELS)
             .max_by(|&a, &b| at(a, 50).total_cmp(&at(b, 50)))
@@ -148,8 +155,8 @@ mod tests {
             "bin {loudest} peaks at {peak} Hz"
         );
         // Whisper's normalisation: the loudest value is (max + 4) / 4, the floor 2 under it.
-        let max = features.values.iter().copied().fold(f32::MIN, f32::max);
-        let min = features.values.iter().copied().fold(f32::MAX, f32::min);
+        let max = features.iter().copied().fold(f32::MIN, f32::max);
+        let min = features.iter().copied().fold(f32::MAX, f32::min);
         assert!((max - min - 2.0).abs() < 1e-4, "max {max} min {min}");
         // The padded silence is all at the floor.
         assert!((110..200).all(|t| (0..MELS).all(|m| at(m, t) == min)));

@@ -5,6 +5,10 @@
 //!    the caller lives from the end of their speech to the result.
 //! 2. Capacity: whole-clip recognitions with 1, 2, 4... in flight (one model replica each):
 //!    recognitions per second and the time each takes, waiting included.
+//! 3. Load: calls that start at random (Poisson arrivals, 120 a minute...) and speak in real
+//!    time, 20 ms frames on the clock, many at once, through the configured recogniser
+//!    (`speech.max_concurrent` turns): each caller's wait from the end of their speech to
+//!    the result, by the wall clock.
 
 use clap::Args;
 
@@ -22,6 +26,9 @@ pub struct SpeechBenchArgs {
     /// Recognitions in flight in the speech capacity runs
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     speech_concurrency: Vec<usize>,
+    /// Spoken codes a minute in the real-time load runs (0: none)
+    #[arg(long, value_delimiter = ',', default_value = "120")]
+    speech_load: Vec<f64>,
 }
 
 #[cfg(not(feature = "speech"))]
@@ -43,12 +50,17 @@ mod measured {
 
     use anyhow::Context as _;
     use futures::StreamExt;
+    use rand::rngs::StdRng;
+    use rand::{Rng as _, SeedableRng as _};
 
     use callverify::config::Config;
     use callverify_speech::{hear_code, Recognise, Recogniser, RecogniserSettings, Sound, Window};
     use callverify_testkit::corpus::{Clip, Voice, ALLISON_DIGITS};
 
     use super::SpeechBenchArgs;
+
+    /// One AudioSocket frame: 20 ms of 8 kHz audio.
+    const FRAME: Duration = Duration::from_millis(20);
 
     pub async fn run(config: &Config, args: &SpeechBenchArgs) -> anyhow::Result<ExitCode> {
         let settings = config.recogniser_settings().context(
@@ -70,7 +82,81 @@ mod measured {
         for &in_flight in &args.speech_concurrency {
             capacity_run(&settings, &clips, in_flight.max(1), per_code).await?;
         }
+        for &per_minute in args.speech_load.iter().filter(|&&r| r > 0.0) {
+            load_run(config, &settings, &clips, per_minute).await?;
+        }
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// The wait a caller is promised at the 95th percentile (issue 15).
+    const PROMISED: Duration = Duration::from_millis(1500);
+
+    async fn load_run(
+        config: &Config,
+        settings: &RecogniserSettings,
+        clips: &[Clip],
+        per_minute: f64,
+    ) -> anyhow::Result<()> {
+        let recogniser = load(settings, settings.max_concurrent)?;
+        let endpoint = config.endpoint_settings();
+        // Poisson arrivals: exponential gaps, seeded so that runs compare.
+        let mut rng = StdRng::seed_from_u64(2026);
+        let mut at = Duration::ZERO;
+        let starts: Vec<Duration> = clips
+            .iter()
+            .map(|_| {
+                let start = at;
+                let u: f64 = rng.gen_range(f64::EPSILON..1.0);
+                at += Duration::from_secs_f64(-u.ln() * 60.0 / per_minute);
+                start
+            })
+            .collect();
+        let began = tokio::time::Instant::now() + Duration::from_millis(100);
+        let calls = clips.iter().zip(&starts).map(|(clip, &offset)| {
+            let recogniser = &recogniser;
+            let endpoint = &endpoint;
+            async move {
+                let start = began + offset;
+                tokio::time::sleep_until(start).await;
+                // The caller's audio as a channel delivers it: a frame every 20 ms, and
+                // silence after the clip, as a live call goes on.
+                let mut frames: Vec<Vec<i16>> =
+                    clip.audio.chunks(160).map(<[i16]>::to_vec).collect();
+                frames.extend(std::iter::repeat_n(vec![0; 160], 250));
+                let paced = futures::stream::iter(frames.into_iter().enumerate()).then(
+                    move |(i, frame)| async move {
+                        tokio::time::sleep_until(start + FRAME * i as u32).await;
+                        Sound::Audio(frame)
+                    },
+                );
+                let heard =
+                    hear_code(recogniser, endpoint, clip.code.len(), Box::pin(paced)).await?;
+                let wait = heard
+                    .speech_end
+                    .map(|end| tokio::time::Instant::now().saturating_duration_since(start + end));
+                anyhow::Ok((heard.digits == clip.code, wait, heard.recognitions))
+            }
+        });
+        let results = futures::future::try_join_all(calls).await?;
+        let took = began.elapsed();
+        let right = results.iter().filter(|r| r.0).count();
+        let recognitions: u32 = results.iter().map(|r| r.2).sum();
+        let mut waits: Vec<Duration> = results.iter().filter_map(|r| r.1).collect();
+        let late = waits.iter().filter(|&&w| w > PROMISED).count();
+        println!(
+            "load: {per_minute:.0} spoken codes a minute offered (Poisson), {} calls in {:.1} s, \
+             {} turns of {} thread(s): {right} of {} right, {:.2} recognitions per code; end of \
+             speech to result {}; {late} callers waited over {:.1} s",
+            clips.len(),
+            took.as_secs_f64(),
+            settings.max_concurrent,
+            settings.threads,
+            clips.len(),
+            f64::from(recognitions) / clips.len() as f64,
+            spread(&mut waits),
+            PROMISED.as_secs_f64()
+        );
+        Ok(())
     }
 
     async fn calls_run(
