@@ -17,7 +17,7 @@ use callverify::config::Config;
 use callverify::domain::status::Status;
 use callverify::domain::{NewVerification, VerifyError};
 use callverify_testkit::emulator::Call;
-use sqlx::{Connection, Row};
+use sqlx::Row;
 
 use crate::common::{start_config, test_config, Daemon, PHONE};
 
@@ -221,8 +221,7 @@ async fn sqlite_disk_full_or_read_only_loses_nothing_and_recovers() {
             "{id} lost"
         );
     }
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let mut conn = crate::common::raw_connection(&url).await.unwrap();
     let rows: i64 = sqlx::query("SELECT COUNT(*) AS n FROM verifications")
         .fetch_one(&mut conn)
         .await
@@ -386,8 +385,7 @@ async fn postgres_crashing_under_load_loses_nothing() {
         })
         .collect();
     let verified_count = |d: Arc<Daemon>| async move {
-        sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(&d.config.database.url)
+        let mut conn = crate::common::raw_connection(&d.config.database.url)
             .await
             .ok()?;
         let n: i64 =

@@ -40,7 +40,7 @@ async fn code_of(d: &Daemon, user: &str, code: &str) -> (String, String) {
     )
     .unwrap();
     let hash = callverify::domain::codes::CodeHasher::new(key).hash(&v.id, code);
-    let mut db = sqlx::AnyConnection::connect(&d.config.database.url)
+    let mut db = crate::common::raw_connection(&d.config.database.url)
         .await
         .unwrap();
     sqlx::query("UPDATE verifications SET code_hash = $1 WHERE id = $2")

@@ -409,7 +409,7 @@ async fn a_stranded_call_expires(db: Db) {
     s.set_default_webhook(true).await.unwrap();
     let now = now_ms();
     let longest = 15 * 60 * 1000;
-    let mut raw = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let mut raw = crate::common::raw_connection(&url).await.unwrap();
     for (id, phone, expired_ago) in [
         ("vf_stranded", "+14155550101", longest + 1),
         ("vf_live", "+14155550102", longest - 60_000),

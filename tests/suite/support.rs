@@ -408,7 +408,7 @@ async fn decisions_are_checked_and_scoped(db: Db) {
 async fn sqlite_files_hold(d: &Daemon, bytes: &[u8]) -> bool {
     use sqlx::{Connection, Executor};
     let path = d.dir.as_ref().unwrap().path().join("test.db");
-    let mut conn = sqlx::AnyConnection::connect(&format!("sqlite://{}", path.display()))
+    let mut conn = crate::common::raw_connection(&format!("sqlite://{}", path.display()))
         .await
         .unwrap();
     conn.execute("PRAGMA busy_timeout = 10000; PRAGMA wal_checkpoint(TRUNCATE)")

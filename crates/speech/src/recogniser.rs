@@ -116,8 +116,8 @@ impl Recogniser {
 
     /// What `audio` (8 kHz mono, at most 30 s) says in `language` (the channel's language,
     /// as `en` or `es-MX`), written out in full: a support message's transcript. It waits
-    /// for a turn as code recognitions do, so a long message delays a live call by one part
-    /// at most.
+    /// for a turn as code recognitions do, behind every code waiting, and runs alone: a long
+    /// message delays a live call by one part at most.
     pub async fn transcribe(&self, audio: Vec<i16>, language: &str) -> Result<String, SpeechError> {
         let task = Task {
             language: language.get(..2).unwrap_or("en").to_ascii_lowercase(),
@@ -206,29 +206,9 @@ impl Shared {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The oldest waiting recognition and, up to [`BATCH`] in all, the next ones that ask
-    /// the same of the decoder (a message's transcript runs alone); those whose caller is
-    /// gone are dropped.
+    /// The next batch of waiting recognitions, as the free function `next_batch` picks it.
     fn next_batch(&self) -> Vec<Job> {
-        let mut waiting = self.waiting();
-        waiting.retain(|job| !job.reply.is_closed());
-        let Some(first) = waiting.pop_front() else {
-            return Vec::new();
-        };
-        let room = match first.task.decoding {
-            Decoding::Digits => BATCH,
-            Decoding::Text => 1,
-        };
-        let mut batch = vec![first];
-        let mut i = 0;
-        while batch.len() < room && i < waiting.len() {
-            if waiting[i].task == batch[0].task {
-                batch.extend(waiting.remove(i));
-            } else {
-                i += 1;
-            }
-        }
-        batch
+        next_batch(&mut self.waiting())
     }
 
     /// Runs `batch` (one task) through Whisper and answers each job.
@@ -326,6 +306,35 @@ impl Shared {
     }
 }
 
+/// Takes the next batch from `waiting`: the oldest code and up to [`BATCH`] in all of the
+/// next ones that ask the same of the decoder; a message's transcript only when no code
+/// waits, and alone (a caller saying a code is live on the line; a message is read for
+/// staff later). Recognitions whose caller is gone are dropped.
+fn next_batch(waiting: &mut VecDeque<Job>) -> Vec<Job> {
+    waiting.retain(|job| !job.reply.is_closed());
+    let first = waiting
+        .iter()
+        .position(|job| job.task.decoding == Decoding::Digits)
+        .unwrap_or(0);
+    let Some(first) = waiting.remove(first) else {
+        return Vec::new();
+    };
+    let room = match first.task.decoding {
+        Decoding::Digits => BATCH,
+        Decoding::Text => 1,
+    };
+    let mut batch = vec![first];
+    let mut i = 0;
+    while batch.len() < room && i < waiting.len() {
+        if waiting[i].task == batch[0].task {
+            batch.extend(waiting.remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    batch
+}
+
 /// The ids to suppress when decoding a code: every ordinary token of `vocabulary` (one
 /// token a line, its id the line's index) that is not a number or `,` `.` `-`, with or
 /// without the leading space (`Ġ`), and `-1`, Whisper's own list. `None`: no end-of-text
@@ -363,3 +372,80 @@ const CODE_TOKENS: usize = 40;
 /// Tokens of 30 s of speech (a username spelled letter by letter takes one each); Whisper's
 /// decoder stops at 448 with its prompt.
 const MESSAGE_TOKENS: usize = 400;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A waiting recognition of `samples` samples, and the receiver its caller holds.
+    fn job(
+        samples: usize,
+        decoding: Decoding,
+        window: Window,
+    ) -> (Job, oneshot::Receiver<Result<String, SpeechError>>) {
+        let (reply, receiver) = oneshot::channel();
+        let task = Task {
+            language: "en".into(),
+            decoding,
+            window,
+        };
+        let audio = vec![0; samples];
+        (Job { audio, task, reply }, receiver)
+    }
+
+    fn sizes(batch: &[Job]) -> Vec<usize> {
+        batch.iter().map(|job| job.audio.len()).collect()
+    }
+
+    #[test]
+    fn the_oldest_codes_that_ask_the_same_run_together_up_to_the_batch() {
+        let mut waiting = VecDeque::new();
+        let mut callers = Vec::new();
+        for (samples, window) in [
+            (1, Window::Heard),
+            (2, Window::Full),
+            (3, Window::Heard),
+            (4, Window::Heard),
+            (5, Window::Heard),
+        ] {
+            let (job, caller) = job(samples, Decoding::Digits, window);
+            waiting.push_back(job);
+            callers.push(caller);
+        }
+        assert_eq!(BATCH, 3);
+        assert_eq!(sizes(&next_batch(&mut waiting)), [1, 3, 4]);
+        assert_eq!(sizes(&next_batch(&mut waiting)), [2]);
+        assert_eq!(sizes(&next_batch(&mut waiting)), [5]);
+        assert!(next_batch(&mut waiting).is_empty());
+    }
+
+    #[test]
+    fn codes_go_before_a_message_which_runs_alone() {
+        let mut waiting = VecDeque::new();
+        let mut callers = Vec::new();
+        for (samples, decoding) in [
+            (1, Decoding::Text),
+            (2, Decoding::Text),
+            (3, Decoding::Digits),
+        ] {
+            let (job, caller) = job(samples, decoding, Window::Heard);
+            waiting.push_back(job);
+            callers.push(caller);
+        }
+        assert_eq!(sizes(&next_batch(&mut waiting)), [3]);
+        assert_eq!(sizes(&next_batch(&mut waiting)), [1]);
+        assert_eq!(sizes(&next_batch(&mut waiting)), [2]);
+    }
+
+    #[test]
+    fn a_caller_gone_while_waiting_costs_no_recognition() {
+        let mut waiting = VecDeque::new();
+        let (gone, caller) = job(1, Decoding::Digits, Window::Heard);
+        waiting.push_back(gone);
+        drop(caller);
+        let (kept, _caller) = job(2, Decoding::Digits, Window::Heard);
+        waiting.push_back(kept);
+        assert_eq!(sizes(&next_batch(&mut waiting)), [2]);
+        assert!(waiting.is_empty());
+    }
+}

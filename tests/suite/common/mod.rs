@@ -25,6 +25,14 @@ pub enum Db {
 /// Environment variable naming the Postgres server the tests create their databases on.
 pub const POSTGRES_ENV: &str = "CALLVERIFY_TEST_POSTGRES_URL";
 
+/// A connection of the tests' own to the database at `url` (either kind), behind the store's
+/// back: sqlx's Any driver, with its drivers installed first (whichever test comes first).
+pub async fn raw_connection(url: &str) -> Result<sqlx::AnyConnection, sqlx::Error> {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    sqlx::AnyConnection::connect(url).await
+}
+
 /// A URL for a new, empty database of kind `db` (the SQLite file lives in `dir`).
 pub async fn fresh_database(db: Db, dir: &std::path::Path) -> String {
     match db {
@@ -37,9 +45,7 @@ pub async fn fresh_database(db: Db, dir: &std::path::Path) -> String {
                      server where this user may CREATE DATABASE."
                 )
             });
-            use sqlx::Connection;
-            sqlx::any::install_default_drivers();
-            let mut conn = sqlx::AnyConnection::connect(&admin)
+            let mut conn = raw_connection(&admin)
                 .await
                 .expect("connect to the test Postgres server");
             let name = format!("cvtest_{}", callverify::domain::codes::generate(10));
