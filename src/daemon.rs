@@ -279,13 +279,7 @@ async fn spoken_codes(config: &Config) -> Result<Option<Arc<SpokenCodes>>, Daemo
     #[cfg(feature = "speech")]
     {
         let model = settings.model.clone();
-        let recogniser =
-            tokio::task::spawn_blocking(move || callverify_speech::Recogniser::load(&settings))
-                .await
-                .map_err(|e| callverify_speech::SpeechError::Model {
-                    path: model.clone(),
-                    message: format!("loading stopped: {e}"),
-                })??;
+        let recogniser = load_recogniser(settings).await?;
         tracing::info!(model = %model.display(), "spoken codes on: the recogniser is loaded");
         Ok(Some(Arc::new(SpokenCodes {
             recogniser,
@@ -297,6 +291,21 @@ async fn spoken_codes(config: &Config) -> Result<Option<Arc<SpokenCodes>>, Daemo
         let _ = settings;
         Err(callverify_speech::SpeechError::NotBuilt.into())
     }
+}
+
+/// Loads the recogniser (its model checked against its SHA256SUMS) off the async threads:
+/// `serve` at startup, `doctor` to check the model.
+#[cfg(feature = "speech")]
+pub(crate) async fn load_recogniser(
+    settings: callverify_speech::RecogniserSettings,
+) -> Result<callverify_speech::Recogniser, callverify_speech::SpeechError> {
+    let model = settings.model.clone();
+    tokio::task::spawn_blocking(move || callverify_speech::Recogniser::load(&settings))
+        .await
+        .map_err(|e| callverify_speech::SpeechError::Model {
+            path: model,
+            message: format!("loading stopped: {e}"),
+        })?
 }
 
 /// `callverify serve`: bind the listeners (a refusal leaves no store behind), open the

@@ -194,22 +194,18 @@ async fn speech_check(doctor: &mut Doctor, config: &Config) {
     let model = settings.model.display().to_string();
     #[cfg(feature = "speech")]
     {
-        let loaded =
-            tokio::task::spawn_blocking(move || callverify_speech::Recogniser::load(&settings))
-                .await;
-        match loaded {
-            Ok(Ok(recogniser)) => doctor.ok(
+        match crate::daemon::load_recogniser(settings).await {
+            Ok(recogniser) => doctor.ok(
                 CHECK,
                 format!("{model}: {}; loads", recogniser.model_check()),
             ),
-            Ok(Err(e)) => doctor.problem(
+            Err(e) => doctor.problem(
                 CHECK,
                 e.to_string(),
                 "set speech.model to the directory the package callverify-speech-model \
                  installs (/usr/share/callverify/speech/whisper-base) or that \
                  ./scripts/fetch-speech-model prints; empty turns spoken codes off",
             ),
-            Err(e) => doctor.problem(CHECK, format!("{model}: loading stopped: {e}"), "report it"),
         }
     }
     #[cfg(not(feature = "speech"))]

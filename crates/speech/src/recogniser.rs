@@ -393,25 +393,32 @@ mod tests {
         (Job { audio, task, reply }, receiver)
     }
 
+    /// A queue of `jobs` (samples, decoding, window), oldest first, and their callers.
+    fn queue(
+        jobs: &[(usize, Decoding, Window)],
+    ) -> (
+        VecDeque<Job>,
+        Vec<oneshot::Receiver<Result<String, SpeechError>>>,
+    ) {
+        jobs.iter()
+            .map(|&(samples, decoding, window)| job(samples, decoding, window))
+            .unzip()
+    }
+
     fn sizes(batch: &[Job]) -> Vec<usize> {
         batch.iter().map(|job| job.audio.len()).collect()
     }
 
     #[test]
     fn the_oldest_codes_that_ask_the_same_run_together_up_to_the_batch() {
-        let mut waiting = VecDeque::new();
-        let mut callers = Vec::new();
-        for (samples, window) in [
-            (1, Window::Heard),
-            (2, Window::Full),
-            (3, Window::Heard),
-            (4, Window::Heard),
-            (5, Window::Heard),
-        ] {
-            let (job, caller) = job(samples, Decoding::Digits, window);
-            waiting.push_back(job);
-            callers.push(caller);
-        }
+        let code = Decoding::Digits;
+        let (mut waiting, _callers) = queue(&[
+            (1, code, Window::Heard),
+            (2, code, Window::Full),
+            (3, code, Window::Heard),
+            (4, code, Window::Heard),
+            (5, code, Window::Heard),
+        ]);
         assert_eq!(BATCH, 3);
         assert_eq!(sizes(&next_batch(&mut waiting)), [1, 3, 4]);
         assert_eq!(sizes(&next_batch(&mut waiting)), [2]);
@@ -421,17 +428,11 @@ mod tests {
 
     #[test]
     fn codes_go_before_a_message_which_runs_alone() {
-        let mut waiting = VecDeque::new();
-        let mut callers = Vec::new();
-        for (samples, decoding) in [
-            (1, Decoding::Text),
-            (2, Decoding::Text),
-            (3, Decoding::Digits),
-        ] {
-            let (job, caller) = job(samples, decoding, Window::Heard);
-            waiting.push_back(job);
-            callers.push(caller);
-        }
+        let (mut waiting, _callers) = queue(&[
+            (1, Decoding::Text, Window::Heard),
+            (2, Decoding::Text, Window::Heard),
+            (3, Decoding::Digits, Window::Heard),
+        ]);
         assert_eq!(sizes(&next_batch(&mut waiting)), [3]);
         assert_eq!(sizes(&next_batch(&mut waiting)), [1]);
         assert_eq!(sizes(&next_batch(&mut waiting)), [2]);
