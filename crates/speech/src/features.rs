@@ -18,7 +18,7 @@ const HOP: usize = 160;
 /// Mel bins of Whisper base (and every Whisper before large-v3).
 pub const MELS: usize = 80;
 /// Frames the encoder reads at most: 30 s.
-pub const MAX_FRAMES: usize = 3000;
+const MAX_FRAMES: usize = 3000;
 
 /// The front end's fixed parts: the window, the FFT plan, the filters.
 pub struct FrontEnd {

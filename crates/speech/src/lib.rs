@@ -168,9 +168,10 @@ pub trait Recognise {
 pub enum Window {
     /// The heard audio and two seconds of silence: fast, the usual reading.
     Heard,
-    /// Whisper's whole 30 s window, as it was trained: about three times the work, surer
-    /// where the quick reading slips (a digit said twice read three times).
-    Full,
+    /// The heard audio and eight seconds of silence, nearer the 30 s windows Whisper was
+    /// trained on: about twice the work, surer where the quick reading slips (a digit said
+    /// twice read three times).
+    Long,
 }
 
 /// Why a listening turn stopped.
@@ -374,7 +375,7 @@ impl Turn {
     }
 }
 
-/// Recognises the speech `endpointer` heard, quickly; again over the full window when as
+/// Recognises the speech `endpointer` heard, quickly; again over the long window when as
 /// many words as the code has digits were heard but the quick reading has another number
 /// of digits.
 async fn read<R: Recognise>(
@@ -390,7 +391,7 @@ async fn read<R: Recognise>(
         return Ok(quick);
     }
     *recognitions += 1;
-    let full = recogniser.recognise(speech, Window::Full).await?;
+    let full = recogniser.recognise(speech, Window::Long).await?;
     Ok(Recognition {
         took: quick.took + full.took,
         ..full
@@ -522,7 +523,7 @@ mod tests {
         assert_eq!(heard.ending, Ending::Complete);
         assert_eq!(heard.recognitions, 2);
         let windows = recogniser.windows.lock().unwrap().clone();
-        assert_eq!(windows, [Window::Heard, Window::Full]);
+        assert_eq!(windows, [Window::Heard, Window::Long]);
         assert_eq!(heard.latency(), Some(Duration::from_millis(310)));
     }
 

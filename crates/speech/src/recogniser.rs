@@ -4,8 +4,8 @@
 //! write numbers only.
 //!
 //! Recognitions that wait for a turn at the same time run as one batch: CTranslate2's int8
-//! kernels decode several clips' tokens for little more than one's (on 2 cores, two codes
-//! together took 1.10 s where one took 0.71 s), so when calls speak at once the turns go
+//! kernels decode several clips' tokens for little more than one's (on 2 cores, with the ruy
+//! build of CTranslate2 used before, two codes together took 1.10 s where one took 0.71 s), so when calls speak at once the turns go
 //! further, and a lone caller still gets a turn of their own.
 
 use std::collections::VecDeque;
@@ -19,7 +19,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 use callverify_audio::resample;
 
-use super::features::{frames_for, FrontEnd, MAX_FRAMES, MELS};
+use super::features::{frames_for, FrontEnd, MELS};
 use super::model_dir::{self, ModelCheck};
 use super::{digits, Recognise, RecogniserSettings, Recognition, SpeechError, Window};
 
@@ -88,6 +88,17 @@ impl Recogniser {
         let not_digits = not_digits(&vocabulary).ok_or_else(|| {
             problem("vocabulary.txt has no <|endoftext|>: not a Whisper vocabulary".into())
         })?;
+        let shared = Shared {
+            whisper,
+            tokenizer,
+            front_end: FrontEnd::new(),
+            not_digits,
+            turns: Arc::new(Semaphore::new(replicas)),
+            waiting: Mutex::new(VecDeque::new()),
+        };
+        shared
+            .warm_up(replicas)
+            .map_err(|e| problem(e.to_string()))?;
         tracing::info!(
             model = %settings.model.display(),
             replicas,
@@ -97,14 +108,7 @@ impl Recogniser {
             "speech model loaded"
         );
         Ok(Self {
-            shared: Arc::new(Shared {
-                whisper,
-                tokenizer,
-                front_end: FrontEnd::new(),
-                not_digits,
-                turns: Arc::new(Semaphore::new(replicas)),
-                waiting: Mutex::new(VecDeque::new()),
-            }),
+            shared: Arc::new(shared),
             model_check,
         })
     }
@@ -211,6 +215,25 @@ impl Shared {
         next_batch(&mut self.waiting())
     }
 
+    /// Recognises a second of silence on each of the `replicas` at once: the first run on a
+    /// replica sets up the backend's kernels and buffers (it took about 1 s more than the
+    /// next ones), and no caller should pay for that.
+    fn warm_up(&self, replicas: usize) -> Result<(), SpeechError> {
+        let silence = [vec![0.0; 16_000]];
+        let task = Task {
+            language: "en".into(),
+            decoding: Decoding::Digits,
+            window: Window::Heard,
+        };
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..replicas)
+                .map(|_| scope.spawn(|| self.transcribe(&silence, &task)))
+                .collect();
+            runs.into_iter()
+                .try_for_each(|run| run.join().unwrap_or_else(|_| Err(lost())).map(drop))
+        })
+    }
+
     /// Runs `batch` (one task) through Whisper and answers each job.
     fn run_batch(&self, batch: Vec<Job>) {
         let started = Instant::now();
@@ -247,7 +270,11 @@ impl Shared {
                 .map(|clip| frames_for(clip.len(), PADDING_FRAMES))
                 .max()
                 .unwrap_or(2),
-            Window::Full => MAX_FRAMES,
+            Window::Long => audio
+                .iter()
+                .map(|clip| frames_for(clip.len(), LONG_PADDING_FRAMES))
+                .max()
+                .unwrap_or(2),
         };
         let mut values = Vec::with_capacity(audio.len() * MELS * frames);
         for clip in audio {
@@ -264,8 +291,9 @@ impl Shared {
             Decoding::Text => (MESSAGE_TOKENS, vec![-1]),
         };
         let options = WhisperOptions {
-            // Greedy: a code is a few short words, beam search buys nothing measurable here.
-            beam_size: 1,
+            // Two beams: greedy decoding dropped the first digit of a code said over line
+            // noise (1 of the corpus's 50) where two beams read it, for about 5 % more work.
+            beam_size: 2,
             max_length,
             suppress_tokens,
             ..WhisperOptions::default()
@@ -273,9 +301,9 @@ impl Shared {
         let language = format!("<|{}|>", task.language);
         let mut prompt = vec!["<|startoftranscript|>", &language, "<|transcribe|>"];
         // With timestamps on a short window: the segment's end time tells the decoder where
-        // the audio stops; without them it tends to read a code again and again. The full
-        // window, as Whisper was trained, needs none.
-        if task.window == Window::Full {
+        // the audio stops; without them it tends to read a code again and again. The long
+        // window's silence tells it as much.
+        if task.window == Window::Long {
             prompt.push("<|notimestamps|>");
         }
         let results = self
@@ -356,8 +384,8 @@ fn not_digits(vocabulary: &str) -> Option<Vec<i32>> {
     Some(suppressed)
 }
 
-/// Recognitions at most in one batch. On this project's 2 cores, one thread a turn, a
-/// 6-digit code took 0.71 s alone, two together 1.10 s, three 1.45 s, four 1.80 s: three
+/// Recognitions at most in one batch. On this project's 2 cores, one thread a turn, with the
+/// ruy build of CTranslate2 used before, a 6-digit code took 0.71 s alone, two together 1.10 s, three 1.45 s, four 1.80 s: three
 /// keeps a batch within the p95 that callers are promised.
 const BATCH: usize = 3;
 /// Silence after the heard audio, in 10 ms frames. Whisper was trained on 30 s windows,
@@ -365,6 +393,10 @@ const BATCH: usize = 3;
 /// reads it twice or repeats a digit (the test corpus's 50 codes: 45 heard whole with 1 s,
 /// 50 with 2 s), and each second more costs about 30 ms of encoder.
 const PADDING_FRAMES: usize = 200;
+/// Silence after the heard audio in the long window, [`Window::Long`], in 10 ms frames. Where
+/// the quick reading repeated a digit (5 of 150 codes of both corpora), 8 s of silence read
+/// every one right, as Whisper's whole 30 s window did, in well under half the time.
+const LONG_PADDING_FRAMES: usize = 800;
 /// Tokens a code's transcript may have, its prompt and timestamps included: a 10-digit
 /// code with commas is about 26; a decoder that repeats itself stops here, a third of a
 /// second later.
@@ -414,7 +446,7 @@ mod tests {
         let code = Decoding::Digits;
         let (mut waiting, _callers) = queue(&[
             (1, code, Window::Heard),
-            (2, code, Window::Full),
+            (2, code, Window::Long),
             (3, code, Window::Heard),
             (4, code, Window::Heard),
             (5, code, Window::Heard),
