@@ -111,8 +111,8 @@ impl Recognise for NoRecogniser {
 pub enum SpeechError {
     #[error(
         "spoken codes need a callverify built with them: `cargo build --release --features \
-         speech` (needs cmake and g++); for keypad entry only, leave speech.model \
-         (CALLVERIFY_SPEECH_MODEL) empty"
+         speech` (needs cmake, g++ and ./scripts/fetch-ctranslate2); for keypad entry only, \
+         leave speech.model (CALLVERIFY_SPEECH_MODEL) empty"
     )]
     NotBuilt,
     #[error("speech model {path}: {message}")]

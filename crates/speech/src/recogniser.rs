@@ -385,8 +385,9 @@ fn not_digits(vocabulary: &str) -> Option<Vec<i32>> {
 }
 
 /// Recognitions at most in one batch. On this project's 2 cores, one thread a turn, with the
-/// ruy build of CTranslate2 used before, a 6-digit code took 0.71 s alone, two together 1.10 s, three 1.45 s, four 1.80 s: three
-/// keeps a batch within the p95 that callers are promised.
+/// ruy build of CTranslate2 used before, a 6-digit code took 0.71 s alone, two together
+/// 1.10 s, three 1.45 s, four 1.80 s: three keeps a batch within the p95 that callers are
+/// promised.
 const BATCH: usize = 3;
 /// Silence after the heard audio, in 10 ms frames. Whisper was trained on 30 s windows,
 /// speech then silence; with less than about 2 s of silence after a code it more often
