@@ -23,6 +23,9 @@ pub struct SpeechBenchArgs {
     /// Spoken codes per run of the speech benchmark
     #[arg(long, default_value_t = 20)]
     speech_clips: usize,
+    /// The corpus's seed: 2026 is the suite's accuracy corpus, 7 the README's second one
+    #[arg(long, default_value_t = 2026)]
+    speech_seed: u64,
     /// Recognitions in flight in the speech capacity runs
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     speech_concurrency: Vec<usize>,
@@ -67,7 +70,8 @@ mod measured {
             "the speech benchmark needs a model: set speech.model or CALLVERIFY_SPEECH_MODEL \
              (./scripts/fetch-speech-model prints one)",
         )?;
-        let clips = Voice::load(Path::new(ALLISON_DIGITS))?.clips(args.speech_clips, 2026);
+        let clips =
+            Voice::load(Path::new(ALLISON_DIGITS))?.clips(args.speech_clips, args.speech_seed);
         let speech: f32 = clips.iter().map(|c| c.speech_secs).sum();
         println!(
             "callverify bench --speech: {} codes of 4-8 digits ({:.1} s of speech each on \
