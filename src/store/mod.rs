@@ -207,3 +207,77 @@ fn sqlite_file_error(url: &str) -> Option<StoreError> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ops::RangeInclusive;
+
+    use super::SQLITE_MIGRATIONS;
+
+    /// The SQLite store's migrations numbered `versions`, on `db`.
+    fn migrate(db: &rusqlite::Connection, versions: RangeInclusive<i64>) {
+        for m in SQLITE_MIGRATIONS
+            .iter()
+            .filter(|m| versions.contains(&m.version))
+        {
+            db.execute_batch(&m.sql)
+                .unwrap_or_else(|e| panic!("migration {}: {e}", m.version));
+        }
+    }
+
+    /// Migration 13 rebuilds `code_checks` (its CHECK written as comparisons): the rows, their
+    /// ids and the id sequence stay (an id given out before is not given out again, even when
+    /// the newest rows were deleted), and the CHECK still refuses what it refused.
+    #[test]
+    fn rebuilding_code_checks_keeps_rows_ids_and_their_sequence() {
+        let db = rusqlite::Connection::open_in_memory().unwrap();
+        migrate(&db, 1..=12);
+        db.execute(
+            "INSERT INTO verifications (id, phone, user_ref, code_hash, code_length, status, \
+             max_attempts, locale, created_at, updated_at, expires_at) \
+             VALUES ('vf_1', '+15550100', 'u1', 'h', 6, 'calling', 3, 'en', 1, 1, 2)",
+            [],
+        )
+        .unwrap();
+        let check = "INSERT INTO code_checks (verification_id, at, method, right_code) \
+                     VALUES ('vf_1', 1, ?1, 0)";
+        for method in ["keypad", "speech", "web", "keypad", "web"] {
+            db.execute(check, [method]).unwrap();
+        }
+        db.execute("DELETE FROM code_checks WHERE id >= 4", [])
+            .unwrap();
+        migrate(&db, 13..=13);
+
+        let rows: Vec<(i64, String)> = db
+            .prepare("SELECT id, method FROM code_checks ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (1, "keypad".into()),
+                (2, "speech".into()),
+                (3, "web".into())
+            ]
+        );
+        db.execute(check, ["speech"]).unwrap();
+        assert_eq!(
+            db.last_insert_rowid(),
+            6,
+            "ids 4 and 5 were given out before"
+        );
+        let refused = db.execute(check, ["fax"]).unwrap_err().to_string();
+        assert!(refused.contains("CHECK constraint failed"), "{refused}");
+        let index: i64 = db
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'code_checks_verification'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(index, 1, "the index is rebuilt");
+    }
+}

@@ -442,7 +442,7 @@ fn sqlite_run(
     args: &[Value],
     rows: bool,
 ) -> Result<(Vec<Row>, u64), StoreError> {
-    use rusqlite::types::{ToSqlOutput, Value as V, ValueRef};
+    use rusqlite::types::{ToSqlOutput, ValueRef};
     let mut stmt = db.prepare_cached(sql)?;
     for i in 1..=stmt.parameter_count() {
         // `$N` → argument N.
@@ -450,27 +450,29 @@ fn sqlite_run(
             .parameter_name(i)
             .and_then(|name| name.trim_start_matches(['$', '?']).parse().ok())
             .unwrap_or(i);
+        // Borrowed: SQLite takes its own copy as it binds.
         let value = match &args[n - 1] {
-            Value::Null(_) => V::Null,
-            Value::Int(v) => V::Integer(*v),
-            Value::Real(v) => V::Real(*v),
-            Value::Text(v) => V::Text(v.clone()),
-            Value::Blob(v) => V::Blob(v.clone()),
+            Value::Null(_) => ValueRef::Null,
+            Value::Int(v) => ValueRef::Integer(*v),
+            Value::Real(v) => ValueRef::Real(*v),
+            Value::Text(v) => ValueRef::Text(v.as_bytes()),
+            Value::Blob(v) => ValueRef::Blob(v),
         };
-        stmt.raw_bind_parameter(i, ToSqlOutput::Owned(value))?;
+        stmt.raw_bind_parameter(i, ToSqlOutput::Borrowed(value))?;
     }
     // A statement that writes nothing changed nothing, whatever the last write changed.
     let writes = !stmt.readonly();
-    let names: Arc<[String]> = stmt.column_names().iter().map(|n| n.to_string()).collect();
-    let width = names.len();
+    // The column names only when the rows are wanted: most statements of a call write.
+    let names: Option<Arc<[String]>> =
+        rows.then(|| stmt.column_names().iter().map(|n| n.to_string()).collect());
     let mut out = Vec::new();
     let mut raw = stmt.raw_query();
     while let Some(r) = raw.next()? {
-        if !rows {
+        let Some(names) = &names else {
             continue;
-        }
-        let mut values = Vec::with_capacity(width);
-        for i in 0..width {
+        };
+        let mut values = Vec::with_capacity(names.len());
+        for i in 0..names.len() {
             values.push(match r.get_ref(i)? {
                 ValueRef::Null => Value::Null(Kind::Int),
                 ValueRef::Integer(v) => Value::Int(v),

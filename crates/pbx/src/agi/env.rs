@@ -1,14 +1,24 @@
 //! The `agi_*` environment block Asterisk sends first on every FastAGI connection.
 
+use std::fmt;
+use std::ops::Range;
+
 /// At most this many variables: Asterisk sends about 22 plus one per argument.
 pub const MAX_VARIABLES: usize = 256;
 
 /// The parsed environment of one AGI session, in the order Asterisk sent it. A list, not a
-/// map: it holds some 22 variables, read a few times each, and every call parses one.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// map: it holds some 22 variables, read a few times each, and every call parses one; the
+/// names and values share one buffer, not two allocations a line.
+#[derive(Clone, Default)]
 pub struct AgiEnv {
-    vars: Vec<(String, String)>,
+    /// The names and values, one after another (a value sent again is appended).
+    text: String,
+    /// Each variable's name and value in `text`, in the order the names first came.
+    vars: Vec<(Range<usize>, Range<usize>)>,
 }
+
+/// What a block of some 22 lines takes: the buffer grows once, if ever.
+const TEXT_CAPACITY: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvError {
@@ -32,12 +42,36 @@ impl AgiEnv {
             return Err(EnvError::TooManyVariables);
         }
         let value = value.strip_prefix(' ').unwrap_or(value);
+        if self.text.capacity() == 0 {
+            self.text.reserve(TEXT_CAPACITY);
+        }
+        let value_at = |text: &mut String| {
+            let start = text.len();
+            text.push_str(value);
+            start..text.len()
+        };
         // A name sent twice: the later value counts.
-        match self.vars.iter_mut().find(|(n, _)| n == name) {
-            Some((_, v)) => *v = value.to_owned(),
-            None => self.vars.push((name.to_owned(), value.to_owned())),
+        match self
+            .vars
+            .iter()
+            .position(|(n, _)| self.text[n.clone()] == *name)
+        {
+            Some(i) => self.vars[i].1 = value_at(&mut self.text),
+            None => {
+                let start = self.text.len();
+                self.text.push_str(name);
+                let name_at = start..self.text.len();
+                self.vars.push((name_at, value_at(&mut self.text)));
+            }
         }
         Ok(())
+    }
+
+    /// The variables, names and values, in the order the names first came.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.vars
+            .iter()
+            .map(|(n, v)| (&self.text[n.clone()], &self.text[v.clone()]))
     }
 
     /// Check that the block describes a FastAGI request.
@@ -50,9 +84,7 @@ impl AgiEnv {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.vars
-            .iter()
-            .find_map(|(n, v)| (n == name).then_some(v.as_str()))
+        self.iter().find_map(|(n, v)| (n == name).then_some(v))
     }
 
     /// The script name from `agi_network_script`, without a query string or slashes:
@@ -86,6 +118,20 @@ impl AgiEnv {
 
     pub fn is_empty(&self) -> bool {
         self.vars.is_empty()
+    }
+}
+
+impl PartialEq for AgiEnv {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for AgiEnv {}
+
+impl fmt::Debug for AgiEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
