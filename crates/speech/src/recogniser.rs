@@ -96,9 +96,6 @@ impl Recogniser {
             turns: Arc::new(Semaphore::new(replicas)),
             waiting: Mutex::new(VecDeque::new()),
         };
-        shared
-            .warm_up(replicas)
-            .map_err(|e| problem(e.to_string()))?;
         tracing::info!(
             model = %settings.model.display(),
             replicas,
@@ -213,25 +210,6 @@ impl Shared {
     /// The next batch of waiting recognitions, as the free function `next_batch` picks it.
     fn next_batch(&self) -> Vec<Job> {
         next_batch(&mut self.waiting())
-    }
-
-    /// Recognises a second of silence on each of the `replicas` at once: the first run on a
-    /// replica sets up the backend's kernels and buffers (it took about 1 s more than the
-    /// next ones), and no caller should pay for that.
-    fn warm_up(&self, replicas: usize) -> Result<(), SpeechError> {
-        let silence = [vec![0.0; 16_000]];
-        let task = Task {
-            language: "en".into(),
-            decoding: Decoding::Digits,
-            window: Window::Heard,
-        };
-        std::thread::scope(|scope| {
-            let runs: Vec<_> = (0..replicas)
-                .map(|_| scope.spawn(|| self.transcribe(&silence, &task)))
-                .collect();
-            runs.into_iter()
-                .try_for_each(|run| run.join().unwrap_or_else(|_| Err(lost())).map(drop))
-        })
     }
 
     /// Runs `batch` (one task) through Whisper and answers each job.
