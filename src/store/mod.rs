@@ -53,6 +53,9 @@ use sqlx::Connection as _;
 use engine::{Connect, Engine, Op};
 use sql::Conn;
 
+/// A pooled Postgres connection idle this long is pinged before it is used again.
+const PING_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("sql/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("sql/postgres");
 
@@ -112,6 +115,19 @@ impl Store {
         }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
+            // sqlx pings a connection as it goes back to the pool, and by default again as
+            // it is taken out: two round trips on top of every operation's own. The second
+            // is kept only for a connection that has lain idle, which a restarted server
+            // may have closed since; a busy daemon reuses them within milliseconds.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE_AFTER {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(PgConnectOptions::from_str(url)?)
             .await?;
         Ok(Self {

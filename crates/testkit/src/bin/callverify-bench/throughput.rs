@@ -97,8 +97,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         bare_run.print(&format!("bare tokio line server, {concurrency} at a time"));
         daemon_run.compare(&bare_run, &format!("daemon / bare at {concurrency}"));
         if let Some(url) = &args.postgres {
-            let mut pg = flow.clone();
-            pg.database.url = url.clone();
+            let pg = on_postgres(&flow, url);
             let pg_run = throughput(&Server::Daemon(&pg), args.sessions, concurrency).await?;
             pg_run.print(&format!(
                 "daemon (verify flow, Postgres), {concurrency} at a time"
@@ -125,10 +124,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         let concurrency = args.concurrency.first().copied().unwrap_or(100);
         enqueue_run(&config, args.api_requests, concurrency, "SQLite").await?;
         if let Some(url) = &args.postgres {
-            let mut pg = config.clone();
-            pg.database.url = url.clone();
-            pg.database.max_connections = 16;
-            enqueue_run(&pg, args.api_requests, concurrency, "Postgres").await?;
+            enqueue_run(
+                &on_postgres(&config, url),
+                args.api_requests,
+                concurrency,
+                "Postgres",
+            )
+            .await?;
         }
     }
     if args.waiting > 0 {
@@ -210,8 +212,15 @@ fn bench_config(dir: &Path, name: &str) -> Config {
     config.verification.max_per_number_per_hour = u32::MAX;
     config.verification.max_per_user_per_hour = u32::MAX;
     config.verification.max_per_api_key_per_hour = u32::MAX;
-    config.database.max_connections = 1;
     config
+}
+
+/// `config` on the Postgres database at `url` (with the product's pool size, as every
+/// setting not made here).
+fn on_postgres(config: &Config, url: &str) -> Config {
+    let mut pg = config.clone();
+    pg.database.url = url.to_owned();
+    pg
 }
 
 /// The daemon running in this process, on its own ports (the API enqueue run).
