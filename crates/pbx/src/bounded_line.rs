@@ -15,7 +15,7 @@ pub fn take_line(
     scanned: &mut usize,
     max: usize,
 ) -> Result<Option<String>, TooLong> {
-    let Some(pos) = buf[*scanned..].iter().position(|&b| b == b'\n') else {
+    let Some(pos) = memchr::memchr(b'\n', &buf[*scanned..]) else {
         *scanned = buf.len();
         return if buf.len() > max {
             Err(TooLong)
@@ -32,7 +32,44 @@ pub fn take_line(
     if line.last() == Some(&b'\r') {
         line = &line[..line.len() - 1];
     }
-    let text = String::from_utf8_lossy(line).into_owned();
+    let text = utf8_lossy(line);
     buf.advance(end + 1);
     Ok(Some(text))
+}
+
+/// `bytes` as text, any bytes that are not UTF-8 replaced (U+FFFD). Checked as UTF-8 first,
+/// which for the ASCII lines these protocols send costs far less than the lossy decoder.
+fn utf8_lossy(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_come_whole_and_bytes_that_are_not_utf8_are_replaced() {
+        let mut buf = BytesMut::from(&b"200 result=1\r\nJos\xe9 caf\xc3\xa9\npart"[..]);
+        let mut scanned = 0;
+        assert_eq!(
+            take_line(&mut buf, &mut scanned, 64),
+            Ok(Some("200 result=1".into()))
+        );
+        assert_eq!(
+            take_line(&mut buf, &mut scanned, 64),
+            Ok(Some("Jos\u{FFFD} café".into()))
+        );
+        assert_eq!(take_line(&mut buf, &mut scanned, 64), Ok(None));
+        assert_eq!(scanned, 4);
+        buf.extend_from_slice(b"ial\n");
+        assert_eq!(
+            take_line(&mut buf, &mut scanned, 64),
+            Ok(Some("partial".into()))
+        );
+        buf.extend_from_slice(&[b'x'; 65]);
+        assert_eq!(take_line(&mut buf, &mut scanned, 64), Err(TooLong));
+    }
 }

@@ -51,11 +51,7 @@ impl AgiEnv {
             start..text.len()
         };
         // A name sent twice: the later value counts.
-        match self
-            .vars
-            .iter()
-            .position(|(n, _)| self.text[n.clone()] == *name)
-        {
+        match self.position(name) {
             Some(i) => self.vars[i].1 = value_at(&mut self.text),
             None => {
                 let start = self.text.len();
@@ -84,7 +80,17 @@ impl AgiEnv {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.iter().find_map(|(n, v)| (n == name).then_some(v))
+        let (_, value) = &self.vars[self.position(name)?];
+        Some(&self.text[value.clone()])
+    }
+
+    /// Where variable `name` is in `vars`. Compared as bytes: every call parses a block of
+    /// some 22 lines, each looked up among those before it.
+    fn position(&self, name: &str) -> Option<usize> {
+        let text = self.text.as_bytes();
+        self.vars
+            .iter()
+            .position(|(n, _)| &text[n.clone()] == name.as_bytes())
     }
 
     /// The script name from `agi_network_script`, without a query string or slashes:

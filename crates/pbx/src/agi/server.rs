@@ -60,9 +60,11 @@ pub async fn serve<H: Handler>(
             greeting = admission.accept(&listener) => {
                 let (handler, admission) = (handler.clone(), admission.clone());
                 let timeouts = config.timeouts;
-                sessions.spawn(async move {
+                // Boxed: a call's future is kilobytes, which the task would otherwise copy
+                // several times on its way into the runtime.
+                sessions.spawn(Box::pin(async move {
                     run_session(greeting, &admission, timeouts, &*handler).await;
-                });
+                }));
             }
         }
     }
