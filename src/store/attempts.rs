@@ -5,7 +5,7 @@ use super::sql::{query, Conn, Row};
 
 use super::lockouts::LOCKED_OUT;
 use super::outbox::release_claims;
-use super::trunk::end_attempts_trunk_call;
+use super::trunk::{end_attempts_trunk_call, END_ATTEMPTS_TRUNK_CALL};
 use super::verifications::{parse_column, verification_from_row, VERIFICATION_COLUMNS};
 use super::{op, Store, StoreError};
 use crate::domain::status::CallOutcome;
@@ -43,9 +43,11 @@ impl Store {
     /// or user locked out; the refusal carries the verification as it stands, so that the
     /// caller can say why without reading it again.
     ///
-    /// No transaction of its own, as this runs on every call: if the second statement fails
-    /// or the daemon dies between the two, the verification is `calling` with no open
-    /// attempt, which is undone here or by recovery at the next start.
+    /// On Postgres the claim and the attempt's row are one statement, so one round trip
+    /// and one commit. On SQLite they are two statements and no transaction of their own
+    /// (the writer's group commits them): if the second fails, the claim is undone here,
+    /// and a verification left `calling` with no open attempt by a crash is put back by
+    /// recovery at the next start.
     pub async fn begin_attempt(
         &self,
         id: &str,
@@ -63,7 +65,7 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let claimed = query(format!(
+                    let claim = format!(
                         "UPDATE verifications SET status = 'calling', updated_at = $1, \
                          claimed_by = NULL, claimed_at = NULL \
                          WHERE id = $2 AND expires_at > $1 AND attempts_used < max_attempts \
@@ -74,16 +76,52 @@ impl Store {
                               OR (status = 'calling' AND channel_id = $3 \
                                   AND claimed_at IS NOT NULL)) \
                          AND NOT EXISTS ({LOCKED_OUT})"
-                    ))
-                    .bind(now)
-                    .bind(&id)
-                    .bind(&uniqueid)
-                    .fetch_updated(
-                        &mut *c,
-                        VERIFICATION_COLUMNS,
-                        &format!("SELECT {VERIFICATION_COLUMNS} FROM verifications WHERE id = $2"),
-                    )
-                    .await?;
+                    );
+                    let claimed = if c.is_postgres() {
+                        // The claim and the attempt's row in one statement.
+                        let started = query(format!(
+                            "WITH claimed AS ({claim} RETURNING {VERIFICATION_COLUMNS}), \
+                             attempt AS (INSERT INTO call_attempts \
+                                 (verification_id, channel, uniqueid, daemon, started_at) \
+                                 SELECT id, $4, $3, $5, $1 FROM claimed RETURNING id) \
+                             SELECT claimed.*, attempt.id AS attempt_id \
+                             FROM claimed CROSS JOIN attempt"
+                        ))
+                        .bind(now)
+                        .bind(&id)
+                        .bind(&uniqueid)
+                        .bind(&channel)
+                        .bind(&daemon)
+                        .fetch_optional(&mut *c)
+                        .await?;
+                        if let Some(row) = started {
+                            return Ok(Begun::Started {
+                                attempt_id: row.try_get("attempt_id")?,
+                                verification: verification_from_row(&row)?,
+                            });
+                        }
+                        None
+                    } else {
+                        // The claimed row is read again: SQLite builds a temporary table
+                        // for a RETURNING clause, which costs more than the read.
+                        let done = query(claim)
+                            .bind(now)
+                            .bind(&id)
+                            .bind(&uniqueid)
+                            .execute(&mut *c)
+                            .await?;
+                        match done.rows_affected() {
+                            1 => {
+                                query(format!(
+                                    "SELECT {VERIFICATION_COLUMNS} FROM verifications WHERE id = $1"
+                                ))
+                                .bind(&id)
+                                .fetch_optional(&mut *c)
+                                .await?
+                            }
+                            _ => None,
+                        }
+                    };
                     let Some(row) = claimed else {
                         let row = query(format!(
                             "SELECT {VERIFICATION_COLUMNS}, \
@@ -154,20 +192,36 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    // The attempt first: a crash between the two leaves a `calling`
+                    // The attempt first: a crash before the release leaves a `calling`
                     // verification with no open attempt, which recovery puts back.
-                    let closed = query(
-                        "UPDATE call_attempts SET ended_at = $1, outcome = $2 \
-                         WHERE id = $3 AND ended_at IS NULL",
-                    )
-                    .bind(now)
-                    .bind(outcome.as_str())
-                    .bind(attempt)
-                    .execute(&mut *c)
-                    .await?
-                    .rows_affected()
-                        == 1;
-                    end_attempts_trunk_call(c, attempt).await?;
+                    let close = "UPDATE call_attempts SET ended_at = $2, outcome = $3 \
+                                 WHERE id = $1 AND ended_at IS NULL";
+                    let closed = if c.is_postgres() {
+                        // With the trunk call's end, in one statement.
+                        query(format!(
+                            "WITH closed AS ({close} RETURNING id), \
+                             trunk AS ({END_ATTEMPTS_TRUNK_CALL}) \
+                             SELECT COUNT(*) AS closed FROM closed"
+                        ))
+                        .bind(attempt)
+                        .bind(now)
+                        .bind(outcome.as_str())
+                        .fetch_one(&mut *c)
+                        .await?
+                        .try_get::<i64>("closed")?
+                            == 1
+                    } else {
+                        let closed = query(close)
+                            .bind(attempt)
+                            .bind(now)
+                            .bind(outcome.as_str())
+                            .execute(&mut *c)
+                            .await?
+                            .rows_affected()
+                            == 1;
+                        end_attempts_trunk_call(c, attempt).await?;
+                        closed
+                    };
                     // Closed already (verified, or taken over after this daemon was declared
                     // dead): the verification is not this call's to release any more.
                     if closed && !outcome.ends_verification() {

@@ -226,26 +226,6 @@ impl<'q> Query<'q> {
         c.insert_id(&self.sql, &self.args).await
     }
 
-    /// Run an UPDATE of at most one row, and return that row's `returning` columns as it
-    /// now stands (none: nothing was updated). Postgres says them with `RETURNING`; SQLite
-    /// reads the row again with `reread` (a SELECT of the same row, of the same arguments),
-    /// which costs less than the temporary table SQLite builds for a RETURNING clause.
-    pub async fn fetch_updated(
-        self,
-        c: &mut Conn,
-        returning: &str,
-        reread: &str,
-    ) -> Result<Option<Row>, StoreError> {
-        if let Db::Postgres(_) = c.db {
-            let sql = format!("{} RETURNING {returning}", self.sql);
-            return Ok(c.run(&sql, &self.args, true).await?.0.into_iter().next());
-        }
-        if c.run(&self.sql, &self.args, false).await?.1 != 1 {
-            return Ok(None);
-        }
-        Ok(c.run(reread, &self.args, true).await?.0.into_iter().next())
-    }
-
     pub async fn fetch_one(self, c: &mut Conn) -> Result<Row, StoreError> {
         self.fetch_optional(c).await?.ok_or(StoreError::NoRow)
     }
@@ -287,6 +267,12 @@ impl Conn {
             Db::Postgres(pg) => Some(&mut **pg),
             Db::Sqlite(_) => None,
         }
+    }
+
+    /// Whether this is a Postgres connection: for the few operations that say in one
+    /// Postgres statement (a data-modifying `WITH`) what SQLite needs several for.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.db, Db::Postgres(_))
     }
 
     /// After an operation: a transaction it dropped is rolled back before the connection

@@ -60,14 +60,15 @@ pub(super) async fn end_trunk_call(c: &mut Conn, channel_id: &str) -> Result<(),
     Ok(())
 }
 
+/// The statement of [`end_attempts_trunk_call`], the attempt's id as `$1`.
+pub(super) const END_ATTEMPTS_TRUNK_CALL: &str = "DELETE FROM trunk_calls \
+     WHERE channel_id = (SELECT uniqueid FROM call_attempts WHERE id = $1)";
+
 /// The trunk call of call attempt `attempt` (its ChannelId is the attempt's uniqueid) is over.
 pub(super) async fn end_attempts_trunk_call(c: &mut Conn, attempt: i64) -> Result<(), StoreError> {
-    query(
-        "DELETE FROM trunk_calls \
-         WHERE channel_id = (SELECT uniqueid FROM call_attempts WHERE id = $1)",
-    )
-    .bind(attempt)
-    .execute(c)
-    .await?;
+    query(END_ATTEMPTS_TRUNK_CALL)
+        .bind(attempt)
+        .execute(c)
+        .await?;
     Ok(())
 }
