@@ -362,10 +362,13 @@ fn not_digits(vocabulary: &str) -> Option<Vec<i32>> {
     Some(suppressed)
 }
 
-/// Recognitions at most in one batch. On this project's 2 cores, one thread a turn, with the
-/// ruy build of CTranslate2 used before, a 6-digit code took 0.71 s alone, two together
-/// 1.10 s, three 1.45 s, four 1.80 s: three keeps a batch within the p95 that callers are
-/// promised.
+/// Recognitions at most in one batch. On this project's 2 cores, with CTranslate2's own
+/// library, one turn of one thread (`callverify-bench --speech`, p50 of each recognition):
+/// 0.30 s alone, 0.30 s two together (decoding one token for two costs hardly more than
+/// for one), 0.44-0.47 s three together; with the default two turns, 4 in flight 0.58 s and
+/// 6 in flight 0.85 s (p95 1.23 s). Three keeps a batch well within the p95 that callers
+/// are promised. (With the ruy build used before: 0.71, 1.10, 1.45 and, four together,
+/// 1.80 s.)
 const BATCH: usize = 3;
 /// Silence after the heard audio, in 10 ms frames. Whisper was trained on 30 s windows,
 /// speech then silence; with less than about 2 s of silence after a code it more often
