@@ -77,9 +77,9 @@ impl Store {
                                   AND claimed_at IS NOT NULL)) \
                          AND NOT EXISTS ({LOCKED_OUT})"
                     );
-                    let claimed = if c.is_postgres() {
+                    let started = if c.is_postgres() {
                         // The claim and the attempt's row in one statement.
-                        let started = query(format!(
+                        query(format!(
                             "WITH claimed AS ({claim} RETURNING {VERIFICATION_COLUMNS}), \
                              attempt AS (INSERT INTO call_attempts \
                                  (verification_id, channel, uniqueid, daemon, started_at) \
@@ -93,82 +93,47 @@ impl Store {
                         .bind(&channel)
                         .bind(&daemon)
                         .fetch_optional(&mut *c)
-                        .await?;
-                        if let Some(row) = started {
-                            return Ok(Begun::Started {
-                                attempt_id: row.try_get("attempt_id")?,
-                                verification: verification_from_row(&row)?,
-                            });
-                        }
-                        None
+                        .await?
+                        .map(|row| Ok::<_, StoreError>((row.try_get("attempt_id")?, row)))
+                        .transpose()?
                     } else {
-                        // The claimed row is read again: SQLite builds a temporary table
-                        // for a RETURNING clause, which costs more than the read.
-                        let done = query(claim)
+                        let claimed = query(claim)
                             .bind(now)
                             .bind(&id)
                             .bind(&uniqueid)
                             .execute(&mut *c)
-                            .await?;
-                        match done.rows_affected() {
-                            1 => {
-                                query(format!(
-                                    "SELECT {VERIFICATION_COLUMNS} FROM verifications WHERE id = $1"
-                                ))
-                                .bind(&id)
-                                .fetch_optional(&mut *c)
-                                .await?
-                            }
-                            _ => None,
+                            .await?
+                            .rows_affected()
+                            == 1;
+                        if claimed {
+                            let opened = open_attempt(c, &id, &channel, &uniqueid, &daemon, now);
+                            Some(opened.await?)
+                        } else {
+                            None
                         }
                     };
-                    let Some(row) = claimed else {
-                        let row = query(format!(
-                            "SELECT {VERIFICATION_COLUMNS}, \
-                             CASE WHEN EXISTS ({LOCKED_OUT}) THEN 1 ELSE 0 END AS locked_out \
-                             FROM verifications WHERE id = $2"
-                        ))
-                        .bind(now)
-                        .bind(&id)
-                        .fetch_optional(&mut *c)
-                        .await?;
-                        return Ok(Begun::Refused {
-                            locked_out: match &row {
-                                Some(r) => r.try_get::<i64>("locked_out")? != 0,
-                                None => false,
-                            },
-                            verification: row.map(|r| verification_from_row(&r)).transpose()?,
-                        });
-                    };
-                    let verification = verification_from_row(&row)?;
-                    let inserted = query(
-                        "INSERT INTO call_attempts \
-                         (verification_id, channel, uniqueid, daemon, started_at) \
-                         VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind(&id)
-                    .bind(&channel)
-                    .bind(&uniqueid)
-                    .bind(&daemon)
-                    .bind(now)
-                    .insert_id(&mut *c)
-                    .await;
-                    match inserted {
-                        Ok(attempt_id) => Ok(Begun::Started {
+                    if let Some((attempt_id, row)) = started {
+                        return Ok(Begun::Started {
                             attempt_id,
-                            verification,
-                        }),
-                        Err(e) => {
-                            let _ = query(
-                                "UPDATE verifications SET status = 'pending' \
-                                 WHERE id = $1 AND status = 'calling'",
-                            )
-                            .bind(&id)
-                            .execute(&mut *c)
-                            .await;
-                            Err(e)
-                        }
+                            verification: verification_from_row(&row)?,
+                        });
                     }
+                    let row = query(format!(
+                        "SELECT {VERIFICATION_COLUMNS}, \
+                         CASE WHEN EXISTS ({LOCKED_OUT}) THEN 1 ELSE 0 END AS locked_out \
+                         FROM verifications WHERE id = $2"
+                    ))
+                    .bind(now)
+                    .bind(&id)
+                    .fetch_optional(&mut *c)
+                    .await?;
+                    Ok(Begun::Refused {
+                        locked_out: match &row {
+                            Some(r) => r.try_get::<i64>("locked_out")? != 0,
+                            None => false,
+                        },
+                        verification: row.map(|r| verification_from_row(&r)).transpose()?,
+                    })
                 })
             }))
             .await
@@ -300,6 +265,48 @@ impl Store {
                 })
             }))
             .await
+    }
+}
+
+/// SQLite, after the claim of verification `id`: the claimed row (read again: SQLite builds a
+/// temporary table for a RETURNING clause, which costs more than the read) and the new
+/// attempt's id. Should the attempt's row fail, the claim is undone.
+async fn open_attempt(
+    c: &mut Conn,
+    id: &str,
+    channel: &str,
+    uniqueid: &str,
+    daemon: &str,
+    now: i64,
+) -> Result<(i64, Row), StoreError> {
+    let row = query(format!(
+        "SELECT {VERIFICATION_COLUMNS} FROM verifications WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_one(&mut *c)
+    .await?;
+    let inserted = query(
+        "INSERT INTO call_attempts (verification_id, channel, uniqueid, daemon, started_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(channel)
+    .bind(uniqueid)
+    .bind(daemon)
+    .bind(now)
+    .insert_id(&mut *c)
+    .await;
+    match inserted {
+        Ok(attempt_id) => Ok((attempt_id, row)),
+        Err(e) => {
+            let _ = query(
+                "UPDATE verifications SET status = 'pending' WHERE id = $1 AND status = 'calling'",
+            )
+            .bind(id)
+            .execute(&mut *c)
+            .await;
+            Err(e)
+        }
     }
 }
 
