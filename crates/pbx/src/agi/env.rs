@@ -19,6 +19,8 @@ pub struct AgiEnv {
 
 /// What a block of some 22 lines takes: the buffer grows once, if ever.
 const TEXT_CAPACITY: usize = 1024;
+/// The variables of such a block, with room for arguments: the list grows once, if ever.
+const VARS_CAPACITY: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvError {
@@ -44,6 +46,7 @@ impl AgiEnv {
         let value = value.strip_prefix(' ').unwrap_or(value);
         if self.text.capacity() == 0 {
             self.text.reserve(TEXT_CAPACITY);
+            self.vars.reserve(VARS_CAPACITY);
         }
         let value_at = |text: &mut String| {
             let start = text.len();
