@@ -10,6 +10,13 @@ use callverify::config::{Config, LogFormat, Source, FILE_VARIABLE, SYSTEM_FILE};
 use callverify::daemon;
 use callverify::domain::{Mode, NewVerification, VerifyError, View};
 
+/// mimalloc rather than glibc's malloc: a call's small, short-lived allocations (protocol
+/// lines, store rows, futures) cost about 8 % fewer instructions a call (README,
+/// Performance). Declared here, not in the library, so that the fuzz targets keep the
+/// sanitizer's allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "callverify",

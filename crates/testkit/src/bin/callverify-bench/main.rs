@@ -16,6 +16,11 @@ use clap::{Parser, Subcommand};
 use callverify::config::{Config, Source};
 use callverify::daemon;
 
+/// The allocator the release binary uses (src/main.rs), so that the daemon measured here is
+/// the one that ships; the bare server gets it too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "callverify-bench",
