@@ -174,22 +174,12 @@ impl Store {
 
 /// A SQLite connection as the writer uses it: WAL, a busy timeout for other processes (a CLI,
 /// a second daemon), foreign keys, and secure_delete; statements prepared once.
-///
-/// The WAL is copied back into the database (a checkpoint, with its fsyncs) every 10,000
-/// pages rather than SQLite's default 1,000: a call writes about four pages, some of them
-/// the same few (the tails of the attempts and checks tables and their indexes), which one
-/// checkpoint copies once however often they were written. At 100 calls at a time that
-/// took the writer's file writes from 9.4 to 8.4 a call, its reads from 1.7 to 0.9 and its
-/// fsyncs to a tenth (see the README's performance section). The WAL file then grows to
-/// about 40 MB; `journal_size_limit` cuts it back to 64 MB after a checkpoint should a
-/// long reader have let it grow past that.
 fn open_sqlite(path: &std::path::Path) -> Result<Conn, StoreError> {
     let db = rusqlite::Connection::open(path)?;
     db.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
          PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-         PRAGMA secure_delete = ON; \
-         PRAGMA wal_autocheckpoint = 10000; PRAGMA journal_size_limit = 67108864;",
+         PRAGMA secure_delete = ON;",
     )?;
     db.set_prepared_statement_cache_capacity(256);
     Ok(Conn::sqlite(db))
