@@ -412,8 +412,12 @@ impl Store {
             .await
     }
 
+    /// Delete the recordings and transcripts of requests made before `before`, and the
+    /// expired staff sessions; on SQLite, the write-ahead log is then emptied, so that no
+    /// old image of a purged recording stays on disk.
     pub async fn purge_support(&self, before: i64, now: i64) -> Result<u64, StoreError> {
-        self.engine
+        let purged = self
+            .engine
             .run(op(move |c| {
                 Box::pin(async move {
                     let purged = query(
@@ -431,7 +435,11 @@ impl Store {
                     Ok(purged.rows_affected())
                 })
             }))
-            .await
+            .await?;
+        if purged > 0 {
+            self.empty_wal().await?;
+        }
+        Ok(purged)
     }
 }
 
