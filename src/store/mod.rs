@@ -187,7 +187,8 @@ impl Store {
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))??;
         if busy != 0 {
-            // Another process (a CLI, a second daemon) was reading: the next purge empties it.
+            // Another process (a CLI, a second daemon) was reading: the next purge that
+            // deletes something empties it, and SQLite's own checkpoints reuse it meanwhile.
             tracing::warn!("the SQLite WAL could not be emptied: a reader was busy");
         }
         Ok(())
