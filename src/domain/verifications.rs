@@ -226,7 +226,7 @@ impl Verifications {
         is_test: bool,
     ) -> Verification {
         let now = now_ms();
-        let id = new_verification_id();
+        let id = new_verification_id(now);
         Verification {
             code_hash: self.hasher.hash(&id, code),
             id,
