@@ -101,8 +101,14 @@ mod tests {
             new_verification_id(1_764_900_000_000),
             new_verification_id(1_764_900_000_000),
         );
-        assert_eq!(a[..3 + TIME_CHARS], b[..3 + TIME_CHARS]);
-        assert_ne!(a[3 + TIME_CHARS..], b[3 + TIME_CHARS..]);
+        assert_eq!(
+            a[..ID_PREFIX.len() + TIME_CHARS],
+            b[..ID_PREFIX.len() + TIME_CHARS]
+        );
+        assert_ne!(
+            a[ID_PREFIX.len() + TIME_CHARS..],
+            b[ID_PREFIX.len() + TIME_CHARS..]
+        );
         assert!(
             valid_id(&new_verification_id(-5)),
             "a clock before 1970 still makes an id"

@@ -1,6 +1,8 @@
 //! The `call_attempts` table: opening and closing call attempts, releasing a verification
 //! after a call, crash recovery.
 
+use std::sync::LazyLock;
+
 use super::sql::{query, Conn, Row};
 
 use super::lockouts::LOCKED_OUT;
@@ -65,28 +67,19 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let claim = claim_statement();
                     let started = if c.is_postgres() {
-                        // The claim and the attempt's row in one statement.
-                        query(format!(
-                            "WITH claimed AS ({claim} RETURNING {VERIFICATION_COLUMNS}), \
-                             attempt AS (INSERT INTO call_attempts \
-                                 (verification_id, channel, uniqueid, daemon, started_at) \
-                                 SELECT id, $4, $3, $5, $1 FROM claimed RETURNING id) \
-                             SELECT claimed.*, attempt.id AS attempt_id \
-                             FROM claimed CROSS JOIN attempt"
-                        ))
-                        .bind(now)
-                        .bind(&id)
-                        .bind(&uniqueid)
-                        .bind(&channel)
-                        .bind(&daemon)
-                        .fetch_optional(&mut *c)
-                        .await?
-                        .map(|row| Ok::<_, StoreError>((row.try_get("attempt_id")?, row)))
-                        .transpose()?
+                        query(CLAIM_WITH_ATTEMPT.as_str())
+                            .bind(now)
+                            .bind(&id)
+                            .bind(&uniqueid)
+                            .bind(&channel)
+                            .bind(&daemon)
+                            .fetch_optional(&mut *c)
+                            .await?
+                            .map(|row| Ok::<_, StoreError>((row.try_get("attempt_id")?, row)))
+                            .transpose()?
                     } else {
-                        let claimed = query(claim)
+                        let claimed = query(CLAIM.as_str())
                             .bind(now)
                             .bind(&id)
                             .bind(&uniqueid)
@@ -262,7 +255,7 @@ impl Store {
 /// correlated, Postgres may plan them as a hash of every attempt on this channel, built by
 /// reading the whole table on every claim, and it does while its statistics call the table
 /// small (a new database); a connection keeps that plan as the table grows.
-fn claim_statement() -> String {
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE verifications SET status = 'calling', updated_at = $1, \
          claimed_by = NULL, claimed_at = NULL \
@@ -273,7 +266,21 @@ fn claim_statement() -> String {
               OR (status = 'calling' AND channel_id = $3 AND claimed_at IS NOT NULL)) \
          AND NOT EXISTS ({LOCKED_OUT})"
     )
-}
+});
+
+/// Postgres: the claim and the attempt's row in one statement (`$4` the channel, `$5` the
+/// daemon).
+static CLAIM_WITH_ATTEMPT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH claimed AS ({} RETURNING {VERIFICATION_COLUMNS}), \
+         attempt AS (INSERT INTO call_attempts \
+             (verification_id, channel, uniqueid, daemon, started_at) \
+             SELECT id, $4, $3, $5, $1 FROM claimed RETURNING id) \
+         SELECT claimed.*, attempt.id AS attempt_id \
+         FROM claimed CROSS JOIN attempt",
+        *CLAIM
+    )
+});
 
 /// SQLite, after the claim of verification `id`: the claimed row (read again: SQLite builds a
 /// temporary table for a RETURNING clause, which costs more than the read) and the new
@@ -422,7 +429,7 @@ mod tests {
         .unwrap();
         let prepare = format!(
             "PREPARE claim(bigint, text, text) AS {}",
-            super::claim_statement()
+            super::CLAIM.as_str()
         );
         sqlx::raw_sql(&prepare).execute(&mut db).await.unwrap();
         let plan: Vec<String> = sqlx::raw_sql("EXPLAIN EXECUTE claim(1, 'vf_7', 'chan-7')")
