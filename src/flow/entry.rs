@@ -122,9 +122,14 @@ async fn hear(
         speech::listen_for_code(&speech.recogniser, &speech.endpoint, code_length, sounds).await
     };
     if keys.starts_with(|k: char| k.is_ascii_digit()) {
+        // Only a key moves the deadline on: the caller's audio keeps coming while they wait.
+        let mut deadline = tokio::time::Instant::now() + per_digit_timeout;
         while !keys.ends_with('#') && keys.len() < code_length {
-            match tokio::time::timeout(per_digit_timeout, stream.next()).await {
-                Ok(Some(Heard::Key(key))) => keys.push(key),
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(Heard::Key(key))) => {
+                    keys.push(key);
+                    deadline = tokio::time::Instant::now() + per_digit_timeout;
+                }
                 Ok(Some(Heard::Audio(_))) => {}
                 Ok(None) | Err(_) => break,
             }

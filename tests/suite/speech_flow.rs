@@ -326,7 +326,39 @@ async fn support_messages_get_a_transcript(db: Db) {
     d.stop().await;
 }
 
+/// A caller who keys one digit while the daemon listens and then waits, on a channel that
+/// keeps sending (silent) audio: the key's timeout still ends the entry, and the short code
+/// is checked (a wrong code), instead of the frames keeping the call waiting for keys.
+async fn a_key_then_silence_ends_on_the_key_timeout(db: Db) {
+    let d = crate::common::start_with(db, |c| {
+        with_speech(c);
+        c.verification.digit_timeout_ms = 1000;
+    })
+    .await;
+    let (id, _) = code_of(&d, "hesitant", "618204").await;
+    let talk = Talk::new()
+        .paced(Duration::from_millis(20))
+        .pause(400)
+        .key('5')
+        .then(AfterTalk::Silence);
+    let call = Call::verify(&id).press("#").talk(talk).run(d.addr);
+    // The silent tail lasts a minute: a daemon that waits for it is far past this.
+    let t = tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .expect("the key's timeout ended the entry")
+        .unwrap();
+    assert!(
+        t.count_prompt("callverify/code-incorrect") >= 1,
+        "{:?}",
+        t.commands
+    );
+    let stored = d.store.verification(&id).await.unwrap().unwrap();
+    assert!(stored.attempts_used >= 1, "the keyed digit was checked");
+    d.stop().await;
+}
+
 on_both_backends!(
+    a_key_then_silence_ends_on_the_key_timeout,
     support_messages_get_a_transcript,
     spoken_and_keyed_codes_verify,
     said_then_pound_over_noise_and_in_other_languages,
