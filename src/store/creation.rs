@@ -1,18 +1,16 @@
 //! Creating a verification as one store operation: the idempotency key, the lockouts and the
 //! rate limits are checked and the row inserted together, so that parallel requests for one
-//! number, user or API key cannot pass a limit together. On Postgres (several daemons)
-//! transaction advisory locks on each counted subject serialise those checks; on SQLite the
-//! single writer already runs operations one at a time.
-
-use std::collections::BTreeSet;
+//! number, user or API key cannot pass a limit together: each counted subject is locked first
+//! ([`subject_locks`]).
 
 use super::sql::{query, Conn};
+use super::subject_locks;
 
 use crate::domain::verification::Verification;
 
 use super::lockouts::standing;
 use super::verifications::insert_verification;
-use super::{op, Backend, Store, StoreError};
+use super::{op, Store, StoreError};
 
 /// An earlier use of an idempotency key: the request's hash and what it created.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +46,7 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    /// The name of the advisory lock that serialises its counts (Postgres).
+    /// The subject whose lock serialises its counts ([`subject_locks`]).
     fn lock_subject(&self) -> String {
         format!("{}:{}", self.subject.column(), self.value)
     }
@@ -93,7 +91,6 @@ impl Store {
         strikes_since: i64,
     ) -> Result<Created, StoreError> {
         let v = v.clone();
-        let backend = self.backend;
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
@@ -102,7 +99,6 @@ impl Store {
                     }
                     let created = checked_insert(
                         c,
-                        backend,
                         &v,
                         idempotency.as_ref(),
                         &limits,
@@ -156,7 +152,6 @@ async fn find_idempotent(
 
 async fn checked_insert(
     c: &mut Conn,
-    backend: Backend,
     v: &Verification,
     idempotency: Option<&IdempotencyKey>,
     limits: &[RateLimit],
@@ -170,13 +165,14 @@ async fn checked_insert(
     let (shared, own): (Vec<&RateLimit>, Vec<&RateLimit>) = limits
         .iter()
         .partition(|l| l.subject == RateSubject::ApiKey);
-    if backend == Backend::Postgres {
-        // The number and the user (lockouts) and whatever their limits count.
-        let subjects = [format!("phone:{}", v.phone), format!("user:{}", v.user_ref)]
-            .into_iter()
-            .chain(own.iter().map(|l| l.lock_subject()));
-        lock_subjects(&mut tx, subjects).await?;
-    }
+    // The number and the user (lockouts) and whatever their limits count.
+    let subjects = [
+        subject_locks::number(&v.phone),
+        subject_locks::user(&v.user_ref),
+    ]
+    .into_iter()
+    .chain(own.iter().map(|l| l.lock_subject()));
+    subject_locks::lock(&mut tx, subjects).await?;
     let standing = standing(&mut tx, &v.phone, &v.user_ref, v.created_at, strikes_since).await?;
     if let Some(until) = standing.locked_until {
         return Ok(Created::LockedOut(until));
@@ -186,8 +182,8 @@ async fn checked_insert(
             return Ok(limited);
         }
     }
-    if backend == Backend::Postgres && !shared.is_empty() {
-        lock_subjects(&mut tx, shared.iter().map(|l| l.lock_subject())).await?;
+    if !shared.is_empty() {
+        subject_locks::lock(&mut tx, shared.iter().map(|l| l.lock_subject())).await?;
     }
     for limit in shared {
         if let Some(limited) = over_limit(&mut tx, limit, window_start).await? {
@@ -213,29 +209,6 @@ async fn checked_insert(
     Ok(Created::Inserted {
         strikes: standing.strikes,
     })
-}
-
-/// Take the transaction advisory locks of `subjects` (on Postgres), in one statement and in
-/// a fixed order (a BTreeSet's), so that two creations never wait for each other's second
-/// lock. Every creation takes its number's and user's before its API key's.
-async fn lock_subjects(
-    c: &mut Conn,
-    subjects: impl Iterator<Item = String>,
-) -> Result<(), StoreError> {
-    let subjects: BTreeSet<String> = subjects.collect();
-    // VALUES rows are taken in the order written.
-    let rows = (1..=subjects.len())
-        .map(|n| format!("(${n})"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut locks = query(format!(
-        "SELECT pg_advisory_xact_lock(hashtextextended(s, 0)) FROM (VALUES {rows}) AS t (s)"
-    ));
-    for subject in subjects {
-        locks = locks.bind(subject);
-    }
-    locks.execute(c).await?;
-    Ok(())
 }
 
 /// `Limited` if `limit` is reached: counted up to the limit only, so that a busy subject

@@ -1,13 +1,18 @@
 //! Code checks, in a call or from the web app (read-code mode), and what they lead to: the `strikes` per number and per user (the
 //! three tries are theirs, across all their verifications) and the `lockouts` table.
 //!
-//! A check takes the number's and the user's strike rows first, always number before user,
-//! in its transaction: checks of one number or user (even on several daemons on one
+//! A check takes the number's and the user's locks first ([`subject_locks`]), as a creation
+//! and a staff approval do: checks of one number or user (even on several daemons on one
 //! Postgres) are then one after the other, so the right code in one call cannot pass while
-//! a sibling's last wrong code locks the number out, and no more than the allowed wrong codes
-//! are ever counted.
+//! a sibling's last wrong code locks the number out, no more than the allowed wrong codes
+//! are ever counted, and no verification is created while its number's last wrong code is
+//! being counted. The change a check makes to its verification is conditional on what the
+//! check was allowed on (a cancel or an expiry does not take those locks).
+
+use std::sync::LazyLock;
 
 use super::sql::{query, Conn};
+use super::subject_locks;
 
 use super::verifications::parse_column;
 use super::{op, Store, StoreError};
@@ -83,54 +88,17 @@ impl Store {
             .run(op(move |c| {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
+                    subject_locks::lock_number_and_user(&mut tx, &phone, &user_ref).await?;
                     forget_strikes(&mut tx, &phone, &user_ref).await?;
-                    let refused = match &by {
-                        // Every verified call comes here: one statement checks and verifies,
-                        // and the refusal is read only when it did not.
-                        Checker::Call { attempt, .. } => {
-                            let done = query(format!(
-                                "UPDATE verifications SET status = 'verified', \
-                                 updated_at = $1, verified_at = $1 \
-                                 WHERE id = $2 AND status = 'calling' \
-                                 AND EXISTS (SELECT 1 FROM call_attempts a \
-                                     WHERE a.id = $3 AND a.ended_at IS NULL) \
-                                 AND NOT EXISTS ({LOCKED_OUT})"
-                            ))
-                            .bind(now)
-                            .bind(&id)
-                            .bind(*attempt)
-                            .execute(&mut tx)
-                            .await?;
-                            match done.rows_affected() {
-                                1 => None,
-                                // The same rules, read in the same transaction, say why.
-                                // Should they find none, nothing is done, as for a call
-                                // closed under it.
-                                _ => Some(
-                                    refusal(&mut tx, &by, &id, &phone, &user_ref, now)
-                                        .await?
-                                        .unwrap_or(Checked::Fenced),
-                                ),
-                            }
-                        }
-                        Checker::WebApp { .. } => {
-                            let refused =
-                                refusal(&mut tx, &by, &id, &phone, &user_ref, now).await?;
-                            if refused.is_none() {
-                                query(
-                                    "UPDATE verifications SET status = 'verified', \
-                                     updated_at = $1, verified_at = $1 WHERE id = $2",
-                                )
-                                .bind(now)
-                                .bind(&id)
-                                .execute(&mut tx)
-                                .await?;
-                            }
-                            refused
-                        }
+                    // One statement checks and verifies; the refusal is read only when it
+                    // did not.
+                    let verify = query(changes(&by).verify.as_str()).bind(now).bind(&id);
+                    let verify = match &by {
+                        Checker::Call { attempt, .. } => verify.bind(*attempt),
+                        Checker::WebApp { .. } => verify,
                     };
-                    if let Some(refusal) = refused {
-                        return Ok(refusal);
+                    if verify.execute(&mut tx).await?.rows_affected() != 1 {
+                        return changed_under(&mut tx, &by, &id, &phone, &user_ref, now).await;
                     }
                     record_check(&mut tx, &id, &by, true, now).await?;
                     if let Checker::Call { attempt, .. } = by {
@@ -167,6 +135,7 @@ impl Store {
             .run(op(move |c| {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
+                    subject_locks::lock_number_and_user(&mut tx, &phone, &user_ref).await?;
                     let mut strikes = 0;
                     for (kind, subject) in [("phone", &phone), ("user", &user_ref)] {
                         let row = query(
@@ -191,21 +160,15 @@ impl Store {
                     if let Some(refusal) = refused {
                         return Ok(refusal);
                     }
-                    record_check(&mut tx, &id, &by, false, now).await?;
-                    let entered_hash = match &by {
-                        Checker::WebApp { entered_hash } => Some(entered_hash.as_str()),
-                        Checker::Call { .. } => None,
+                    let wrong = query(changes(&by).wrong.as_str()).bind(now).bind(&id);
+                    let wrong = match &by {
+                        Checker::Call { attempt, .. } => wrong.bind(*attempt),
+                        Checker::WebApp { entered_hash } => wrong.bind(entered_hash),
                     };
-                    let row = query(
-                        "UPDATE verifications SET attempts_used = attempts_used + 1, \
-                         updated_at = $1, last_wrong_check = COALESCE($3, last_wrong_check) \
-                         WHERE id = $2 RETURNING attempts_used",
-                    )
-                    .bind(now)
-                    .bind(&id)
-                    .bind(entered_hash)
-                    .fetch_one(&mut tx)
-                    .await?;
+                    let Some(row) = wrong.fetch_optional(&mut tx).await? else {
+                        return changed_under(&mut tx, &by, &id, &phone, &user_ref, now).await;
+                    };
+                    record_check(&mut tx, &id, &by, false, now).await?;
                     let strikes = strikes.max(row.try_get("attempts_used")?);
                     if strikes < rule.max {
                         tx.commit().await?;
@@ -328,6 +291,70 @@ pub(super) async fn standing(
     })
 }
 
+/// The changes a check makes to its verification, each conditional on what its checker may
+/// check (see [`Checker`]): a cancel, an expiry or a takeover does not take the check's
+/// locks, and may commit between the refusal's read and the change. `$1` now, `$2` the
+/// verification, `$3` the call's attempt, or (a wrong code) the web app's entered hash.
+struct Changes {
+    /// Verified, unless the number or the user is locked out.
+    verify: String,
+    /// One attempt used; returns `attempts_used`.
+    wrong: String,
+}
+
+impl Changes {
+    fn new(checkable: &str, wrong_also: &str) -> Self {
+        Self {
+            verify: format!(
+                "UPDATE verifications SET status = 'verified', updated_at = $1, verified_at = $1 \
+                 WHERE id = $2 AND {checkable} AND NOT EXISTS ({LOCKED_OUT})"
+            ),
+            wrong: format!(
+                "UPDATE verifications SET attempts_used = attempts_used + 1, updated_at = $1\
+                 {wrong_also} WHERE id = $2 AND {checkable} RETURNING attempts_used"
+            ),
+        }
+    }
+}
+
+static IN_CALL: LazyLock<Changes> = LazyLock::new(|| {
+    Changes::new(
+        "status = 'calling' AND EXISTS (SELECT 1 FROM call_attempts a \
+         WHERE a.id = $3 AND a.ended_at IS NULL)",
+        "",
+    )
+});
+
+static FROM_WEB_APP: LazyLock<Changes> = LazyLock::new(|| {
+    Changes::new(
+        "status IN ('pending', 'calling') AND code_delivered_at IS NOT NULL",
+        ", last_wrong_check = $3",
+    )
+});
+
+fn changes(by: &Checker) -> &'static Changes {
+    match by {
+        Checker::Call { .. } => &IN_CALL,
+        Checker::WebApp { .. } => &FROM_WEB_APP,
+    }
+}
+
+/// A check whose change did nothing: why, read in its transaction (which is dropped, and with
+/// it whatever the check did before). Should no rule say, the verification was closed under
+/// the check.
+async fn changed_under(
+    c: &mut Conn,
+    by: &Checker,
+    id: &str,
+    phone: &str,
+    user_ref: &str,
+    now: i64,
+) -> Result<Checked, StoreError> {
+    Ok(refusal(c, by, id, phone, user_ref, now)
+        .await?
+        .unwrap_or(Checked::Fenced))
+}
+
 /// Why a code check does nothing: `by` may not check the verification (see [`Checker`]), or
 /// its number or user is locked out. `None`: it may go on.
 async fn refusal(
@@ -444,7 +471,11 @@ async fn lock_out(
 
 /// Forget the strikes of a number and a user, the number's row first (the order every code
 /// check takes them in).
-async fn forget_strikes(c: &mut Conn, phone: &str, user_ref: &str) -> Result<(), StoreError> {
+pub(super) async fn forget_strikes(
+    c: &mut Conn,
+    phone: &str,
+    user_ref: &str,
+) -> Result<(), StoreError> {
     for (kind, subject) in [("phone", phone), ("user", user_ref)] {
         query("DELETE FROM strikes WHERE kind = $1 AND subject = $2")
             .bind(kind)

@@ -1,7 +1,9 @@
 //! The support line's requests: manual-verification requests (the callers' messages, their
 //! recordings and transcripts, staff decisions on them) and the audit trail.
 
+use super::lockouts::forget_strikes;
 use super::sql::{query, Conn, Query, Row};
+use super::subject_locks;
 
 use super::verifications::parse_column;
 use super::{op, Store, StoreError};
@@ -269,6 +271,19 @@ impl Store {
                             let Some(vid) = verification_id.or(matched) else {
                                 return Ok(Decided::NoVerification);
                             };
+                            // The number's and the user's locks first, as a code check
+                            // takes them: the approval and a check do not interleave.
+                            let Some(owner) =
+                                query("SELECT phone, user_ref FROM verifications WHERE id = $1")
+                                    .bind(&vid)
+                                    .fetch_optional(&mut tx)
+                                    .await?
+                            else {
+                                return Ok(Decided::NotApprovable(None));
+                            };
+                            let phone: String = owner.try_get("phone")?;
+                            let user_ref: String = owner.try_get("user_ref")?;
+                            subject_locks::lock_number_and_user(&mut tx, &phone, &user_ref).await?;
                             let verified = query(format!(
                                 "UPDATE verifications SET status = 'verified', verified_at = $1, \
                                  updated_at = $1 WHERE id = $2 AND status IN ({APPROVABLE})"
@@ -291,26 +306,21 @@ impl Store {
                                 if current != Some(Status::Verified) {
                                     return Ok(Decided::NotApprovable(current));
                                 }
+                            } else {
+                                // Verified by this approval (not before it, which would forget
+                                // wrong codes made since): its lockouts end, and the number's
+                                // and the user's wrong codes are forgotten, as a verified code
+                                // forgets them.
+                                query(
+                                    "UPDATE lockouts SET locked_until = $1 \
+                                     WHERE verification_id = $2 AND locked_until > $1",
+                                )
+                                .bind(now)
+                                .bind(&vid)
+                                .execute(&mut tx)
+                                .await?;
+                                forget_strikes(&mut tx, &phone, &user_ref).await?;
                             }
-                            query(
-                                "UPDATE lockouts SET locked_until = $1 \
-                                 WHERE verification_id = $2 AND locked_until > $1",
-                            )
-                            .bind(now)
-                            .bind(&vid)
-                            .execute(&mut tx)
-                            .await?;
-                            // Verified by hand: the number's and the user's wrong codes are
-                            // forgotten, as a verified code forgets them.
-                            query(
-                                "DELETE FROM strikes WHERE (kind = 'phone' AND subject = \
-                                 (SELECT phone FROM verifications WHERE id = $1)) OR \
-                                 (kind = 'user' AND subject = \
-                                 (SELECT user_ref FROM verifications WHERE id = $1))",
-                            )
-                            .bind(&vid)
-                            .execute(&mut tx)
-                            .await?;
                             (RequestStatus::Approved, Some(vid), None, "approve")
                         }
                         Decision::Reject { reason } => {

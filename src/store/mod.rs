@@ -30,6 +30,7 @@ pub mod owner;
 mod selftests;
 mod sql;
 mod staff;
+mod subject_locks;
 mod trunk;
 mod upkeep;
 mod verifications;

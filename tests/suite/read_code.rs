@@ -419,6 +419,69 @@ async fn two_daemons_on_postgres_share_the_sealed_code() {
     api.d.stop().await;
 }
 
+/// Postgres, several daemons: a cancel (or an expiry) committed while a check of the web app
+/// waits for the verification's row is not undone. The right code does not verify it, and a
+/// wrong one costs no attempt and no strike: the check answers `not_checkable`.
+#[tokio::test]
+async fn a_check_racing_a_cancel_on_postgres_changes_nothing() {
+    use sqlx::{Connection, Row};
+    let api = Api::new(Db::Postgres).await;
+    let d = &api.d;
+    for (user, right) in [("judy", true), ("karl", false)] {
+        let id = create(&api, PHONE, user, json!({})).await;
+        let (code, _) = hear_code(d, &id, &[]).await;
+        let entered = if right { code.clone() } else { wrong(&code, 1) };
+        // Another daemon's cancel: the row changed, not yet committed.
+        let mut canceler = crate::common::raw_connection(&d.config.database.url)
+            .await
+            .unwrap();
+        let mut tx = canceler.begin().await.unwrap();
+        sqlx::query("UPDATE verifications SET status = 'canceled' WHERE id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let commit = async {
+            // Until the check waits for the row.
+            let mut watcher = crate::common::raw_connection(&d.config.database.url)
+                .await
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let waiting: i64 = sqlx::query(
+                    "SELECT COUNT(*) AS n FROM pg_stat_activity \
+                     WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                )
+                .fetch_one(&mut watcher)
+                .await
+                .unwrap()
+                .get("n");
+                if waiting > 0 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the check never waited for the row"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tx.commit().await.unwrap();
+        };
+        let (r, ()) = tokio::join!(check(&api, &id, &entered), commit);
+        assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.error_code(), "not_checkable");
+        let stored = d.store.verification(&id).await.unwrap().unwrap();
+        assert_eq!((stored.status, stored.attempts_used), (Status::Canceled, 0));
+        let now = callverify::domain::clock::now_ms();
+        let standing = d.store.standing(PHONE, user, now, 0).await.unwrap();
+        assert_eq!(
+            standing.strikes, 0,
+            "no strike for a check of a canceled one"
+        );
+    }
+    api.d.stop().await;
+}
+
 /// The stored row holds no clear-text code, and nothing in it finds the code offline
 /// without the secret: the keyless hashes an attacker would try match none of the 10^6
 /// six-digit codes, while the server's keyed hash finds exactly the one (so the search is

@@ -10,7 +10,7 @@ use callverify::config::Config;
 use callverify::domain::api_keys::ApiKeys;
 use callverify::domain::status::{CallerMatch, Status};
 use callverify::domain::NewVerification;
-use callverify::support::request::NewManualRequest;
+use callverify::support::request::{Decided, Decision, NewManualRequest};
 use callverify_testkit::emulator::{inbound_env, AfterTalk, Call, Talk, Transcript};
 use serde_json::{json, Value};
 
@@ -704,7 +704,71 @@ async fn the_desk_finds_requests_by_each_key_and_pages_through_them(db: Db) {
     d.stop().await;
 }
 
+/// A request approved for a verification that is verified already (a second message about
+/// it) changes nothing more: the wrong codes its number made since still count.
+async fn a_second_approval_forgets_no_wrong_codes(db: Db) {
+    let d = crate::common::start_with(db, closed).await;
+    let x = failed_verification(&d, None, None).await;
+    let now = callverify::domain::clock::now_ms();
+    for id in ["mr_first", "mr_second"] {
+        d.store
+            .insert_manual_request(NewManualRequest {
+                id: id.into(),
+                created_at: now,
+                caller: Some(PHONE.into()),
+                caller_match: CallerMatch::Matched,
+                verification_id: Some(x.clone()),
+                ended_by: "key",
+                duration_ms: 1000,
+                recording: callverify_audio::wav::encode(&[0; 8], 8000),
+                transcript: None,
+                language: "en".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let approve = Decision::Approve {
+        verification_id: None,
+    };
+    let decided = d
+        .store
+        .decide_manual("mr_first", approve.clone(), "staff", now)
+        .await
+        .unwrap();
+    assert!(matches!(decided, Decided::Done { .. }), "{decided:?}");
+    assert_eq!(d.status(&x).await.status, Status::Verified);
+    // A wrong code for the number, in another verification.
+    let y = d.new_verification(PHONE, "bob").await;
+    Call::verify(&y.id)
+        .press("#")
+        .press("000000#")
+        .run(d.addr)
+        .await
+        .unwrap();
+    let strikes = |d: &Daemon| {
+        let store = d.store.clone();
+        async move {
+            let now = callverify::domain::clock::now_ms();
+            store
+                .standing(PHONE, "nobody", now, 0)
+                .await
+                .unwrap()
+                .strikes
+        }
+    };
+    assert_eq!(strikes(&d).await, 1);
+    let decided = d
+        .store
+        .decide_manual("mr_second", approve, "staff", now)
+        .await
+        .unwrap();
+    assert!(matches!(decided, Decided::Done { .. }), "{decided:?}");
+    assert_eq!(strikes(&d).await, 1, "the number's wrong code still counts");
+    d.stop().await;
+}
+
 on_both_backends!(
+    a_second_approval_forgets_no_wrong_codes,
     the_desk_finds_requests_by_each_key_and_pages_through_them,
     the_daemon_purges_old_recordings_by_itself,
     a_failed_caller_leaves_a_message_that_is_approved,

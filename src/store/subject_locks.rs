@@ -1,0 +1,59 @@
+//! The order of the operations on one subject of the rules: a number, a user, an API key's
+//! creations. Creating a verification, checking a code and a staff approval each read a
+//! subject's standing (its lockout, its wrong codes, its count in a rate limit) and change it
+//! in one transaction; two of them on one subject must run one after the other, or both could
+//! pass a rule together.
+//!
+//! On Postgres (several daemons on one database) each takes its subjects' transaction
+//! advisory locks as its first statement, all in one fixed order, so that none waits for
+//! another's second lock. On SQLite the single writer already runs operations one at a time:
+//! nothing is taken there.
+
+use std::collections::BTreeSet;
+
+use super::sql::{query, Conn};
+use super::StoreError;
+
+/// The subject of a number's lockout, wrong codes and rate limit.
+pub(super) fn number(phone: &str) -> String {
+    format!("phone:{phone}")
+}
+
+/// The subject of a user's lockout and wrong codes.
+pub(super) fn user(user_ref: &str) -> String {
+    format!("user:{user_ref}")
+}
+
+/// Take the transaction advisory locks of `subjects` (on Postgres), in one statement and in
+/// a fixed order (a BTreeSet's).
+pub(super) async fn lock(
+    c: &mut Conn,
+    subjects: impl IntoIterator<Item = String>,
+) -> Result<(), StoreError> {
+    if !c.is_postgres() {
+        return Ok(());
+    }
+    let subjects: BTreeSet<String> = subjects.into_iter().collect();
+    // VALUES rows are taken in the order written.
+    let rows = (1..=subjects.len())
+        .map(|n| format!("(${n})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut locks = query(format!(
+        "SELECT pg_advisory_xact_lock(hashtextextended(s, 0)) FROM (VALUES {rows}) AS t (s)"
+    ));
+    for subject in subjects {
+        locks = locks.bind(subject);
+    }
+    locks.execute(c).await?;
+    Ok(())
+}
+
+/// Take the locks of a number and a user (see [`lock`]).
+pub(super) async fn lock_number_and_user(
+    c: &mut Conn,
+    phone: &str,
+    user_ref: &str,
+) -> Result<(), StoreError> {
+    lock(c, [number(phone), user(user_ref)]).await
+}
