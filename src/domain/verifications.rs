@@ -611,11 +611,6 @@ impl Verifications {
             .await?)
     }
 
-    /// A dialer call's Hangup was heard: it no longer counts on the trunk.
-    pub async fn trunk_call_over(&self, channel_id: &str) -> Result<(), VerifyError> {
-        Ok(self.store.trunk_call_over(channel_id).await?)
-    }
-
     /// Give back a claimed call that was never placed (it waits for the next claim, and the
     /// dial is not counted).
     pub async fn unclaim(&self, job: &DialJob) -> Result<bool, VerifyError> {

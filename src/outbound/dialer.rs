@@ -231,19 +231,22 @@ impl Dialer {
                 let Some(call) = m.get("Uniqueid").and_then(|u| self.calls.remove(u)) else {
                     return;
                 };
-                // An answered call was recorded by its flow (and its FastAGI attempt's end
-                // ended its count on the trunk, unless it never reached a daemon); one that
-                // hung up before reaching the daemon is released here.
-                if call.answered {
-                    self.trunk_call_over(&call.job).await;
-                    return;
-                }
+                // An answered call that reached a daemon was recorded by its flow, and the
+                // failure is not applied to it; one that never did (FastAGI full or
+                // unreachable, or the callee gone before the dialplan's AGI step) is
+                // released here like a call that was not answered, to be called again.
                 let outcome = match m.get("Cause") {
+                    _ if call.answered => CallOutcome::DialFailed,
                     Some("17") => CallOutcome::Busy,
                     Some("18" | "19") => CallOutcome::NoAnswer,
                     _ => CallOutcome::DialFailed,
                 };
-                self.failed(&call.job, &call.channel, outcome).await;
+                if self.failed(&call.job, &call.channel, outcome).await && call.answered {
+                    tracing::warn!(verification = %call.job.verification_id,
+                        "an answered call never reached a FastAGI session: the daemon was \
+                         full (agi.max_sessions) or the dialplan could not reach it \
+                         (CALLVERIFY_AGI_HOST), or the callee hung up at once");
+                }
             }
             _ => {}
         }
@@ -273,31 +276,24 @@ impl Dialer {
             .collect();
         for id in stale {
             if let Some(call) = self.calls.remove(&id) {
-                if call.answered {
-                    self.trunk_call_over(&call.job).await;
-                } else {
-                    self.failed(&call.job, &call.channel, CallOutcome::DialFailed)
-                        .await;
-                }
+                self.failed(&call.job, &call.channel, CallOutcome::DialFailed)
+                    .await;
             }
         }
     }
 
-    /// An answered call is over: it no longer counts on the trunk (for any daemon).
-    async fn trunk_call_over(&self, job: &DialJob) {
-        if let Err(e) = self.service.trunk_call_over(&job.channel_id).await {
-            tracing::error!(verification = %job.verification_id, error = %e,
-                "cannot end a call's count on the trunk (it lapses after 30 minutes)");
-        }
-    }
-
-    async fn failed(&mut self, job: &DialJob, channel: &str, outcome: CallOutcome) {
-        // Not applied (the call reached the daemon after all, or moved on) is fine too.
-        if let Err(e) = self.service.dial_failed(job, channel, outcome).await {
-            tracing::error!(verification = %job.verification_id, error = %e,
-                "cannot record a failed call (tried again shortly)");
-            self.unrecorded
-                .push((job.clone(), channel.to_owned(), outcome));
+    /// Whether it applied: not applied (the call reached the daemon after all, or moved on)
+    /// is fine too. Either way the call no longer counts on the trunk.
+    async fn failed(&mut self, job: &DialJob, channel: &str, outcome: CallOutcome) -> bool {
+        match self.service.dial_failed(job, channel, outcome).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                tracing::error!(verification = %job.verification_id, error = %e,
+                    "cannot record a failed call (tried again shortly)");
+                self.unrecorded
+                    .push((job.clone(), channel.to_owned(), outcome));
+                false
+            }
         }
     }
 }

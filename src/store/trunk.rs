@@ -3,7 +3,7 @@
 
 use super::sql::{query, Conn};
 
-use super::{op, Store, StoreError};
+use super::StoreError;
 
 /// The trunk a dialer calls through, and its caps, which hold for every daemon together.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,19 +16,6 @@ pub struct Trunk {
     pub gap_ms: i64,
     /// A call in progress since before this no longer counts (its end was never heard).
     pub calls_since: i64,
-}
-
-impl Store {
-    /// A dialer call's FastAGI side is over, or its Hangup was heard: it no longer counts
-    /// on the trunk (nothing happens if it was not counted).
-    pub async fn trunk_call_over(&self, channel_id: &str) -> Result<(), StoreError> {
-        let channel_id = channel_id.to_owned();
-        self.engine
-            .run(op(move |c| {
-                Box::pin(async move { end_trunk_call(c, &channel_id).await })
-            }))
-            .await
-    }
 }
 
 /// How many more calls the trunk takes now: none before its next Originate is due, else

@@ -342,7 +342,29 @@ async fn destinations_are_checked_again_at_dial_time(db: Db) {
     d.stop().await;
 }
 
+/// An answered call whose dialplan cannot reach the daemon (FastAGI full, or
+/// `CALLVERIFY_AGI_HOST` wrong) ends with a Hangup and no session: the verification is
+/// released and called again, then `unanswered`, not left `calling` until it expires.
+async fn an_answered_call_that_never_reaches_the_daemon_is_called_again(db: Db) {
+    let (peer, d) = setup(db).await;
+    // Nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = closed.local_addr().unwrap();
+    drop(closed);
+    peer.set_agi(nowhere);
+    peer.callee(PHONE, Callee::answer(&[]));
+    let v = d.new_verification(PHONE, "alice").await;
+    wait_for_status(&d, &v.id, Status::Unanswered, Duration::from_secs(15)).await;
+    assert_eq!(
+        outcomes(&d, &v.id).await,
+        vec![Some(CallOutcome::DialFailed); 2]
+    );
+    assert_eq!(peer.originated().len(), 2);
+    d.stop().await;
+}
+
 on_both_backends!(
+    an_answered_call_that_never_reaches_the_daemon_is_called_again,
     answered_call_verifies,
     busy_and_no_answer_are_retried_then_unanswered,
     refused_login_places_no_call,
