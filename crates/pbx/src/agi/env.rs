@@ -3,18 +3,25 @@
 use std::fmt;
 use std::ops::Range;
 
-/// At most this many variables: Asterisk sends about 22 plus one per argument.
+/// At most this many lines, a name sent again counted again: Asterisk sends about 22 plus
+/// one per argument.
 pub const MAX_VARIABLES: usize = 256;
+/// At most this many bytes in all, each line's newline included (every line counted, a
+/// value that replaces an earlier one too): Asterisk's block is 1 to 2 KiB.
+pub const MAX_BYTES: usize = 64 * 1024;
 
 /// The parsed environment of one AGI session, in the order Asterisk sent it. A list, not a
 /// map: it holds some 22 variables, read a few times each, and every call parses one; the
 /// names and values share one buffer, not two allocations a line.
 #[derive(Clone, Default)]
 pub struct AgiEnv {
-    /// The names and values, one after another (a value sent again is appended).
+    /// The names and values, one after another (a value sent again replaces the earlier).
     text: String,
     /// Each variable's name and value in `text`, in the order the names first came.
     vars: Vec<(Range<usize>, Range<usize>)>,
+    /// Lines and bytes taken so far, against [`MAX_VARIABLES`] and [`MAX_BYTES`].
+    lines: usize,
+    bytes: usize,
 }
 
 /// What a block of some 22 lines takes: the buffer grows once, if ever.
@@ -26,8 +33,10 @@ const VARS_CAPACITY: usize = 32;
 pub enum EnvError {
     #[error("environment line without `agi_` name and `: `: {0:?}")]
     Malformed(String),
-    #[error("environment block has more than {MAX_VARIABLES} variables")]
+    #[error("environment block has more than {MAX_VARIABLES} lines")]
     TooManyVariables,
+    #[error("environment block is larger than {MAX_BYTES} bytes")]
+    TooLarge,
     #[error("environment block has no agi_network_script: is this a FastAGI peer?")]
     NoScript,
 }
@@ -40,30 +49,48 @@ impl AgiEnv {
             .split_once(':')
             .filter(|(name, _)| name.starts_with("agi_") && !name.contains(' '))
             .ok_or_else(|| EnvError::Malformed(line.chars().take(80).collect()))?;
-        if self.vars.len() >= MAX_VARIABLES {
+        // Every line counts, a name sent again too: the limits bound what a peer can make
+        // this hold and work through, whatever it sends.
+        if self.lines >= MAX_VARIABLES {
             return Err(EnvError::TooManyVariables);
         }
+        let bytes = self.bytes + line.len() + 1;
+        if bytes > MAX_BYTES {
+            return Err(EnvError::TooLarge);
+        }
+        self.lines += 1;
+        self.bytes = bytes;
         let value = value.strip_prefix(' ').unwrap_or(value);
         if self.text.capacity() == 0 {
             self.text.reserve(TEXT_CAPACITY);
             self.vars.reserve(VARS_CAPACITY);
         }
-        let value_at = |text: &mut String| {
-            let start = text.len();
-            text.push_str(value);
-            start..text.len()
-        };
-        // A name sent twice: the later value counts.
+        // A name sent twice: the later value counts, in the earlier one's place.
         match self.position(name) {
-            Some(i) => self.vars[i].1 = value_at(&mut self.text),
+            Some(i) => self.replace_value(i, value),
             None => {
                 let start = self.text.len();
                 self.text.push_str(name);
                 let name_at = start..self.text.len();
-                self.vars.push((name_at, value_at(&mut self.text)));
+                self.text.push_str(value);
+                let value_at = name_at.end..self.text.len();
+                self.vars.push((name_at, value_at));
             }
         }
         Ok(())
+    }
+
+    /// Put `value` where variable `i`'s value is, moving the variables after it.
+    fn replace_value(&mut self, i: usize, value: &str) {
+        let old = self.vars[i].1.clone();
+        self.text.replace_range(old.clone(), value);
+        let new_end = old.start + value.len();
+        self.vars[i].1 = old.start..new_end;
+        let moved = |at: usize| at - old.end + new_end;
+        for (n, v) in &mut self.vars[i + 1..] {
+            *n = moved(n.start)..moved(n.end);
+            *v = moved(v.start)..moved(v.end);
+        }
     }
 
     /// The variables, names and values, in the order the names first came.
@@ -180,6 +207,48 @@ mod tests {
     fn a_name_sent_twice_keeps_the_later_value() {
         let e = env(&["agi_channel: PJSIP/a-1", "agi_channel: PJSIP/b-2"]);
         assert_eq!((e.channel(), e.len()), ("PJSIP/b-2", 1));
+    }
+
+    #[test]
+    fn a_repeated_name_counts_against_the_line_limit() {
+        let mut e = AgiEnv::default();
+        for _ in 0..MAX_VARIABLES {
+            e.push_line("agi_x: 1").unwrap();
+        }
+        assert_eq!(e.push_line("agi_x: 1"), Err(EnvError::TooManyVariables));
+    }
+
+    #[test]
+    fn a_repeated_name_replaces_its_value_in_the_buffer() {
+        let e = env(&[
+            "agi_a: 1",
+            "agi_x: first",
+            "agi_b: 2",
+            "agi_x: second, longer",
+            "agi_x: 3",
+        ]);
+        let vars: Vec<_> = e.iter().collect();
+        assert_eq!(vars, [("agi_a", "1"), ("agi_x", "3"), ("agi_b", "2")]);
+        assert_eq!(e.text, "agi_a1agi_x3agi_b2");
+    }
+
+    #[test]
+    fn the_blocks_size_is_capped() {
+        let big = "v".repeat(8000);
+        // One name sent again and again, and a new name each line.
+        let names: [fn(usize) -> String; 2] = [|_| "agi_x".into(), |i| format!("agi_arg_{i}")];
+        for name in names {
+            let mut e = AgiEnv::default();
+            let mut bytes = 0;
+            let refused = (0..1000).find_map(|i| {
+                let line = format!("{}: {big}", name(i));
+                bytes += line.len() + 1;
+                e.push_line(&line).err()
+            });
+            assert_eq!(refused, Some(EnvError::TooLarge));
+            assert!(bytes <= MAX_BYTES + big.len() + 16, "{bytes} bytes taken");
+            assert!(e.text.len() <= MAX_BYTES, "{} bytes held", e.text.len());
+        }
     }
 
     #[test]
