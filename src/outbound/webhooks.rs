@@ -8,8 +8,9 @@
 //! A `callback_url` (the API caller's) is checked again when it is used, unless
 //! `webhooks.allow_private_callbacks`: its host as parsed, and every address its name
 //! resolves to, the addresses the request may connect to (a name that resolves into an
-//! internal network, at once or after a DNS change, reaches nothing). Redirects are never
-//! followed. `webhooks.url` is the admin's and is sent as configured.
+//! internal network, at once or after a DNS change, reaches nothing), and never through a
+//! proxy (which would resolve the name itself). Redirects are never followed.
+//! `webhooks.url` is the admin's and is sent as configured, through `HTTP(S)_PROXY` if set.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -105,7 +106,7 @@ pub struct Sender {
     daemon: String,
     /// For `webhooks.url`.
     client: reqwest::Client,
-    /// For `callback_url`s: connects to public addresses only.
+    /// For `callback_url`s: connects to public addresses only, never through a proxy.
     guarded: reqwest::Client,
 }
 
@@ -120,11 +121,15 @@ impl Sender {
                 .timeout(config.timeout)
                 .redirect(reqwest::redirect::Policy::none())
         };
+        // `webhooks.url` is the admin's: it goes through a proxy the environment names
+        // (`HTTP(S)_PROXY`), as other outbound HTTP on a locked-down host may have to.
         let client = builder().build()?;
+        // A `callback_url` never does: the proxy would resolve its name and connect, and
+        // what `PublicOnly` checks would never be asked.
         let guarded = if config.allow_private_callbacks {
-            client.clone()
+            builder().no_proxy().build()?
         } else {
-            builder().dns_resolver(PublicOnly).build()?
+            builder().no_proxy().dns_resolver(PublicOnly).build()?
         };
         Ok(Self {
             config,
@@ -284,6 +289,35 @@ mod tests {
         assert_eq!(s.len(), "t=1700000000,v1=".len() + 64);
         assert_ne!(s, sign("other", 1_700_000_000, b"{}"));
         assert_ne!(s, sign("whsec", 1_700_000_001, b"{}"));
+    }
+
+    /// A proxy would resolve the callback URL's name itself, past `PublicOnly`: the client
+    /// for `callback_url`s has none (reqwest lists the proxies a client has, the one from
+    /// `HTTP(S)_PROXY` among them, in its `Debug`), whatever `allow_private_callbacks` says.
+    #[tokio::test]
+    async fn callback_urls_are_sent_without_a_proxy() {
+        for allow_private_callbacks in [false, true] {
+            let config = WebhookConfig {
+                url: String::new(),
+                secret: "0123456789abcdef".into(),
+                timeout: Duration::from_secs(1),
+                retry_base: Duration::from_secs(1),
+                allow_private_callbacks,
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("t.db").display());
+            let store = Store::connect(&url, 1).await.unwrap();
+            let sender = Sender::new(config, store, "test".into()).unwrap();
+            let (client, guarded) = (
+                format!("{:?}", sender.client),
+                format!("{:?}", sender.guarded),
+            );
+            assert!(
+                client.contains("proxies"),
+                "webhooks.url honours a proxy: {client}"
+            );
+            assert!(!guarded.contains("proxies"), "{guarded}");
+        }
     }
 
     #[tokio::test]
