@@ -98,7 +98,9 @@ pub struct Policy {
 impl Policy {
     /// When a verification whose call ended with `outcome` is due its next call, if ever.
     pub fn next_call(&self, outcome: CallOutcome, now: i64) -> Option<i64> {
-        outcome.retried().then(|| now + millis(self.retry_delay))
+        outcome
+            .retried()
+            .then(|| now.saturating_add(millis(self.retry_delay)))
     }
 }
 
@@ -402,6 +404,14 @@ mod tests {
                 "{invalid:?}"
             );
         }
+    }
+
+    /// Config bounds the delay; beyond it, the next call is never rather than long ago.
+    #[test]
+    fn a_next_call_past_the_end_of_time_saturates() {
+        let mut policy = crate::config::Config::default().policy();
+        policy.retry_delay = Duration::MAX;
+        assert_eq!(policy.next_call(CallOutcome::Busy, 1), Some(i64::MAX));
     }
 
     #[test]

@@ -240,7 +240,7 @@ impl Verifications {
             is_test,
             created_at: now,
             updated_at: now,
-            expires_at: now + millis(self.policy.code_ttl),
+            expires_at: now.saturating_add(millis(self.policy.code_ttl)),
             verified_at: None,
             api_key_id: None,
             callback_url: None,
@@ -439,7 +439,7 @@ impl Verifications {
         StrikeRule {
             max: v.max_attempts,
             forget_before: self.strikes_since(now),
-            lock_until: now + millis(self.policy.lockout),
+            lock_until: now.saturating_add(millis(self.policy.lockout)),
         }
     }
 
