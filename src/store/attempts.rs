@@ -139,39 +139,44 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    // The attempt first: a crash before the release leaves a `calling`
-                    // verification with no open attempt, which recovery puts back.
-                    let close = "UPDATE call_attempts SET ended_at = $2, outcome = $3 \
-                                 WHERE id = $1 AND ended_at IS NULL";
-                    let closed = if c.is_postgres() {
-                        // With the trunk call's end, in one statement.
-                        query(format!(
-                            "WITH closed AS ({close} RETURNING id), \
-                             trunk AS ({END_ATTEMPTS_TRUNK_CALL}) \
-                             SELECT COUNT(*) AS closed FROM closed"
-                        ))
+                    let releases = !outcome.ends_verification();
+                    if c.is_postgres() {
+                        // One statement: a daemon that dies, or a connection lost, between
+                        // the attempt's end and the release would leave the verification
+                        // `calling`, with no open attempt for a takeover to find.
+                        let finish = if releases {
+                            &*FINISH_AND_RELEASE
+                        } else {
+                            &*FINISH
+                        };
+                        let finish = query(finish.as_str())
+                            .bind(attempt)
+                            .bind(now)
+                            .bind(outcome.as_str());
+                        let finish = if releases {
+                            finish
+                                .bind(give_up_at(next_call_at, max_dials))
+                                .bind(next_call_at)
+                                .bind(&verification_id)
+                        } else {
+                            finish
+                        };
+                        finish.execute(&mut *c).await?;
+                        return Ok(());
+                    }
+                    // SQLite: one writer, whose group commit makes these one transaction.
+                    let closed = query(CLOSE)
                         .bind(attempt)
                         .bind(now)
                         .bind(outcome.as_str())
-                        .fetch_one(&mut *c)
+                        .execute(&mut *c)
                         .await?
-                        .try_get::<i64>("closed")?
-                            == 1
-                    } else {
-                        let closed = query(close)
-                            .bind(attempt)
-                            .bind(now)
-                            .bind(outcome.as_str())
-                            .execute(&mut *c)
-                            .await?
-                            .rows_affected()
-                            == 1;
-                        end_attempts_trunk_call(c, attempt).await?;
-                        closed
-                    };
+                        .rows_affected()
+                        == 1;
+                    end_attempts_trunk_call(c, attempt).await?;
                     // Closed already (verified, or taken over after this daemon was declared
                     // dead): the verification is not this call's to release any more.
-                    if closed && !outcome.ends_verification() {
+                    if closed && releases {
                         let by = Releaser::Attempt(attempt);
                         release(c, &verification_id, by, next_call_at, max_dials, now).await?;
                     }
@@ -345,35 +350,87 @@ pub(super) async fn release(
     max_dials: i64,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let give_up_at = if next_call_at.is_some() {
+    let release = query(match by {
+        Releaser::Dial(_) => RELEASE_BY_DIAL.as_str(),
+        Releaser::Attempt(_) => RELEASE_BY_ATTEMPT.as_str(),
+    })
+    .bind(give_up_at(next_call_at, max_dials))
+    .bind(next_call_at)
+    .bind(now)
+    .bind(id);
+    let release = match by {
+        Releaser::Dial(channel_id) => release.bind(channel_id),
+        Releaser::Attempt(attempt) => release.bind(attempt),
+    };
+    Ok(release.execute(c).await?.rows_affected() == 1)
+}
+
+/// The dialer calls this many times at most: `max_dials` when another call is due, else no
+/// limit (the verification goes back to `pending`).
+fn give_up_at(next_call_at: Option<i64>, max_dials: i64) -> i64 {
+    if next_call_at.is_some() {
         max_dials
     } else {
         i64::MAX
-    };
-    let (channel_id, attempt) = match by {
-        Releaser::Dial(channel_id) => (channel_id, 0),
-        Releaser::Attempt(attempt) => ("", attempt),
-    };
-    let done = query(
-        "UPDATE verifications SET \
-         status = CASE WHEN dial_attempts >= $1 THEN 'unanswered' ELSE 'pending' END, \
-         next_call_at = $2, channel_id = NULL, claimed_by = NULL, claimed_at = NULL, \
-         updated_at = $3 \
-         WHERE id = $4 AND status = 'calling' AND ( \
-             ($5 <> '' AND channel_id = $5 AND claimed_at IS NOT NULL) OR \
-             ($5 = '' AND (channel_id IS NULL OR channel_id = \
-                 (SELECT a.uniqueid FROM call_attempts a WHERE a.id = $6))))",
-    )
-    .bind(give_up_at)
-    .bind(next_call_at)
-    .bind(now)
-    .bind(id)
-    .bind(channel_id)
-    .bind(attempt)
-    .execute(c)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    }
 }
+
+/// A release as SQL, its values at these placeholders; `by` the condition of who releases.
+fn release_sql(give_up_at: &str, next_call_at: &str, now: &str, id: &str, by: &str) -> String {
+    format!(
+        "UPDATE verifications SET \
+         status = CASE WHEN dial_attempts >= {give_up_at} THEN 'unanswered' ELSE 'pending' END, \
+         next_call_at = {next_call_at}, channel_id = NULL, claimed_by = NULL, claimed_at = NULL, \
+         updated_at = {now} WHERE id = {id} AND status = 'calling' AND {by}"
+    )
+}
+
+/// Released by attempt `attempt`'s end, unless the verification is in a newer dialer call.
+fn by_attempt(attempt: &str) -> String {
+    format!(
+        "(channel_id IS NULL OR channel_id = \
+         (SELECT a.uniqueid FROM call_attempts a WHERE a.id = {attempt}))"
+    )
+}
+
+/// [`release`] by the dialer's call with ChannelId `$5` while no session has taken it.
+static RELEASE_BY_DIAL: LazyLock<String> = LazyLock::new(|| {
+    release_sql(
+        "$1",
+        "$2",
+        "$3",
+        "$4",
+        "channel_id = $5 AND claimed_at IS NOT NULL",
+    )
+});
+
+/// [`release`] by attempt `$5`.
+static RELEASE_BY_ATTEMPT: LazyLock<String> =
+    LazyLock::new(|| release_sql("$1", "$2", "$3", "$4", &by_attempt("$5")));
+
+/// The end of attempt `$1` at `$2` with outcome `$3`.
+const CLOSE: &str = "UPDATE call_attempts SET ended_at = $2, outcome = $3 \
+                     WHERE id = $1 AND ended_at IS NULL";
+
+/// Postgres: [`CLOSE`] and the end of the attempt's trunk call, in one statement.
+static FINISH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH closed AS ({CLOSE} RETURNING id), trunk AS ({END_ATTEMPTS_TRUNK_CALL}) \
+         SELECT COUNT(*) AS closed FROM closed"
+    )
+});
+
+/// Postgres: [`FINISH`] and, when it closed the attempt (not closed already by its right
+/// code or a takeover), the release of verification `$6` (`$4` the dials to give up at,
+/// `$5` the next call), in one statement.
+static FINISH_AND_RELEASE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH closed AS ({CLOSE} RETURNING id), trunk AS ({END_ATTEMPTS_TRUNK_CALL}), \
+         released AS ({} AND EXISTS (SELECT 1 FROM closed)) \
+         SELECT COUNT(*) AS closed FROM closed",
+        release_sql("$4", "$5", "$2", "$6", &by_attempt("$1"))
+    )
+});
 
 fn attempt_from_row(r: &Row) -> Result<CallAttempt, StoreError> {
     let outcome: Option<String> = r.try_get("outcome")?;
