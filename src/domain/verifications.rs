@@ -668,12 +668,18 @@ impl Verifications {
         // A verified call's attempt was closed with the verification by check_code; this
         // ends its count on the trunk.
         let now = now_ms();
+        // A test verification (the QA line's) is never dialled: none is called again.
+        let next_call_at = if call.verification.is_test {
+            None
+        } else {
+            self.policy.next_call(outcome, now)
+        };
         self.store
             .finish_attempt(
                 call.attempt_id,
                 &call.verification.id,
                 outcome,
-                self.policy.next_call(outcome, now),
+                next_call_at,
                 self.policy.max_dials.into(),
                 now,
             )

@@ -496,7 +496,31 @@ async fn qa_line_says_a_random_code_and_locks_out_no_real_user(db: Db) {
     d.stop().await;
 }
 
+/// A QA call whose caller never presses `#` is not queued for the dialer to call back: a
+/// test verification has no number to call.
+async fn an_unacknowledged_qa_call_is_not_called_again(db: Db) {
+    use sqlx::Row;
+    let d = crate::common::start_with(db, |c| c.verification.ack_wait_ms = 100).await;
+    Call::with_env(callverify_testkit::emulator::outbound_env("qa", &[]))
+        .run(d.addr)
+        .await
+        .unwrap();
+    let mut db = crate::common::raw_connection(&d.config.database.url)
+        .await
+        .unwrap();
+    let rows = sqlx::query("SELECT status, next_call_at FROM verifications WHERE is_test = 1")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let status: String = rows[0].get("status");
+    let next_call_at: Option<i64> = rows[0].get("next_call_at");
+    assert_eq!((status.as_str(), next_call_at), ("pending", None));
+    d.stop().await;
+}
+
 on_both_backends!(
+    an_unacknowledged_qa_call_is_not_called_again,
     happy_path,
     right_on_third_try,
     three_wrong_entries_lock_out_number_and_user,
