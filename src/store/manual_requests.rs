@@ -16,6 +16,12 @@ use crate::support::request::{
 /// Statuses a verification can be approved from by hand.
 const APPROVABLE: &str = "'pending', 'failed', 'unanswered', 'expired'";
 
+/// The requests of the listing's key `key` (a placeholder), joined as `r` with their
+/// verification `v`: as [`ManualRequest::visible_to`] says.
+fn visible_to(key: &str) -> String {
+    format!("(r.verification_id IS NULL OR v.api_key_id = {key})")
+}
+
 /// What a search finds, with its three values bound from `$first` on ([`bind_search`]): a
 /// request or verification id, a user_ref (any case), transcript words, or the caller's or
 /// the verification's number ending in the digits (so that a national number finds its
@@ -119,11 +125,12 @@ impl Store {
                         "SELECT {REQUEST_COLUMNS} FROM manual_requests r \
                          LEFT JOIN verifications v ON v.id = r.verification_id \
                          WHERE ($1 IS NULL OR r.status = $1) \
-                         AND ($2 IS NULL OR v.api_key_id IS NULL OR v.api_key_id = $2) \
+                         AND ($2 IS NULL OR {}) \
                          AND ($4 IS NULL OR r.created_at {after} $4 \
                               OR (r.created_at = $4 AND r.id {after} $5)) \
                          AND {} \
                          ORDER BY r.created_at {order}, r.id {order} LIMIT $3",
+                        visible_to("$2"),
                         searched(6)
                     );
                     let rows = query(&statement)
@@ -158,8 +165,9 @@ impl Store {
                     let statement = format!(
                         "SELECT r.status, COUNT(*) AS n FROM manual_requests r \
                          LEFT JOIN verifications v ON v.id = r.verification_id \
-                         WHERE ($1 IS NULL OR v.api_key_id IS NULL OR v.api_key_id = $1) \
+                         WHERE ($1 IS NULL OR {}) \
                          AND {} GROUP BY r.status",
+                        visible_to("$1"),
                         searched(2)
                     );
                     let query = query(&statement).bind(&filter.api_key_id);

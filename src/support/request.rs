@@ -42,12 +42,21 @@ pub struct ManualRequest {
     pub reason: Option<String>,
 }
 
+impl ManualRequest {
+    /// Whether API key `key_id` may see and decide it: a request about one of its own
+    /// verifications, or one that matched none. A request matched to another key's
+    /// verification, or to one made with the CLI (no key's), is not its.
+    pub fn visible_to(&self, key_id: &str) -> bool {
+        self.verification_id.is_none() || self.api_key_id.as_deref() == Some(key_id)
+    }
+}
+
 /// Which requests a listing shows.
 #[derive(Debug, Clone, Default)]
 pub struct RequestFilter {
     /// None: all.
     pub status: Option<RequestStatus>,
-    /// Only requests matched to this API key's verifications, and unmatched ones.
+    /// Only the requests this API key may see ([`ManualRequest::visible_to`]).
     pub api_key_id: Option<String>,
     /// Only requests this search finds.
     pub search: Option<Search>,

@@ -10,7 +10,7 @@ use callverify::config::Config;
 use callverify::domain::api_keys::ApiKeys;
 use callverify::domain::status::{CallerMatch, Status};
 use callverify::domain::NewVerification;
-use callverify::support::request::{Decided, Decision, NewManualRequest};
+use callverify::support::request::{Decided, Decision, NewManualRequest, RequestFilter};
 use callverify_testkit::emulator::{inbound_env, AfterTalk, Call, Talk, Transcript};
 use serde_json::{json, Value};
 
@@ -767,7 +767,41 @@ async fn a_second_approval_forgets_no_wrong_codes(db: Db) {
     d.stop().await;
 }
 
+/// A verification made with the CLI is no API key's: a key cannot read, cancel or approve
+/// it, and a support request matched to it is not in the key's queue (staff decide it).
+async fn a_cli_verification_is_no_keys(db: Db) {
+    let d = crate::common::start_with(db, closed).await;
+    let api = api(&d).await;
+    let id = failed_verification(&d, None, None).await;
+    let talk = Talk::new().say(voice(500)).key('#');
+    run_support(&d, support_call(PHONE, 0).talk(talk)).await;
+    assert!(api.requests("all").await.is_empty());
+    let rid = d
+        .store
+        .manual_requests(RequestFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .requests[0]
+        .id
+        .clone();
+    for (method, path) in [
+        ("GET", format!("/v1/manual-requests/{rid}")),
+        ("POST", format!("/v1/manual-requests/{rid}/approve")),
+        ("GET", format!("/v1/verifications/{id}")),
+        ("POST", format!("/v1/verifications/{id}/cancel")),
+    ] {
+        let (code, body) = api.json(method, &path, None).await;
+        assert_eq!(code, 404, "{method} {path}: {body}");
+    }
+    assert_eq!(d.status(&id).await.status, Status::Failed);
+    d.stop().await;
+}
+
 on_both_backends!(
+    a_cli_verification_is_no_keys,
     a_second_approval_forgets_no_wrong_codes,
     the_desk_finds_requests_by_each_key_and_pages_through_them,
     the_daemon_purges_old_recordings_by_itself,

@@ -175,8 +175,8 @@ async fn decided(state: &ApiState, id: &str) -> Result<Response, ApiError> {
     Ok(Json(RequestView::new(&row, &state.support, false, now_ms())).into_response())
 }
 
-/// The caller's key and the request id, if the key may see it: requests about another
-/// key's verifications are not found.
+/// The caller's key and the request id, if the key may see it (see
+/// [`ManualRequest::visible_to`]): others are not found.
 async fn visible(
     state: &ApiState,
     headers: &HeaderMap,
@@ -191,11 +191,7 @@ async fn visible(
         .peek(&id)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    if row
-        .api_key_id
-        .as_ref()
-        .is_some_and(|owner| *owner != key.id)
-    {
+    if !row.visible_to(&key.id) {
         return Err(ApiError::not_found());
     }
     Ok((key, id))

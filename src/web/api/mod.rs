@@ -263,8 +263,9 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// The id in the path, once the caller is known: a verification another key made is
-/// reported as not found, and so is an id that is not even a path segment.
+/// The id in the path, once the caller is known: a verification another key made, or one
+/// made with the CLI (no key's), is reported as not found, and so is an id that is not even
+/// a path segment.
 async fn owned_id(
     state: &ApiState,
     headers: &HeaderMap,
@@ -275,7 +276,7 @@ async fn owned_id(
         return Err(ApiError::not_found());
     };
     let owner = state.service.owner(&id).await?;
-    if owner.is_some_and(|owner| owner != key.id) {
+    if owner.as_deref() != Some(key.id.as_str()) {
         return Err(ApiError::not_found());
     }
     Ok(id)
