@@ -365,6 +365,8 @@ pub struct VerificationSection {
     pub max_per_number_per_hour: u32,
     pub max_per_user_per_hour: u32,
     pub max_per_api_key_per_hour: u32,
+    /// Days an ended verification is kept from its creation (0: kept for ever).
+    pub retention_days: u64,
 }
 
 impl Default for VerificationSection {
@@ -381,6 +383,7 @@ impl Default for VerificationSection {
             max_per_number_per_hour: 5,
             max_per_user_per_hour: 5,
             max_per_api_key_per_hour: 1000,
+            retention_days: 90,
         }
     }
 }
@@ -631,6 +634,7 @@ impl Config {
             ("verification.lockout_secs", v.lockout_secs, SECS),
             ("verification.ack_wait_ms", v.ack_wait_ms, MS),
             ("verification.digit_timeout_ms", v.digit_timeout_ms, MS),
+            ("verification.retention_days", v.retention_days, DAYS),
             ("ami.keepalive_secs", ami.keepalive_secs, SECS),
             ("ami.action_timeout_secs", ami.action_timeout_secs, SECS),
             ("dialer.ring_timeout_secs", dial.ring_timeout_secs, SECS),
@@ -791,6 +795,8 @@ impl Config {
                 .longest_call(v.max_attempts, self.endpoint_settings().max_listen),
             dead_after: Duration::from_secs(self.database.takeover_after_secs),
             allow_private_callbacks: self.webhooks.allow_private_callbacks,
+            retention: (v.retention_days > 0)
+                .then(|| Duration::from_secs(v.retention_days * 86_400)),
         }
     }
 

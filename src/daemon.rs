@@ -100,7 +100,8 @@ fn start_dialer(
     Some(ami)
 }
 
-/// Every few seconds: release stale dialer claims, expire overdue verifications.
+/// Every few seconds: release stale dialer claims, expire overdue verifications, delete the
+/// history past its retention.
 async fn janitor(
     service: Arc<Verifications>,
     support: Arc<Support>,
@@ -112,6 +113,12 @@ async fn janitor(
             _ = every.tick() => {
                 if let Err(e) = service.maintain().await {
                     tracing::error!(error = %e, "queue upkeep failed");
+                }
+                match service.purge_history().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(verifications = n,
+                        "deleted ended verifications past verification.retention_days"),
+                    Err(e) => tracing::error!(error = %e, "history upkeep failed"),
                 }
                 match support.purge(crate::domain::clock::now_ms()).await {
                     Ok(0) => {}

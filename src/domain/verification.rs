@@ -93,6 +93,9 @@ pub struct Policy {
     /// Accept `callback_url`s on loopback or private networks (for tests and labs only:
     /// otherwise an API caller could make the daemon post into the internal network).
     pub allow_private_callbacks: bool,
+    /// How long after its creation an ended verification is deleted, with its calls, code
+    /// checks, webhook events and support requests (none: kept for ever).
+    pub retention: Option<Duration>,
 }
 
 impl Policy {

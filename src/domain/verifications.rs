@@ -25,6 +25,10 @@ use crate::store::{
 mod cluster;
 use cluster::Registration;
 
+/// Verifications a purge of the history deletes at most in one transaction (every few
+/// seconds), so that it never holds the store for long.
+const PURGE_BATCH: i64 = 500;
+
 /// How long a call attempt can possibly last: an attempt open longer was left by a daemon
 /// that is gone, and recovery closes it whoever owned it.
 const STALE_ATTEMPT: Duration = Duration::from_secs(3600);
@@ -589,6 +593,18 @@ impl Verifications {
             );
         }
         Ok(())
+    }
+
+    /// Delete a batch of the ended history past the retention period (see
+    /// [`Policy::retention`]): the verifications deleted, fewer than a batch once none are
+    /// left.
+    pub async fn purge_history(&self) -> Result<u64, VerifyError> {
+        let Some(retention) = self.policy.retention else {
+            return Ok(0);
+        };
+        let now = now_ms();
+        let before = now.saturating_sub(millis(retention));
+        Ok(self.store.purge_history(before, now, PURGE_BATCH).await?)
     }
 
     /// Claim up to `limit` verifications due a call, for this daemon's dialer, within the

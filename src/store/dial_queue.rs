@@ -26,10 +26,7 @@ impl Store {
     ) -> Result<Vec<DialJob>, StoreError> {
         let (daemon, trunk) = (daemon.to_owned(), trunk.clone());
         let backend = self.backend;
-        let skip_locked = match backend {
-            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
+        let skip_locked = backend.skip_locked();
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {

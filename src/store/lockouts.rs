@@ -66,7 +66,9 @@ pub enum Checked {
 pub struct StrikeRule {
     /// Wrong codes a number or a user may make before the lockout.
     pub max: i64,
-    /// Strikes from before this time are forgotten.
+    /// A subject's count of strikes begins with its first strike, and is forgotten whole
+    /// (the next strike begins it again) once that first strike is older than this: a
+    /// window from the first strike, not a sliding one.
     pub forget_before: i64,
     /// When the lockout that the last strike starts ends.
     pub lock_until: i64,

@@ -12,9 +12,10 @@
 //! One file per table family, each an `impl Store` block: `verifications.rs` (and
 //! `creation.rs`, the checked insert), `attempts.rs` (call attempts and lockouts),
 //! `dial_queue.rs`, `trunk.rs` (the trunk's caps), `daemons.rs` (heartbeats and takeover),
-//! `outbox.rs` (webhook events), `api_keys.rs`, `upkeep.rs`, and the support
-//! line's `manual_requests.rs` and `staff.rs`, and `selftests.rs` (`callverify doctor`'s
-//! self-test calls).
+//! `outbox.rs` (webhook events), `api_keys.rs`, `upkeep.rs`, `retention.rs` (the history's
+//! end), and the support line's `manual_requests.rs` and `staff.rs`, and `selftests.rs`
+//! (`callverify doctor`'s self-test calls). `subject_locks.rs` orders the operations on one
+//! number, user or API key.
 
 mod api_keys;
 mod attempts;
@@ -27,6 +28,7 @@ mod lockouts;
 mod manual_requests;
 mod outbox;
 pub mod owner;
+mod retention;
 mod selftests;
 mod sql;
 mod staff;
@@ -64,6 +66,18 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("sql/postgres");
 pub enum Backend {
     Sqlite,
     Postgres,
+}
+
+impl Backend {
+    /// The clause that makes a `SELECT` of queued rows take only rows no other transaction
+    /// holds, and hold them (Postgres: several daemons take from one queue); SQLite's single
+    /// writer needs none.
+    fn skip_locked(self) -> &'static str {
+        match self {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        }
+    }
 }
 
 #[derive(Clone)]

@@ -3,7 +3,7 @@
 
 use super::sql::{query, Conn};
 
-use super::{op, Backend, Store, StoreError};
+use super::{op, Store, StoreError};
 use crate::domain::verification::StatusEvent;
 
 impl Store {
@@ -18,10 +18,7 @@ impl Store {
         now: i64,
     ) -> Result<Vec<StatusEvent>, StoreError> {
         let daemon = daemon.to_owned();
-        let skip_locked = match self.backend {
-            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
+        let skip_locked = self.backend.skip_locked();
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {

@@ -20,6 +20,7 @@ mod doctor;
 mod faults;
 mod probe;
 mod read_code;
+mod retention;
 mod speech_endpointing;
 mod speech_flow;
 mod speech_recognition;

@@ -1,0 +1,95 @@
+//! The end of the history: ended verifications past the retention period are deleted with
+//! every row that names them (call attempts, code checks, webhook events, idempotency keys,
+//! ended lockouts, decided support requests), and so are decided support requests that
+//! matched no verification. What a rule still needs stays: a verification whose lockout is
+//! in force, one a support request still waits on, one whose webhook is still being sent.
+
+use super::sql::{query, Conn, Query};
+use super::{op, Store, StoreError};
+
+/// The tables that name a verification, emptied of its rows before it goes.
+const NAMING_TABLES: [&str; 6] = [
+    "code_checks",
+    "call_attempts",
+    "outbox",
+    "lockouts",
+    "idempotency_keys",
+    "manual_requests",
+];
+
+impl Store {
+    /// Delete up to `batch` ended verifications created before `before`, and what names
+    /// them, and the decided support requests made before it that matched none, in one
+    /// transaction. Returns the verifications deleted (fewer than `batch`: no more are due).
+    pub async fn purge_history(
+        &self,
+        before: i64,
+        now: i64,
+        batch: i64,
+    ) -> Result<u64, StoreError> {
+        // Another daemon purging at once takes other rows; an approval waits, then finds
+        // none.
+        let lock = self.backend.skip_locked();
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let mut tx = c.begin().await?;
+                    let due = query(format!(
+                        "SELECT id FROM verifications v WHERE v.created_at < $1 \
+                         AND v.status IN ('verified', 'failed', 'unanswered', 'expired', \
+                             'canceled') \
+                         AND NOT EXISTS (SELECT 1 FROM lockouts l \
+                             WHERE l.verification_id = v.id AND l.locked_until > $2) \
+                         AND NOT EXISTS (SELECT 1 FROM manual_requests r \
+                             WHERE r.verification_id = v.id AND r.status = 'open') \
+                         AND NOT EXISTS (SELECT 1 FROM outbox o \
+                             WHERE o.verification_id = v.id AND o.delivered_at IS NULL) \
+                         ORDER BY v.created_at LIMIT $3 {lock}"
+                    ))
+                    .bind(before)
+                    .bind(now)
+                    .bind(batch)
+                    .fetch_all(&mut tx)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get::<String>("id"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                    if !due.is_empty() {
+                        for table in NAMING_TABLES {
+                            delete_naming(&mut tx, table, "verification_id", &due).await?;
+                        }
+                        delete_naming(&mut tx, "verifications", "id", &due).await?;
+                    }
+                    query(
+                        "DELETE FROM manual_requests WHERE verification_id IS NULL \
+                         AND status <> 'open' AND created_at < $1",
+                    )
+                    .bind(before)
+                    .execute(&mut tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(due.len() as u64)
+                })
+            }))
+            .await
+    }
+}
+
+/// Delete the rows of `table` whose `column` is one of `ids`.
+async fn delete_naming(
+    c: &mut Conn,
+    table: &str,
+    column: &str,
+    ids: &[String],
+) -> Result<(), StoreError> {
+    let list = (1..=ids.len())
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let delete: Query = query(format!("DELETE FROM {table} WHERE {column} IN ({list})"));
+    ids.iter()
+        .fold(delete, |delete, id| delete.bind(id))
+        .execute(c)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! The history's end (`verification.retention_days`): ended verifications past it are
+//! deleted with what names them, and what a rule still needs is kept. On SQLite and
+//! Postgres.
+
+use crate::common::{Daemon, Db, PHONE};
+use callverify::domain::status::{CallerMatch, Status};
+use callverify::support::request::{NewManualRequest, RequestFilter};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Make verification `id` `days` days older.
+async fn age(d: &Daemon, id: &str, days: i64) {
+    let mut db = crate::common::raw_connection(&d.config.database.url)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE verifications SET created_at = created_at - $1 WHERE id = $2")
+        .bind(days * DAY_MS)
+        .bind(id)
+        .execute(&mut db)
+        .await
+        .unwrap();
+}
+
+fn request(id: &str, verification_id: Option<&str>, created_at: i64) -> NewManualRequest {
+    NewManualRequest {
+        id: id.into(),
+        created_at,
+        caller: Some(PHONE.into()),
+        caller_match: match verification_id {
+            Some(_) => CallerMatch::Matched,
+            None => CallerMatch::Unmatched,
+        },
+        verification_id: verification_id.map(Into::into),
+        ended_by: "key",
+        duration_ms: 1000,
+        recording: callverify_audio::wav::encode(&[0; 8], 8000),
+        transcript: None,
+        language: "en".into(),
+    }
+}
+
+async fn request_ids(d: &Daemon) -> Vec<String> {
+    let mut ids: Vec<String> = d
+        .store
+        .manual_requests(RequestFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .requests
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn ended_history_past_retention_is_deleted(db: Db) {
+    let d = crate::common::start_with(db, |c| c.verification.retention_days = 2).await;
+    let now = callverify::domain::clock::now_ms();
+    // Old and ended: deleted, with its call and code check, and a decided request about it.
+    let old = d.verify_by_keypad(PHONE, "ann").await.id;
+    assert!(!d.store.attempts(&old).await.unwrap().is_empty());
+    // Old, but its lockout is in force: kept.
+    let locked = d.new_verification("+14155550177", "bob").await.id;
+    d.fail_by_keypad(&locked).await;
+    // Old and ended, but a support request about it is open: kept.
+    let waited_on = d.new_verification("+14155550178", "cat").await.id;
+    d.service.cancel(&waited_on).await.unwrap();
+    // Recent: kept.
+    let recent = d.verify_by_keypad(PHONE, "dan").await.id;
+    // Old and not ended (a clock set back, say): kept.
+    let open = d.new_verification("+14155550179", "eve").await.id;
+    for id in [&old, &locked, &waited_on, &open] {
+        age(&d, id, 3).await;
+    }
+    let old_request = now - 3 * DAY_MS;
+    for new in [
+        request("mr_about_old", Some(&old), old_request),
+        request("mr_waiting", Some(&waited_on), old_request),
+        request("mr_unmatched_old", None, old_request),
+        request("mr_unmatched_open", None, old_request),
+        request("mr_unmatched_recent", None, now),
+    ] {
+        d.store.insert_manual_request(new).await.unwrap();
+    }
+    for (id, reason) in [("mr_about_old", "done"), ("mr_unmatched_old", "spam")] {
+        d.store
+            .decide_manual(
+                id,
+                callverify::support::request::Decision::Reject {
+                    reason: reason.into(),
+                },
+                "staff",
+                now,
+            )
+            .await
+            .unwrap();
+    }
+
+    let deleted = d.service.purge_history().await.unwrap();
+    // The janitor may have purged it first.
+    assert!(deleted <= 1, "{deleted}");
+    assert_eq!(d.service.purge_history().await.unwrap(), 0, "no more due");
+    assert!(d.store.verification(&old).await.unwrap().is_none());
+    assert!(d.store.attempts(&old).await.unwrap().is_empty());
+    assert!(d.store.checks_of(&old).await.unwrap().checks.is_empty());
+    for id in [&locked, &waited_on, &recent, &open] {
+        assert!(
+            d.store.verification(id).await.unwrap().is_some(),
+            "{id} kept"
+        );
+    }
+    assert_eq!(d.status(&locked).await.status, Status::Failed);
+    assert!(
+        d.store
+            .standing("+14155550177", "bob", now, 0)
+            .await
+            .unwrap()
+            .locked_until
+            .is_some(),
+        "the lockout still holds"
+    );
+    assert_eq!(
+        request_ids(&d).await,
+        ["mr_unmatched_open", "mr_unmatched_recent", "mr_waiting"]
+    );
+    d.stop().await;
+}
+
+/// `retention_days = 0` keeps everything.
+async fn no_retention_keeps_everything(db: Db) {
+    let d = crate::common::start_with(db, |c| c.verification.retention_days = 0).await;
+    let old = d.verify_by_keypad(PHONE, "ann").await.id;
+    age(&d, &old, 10_000).await;
+    assert_eq!(d.service.purge_history().await.unwrap(), 0);
+    assert!(d.store.verification(&old).await.unwrap().is_some());
+    d.stop().await;
+}
+
+on_both_backends!(
+    ended_history_past_retention_is_deleted,
+    no_retention_keeps_everything
+);
