@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::doctor::selftest::Selftests;
+use crate::domain::ids::valid_id;
 use crate::domain::{Verifications, VerifyError};
 use crate::store::StoreError;
 use crate::support::Support;
@@ -129,7 +130,11 @@ impl Handler for Router {
         let result = match session.env().script() {
             "verify" => match session.env().arg(1).map(str::to_owned) {
                 Some(id) => {
-                    span.record("verification", id.as_str());
+                    // What Asterisk passed is on every line of the call only when it is
+                    // shaped like an id (anything else is unknown, and up to 8 KiB long).
+                    if valid_id(&id) {
+                        span.record("verification", id.as_str());
+                    }
                     verify::run(session, &self.service, &self.settings, &self.hearing, &id).await
                 }
                 None => {

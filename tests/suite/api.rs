@@ -169,6 +169,10 @@ async fn authentication_is_required(db: Db) {
     let path = format!("/v1/verifications/{}", mine["id"].as_str().unwrap());
     let r = http(api.d.http, "GET", &path, &[("Authorization", &other)], b"").await;
     assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
+    // The very answer of an id that does not exist: another key's ids are not told.
+    let none = "/v1/verifications/vf_2222222222222222222222222";
+    let missing = http(api.d.http, "GET", none, &[("Authorization", &other)], b"").await;
+    assert_eq!((missing.status, &missing.body), (404, &r.body));
     let cancel = format!("{path}/cancel");
     let r = http(
         api.d.http,

@@ -55,7 +55,8 @@ impl From<VerifyError> for ApiError {
             VerifyError::LockedOut { .. } | VerifyError::RateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            VerifyError::NotFound(_) => StatusCode::NOT_FOUND,
+            // As another key's verification is answered: an id's existence is not told.
+            VerifyError::NotFound(_) => return ApiError::not_found(),
             VerifyError::IdempotencyConflict
             | VerifyError::NotCancelable(_)
             | VerifyError::WrongMode
