@@ -596,15 +596,19 @@ impl Verifications {
     }
 
     /// Delete a batch of the ended history past the retention period (see
-    /// [`Policy::retention`]): the verifications deleted, fewer than a batch once none are
-    /// left.
+    /// [`Policy::retention`]), and the wrong codes that no longer count: the verifications
+    /// deleted, fewer than a batch once none are left.
     pub async fn purge_history(&self) -> Result<u64, VerifyError> {
-        let Some(retention) = self.policy.retention else {
-            return Ok(0);
-        };
         let now = now_ms();
-        let before = now.saturating_sub(millis(retention));
-        Ok(self.store.purge_history(before, now, PURGE_BATCH).await?)
+        let before = self
+            .policy
+            .retention
+            .map(|retention| now.saturating_sub(millis(retention)));
+        let strikes_before = self.strikes_since(now);
+        Ok(self
+            .store
+            .purge_history(before, strikes_before, now, PURGE_BATCH)
+            .await?)
     }
 
     /// Claim up to `limit` verifications due a call, for this daemon's dialer, within the

@@ -1,5 +1,6 @@
-//! Code checks, in a call or from the web app (read-code mode), and what they lead to: the `strikes` per number and per user (the
-//! three tries are theirs, across all their verifications) and the `lockouts` table.
+//! Code checks, in a call or from the web app (read-code mode), and what they lead to: the
+//! `wrong_codes` of each number and user (the three tries are theirs, across all their
+//! verifications, counted over the last lockout window) and the `lockouts` table.
 //!
 //! A check takes the number's and the user's locks first ([`subject_locks`]), as a creation
 //! and a staff approval do: checks of one number or user (even on several daemons on one
@@ -66,9 +67,8 @@ pub enum Checked {
 pub struct StrikeRule {
     /// Wrong codes a number or a user may make before the lockout.
     pub max: i64,
-    /// A subject's count of strikes begins with its first strike, and is forgotten whole
-    /// (the next strike begins it again) once that first strike is older than this: a
-    /// window from the first strike, not a sliding one.
+    /// Wrong codes from before this are not counted (the window slides: each wrong code
+    /// counts for the window's length after it was made).
     pub forget_before: i64,
     /// When the lockout that the last strike starts ends.
     pub lock_until: i64,
@@ -138,25 +138,17 @@ impl Store {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
                     subject_locks::lock_number_and_user(&mut tx, &phone, &user_ref).await?;
-                    let mut strikes = 0;
-                    for (kind, subject) in [("phone", &phone), ("user", &user_ref)] {
-                        let row = query(
-                            "INSERT INTO strikes (kind, subject, wrong, since) \
-                             VALUES ($1, $2, 1, $3) ON CONFLICT (kind, subject) DO UPDATE SET \
-                             wrong = CASE WHEN strikes.since < $4 THEN 1 \
-                                     ELSE strikes.wrong + 1 END, \
-                             since = CASE WHEN strikes.since < $4 THEN $3 \
-                                     ELSE strikes.since END \
-                             RETURNING wrong",
-                        )
-                        .bind(kind)
-                        .bind(subject)
-                        .bind(now)
-                        .bind(rule.forget_before)
-                        .fetch_one(&mut tx)
-                        .await?;
-                        strikes = strikes.max(row.try_get::<i64>("wrong")?);
-                    }
+                    query(
+                        "INSERT INTO wrong_codes (kind, subject, at) \
+                         VALUES ('phone', $1, $3), ('user', $2, $3)",
+                    )
+                    .bind(&phone)
+                    .bind(&user_ref)
+                    .bind(now)
+                    .execute(&mut tx)
+                    .await?;
+                    let strikes =
+                        strikes_of(&mut tx, &phone, &user_ref, rule.forget_before).await?;
                     // A refusal drops the transaction: the strikes above are not kept.
                     let refused = refusal(&mut tx, &by, &id, &phone, &user_ref, now).await?;
                     if let Some(refusal) = refused {
@@ -275,22 +267,60 @@ pub(super) async fn standing(
     now: i64,
     forget_before: i64,
 ) -> Result<Standing, StoreError> {
-    let row = query(
-        "SELECT (SELECT MAX(locked_until) FROM lockouts WHERE locked_until > $1 AND \
-             ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))) AS latest, \
-         (SELECT MAX(wrong) FROM strikes WHERE since >= $4 AND \
-             ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))) AS strikes",
-    )
-    .bind(now)
-    .bind(phone)
-    .bind(user_ref)
-    .bind(forget_before)
-    .fetch_one(&mut *c)
-    .await?;
+    let row = query(STANDING.as_str())
+        .bind(now)
+        .bind(phone)
+        .bind(user_ref)
+        .bind(forget_before)
+        .fetch_one(&mut *c)
+        .await?;
     Ok(Standing {
         locked_until: row.try_get("latest")?,
-        strikes: row.try_get::<Option<i64>>("strikes")?.unwrap_or(0),
+        strikes: row.try_get("strikes")?,
     })
+}
+
+/// The wrong codes of number `phone` or of user `user` (the higher count) since `since`,
+/// each a placeholder.
+fn strikes_sql(phone: &str, user: &str, since: &str) -> String {
+    format!(
+        "(SELECT MAX(n) FROM (\
+         SELECT COUNT(*) AS n FROM wrong_codes \
+             WHERE kind = 'phone' AND subject = {phone} AND at >= {since} \
+         UNION ALL \
+         SELECT COUNT(*) AS n FROM wrong_codes \
+             WHERE kind = 'user' AND subject = {user} AND at >= {since}) AS counts)"
+    )
+}
+
+/// [`standing`]: at `$1`, of number `$2` and user `$3`, the wrong codes since `$4`.
+static STANDING: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT (SELECT MAX(locked_until) FROM lockouts WHERE locked_until > $1 AND \
+             ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))) AS latest, \
+         {} AS strikes",
+        strikes_sql("$2", "$3", "$4")
+    )
+});
+
+/// [`strikes_of`]: of number `$1` and user `$2` since `$3`.
+static STRIKES_OF: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {} AS strikes", strikes_sql("$1", "$2", "$3")));
+
+/// The wrong codes of `phone` or of `user_ref` (the higher count) since `since`.
+async fn strikes_of(
+    c: &mut Conn,
+    phone: &str,
+    user_ref: &str,
+    since: i64,
+) -> Result<i64, StoreError> {
+    query(STRIKES_OF.as_str())
+        .bind(phone)
+        .bind(user_ref)
+        .bind(since)
+        .fetch_one(c)
+        .await?
+        .try_get("strikes")
 }
 
 /// The changes a check makes to its verification, each conditional on what its checker may
@@ -471,19 +501,20 @@ async fn lock_out(
     Ok(())
 }
 
-/// Forget the strikes of a number and a user, the number's row first (the order every code
-/// check takes them in).
+/// Forget the wrong codes of a number and a user (under their locks, see
+/// [`subject_locks`]).
 pub(super) async fn forget_strikes(
     c: &mut Conn,
     phone: &str,
     user_ref: &str,
 ) -> Result<(), StoreError> {
-    for (kind, subject) in [("phone", phone), ("user", user_ref)] {
-        query("DELETE FROM strikes WHERE kind = $1 AND subject = $2")
-            .bind(kind)
-            .bind(subject)
-            .execute(&mut *c)
-            .await?;
-    }
+    query(
+        "DELETE FROM wrong_codes WHERE (kind = 'phone' AND subject = $1) \
+         OR (kind = 'user' AND subject = $2)",
+    )
+    .bind(phone)
+    .bind(user_ref)
+    .execute(c)
+    .await?;
     Ok(())
 }

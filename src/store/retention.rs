@@ -1,8 +1,9 @@
 //! The end of the history: ended verifications past the retention period are deleted with
 //! every row that names them (call attempts, code checks, webhook events, idempotency keys,
 //! ended lockouts, decided support requests), and so are decided support requests that
-//! matched no verification. What a rule still needs stays: a verification whose lockout is
-//! in force, one a support request still waits on, one whose webhook is still being sent.
+//! matched no verification; and wrong codes that no longer count. What a rule still needs
+//! stays: a verification whose lockout is in force, one a support request still waits on,
+//! one whose webhook is still being sent.
 
 use super::sql::{query, Conn, Query};
 use super::{op, Store, StoreError};
@@ -18,12 +19,15 @@ const NAMING_TABLES: [&str; 6] = [
 ];
 
 impl Store {
-    /// Delete up to `batch` ended verifications created before `before`, and what names
-    /// them, and the decided support requests made before it that matched none, in one
-    /// transaction. Returns the verifications deleted (fewer than `batch`: no more are due).
+    /// Delete up to `batch` ended verifications created before `before` (none: the
+    /// history is kept), and what names them, and the decided support requests made before
+    /// it that matched none, and the wrong codes made before `strikes_before` (which no
+    /// longer count), in one transaction. Returns the verifications deleted (fewer than
+    /// `batch`: no more are due).
     pub async fn purge_history(
         &self,
-        before: i64,
+        before: Option<i64>,
+        strikes_before: i64,
         now: i64,
         batch: i64,
     ) -> Result<u64, StoreError> {
@@ -34,6 +38,14 @@ impl Store {
             .run(op(move |c| {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
+                    query("DELETE FROM wrong_codes WHERE at < $1")
+                        .bind(strikes_before)
+                        .execute(&mut tx)
+                        .await?;
+                    let Some(before) = before else {
+                        tx.commit().await?;
+                        return Ok(0);
+                    };
                     let due = query(format!(
                         "SELECT id FROM verifications v WHERE v.created_at < $1 \
                          AND v.status IN ('verified', 'failed', 'unanswered', 'expired', \

@@ -129,13 +129,35 @@ async fn ended_history_past_retention_is_deleted(db: Db) {
     d.stop().await;
 }
 
-/// `retention_days = 0` keeps everything.
+/// `retention_days = 0` keeps every verification; wrong codes older than the lockout's
+/// window, which no longer count, go all the same.
 async fn no_retention_keeps_everything(db: Db) {
+    use sqlx::Row;
     let d = crate::common::start_with(db, |c| c.verification.retention_days = 0).await;
     let old = d.verify_by_keypad(PHONE, "ann").await.id;
     age(&d, &old, 10_000).await;
+    let mut db = crate::common::raw_connection(&d.config.database.url)
+        .await
+        .unwrap();
+    let now = callverify::domain::clock::now_ms();
+    for at in [now - 2 * DAY_MS, now - DAY_MS / 2] {
+        sqlx::query("INSERT INTO wrong_codes (kind, subject, at) VALUES ('phone', $1, $2)")
+            .bind(PHONE)
+            .bind(at)
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
     assert_eq!(d.service.purge_history().await.unwrap(), 0);
     assert!(d.store.verification(&old).await.unwrap().is_some());
+    let left: Vec<i64> = sqlx::query("SELECT at FROM wrong_codes")
+        .fetch_all(&mut db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get("at"))
+        .collect();
+    assert_eq!(left, [now - DAY_MS / 2]);
     d.stop().await;
 }
 

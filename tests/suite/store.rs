@@ -599,7 +599,42 @@ async fn a_dead_daemon_is_taken_over_once_and_fenced(db: Db) {
     );
 }
 
+/// Wrong codes count over the last day whenever it starts: one a minute before a day has
+/// passed since the first, and two just after, are three within a day, and lock the number
+/// out (a window from the first wrong code would have begun again, and counted two).
+async fn the_strike_window_slides(db: Db) {
+    let (s, _dir) = store(db).await;
+    let t = now_ms();
+    let minute = 60_000;
+    let mut last = Checked::Wrong { strikes: 0 };
+    for (n, at) in [t, t + DAY - minute, t + DAY + minute, t + DAY + 2 * minute]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("vf_slide{n}");
+        let (attempt, v) = in_call(&s, &id, "+14155550101", &format!("user{n}")).await;
+        last = s
+            .count_wrong_code(&v, keyed(attempt), rule(at), at)
+            .await
+            .unwrap();
+        let expected = [
+            Checked::Wrong { strikes: 1 },
+            Checked::Wrong { strikes: 2 },
+            Checked::Wrong { strikes: 2 },
+            Checked::LockedOut,
+        ][n];
+        assert_eq!(last, expected, "wrong code {n}");
+    }
+    assert_eq!(last, Checked::LockedOut);
+    assert!(
+        locked_until(&s, "+14155550101", "nobody", t + DAY + 3 * minute)
+            .await
+            .is_some()
+    );
+}
+
 on_both_backends!(
+    the_strike_window_slides,
     a_dead_daemon_is_taken_over_once_and_fenced,
     a_stranded_call_expires,
     round_trip_and_transitions,
