@@ -797,6 +797,7 @@ impl Config {
             allow_private_callbacks: self.webhooks.allow_private_callbacks,
             retention: (v.retention_days > 0)
                 .then(|| Duration::from_secs(v.retention_days * 86_400)),
+            signs_webhooks: !self.webhooks.secret.is_empty(),
         }
     }
 

@@ -96,6 +96,9 @@ pub struct Policy {
     /// How long after its creation an ended verification is deleted, with its calls, code
     /// checks, webhook events and support requests (none: kept for ever).
     pub retention: Option<Duration>,
+    /// Whether webhooks can be signed (`webhooks.secret` is set): without, a `callback_url`
+    /// is refused, as its webhooks could never be sent.
+    pub signs_webhooks: bool,
 }
 
 impl Policy {
@@ -134,6 +137,11 @@ pub enum VerifyError {
     InvalidCallbackUrl,
     #[error("callback_url points into a private network or this host (webhooks.allow_private_callbacks)")]
     PrivateCallbackUrl,
+    #[error(
+        "callback_url needs webhooks.secret set on the daemon (CALLVERIFY_WEBHOOKS_SECRET): \
+         every webhook is signed with it"
+    )]
+    UnsignedCallbacks,
     #[error("this Idempotency-Key was used for a different request")]
     IdempotencyConflict,
     #[error("the verification has ended ({0}) and cannot be canceled")]
@@ -168,9 +176,9 @@ impl VerifyError {
             VerifyError::LockedOut { .. } => "locked_out",
             VerifyError::NotFound(_) => "not_found",
             VerifyError::RateLimited { .. } => "rate_limited",
-            VerifyError::InvalidCallbackUrl | VerifyError::PrivateCallbackUrl => {
-                "invalid_callback_url"
-            }
+            VerifyError::InvalidCallbackUrl
+            | VerifyError::PrivateCallbackUrl
+            | VerifyError::UnsignedCallbacks => "invalid_callback_url",
             VerifyError::IdempotencyConflict => "idempotency_conflict",
             VerifyError::NotCancelable(_) => "not_cancelable",
             VerifyError::WrongMode => "wrong_mode",

@@ -101,6 +101,10 @@ impl Verifications {
                 })
             })
             .transpose()?;
+        // Its webhooks could never be sent: each is signed with the secret.
+        if callback_url.is_some() && !self.policy.signs_webhooks {
+            return Err(VerifyError::UnsignedCallbacks);
+        }
         let limits = [
             (
                 RateSubject::Phone,

@@ -333,6 +333,21 @@ async fn hostile_bodies_get_clear_errors(db: Db) {
             "names an internal type: {message}"
         );
     }
+    // A good callback_url, but this daemon has no webhooks.secret to sign its webhooks with:
+    // refused now, rather than accepted and never sent.
+    let r = api
+        .post(
+            "/v1/verifications",
+            &json!({"phone": PHONE, "user_ref": "a", "callback_url": "https://hooks.example.com/cv"}),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (422, "invalid_callback_url")
+    );
+    let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("webhooks.secret"), "{message}");
     let r = api
         .post(
             "/v1/verifications",

@@ -51,7 +51,8 @@ impl From<VerifyError> for ApiError {
             | VerifyError::InvalidCodeLength(_)
             | VerifyError::InvalidCode(_)
             | VerifyError::InvalidCallbackUrl
-            | VerifyError::PrivateCallbackUrl => StatusCode::UNPROCESSABLE_ENTITY,
+            | VerifyError::PrivateCallbackUrl
+            | VerifyError::UnsignedCallbacks => StatusCode::UNPROCESSABLE_ENTITY,
             VerifyError::LockedOut { .. } | VerifyError::RateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
