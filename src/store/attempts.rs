@@ -412,24 +412,26 @@ static RELEASE_BY_ATTEMPT: LazyLock<String> =
 const CLOSE: &str = "UPDATE call_attempts SET ended_at = $2, outcome = $3 \
                      WHERE id = $1 AND ended_at IS NULL";
 
-/// Postgres: [`CLOSE`] and the end of the attempt's trunk call, in one statement.
-static FINISH: LazyLock<String> = LazyLock::new(|| {
+/// Postgres: [`CLOSE`] and the end of the attempt's trunk call, and `also` (more `WITH`
+/// parts), in one statement.
+fn finish_sql(also: &str) -> String {
     format!(
-        "WITH closed AS ({CLOSE} RETURNING id), trunk AS ({END_ATTEMPTS_TRUNK_CALL}) \
+        "WITH closed AS ({CLOSE} RETURNING id), trunk AS ({END_ATTEMPTS_TRUNK_CALL}){also} \
          SELECT COUNT(*) AS closed FROM closed"
     )
-});
+}
 
-/// Postgres: [`FINISH`] and, when it closed the attempt (not closed already by its right
-/// code or a takeover), the release of verification `$6` (`$4` the dials to give up at,
-/// `$5` the next call), in one statement.
+/// Postgres: the end of an attempt whose verification the call ended itself.
+static FINISH: LazyLock<String> = LazyLock::new(|| finish_sql(""));
+
+/// Postgres: the end of an attempt and, when it closed the attempt (not closed already by its
+/// right code or a takeover), the release of verification `$6` (`$4` the dials to give up
+/// at, `$5` the next call), in one statement.
 static FINISH_AND_RELEASE: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH closed AS ({CLOSE} RETURNING id), trunk AS ({END_ATTEMPTS_TRUNK_CALL}), \
-         released AS ({} AND EXISTS (SELECT 1 FROM closed)) \
-         SELECT COUNT(*) AS closed FROM closed",
+    finish_sql(&format!(
+        ", released AS ({} AND EXISTS (SELECT 1 FROM closed))",
         release_sql("$4", "$5", "$2", "$6", &by_attempt("$1"))
-    )
+    ))
 });
 
 fn attempt_from_row(r: &Row) -> Result<CallAttempt, StoreError> {

@@ -10,6 +10,7 @@
 //! nothing is taken there.
 
 use std::collections::BTreeSet;
+use std::sync::LazyLock;
 
 use super::sql::{query, Conn};
 use super::StoreError;
@@ -34,20 +35,34 @@ pub(super) async fn lock(
         return Ok(());
     }
     let subjects: BTreeSet<String> = subjects.into_iter().collect();
-    // VALUES rows are taken in the order written.
-    let rows = (1..=subjects.len())
-        .map(|n| format!("(${n})"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut locks = query(format!(
-        "SELECT pg_advisory_xact_lock(hashtextextended(s, 0)) FROM (VALUES {rows}) AS t (s)"
-    ));
+    let cached = subjects
+        .len()
+        .checked_sub(1)
+        .and_then(|i| STATEMENTS.get(i));
+    let mut locks = match cached {
+        Some(statement) => query(statement.as_str()),
+        None => query(statement(subjects.len())),
+    };
     for subject in subjects {
         locks = locks.bind(subject);
     }
     locks.execute(c).await?;
     Ok(())
 }
+
+/// The statement that locks `n` subjects, bound `$1` to `$n` in order (VALUES rows are
+/// taken in the order written).
+fn statement(n: usize) -> String {
+    let rows = (1..=n)
+        .map(|i| format!("(${i})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("SELECT pg_advisory_xact_lock(hashtextextended(s, 0)) FROM (VALUES {rows}) AS t (s)")
+}
+
+/// [`statement`] for 1 to 4 subjects (a check takes two, a creation up to four), built
+/// once: a check is on every call's path.
+static STATEMENTS: LazyLock<Vec<String>> = LazyLock::new(|| (1..=4).map(statement).collect());
 
 /// Take the locks of a number and a user (see [`lock`]).
 pub(super) async fn lock_number_and_user(

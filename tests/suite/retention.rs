@@ -2,9 +2,8 @@
 //! deleted with what names them, and what a rule still needs is kept. On SQLite and
 //! Postgres.
 
-use crate::common::{Daemon, Db, PHONE};
-use callverify::domain::status::{CallerMatch, Status};
-use callverify::support::request::{NewManualRequest, RequestFilter};
+use crate::common::{manual_request, manual_request_ids, Daemon, Db, PHONE};
+use callverify::domain::status::Status;
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -19,41 +18,6 @@ async fn age(d: &Daemon, id: &str, days: i64) {
         .execute(&mut db)
         .await
         .unwrap();
-}
-
-fn request(id: &str, verification_id: Option<&str>, created_at: i64) -> NewManualRequest {
-    NewManualRequest {
-        id: id.into(),
-        created_at,
-        caller: Some(PHONE.into()),
-        caller_match: match verification_id {
-            Some(_) => CallerMatch::Matched,
-            None => CallerMatch::Unmatched,
-        },
-        verification_id: verification_id.map(Into::into),
-        ended_by: "key",
-        duration_ms: 1000,
-        recording: callverify_audio::wav::encode(&[0; 8], 8000),
-        transcript: None,
-        language: "en".into(),
-    }
-}
-
-async fn request_ids(d: &Daemon) -> Vec<String> {
-    let mut ids: Vec<String> = d
-        .store
-        .manual_requests(RequestFilter {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .requests
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
-    ids.sort();
-    ids
 }
 
 async fn ended_history_past_retention_is_deleted(db: Db) {
@@ -77,11 +41,11 @@ async fn ended_history_past_retention_is_deleted(db: Db) {
     }
     let old_request = now - 3 * DAY_MS;
     for new in [
-        request("mr_about_old", Some(&old), old_request),
-        request("mr_waiting", Some(&waited_on), old_request),
-        request("mr_unmatched_old", None, old_request),
-        request("mr_unmatched_open", None, old_request),
-        request("mr_unmatched_recent", None, now),
+        manual_request("mr_about_old", Some(&old), old_request),
+        manual_request("mr_waiting", Some(&waited_on), old_request),
+        manual_request("mr_unmatched_old", None, old_request),
+        manual_request("mr_unmatched_open", None, old_request),
+        manual_request("mr_unmatched_recent", None, now),
     ] {
         d.store.insert_manual_request(new).await.unwrap();
     }
@@ -123,7 +87,7 @@ async fn ended_history_past_retention_is_deleted(db: Db) {
         "the lockout still holds"
     );
     assert_eq!(
-        request_ids(&d).await,
+        manual_request_ids(&d).await,
         ["mr_unmatched_open", "mr_unmatched_recent", "mr_waiting"]
     );
     d.stop().await;

@@ -10,7 +10,7 @@ use callverify::config::Config;
 use callverify::domain::api_keys::ApiKeys;
 use callverify::domain::status::{CallerMatch, Status};
 use callverify::domain::NewVerification;
-use callverify::support::request::{Decided, Decision, NewManualRequest, RequestFilter};
+use callverify::support::request::{Decided, Decision, NewManualRequest};
 use callverify_testkit::emulator::{inbound_env, AfterTalk, Call, Talk, Transcript};
 use serde_json::{json, Value};
 
@@ -711,21 +711,8 @@ async fn a_second_approval_forgets_no_wrong_codes(db: Db) {
     let x = failed_verification(&d, None, None).await;
     let now = callverify::domain::clock::now_ms();
     for id in ["mr_first", "mr_second"] {
-        d.store
-            .insert_manual_request(NewManualRequest {
-                id: id.into(),
-                created_at: now,
-                caller: Some(PHONE.into()),
-                caller_match: CallerMatch::Matched,
-                verification_id: Some(x.clone()),
-                ended_by: "key",
-                duration_ms: 1000,
-                recording: callverify_audio::wav::encode(&[0; 8], 8000),
-                transcript: None,
-                language: "en".into(),
-            })
-            .await
-            .unwrap();
+        let request = crate::common::manual_request(id, Some(&x), now);
+        d.store.insert_manual_request(request).await.unwrap();
     }
     let approve = Decision::Approve {
         verification_id: None,
@@ -776,17 +763,7 @@ async fn a_cli_verification_is_no_keys(db: Db) {
     let talk = Talk::new().say(voice(500)).key('#');
     run_support(&d, support_call(PHONE, 0).talk(talk)).await;
     assert!(api.requests("all").await.is_empty());
-    let rid = d
-        .store
-        .manual_requests(RequestFilter {
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .requests[0]
-        .id
-        .clone();
+    let rid = crate::common::manual_request_ids(&d).await[0].clone();
     for (method, path) in [
         ("GET", format!("/v1/manual-requests/{rid}")),
         ("POST", format!("/v1/manual-requests/{rid}/approve")),

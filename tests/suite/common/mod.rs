@@ -292,3 +292,46 @@ pub fn pending_row(id: &str, phone: &str, user: &str) -> callverify::domain::Ver
         code_delivered_at: None,
     }
 }
+
+/// A support request left by `PHONE` at `created_at`, matched to `verification_id` (none:
+/// unmatched), open, with a short recording.
+pub fn manual_request(
+    id: &str,
+    verification_id: Option<&str>,
+    created_at: i64,
+) -> callverify::support::request::NewManualRequest {
+    use callverify::domain::status::CallerMatch;
+    callverify::support::request::NewManualRequest {
+        id: id.into(),
+        created_at,
+        caller: Some(PHONE.into()),
+        caller_match: match verification_id {
+            Some(_) => CallerMatch::Matched,
+            None => CallerMatch::Unmatched,
+        },
+        verification_id: verification_id.map(Into::into),
+        ended_by: "key",
+        duration_ms: 1000,
+        recording: callverify_audio::wav::encode(&[0; 8], 8000),
+        transcript: None,
+        language: "en".into(),
+    }
+}
+
+/// The ids of every support request in the store (up to 100), sorted.
+pub async fn manual_request_ids(d: &Daemon) -> Vec<String> {
+    let mut ids: Vec<String> = d
+        .store
+        .manual_requests(callverify::support::request::RequestFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .requests
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    ids.sort();
+    ids
+}
