@@ -657,3 +657,90 @@ async fn unsupported_urls_are_refused_without_leaking_passwords() {
     assert!(err.contains("mysql://app@db/x"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+/// Postgres, several daemons: a code check, a staff approval and a creation for one number
+/// each wait for the number's lock (held here from another connection, as another daemon's
+/// operation on the number would hold it), so that none of them passes a rule while another
+/// changes the number's standing.
+#[tokio::test]
+async fn checks_approvals_and_creations_of_a_number_wait_for_its_lock() {
+    use futures::future::BoxFuture;
+    use sqlx::{Connection, Row};
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::common::fresh_database(Db::Postgres, dir.path()).await;
+    let s = Store::connect(&url, 8).await.unwrap();
+    s.migrate().await.unwrap();
+    let phone = "+14155550101";
+    let (attempt, v) = in_call(&s, "vf_checked", phone, "alice").await;
+    s.insert_verification(&row("vf_approved", phone, "bob"))
+        .await
+        .unwrap();
+    let request = crate::common::manual_request("mr_locked", Some("vf_approved"), now_ms());
+    s.insert_manual_request(request).await.unwrap();
+    let now = now_ms();
+    let operations: Vec<(&str, BoxFuture<'static, ()>)> = vec![
+        ("a code check", {
+            let s = s.clone();
+            Box::pin(async move {
+                let checked = s.count_wrong_code(&v, keyed(attempt), rule(now), now);
+                assert_eq!(checked.await.unwrap(), Checked::Wrong { strikes: 1 });
+            })
+        }),
+        ("a staff approval", {
+            let s = s.clone();
+            Box::pin(async move {
+                let approve = callverify::support::request::Decision::Approve {
+                    verification_id: None,
+                };
+                s.decide_manual("mr_locked", approve, "staff", now)
+                    .await
+                    .unwrap();
+            })
+        }),
+        ("a creation", {
+            let s = s.clone();
+            Box::pin(async move {
+                let new = row("vf_created", phone, "carol");
+                let created = s.create_verification(&new, None, Vec::new(), 0, 0).await;
+                assert!(matches!(
+                    created.unwrap(),
+                    callverify::store::Created::Inserted { .. }
+                ));
+            })
+        }),
+    ];
+    let mut holder = crate::common::raw_connection(&url).await.unwrap();
+    let mut watcher = crate::common::raw_connection(&url).await.unwrap();
+    for (what, operation) in operations {
+        let mut tx = holder.begin().await.unwrap();
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("phone:{phone}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let running = tokio::spawn(operation);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let waiting: i64 = sqlx::query(
+                "SELECT COUNT(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap()
+            .get("n");
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                !running.is_finished(),
+                "{what} did not wait for the number's lock"
+            );
+            assert!(std::time::Instant::now() < deadline, "{what} never waited");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(!running.is_finished(), "{what} went on under the lock");
+        tx.commit().await.unwrap();
+        running.await.unwrap();
+    }
+    drop(dir);
+}
