@@ -210,6 +210,9 @@ pub struct QaSection {
     /// Code of the QA line's test verifications (so a scripted caller can key it); when
     /// empty, a random code that the call says first.
     pub code: String,
+    /// The numbers the QA call-back extensions (80/81 and a number) may ring, in E.164 and
+    /// within `dialer.allowed_countries`; empty: call-backs are refused.
+    pub callback_numbers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -608,6 +611,15 @@ impl Config {
         if !self.qa.code.is_empty() && !crate::domain::codes::is_valid_code(&self.qa.code) {
             return invalid("qa.code", "must be 4 to 10 digits");
         }
+        let phones = self.phone_policy();
+        for number in &self.qa.callback_numbers {
+            if let Err(e) = phones.parse(number) {
+                return invalid(
+                    "qa.callback_numbers",
+                    &format!("{number:?}: {e}: list numbers in E.164 form, e.g. +14155550101"),
+                );
+            }
+        }
         if !self.security.secret.is_empty() && self.security.secret.len() < 16 {
             return invalid("security.secret", "must be at least 16 characters");
         }
@@ -828,6 +840,13 @@ impl Config {
             entry_silences: v.entry_silences.max(1),
             digit_timeout: Duration::from_millis(v.digit_timeout_ms),
             qa_code: Some(self.qa.code.clone()).filter(|c| !c.is_empty()),
+            qa_callback_numbers: self
+                .qa
+                .callback_numbers
+                .iter()
+                .filter_map(|n| self.phone_policy().parse(n).ok())
+                .map(|n| n.as_str().to_owned())
+                .collect(),
         }
     }
 
@@ -1015,6 +1034,31 @@ mod tests {
         assert_eq!((c.ami.host.as_str(), c.ami.port), ("pbx", 5038));
         let speech = c.recogniser_settings().unwrap();
         assert_eq!(speech.model, Path::new("/models"));
+    }
+
+    #[test]
+    fn qa_call_back_numbers_are_callable_and_kept_in_e164() {
+        let load = |numbers: &str| {
+            Config::load(
+                &Source::Flag("/dev/null".into()),
+                env(&[("CALLVERIFY_QA_CALLBACK_NUMBERS", numbers)]),
+            )
+        };
+        let c = load("+1 (415) 555-0102, +16135550102").unwrap();
+        assert_eq!(
+            c.flow_settings().qa_callback_numbers,
+            vec!["+14155550102", "+16135550102"]
+        );
+        for refused in ["4155550102", "+19005550102", "+442079460000", "+1415555"] {
+            let error = load(refused).unwrap_err().to_string();
+            assert!(error.starts_with("qa.callback_numbers: "), "{error}");
+            assert!(error.contains(refused), "{error}");
+        }
+        assert!(load("")
+            .unwrap()
+            .flow_settings()
+            .qa_callback_numbers
+            .is_empty());
     }
 
     #[test]

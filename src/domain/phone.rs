@@ -23,6 +23,15 @@ pub enum PhoneError {
     SpecialNumber(&'static str),
 }
 
+/// Why a QA call-back may not ring a number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallBackRefused {
+    #[error(transparent)]
+    Number(PhoneError),
+    #[error("the number is not one of qa.callback_numbers")]
+    NotListed,
+}
+
 /// Which destinations may be called.
 #[derive(Debug, Clone)]
 pub struct PhonePolicy {

@@ -10,7 +10,7 @@ use super::clock::{millis, now_ms};
 use super::codes::{self, CodeHasher};
 use super::ids::{new_verification_id, valid_id};
 use super::metrics::Metrics;
-use super::phone::{PhoneError, PhoneNumber, PhonePolicy};
+use super::phone::{CallBackRefused, PhoneError, PhoneNumber, PhonePolicy};
 use super::sealed::CodeSealer;
 use super::status::{CallOutcome, EntryMethod, Mode, Status};
 use super::verification::{
@@ -670,9 +670,25 @@ impl Verifications {
     }
 
     /// Whether `phone` may be called under the destination policy in force now (it may
-    /// have changed since the verification was made).
-    pub fn may_call(&self, phone: &str) -> Result<(), PhoneError> {
-        self.phones.parse(phone).map(drop)
+    /// have changed since the verification was made), in E.164 if it may.
+    pub fn may_call(&self, phone: &str) -> Result<PhoneNumber, PhoneError> {
+        self.phones.parse(phone)
+    }
+
+    /// Whether a QA call-back (the dialplan's 80/81 extensions, dialled from a softphone)
+    /// may ring `phone`: only a number the admin listed (`qa.callback_numbers`, in E.164),
+    /// and only while the destination policy allows it. Anyone holding a QA softphone's
+    /// password dials these extensions: without the list, the trunk would call any number.
+    pub fn may_call_back(
+        &self,
+        phone: &str,
+        listed: &[String],
+    ) -> Result<PhoneNumber, CallBackRefused> {
+        let number = self.may_call(phone).map_err(CallBackRefused::Number)?;
+        if !listed.iter().any(|l| l == number.as_str()) {
+            return Err(CallBackRefused::NotListed);
+        }
+        Ok(number)
     }
 
     pub fn policy(&self) -> &Policy {

@@ -26,7 +26,7 @@ use callverify_speech::{CodeRecogniser, EndpointSettings};
 use prompts::Prompt;
 
 /// The FastAGI scripts the daemon serves (`agi://HOST:PORT/<script>`).
-pub const SCRIPTS: &[&str] = &["verify", "manual", "qa", "selftest"];
+pub const SCRIPTS: &[&str] = &["verify", "manual", "qa", "qa-callback", "selftest"];
 
 /// Timing and patience of the flows.
 #[derive(Debug, Clone)]
@@ -41,6 +41,8 @@ pub struct FlowSettings {
     pub digit_timeout: Duration,
     /// The QA line's fixed test code, if configured.
     pub qa_code: Option<String>,
+    /// The numbers QA call-backs may ring (`qa.callback_numbers`), in E.164.
+    pub qa_callback_numbers: Vec<String>,
 }
 
 /// Time each prompt may take in [`FlowSettings::longest_call`] (the kit's longest plays 6 s).
@@ -143,6 +145,7 @@ impl Handler for Router {
                 }
             },
             "qa" => qa::run(session, &self.service, &self.settings, &self.hearing).await,
+            "qa-callback" => qa::call_back(session, &self.service, &self.settings).await,
             "manual" => manual::run(session, &self.support, &self.hearing.audio).await,
             "selftest" => {
                 let token = session.env().arg(1).unwrap_or_default().to_owned();

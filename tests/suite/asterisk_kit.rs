@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use callverify::doctor::selftest::TOKEN_VARIABLE;
 use callverify::doctor::{KIT_CONTEXTS, SELFTEST_CONTEXT};
 use callverify::flow::prompts::{Prompt, LANGUAGES};
-use callverify::flow::{manual, SCRIPTS};
+use callverify::flow::{manual, qa, SCRIPTS};
 use callverify_audio::{wav, SAMPLE_RATE};
 
 /// The channel variable the dialer's Originate sets to the verification id (DESIGN.md).
@@ -554,7 +554,7 @@ fn every_agi_url_points_at_the_daemon_and_a_script_it_serves() {
             scripts_used.insert(path.to_string());
         }
     }
-    for script in ["verify", "manual", "qa", "selftest"] {
+    for script in ["verify", "manual", "qa", "qa-callback", "selftest"] {
         assert!(
             scripts_used.contains(script),
             "no extension runs agi://.../{script}"
@@ -602,6 +602,75 @@ fn the_outbound_context_passes_the_dialers_id_and_apologises_when_the_daemon_is_
         .collect();
     let qa_agi = qa_steps.iter().position(|s| s.app == "AGI").unwrap();
     check_failure_apology(&qa_steps, qa_agi);
+}
+
+/// The trunk is dialled from the dialplan only for a QA call-back, and only after the
+/// daemon's gate allowed that very number: the gate's variable is cleared first (so that a
+/// daemon that is down refuses), the gate is asked for the number the trunk is dialled with,
+/// and anything but `allowed` jumps past the dial.
+#[test]
+fn every_trunk_call_of_the_dialplan_asks_the_daemon_first() {
+    let contexts = dialplan(&kit_extensions());
+    let var = format!("${{{}}}", qa::CALLBACK_VARIABLE);
+    let mut dials = 0;
+    for steps in contexts.values() {
+        for (at, step) in steps.iter().enumerate() {
+            let dialled = apps_of(step).into_iter().find_map(|(app, args)| {
+                let channel = split_args(&args)[0].trim().to_string();
+                (["Dial", "Originate"].contains(&app.as_str())
+                    && channel.contains("${CALLVERIFY_TRUNK}"))
+                .then_some(channel)
+            });
+            let Some(channel) = dialled else { continue };
+            dials += 1;
+            let number = channel
+                .strip_prefix("PJSIP/")
+                .and_then(|c| c.strip_suffix("@${CALLVERIFY_TRUNK}"))
+                .unwrap_or_else(|| panic!("{}: trunk channel {channel}", step.origin));
+            let before: Vec<&Step> = steps[..at]
+                .iter()
+                .filter(|s| s.exten == step.exten)
+                .collect();
+            let cleared = before.iter().position(|s| {
+                s.app == "Set" && s.args.trim() == format!("{}=", qa::CALLBACK_VARIABLE)
+            });
+            let asked = before.iter().position(|s| {
+                s.app == "AGI"
+                    && s.arg_list()
+                        == [
+                            "agi://${CALLVERIFY_AGI_HOST}/qa-callback".to_string(),
+                            number.into(),
+                        ]
+            });
+            let guard = before.iter().position(|s| {
+                s.app == "GotoIf" && s.args.starts_with(&format!(r#"$["{var}" != "allowed"]?"#))
+            });
+            let (Some(cleared), Some(asked), Some(guard)) = (cleared, asked, guard) else {
+                panic!(
+                    "{}: the trunk is dialled without clearing {var}, asking \
+                     agi://.../qa-callback for {number} and jumping away unless it is allowed \
+                     ({cleared:?}, {asked:?}, {guard:?})",
+                    step.origin
+                );
+            };
+            assert!(
+                cleared < asked && asked < guard,
+                "{}: gate out of order",
+                step.origin
+            );
+            let label = before[guard].args.split_once('?').unwrap().1;
+            let target = steps
+                .iter()
+                .position(|s| s.exten == step.exten && s.label() == Some(label))
+                .unwrap_or_else(|| panic!("{}: no label {label}", step.origin));
+            assert!(
+                target > at,
+                "{}: a refusal jumps back before the dial",
+                step.origin
+            );
+        }
+    }
+    assert!(dials > 0, "no call-back dials the trunk");
 }
 
 /// After the AGI, AGISTATUS=FAILURE jumps to a label from which the technical-problem prompt
@@ -674,6 +743,7 @@ fn every_application_is_known_and_every_label_and_variable_exists() {
                             DIALER_ID_VAR,
                             DIALER_LANG_VAR,
                             manual::ROUTE_VARIABLE,
+                            qa::CALLBACK_VARIABLE,
                             TOKEN_VARIABLE
                         ]
                         .contains(&var),

@@ -496,6 +496,49 @@ async fn qa_line_says_a_random_code_and_locks_out_no_real_user(db: Db) {
     d.stop().await;
 }
 
+/// The QA call-back extensions ring only the numbers the admin listed: the daemon's gate
+/// says `allowed` for one of `qa.callback_numbers` and `refused` for any other number (a
+/// premium-rate one, one of a country not allowed, garbage); with none listed, for all.
+#[tokio::test]
+async fn qa_call_backs_ring_only_listed_numbers() {
+    async fn gate(d: &Daemon, asked: &str) -> Vec<String> {
+        let t = Call::with_env(callverify_testkit::emulator::outbound_env(
+            "qa-callback",
+            &[asked],
+        ))
+        .run(d.addr)
+        .await
+        .unwrap();
+        assert!(t.closed_by_daemon, "{asked}");
+        t.commands
+    }
+    let allowed = vec!["SET VARIABLE CALLVERIFY_QA_CALLBACK allowed".to_string()];
+    let refused = vec!["SET VARIABLE CALLVERIFY_QA_CALLBACK refused".to_string()];
+    let d = crate::common::start_with(Db::Sqlite, |c| {
+        // Listed in another form than the dialplan passes: compared in E.164.
+        c.qa.callback_numbers = vec!["+1 (415) 555-0102".into()];
+        c.dialer.allowed_countries = vec!["US".into()];
+    })
+    .await;
+    assert_eq!(gate(&d, "+14155550102").await, allowed);
+    for asked in [
+        "+14155550101",
+        "+19005550103",
+        "+16135550102",
+        "14155550102x",
+        "",
+        "+14155550102'; DROP TABLE verifications; --",
+    ] {
+        assert_eq!(gate(&d, asked).await, refused, "{asked}");
+    }
+    let long = format!("+1415555010{}", "2".repeat(4000));
+    assert_eq!(gate(&d, &long).await, refused);
+    d.stop().await;
+    let d = crate::common::start(Db::Sqlite).await;
+    assert_eq!(gate(&d, "+14155550102").await, refused);
+    d.stop().await;
+}
+
 /// A QA call whose caller never presses `#` is not queued for the dialer to call back: a
 /// test verification has no number to call.
 async fn an_unacknowledged_qa_call_is_not_called_again(db: Db) {
