@@ -22,8 +22,9 @@ impl Store {
     /// Delete up to `batch` ended verifications created before `before` (none: the
     /// history is kept), and what names them, and the decided support requests made before
     /// it that matched none, and the wrong codes made before `strikes_before` (which no
-    /// longer count), in one transaction. Returns the verifications deleted (fewer than
-    /// `batch`: no more are due).
+    /// longer count), in one transaction; on SQLite, the write-ahead log is then emptied
+    /// when anything was deleted. Returns the verifications deleted (fewer than `batch`: no
+    /// more are due).
     pub async fn purge_history(
         &self,
         before: Option<i64>,
@@ -34,7 +35,8 @@ impl Store {
         // Another daemon purging at once takes other rows; an approval waits, then finds
         // none.
         let lock = self.backend.skip_locked();
-        self.engine
+        let (deleted, unmatched) = self
+            .engine
             .run(op(move |c| {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
@@ -44,7 +46,7 @@ impl Store {
                         .await?;
                     let Some(before) = before else {
                         tx.commit().await?;
-                        return Ok(0);
+                        return Ok((0, 0));
                     };
                     let due = query(format!(
                         "SELECT id FROM verifications v WHERE v.created_at < $1 \
@@ -72,18 +74,25 @@ impl Store {
                         }
                         delete_naming(&mut tx, "verifications", "id", &due).await?;
                     }
-                    query(
+                    let unmatched = query(
                         "DELETE FROM manual_requests WHERE verification_id IS NULL \
                          AND status <> 'open' AND created_at < $1",
                     )
                     .bind(before)
                     .execute(&mut tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
                     tx.commit().await?;
-                    Ok(due.len() as u64)
+                    Ok((due.len() as u64, unmatched))
                 })
             }))
-            .await
+            .await?;
+        // Numbers and users are gone from the database's pages (secure_delete); from the
+        // write-ahead log's older images of them too.
+        if deleted + unmatched > 0 {
+            self.empty_wal().await?;
+        }
+        Ok(deleted)
     }
 }
 

@@ -20,11 +20,14 @@ async fn age(d: &Daemon, id: &str, days: i64) {
         .unwrap();
 }
 
+/// The user of the verification that is deleted: a string found nowhere else.
+const OLD_USER: &str = "user-4d7e1c9a0b";
+
 async fn ended_history_past_retention_is_deleted(db: Db) {
     let d = crate::common::start_with(db, |c| c.verification.retention_days = 2).await;
     let now = callverify::domain::clock::now_ms();
     // Old and ended: deleted, with its call and code check, and a decided request about it.
-    let old = d.verify_by_keypad(PHONE, "ann").await.id;
+    let old = d.verify_by_keypad(PHONE, OLD_USER).await.id;
     assert!(!d.store.attempts(&old).await.unwrap().is_empty());
     // Old, but its lockout is in force: kept.
     let locked = d.new_verification("+14155550177", "bob").await.id;
@@ -70,6 +73,20 @@ async fn ended_history_past_retention_is_deleted(db: Db) {
     assert!(d.store.verification(&old).await.unwrap().is_none());
     assert!(d.store.attempts(&old).await.unwrap().is_empty());
     assert!(d.store.checks_of(&old).await.unwrap().checks.is_empty());
+    if db == Db::Sqlite {
+        // Overwritten in the database's pages (secure_delete) and gone from the write-ahead
+        // log's older images of them: read as the purge left them.
+        for file in ["test.db", "test.db-wal"] {
+            let path = d.dir.as_ref().unwrap().path().join(file);
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            assert!(
+                !bytes
+                    .windows(OLD_USER.len())
+                    .any(|w| w == OLD_USER.as_bytes()),
+                "the deleted verification's user is still in {file}"
+            );
+        }
+    }
     for id in [&locked, &waited_on, &recent, &open] {
         assert!(
             d.store.verification(id).await.unwrap().is_some(),
@@ -98,7 +115,7 @@ async fn ended_history_past_retention_is_deleted(db: Db) {
 async fn no_retention_keeps_everything(db: Db) {
     use sqlx::Row;
     let d = crate::common::start_with(db, |c| c.verification.retention_days = 0).await;
-    let old = d.verify_by_keypad(PHONE, "ann").await.id;
+    let old = d.verify_by_keypad(PHONE, OLD_USER).await.id;
     age(&d, &old, 10_000).await;
     let mut db = crate::common::raw_connection(&d.config.database.url)
         .await
