@@ -275,6 +275,7 @@ async fn session(
                 }
             }
             _ = keepalive.tick() => {
+                forget_abandoned(&mut pending);
                 if let Some(sent) = ping_sent {
                     if sent.elapsed() > config.action_timeout {
                         break "keepalive Ping unanswered".to_owned();
@@ -299,4 +300,28 @@ async fn session(
         let _ = reply.send(Err(AmiError::Closed));
     }
     why
+}
+
+/// Drop the actions whose callers stopped waiting (their reply timed out): an Asterisk that
+/// answers the keepalive but never some action would otherwise grow the map for as long as
+/// the connection lasts.
+fn forget_abandoned(pending: &mut HashMap<String, Reply>) {
+    pending.retain(|_, reply| !reply.is_closed());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_nobody_waits_for_are_forgotten() {
+        let mut pending = HashMap::new();
+        let (waited, _waiting) = oneshot::channel();
+        let (abandoned, gave_up) = oneshot::channel();
+        pending.insert("a-1".to_owned(), waited);
+        pending.insert("a-2".to_owned(), abandoned);
+        drop(gave_up);
+        forget_abandoned(&mut pending);
+        assert_eq!(pending.keys().collect::<Vec<_>>(), ["a-1"]);
+    }
 }
