@@ -6,7 +6,7 @@ use super::sql::query;
 
 use super::attempts::{release, Releaser};
 use super::outbox::release_claims;
-use super::{op, Store, StoreError};
+use super::{op, Backend, Store, StoreError};
 
 /// A daemon as registered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +169,7 @@ impl Store {
         now: i64,
     ) -> Result<TakenOver, StoreError> {
         let me = me.to_owned();
+        let lock_calls_first = self.backend == Backend::Postgres;
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
@@ -188,6 +189,21 @@ impl Store {
                     .collect::<Result<_, _>>()?;
                     let mut taken = TakenOver::default();
                     for name in &dead {
+                        if lock_calls_first {
+                            // The verifications first, then their attempts: the order a code
+                            // check in one of these calls takes them in (a daemon declared
+                            // dead may only be paused). The other order deadlocks with it,
+                            // and Postgres aborts one of the two.
+                            query(
+                                "SELECT id FROM verifications WHERE id IN \
+                                 (SELECT verification_id FROM call_attempts \
+                                 WHERE ended_at IS NULL AND daemon = $1) \
+                                 ORDER BY id FOR UPDATE",
+                            )
+                            .bind(name)
+                            .execute(&mut tx)
+                            .await?;
+                        }
                         let attempts = query(
                             "UPDATE call_attempts SET ended_at = $1, outcome = 'interrupted' \
                              WHERE ended_at IS NULL AND daemon = $2 \

@@ -662,6 +662,76 @@ async fn unsupported_urls_are_refused_without_leaking_passwords() {
 /// each wait for the number's lock (held here from another connection, as another daemon's
 /// operation on the number would hold it), so that none of them passes a rule while another
 /// changes the number's standing.
+/// A takeover locks a call's verification before its attempt, as a code check in that call
+/// does: a check in flight (a daemon declared dead may only be paused) is waited for, and
+/// neither is aborted as a deadlock.
+#[tokio::test]
+async fn a_takeover_waits_for_a_check_in_flight_on_postgres() {
+    use sqlx::{Connection, Row};
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::common::fresh_database(Db::Postgres, dir.path()).await;
+    let s = Store::connect(&url, 8).await.unwrap();
+    s.migrate().await.unwrap();
+    let now = now_ms();
+    let dead = DaemonRow {
+        name: "d1".into(),
+        incarnation: "run_1".into(),
+        boot_id: "boot".into(),
+        pid: 1,
+        started_at: now - 60_000,
+        last_seen: now - 30_000,
+        taken_over_by: None,
+    };
+    assert!(s.register_daemon(&dead, None).await.unwrap());
+    let (attempt, _) = in_call(&s, "vf_t", "+14155550101", "tina").await;
+    let mut checker = crate::common::raw_connection(&url).await.unwrap();
+    let mut watcher = crate::common::raw_connection(&url).await.unwrap();
+    // The check's first change: the verification's row.
+    let mut check = checker.begin().await.unwrap();
+    sqlx::query("UPDATE verifications SET status = 'verified' WHERE id = 'vf_t'")
+        .execute(&mut *check)
+        .await
+        .unwrap();
+    let taking = tokio::spawn({
+        let s = s.clone();
+        async move { s.take_over("live0", now - 10_000, 3, now).await }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query("SELECT COUNT(*) AS n FROM pg_locks WHERE NOT granted")
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap()
+            .get("n");
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            !taking.is_finished(),
+            "the takeover did not wait for the check"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the takeover never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The check's second change: its attempt, which the waiting takeover must not hold.
+    sqlx::query("UPDATE call_attempts SET ended_at = $1, outcome = 'verified' WHERE id = $2")
+        .bind(now)
+        .bind(attempt)
+        .execute(&mut *check)
+        .await
+        .expect("the check ends its attempt");
+    check.commit().await.unwrap();
+    let taken = taking.await.unwrap().expect("the takeover completes");
+    assert_eq!(taken.daemons, ["d1"]);
+    assert_eq!(taken.attempts, 0, "the verified call's attempt had ended");
+    let stored = s.verification("vf_t").await.unwrap().unwrap();
+    assert_eq!(stored.status, Status::Verified);
+    drop(dir);
+}
+
 #[tokio::test]
 async fn checks_approvals_and_creations_of_a_number_wait_for_its_lock() {
     use futures::future::BoxFuture;
