@@ -15,7 +15,7 @@ use crate::domain::Policy;
 use crate::flow::FlowSettings;
 use crate::support::hours::BusinessHours;
 use crate::support::message::MessageLimits;
-use crate::support::SupportSettings;
+use crate::support::{MessageQuota, SupportSettings};
 use callverify_pbx::agi::{ServerConfig, Timeouts};
 use callverify_pbx::ami::AmiConfig;
 use callverify_speech::{EndpointSettings, RecogniserSettings};
@@ -153,6 +153,12 @@ pub struct SupportSection {
     pub no_speech_secs: u64,
     /// Recordings and transcripts are deleted after this many days.
     pub retention_days: u64,
+    /// Messages one caller ID may leave in 24 hours.
+    pub max_messages_per_caller: u32,
+    /// Messages all callers together may leave in an hour (caller IDs can be faked).
+    pub max_messages_per_hour: u32,
+    /// Recordings kept at most, in megabytes: past it, no message is taken.
+    pub max_recordings_mb: u64,
     /// Console sign-ins last this long.
     pub session_hours: u64,
     /// Mark the console's cookies `Secure`, so browsers send them over HTTPS only. Turn it
@@ -172,6 +178,9 @@ impl Default for SupportSection {
             end_silence_secs: 5,
             no_speech_secs: 10,
             retention_days: 30,
+            max_messages_per_caller: 3,
+            max_messages_per_hour: 30,
+            max_recordings_mb: 2048,
             session_hours: 12,
             secure_cookies: false,
         }
@@ -828,6 +837,12 @@ impl Config {
                 no_speech: Duration::from_secs(s.no_speech_secs),
             },
             retention: Duration::from_secs(s.retention_days * 86_400),
+            quota: MessageQuota {
+                per_caller_per_day: s.max_messages_per_caller.into(),
+                per_hour: s.max_messages_per_hour.into(),
+                max_bytes: i64::try_from(s.max_recordings_mb.saturating_mul(1 << 20))
+                    .unwrap_or(i64::MAX),
+            },
             overdue_after: Duration::from_secs(86_400),
         })
     }

@@ -13,7 +13,7 @@ use super::{goodbye, play, FlowError};
 use crate::domain::clock::now_ms;
 use crate::domain::phone::masked;
 use crate::support::message::{self, Message};
-use crate::support::{Caller, Support};
+use crate::support::{Caller, Kept, Room, Support};
 use callverify_pbx::agi::{AgiError, Session};
 use callverify_pbx::audiosocket::Hub;
 
@@ -52,6 +52,11 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         play(session, Prompt::SupportClosed).await?;
     }
     session.set_variable(ROUTE_VARIABLE, "message").await?;
+    let room = support.room_for(&caller).await?;
+    if room != Room::Open {
+        tracing::warn!(room = room.as_str(), "support line takes no message now");
+        return goodbye(session, Prompt::SupportFull).await;
+    }
     for _ in 0..MESSAGE_TRIES {
         play(session, Prompt::SupportInstructions).await?;
         session.stream_file("beep", "").await?;
@@ -60,11 +65,11 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         match heard {
             Listened::Heard(message) if !message.is_empty() => {
                 let language = session.env().language().to_owned();
-                keep(support, &caller, &message, &language).await?;
-                play(session, Prompt::SupportThanks).await?;
-                play(session, Prompt::Goodbye).await?;
-                session.hangup().await?;
-                return Ok(());
+                let thanks = match keep(support, &caller, &message, &language).await? {
+                    Kept::Request(_) => Prompt::SupportThanks,
+                    Kept::NoRoom(_) => Prompt::SupportFull,
+                };
+                return goodbye(session, thanks).await;
             }
             Listened::Heard(_) => {
                 tracing::info!("support caller said nothing");
@@ -118,13 +123,20 @@ async fn keep(
     caller: &Caller,
     message: &Message,
     language: &str,
-) -> Result<(), FlowError> {
-    let id = support.keep(caller, message, language).await?;
-    tracing::info!(
-        request = %id,
-        seconds = message.duration().as_secs(),
-        ended_by = message.ended_by.as_str(),
-        "support message kept"
-    );
-    Ok(())
+) -> Result<Kept, FlowError> {
+    let kept = support.keep(caller, message, language).await?;
+    match &kept {
+        Kept::Request(id) => tracing::info!(
+            request = %id,
+            seconds = message.duration().as_secs(),
+            ended_by = message.ended_by.as_str(),
+            "support message kept"
+        ),
+        Kept::NoRoom(room) => tracing::warn!(
+            room = room.as_str(),
+            seconds = message.duration().as_secs(),
+            "support message not kept: the line took as many as it may meanwhile"
+        ),
+    }
+    Ok(kept)
 }

@@ -43,6 +43,7 @@ pub enum Prompt {
     SupportThanks,
     SupportNoMessage,
     SupportNoAgent,
+    SupportFull,
     /// Asterisk's stock core sound.
     Goodbye,
 }
@@ -93,6 +94,7 @@ impl Prompt {
         Prompt::SupportThanks,
         Prompt::SupportNoMessage,
         Prompt::SupportNoAgent,
+        Prompt::SupportFull,
         Prompt::Goodbye,
     ];
 
@@ -129,6 +131,7 @@ impl Prompt {
             Prompt::SupportThanks => "callverify/support-thanks",
             Prompt::SupportNoMessage => "callverify/support-no-message",
             Prompt::SupportNoAgent => "callverify/support-no-agent",
+            Prompt::SupportFull => "callverify/support-full",
             Prompt::Goodbye => "goodbye",
         }
     }
@@ -255,6 +258,10 @@ impl Prompt {
             Prompt::SupportNoMessage => (
                 "We did not hear a message.",
                 "No hemos oído ningún mensaje.",
+            ),
+            Prompt::SupportFull => (
+                "We cannot take another message right now. Please call again later.",
+                "No podemos recibir otro mensaje en este momento. Vuelva a llamar más tarde.",
             ),
             Prompt::Goodbye => ("Goodbye.", "Adiós."),
         };

@@ -9,8 +9,8 @@ use super::verifications::parse_column;
 use super::{op, Store, StoreError};
 use crate::domain::status::{RequestStatus, Status};
 use crate::support::request::{
-    AuditEntry, AuditFilter, Cursor, Decided, Decision, ManualRequest, NewManualRequest,
-    RequestFilter, RequestPage, Search,
+    AuditEntry, AuditFilter, Cursor, Decided, Decision, ManualRequest, MessageQuota,
+    NewManualRequest, RequestFilter, RequestPage, Room, Search,
 };
 
 /// Statuses a verification can be approved from by hand.
@@ -80,29 +80,48 @@ impl Store {
             .await
     }
 
-    pub async fn insert_manual_request(&self, new: NewManualRequest) -> Result<(), StoreError> {
+    /// Whether the support line takes a message from `caller` (`None`: withheld) at `now`.
+    pub async fn message_room(
+        &self,
+        caller: Option<String>,
+        quota: MessageQuota,
+        now: i64,
+    ) -> Result<Room, StoreError> {
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move { room(c, caller.as_deref(), quota, now).await })
+            }))
+            .await
+    }
+
+    /// Keep `new` as an open request if `quota` still has room for it ([`Room::Open`]);
+    /// the room is counted and the message inserted one after the other for all daemons.
+    pub async fn keep_manual_request(
+        &self,
+        new: NewManualRequest,
+        quota: MessageQuota,
+    ) -> Result<Room, StoreError> {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    query(
-                        "INSERT INTO manual_requests (id, created_at, caller, caller_match, \
-                         verification_id, status, ended_by, duration_ms, recording, transcript, \
-                         language) VALUES ($1, $2, $3, $4, $5, 'open', $6, $7, $8, $9, $10)",
-                    )
-                    .bind(&new.id)
-                    .bind(new.created_at)
-                    .bind(&new.caller)
-                    .bind(new.caller_match.as_str())
-                    .bind(&new.verification_id)
-                    .bind(new.ended_by)
-                    .bind(new.duration_ms)
-                    .bind(&new.recording)
-                    .bind(&new.transcript)
-                    .bind(&new.language)
-                    .execute(&mut *c)
-                    .await?;
-                    Ok(())
+                    let mut tx = c.begin().await?;
+                    subject_locks::lock(&mut tx, [SUPPORT_LINE.to_owned()]).await?;
+                    let room = room(&mut tx, new.caller.as_deref(), quota, new.created_at).await?;
+                    if room == Room::Open {
+                        insert_request(&mut tx, &new).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(room)
                 })
+            }))
+            .await
+    }
+
+    /// Insert `new` as an open request, whatever the quota (tests, imports).
+    pub async fn insert_manual_request(&self, new: NewManualRequest) -> Result<(), StoreError> {
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move { insert_request(c, &new).await })
             }))
             .await
     }
@@ -459,6 +478,68 @@ impl Store {
         }
         Ok(purged)
     }
+}
+
+/// The subject whose lock orders the support line's messages ([`subject_locks`]).
+const SUPPORT_LINE: &str = "support-line";
+
+/// [`Store::message_room`] on a connection.
+async fn room(
+    c: &mut Conn,
+    caller: Option<&str>,
+    quota: MessageQuota,
+    now: i64,
+) -> Result<Room, StoreError> {
+    const HOUR_MS: i64 = 3_600_000;
+    let row = query(
+        "SELECT \
+         (SELECT COUNT(*) FROM manual_requests WHERE caller = $1 AND created_at > $2) AS caller, \
+         (SELECT COUNT(*) FROM manual_requests WHERE created_at > $3) AS line, \
+         (SELECT COALESCE(SUM(LENGTH(recording)), 0) FROM manual_requests \
+          WHERE recording IS NOT NULL) AS kept",
+    )
+    .bind(caller)
+    .bind(now.saturating_sub(24 * HOUR_MS))
+    .bind(now.saturating_sub(HOUR_MS))
+    .fetch_one(&mut *c)
+    .await?;
+    let (by_caller, line, kept): (i64, i64, i64) = (
+        row.try_get("caller")?,
+        row.try_get("line")?,
+        row.try_get("kept")?,
+    );
+    Ok(
+        if caller.is_some() && by_caller >= quota.per_caller_per_day {
+            Room::CallerFull
+        } else if line >= quota.per_hour {
+            Room::LineFull
+        } else if kept >= quota.max_bytes {
+            Room::StorageFull
+        } else {
+            Room::Open
+        },
+    )
+}
+
+async fn insert_request(c: &mut Conn, new: &NewManualRequest) -> Result<(), StoreError> {
+    query(
+        "INSERT INTO manual_requests (id, created_at, caller, caller_match, \
+         verification_id, status, ended_by, duration_ms, recording, transcript, \
+         language) VALUES ($1, $2, $3, $4, $5, 'open', $6, $7, $8, $9, $10)",
+    )
+    .bind(&new.id)
+    .bind(new.created_at)
+    .bind(&new.caller)
+    .bind(new.caller_match.as_str())
+    .bind(&new.verification_id)
+    .bind(new.ended_by)
+    .bind(new.duration_ms)
+    .bind(&new.recording)
+    .bind(&new.transcript)
+    .bind(&new.language)
+    .execute(c)
+    .await?;
+    Ok(())
 }
 
 fn audit_from_row(r: &Row) -> Result<AuditEntry, StoreError> {

@@ -28,7 +28,7 @@ use request::{
     AuditEntry, AuditFilter, Decided, Decision, NewManualRequest, RequestHistory, RequestPage,
     Search,
 };
-pub use request::{ManualRequest, RequestFilter};
+pub use request::{ManualRequest, MessageQuota, RequestFilter, Room};
 
 /// How long after a decision the page that shows it (`after_decision`) is part of it.
 const DECISION_VIEW_MS: i64 = 60_000;
@@ -41,6 +41,17 @@ pub struct SupportSettings {
     pub retention: Duration,
     /// A request still open this long after the message is overdue.
     pub overdue_after: Duration,
+    /// How many messages the line takes.
+    pub quota: MessageQuota,
+}
+
+/// What became of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kept {
+    /// An open request, with its id.
+    Request(String),
+    /// Not kept: the line had no room for it (see [`MessageQuota`]).
+    NoRoom(Room),
 }
 
 /// The caller as the support line sees them.
@@ -152,28 +163,44 @@ impl Support {
         self.settings.hours.is_open(at_ms)
     }
 
-    /// Keep a message as an open request; its id.
+    /// Whether the line takes a message from `caller` now: asked before the tone, so that
+    /// nobody speaks for nothing ([`Support::keep`] counts again as it keeps one).
+    pub async fn room_for(&self, caller: &Caller) -> Result<Room, StoreError> {
+        let number = caller.number.as_ref().map(|n| n.as_str().to_owned());
+        self.store
+            .message_room(number, self.settings.quota, now_ms())
+            .await
+    }
+
+    /// Keep a message as an open request, if the line still has room for it.
     pub async fn keep(
         &self,
         caller: &Caller,
         message: &Message,
         language: &str,
-    ) -> Result<String, StoreError> {
+    ) -> Result<Kept, StoreError> {
         let id = random_token("mr_", 20);
-        self.store
-            .insert_manual_request(NewManualRequest {
-                id: id.clone(),
-                created_at: now_ms(),
-                caller: caller.number.as_ref().map(|n| n.as_str().to_owned()),
-                caller_match: caller.matched,
-                verification_id: caller.verification_id.clone(),
-                ended_by: message.ended_by.as_str(),
-                duration_ms: i64::try_from(message.duration().as_millis()).unwrap_or(i64::MAX),
-                recording: callverify_audio::wav::encode(&message.samples, SAMPLE_RATE),
-                transcript: None,
-                language: language.to_owned(),
-            })
+        let room = self
+            .store
+            .keep_manual_request(
+                NewManualRequest {
+                    id: id.clone(),
+                    created_at: now_ms(),
+                    caller: caller.number.as_ref().map(|n| n.as_str().to_owned()),
+                    caller_match: caller.matched,
+                    verification_id: caller.verification_id.clone(),
+                    ended_by: message.ended_by.as_str(),
+                    duration_ms: i64::try_from(message.duration().as_millis()).unwrap_or(i64::MAX),
+                    recording: callverify_audio::wav::encode(&message.samples, SAMPLE_RATE),
+                    transcript: None,
+                    language: language.to_owned(),
+                },
+                self.settings.quota,
+            )
             .await?;
+        if room != Room::Open {
+            return Ok(Kept::NoRoom(room));
+        }
         if let Some(recogniser) = &self.transcriber {
             // In the background: the caller hears "thank you" without waiting for it.
             let (store, recogniser) = (self.store.clone(), recogniser.clone());
@@ -185,7 +212,7 @@ impl Support {
                 language.to_owned(),
             ));
         }
-        Ok(id)
+        Ok(Kept::Request(id))
     }
 
     /// A page of the requests `filter` finds.

@@ -20,6 +20,41 @@ pub struct NewManualRequest {
     pub language: String,
 }
 
+/// How many messages the support line takes: anyone on the phone network can call it, and
+/// each message is up to a minute and a half of audio kept for weeks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageQuota {
+    /// From one caller ID in 24 hours.
+    pub per_caller_per_day: i64,
+    /// From all callers together in an hour (caller IDs can be faked or withheld).
+    pub per_hour: i64,
+    /// Bytes of recordings kept at most.
+    pub max_bytes: i64,
+}
+
+/// Whether the support line takes a message now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    Open,
+    /// The caller left as many messages in the last 24 hours as one may.
+    CallerFull,
+    /// All callers together left as many in the last hour as the line takes.
+    LineFull,
+    /// The recordings kept fill the space they may use.
+    StorageFull,
+}
+
+impl Room {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Room::Open => "open",
+            Room::CallerFull => "caller_full",
+            Room::LineFull => "line_full",
+            Room::StorageFull => "storage_full",
+        }
+    }
+}
+
 /// A request as listed (the recording itself is fetched on its own).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManualRequest {

@@ -10,6 +10,7 @@ use callverify::config::Config;
 use callverify::domain::api_keys::ApiKeys;
 use callverify::domain::status::{CallerMatch, Status};
 use callverify::domain::NewVerification;
+use callverify::flow::prompts::Prompt;
 use callverify::support::request::{Decided, Decision, NewManualRequest};
 use callverify_testkit::emulator::{inbound_env, AfterTalk, Call, Talk, Transcript};
 use serde_json::{json, Value};
@@ -210,6 +211,71 @@ async fn a_failed_caller_leaves_a_message_that_is_approved(db: Db) {
 
 async fn run_support(d: &Daemon, call: Call) -> Transcript {
     call.run(d.addr).await.unwrap()
+}
+
+/// Anyone on the phone network can call the support line: it takes at most
+/// `max_messages_per_caller` messages from one caller ID in 24 hours, at most
+/// `max_messages_per_hour` from all callers (faked and withheld caller IDs too), and none
+/// once the recordings kept fill `max_recordings_mb`. Past a limit the caller is told so
+/// before the tone, and nothing is kept; callers at once are counted one after the other.
+async fn the_support_line_takes_a_bounded_number_of_messages(db: Db) {
+    let d = crate::common::start_with(db, |c| {
+        closed(c);
+        c.support.max_messages_per_caller = 2;
+        c.support.max_messages_per_hour = 4;
+    })
+    .await;
+    let message = || Talk::new().say(voice(500)).key('#');
+    // One caller, five calls at once: two kept, whichever come first; the others are told.
+    let calls: Vec<_> = (0..5)
+        .map(|_| run_support(&d, support_call(PHONE, 0).talk(message())))
+        .collect();
+    let mut thanked = 0;
+    for t in futures::future::join_all(calls).await {
+        let (thanks, full) = (
+            t.count_prompt(Prompt::SupportThanks.file()),
+            t.count_prompt(Prompt::SupportFull.file()),
+        );
+        assert_eq!(thanks + full, 1, "{:?}", t.commands);
+        thanked += thanks;
+    }
+    assert_eq!(thanked, 2);
+    assert_eq!(crate::common::manual_request_ids(&d).await.len(), 2);
+    // Told before the tone: no instructions, no beep, nothing to say.
+    let t = run_support(&d, support_call(PHONE, 0).talk(message())).await;
+    assert_eq!(
+        t.prompts(),
+        [
+            Prompt::SupportWelcome.file(),
+            Prompt::SupportClosed.file(),
+            Prompt::SupportFull.file(),
+            Prompt::Goodbye.file()
+        ],
+        "{:?}",
+        t.commands
+    );
+    // Other callers fill the hour: a withheld one and another number, then nobody.
+    let t = run_support(&d, support_call("anonymous", 0x23).talk(message())).await;
+    assert_eq!(t.count_prompt(Prompt::SupportThanks.file()), 1);
+    let t = run_support(&d, support_call("+14155550142", 0).talk(message())).await;
+    assert_eq!(t.count_prompt(Prompt::SupportThanks.file()), 1);
+    for caller in ["+14155550143", "anonymous"] {
+        let t = run_support(&d, support_call(caller, 0).talk(message())).await;
+        assert_eq!(t.count_prompt(Prompt::SupportFull.file()), 1, "{caller}");
+    }
+    assert_eq!(crate::common::manual_request_ids(&d).await.len(), 4);
+    d.stop().await;
+
+    // No room for recordings: nothing is taken, whoever calls.
+    let d = crate::common::start_with(db, |c| {
+        closed(c);
+        c.support.max_recordings_mb = 0;
+    })
+    .await;
+    let t = run_support(&d, support_call(PHONE, 0).talk(message())).await;
+    assert_eq!(t.count_prompt(Prompt::SupportFull.file()), 1);
+    assert!(crate::common::manual_request_ids(&d).await.is_empty());
+    d.stop().await;
 }
 
 async fn hang_up_silence_overlong_and_withheld_callers(db: Db) {
@@ -778,6 +844,7 @@ async fn a_cli_verification_is_no_keys(db: Db) {
 }
 
 on_both_backends!(
+    the_support_line_takes_a_bounded_number_of_messages,
     a_cli_verification_is_no_keys,
     a_second_approval_forgets_no_wrong_codes,
     the_desk_finds_requests_by_each_key_and_pages_through_them,
