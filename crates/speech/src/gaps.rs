@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use callverify_audio::SAMPLE_RATE;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::time::Instant;
 
 /// What the caller's side sent, or did not.
@@ -25,32 +25,53 @@ pub enum Sound {
 pub const GAP_TICK: Duration = Duration::from_millis(200);
 
 /// `audio` with the gaps in it, measured from now. Audio is accounted at its own length, so a
-/// burst (frames that waited in the socket while a recognition ran) is no gap; only a tick
-/// with nothing to read is, and then the gap is the wall-clock time not yet accounted for.
+/// burst (frames that waited in the socket while a recognition ran, read without waiting) is
+/// no gap. Time the audio does not account for is a gap when nothing came for a tick, and
+/// when audio had to be waited for and came more than a tick after what was heard before:
+/// frames far shorter than the time between them (empty ones, say) carry silence too, or a
+/// peer sending them would keep listening open for ever.
 pub fn with_gaps<S>(audio: S, tick: Duration) -> impl Stream<Item = Sound> + Unpin
 where
     S: Stream<Item = Vec<i16>> + Unpin,
 {
     let heard_until = Instant::now();
+    let waiting: Option<Vec<i16>> = None;
     Box::pin(futures::stream::unfold(
-        (audio, heard_until),
-        move |(mut audio, mut heard_until)| async move {
-            match tokio::time::timeout(tick, audio.next()).await {
+        (audio, heard_until, waiting),
+        move |(mut audio, mut heard_until, waiting)| async move {
+            if let Some(samples) = waiting {
+                heard_until += length(&samples);
+                return Some((Sound::Audio(samples), (audio, heard_until, None)));
+            }
+            let (next, waited) = match audio.next().now_or_never() {
+                Some(next) => (Ok(next), false),
+                None => (tokio::time::timeout(tick, audio.next()).await, true),
+            };
+            match next {
                 Ok(Some(samples)) => {
-                    heard_until += Duration::from_micros(
-                        samples.len() as u64 * 1_000_000 / u64::from(SAMPLE_RATE),
-                    );
-                    Some((Sound::Audio(samples), (audio, heard_until)))
+                    let now = Instant::now();
+                    let unaccounted = now.saturating_duration_since(heard_until);
+                    if waited && unaccounted > tick {
+                        // The silence first, then the audio that ended it.
+                        return Some((Sound::Gap(unaccounted), (audio, now, Some(samples))));
+                    }
+                    heard_until += length(&samples);
+                    Some((Sound::Audio(samples), (audio, heard_until, None)))
                 }
                 Ok(None) => None,
                 Err(_) => {
                     let now = Instant::now();
                     let gap = now.saturating_duration_since(heard_until);
-                    Some((Sound::Gap(gap), (audio, heard_until.max(now))))
+                    Some((Sound::Gap(gap), (audio, heard_until.max(now), None)))
                 }
             }
         },
     ))
+}
+
+/// How long `samples` last.
+fn length(samples: &[i16]) -> Duration {
+    Duration::from_micros(samples.len() as u64 * 1_000_000 / u64::from(SAMPLE_RATE))
 }
 
 #[cfg(test)]
@@ -100,6 +121,56 @@ mod tests {
         assert!(
             gap >= Duration::from_millis(2800) && gap <= Duration::from_secs(3),
             "{gap:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn empty_frames_carry_the_silence_between_them() {
+        // An empty frame every 100 ms for 3 s: no audio, 3 s of silence all the same.
+        let empty = Box::pin(futures::stream::iter(0..30).then(|_| async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Vec::new()
+        }));
+        let sounds: Vec<Sound> = with_gaps(empty, GAP_TICK).collect().await;
+        let gap = gaps(&sounds);
+        assert!(
+            gap >= Duration::from_millis(2700) && gap <= Duration::from_secs(3),
+            "{gap:?}"
+        );
+        // Each gap comes before the frame that ended it; no frame is lost.
+        let frames = sounds
+            .iter()
+            .filter(|s| matches!(s, Sound::Audio(_)))
+            .count();
+        assert_eq!(frames, 30);
+    }
+
+    /// A recogniser that is never asked: no speech comes.
+    struct Deaf;
+
+    impl crate::Recognise for Deaf {
+        async fn recognise(
+            &self,
+            _audio: Vec<i16>,
+            _window: crate::Window,
+        ) -> Result<crate::Recognition, crate::SpeechError> {
+            panic!("no speech was sent")
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_of_empty_frames_ends_on_its_silence() {
+        // A peer that sends an empty frame every 100 ms, for ever.
+        let empty = Box::pin(futures::stream::repeat(()).then(|()| async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Vec::new()
+        }));
+        let settings = crate::EndpointSettings::default();
+        let turn = crate::listen_for_code(&Deaf, &settings, 6, with_gaps(empty, GAP_TICK));
+        let turn = tokio::time::timeout(Duration::from_secs(60), turn).await;
+        assert!(
+            turn.is_ok(),
+            "still listening after a minute of empty frames"
         );
     }
 
