@@ -5,10 +5,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use callverify::flow::listen::{listen, Listened, Why};
+use callverify_pbx::admission::ESTABLISH_WAIT;
 use callverify_pbx::agi::{Session, Timeouts};
-use callverify_pbx::audiosocket::{self, AudioStream, Heard, Hub, ListenerConfig};
+use callverify_pbx::audiosocket::{
+    self, AudioStream, Frame, FrameCodec, Heard, Hub, ListenerConfig,
+};
 use callverify_testkit::emulator::{outbound_env, AfterTalk, Call, Ending, Talk, Transcript};
-use tokio::net::TcpListener;
+use futures::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+use uuid::Uuid;
 
 /// What the test flow heard: samples in total, and keys.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -182,7 +188,6 @@ async fn nothing_listening_at_the_advertised_address_is_unavailable() {
 
 #[tokio::test]
 async fn a_stream_with_an_unknown_uuid_is_closed() {
-    use futures::SinkExt;
     let rig = rig(None).await;
     let addr = rig.hub.advertise().to_owned();
     let waiting = rig.hub.expect();
@@ -201,6 +206,100 @@ async fn a_stream_with_an_unknown_uuid_is_closed() {
     .expect("closed in time");
     assert!(next.is_none(), "{next:?}");
     drop(waiting);
+}
+
+/// A listener with one place (`max_connections` = 1), and the place held by a live call's
+/// stream: the stream, and the emulated Asterisk's end of it.
+async fn one_place_held() -> (SocketAddr, Hub, AudioStream, Framed<TcpStream, FrameCodec>) {
+    let audio = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = audio.local_addr().unwrap();
+    let hub = Hub::new(&addr.to_string());
+    let config = ListenerConfig {
+        allow: vec!["127.0.0.0/8".parse().unwrap()],
+        max_connections: 1,
+        // Longer than any test: no connection is closed for its silence.
+        uuid_timeout: Duration::from_secs(3600),
+    };
+    tokio::spawn(audiosocket::serve(
+        audio,
+        config,
+        hub.clone(),
+        std::future::pending(),
+    ));
+    let mut expected = hub.expect();
+    let asterisk = connect_naming(addr, expected.uuid()).await;
+    let live = expected.connected().await.expect("the call's stream");
+    (addr, hub, live, asterisk)
+}
+
+/// Connect to the AudioSocket listener at `addr` and name `uuid`, as Asterisk does.
+async fn connect_naming(addr: SocketAddr, uuid: Uuid) -> Framed<TcpStream, FrameCodec> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut framed = Framed::new(stream, FrameCodec);
+    framed.send(Frame::Uuid(uuid)).await.unwrap();
+    framed
+}
+
+#[tokio::test(start_paused = true)]
+async fn over_the_cap_unknown_uuids_are_closed_without_waiting_for_a_place() {
+    let (addr, _hub, live, mut asterisk) = one_place_held().await;
+    // Virtual time: it moves only when every task waits, to the next timer (the live
+    // stream's keep-alive, or a connection's wait for a place).
+    let start = tokio::time::Instant::now();
+    let strangers: Vec<_> = (0..100)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut framed = connect_naming(addr, Uuid::new_v4()).await;
+                framed.next().await
+            })
+        })
+        .collect();
+    for stranger in futures::future::join_all(strangers).await {
+        let next = stranger.unwrap();
+        assert!(next.is_none(), "closed without a word: {next:?}");
+    }
+    // Had they waited for a place, none could have been closed before the wait ran out.
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed < ESTABLISH_WAIT,
+        "closed after {elapsed:?}: they waited for a place"
+    );
+    // And the place was held all along: the call's stream still runs.
+    let next = asterisk.next().await;
+    assert!(matches!(next, Some(Ok(Frame::Audio(_)))), "{next:?}");
+    live.hang_up().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn over_the_cap_a_waited_for_uuid_waits_for_a_place_and_gets_it() {
+    let (addr, hub, live, _asterisk) = one_place_held().await;
+    let mut expected = hub.expect();
+    let _second = connect_naming(addr, expected.uuid()).await;
+    let early = tokio::time::timeout(ESTABLISH_WAIT / 2, expected.connected()).await;
+    assert!(early.is_err(), "no place yet: the stream waits");
+    live.hang_up().await;
+    let stream = tokio::time::timeout(ESTABLISH_WAIT / 4, expected.connected())
+        .await
+        .expect("the place the first call gave back")
+        .expect("the second call's stream");
+    stream.hang_up().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn over_the_cap_a_waited_for_uuid_is_closed_when_no_place_comes_free() {
+    let (addr, hub, _live, _asterisk) = one_place_held().await;
+    let mut expected = hub.expect();
+    let start = tokio::time::Instant::now();
+    let mut second = connect_naming(addr, expected.uuid()).await;
+    let next = second.next().await;
+    assert!(next.is_none(), "closed without a word: {next:?}");
+    assert!(
+        start.elapsed() >= ESTABLISH_WAIT,
+        "it waited for a place first"
+    );
+    // The call still waits (a later connection could still come), as before.
+    let nothing = tokio::time::timeout(Duration::from_millis(100), expected.connected()).await;
+    assert!(nothing.is_err());
 }
 
 #[tokio::test]

@@ -54,6 +54,12 @@ impl Hub {
         }
     }
 
+    /// Whether a flow waits for `uuid`. A flow registers its UUID ([`Hub::expect`]) before it
+    /// tells Asterisk, so a connection naming it cannot come before it is waited for.
+    fn waits_for(&self, uuid: &Uuid) -> bool {
+        self.waiting_streams().contains_key(uuid)
+    }
+
     /// Give `stream` to whoever waits for `uuid`; false (and the stream closed) if nobody does.
     fn deliver(&self, uuid: Uuid, stream: AudioStream) -> bool {
         let waiting = self.waiting_streams().remove(&uuid);
@@ -117,7 +123,10 @@ mod tests {
             format!("{},192.0.2.10:4574", a.uuid())
         );
         assert_eq!(hub.waiting_count(), 2);
+        assert!(hub.waits_for(&a.uuid()));
+        let uuid = a.uuid();
         drop(a);
+        assert!(!hub.waits_for(&uuid));
         drop(b);
         assert_eq!(hub.waiting_count(), 0);
     }

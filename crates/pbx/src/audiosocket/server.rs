@@ -1,6 +1,8 @@
 //! Accepts AudioSocket connections: allowlist (the protocol has no authentication), the UUID
-//! message within a deadline in the greeting stage, then a place under the connection cap,
-//! before the stream goes to its call (see [`crate::admission`]).
+//! message within a deadline in the greeting stage, then, if a call waits for that UUID, a
+//! place under the connection cap, before the stream goes to its call (see
+//! [`crate::admission`]). A connection naming a UUID no call waits for is closed at once: it
+//! never waits for a place, so strangers cannot pile up over the cap.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use tokio_util::codec::FramedRead;
 
 use super::frame::{Frame, FrameCodec};
 use super::{AudioStream, Hub};
-use crate::admission::{Admission, Greeting};
+use crate::admission::{Admission, Greeting, LogBudget};
 
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
@@ -31,25 +33,42 @@ pub async fn serve(
     hub: Hub,
     shutdown: impl Future<Output = ()>,
 ) {
-    let admission = Arc::new(Admission::new(
-        "AudioSocket",
-        config.allow,
-        config.max_connections,
-    ));
+    let shared = Arc::new(Shared {
+        admission: Admission::new("AudioSocket", config.allow, config.max_connections),
+        hub,
+        uuid_timeout: config.uuid_timeout,
+        strangers: LogBudget::default(),
+    });
     tokio::pin!(shutdown);
     loop {
         let greeting = tokio::select! {
             () = &mut shutdown => break,
-            greeting = admission.accept(&listener) => greeting,
+            greeting = shared.admission.accept(&listener) => greeting,
         };
-        let (hub, admission) = (hub.clone(), admission.clone());
+        let shared = shared.clone();
         tokio::spawn(async move {
-            hand_over(greeting, &admission, hub, config.uuid_timeout).await;
+            hand_over(greeting, &shared).await;
         });
     }
 }
 
-async fn hand_over(greeting: Greeting, admission: &Admission, hub: Hub, uuid_timeout: Duration) {
+/// What every connection's task needs.
+struct Shared {
+    admission: Admission,
+    hub: Hub,
+    uuid_timeout: Duration,
+    /// Connections naming a UUID no call waits for (logged sparingly: anyone allowed can
+    /// make them).
+    strangers: LogBudget,
+}
+
+async fn hand_over(greeting: Greeting, shared: &Shared) {
+    let Shared {
+        admission,
+        hub,
+        uuid_timeout,
+        strangers,
+    } = shared;
     let Greeting {
         stream,
         peer,
@@ -61,7 +80,7 @@ async fn hand_over(greeting: Greeting, admission: &Admission, hub: Hub, uuid_tim
     // The UUID first: one waiting in the socket is not silence (see the FastAGI server).
     let first = tokio::select! {
         biased;
-        first = tokio::time::timeout(uuid_timeout, frames.next()) => first,
+        first = tokio::time::timeout(*uuid_timeout, frames.next()) => first,
         () = place.evicted() => {
             admission.silent(peer, "silent while newer connections needed its place");
             return;
@@ -87,13 +106,23 @@ async fn hand_over(greeting: Greeting, admission: &Admission, hub: Hub, uuid_tim
             return;
         }
     };
+    // Before a place is waited for: a stranger guessing, or a late connection (the call moved
+    // on), is closed now, not after waiting out the cap. A call's UUID is waited for before
+    // Asterisk is told it, so a connection naming it never comes too early for this check.
+    if !hub.waits_for(&uuid) {
+        if let Some(suppressed) = strangers.allow() {
+            tracing::info!(%peer, suppressed,
+                "AudioSocket connection closed: no call waits for its UUID");
+        }
+        return;
+    }
     drop(place);
     let Some(permit) = admission.establish(peer).await else {
         return;
     };
     let stream = AudioStream::start(frames, write, permit);
     if !hub.deliver(uuid, stream) {
-        // A late connection (the call moved on) or a stranger guessing: close it.
-        tracing::warn!(%peer, "AudioSocket connection closed: no call waits for its UUID");
+        // The call stopped waiting while this connection waited for a place: close it.
+        tracing::warn!(%peer, "AudioSocket connection closed: its call stopped waiting for it");
     }
 }
