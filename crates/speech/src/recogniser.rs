@@ -49,6 +49,8 @@ struct Job {
     audio: Vec<i16>,
     task: Task,
     reply: oneshot::Sender<Result<String, SpeechError>>,
+    /// When it was queued.
+    queued: Instant,
 }
 
 /// What a recognition asks of the decoder; only recognitions that ask the same run as one
@@ -133,7 +135,12 @@ impl Recogniser {
     /// first (then it waits for the next turn), or none when another turn took its own.
     async fn run(&self, audio: Vec<i16>, task: Task) -> Result<String, SpeechError> {
         let (reply, mut transcript) = oneshot::channel();
-        self.shared.waiting().push_back(Job { audio, task, reply });
+        self.shared.waiting().push_back(Job {
+            audio,
+            task,
+            reply,
+            queued: Instant::now(),
+        });
         loop {
             let turn = tokio::select! {
                 biased;
@@ -209,7 +216,7 @@ impl Shared {
 
     /// The next batch of waiting recognitions, as the free function `next_batch` picks it.
     fn next_batch(&self) -> Vec<Job> {
-        next_batch(&mut self.waiting())
+        next_batch(&mut self.waiting(), Instant::now())
     }
 
     /// Runs `batch` (one task) through Whisper and answers each job.
@@ -312,15 +319,21 @@ impl Shared {
     }
 }
 
-/// Takes the next batch from `waiting`: the oldest code and up to [`BATCH`] in all of the
-/// next ones that ask the same of the decoder; a message's transcript only when no code
-/// waits, and alone (a caller saying a code is live on the line; a message is read for
-/// staff later). Recognitions whose caller is gone are dropped.
-fn next_batch(waiting: &mut VecDeque<Job>) -> Vec<Job> {
+/// Takes the next batch from `waiting` at `now`: the oldest code and up to [`BATCH`] in all
+/// of the next ones that ask the same of the decoder; a message's transcript only when no
+/// code waits or it has waited [`TEXT_PATIENCE`], and alone (a caller saying a code is live
+/// on the line; a message is read for staff later, but read it is, however busy the line).
+/// Recognitions whose caller is gone are dropped.
+fn next_batch(waiting: &mut VecDeque<Job>, now: Instant) -> Vec<Job> {
     waiting.retain(|job| !job.reply.is_closed());
+    let overdue = |job: &Job| {
+        job.task.decoding == Decoding::Text
+            && now.saturating_duration_since(job.queued) >= TEXT_PATIENCE
+    };
     let first = waiting
         .iter()
         .position(|job| job.task.decoding == Decoding::Digits)
+        .filter(|_| !waiting.iter().any(overdue))
         .unwrap_or(0);
     let Some(first) = waiting.remove(first) else {
         return Vec::new();
@@ -370,6 +383,11 @@ fn not_digits(vocabulary: &str) -> Option<Vec<i32>> {
 /// are promised. (With the ruy build used before: 0.71, 1.10, 1.45 and, four together,
 /// 1.80 s.)
 const BATCH: usize = 3;
+
+/// The longest a message's transcript waits behind codes: then it takes the next turn, so
+/// that callers speaking codes all day cannot keep messages (and their audio, in memory)
+/// waiting for ever. A turn of it costs a live caller a few seconds once in a while.
+const TEXT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Silence after the heard audio, in 10 ms frames. Whisper was trained on 30 s windows,
 /// speech then silence; with less than about 2 s of silence after a code it more often
 /// reads it twice or repeats a digit (the test corpus's 50 codes: 45 heard whole with 1 s,
@@ -404,7 +422,16 @@ mod tests {
             window,
         };
         let audio = vec![0; samples];
-        (Job { audio, task, reply }, receiver)
+        let queued = Instant::now();
+        (
+            Job {
+                audio,
+                task,
+                reply,
+                queued,
+            },
+            receiver,
+        )
     }
 
     /// A queue of `jobs` (samples, decoding, window), oldest first, and their callers.
@@ -434,10 +461,10 @@ mod tests {
             (5, code, Window::Heard),
         ]);
         assert_eq!(BATCH, 3);
-        assert_eq!(sizes(&next_batch(&mut waiting)), [1, 3, 4]);
-        assert_eq!(sizes(&next_batch(&mut waiting)), [2]);
-        assert_eq!(sizes(&next_batch(&mut waiting)), [5]);
-        assert!(next_batch(&mut waiting).is_empty());
+        assert_eq!(sizes(&next_batch(&mut waiting, Instant::now())), [1, 3, 4]);
+        assert_eq!(sizes(&next_batch(&mut waiting, Instant::now())), [2]);
+        assert_eq!(sizes(&next_batch(&mut waiting, Instant::now())), [5]);
+        assert!(next_batch(&mut waiting, Instant::now()).is_empty());
     }
 
     #[test]
@@ -447,9 +474,23 @@ mod tests {
             (2, Decoding::Text, Window::Heard),
             (3, Decoding::Digits, Window::Heard),
         ]);
-        assert_eq!(sizes(&next_batch(&mut waiting)), [3]);
-        assert_eq!(sizes(&next_batch(&mut waiting)), [1]);
-        assert_eq!(sizes(&next_batch(&mut waiting)), [2]);
+        assert_eq!(sizes(&next_batch(&mut waiting, Instant::now())), [3]);
+        assert_eq!(sizes(&next_batch(&mut waiting, Instant::now())), [1]);
+        assert_eq!(sizes(&next_batch(&mut waiting, Instant::now())), [2]);
+    }
+
+    #[test]
+    fn a_message_waiting_too_long_goes_before_codes() {
+        let (mut waiting, _callers) = queue(&[
+            (1, Decoding::Text, Window::Heard),
+            (2, Decoding::Text, Window::Heard),
+            (3, Decoding::Digits, Window::Heard),
+        ]);
+        let later = Instant::now() + TEXT_PATIENCE;
+        waiting[2].queued = later;
+        assert_eq!(sizes(&next_batch(&mut waiting, later)), [1]);
+        assert_eq!(sizes(&next_batch(&mut waiting, later)), [2]);
+        assert_eq!(sizes(&next_batch(&mut waiting, later)), [3]);
     }
 
     #[test]
@@ -460,7 +501,7 @@ mod tests {
         drop(caller);
         let (kept, _caller) = job(2, Decoding::Digits, Window::Heard);
         waiting.push_back(kept);
-        assert_eq!(sizes(&next_batch(&mut waiting)), [2]);
+        assert_eq!(sizes(&next_batch(&mut waiting, Instant::now())), [2]);
         assert!(waiting.is_empty());
     }
 }
