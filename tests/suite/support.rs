@@ -164,10 +164,17 @@ async fn a_failed_caller_leaves_a_message_that_is_approved(db: Db) {
         .await;
     assert_eq!(code, 200);
     assert_eq!(one["caller"], PHONE, "in full when opened");
-    let (code, wav) = api
-        .call("GET", one["recording_url"].as_str().unwrap(), None)
-        .await;
-    assert_eq!(code, 200);
+    let fetched = api
+        .client
+        .get(format!("http://{}{}", d.http, one["recording_url"].as_str().unwrap()))
+        .bearer_auth(&api.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetched.status(), 200);
+    // Not kept by a cache on the way: it outlives no purge.
+    assert_eq!(fetched.headers()["cache-control"], "no-store");
+    let wav = fetched.bytes().await.unwrap();
     let (rate, samples) = callverify_audio::wav::decode(&wav).expect("a WAV file");
     assert_eq!(rate, 8000);
     // Two seconds of voice, trimmed silence but for a 300 ms margin after it.

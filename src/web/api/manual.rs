@@ -107,7 +107,12 @@ pub async fn recording(
         .recording(&id, &Actor::api_key(&key.id))
         .await?
         .ok_or_else(ApiError::not_found)?;
-    Ok(([(header::CONTENT_TYPE, "audio/wav")], wav).into_response())
+    // A caller's voice: kept by no cache on the way, so that it outlives no purge.
+    let headers = [
+        (header::CONTENT_TYPE, "audio/wav"),
+        (header::CACHE_CONTROL, "no-store"),
+    ];
+    Ok((headers, wav).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
