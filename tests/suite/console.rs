@@ -74,6 +74,9 @@ async fn staff_sign_in_play_and_approve_in_a_browser() {
 
     browser.click("a.open").await;
     browser.wait_for_text("#caller", PHONE).await;
+    browser
+        .wait_for_text("#caller-id", "matched (caller IDs can be faked")
+        .await;
     // Play: the browser fetches and decodes the WAV, and playback starts.
     let played = browser
         .run_async(

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::domain::clock::rfc3339;
-use crate::domain::status::{CallOutcome, EntryMethod, RequestStatus};
+use crate::domain::status::{CallOutcome, CallerMatch, EntryMethod, RequestStatus};
 use crate::support::request::{AuditEntry, RequestHistory};
 use crate::web::request_view::RequestView;
 
@@ -325,10 +325,18 @@ pub fn request(r: &RequestView, h: &RequestHistory, times: &Times, staff: (&str,
     let mut body = format!(
         "<p><a href=\"/console/\">← Queue</a></p><dl>\
          <dt>Received</dt><dd>{}</dd><dt>Caller</dt><dd id=\"caller\">{}</dd>\
-         <dt>Caller ID</dt><dd>{}</dd><dt>Status</dt><dd id=\"status\">{}{}</dd>",
+         <dt>Caller ID</dt><dd id=\"caller-id\">{}{}</dd>\
+         <dt>Status</dt><dd id=\"status\">{}{}</dd>",
         times.show(r.received_ms),
         escape(r.caller.as_deref().unwrap_or("withheld")),
         r.caller_match,
+        // A match is a hint: anyone can send any caller ID, the number under verification's
+        // too. What the caller says is the evidence.
+        if r.caller_match == CallerMatch::Matched.as_str() {
+            " (caller IDs can be faked: check what the caller says)"
+        } else {
+            ""
+        },
         r.status,
         if r.overdue {
             " <span class=\"overdue\">overdue: over 24 hours</span>"
