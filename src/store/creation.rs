@@ -8,7 +8,7 @@ use super::subject_locks;
 
 use crate::domain::verification::Verification;
 
-use super::lockouts::standing;
+use super::lockouts::{standing_from, STANDING_COLUMNS};
 use super::verifications::insert_verification;
 use super::{op, Store, StoreError};
 
@@ -173,13 +173,34 @@ async fn checked_insert(
     .into_iter()
     .chain(own.iter().map(|l| l.lock_subject()));
     subject_locks::lock(&mut tx, subjects).await?;
-    let standing = standing(&mut tx, &v.phone, &v.user_ref, v.created_at, strikes_since).await?;
+    // Under those locks, one statement reads the number's and the user's standing and counts
+    // their limits.
+    let counts = (0..own.len())
+        .map(|i| {
+            format!(
+                ", {}",
+                count_sql(own[i].subject, 6 + 2 * i, 5, 7 + 2 * i, i)
+            )
+        })
+        .collect::<String>();
+    let mut admission = query(format!("SELECT {}{counts}", STANDING_COLUMNS.as_str()))
+        .bind(v.created_at)
+        .bind(&v.phone)
+        .bind(&v.user_ref)
+        .bind(strikes_since);
+    if !own.is_empty() {
+        admission = own.iter().fold(admission.bind(window_start), |q, limit| {
+            q.bind(&limit.value).bind(limit.max)
+        });
+    }
+    let row = admission.fetch_one(&mut tx).await?;
+    let standing = standing_from(&row)?;
     if let Some(until) = standing.locked_until {
         return Ok(Created::LockedOut(until));
     }
-    for limit in own {
-        if let Some(limited) = over_limit(&mut tx, limit, window_start).await? {
-            return Ok(limited);
+    for (i, limit) in own.iter().enumerate() {
+        if row.try_get::<i64>(&format!("n{i}"))? >= limit.max {
+            return limited(&mut tx, limit, window_start).await;
         }
     }
     if !shared.is_empty() {
@@ -211,26 +232,43 @@ async fn checked_insert(
     })
 }
 
-/// `Limited` if `limit` is reached: counted up to the limit only, so that a busy subject
-/// costs no more than its limit.
+/// The count of `subject`'s creations (value `$value`) since `$since`, as column `n{i}`:
+/// counted up to the limit (`$max`) only, so that a busy subject costs no more than its
+/// limit.
+fn count_sql(subject: RateSubject, value: usize, since: usize, max: usize, i: usize) -> String {
+    let column = subject.column();
+    format!(
+        "(SELECT COUNT(*) FROM (SELECT 1 FROM verifications \
+         WHERE {column} = ${value} AND created_at > ${since} AND is_test = 0 LIMIT ${max}) \
+         AS w{i}) AS n{i}"
+    )
+}
+
+/// `Limited` if `limit` is reached.
 async fn over_limit(
     c: &mut Conn,
     limit: &RateLimit,
     window_start: i64,
 ) -> Result<Option<Created>, StoreError> {
-    let column = limit.subject.column();
-    let row = query(format!(
-        "SELECT COUNT(*) AS n FROM (SELECT 1 FROM verifications \
-         WHERE {column} = $1 AND created_at > $2 AND is_test = 0 LIMIT $3) AS w"
-    ))
-    .bind(&limit.value)
-    .bind(window_start)
-    .bind(limit.max)
-    .fetch_one(&mut *c)
-    .await?;
-    if row.try_get::<i64>("n")? < limit.max {
+    let row = query(format!("SELECT {}", count_sql(limit.subject, 1, 2, 3, 0)))
+        .bind(&limit.value)
+        .bind(window_start)
+        .bind(limit.max)
+        .fetch_one(&mut *c)
+        .await?;
+    if row.try_get::<i64>("n0")? < limit.max {
         return Ok(None);
     }
+    limited(c, limit, window_start).await.map(Some)
+}
+
+/// `limit` is reached: since its oldest creation in the window.
+async fn limited(
+    c: &mut Conn,
+    limit: &RateLimit,
+    window_start: i64,
+) -> Result<Created, StoreError> {
+    let column = limit.subject.column();
     let row = query(format!(
         "SELECT MIN(created_at) AS oldest FROM verifications \
          WHERE {column} = $1 AND created_at > $2 AND is_test = 0"
@@ -239,8 +277,8 @@ async fn over_limit(
     .bind(window_start)
     .fetch_one(&mut *c)
     .await?;
-    Ok(Some(Created::Limited {
+    Ok(Created::Limited {
         subject: limit.subject,
         oldest: row.try_get("oldest")?,
-    }))
+    })
 }

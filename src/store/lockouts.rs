@@ -12,7 +12,7 @@
 
 use std::sync::LazyLock;
 
-use super::sql::{query, Conn};
+use super::sql::{query, Conn, Row};
 use super::subject_locks;
 
 use super::verifications::parse_column;
@@ -274,6 +274,11 @@ pub(super) async fn standing(
         .bind(forget_before)
         .fetch_one(&mut *c)
         .await?;
+    standing_from(&row)
+}
+
+/// A [`Standing`] from a row with [`STANDING_COLUMNS`].
+pub(super) fn standing_from(row: &Row) -> Result<Standing, StoreError> {
     Ok(Standing {
         locked_until: row.try_get("latest")?,
         strikes: row.try_get("strikes")?,
@@ -293,15 +298,20 @@ fn strikes_sql(phone: &str, user: &str, since: &str) -> String {
     )
 }
 
-/// [`standing`]: at `$1`, of number `$2` and user `$3`, the wrong codes since `$4`.
-static STANDING: LazyLock<String> = LazyLock::new(|| {
+/// The columns of a [`Standing`] ([`standing_from`] reads them): at `$1`, of number `$2`
+/// and user `$3`, the wrong codes since `$4`.
+pub(super) static STANDING_COLUMNS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT (SELECT MAX(locked_until) FROM lockouts WHERE locked_until > $1 AND \
+        "(SELECT MAX(locked_until) FROM lockouts WHERE locked_until > $1 AND \
              ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))) AS latest, \
          {} AS strikes",
         strikes_sql("$2", "$3", "$4")
     )
 });
+
+/// [`standing`]'s statement.
+static STANDING: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {}", STANDING_COLUMNS.as_str()));
 
 /// [`strikes_of`]: of number `$1` and user `$2` since `$3`.
 static STRIKES_OF: LazyLock<String> =
