@@ -149,6 +149,16 @@ async fn store_checks(doctor: &mut Doctor, config: &Config) -> Option<Selftests>
         doctor.skipped("store", "needs the secret");
         return None;
     }
+    let file = std::path::Path::new(&config.security.secret_file);
+    if let Err(e) = crate::domain::codes::server_key(&config.security.secret, file) {
+        doctor.problem(
+            "secret",
+            e.to_string(),
+            "the service refuses to start with this key: see the message",
+        );
+        doctor.skipped("store", "needs the secret");
+        return None;
+    }
     doctor.ok("secret", "set");
     let app = match crate::daemon::open_existing(config).await {
         Ok(app) => app,

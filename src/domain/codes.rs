@@ -67,29 +67,69 @@ impl CodeHasher {
     }
 }
 
+/// Bytes of the key in the key file.
+const KEY_BYTES: usize = 32;
+
 /// The HMAC key: `secret` when set, else the hex key in `file`, created (mode 0600) with 32
-/// random bytes on first run. Several daemons sharing one database need the same key.
+/// random bytes on first run. Several daemons sharing one database need the same key. A key
+/// file that does not hold 32 bytes is refused: an empty key would let anyone with a copy of
+/// the database try every code against its hashes.
 pub fn server_key(secret: &str, file: &Path) -> std::io::Result<Vec<u8>> {
     if !secret.is_empty() {
         return Ok(secret.as_bytes().to_vec());
     }
     match std::fs::read_to_string(file) {
-        Ok(text) => hex::decode(text.trim()).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{} is not a hex key: {e}", file.display()),
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key: [u8; 32] = OsRng.gen();
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut out = options.open(file)?;
-            std::io::Write::write_all(&mut out, format!("{}\n", hex::encode(key)).as_bytes())?;
+        Ok(text) => read_key(&text, file),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key(file),
+        Err(e) => Err(e),
+    }
+}
+
+fn read_key(text: &str, file: &Path) -> std::io::Result<Vec<u8>> {
+    let invalid = |what: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} {what}, not a {KEY_BYTES}-byte hex key: it is damaged (a first start \
+                 cut short?). Restore it from a backup; or, if no code is outstanding, delete \
+                 it and a new key is made at the next start",
+                file.display()
+            ),
+        )
+    };
+    let key = hex::decode(text.trim()).map_err(|e| invalid(format!("is not hex ({e})")))?;
+    if key.len() != KEY_BYTES {
+        return Err(invalid(format!("holds {} bytes", key.len())));
+    }
+    Ok(key)
+}
+
+/// Write a new key beside `file`, to disk, then link it into place: `file` is there whole or
+/// not at all, and of daemons starting at once, one key wins and all read it.
+fn create_key(file: &Path) -> std::io::Result<Vec<u8>> {
+    let key: [u8; KEY_BYTES] = OsRng.gen();
+    let mut temp = file.as_os_str().to_owned();
+    temp.push(format!(".{}.new", hex::encode(OsRng.gen::<[u8; 8]>())));
+    let temp = std::path::PathBuf::from(temp);
+    let written = (|| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut out = options.open(&temp)?;
+        std::io::Write::write_all(&mut out, format!("{}\n", hex::encode(key)).as_bytes())?;
+        out.sync_all()?;
+        std::fs::hard_link(&temp, file)
+    })();
+    let _ = std::fs::remove_file(&temp);
+    match written {
+        Ok(()) => {
             tracing::info!(file = %file.display(), "created a new secret key for confirmation codes");
             Ok(key.to_vec())
+        }
+        // Another daemon made it first: its key is the one.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            read_key(&std::fs::read_to_string(file)?, file)
         }
         Err(e) => Err(e),
     }
@@ -98,6 +138,38 @@ pub fn server_key(secret: &str, file: &Path) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_file_is_made_whole_once_and_a_damaged_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret.key");
+        // Daemons starting at once: one key, and every one reads it.
+        let keys: Vec<Vec<u8>> = std::thread::scope(|s| {
+            let made: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| server_key("", &file).unwrap()))
+                .collect();
+            made.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert_eq!(keys[0].len(), KEY_BYTES);
+        assert!(keys.iter().all(|k| *k == keys[0]));
+        assert_eq!(server_key("", &file).unwrap(), keys[0]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Nothing is left beside it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        for damaged in ["", "\n", "ab", "zz", &"ab".repeat(31)] {
+            std::fs::write(&file, damaged).unwrap();
+            let error = server_key("", &file).unwrap_err().to_string();
+            assert!(
+                error.contains("not a 32-byte hex key"),
+                "{damaged:?}: {error}"
+            );
+        }
+    }
 
     #[test]
     fn codes_have_the_length_and_only_digits() {

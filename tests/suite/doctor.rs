@@ -207,6 +207,21 @@ fn problem_in(checks: &[(String, String, String, String)], name: &str, word: &st
     assert!(detail.contains(word) || fix.contains(word), "{checks:?}");
 }
 
+/// A key file cut short (a first start that died mid-write, a full disk) is a problem the
+/// doctor names, not "set": an empty key would let anyone with the database try every code.
+#[tokio::test]
+async fn a_damaged_key_file_is_a_problem() {
+    let (peer, d) = setup(Db::Sqlite, |_| {}).await;
+    let dir = d.dir.as_ref().unwrap().path();
+    write_config(&d, dir, &peer, SECRET);
+    std::fs::write(&d.config.security.secret_file, "").unwrap();
+    let (ok, checks) = findings(dir).await;
+    assert!(!ok);
+    problem_in(&checks, "secret", "not a 32-byte hex key");
+    assert_eq!(find(&checks, "store").1, "skipped", "{checks:?}");
+    d.stop().await;
+}
+
 #[tokio::test]
 async fn a_refused_ami_login_stops_at_the_login() {
     let (peer, d) = setup(Db::Sqlite, |_| {}).await;
