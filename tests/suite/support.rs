@@ -166,7 +166,11 @@ async fn a_failed_caller_leaves_a_message_that_is_approved(db: Db) {
     assert_eq!(one["caller"], PHONE, "in full when opened");
     let fetched = api
         .client
-        .get(format!("http://{}{}", d.http, one["recording_url"].as_str().unwrap()))
+        .get(format!(
+            "http://{}{}",
+            d.http,
+            one["recording_url"].as_str().unwrap()
+        ))
         .bearer_auth(&api.key)
         .send()
         .await

@@ -1,5 +1,6 @@
-//! `probe answer`: the UAS. Waits for an INVITE, rings, answers with an SDP answer,
-//! retransmits the 200 until the ACK (RFC 3261 §13.3.1.4), then runs the session.
+//! `probe answer`: the UAS. Waits for an INVITE from an allowed host (others get no
+//! answer at all), rings, answers with an SDP answer, retransmits the 200 until the ACK
+//! (RFC 3261 §13.3.1.4), then runs the session. The probe sends no RTP before that ACK.
 
 use std::time::Duration;
 
@@ -10,14 +11,31 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
 use super::report::Report;
-use super::sip::message::{branch, new_tag, record_routes, response, tag_of};
+use super::sip::message::{branch, cseq, new_tag, record_routes, response, tag_of, to_tag};
 use super::sip::{Dialog, Endpoint, Inbound};
 use super::{finish_media, local_ip_towards, sdp, session, Prepared, UsageError};
 
 pub async fn answer(args: &super::AnswerArgs, prepared: &Prepared) -> anyhow::Result<Report> {
-    let mut endpoint = Endpoint::bind(args.listen, args.listen.ip())
+    let endpoint = Endpoint::bind_allowing(args.listen, args.listen.ip(), args.allow.clone())
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    if !args.listen.ip().is_loopback() && args.allow.iter().all(|n| n.is_loopback()) {
+        tracing::warn!(
+            "listening on {}, but only loopback may call (--allow): add --allow with the \
+             PBX's address",
+            args.listen
+        );
+    }
+    answer_on(endpoint, args, prepared).await
+}
+
+/// Waits for the call on `endpoint` (bound, with its allowlist) and answers it.
+async fn answer_on(
+    mut endpoint: Endpoint,
+    args: &super::AnswerArgs,
+    prepared: &Prepared,
+) -> anyhow::Result<Report> {
+    let listening = endpoint.local;
     let mut report = Report {
         role: "uas",
         peer: String::new(),
@@ -33,14 +51,20 @@ pub async fn answer(args: &super::AnswerArgs, prepared: &Prepared) -> anyhow::Re
     let (invite, from) = loop {
         match endpoint.next(deadline).await {
             None => {
-                report.fail(
-                    "no_call",
-                    format!(
-                        "no INVITE arrived on {} within {} s",
-                        args.listen,
-                        wait.as_secs_f64()
-                    ),
+                let refused = endpoint.refused();
+                let mut message = format!(
+                    "no INVITE arrived on {listening} within {} s",
+                    wait.as_secs_f64()
                 );
+                if refused.datagrams > 0 {
+                    let hosts: Vec<String> = refused.hosts.iter().map(|h| h.to_string()).collect();
+                    message += &format!(
+                        "; dropped {} datagrams from hosts not allowed to call ({}): see --allow",
+                        refused.datagrams,
+                        hosts.join(", ")
+                    );
+                }
+                report.fail("no_call", message);
                 return Ok(report);
             }
             Some(Inbound::Request(r, from)) if r.method == rsip::Method::Invite => break (r, from),
@@ -127,10 +151,12 @@ pub async fn answer(args: &super::AnswerArgs, prepared: &Prepared) -> anyhow::Re
     report.codec = Some(negotiated.codec);
     report.audio_payload_type = Some(negotiated.audio_pt);
     report.event_payload_type = negotiated.event_pt;
-    // Media starts with the 200: the caller may send RTP before its ACK arrives.
+    // The receiver starts with the 200 (the caller may send RTP before its ACK arrives); the
+    // sender waits for the ACK. Until then nothing confirms that whoever the INVITE's SDP
+    // names wants our RTP: one forged INVITE would have sent 50 packets a second there.
     let answered = Instant::now();
     let media = prepared
-        .start_media(rtp_socket, negotiated, answered)
+        .start_media(rtp_socket, negotiated, answered, false, from.ip())
         .map_err(|e| UsageError(e.to_string()))?;
     if !retransmit_until_ack(&mut endpoint, &ok, from, timers).await {
         report.fail(
@@ -143,6 +169,7 @@ pub async fn answer(args: &super::AnswerArgs, prepared: &Prepared) -> anyhow::Re
         finish_media(media, &mut report, args.common.record.as_deref()).await?;
         return Ok(report);
     }
+    media.start_sending();
     report.sip.answer_ms = Some(started.elapsed().as_millis() as u64);
     report.ok = true;
     let local = session::LocalMedia::new(local_rtp, &negotiated, session_id);
@@ -192,7 +219,7 @@ async fn ring_for(
     None
 }
 
-/// Sends a final response to the INVITE until the ACK comes (T1 doubling up to T2, for at
+/// Sends a final response to the INVITE until its ACK comes (T1 doubling up to T2, for at
 /// most Timer H); false if it never does.
 async fn retransmit_until_ack(
     endpoint: &mut Endpoint,
@@ -209,7 +236,12 @@ async fn retransmit_until_ack(
         let wake = (Instant::now() + interval).min(started + timers.timeout);
         while let Some(inbound) = endpoint.next_from_network(wake).await {
             match inbound {
-                Inbound::Request(r, _) if r.method == rsip::Method::Ack => return true,
+                Inbound::Request(r, _) if r.method == rsip::Method::Ack => {
+                    if acknowledges(&r, final_response) {
+                        return true;
+                    }
+                    tracing::debug!("ignored an ACK of another call or response");
+                }
                 // A retransmitted INVITE is answered by the next retransmission.
                 Inbound::Request(r, _) if r.method == rsip::Method::Invite => {}
                 other => endpoint.defer(other),
@@ -220,10 +252,182 @@ async fn retransmit_until_ack(
     false
 }
 
+/// Whether `ack` acknowledges `final_response`: the same Call-ID and CSeq number, and the To
+/// tag the response gave, which only its receiver knows (RFC 3261 §12.2.2, §17.2.1).
+fn acknowledges(ack: &rsip::Request, final_response: &rsip::Response) -> bool {
+    fn ids(m: &impl HeadersExt) -> Option<(String, u32, String)> {
+        let call_id = m.call_id_header().ok()?.value().to_string();
+        Some((call_id, cseq(m)?.0, to_tag(m)?))
+    }
+    ids(ack).is_some() && ids(ack) == ids(final_response)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{cseq, derived_from_invite, to_tag};
+    use crate::codec::Codec;
+    use crate::sip::message::derived_from_invite;
+    use crate::ProbeCommand;
+
+    /// `probe answer ARGS` as the command line gives them, and what they prepare.
+    fn answer_args(args: &[&str]) -> (super::super::AnswerArgs, Prepared) {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            command: ProbeCommand,
+        }
+        let argv = ["callverify-probe", "answer"].iter().chain(args);
+        let cli = <Cli as clap::Parser>::try_parse_from(argv).unwrap();
+        let ProbeCommand::Answer(args) = cli.command else {
+            unreachable!("parsed an answer")
+        };
+        let timeout = Duration::from_secs_f64(args.timeout);
+        let prepared = args.common.prepare(timeout).unwrap();
+        (args, prepared)
+    }
+
+    /// A caller's side of a call to `probe` (at `callee`) from `caller`.
+    fn caller_dialog(caller: std::net::SocketAddr, callee: std::net::SocketAddr) -> Dialog {
+        Dialog {
+            call_id: "allow@test".into(),
+            local_uri: format!("<sip:pbx@{caller}>"),
+            local_tag: new_tag(),
+            remote_uri: format!("<sip:probe@{callee}>"),
+            remote_tag: None,
+            remote_target: rsip::Uri::try_from(format!("sip:probe@{callee}")).unwrap(),
+            remote_addr: callee,
+            local_addr: caller,
+            local_cseq: 0,
+            route_set: Vec::new(),
+        }
+    }
+
+    /// The next SIP response `socket` receives within 2 s.
+    async fn next_response(socket: &UdpSocket) -> rsip::Response {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf))
+            .await
+            .expect("a response within 2 s")
+            .unwrap();
+        rsip::Response::try_from(String::from_utf8_lossy(&buf[..n]).to_string()).unwrap()
+    }
+
+    /// The loopback default and the command line's --allow, which replaces it.
+    #[test]
+    fn the_listener_and_the_allowlist_default_to_loopback() {
+        let (args, _) = answer_args(&[]);
+        assert_eq!(args.listen, "127.0.0.1:5060".parse().unwrap());
+        let expected: Vec<crate::allow::Network> =
+            vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        assert_eq!(args.allow, expected);
+        let (args, _) = answer_args(&["--allow", "192.0.2.10", "--allow", "10.0.0.0/8"]);
+        let expected: Vec<crate::allow::Network> =
+            vec!["192.0.2.10".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
+        assert_eq!(args.allow, expected);
+    }
+
+    /// An INVITE from a host outside --allow gets nothing back, not even a 100, and the
+    /// probe goes on waiting; its failure names the host it kept out.
+    #[tokio::test]
+    async fn an_invite_from_a_host_not_allowed_gets_no_answer() {
+        let (args, prepared) =
+            answer_args(&["--allow", "127.0.0.2", "--wait-call", "1", "--timeout", "1"]);
+        let ip = "127.0.0.1".parse().unwrap();
+        let endpoint =
+            Endpoint::bind_allowing("127.0.0.1:0".parse().unwrap(), ip, args.allow.clone())
+                .await
+                .unwrap();
+        let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let sdp = sdp::offer(stranger.local_addr().unwrap(), &[Codec::Pcmu], 1);
+        let invite = caller_dialog(stranger.local_addr().unwrap(), endpoint.local).request(
+            rsip::Method::Invite,
+            None,
+            Some(sdp),
+        );
+        stranger
+            .send_to(invite.to_string().as_bytes(), endpoint.local)
+            .await
+            .unwrap();
+        let report = answer_on(endpoint, &args, &prepared).await.unwrap();
+        let mut buf = [0u8; 4096];
+        assert!(
+            stranger.try_recv(&mut buf).is_err(),
+            "the stranger got an answer: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        assert_eq!(report.sip.final_code, None);
+        let error = report.error.expect("no call");
+        assert_eq!(error.kind, "no_call");
+        assert!(
+            error.message.contains("(127.0.0.1)") && error.message.contains("--allow"),
+            "{}",
+            error.message
+        );
+    }
+
+    /// The probe sends no RTP to the address the INVITE's SDP names before the caller's ACK
+    /// of the 200, nor on an ACK without the 200's To tag (which a forger never saw); the
+    /// real ACK starts it.
+    #[tokio::test]
+    async fn no_rtp_is_sent_before_the_ack_of_the_200() {
+        let (args, prepared) = answer_args(&["--timeout", "5", "--rtp-timeout", "0"]);
+        let ip = "127.0.0.1".parse().unwrap();
+        let endpoint =
+            Endpoint::bind_allowing("127.0.0.1:0".parse().unwrap(), ip, args.allow.clone())
+                .await
+                .unwrap();
+        let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // Whoever the SDP names: a third party, if the INVITE was forged.
+        let named = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut dialog = caller_dialog(caller.local_addr().unwrap(), endpoint.local);
+        let sdp = sdp::offer(named.local_addr().unwrap(), &[Codec::Pcmu], 1);
+        let invite = dialog.request(rsip::Method::Invite, None, Some(sdp));
+        let callee = endpoint.local;
+        let answering = tokio::spawn(async move { answer_on(endpoint, &args, &prepared).await });
+        caller
+            .send_to(invite.to_string().as_bytes(), callee)
+            .await
+            .unwrap();
+        let ok = loop {
+            let response = next_response(&caller).await;
+            if response.status_code.code() == 200 {
+                break response;
+            }
+        };
+        let rtp_within = |ms| {
+            let named = &named;
+            async move {
+                let mut buf = [0u8; 2048];
+                tokio::time::timeout(Duration::from_millis(ms), named.recv(&mut buf))
+                    .await
+                    .is_ok()
+            }
+        };
+        assert!(!rtp_within(300).await, "RTP before the ACK");
+        let mut forger = dialog.clone();
+        forger.remote_tag = Some("guessed".into());
+        let forged = forger.request(rsip::Method::Ack, Some(1), None);
+        caller
+            .send_to(forged.to_string().as_bytes(), callee)
+            .await
+            .unwrap();
+        assert!(!rtp_within(300).await, "RTP after an ACK without our tag");
+        dialog.remote_tag = to_tag(&ok);
+        let ack = dialog.request(rsip::Method::Ack, Some(1), None);
+        caller
+            .send_to(ack.to_string().as_bytes(), callee)
+            .await
+            .unwrap();
+        assert!(rtp_within(1000).await, "no RTP after the ACK");
+        let bye = dialog.request(rsip::Method::Bye, None, None);
+        caller
+            .send_to(bye.to_string().as_bytes(), callee)
+            .await
+            .unwrap();
+        let report = answering.await.unwrap().unwrap();
+        assert!(report.ok, "{:?}", report.error);
+        assert_eq!(report.hangup.map(|h| h.by), Some("peer"));
+    }
 
     /// While ringing: another INVITE gets 486, an OPTIONS or a CANCEL of another transaction
     /// 481, and the INVITE's CANCEL 200 with our tag, then the INVITE its 487.

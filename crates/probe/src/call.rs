@@ -189,7 +189,7 @@ pub async fn call(
     report.event_payload_type = negotiated.event_pt;
     report.ok = true;
     let media = prepared
-        .start_media(rtp_socket, negotiated, answered)
+        .start_media(rtp_socket, negotiated, answered, true, remote.ip())
         .map_err(|e| UsageError(e.to_string()))?;
     let local = session::LocalMedia::new(local_rtp, &negotiated, session_id);
     let call =

@@ -4,8 +4,10 @@
 //!
 //! Layers, bottom up: `sip` (transport, transactions, dialog, digest), `sdp`, `rtp` (with
 //! `jitter`, `codec`, `dtmf`, `vad`); then `session` (an established call),
-//! `call` and `answer` (setting one up), `load` (many calls), `report`.
+//! `call` and `answer` (setting one up, `allow` saying who may call), `load` (many calls),
+//! `report`.
 
+pub mod allow;
 mod answer;
 mod call;
 pub mod codec;
@@ -87,16 +89,26 @@ pub struct CallArgs {
 
 #[derive(Args, Clone)]
 pub struct AnswerArgs {
-    /// Address to receive SIP on
-    #[arg(long, default_value = "0.0.0.0:5060", value_name = "ADDR")]
+    /// Address to receive SIP on: the probe's address that the PBX reaches, e.g.
+    /// 192.0.2.20:5062 (and --allow the PBX)
+    #[arg(long, default_value = "127.0.0.1:5060", value_name = "ADDR")]
     pub listen: SocketAddr,
+    /// Host or network that may call, e.g. 192.0.2.10 or 10.0.0.0/8; repeat for more (replaces
+    /// the loopback default). SIP from anywhere else gets no answer at all
+    #[arg(
+        long = "allow",
+        value_name = "ADDR/NET",
+        default_values = ["127.0.0.0/8", "::1/128"]
+    )]
+    pub allow: Vec<allow::Network>,
     /// Seconds to wait for the call before giving up
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
     pub wait_call: f64,
     /// Seconds of ringing (180) before answering
     #[arg(long, default_value_t = 0.0, value_name = "SECS")]
     pub answer_after: f64,
-    /// Seconds to wait for the caller's ACK of the 200 (RFC 3261 Timer H)
+    /// Seconds to wait for the caller's ACK of the 200 (RFC 3261 Timer H); no RTP is sent
+    /// before it
     #[arg(long, default_value_t = 32.0, value_name = "SECS")]
     pub timeout: f64,
     #[command(flatten)]
@@ -223,12 +235,15 @@ impl CommonArgs {
 }
 
 impl Prepared {
-    /// Starts the media of a negotiated call on its RTP socket.
+    /// Starts the media of a negotiated call with the SIP peer at `peer_host` on its RTP
+    /// socket; without `send_from_start` the sender waits for [`Media::start_sending`].
     fn start_media(
         &self,
         socket: tokio::net::UdpSocket,
         negotiated: Negotiated,
         epoch: Instant,
+        send_from_start: bool,
+        peer_host: IpAddr,
     ) -> Result<Media, codec::CodecError> {
         let config = MediaConfig {
             negotiated,
@@ -237,6 +252,8 @@ impl Prepared {
             key_frames: self.key_frames,
             rtp_timeout: self.rtp_timeout,
             epoch,
+            send_from_start,
+            peer_host,
         };
         Ok(Media::start(
             socket,

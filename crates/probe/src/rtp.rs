@@ -1,7 +1,9 @@
 //! One call's media: a sender that keeps a steady 20 ms pace (audio or silence, and RFC 4733
-//! key presses in between), and a receiver that puts packets through the jitter buffer,
-//! decodes them into the recording, finds prompts in them and reports received key presses.
+//! key presses in between), and a receiver that takes packets from the negotiated address
+//! only, puts them through the jitter buffer, decodes them into the recording (which never
+//! runs ahead of the wall clock), finds prompts in them and reports received key presses.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +25,20 @@ use callverify_audio::{SAMPLES_PER_20MS, SAMPLE_RATE};
 const PACKET_INTERVAL: Duration = Duration::from_millis(20);
 const JITTER_DEPTH: usize = 3;
 
+/// The longest timestamp gap concealed as lost audio (the codec's concealment: Opus's PLC,
+/// silence for G.711): 10 packets. Concealment bridges a burst of loss, or the audio a peer
+/// skipped for a key press (160 ms for the probe's own 100 ms keys); past some 100 ms there
+/// is nothing left to extrapolate (Opus's PLC has faded to silence by then) and each
+/// concealed Opus frame costs a decode. A longer gap is a pause or a new timestamp base.
+const MAX_CONCEALED: Duration = Duration::from_millis(200);
+
+/// How far the recording may run ahead of the time since its first packet arrived: the
+/// audio of the packets the jitter buffer holds, a packet's own (Opus: up to 120 ms), a
+/// first packet that came late, and loss concealed at a jitter peak, with room to spare.
+const RECORDING_SLACK: Duration = Duration::from_secs(2);
+/// And one part in this many of that time, for a sender whose clock runs fast.
+const CLOCK_DRIFT_PARTS: u32 = 100;
+
 /// How the media of a call behaves.
 #[derive(Debug, Clone)]
 pub struct MediaConfig {
@@ -36,6 +52,12 @@ pub struct MediaConfig {
     pub rtp_timeout: Option<Duration>,
     /// The instant times in events are measured from (the answer).
     pub epoch: Instant,
+    /// Whether the sender starts at once; if not, it waits for [`Media::start_sending`] (the
+    /// UAS: until the caller's ACK confirms the answer).
+    pub send_from_start: bool,
+    /// The SIP peer's host (where the INVITE went, or came from). RTP from it may be the
+    /// peer's as well as from the SDP's host: see [`Sources`].
+    pub peer_host: IpAddr,
 }
 
 /// Something the receiver noticed, with its time in milliseconds since the answer.
@@ -73,6 +95,8 @@ pub struct RtpStats {
     pub jitter_ms: f64,
     /// Reordered beyond the jitter buffer, or duplicated.
     pub packets_dropped_late: u64,
+    /// Datagrams from an address other than the negotiated one, dropped and not counted above.
+    pub packets_ignored: u64,
 }
 
 /// What the media left when it stopped.
@@ -93,6 +117,8 @@ pub struct Media {
     commands: mpsc::Sender<Command>,
     /// What both loops send and expect: address, payload types, direction.
     negotiated: watch::Sender<Negotiated>,
+    /// Whether the sender may send (see [`MediaConfig::send_from_start`]).
+    sending: watch::Sender<bool>,
     pub events: mpsc::Receiver<MediaEvent>,
     stop: CancellationToken,
     sender: JoinHandle<SendCounters>,
@@ -117,12 +143,13 @@ impl Media {
         let (commands, command_rx) = mpsc::channel(16);
         let (event_tx, events) = mpsc::channel(64);
         let (negotiated, negotiated_rx) = watch::channel(config.negotiated);
+        let (sending, sending_rx) = watch::channel(config.send_from_start);
         let sender = tokio::spawn(send_loop(
             socket.clone(),
             config.clone(),
             transcoder_tx,
             command_rx,
-            negotiated_rx.clone(),
+            (negotiated_rx.clone(), sending_rx),
             stop.clone(),
         ));
         let receiver = tokio::spawn(receive_loop(
@@ -136,6 +163,7 @@ impl Media {
         Self {
             commands,
             negotiated,
+            sending,
             events,
             stop,
             sender,
@@ -154,6 +182,11 @@ impl Media {
             })
             .map_err(|_| MediaError::Ended)?;
         Ok(sent)
+    }
+
+    /// Lets a sender that waited (see [`MediaConfig::send_from_start`]) start.
+    pub fn start_sending(&self) {
+        self.sending.send_replace(true);
     }
 
     /// A re-INVITE or UPDATE was accepted: the sender and the receiver both take its address,
@@ -222,16 +255,22 @@ async fn send_loop(
     config: MediaConfig,
     mut transcoder: Transcoder,
     mut commands: mpsc::Receiver<Command>,
-    negotiated: watch::Receiver<Negotiated>,
+    (negotiated, mut sending): (watch::Receiver<Negotiated>, watch::Receiver<bool>),
     stop: CancellationToken,
 ) -> SendCounters {
+    let mut counters = SendCounters::default();
+    tokio::select! {
+        _ = stop.cancelled() => return counters,
+        started = sending.wait_for(|&go| go) => if started.is_err() {
+            return counters; // the media was dropped before it started
+        },
+    }
     let ticks = config.negotiated.codec.ticks_per_frame();
     let mut out = Outgoing {
         ssrc: rand::random(),
         seq: rand::random(),
         timestamp: rand::random(),
     };
-    let mut counters = SendCounters::default();
     let mut play_at = 0usize;
     // The key press under way: its packets left, the event's timestamp, and who waits for it.
     let mut pressing: Option<(std::collections::VecDeque<dtmf::EventPacket>, u32)> = None;
@@ -333,8 +372,14 @@ struct Receiver {
     detector: dtmf::Detector,
     stats: RtpStats,
     recording: Vec<i16>,
-    /// Milliseconds since the epoch at which the recording starts (first audio packet).
+    /// When the packet whose arrival played out the first audio arrived, and that in
+    /// milliseconds since the epoch: where the recording starts.
+    recording_started: Option<Instant>,
     recording_start_ms: Option<u64>,
+    /// Samples left out because the recording would have run ahead of the clock.
+    samples_cut: u64,
+    /// The latest arrival: the time of what is left in the jitter buffer at the end.
+    last_arrival: Option<Instant>,
     vad_fed: usize,
     first_ext_seq: Option<u64>,
     highest_ext_seq: u64,
@@ -365,7 +410,10 @@ impl Receiver {
             detector: dtmf::Detector::default(),
             stats: RtpStats::default(),
             recording: Vec::new(),
+            recording_started: None,
             recording_start_ms: None,
+            samples_cut: 0,
+            last_arrival: None,
             vad_fed: 0,
             first_ext_seq: None,
             highest_ext_seq: 0,
@@ -382,10 +430,10 @@ impl Receiver {
     /// Whether the packet starts (or confirms) a new stream: another SSRC, or sequence
     /// numbers that jumped and went on from there. Returns false for a packet to discard: the
     /// first after a jump, until the next one confirms it (RFC 3550 A.1).
-    fn follow_stream(&mut self, ssrc: u32, seq: u16) -> bool {
+    fn follow_stream(&mut self, ssrc: u32, seq: u16, arrival: Instant) -> bool {
         if self.ssrc != Some(ssrc) {
             if self.ssrc.is_some() {
-                self.resync();
+                self.resync(arrival);
             }
             self.ssrc = Some(ssrc);
             return true;
@@ -399,7 +447,7 @@ impl Receiver {
             return true;
         }
         if self.bad_seq == Some(seq) {
-            self.resync();
+            self.resync(arrival);
             return true;
         }
         self.bad_seq = Some(seq.wrapping_add(1));
@@ -409,9 +457,9 @@ impl Receiver {
     /// A new stream: what is held is played out, the old stream's expected count kept for the
     /// loss, and the sequence, timestamp and jitter state start afresh, so the new stream's
     /// packets are not taken for late ones of the old.
-    fn resync(&mut self) {
+    fn resync(&mut self, arrival: Instant) {
         let rest = self.jitter_buffer.drain();
-        self.play_out(rest);
+        self.play_out(rest, arrival);
         self.expected_before += self.expected();
         self.stats.packets_dropped_late += self.jitter_buffer.dropped;
         self.jitter_buffer = JitterBuffer::new(JITTER_DEPTH);
@@ -438,7 +486,8 @@ impl Receiver {
             tracing::debug!("ignored a datagram that is not RTP ({} bytes)", data.len());
             return Vec::new();
         };
-        if !self.follow_stream(rtp.ssrc(), u16::from(rtp.sequence_number())) {
+        self.last_arrival = Some(arrival);
+        if !self.follow_stream(rtp.ssrc(), u16::from(rtp.sequence_number()), arrival) {
             return Vec::new();
         }
         let n = self.config.negotiated;
@@ -463,7 +512,7 @@ impl Receiver {
                 payload: rtp.payload().to_vec(),
             },
         );
-        self.play_out(due)
+        self.play_out(due, arrival)
     }
 
     fn on_event(&mut self, timestamp: u32, payload: &[u8]) -> Vec<MediaEvent> {
@@ -498,26 +547,62 @@ impl Receiver {
         self.last_transit = Some(transit);
     }
 
-    fn play_out(&mut self, due: Vec<Queued>) -> Vec<MediaEvent> {
-        let clock = self.config.negotiated.codec.clock_rate();
+    /// Samples of 8 kHz audio in `d`.
+    fn samples_in(d: Duration) -> usize {
+        (d.as_micros() * SAMPLE_RATE as u128 / 1_000_000) as usize
+    }
+
+    /// Plays out the packets due at `at` into the recording. A gap in their timestamps up to
+    /// [`MAX_CONCEALED`] is concealed as lost audio; a longer one (a pause, a long key press,
+    /// timestamps that jumped) is silence, only as long as the time that has really passed
+    /// allows. And the recording never runs ahead of the clock by more than the slack: no
+    /// stream of packets, however their timestamps jump or however long they are, makes it
+    /// longer than the call.
+    fn play_out(&mut self, due: Vec<Queued>, at: Instant) -> Vec<MediaEvent> {
+        let clock = self.config.negotiated.codec.clock_rate() as u64;
         for packet in due {
+            let started = *self.recording_started.get_or_insert(at);
             if self.recording_start_ms.is_none() {
-                self.recording_start_ms = Some(self.now_ms());
+                let since_epoch = started.saturating_duration_since(self.config.epoch);
+                self.recording_start_ms = Some(since_epoch.as_millis() as u64);
             }
+            let elapsed = at.saturating_duration_since(started);
+            // Where this packet's audio starts in a steady stream: as long ago as the
+            // recording's first packet's arrival (both played out as the jitter buffer fills).
+            let on_time = Self::samples_in(elapsed);
+            let limit = Self::samples_in(elapsed + elapsed / CLOCK_DRIFT_PARTS + RECORDING_SLACK);
             if let Some(expected) = self.next_timestamp {
                 let gap = packet.timestamp.wrapping_sub(expected);
-                // Lost packets (or a key press, whose time the sender skipped) leave a gap;
-                // anything larger than a minute is a new timestamp base, not a gap.
-                if gap > 0 && gap < clock * 60 {
-                    let samples = gap as u64 * SAMPLE_RATE as u64 / clock as u64;
-                    let filler = self.transcoder.conceal(samples as usize);
-                    self.recording.extend(filler);
+                // Half the timestamp space or more ahead is behind: overlapping audio, no gap.
+                if gap > 0 && gap < 1 << 31 {
+                    let samples = (gap as u64 * SAMPLE_RATE as u64 / clock) as usize;
+                    if samples <= Self::samples_in(MAX_CONCEALED) {
+                        let fill = samples.min(limit.saturating_sub(self.recording.len()));
+                        let filler = self.transcoder.conceal(fill);
+                        self.recording.extend(filler);
+                    } else {
+                        let fill = samples.min(on_time.saturating_sub(self.recording.len()));
+                        self.recording.resize(self.recording.len() + fill, 0);
+                    }
                 }
             }
             let samples = self.transcoder.decode(&packet.payload);
-            let ticks = samples.len() as u64 * clock as u64 / SAMPLE_RATE as u64;
+            let ticks = samples.len() as u64 * clock / SAMPLE_RATE as u64;
             self.next_timestamp = Some(packet.timestamp.wrapping_add(ticks as u32));
-            self.recording.extend(samples);
+            let keep = samples
+                .len()
+                .min(limit.saturating_sub(self.recording.len()));
+            if keep < samples.len() {
+                if self.samples_cut == 0 {
+                    tracing::warn!(
+                        "the peer's RTP holds more audio than the time that has passed \
+                         (timestamps jumping, oversized packets, or a sender clock far too \
+                         fast): the recording leaves out what runs ahead of the clock"
+                    );
+                }
+                self.samples_cut += (samples.len() - keep) as u64;
+            }
+            self.recording.extend_from_slice(&samples[..keep]);
         }
         self.run_endpointer()
     }
@@ -547,7 +632,11 @@ impl Receiver {
 
     fn finish(mut self) -> Received {
         let rest = self.jitter_buffer.drain();
-        self.play_out(rest);
+        let now = Instant::now();
+        self.play_out(rest, self.last_arrival.map_or(now, |last| last.max(now)));
+        if self.samples_cut > 0 {
+            tracing::debug!("{} samples left out of the recording", self.samples_cut);
+        }
         let clock = self.config.negotiated.codec.clock_rate() as f64;
         let expected = self.expected_before + self.expected();
         self.stats.packets_lost = expected.saturating_sub(self.stats.packets_received);
@@ -572,6 +661,7 @@ async fn receive_loop(
     mut negotiated: watch::Receiver<Negotiated>,
     stop: CancellationToken,
 ) -> Received {
+    let mut sources = Sources::new(config.negotiated.remote_rtp, config.peer_host);
     let mut rx = Receiver::new(config.clone(), transcoder);
     let mut buf = vec![0u8; 2048];
     let mut last_packet = Instant::now();
@@ -593,12 +683,24 @@ async fn receive_loop(
             _ = stop.cancelled() => break,
             Ok(()) = negotiated.changed() => {
                 rx.config.negotiated = *negotiated.borrow_and_update();
+                sources.renegotiated(rx.config.negotiated.remote_rtp);
                 // Held or resumed: the RTP timeout counts from now.
                 last_packet = Instant::now();
                 timed_out = false;
             }
             received = socket.recv_from(&mut buf) => {
-                let Ok((len, _from)) = received else { continue };
+                let Ok((len, from)) = received else { continue };
+                if !sources.admits(from) {
+                    if rx.stats.packets_ignored == 0 {
+                        tracing::warn!(
+                            "ignored RTP from {from}: the SDP negotiated {}; RTP from \
+                             elsewhere is dropped (the report's rtp.packets_ignored)",
+                            sources.negotiated
+                        );
+                    }
+                    rx.stats.packets_ignored += 1;
+                    continue;
+                }
                 last_packet = Instant::now();
                 for event in rx.on_datagram(&buf[..len], last_packet) {
                     if !deliver(event).await && stop.is_cancelled() {
@@ -620,6 +722,65 @@ async fn receive_loop(
         }
     }
     rx.finish()
+}
+
+/// Where the receiver takes RTP from: the address the SDP negotiated and, as long as nothing
+/// has come from exactly there, the first other address of the peer's hosts (the SDP's or
+/// the SIP peer's), latched for the rest of the stream. Symmetric RTP (RFC 4961) needs only
+/// the first; the latch is for a peer that cannot show its real source in its SDP: one bound
+/// to every address, whose packets leave from the address its route picks (baresip, when
+/// its SDP names the machine's main address and it sends over loopback), one behind a NAT
+/// that keeps the address but not the port, or one sending from another socket. Nothing else
+/// is taken: a third party cannot put audio or key presses into the call, nor keep a dead
+/// call alive past the RTP timeout. (The sender keeps to the SDP's address: the probe does
+/// not follow the peer's packets.)
+#[derive(Debug)]
+struct Sources {
+    negotiated: SocketAddr,
+    peer_host: IpAddr,
+    latched: Option<SocketAddr>,
+    heard_negotiated: bool,
+}
+
+/// The address with an IPv4-mapped IPv6 address as IPv4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+impl Sources {
+    fn new(negotiated: SocketAddr, peer_host: IpAddr) -> Self {
+        Self {
+            negotiated: canonical(negotiated),
+            peer_host: peer_host.to_canonical(),
+            latched: None,
+            heard_negotiated: false,
+        }
+    }
+
+    /// The SDP moved the stream (re-INVITE, UPDATE). An unspecified address (RFC 2543's hold,
+    /// c=0.0.0.0) keeps the sources as they are: music on hold comes from where RTP came.
+    fn renegotiated(&mut self, remote: SocketAddr) {
+        if !remote.ip().is_unspecified() && canonical(remote) != self.negotiated {
+            *self = Self::new(remote, self.peer_host);
+        }
+    }
+
+    fn admits(&mut self, from: SocketAddr) -> bool {
+        let from = canonical(from);
+        if from == self.negotiated {
+            self.heard_negotiated = true;
+            return true;
+        }
+        let peers = from.ip() == self.negotiated.ip() || from.ip() == self.peer_host;
+        if self.latched.is_none() && !self.heard_negotiated && peers {
+            tracing::debug!(
+                "RTP from {from}, not the negotiated {} but the peer's host: taken from there on",
+                self.negotiated
+            );
+            self.latched = Some(from);
+        }
+        self.latched == Some(from)
+    }
 }
 
 #[cfg(test)]
@@ -647,6 +808,8 @@ mod tests {
             key_frames: 5,
             rtp_timeout: None,
             epoch: Instant::now(),
+            send_from_start: true,
+            peer_host: "127.0.0.1".parse().unwrap(),
         }
     }
 
@@ -771,5 +934,183 @@ mod tests {
             assert_eq!(result.stats.packets_dropped_late, 0, "jump to {jump}");
             assert_eq!(result.stats.packets_received, 59, "jump to {jump}");
         }
+    }
+
+    /// A hostile peer's timestamps jump by 59 s a packet: each 13-byte packet asked for a
+    /// minute of concealment (200 of them: 187 MB of recording). The recording stays as long
+    /// as the packets' real time allows: 200 packets 20 ms apart are 4 s, plus the slack.
+    #[test]
+    fn timestamp_jumps_cannot_make_the_recording_longer_than_the_call() {
+        let mut rx = receiver();
+        let mut out = Outgoing {
+            ssrc: 7,
+            seq: 0,
+            timestamp: 0,
+        };
+        let packets: Vec<(u16, Vec<u8>)> = (0..200u32)
+            .map(|i| (i as u16, out.packet(0, false, i * 59 * 8000, &[0xff])))
+            .collect();
+        feed(&mut rx, &packets, |_| Some(0));
+        let result = rx.finish();
+        assert_eq!(result.stats.packets_received, 200);
+        let bytes = result.recording.len() * 2;
+        let seconds = result.recording.len() as f64 / SAMPLE_RATE as f64;
+        assert!(
+            seconds < 6.5,
+            "{seconds} s ({bytes} bytes) of recording from 4 s of packets"
+        );
+    }
+
+    /// 100 ms lost in a steady stream is concealed as before: the recording keeps its length.
+    #[test]
+    fn a_100_ms_loss_is_concealed() {
+        let mut rx = receiver();
+        let packets = stream(7, 0..50, 0);
+        feed(&mut rx, &packets, |i| (!(20..25).contains(&i)).then_some(0));
+        let result = rx.finish();
+        assert_eq!(result.stats.packets_lost, 5);
+        assert_eq!(
+            result.recording.len(),
+            50 * 160,
+            "the lost 100 ms filled in"
+        );
+    }
+
+    /// A peer that stops sending for 3 s (silence suppression, or Asterisk with nothing to
+    /// play) and resumes with its timestamps moved on by as much: the pause is kept as
+    /// silence, so prompts keep their times and the silence between them ends a prompt.
+    #[test]
+    fn a_pause_in_the_stream_is_kept_as_silence() {
+        let mut rx = receiver();
+        let mut packets = stream(7, 0..50, 0);
+        packets.extend(stream(7, 50..100, 50 * 160 + 3 * 8000));
+        let epoch = rx.config.epoch;
+        for (i, (_, packet)) in packets.iter().enumerate() {
+            let pause = if i >= 50 { 3000 } else { 0 };
+            let at = epoch + Duration::from_millis(i as u64 * 20 + pause);
+            rx.on_datagram(packet, at);
+        }
+        let result = rx.finish();
+        assert_eq!(result.recording.len(), 100 * 160 + 3 * 8000);
+        assert!(result.recording[50 * 160..50 * 160 + 3 * 8000]
+            .iter()
+            .all(|&s| s == 0));
+    }
+
+    /// RTP from anywhere but the address the SDP negotiated is dropped uncounted: audio and
+    /// key presses of a third party (another port, another host) never reach the call.
+    #[tokio::test]
+    async fn rtp_from_another_address_is_not_counted() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let intruder = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let media = Media::start(
+            socket,
+            config(peer.local_addr().unwrap()),
+            Transcoder::new(Codec::Pcmu).unwrap(),
+            Transcoder::new(Codec::Pcmu).unwrap(),
+        );
+        // Another host, first: nothing to latch onto there (Linux routes all of 127/8).
+        let elsewhere = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        for (_, packet) in stream(9, 100..110, 0) {
+            elsewhere.send_to(&packet, local).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for (_, packet) in stream(7, 0..10, 0) {
+            peer.send_to(&packet, local).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for (_, packet) in stream(7, 10..20, 1600) {
+            intruder.send_to(&packet, local).await.unwrap();
+        }
+        let mut out = Outgoing {
+            ssrc: 7,
+            seq: 20,
+            timestamp: 0,
+        };
+        // A key press's end packet: "5" held 100 ms.
+        let key = out.packet(101, true, 3200, &[5, 0x8a, 3, 32]);
+        intruder.send_to(&key, local).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let result = media.stop().await;
+        assert_eq!(result.stats.packets_received, 10, "{:?}", result.stats);
+        assert_eq!(result.stats.events_received, 0, "{:?}", result.stats);
+        assert_eq!(result.stats.packets_ignored, 21, "{:?}", result.stats);
+        assert_eq!(result.recording.len(), 10 * 160);
+    }
+
+    /// The negotiated address always; another address of the peer's hosts (the SDP's, the
+    /// SIP peer's) only while nothing came from the negotiated address, and then that one
+    /// address; no other host ever. A re-INVITE's new address starts afresh, a hold's
+    /// c=0.0.0.0 keeps what was.
+    #[test]
+    fn sources_are_the_negotiated_address_or_one_latched_address_of_the_peer() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let sip_peer: IpAddr = "192.0.2.5".parse().unwrap();
+        let mut symmetric = Sources::new(addr("192.0.2.10:4000"), sip_peer);
+        assert!(!symmetric.admits(addr("198.51.100.7:4000")), "another host");
+        assert!(symmetric.admits(addr("192.0.2.10:4000")));
+        assert!(
+            !symmetric.admits(addr("192.0.2.10:4002")),
+            "nothing to latch: the peer sends from its SDP address"
+        );
+        assert!(!symmetric.admits(addr("192.0.2.5:4000")));
+        assert!(
+            symmetric.admits(addr("[::ffff:192.0.2.10]:4000")),
+            "IPv4-mapped"
+        );
+
+        let mut natted = Sources::new(addr("192.0.2.10:4000"), sip_peer);
+        assert!(!natted.admits(addr("198.51.100.7:4000")));
+        assert!(natted.admits(addr("192.0.2.10:31000")), "latched");
+        assert!(natted.admits(addr("192.0.2.10:31000")));
+        assert!(!natted.admits(addr("192.0.2.10:31002")), "one address only");
+        assert!(!natted.admits(addr("192.0.2.5:4000")), "one address only");
+        assert!(natted.admits(addr("192.0.2.10:4000")), "the SDP's still");
+
+        // Bound to every address, the SDP naming its main one, sending from another.
+        let mut multihomed = Sources::new(addr("192.0.2.10:4000"), sip_peer);
+        assert!(
+            multihomed.admits(addr("192.0.2.5:4000")),
+            "the SIP peer's host"
+        );
+        assert!(!multihomed.admits(addr("198.51.100.7:4000")));
+
+        natted.renegotiated(addr("0.0.0.0:4000"));
+        assert!(natted.admits(addr("192.0.2.10:31000")), "held: unchanged");
+        natted.renegotiated(addr("192.0.2.20:5000"));
+        assert!(!natted.admits(addr("192.0.2.10:31000")), "moved");
+        assert!(natted.admits(addr("192.0.2.20:5000")));
+    }
+
+    /// With Opus each concealed 20 ms is a decode: a burst of packets whose timestamps skip
+    /// just under the concealment limit conceals no more than the slack's worth in all.
+    #[cfg(feature = "opus")]
+    #[test]
+    fn opus_concealment_is_bounded_by_the_clock_too() {
+        let mut config = config("127.0.0.1:9".parse().unwrap());
+        config.negotiated.codec = Codec::Opus;
+        config.negotiated.audio_pt = 111;
+        let mut rx = Receiver::new(config, Transcoder::new(Codec::Opus).unwrap());
+        let mut encoder = Transcoder::new(Codec::Opus).unwrap();
+        let frame = encoder.encode(&[0i16; SAMPLES_PER_20MS]);
+        let mut out = Outgoing {
+            ssrc: 7,
+            seq: 0,
+            timestamp: 0,
+        };
+        // 20 ms of audio, then 190 ms skipped: 210 ms of media time a packet.
+        let at = rx.config.epoch;
+        for i in 0..1000u32 {
+            let packet = out.packet(111, false, i * 210 * 48, &frame);
+            rx.on_datagram(&packet, at);
+        }
+        let result = rx.finish();
+        let seconds = result.recording.len() as f64 / SAMPLE_RATE as f64;
+        assert!(
+            seconds < 2.5,
+            "{seconds} s from a burst of packets: the slack, 2 s"
+        );
     }
 }

@@ -1,13 +1,20 @@
-//! The SIP socket: one UDP socket, a task that parses what arrives, and a queue of the
-//! requests that came in while a transaction was waiting for its response.
+//! The SIP socket: one UDP socket, a task that parses what arrives (from the allowed hosts
+//! only, when it has an allowlist), and a queue of the requests that came in while a
+//! transaction was waiting for its response.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+use crate::allow::{allowed, Network};
+
+/// Hosts outside the allowlist named one by one in warnings (and in [`Refused`]); datagrams
+/// from further ones are only counted, so that a flood writes a few lines at most.
+const NAMED_REFUSED_HOSTS: usize = 8;
 
 /// A message from the network.
 #[derive(Debug)]
@@ -30,7 +37,32 @@ pub struct Endpoint {
     deferred: VecDeque<Inbound>,
     /// The last malformed message seen, for the error when a transaction then times out.
     pub last_malformed: Option<String>,
+    refused: Arc<Mutex<Refused>>,
     reader: tokio::task::JoinHandle<()>,
+}
+
+/// What the allowlist kept out: datagrams dropped unread and unanswered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Refused {
+    pub datagrams: u64,
+    /// The first hosts they came from.
+    pub hosts: Vec<IpAddr>,
+}
+
+impl Refused {
+    fn note(&mut self, from: SocketAddr) {
+        self.datagrams += 1;
+        let host = from.ip().to_canonical();
+        if self.hosts.contains(&host) || self.hosts.len() >= NAMED_REFUSED_HOSTS {
+            tracing::debug!("dropped SIP from {from}, outside the allowlist");
+            return;
+        }
+        self.hosts.push(host);
+        tracing::warn!(
+            "dropped SIP from {from}: the host is not allowed to call the probe (--allow); \
+             it gets no answer"
+        );
+    }
 }
 
 impl Drop for Endpoint {
@@ -41,20 +73,50 @@ impl Drop for Endpoint {
 
 impl Endpoint {
     /// Binds `bind` (port 0: any); `advertised_ip` is put in headers when `bind` is a
-    /// wildcard address.
-    pub async fn bind(bind: SocketAddr, advertised_ip: std::net::IpAddr) -> std::io::Result<Self> {
+    /// wildcard address. Datagrams from anywhere are read (a UAC: it sends first, and only
+    /// to the peer it calls).
+    pub async fn bind(bind: SocketAddr, advertised_ip: IpAddr) -> std::io::Result<Self> {
+        Self::open(bind, advertised_ip, None).await
+    }
+
+    /// Like [`Endpoint::bind`], but a datagram from a host outside `allow` is dropped before
+    /// it is parsed, and never answered: no response for a scanner to fingerprint, none
+    /// reflected towards a forged source address.
+    pub async fn bind_allowing(
+        bind: SocketAddr,
+        advertised_ip: IpAddr,
+        allow: Vec<Network>,
+    ) -> std::io::Result<Self> {
+        Self::open(bind, advertised_ip, Some(allow)).await
+    }
+
+    async fn open(
+        bind: SocketAddr,
+        advertised_ip: IpAddr,
+        allow: Option<Vec<Network>>,
+    ) -> std::io::Result<Self> {
         let socket = Arc::new(UdpSocket::bind(bind).await?);
         let local = SocketAddr::new(advertised_ip, socket.local_addr()?.port());
         let (tx, inbound) = mpsc::channel(64);
-        let reader = tokio::spawn(read_loop(socket.clone(), tx));
+        let refused = Arc::new(Mutex::new(Refused::default()));
+        let reader = tokio::spawn(read_loop(socket.clone(), tx, allow, refused.clone()));
         Ok(Self {
             socket,
             local,
             inbound,
             deferred: VecDeque::new(),
             last_malformed: None,
+            refused,
             reader,
         })
+    }
+
+    /// What the allowlist has kept out so far.
+    pub fn refused(&self) -> Refused {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub async fn send(
@@ -63,7 +125,8 @@ impl Endpoint {
         to: SocketAddr,
     ) -> std::io::Result<()> {
         let text = message.to_string();
-        tracing::trace!("SIP to {to}:\n{text}");
+        // Escaped: responses copy the peer's headers.
+        tracing::trace!("SIP to {to}: {text:?}");
         self.socket.send_to(text.as_bytes(), to).await.map(|_| ())
     }
 
@@ -91,17 +154,27 @@ impl Endpoint {
     }
 }
 
-async fn read_loop(socket: Arc<UdpSocket>, tx: mpsc::Sender<Inbound>) {
+async fn read_loop(
+    socket: Arc<UdpSocket>,
+    tx: mpsc::Sender<Inbound>,
+    allow: Option<Vec<Network>>,
+    refused: Arc<Mutex<Refused>>,
+) {
     let mut buf = vec![0u8; 65536];
     loop {
         let Ok((len, from)) = socket.recv_from(&mut buf).await else {
             continue;
         };
+        if allow.as_ref().is_some_and(|a| !allowed(a, from.ip())) {
+            refused.lock().unwrap_or_else(|e| e.into_inner()).note(from);
+            continue;
+        }
         let data = &buf[..len];
         if data.iter().all(u8::is_ascii_whitespace) {
             continue; // RFC 5626 keep-alive
         }
-        tracing::trace!("SIP from {from}:\n{}", String::from_utf8_lossy(data));
+        // Escaped: the peer's bytes may hold terminal control sequences.
+        tracing::trace!("SIP from {from}: {:?}", String::from_utf8_lossy(data));
         let message = match rsip::SipMessage::try_from(data) {
             Ok(rsip::SipMessage::Request(r)) => Inbound::Request(r, from),
             Ok(rsip::SipMessage::Response(r)) => Inbound::Response(r, from),
