@@ -51,14 +51,74 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     }
 }
 
-/// A database URL without its password, for messages.
+/// A database URL without its password, for messages: neither in the user part nor as a
+/// `password` or `sslpassword` parameter (which sqlx takes too).
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let rest = &base[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let mut out = base[..scheme_end].to_owned();
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, host)) => {
             let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+            out.push_str(&format!("{user}@{host}"));
         }
-        _ => url.to_owned(),
+        None => out.push_str(&rest[..authority_end]),
+    }
+    out.push_str(&rest[authority_end..]);
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _))
+                    if key.eq_ignore_ascii_case("password")
+                        || key.eq_ignore_ascii_case("sslpassword") =>
+                {
+                    format!("{key}=***")
+                }
+                _ => param.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn a_url_loses_its_password_wherever_it_is() {
+        for (url, shown) in [
+            ("postgres://cv:Hunter2@db/cv", "postgres://cv@db/cv"),
+            ("postgres://cv:p@ss@db:5432/cv", "postgres://cv@db:5432/cv"),
+            (
+                "postgres://cv@db/cv?password=Hunter2&sslmode=require",
+                "postgres://cv@db/cv?password=***&sslmode=require",
+            ),
+            (
+                "postgres://db/cv?sslmode=verify-full&SSLPASSWORD=k3y",
+                "postgres://db/cv?sslmode=verify-full&SSLPASSWORD=***",
+            ),
+            (
+                "postgres://cv@db/cv?application_name=a@b",
+                "postgres://cv@db/cv?application_name=a@b",
+            ),
+            ("sqlite://callverify.db", "sqlite://callverify.db"),
+            (
+                "sqlite:///var/lib/callverify/x.db?mode=rwc",
+                "sqlite:///var/lib/callverify/x.db?mode=rwc",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
     }
 }
