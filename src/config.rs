@@ -35,6 +35,11 @@ pub enum Source {
     Flag(PathBuf),
     Variable(PathBuf),
     WorkingDirectory(PathBuf),
+    /// `./callverify.toml` that someone else could have written: not read.
+    Untrusted {
+        path: PathBuf,
+        why: String,
+    },
     System(PathBuf),
     /// No file: the built-in defaults and the environment.
     Defaults,
@@ -67,7 +72,13 @@ impl Source {
             return Self::Variable(path.into());
         }
         if local.exists() {
-            return Self::WorkingDirectory(local.to_owned());
+            return match untrusted(local) {
+                Some(why) => Self::Untrusted {
+                    path: local.to_owned(),
+                    why,
+                },
+                None => Self::WorkingDirectory(local.to_owned()),
+            };
         }
         if system.exists() {
             return Self::System(system.to_owned());
@@ -80,9 +91,46 @@ impl Source {
             Self::Flag(p) | Self::Variable(p) | Self::WorkingDirectory(p) | Self::System(p) => {
                 Some(p)
             }
-            Self::Defaults => None,
+            Self::Untrusted { .. } | Self::Defaults => None,
         }
     }
+}
+
+/// Why the file in the working directory may not be the admin's own: a command run as root
+/// in a folder another user controls (`/tmp`) would otherwise act on whatever store, with
+/// whatever keys, that user's file names. It must belong to this user or root, be writable
+/// by its owner only, and lie in a folder others cannot swap it in (not writable by others
+/// unless sticky). `None`: it may be read.
+fn untrusted(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let me = rustix::process::geteuid().as_raw();
+        let file = std::fs::metadata(path).ok()?;
+        if file.uid() != me && file.uid() != 0 {
+            return Some(format!(
+                "it belongs to user id {}, not to you or root",
+                file.uid()
+            ));
+        }
+        if file.mode() & 0o022 != 0 {
+            return Some(format!(
+                "others may write it (mode {:o})",
+                file.mode() & 0o7777
+            ));
+        }
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let folder = std::fs::metadata(folder).ok()?;
+        if folder.mode() & 0o002 != 0 && folder.mode() & 0o1000 == 0 {
+            return Some("anyone may replace it: its folder is writable by all".into());
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    None
 }
 
 impl std::fmt::Display for Source {
@@ -91,6 +139,11 @@ impl std::fmt::Display for Source {
             Self::Flag(p) => write!(f, "{} (--config)", p.display()),
             Self::Variable(p) => write!(f, "{} (${FILE_VARIABLE})", p.display()),
             Self::WorkingDirectory(p) => write!(f, "{} (in the working directory)", p.display()),
+            Self::Untrusted { path, why } => write!(
+                f,
+                "{} (in the working directory; not read: {why})",
+                path.display()
+            ),
             Self::System(p) => write!(f, "{} (the installed service's)", p.display()),
             Self::Defaults => write!(
                 f,
@@ -493,6 +546,11 @@ pub enum ConfigError {
     Env { name: String, message: String },
     #[error("{key}: {message}")]
     Invalid { key: &'static str, message: String },
+    #[error(
+        "{path} is not read: {why}. Run the command from another folder, or name the file \
+         with --config if you trust it"
+    )]
+    Untrusted { path: PathBuf, why: String },
 }
 
 impl Config {
@@ -502,6 +560,12 @@ impl Config {
         source: &Source,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        if let Source::Untrusted { path, why } = source {
+            return Err(ConfigError::Untrusted {
+                path: path.clone(),
+                why: why.clone(),
+            });
+        }
         let mut tree = toml::Value::try_from(Config::default()).expect("defaults serialize");
         let file = source.file().map(Path::to_path_buf);
         if let Some(path) = &file {
@@ -601,6 +665,14 @@ impl Config {
             return invalid(
                 "ami.secret",
                 "is needed when ami.host is set (CALLVERIFY_AMI_SECRET)",
+            );
+        }
+        // The kit's manager.conf ships a placeholder: anyone who read it could place calls.
+        if self.ami.secret.to_ascii_uppercase().contains("CHANGE-ME") {
+            return invalid(
+                "ami.secret",
+                "is the Asterisk kit's placeholder: set a long random secret here and in \
+                 manager.conf's [callverify] user",
             );
         }
         // It signs every webhook, to `webhooks.url` and to `callback_url`s alike.
@@ -1052,6 +1124,23 @@ mod tests {
     }
 
     #[test]
+    fn the_kits_placeholder_ami_secret_is_refused() {
+        let error = Config::load(
+            &Source::Flag("/dev/null".into()),
+            env(&[
+                ("CALLVERIFY_AMI_HOST", "127.0.0.1"),
+                ("CALLVERIFY_AMI_SECRET", "CHANGE-ME-to-a-long-random-secret"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("ami.secret: is the Asterisk kit's placeholder"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn qa_call_back_numbers_are_callable_and_kept_in_e164() {
         let load = |numbers: &str| {
             Config::load(
@@ -1208,6 +1297,44 @@ mod tests {
         // Each says where it came from.
         assert!(Source::Defaults.to_string().contains(SYSTEM_FILE));
         assert!(locate(None, variable()).to_string().contains(FILE_VARIABLE));
+    }
+
+    /// A command run as root in a folder another user controls must not act on a store (or
+    /// make keys and staff in one) that a file planted there names.
+    #[cfg(unix)]
+    #[test]
+    fn a_working_directory_file_others_could_write_is_not_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (local, system) = (dir.path().join("c.toml"), dir.path().join("none.toml"));
+        std::fs::write(&local, "").unwrap();
+        let mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        let locate = || Source::locate_in(None, None, &local, &system);
+        let refused = |why: &str| {
+            let source = locate();
+            assert!(
+                matches!(&source, Source::Untrusted { why: w, .. } if w.contains(why)),
+                "{source:?}"
+            );
+            let error = Config::load(&source, env(&[])).unwrap_err().to_string();
+            assert!(error.contains("--config"), "{error}");
+        };
+        mode(&local, 0o644);
+        assert_eq!(locate(), Source::WorkingDirectory(local.clone()));
+        mode(&local, 0o664);
+        refused("others may write it");
+        mode(&local, 0o644);
+        mode(dir.path(), 0o777);
+        refused("its folder is writable by all");
+        mode(dir.path(), 0o1777);
+        assert_eq!(locate(), Source::WorkingDirectory(local.clone()));
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&local, Some(65534), None).unwrap();
+            refused("belongs to user id 65534");
+        }
+        mode(dir.path(), 0o700);
     }
 
     #[test]
