@@ -133,6 +133,14 @@ enum StaffCommand {
     List,
     /// Disable an account and end its console sessions
     Disable { username: String },
+    /// Make a disabled account active again
+    Enable { username: String },
+    /// Give an account a new password and end its console sessions; asks for it at a
+    /// terminal, without echo, or reads it from the first line of stdin
+    #[command(
+        after_help = "Example: printf '%s\\n' \"$PASSWORD\" | callverify staff passwd alice"
+    )]
+    Passwd { username: String },
 }
 
 #[derive(Args)]
@@ -376,6 +384,15 @@ async fn staff(config: &Config, command: StaffCommand) -> anyhow::Result<ExitCod
         StaffCommand::Disable { username } => {
             staff.disable(&username).await?;
             out!("disabled {username}");
+        }
+        StaffCommand::Enable { username } => {
+            staff.enable(&username).await?;
+            out!("enabled {username}");
+        }
+        StaffCommand::Passwd { username } => {
+            let password = read_password(&username)?;
+            staff.set_password(&username, &password).await?;
+            out!("new password set for {username}; their console sessions ended");
         }
     }
     app.store.close().await;

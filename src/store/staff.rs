@@ -1,6 +1,6 @@
 //! Staff accounts of the support console and their console sessions.
 
-use super::sql::query;
+use super::sql::{query, Query};
 
 use super::verifications::parse_column;
 use super::{op, Store, StoreError};
@@ -103,19 +103,51 @@ impl Store {
 
     /// Disable an account and end its sessions; false if there is no such active account.
     pub async fn disable_staff(&self, username: &str, now: i64) -> Result<bool, StoreError> {
+        let change =
+            query("UPDATE staff SET disabled_at = $1 WHERE username = $2 AND disabled_at IS NULL")
+                .bind(now)
+                .bind(username);
+        self.change_staff_ending_sessions(username, change).await
+    }
+
+    /// Give an account a new password hash and end its sessions; false if there is no such
+    /// active account.
+    pub async fn set_staff_password(
+        &self,
+        username: &str,
+        password_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let change = query(
+            "UPDATE staff SET password_hash = $1 WHERE username = $2 AND disabled_at IS NULL",
+        )
+        .bind(password_hash)
+        .bind(username);
+        self.change_staff_ending_sessions(username, change).await
+    }
+
+    /// Make a disabled account active again (it signs in anew); false if there is no such
+    /// disabled account.
+    pub async fn enable_staff(&self, username: &str) -> Result<bool, StoreError> {
+        let change = query(
+            "UPDATE staff SET disabled_at = NULL WHERE username = $1 AND disabled_at IS NOT NULL",
+        )
+        .bind(username);
+        self.change_staff_ending_sessions(username, change).await
+    }
+
+    /// Run `change` to an account and end its console sessions, in one transaction; whether
+    /// it changed the account.
+    async fn change_staff_ending_sessions(
+        &self,
+        username: &str,
+        change: Query<'static>,
+    ) -> Result<bool, StoreError> {
         let username = username.to_owned();
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
-                    let done = query(
-                        "UPDATE staff SET disabled_at = $1 WHERE username = $2 \
-                         AND disabled_at IS NULL",
-                    )
-                    .bind(now)
-                    .bind(&username)
-                    .execute(&mut tx)
-                    .await?;
+                    let done = change.execute(&mut tx).await?;
                     query(
                         "DELETE FROM staff_sessions WHERE staff_id IN \
                          (SELECT id FROM staff WHERE username = $1)",

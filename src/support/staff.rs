@@ -28,6 +28,8 @@ pub enum StaffError {
     Exists(String),
     #[error("no active staff member named {0:?}")]
     Unknown(String),
+    #[error("no disabled staff member named {0:?}")]
+    NotDisabled(String),
     #[error("too many sign-ins for {0:?}: try again in 15 minutes")]
     Throttled(String),
     #[error("unknown time zone {0:?}: use an IANA name such as America/Los_Angeles")]
@@ -36,6 +38,23 @@ pub enum StaffError {
     Hash(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The Argon2id hash of a new password (12 to 1024 characters), off the async threads: it
+/// takes tens of milliseconds of CPU.
+async fn hash_password(password: &str) -> Result<String, StaffError> {
+    if !(12..=1024).contains(&password.chars().count()) {
+        return Err(StaffError::WeakPassword);
+    }
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+    })
+    .await
+    .map_err(|e| StaffError::Hash(e.to_string()))?
+    .map_err(|e| StaffError::Hash(e.to_string()))
 }
 
 /// Whether `zone` is a time zone staff times can be shown in (an IANA name).
@@ -103,19 +122,7 @@ impl Staff {
         if !is_staff_name(username) {
             return Err(StaffError::InvalidName);
         }
-        if !(12..=1024).contains(&password.chars().count()) {
-            return Err(StaffError::WeakPassword);
-        }
-        let password = password.to_owned();
-        // Argon2 takes tens of milliseconds of CPU: off the async threads.
-        let password_hash = tokio::task::spawn_blocking(move || {
-            Argon2::default()
-                .hash_password(password.as_bytes())
-                .map(|h| h.to_string())
-        })
-        .await
-        .map_err(|e| StaffError::Hash(e.to_string()))?
-        .map_err(|e| StaffError::Hash(e.to_string()))?;
+        let password_hash = hash_password(password).await?;
         let account = StaffAccount {
             id: random_token("stf_", 12),
             username: username.to_owned(),
@@ -138,6 +145,35 @@ impl Staff {
             )
             .await?;
         Ok(account)
+    }
+
+    /// Give an active account a new password (a leaked one, a forgotten one) and end its
+    /// console sessions.
+    pub async fn set_password(&self, username: &str, password: &str) -> Result<(), StaffError> {
+        let password_hash = hash_password(password).await?;
+        let now = now_ms();
+        if !self
+            .store
+            .set_staff_password(username, &password_hash)
+            .await?
+        {
+            return Err(StaffError::Unknown(username.to_owned()));
+        }
+        self.store
+            .audit(ACCOUNTS_ACTOR, "staff_password", username, "", now)
+            .await?;
+        Ok(())
+    }
+
+    /// Make a disabled account active again; it signs in anew.
+    pub async fn enable(&self, username: &str) -> Result<(), StaffError> {
+        if !self.store.enable_staff(username).await? {
+            return Err(StaffError::NotDisabled(username.to_owned()));
+        }
+        self.store
+            .audit(ACCOUNTS_ACTOR, "staff_enable", username, "", now_ms())
+            .await?;
+        Ok(())
     }
 
     /// How long a sign-in lasts, for the cookie's Max-Age.

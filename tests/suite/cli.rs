@@ -171,6 +171,29 @@ fn staff_roles_and_time_zones() {
     );
     let out = run(callverify(dir.path()).args(["staff", "set", "nobody", "--admin"]));
     assert_eq!(out.status.code(), Some(1));
+    // A new password from stdin; disabled, then enabled again.
+    let mut child = callverify(dir.path())
+        .args(["staff", "passwd", "erik"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "another long enough password").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sessions ended"));
+    for (command, code) in [("disable", 0), ("enable", 0), ("enable", 1)] {
+        let out = run(callverify(dir.path()).args(["staff", command, "erik"]));
+        assert_eq!(out.status.code(), Some(code), "{command}: {}", stderr(&out));
+    }
+    let out = run(callverify(dir.path()).args(["staff", "list"]));
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("erik") && l.ends_with("active")),
+        "{list}"
+    );
 }
 
 #[test]

@@ -196,6 +196,48 @@ async fn cookies_are_secure_when_configured() {
     }
 }
 
+/// A new password ends the account's console sessions and its old password; a disabled
+/// account enabled again signs in anew. Both are audited.
+#[tokio::test]
+async fn a_new_password_ends_sessions_and_an_enabled_account_signs_in_again() {
+    use callverify::support::staff::StaffError;
+    const NEW: &str = "another long enough password";
+    let d = crate::common::start(Db::Sqlite).await;
+    let staff = Staff::new(d.store.clone(), std::time::Duration::from_secs(3600));
+    staff.add("dora", PASSWORD).await.unwrap();
+    let signed_in = staff.sign_in("dora", PASSWORD).await.unwrap().unwrap();
+    assert!(staff.session(&signed_in.token).await.unwrap().is_some());
+    staff.set_password("dora", NEW).await.unwrap();
+    assert!(staff.session(&signed_in.token).await.unwrap().is_none());
+    assert!(staff.sign_in("dora", PASSWORD).await.unwrap().is_none());
+    assert!(staff.sign_in("dora", NEW).await.unwrap().is_some());
+    let refused = staff.set_password("dora", "too short").await.unwrap_err();
+    assert!(matches!(refused, StaffError::WeakPassword), "{refused}");
+    let refused = staff.set_password("nobody", NEW).await.unwrap_err();
+    assert!(matches!(refused, StaffError::Unknown(_)), "{refused}");
+
+    staff.disable("dora").await.unwrap();
+    assert!(staff.sign_in("dora", NEW).await.unwrap().is_none());
+    let refused = staff.set_password("dora", PASSWORD).await.unwrap_err();
+    assert!(matches!(refused, StaffError::Unknown(_)), "{refused}");
+    staff.enable("dora").await.unwrap();
+    assert!(staff.sign_in("dora", NEW).await.unwrap().is_some());
+    let refused = staff.enable("dora").await.unwrap_err();
+    assert!(matches!(refused, StaffError::NotDisabled(_)), "{refused}");
+    let actions: Vec<String> = d
+        .store
+        .audit_entries("dora")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    for action in ["staff_password", "staff_disable", "staff_enable"] {
+        assert!(actions.iter().any(|a| a == action), "{action}: {actions:?}");
+    }
+    d.stop().await;
+}
+
 /// Five wrong passwords for an account refuse its sign-ins for a while (even with the right
 /// password); a successful sign-in clears the count, and other accounts are not affected.
 #[tokio::test]
