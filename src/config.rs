@@ -98,34 +98,54 @@ impl Source {
 
 /// Why the file in the working directory may not be the admin's own: a command run as root
 /// in a folder another user controls (`/tmp`) would otherwise act on whatever store, with
-/// whatever keys, that user's file names. It must belong to this user or root, be writable
-/// by its owner only, and lie in a folder others cannot swap it in (not writable by others
-/// unless sticky). `None`: it may be read.
+/// whatever keys, that user's file names. The file and its folder must belong to this user
+/// or root, and neither may be writable by anyone else (others, or a group other than this
+/// user's own); a sticky folder (`/tmp`) lets nobody swap another's file. Then nobody else
+/// can change the file between this check and its reading. `None`: it may be read.
 fn untrusted(path: &Path) -> Option<String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        let me = rustix::process::geteuid().as_raw();
-        let file = std::fs::metadata(path).ok()?;
+        let (me, my_group) = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let stat = |path: &Path| {
+            std::fs::metadata(path).map_err(|e| format!("{} cannot be read: {e}", path.display()))
+        };
+        let (file, folder) = match (stat(path), stat(folder)) {
+            (Ok(file), Ok(folder)) => (file, folder),
+            (Err(why), _) | (_, Err(why)) => return Some(why),
+        };
+        // Writable by someone else: by all, or by a group that is not this user's.
+        let others_write = |meta: &std::fs::Metadata| {
+            meta.mode() & 0o002 != 0 || (meta.mode() & 0o020 != 0 && meta.gid() != my_group)
+        };
         if file.uid() != me && file.uid() != 0 {
             return Some(format!(
                 "it belongs to user id {}, not to you or root",
                 file.uid()
             ));
         }
-        if file.mode() & 0o022 != 0 {
+        if others_write(&file) {
             return Some(format!(
                 "others may write it (mode {:o})",
                 file.mode() & 0o7777
             ));
         }
-        let folder = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let folder = std::fs::metadata(folder).ok()?;
-        if folder.mode() & 0o002 != 0 && folder.mode() & 0o1000 == 0 {
-            return Some("anyone may replace it: its folder is writable by all".into());
+        // A folder's owner may replace any file in it, sticky or not.
+        if folder.uid() != me && folder.uid() != 0 {
+            return Some(format!(
+                "its folder belongs to user id {}, who may replace it",
+                folder.uid()
+            ));
+        }
+        if others_write(&folder) && folder.mode() & 0o1000 == 0 {
+            return Some("others may replace it: its folder is writable by them".into());
         }
     }
     #[cfg(not(unix))]
@@ -210,7 +230,8 @@ pub struct SupportSection {
     pub max_messages_per_caller: u32,
     /// Messages all callers together may leave in an hour (caller IDs can be faked).
     pub max_messages_per_hour: u32,
-    /// Recordings kept at most, in megabytes: past it, no message is taken.
+    /// Recordings of open requests at most, in megabytes: past it, no message is taken
+    /// until staff decide some.
     pub max_recordings_mb: u64,
     /// Console sign-ins last this long.
     pub session_hours: u64,
@@ -1323,16 +1344,30 @@ mod tests {
         };
         mode(&local, 0o644);
         assert_eq!(locate(), Source::WorkingDirectory(local.clone()));
-        mode(&local, 0o664);
+        mode(&local, 0o666);
         refused("others may write it");
+        // Group-writable is fine when the group is the user's own (a umask of 002).
+        std::os::unix::fs::chown(&local, None, Some(rustix::process::getegid().as_raw())).unwrap();
+        mode(&local, 0o664);
+        assert_eq!(locate(), Source::WorkingDirectory(local.clone()));
         mode(&local, 0o644);
         mode(dir.path(), 0o777);
-        refused("its folder is writable by all");
+        refused("its folder is writable by them");
         mode(dir.path(), 0o1777);
         assert_eq!(locate(), Source::WorkingDirectory(local.clone()));
         if rustix::process::geteuid().is_root() {
+            // A group of other users may write it.
+            std::os::unix::fs::chown(&local, None, Some(65534)).unwrap();
+            mode(&local, 0o664);
+            refused("others may write it");
+            mode(&local, 0o644);
             std::os::unix::fs::chown(&local, Some(65534), None).unwrap();
             refused("belongs to user id 65534");
+            std::os::unix::fs::chown(&local, Some(0), None).unwrap();
+            mode(dir.path(), 0o755);
+            std::os::unix::fs::chown(dir.path(), Some(65534), None).unwrap();
+            refused("its folder belongs to user id 65534");
+            std::os::unix::fs::chown(dir.path(), Some(0), None).unwrap();
         }
         mode(dir.path(), 0o700);
     }

@@ -415,7 +415,7 @@ fn read_password(username: &str) -> anyhow::Result<String> {
     let again = read_hidden("The same password again: ")?;
     anyhow::ensure!(
         first == again,
-        "the two passwords differ; no account was added"
+        "the two passwords differ; nothing was changed"
     );
     Ok(first)
 }

@@ -54,41 +54,30 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
 /// A database URL without its password, for messages: neither in the user part nor as a
 /// `password` or `sslpassword` parameter (which sqlx takes too).
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let rest = &base[scheme_end..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let mut out = base[..scheme_end].to_owned();
-    match rest[..authority_end].rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            out.push_str(&format!("{user}@{host}"));
+    // The user part ends at the last @ (a password may hold / ? # unescaped).
+    let (head, rest) = match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let user = url[scheme + 3..at].split(':').next().unwrap_or_default();
+            (format!("{}{user}@", &url[..scheme + 3]), &url[at + 1..])
         }
-        None => out.push_str(&rest[..authority_end]),
-    }
-    out.push_str(&rest[authority_end..]);
-    if let Some(query) = query {
-        let params: Vec<String> = query
-            .split('&')
-            .map(|param| match param.split_once('=') {
-                Some((key, _))
-                    if key.eq_ignore_ascii_case("password")
-                        || key.eq_ignore_ascii_case("sslpassword") =>
-                {
-                    format!("{key}=***")
-                }
-                _ => param.to_owned(),
-            })
-            .collect();
-        out.push('?');
-        out.push_str(&params.join("&"));
-    }
-    out
+        _ => (String::new(), url),
+    };
+    let Some((path, query)) = rest.split_once('?') else {
+        return format!("{head}{rest}");
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((key, _))
+                if key.eq_ignore_ascii_case("password")
+                    || key.eq_ignore_ascii_case("sslpassword") =>
+            {
+                format!("{key}=***")
+            }
+            _ => param.to_owned(),
+        })
+        .collect();
+    format!("{head}{path}?{}", params.join("&"))
 }
 
 #[cfg(test)]
@@ -100,6 +89,11 @@ mod tests {
         for (url, shown) in [
             ("postgres://cv:Hunter2@db/cv", "postgres://cv@db/cv"),
             ("postgres://cv:p@ss@db:5432/cv", "postgres://cv@db:5432/cv"),
+            ("postgres://cv:ab/cd@db/cv", "postgres://cv@db/cv"),
+            (
+                "postgres://cv:ab?c#d@db/cv?sslmode=require",
+                "postgres://cv@db/cv?sslmode=require",
+            ),
             (
                 "postgres://cv@db/cv?password=Hunter2&sslmode=require",
                 "postgres://cv@db/cv?password=***&sslmode=require",

@@ -496,7 +496,7 @@ async fn room(
          (SELECT COUNT(*) FROM manual_requests WHERE caller = $1 AND created_at > $2) AS caller, \
          (SELECT COUNT(*) FROM manual_requests WHERE created_at > $3) AS line, \
          (SELECT COALESCE(SUM(LENGTH(recording)), 0) FROM manual_requests \
-          WHERE recording IS NOT NULL) AS kept",
+          WHERE status = 'open' AND recording IS NOT NULL) AS kept",
     )
     .bind(caller)
     .bind(now.saturating_sub(24 * HOUR_MS))

@@ -86,6 +86,8 @@ pub struct Store {
     backend: Backend,
     /// Where it is (the migrations of a SQLite store run on a connection of their own).
     url: Arc<str>,
+    /// When the history purge last emptied SQLite's WAL, and whether it deleted since.
+    history_wal: Arc<std::sync::Mutex<retention::WalDebt>>,
 }
 
 /// Box an operation for the engine.
@@ -123,6 +125,7 @@ impl Store {
                 engine: Engine::writer(conn, connect),
                 backend: Backend::Sqlite,
                 url: url.into(),
+                history_wal: Arc::default(),
             });
         }
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -149,6 +152,7 @@ impl Store {
             engine: Engine::Pool(pool),
             backend: Backend::Postgres,
             url: url.into(),
+            history_wal: Arc::default(),
         })
     }
 

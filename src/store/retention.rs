@@ -8,6 +8,18 @@
 use super::sql::{query, Conn, Query};
 use super::{op, Store, StoreError};
 
+/// How often at most the history purge empties SQLite's WAL.
+const WAL_EMPTIED_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Deletions whose old page images may still be in SQLite's WAL.
+#[derive(Debug, Default)]
+pub(super) struct WalDebt {
+    /// Something was deleted since the WAL was last emptied.
+    owed: bool,
+    /// When the purge last emptied it.
+    emptied: Option<std::time::Instant>,
+}
+
 /// The tables that name a verification, emptied of its rows before it goes.
 const NAMING_TABLES: [&str; 6] = [
     "code_checks",
@@ -22,9 +34,9 @@ impl Store {
     /// Delete up to `batch` ended verifications created before `before` (none: the
     /// history is kept), and what names them, and the decided support requests made before
     /// it that matched none, and the wrong codes made before `strikes_before` (which no
-    /// longer count), in one transaction; on SQLite, the write-ahead log is then emptied
-    /// when anything was deleted. Returns the verifications deleted (fewer than `batch`: no
-    /// more are due).
+    /// longer count), in one transaction; on SQLite, the write-ahead log is then emptied of
+    /// what was deleted (see [`Store::settle_wal`]). Returns the verifications deleted
+    /// (fewer than `batch`: no more are due).
     pub async fn purge_history(
         &self,
         before: Option<i64>,
@@ -87,12 +99,40 @@ impl Store {
                 })
             }))
             .await?;
-        // Numbers and users are gone from the database's pages (secure_delete); from the
-        // write-ahead log's older images of them too.
-        if deleted + unmatched > 0 {
-            self.empty_wal().await?;
-        }
+        self.settle_wal(deleted + unmatched > 0).await;
         Ok(deleted)
+    }
+
+    /// Numbers and users deleted are gone from the database's pages (secure_delete); the
+    /// write-ahead log's older images of them go too, at the first purge that deletes and
+    /// then at most every [`WAL_EMPTIED_EVERY`]: on a busy installation every purge deletes,
+    /// and each emptying holds the writer a moment. A failure is logged: the rows are gone,
+    /// and the next purge tries again.
+    async fn settle_wal(&self, deleted: bool) {
+        let due = {
+            let mut debt = self.history_wal.lock().unwrap_or_else(|e| e.into_inner());
+            debt.owed |= deleted;
+            let due = debt.owed
+                && debt
+                    .emptied
+                    .is_none_or(|at| at.elapsed() >= WAL_EMPTIED_EVERY);
+            if due {
+                *debt = WalDebt {
+                    owed: false,
+                    emptied: Some(std::time::Instant::now()),
+                };
+            }
+            due
+        };
+        if due {
+            if let Err(e) = self.empty_wal().await {
+                self.history_wal
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .owed = true;
+                tracing::warn!(error = %e, "the SQLite WAL could not be emptied after a purge");
+            }
+        }
     }
 }
 

@@ -135,8 +135,8 @@ impl Store {
         self.change_staff_ending_sessions(username, change).await
     }
 
-    /// Run `change` to an account and end its console sessions, in one transaction; whether
-    /// it changed the account.
+    /// Run `change` to an account and, if it changed it, end its console sessions, in one
+    /// transaction; whether it changed the account.
     async fn change_staff_ending_sessions(
         &self,
         username: &str,
@@ -147,7 +147,9 @@ impl Store {
             .run(op(move |c| {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
-                    let done = change.execute(&mut tx).await?;
+                    if change.execute(&mut tx).await?.rows_affected() != 1 {
+                        return Ok(false);
+                    }
                     query(
                         "DELETE FROM staff_sessions WHERE staff_id IN \
                          (SELECT id FROM staff WHERE username = $1)",
@@ -156,7 +158,7 @@ impl Store {
                     .execute(&mut tx)
                     .await?;
                     tx.commit().await?;
-                    Ok(done.rows_affected() == 1)
+                    Ok(true)
                 })
             }))
             .await

@@ -28,7 +28,8 @@ pub struct MessageQuota {
     pub per_caller_per_day: i64,
     /// From all callers together in an hour (caller IDs can be faked or withheld).
     pub per_hour: i64,
-    /// Bytes of recordings kept at most.
+    /// Bytes of recordings of open requests at most: a flood that fills them closes the line
+    /// only until staff decide (reject) what it left.
     pub max_bytes: i64,
 }
 
@@ -40,7 +41,7 @@ pub enum Room {
     CallerFull,
     /// All callers together left as many in the last hour as the line takes.
     LineFull,
-    /// The recordings kept fill the space they may use.
+    /// The open requests' recordings fill the space they may use.
     StorageFull,
 }
 

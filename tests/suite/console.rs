@@ -221,9 +221,11 @@ async fn a_new_password_ends_sessions_and_an_enabled_account_signs_in_again() {
     let refused = staff.set_password("dora", PASSWORD).await.unwrap_err();
     assert!(matches!(refused, StaffError::Unknown(_)), "{refused}");
     staff.enable("dora").await.unwrap();
-    assert!(staff.sign_in("dora", NEW).await.unwrap().is_some());
+    let signed_in = staff.sign_in("dora", NEW).await.unwrap().unwrap();
+    // Enabling an active account is refused and leaves its sessions alone.
     let refused = staff.enable("dora").await.unwrap_err();
     assert!(matches!(refused, StaffError::NotDisabled(_)), "{refused}");
+    assert!(staff.session(&signed_in.token).await.unwrap().is_some());
     let actions: Vec<String> = d
         .store
         .audit_entries("dora")

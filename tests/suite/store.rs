@@ -658,10 +658,6 @@ async fn unsupported_urls_are_refused_without_leaking_passwords() {
     assert!(!err.contains("hunter2"), "{err}");
 }
 
-/// Postgres, several daemons: a code check, a staff approval and a creation for one number
-/// each wait for the number's lock (held here from another connection, as another daemon's
-/// operation on the number would hold it), so that none of them passes a rule while another
-/// changes the number's standing.
 /// A takeover locks a call's verification before its attempt, as a code check in that call
 /// does: a check in flight (a daemon declared dead may only be paused) is waited for, and
 /// neither is aborted as a deadlock.
@@ -698,11 +694,15 @@ async fn a_takeover_waits_for_a_check_in_flight_on_postgres() {
     });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let waiting: i64 = sqlx::query("SELECT COUNT(*) AS n FROM pg_locks WHERE NOT granted")
-            .fetch_one(&mut watcher)
-            .await
-            .unwrap()
-            .get("n");
+        // On this test's own database, only the takeover can wait for a lock.
+        let waiting: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap()
+        .get("n");
         if waiting > 0 {
             break;
         }
@@ -732,6 +732,10 @@ async fn a_takeover_waits_for_a_check_in_flight_on_postgres() {
     drop(dir);
 }
 
+/// Postgres, several daemons: a code check, a staff approval and a creation for one number
+/// each wait for the number's lock (held here from another connection, as another daemon's
+/// operation on the number would hold it), so that none of them passes a rule while another
+/// changes the number's standing.
 #[tokio::test]
 async fn checks_approvals_and_creations_of_a_number_wait_for_its_lock() {
     use futures::future::BoxFuture;

@@ -277,15 +277,35 @@ async fn the_support_line_takes_a_bounded_number_of_messages(db: Db) {
     assert_eq!(crate::common::manual_request_ids(&d).await.len(), 4);
     d.stop().await;
 
-    // No room for recordings: nothing is taken, whoever calls.
+    // The open requests' recordings fill their space (1 MiB here); decided ones do not
+    // count, so staff reopen a flooded line by rejecting what the flood left.
     let d = crate::common::start_with(db, |c| {
         closed(c);
-        c.support.max_recordings_mb = 0;
+        c.support.max_recordings_mb = 1;
     })
     .await;
+    let now = callverify::domain::clock::now_ms();
+    let big = |id: &str| NewManualRequest {
+        recording: vec![0; 2 << 20],
+        ..crate::common::manual_request(id, None, now - 2 * 86_400_000)
+    };
+    d.store
+        .insert_manual_request(big("mr_decided"))
+        .await
+        .unwrap();
+    let reject = Decision::Reject {
+        reason: "spam".into(),
+    };
+    d.store
+        .decide_manual("mr_decided", reject, "staff", now)
+        .await
+        .unwrap();
     let t = run_support(&d, support_call(PHONE, 0).talk(message())).await;
+    assert_eq!(t.count_prompt(Prompt::SupportThanks.file()), 1);
+    d.store.insert_manual_request(big("mr_open")).await.unwrap();
+    let t = run_support(&d, support_call("+14155550142", 0).talk(message())).await;
     assert_eq!(t.count_prompt(Prompt::SupportFull.file()), 1);
-    assert!(crate::common::manual_request_ids(&d).await.is_empty());
+    assert_eq!(crate::common::manual_request_ids(&d).await.len(), 3);
     d.stop().await;
 }
 
