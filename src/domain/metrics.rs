@@ -4,13 +4,15 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use super::status::CallOutcome;
+use super::status::{CallOutcome, Room};
 
 #[derive(Default)]
 pub struct Metrics {
     calls_in_progress: AtomicI64,
     outcomes: [AtomicU64; 16],
     verifications_created: AtomicU64,
+    /// Support messages not taken, by the limit reached (indexed as [`Room::ALL`]).
+    support_refused: [AtomicU64; 4],
 }
 
 /// Keeps a call counted as in progress while it lives.
@@ -45,6 +47,13 @@ impl Metrics {
         self.verifications_created.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A support message not taken: the line had no `room` for it.
+    pub fn support_message_refused(&self, room: Room) {
+        if let Some(i) = Room::ALL.iter().position(|r| *r == room) {
+            self.support_refused[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self, snapshot: &Snapshot) -> String {
         let mut out = String::new();
@@ -69,6 +78,19 @@ impl Metrics {
             "# HELP callverify_verifications_created_total Verifications started through this daemon.\n# TYPE callverify_verifications_created_total counter\ncallverify_verifications_created_total {}",
             self.verifications_created.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP callverify_support_messages_refused_total Support messages not taken, by the limit reached.\n# TYPE callverify_support_messages_refused_total counter"
+        );
+        for (i, room) in Room::ALL.iter().enumerate() {
+            if *room != Room::Open {
+                let _ = writeln!(
+                    out,
+                    "callverify_support_messages_refused_total{{limit=\"{room}\"}} {}",
+                    self.support_refused[i].load(Ordering::Relaxed)
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP callverify_dialer_queue_due Verifications due a call now.\n# TYPE callverify_dialer_queue_due gauge\ncallverify_dialer_queue_due {}",
@@ -104,6 +126,7 @@ mod tests {
         m.call_ended(CallOutcome::Verified);
         m.call_ended(CallOutcome::Verified);
         m.verification_created();
+        m.support_message_refused(Room::LineFull);
         let text = m.render(&Snapshot {
             ami_state: Some("connected"),
             queue_due: 4,
@@ -113,6 +136,11 @@ mod tests {
         assert!(text.contains("callverify_calls_total{outcome=\"verified\"} 2\n"));
         assert!(text.contains("callverify_calls_total{outcome=\"busy\"} 0\n"));
         assert!(text.contains("callverify_dialer_queue_due 4\n"));
+        assert!(text.contains("callverify_support_messages_refused_total{limit=\"line_full\"} 1\n"));
+        assert!(
+            text.contains("callverify_support_messages_refused_total{limit=\"caller_full\"} 0\n")
+        );
+        assert!(!text.contains("limit=\"open\""));
         assert!(text.contains("callverify_ami_connected{state=\"connected\"} 1\n"));
         drop(guard);
         let text = m.render(&Snapshot {

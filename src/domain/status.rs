@@ -103,6 +103,18 @@ stored_enum! {
 }
 
 stored_enum! {
+    /// Whether the support line takes a message now, or which of its limits is reached:
+    /// the caller's messages of the last 24 hours, all callers' of the last hour, or the
+    /// space of the open requests' recordings.
+    Room {
+        Open => "open",
+        CallerFull => "caller_full",
+        LineFull => "line_full",
+        StorageFull => "storage_full",
+    }
+}
+
+stored_enum! {
     /// Where a manual-verification request stands.
     RequestStatus {
         Open => "open",

@@ -11,6 +11,7 @@ use super::listen::{listen, Listened};
 use super::prompts::Prompt;
 use super::{goodbye, play, FlowError};
 use crate::domain::clock::now_ms;
+use crate::domain::metrics::Metrics;
 use crate::domain::phone::masked;
 use crate::support::message::{self, Message};
 use crate::support::{Caller, Kept, Room, Support};
@@ -29,6 +30,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     session: &mut Session<S>,
     support: &Support,
     audio: &Hub,
+    metrics: &Metrics,
 ) -> Result<(), FlowError> {
     let caller = identify(session, support).await?;
     session.answer().await?;
@@ -54,6 +56,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     session.set_variable(ROUTE_VARIABLE, "message").await?;
     let room = support.room_for(&caller).await?;
     if room != Room::Open {
+        metrics.support_message_refused(room);
         tracing::warn!(room = room.as_str(), "support line takes no message now");
         return goodbye(session, Prompt::SupportFull).await;
     }
@@ -65,7 +68,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         match heard {
             Listened::Heard(message) if !message.is_empty() => {
                 let language = session.env().language().to_owned();
-                let thanks = match keep(support, &caller, &message, &language).await? {
+                let thanks = match keep(support, &caller, &message, &language, metrics).await? {
                     Kept::Request(_) => Prompt::SupportThanks,
                     Kept::NoRoom(_) => Prompt::SupportFull,
                 };
@@ -79,7 +82,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 match message.filter(|m| !m.is_empty()) {
                     Some(message) => {
                         let language = session.env().language().to_owned();
-                        keep(support, &caller, &message, &language).await?;
+                        keep(support, &caller, &message, &language, metrics).await?;
                     }
                     None => tracing::info!("support caller hung up before leaving a message"),
                 }
@@ -123,8 +126,12 @@ async fn keep(
     caller: &Caller,
     message: &Message,
     language: &str,
+    metrics: &Metrics,
 ) -> Result<Kept, FlowError> {
     let kept = support.keep(caller, message, language).await?;
+    if let Kept::NoRoom(room) = kept {
+        metrics.support_message_refused(room);
+    }
     match &kept {
         Kept::Request(id) => tracing::info!(
             request = %id,

@@ -146,7 +146,10 @@ impl Handler for Router {
             },
             "qa" => qa::run(session, &self.service, &self.settings, &self.hearing).await,
             "qa-callback" => qa::call_back(session, &self.service, &self.settings).await,
-            "manual" => manual::run(session, &self.support, &self.hearing.audio).await,
+            "manual" => {
+                let metrics = self.service.metrics();
+                manual::run(session, &self.support, &self.hearing.audio, metrics).await
+            }
             "selftest" => {
                 let token = session.env().arg(1).unwrap_or_default().to_owned();
                 selftest::run(session, &self.selftests, &self.hearing.audio, &token).await

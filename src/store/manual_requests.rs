@@ -7,10 +7,11 @@ use super::subject_locks;
 
 use super::verifications::parse_column;
 use super::{op, Store, StoreError};
+use crate::domain::status::Room;
 use crate::domain::status::{RequestStatus, Status};
 use crate::support::request::{
     AuditEntry, AuditFilter, Cursor, Decided, Decision, ManualRequest, MessageQuota,
-    NewManualRequest, RequestFilter, RequestPage, Room, Search,
+    NewManualRequest, RequestFilter, RequestPage, Search,
 };
 
 /// Statuses a verification can be approved from by hand.

@@ -18,6 +18,7 @@ use callverify_speech::CodeRecogniser;
 use crate::domain::clock::now_ms;
 use crate::domain::ids::random_token;
 use crate::domain::phone::{PhoneNumber, PhonePolicy};
+pub use crate::domain::status::Room;
 use crate::domain::status::{CallerMatch, RequestStatus};
 use crate::store::{Store, StoreError};
 pub use account::{StaffAccount, StaffSession};
@@ -28,7 +29,7 @@ use request::{
     AuditEntry, AuditFilter, Decided, Decision, NewManualRequest, RequestHistory, RequestPage,
     Search,
 };
-pub use request::{ManualRequest, MessageQuota, RequestFilter, Room};
+pub use request::{ManualRequest, MessageQuota, RequestFilter};
 
 /// How long after a decision the page that shows it (`after_decision`) is part of it.
 const DECISION_VIEW_MS: i64 = 60_000;

@@ -33,29 +33,6 @@ pub struct MessageQuota {
     pub max_bytes: i64,
 }
 
-/// Whether the support line takes a message now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Room {
-    Open,
-    /// The caller left as many messages in the last 24 hours as one may.
-    CallerFull,
-    /// All callers together left as many in the last hour as the line takes.
-    LineFull,
-    /// The open requests' recordings fill the space they may use.
-    StorageFull,
-}
-
-impl Room {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Room::Open => "open",
-            Room::CallerFull => "caller_full",
-            Room::LineFull => "line_full",
-            Room::StorageFull => "storage_full",
-        }
-    }
-}
-
 /// A request as listed (the recording itself is fetched on its own).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManualRequest {
