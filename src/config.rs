@@ -942,6 +942,7 @@ impl Config {
 
     pub fn flow_settings(&self) -> FlowSettings {
         let v = &self.verification;
+        let phones = self.phone_policy();
         FlowSettings {
             ack_prompts: v.ack_prompts,
             ack_wait: Duration::from_millis(v.ack_wait_ms),
@@ -952,7 +953,7 @@ impl Config {
                 .qa
                 .callback_numbers
                 .iter()
-                .filter_map(|n| self.phone_policy().parse(n).ok())
+                .filter_map(|n| phones.parse(n).ok())
                 .map(|n| n.as_str().to_owned())
                 .collect(),
         }

@@ -424,7 +424,7 @@ async fn two_daemons_on_postgres_share_the_sealed_code() {
 /// wrong one costs no attempt and no strike: the check answers `not_checkable`.
 #[tokio::test]
 async fn a_check_racing_a_cancel_on_postgres_changes_nothing() {
-    use sqlx::{Connection, Row};
+    use sqlx::Connection;
     let api = Api::new(Db::Postgres).await;
     let d = &api.d;
     for (user, right) in [("judy", true), ("karl", false)] {
@@ -446,25 +446,7 @@ async fn a_check_racing_a_cancel_on_postgres_changes_nothing() {
             let mut watcher = crate::common::raw_connection(&d.config.database.url)
                 .await
                 .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let waiting: i64 = sqlx::query(
-                    "SELECT COUNT(*) AS n FROM pg_stat_activity \
-                     WHERE wait_event_type = 'Lock' AND datname = current_database()",
-                )
-                .fetch_one(&mut watcher)
-                .await
-                .unwrap()
-                .get("n");
-                if waiting > 0 {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the check never waited for the row"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            crate::common::until_a_lock_wait(&mut watcher, "the check (for the row)").await;
             tx.commit().await.unwrap();
         };
         let (r, ()) = tokio::join!(check(&api, &id, &entered), commit);

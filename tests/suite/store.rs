@@ -470,13 +470,9 @@ async fn a_stranded_call_expires(db: Db) {
     );
 }
 
-/// A daemon unheard for too long is taken over once, however many live daemons notice at
-/// the same moment; its late writes for the calls taken over are refused (fencing).
-async fn a_dead_daemon_is_taken_over_once_and_fenced(db: Db) {
-    let (s, _dir) = store(db).await;
-    let s = Arc::new(s);
-    let now = now_ms();
-    let dead = DaemonRow {
+/// Daemon `d1`, started a minute before `now` and unheard for 30 s.
+fn dead_daemon(now: i64) -> DaemonRow {
+    DaemonRow {
         name: "d1".into(),
         incarnation: "run_1".into(),
         boot_id: "boot".into(),
@@ -484,7 +480,16 @@ async fn a_dead_daemon_is_taken_over_once_and_fenced(db: Db) {
         started_at: now - 60_000,
         last_seen: now - 30_000,
         taken_over_by: None,
-    };
+    }
+}
+
+/// A daemon unheard for too long is taken over once, however many live daemons notice at
+/// the same moment; its late writes for the calls taken over are refused (fencing).
+async fn a_dead_daemon_is_taken_over_once_and_fenced(db: Db) {
+    let (s, _dir) = store(db).await;
+    let s = Arc::new(s);
+    let now = now_ms();
+    let dead = dead_daemon(now);
     assert!(s.register_daemon(&dead, None).await.unwrap());
     assert!(
         !s.register_daemon(&dead, None).await.unwrap(),
@@ -663,21 +668,13 @@ async fn unsupported_urls_are_refused_without_leaking_passwords() {
 /// neither is aborted as a deadlock.
 #[tokio::test]
 async fn a_takeover_waits_for_a_check_in_flight_on_postgres() {
-    use sqlx::{Connection, Row};
+    use sqlx::Connection;
     let dir = tempfile::tempdir().unwrap();
     let url = crate::common::fresh_database(Db::Postgres, dir.path()).await;
     let s = Store::connect(&url, 8).await.unwrap();
     s.migrate().await.unwrap();
     let now = now_ms();
-    let dead = DaemonRow {
-        name: "d1".into(),
-        incarnation: "run_1".into(),
-        boot_id: "boot".into(),
-        pid: 1,
-        started_at: now - 60_000,
-        last_seen: now - 30_000,
-        taken_over_by: None,
-    };
+    let dead = dead_daemon(now);
     assert!(s.register_daemon(&dead, None).await.unwrap());
     let (attempt, _) = in_call(&s, "vf_t", "+14155550101", "tina").await;
     let mut checker = crate::common::raw_connection(&url).await.unwrap();
@@ -692,30 +689,11 @@ async fn a_takeover_waits_for_a_check_in_flight_on_postgres() {
         let s = s.clone();
         async move { s.take_over("live0", now - 10_000, 3, now).await }
     });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        // On this test's own database, only the takeover can wait for a lock.
-        let waiting: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&mut watcher)
-        .await
-        .unwrap()
-        .get("n");
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            !taking.is_finished(),
-            "the takeover did not wait for the check"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the takeover never waited"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    crate::common::until_a_lock_wait(&mut watcher, "the takeover").await;
+    assert!(
+        !taking.is_finished(),
+        "the takeover did not wait for the check"
+    );
     // The check's second change: its attempt, which the waiting takeover must not hold.
     sqlx::query("UPDATE call_attempts SET ended_at = $1, outcome = 'verified' WHERE id = $2")
         .bind(now)

@@ -33,6 +33,28 @@ pub async fn raw_connection(url: &str) -> Result<sqlx::AnyConnection, sqlx::Erro
     sqlx::AnyConnection::connect(url).await
 }
 
+/// Postgres: returns once a session on `watcher`'s database waits for a lock (a test's own
+/// database, where only the operation under test can); panics naming `what` after 10 s.
+pub async fn until_a_lock_wait(watcher: &mut sqlx::AnyConnection, what: &str) {
+    use sqlx::Row;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        )
+        .fetch_one(&mut *watcher)
+        .await
+        .unwrap()
+        .get("n");
+        if waiting > 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} never waited");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A URL for a new, empty database of kind `db` (the SQLite file lives in `dir`).
 pub async fn fresh_database(db: Db, dir: &std::path::Path) -> String {
     match db {
