@@ -1,0 +1,244 @@
+//! Where the configuration file is found, and whether the one in the working directory
+//! may be read.
+
+use std::path::{Path, PathBuf};
+
+/// The file in the working directory, looked for after `--config` and [`FILE_VARIABLE`].
+pub const DEFAULT_FILE: &str = "callverify.toml";
+/// The environment variable naming the configuration file.
+pub const FILE_VARIABLE: &str = "CALLVERIFY_CONFIG";
+/// The installed service's configuration (the Debian package's conffile), looked for last.
+pub const SYSTEM_FILE: &str = "/etc/callverify/callverify.toml";
+
+/// Where the configuration file came from: `--config FILE`, else `$CALLVERIFY_CONFIG`, else
+/// `./callverify.toml`, else `/etc/callverify/callverify.toml`, else none (the defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Flag(PathBuf),
+    Variable(PathBuf),
+    WorkingDirectory(PathBuf),
+    /// `./callverify.toml` that someone else could have written: not read.
+    Untrusted {
+        path: PathBuf,
+        why: String,
+    },
+    System(PathBuf),
+    /// No file: the built-in defaults and the environment.
+    Defaults,
+}
+
+impl Source {
+    /// Where `callverify` finds its configuration: [`Self::locate_in`] the working directory
+    /// and [`SYSTEM_FILE`].
+    pub fn locate(flag: Option<&Path>) -> Self {
+        Self::locate_in(
+            flag,
+            std::env::var_os(FILE_VARIABLE),
+            Path::new(DEFAULT_FILE),
+            Path::new(SYSTEM_FILE),
+        )
+    }
+
+    /// The first of the places in order; a file named by the flag or the variable must exist
+    /// (reading it fails otherwise), `local` and `system` are taken only if they exist.
+    pub fn locate_in(
+        flag: Option<&Path>,
+        variable: Option<std::ffi::OsString>,
+        local: &Path,
+        system: &Path,
+    ) -> Self {
+        if let Some(path) = flag {
+            return Self::Flag(path.to_owned());
+        }
+        if let Some(path) = variable.filter(|v| !v.is_empty()) {
+            return Self::Variable(path.into());
+        }
+        if local.exists() {
+            return match untrusted(local) {
+                Some(why) => Self::Untrusted {
+                    path: local.to_owned(),
+                    why,
+                },
+                None => Self::WorkingDirectory(local.to_owned()),
+            };
+        }
+        if system.exists() {
+            return Self::System(system.to_owned());
+        }
+        Self::Defaults
+    }
+
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Self::Flag(p) | Self::Variable(p) | Self::WorkingDirectory(p) | Self::System(p) => {
+                Some(p)
+            }
+            Self::Untrusted { .. } | Self::Defaults => None,
+        }
+    }
+}
+
+/// Why the file in the working directory may not be the admin's own: a command run as root
+/// in a folder another user controls (`/tmp`) would otherwise act on whatever store, with
+/// whatever keys, that user's file names. The file and its folder must belong to this user
+/// or root, and neither may be writable by anyone else (others, or a group other than this
+/// user's own); a sticky folder (`/tmp`) lets nobody swap another's file. Then nobody else
+/// can change the file between this check and its reading. `None`: it may be read.
+fn untrusted(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let (me, my_group) = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let stat = |path: &Path| {
+            std::fs::metadata(path).map_err(|e| format!("{} cannot be read: {e}", path.display()))
+        };
+        let (file, folder) = match (stat(path), stat(folder)) {
+            (Ok(file), Ok(folder)) => (file, folder),
+            (Err(why), _) | (_, Err(why)) => return Some(why),
+        };
+        // Writable by someone else: by all, or by a group that is not this user's.
+        let others_write = |meta: &std::fs::Metadata| {
+            meta.mode() & 0o002 != 0 || (meta.mode() & 0o020 != 0 && meta.gid() != my_group)
+        };
+        if file.uid() != me && file.uid() != 0 {
+            return Some(format!(
+                "it belongs to user id {}, not to you or root",
+                file.uid()
+            ));
+        }
+        if others_write(&file) {
+            return Some(format!(
+                "others may write it (mode {:o})",
+                file.mode() & 0o7777
+            ));
+        }
+        // A folder's owner may replace any file in it, sticky or not.
+        if folder.uid() != me && folder.uid() != 0 {
+            return Some(format!(
+                "its folder belongs to user id {}, who may replace it",
+                folder.uid()
+            ));
+        }
+        if others_write(&folder) && folder.mode() & 0o1000 == 0 {
+            return Some("others may replace it: its folder is writable by them".into());
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    None
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Flag(p) => write!(f, "{} (--config)", p.display()),
+            Self::Variable(p) => write!(f, "{} (${FILE_VARIABLE})", p.display()),
+            Self::WorkingDirectory(p) => write!(f, "{} (in the working directory)", p.display()),
+            Self::Untrusted { path, why } => write!(
+                f,
+                "{} (in the working directory; not read: {why})",
+                path.display()
+            ),
+            Self::System(p) => write!(f, "{} (the installed service's)", p.display()),
+            Self::Defaults => write!(
+                f,
+                "none: the defaults (no --config, no ${FILE_VARIABLE}, no ./{DEFAULT_FILE}, no {SYSTEM_FILE})"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::env;
+    use crate::config::Config;
+
+    #[test]
+    fn the_file_is_looked_for_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (local, system) = (
+            dir.path().join("local.toml"),
+            dir.path().join("system.toml"),
+        );
+        let flag = Path::new("flag.toml");
+        let variable = || Some(std::ffi::OsString::from("variable.toml"));
+        let locate = |flag, variable| Source::locate_in(flag, variable, &local, &system);
+        assert_eq!(locate(None, None), Source::Defaults);
+        std::fs::write(&system, "").unwrap();
+        assert_eq!(locate(None, None), Source::System(system.clone()));
+        std::fs::write(&local, "").unwrap();
+        assert_eq!(locate(None, None), Source::WorkingDirectory(local.clone()));
+        assert_eq!(
+            locate(None, Some("".into())),
+            Source::WorkingDirectory(local.clone())
+        );
+        assert_eq!(
+            locate(None, variable()),
+            Source::Variable("variable.toml".into())
+        );
+        assert_eq!(locate(Some(flag), variable()), Source::Flag(flag.into()));
+        // Each says where it came from.
+        assert!(Source::Defaults.to_string().contains(SYSTEM_FILE));
+        assert!(locate(None, variable()).to_string().contains(FILE_VARIABLE));
+    }
+
+    /// A command run as root in a folder another user controls must not act on a store (or
+    /// make keys and staff in one) that a file planted there names.
+    #[cfg(unix)]
+    #[test]
+    fn a_working_directory_file_others_could_write_is_not_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (local, system) = (dir.path().join("c.toml"), dir.path().join("none.toml"));
+        std::fs::write(&local, "").unwrap();
+        let mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        let locate = || Source::locate_in(None, None, &local, &system);
+        let refused = |why: &str| {
+            let source = locate();
+            assert!(
+                matches!(&source, Source::Untrusted { why: w, .. } if w.contains(why)),
+                "{source:?}"
+            );
+            let error = Config::load(&source, env(&[])).unwrap_err().to_string();
+            assert!(error.contains("--config"), "{error}");
+        };
+        mode(&local, 0o644);
+        assert_eq!(locate(), Source::WorkingDirectory(local.clone()));
+        mode(&local, 0o666);
+        refused("others may write it");
+        // Group-writable is fine when the group is the user's own (a umask of 002).
+        std::os::unix::fs::chown(&local, None, Some(rustix::process::getegid().as_raw())).unwrap();
+        mode(&local, 0o664);
+        assert_eq!(locate(), Source::WorkingDirectory(local.clone()));
+        mode(&local, 0o644);
+        mode(dir.path(), 0o777);
+        refused("its folder is writable by them");
+        mode(dir.path(), 0o1777);
+        assert_eq!(locate(), Source::WorkingDirectory(local.clone()));
+        if rustix::process::geteuid().is_root() {
+            // A group of other users may write it.
+            std::os::unix::fs::chown(&local, None, Some(65534)).unwrap();
+            mode(&local, 0o664);
+            refused("others may write it");
+            mode(&local, 0o644);
+            std::os::unix::fs::chown(&local, Some(65534), None).unwrap();
+            refused("belongs to user id 65534");
+            std::os::unix::fs::chown(&local, Some(0), None).unwrap();
+            mode(dir.path(), 0o755);
+            std::os::unix::fs::chown(dir.path(), Some(65534), None).unwrap();
+            refused("its folder belongs to user id 65534");
+            std::os::unix::fs::chown(dir.path(), Some(0), None).unwrap();
+        }
+        mode(dir.path(), 0o700);
+    }
+}
