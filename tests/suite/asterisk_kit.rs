@@ -23,6 +23,7 @@ const DIALER_LANG_VAR: &str = "CALLVERIFY_LANG";
 /// Where the dialer's Originate lands.
 const OUTBOUND_CONTEXT: &str = "callverify-outbound";
 const QA_CONTEXT: &str = "callverify-qa";
+const SUPPORT_CONTEXT: &str = "callverify-support";
 /// The PJSIP endpoint of the dialer's default channel template `PJSIP/{number}@callverify-trunk`.
 const TRUNK_ENDPOINT: &str = "callverify-trunk";
 
@@ -563,7 +564,8 @@ fn every_agi_url_points_at_the_daemon_and_a_script_it_serves() {
 }
 
 #[test]
-fn the_outbound_context_passes_the_dialers_id_and_apologises_when_the_daemon_is_down() {
+fn the_outbound_context_passes_the_dialers_id_and_apologises_when_the_daemon_did_not_run_the_call()
+{
     let contexts = dialplan(&kit_extensions());
     let steps: Vec<_> = contexts[OUTBOUND_CONTEXT]
         .iter()
@@ -594,14 +596,21 @@ fn the_outbound_context_passes_the_dialers_id_and_apologises_when_the_daemon_is_
                 && a.contains(&format!("${{{DIALER_LANG_VAR}}}")))),
         "CHANNEL(language) is not set from {DIALER_LANG_VAR} before the AGI"
     );
-    check_failure_apology(&steps, agi_at);
-    // The QA line apologises the same way.
-    let qa_steps: Vec<_> = contexts[QA_CONTEXT]
-        .iter()
-        .filter(|s| s.exten == "7000")
-        .collect();
-    let qa_agi = qa_steps.iter().position(|s| s.app == "AGI").unwrap();
-    check_failure_apology(&qa_steps, qa_agi);
+    check_apology_when_the_daemon_did_not_hang_up(&steps, agi_at);
+    // The QA line and the support line (each of its sessions) apologise the same way.
+    for (context, exten) in [(QA_CONTEXT, "7000"), (SUPPORT_CONTEXT, "s")] {
+        let steps: Vec<_> = contexts[context]
+            .iter()
+            .filter(|s| s.exten == exten)
+            .collect();
+        let sessions: Vec<_> = (0..steps.len())
+            .filter(|&at| steps[at].app == "AGI")
+            .collect();
+        assert!(!sessions.is_empty(), "{context}: no AGI");
+        for at in sessions {
+            check_apology_when_the_daemon_did_not_hang_up(&steps, at);
+        }
+    }
 }
 
 /// The trunk is dialled from the dialplan only for a QA call-back, and only after the
@@ -673,40 +682,40 @@ fn every_trunk_call_of_the_dialplan_asks_the_daemon_first() {
     assert!(dials > 0, "no call-back dials the trunk");
 }
 
-/// After the AGI, AGISTATUS=FAILURE jumps to a label from which the technical-problem prompt
-/// plays.
-fn check_failure_apology(steps: &[&Step], agi_at: usize) {
-    let branch = steps[agi_at + 1..]
-        .iter()
-        .find(|s| {
-            s.app == "GotoIf" && s.args.contains("${AGISTATUS}") && s.args.contains("FAILURE")
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "{}: no GotoIf on AGISTATUS FAILURE after the AGI",
-                steps[agi_at].origin
-            )
-        });
-    let label = branch
-        .args
-        .split_once('?')
-        .unwrap()
-        .1
-        .split(':')
-        .next()
-        .unwrap();
-    let target = steps
-        .iter()
-        .position(|s| s.label() == Some(label))
-        .unwrap_or_else(|| panic!("{}: label {label} does not exist", branch.origin));
-    let plays: Vec<_> = steps[target..]
-        .iter()
-        .flat_map(|s| played_sounds(s))
-        .collect();
+/// The daemon ends the dialplan by hanging up when it is done. Still in the dialplan after
+/// the AGI, it could not be reached (AGISTATUS FAILURE) or closed the session without running
+/// the call to its end (over its capacity, stopping, killed: AGISTATUS SUCCESS, as res_agi
+/// sets it when a FastAGI server closes): whatever AGISTATUS says, the way on, past every
+/// `GotoIf` not taken (the daemon's own route variables), plays the technical-problem
+/// prompt before the call is hung up.
+fn check_apology_when_the_daemon_did_not_hang_up(steps: &[&Step], agi_at: usize) {
+    let origin = &steps[agi_at].origin;
+    let mut played = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut at = agi_at + 1;
+    loop {
+        assert!(seen.insert(at), "{origin}: the way on after the AGI loops");
+        let step = steps
+            .get(at)
+            .unwrap_or_else(|| panic!("{origin}: the way on after the AGI never hangs up"));
+        match step.app.as_str() {
+            "Hangup" => break,
+            "Goto" => {
+                let label = step.args.trim();
+                at = steps
+                    .iter()
+                    .position(|s| s.label() == Some(label))
+                    .unwrap_or_else(|| panic!("{}: no label {label}", step.origin));
+                continue;
+            }
+            _ => played.extend(played_sounds(step)),
+        }
+        at += 1;
+    }
     assert!(
-        plays.iter().any(|p| p == Prompt::TechnicalProblem.file()),
-        "{}: the FAILURE branch does not play {}",
-        branch.origin,
+        played.iter().any(|p| p == Prompt::TechnicalProblem.file()),
+        "{origin}: the dialplan goes on after the AGI to a hang-up without playing {} \
+         (played: {played:?})",
         Prompt::TechnicalProblem.file()
     );
 }

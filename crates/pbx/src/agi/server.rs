@@ -29,9 +29,9 @@ pub trait Handler: Send + Sync + 'static {
 pub struct ServerConfig {
     /// Peers allowed to connect; everyone else is closed on at once.
     pub allow: Vec<IpNet>,
-    /// Sessions at once. A call over the cap waits a moment for a place, then is closed,
-    /// so that Asterisk sets `AGISTATUS=FAILURE` and the dialplan apologises instead of
-    /// leaving the caller in dead air.
+    /// Sessions at once. A call over the cap waits a moment for a place, then is closed
+    /// without a command; the shipped dialplan apologises for any session that ends with
+    /// the channel still up (Asterisk sets `AGISTATUS=SUCCESS` for it, not `FAILURE`).
     pub max_sessions: usize,
     pub timeouts: Timeouts,
     /// How long calls in progress may go on after a shutdown signal.
