@@ -11,7 +11,7 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
 use super::report::Report;
-use super::sip::message::{branch, cseq, new_tag, record_routes, response, tag_of, to_tag};
+use super::sip::message::{acknowledges, branch, new_tag, record_routes, response, tag_of};
 use super::sip::{Dialog, Endpoint, Inbound};
 use super::{finish_media, local_ip_towards, sdp, session, Prepared, UsageError};
 
@@ -252,33 +252,16 @@ async fn retransmit_until_ack(
     false
 }
 
-/// Whether `ack` acknowledges `final_response`: the same Call-ID and CSeq number, and the To
-/// tag the response gave, which only its receiver knows (RFC 3261 §12.2.2, §17.2.1).
-fn acknowledges(ack: &rsip::Request, final_response: &rsip::Response) -> bool {
-    fn ids(m: &impl HeadersExt) -> Option<(String, u32, String)> {
-        let call_id = m.call_id_header().ok()?.value().to_string();
-        Some((call_id, cseq(m)?.0, to_tag(m)?))
-    }
-    ids(ack).is_some() && ids(ack) == ids(final_response)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codec::Codec;
-    use crate::sip::message::derived_from_invite;
+    use crate::sip::message::{cseq, derived_from_invite, to_tag};
     use crate::ProbeCommand;
 
     /// `probe answer ARGS` as the command line gives them, and what they prepare.
     fn answer_args(args: &[&str]) -> (super::super::AnswerArgs, Prepared) {
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(subcommand)]
-            command: ProbeCommand,
-        }
-        let argv = ["callverify-probe", "answer"].iter().chain(args);
-        let cli = <Cli as clap::Parser>::try_parse_from(argv).unwrap();
-        let ProbeCommand::Answer(args) = cli.command else {
+        let ProbeCommand::Answer(args) = crate::command_line(&[&["answer"], args].concat()) else {
             unreachable!("parsed an answer")
         };
         let timeout = Duration::from_secs_f64(args.timeout);
@@ -434,7 +417,7 @@ mod tests {
     #[tokio::test]
     async fn ringing_answers_the_cancel_with_our_tag_and_strangers_with_481_or_486() {
         let ip = "127.0.0.1".parse().unwrap();
-        let mut endpoint = Endpoint::bind("127.0.0.1:0".parse().unwrap(), ip)
+        let mut endpoint = Endpoint::bind_to_peer("127.0.0.1:0".parse().unwrap(), ip, ip)
             .await
             .unwrap();
         let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();

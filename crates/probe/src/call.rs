@@ -48,7 +48,7 @@ pub async fn call(
         }
     };
     let local_ip = local_ip_towards(remote).with_context(|| format!("no route to {remote}"))?;
-    let mut endpoint = Endpoint::bind(SocketAddr::new(local_ip, 0), local_ip)
+    let mut endpoint = Endpoint::bind_to_peer(SocketAddr::new(local_ip, 0), local_ip, remote.ip())
         .await
         .context("binding the SIP socket")?;
     let rtp_socket = UdpSocket::bind(SocketAddr::new(local_ip, 0))
@@ -346,7 +346,156 @@ async fn hang_up_crossed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Codec;
+    use crate::sip::message::{cseq, response, tag_of};
     use rsip::headers::UntypedHeader;
+    use rsip::prelude::HeadersExt;
+
+    /// `probe call TARGET ARGS` as the command line gives them, and what they prepare.
+    fn call_args(target: &str, args: &[&str]) -> (crate::CallArgs, Prepared) {
+        let crate::ProbeCommand::Call(args) =
+            crate::command_line(&[&["call", target], args].concat())
+        else {
+            unreachable!("parsed a call")
+        };
+        let prepared = args
+            .common
+            .prepare(Duration::from_secs_f64(args.timeout))
+            .unwrap();
+        (args, prepared)
+    }
+
+    /// The next SIP message `socket` receives within `ms`, if any.
+    async fn received(socket: &UdpSocket, ms: u64) -> Option<rsip::SipMessage> {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_millis(ms), socket.recv(&mut buf))
+            .await
+            .ok()?
+            .unwrap();
+        Some(rsip::SipMessage::try_from(&buf[..n]).unwrap())
+    }
+
+    /// The code and CSeq method of a response, the method of a request.
+    fn summary(message: Option<rsip::SipMessage>) -> Option<String> {
+        Some(match message? {
+            rsip::SipMessage::Response(r) => format!("{} {}", r.status_code.code(), cseq(&r)?.1),
+            rsip::SipMessage::Request(r) => r.method.to_string(),
+        })
+    }
+
+    /// The called party, on `callee`: takes the probe's INVITE, answers 200 with its RTP at
+    /// `rtp`, waits for the ACK; returns the INVITE and the callee's side of the dialog.
+    async fn answer_the_probe(callee: &UdpSocket, rtp: SocketAddr) -> (rsip::Request, Dialog) {
+        let mut buf = [0u8; 4096];
+        let (n, probe) = tokio::time::timeout(Duration::from_secs(5), callee.recv_from(&mut buf))
+            .await
+            .expect("an INVITE within 5 s")
+            .unwrap();
+        let Ok(rsip::SipMessage::Request(invite)) = rsip::SipMessage::try_from(&buf[..n]) else {
+            panic!("not a request: {:?}", String::from_utf8_lossy(&buf[..n]));
+        };
+        let from = invite.from_header().unwrap().value().to_string();
+        let mut dialog = Dialog {
+            call_id: invite.call_id_header().unwrap().value().to_string(),
+            local_uri: invite.to_header().unwrap().value().to_string(),
+            local_tag: "callee".into(),
+            remote_uri: from.split(";tag=").next().unwrap().to_string(),
+            remote_tag: None,
+            remote_target: invite.uri.clone(),
+            remote_addr: probe,
+            local_addr: callee.local_addr().unwrap(),
+            local_cseq: 100,
+            route_set: Vec::new(),
+        };
+        dialog.learn_remote(&invite, tag_of(&from));
+        let sdp = sdp::offer(rtp, &[Codec::Pcmu], 1);
+        let ok = response(&invite, 200, "callee", dialog.local_addr, Some(sdp));
+        callee
+            .send_to(ok.to_string().as_bytes(), probe)
+            .await
+            .unwrap();
+        assert_eq!(
+            summary(received(callee, 2000).await).as_deref(),
+            Some("ACK")
+        );
+        (invite, dialog)
+    }
+
+    /// Once the call is up, SIP from any host but the one called is dropped unanswered, even
+    /// with the dialog's Call-ID and both tags. From the called host, a BYE without both tags
+    /// gets 481 and a 200 with another To tag no ACK; the dialog's own BYE ends the call.
+    #[tokio::test]
+    async fn only_the_called_host_and_the_dialogs_tags_reach_the_call() {
+        let callee = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let callee_rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // Another host: Linux routes all of 127/8 to loopback.
+        let stranger = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        let target = format!("sip:100@{}", callee.local_addr().unwrap());
+        let flags = ["--rtp-timeout", "0", "--linger", "20", "--timeout", "5"];
+        let (args, prepared) = call_args(&target, &flags);
+        let calling = tokio::spawn(async move { call(&args, &prepared, None).await });
+        let (invite, mut dialog) =
+            answer_the_probe(&callee, callee_rtp.local_addr().unwrap()).await;
+        let probe = dialog.remote_addr;
+
+        let bye = dialog.request(rsip::Method::Bye, None, None);
+        stranger
+            .send_to(bye.to_string().as_bytes(), probe)
+            .await
+            .unwrap();
+        assert_eq!(
+            summary(received(&stranger, 300).await),
+            None,
+            "answered a stranger"
+        );
+
+        let mut guessed_to = dialog.clone();
+        guessed_to.remote_tag = Some("guessed".into());
+        let mut guessed_from = dialog.clone();
+        guessed_from.local_tag = "guessed".into();
+        for mut forger in [guessed_to, guessed_from] {
+            let bye = forger.request(rsip::Method::Bye, None, None);
+            callee
+                .send_to(bye.to_string().as_bytes(), probe)
+                .await
+                .unwrap();
+            let answer = summary(received(&callee, 2000).await);
+            assert_eq!(answer.as_deref(), Some("481 BYE"));
+        }
+
+        let local = dialog.local_addr;
+        let other_ok = response(&invite, 200, "other", local, None);
+        callee
+            .send_to(other_ok.to_string().as_bytes(), probe)
+            .await
+            .unwrap();
+        let answer = summary(received(&callee, 300).await);
+        assert_eq!(answer, None, "acknowledged another dialog's 200");
+        let ok = response(&invite, 200, "callee", local, None);
+        callee
+            .send_to(ok.to_string().as_bytes(), probe)
+            .await
+            .unwrap();
+        let answer = summary(received(&callee, 2000).await);
+        assert_eq!(
+            answer.as_deref(),
+            Some("ACK"),
+            "the 200 again, the ACK again"
+        );
+
+        let bye = dialog.request(rsip::Method::Bye, None, None);
+        callee
+            .send_to(bye.to_string().as_bytes(), probe)
+            .await
+            .unwrap();
+        assert_eq!(
+            summary(received(&callee, 2000).await).as_deref(),
+            Some("200 BYE")
+        );
+        let report = calling.await.unwrap().unwrap();
+        assert!(report.ok, "{:?}", report.error);
+        assert_eq!(report.hangup.map(|h| h.by), Some("peer"));
+    }
 
     fn answer(realm: &str, proxy: bool, stale: bool) -> digest::Answer {
         let value = format!("Digest realm=\"{realm}\"");

@@ -327,6 +327,18 @@ fn print_report(report: &Report, json: bool) {
     }
 }
 
+/// `callverify probe ARGS` as the command line gives them (the tests' calls and answers).
+#[cfg(test)]
+fn command_line(args: &[&str]) -> ProbeCommand {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: ProbeCommand,
+    }
+    let argv = std::iter::once(&"callverify-probe").chain(args);
+    <Cli as clap::Parser>::try_parse_from(argv).unwrap().command
+}
+
 /// Writes the recording and fills the report's media fields when a call's media stops.
 async fn finish_media(
     media: Media,

@@ -1,7 +1,8 @@
 //! One call's media: a sender that keeps a steady 20 ms pace (audio or silence, and RFC 4733
-//! key presses in between), and a receiver that takes packets from the negotiated address
-//! only, puts them through the jitter buffer, decodes them into the recording (which never
-//! runs ahead of the wall clock), finds prompts in them and reports received key presses.
+//! key presses in between) towards where the peer's RTP comes from (or the SDP says), and a
+//! receiver that takes packets from the peer only, puts them through the jitter buffer,
+//! decodes them into the recording (which never runs ahead of the wall clock), finds prompts
+//! in them and reports received key presses.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -56,7 +57,8 @@ pub struct MediaConfig {
     /// UAS: until the caller's ACK confirms the answer).
     pub send_from_start: bool,
     /// The SIP peer's host (where the INVITE went, or came from). RTP from it may be the
-    /// peer's as well as from the SDP's host: see [`Sources`].
+    /// peer's as well as from the SDP's host, and our RTP then goes back there: see
+    /// [`Sources`].
     pub peer_host: IpAddr,
 }
 
@@ -144,19 +146,21 @@ impl Media {
         let (event_tx, events) = mpsc::channel(64);
         let (negotiated, negotiated_rx) = watch::channel(config.negotiated);
         let (sending, sending_rx) = watch::channel(config.send_from_start);
+        // The receiver's latched source (see [`Sources`]), which the sender sends to.
+        let (latched, latched_rx) = watch::channel(None);
         let sender = tokio::spawn(send_loop(
             socket.clone(),
             config.clone(),
             transcoder_tx,
             command_rx,
-            (negotiated_rx.clone(), sending_rx),
+            (negotiated_rx.clone(), sending_rx, latched_rx),
             stop.clone(),
         ));
         let receiver = tokio::spawn(receive_loop(
             socket,
             config,
             transcoder_rx,
-            event_tx,
+            (event_tx, latched),
             negotiated_rx,
             stop.clone(),
         ));
@@ -255,7 +259,11 @@ async fn send_loop(
     config: MediaConfig,
     mut transcoder: Transcoder,
     mut commands: mpsc::Receiver<Command>,
-    (negotiated, mut sending): (watch::Receiver<Negotiated>, watch::Receiver<bool>),
+    (negotiated, mut sending, latched): (
+        watch::Receiver<Negotiated>,
+        watch::Receiver<bool>,
+        watch::Receiver<Option<SocketAddr>>,
+    ),
     stop: CancellationToken,
 ) -> SendCounters {
     let mut counters = SendCounters::default();
@@ -332,7 +340,9 @@ async fn send_loop(
                 if !n.direction.sends() {
                     continue; // on hold: media time goes on, nothing is sent
                 }
-                let remote = n.remote_rtp;
+                let Some(remote) = destination(&n, *latched.borrow()) else {
+                    continue; // no address yet: likewise
+                };
                 counters.packets += 1;
                 counters.bytes += packet.len() as u64 - 12;
                 if let Err(e) = socket.send_to(&packet, remote).await {
@@ -342,6 +352,15 @@ async fn send_loop(
         }
     }
     counters
+}
+
+/// Where the sender sends: where the peer's RTP comes from once the receiver has latched
+/// that address (symmetric RTP: the way back through the peer's NAT), else the SDP's
+/// address, unless it is unspecified (c=0.0.0.0 or ::, RFC 2543's hold or an offer or answer
+/// without an address yet): then nowhere until the peer's RTP shows where. (Sent to 0.0.0.0,
+/// RTP would reach this very host.)
+fn destination(negotiated: &Negotiated, latched: Option<SocketAddr>) -> Option<SocketAddr> {
+    latched.or(Some(negotiated.remote_rtp).filter(|a| !a.ip().is_unspecified()))
 }
 
 /// The next 20 ms of the played file, or silence after its end.
@@ -657,7 +676,7 @@ async fn receive_loop(
     socket: Arc<UdpSocket>,
     config: MediaConfig,
     transcoder: Transcoder,
-    events: mpsc::Sender<MediaEvent>,
+    (events, latched): (mpsc::Sender<MediaEvent>, watch::Sender<Option<SocketAddr>>),
     mut negotiated: watch::Receiver<Negotiated>,
     stop: CancellationToken,
 ) -> Received {
@@ -667,6 +686,10 @@ async fn receive_loop(
     let mut last_packet = Instant::now();
     let mut timed_out = false;
     let mut check = tokio::time::interval(Duration::from_millis(100));
+    // Tells the sender where the peer's RTP now comes from, when that changed.
+    let publish = |sources: &Sources| {
+        latched.send_if_modified(|to| std::mem::replace(to, sources.latched) != sources.latched);
+    };
     // An event waits for room in the queue without holding up stop: nobody may be reading
     // while the session sends its BYE.
     let deliver = |event| {
@@ -684,6 +707,7 @@ async fn receive_loop(
             Ok(()) = negotiated.changed() => {
                 rx.config.negotiated = *negotiated.borrow_and_update();
                 sources.renegotiated(rx.config.negotiated.remote_rtp);
+                publish(&sources);
                 // Held or resumed: the RTP timeout counts from now.
                 last_packet = Instant::now();
                 timed_out = false;
@@ -701,6 +725,7 @@ async fn receive_loop(
                     rx.stats.packets_ignored += 1;
                     continue;
                 }
+                publish(&sources);
                 last_packet = Instant::now();
                 for event in rx.on_datagram(&buf[..len], last_packet) {
                     if !deliver(event).await && stop.is_cancelled() {
@@ -732,8 +757,9 @@ async fn receive_loop(
 /// its SDP names the machine's main address and it sends over loopback), one behind a NAT
 /// that keeps the address but not the port, or one sending from another socket. Nothing else
 /// is taken: a third party cannot put audio or key presses into the call, nor keep a dead
-/// call alive past the RTP timeout. (The sender keeps to the SDP's address: the probe does
-/// not follow the peer's packets.)
+/// call alive past the RTP timeout. The sender follows the latch (see [`destination`]), as
+/// behind a NAT the SDP's address may well be unreachable: RTP goes back where the peer's
+/// came from, and no third party can steer it elsewhere.
 #[derive(Debug)]
 struct Sources {
     negotiated: SocketAddr,
@@ -1038,6 +1064,94 @@ mod tests {
         assert_eq!(result.stats.events_received, 0, "{:?}", result.stats);
         assert_eq!(result.stats.packets_ignored, 21, "{:?}", result.stats);
         assert_eq!(result.recording.len(), 10 * 160);
+    }
+
+    /// Whether `socket` receives a datagram within `ms`.
+    async fn receives_within(socket: &UdpSocket, ms: u64) -> bool {
+        let mut buf = [0u8; 2048];
+        tokio::time::timeout(Duration::from_millis(ms), socket.recv(&mut buf))
+            .await
+            .is_ok()
+    }
+
+    fn pcmu() -> Transcoder {
+        Transcoder::new(Codec::Pcmu).unwrap()
+    }
+
+    /// Symmetric RTP: once the peer's RTP comes from another address of its host than the
+    /// SDP's (its NAT's), the probe's goes back there; RTP from another host moves nothing.
+    #[tokio::test]
+    async fn rtp_goes_back_where_the_peers_comes_from() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let named = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let natted = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let stranger = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        let media = Media::start(socket, config(named.local_addr().unwrap()), pcmu(), pcmu());
+        assert!(
+            receives_within(&named, 500).await,
+            "the SDP's address first"
+        );
+        for (_, packet) in stream(9, 0..5, 0) {
+            stranger.send_to(&packet, local).await.unwrap();
+        }
+        assert!(
+            !receives_within(&stranger, 300).await,
+            "RTP to another host"
+        );
+        for (_, packet) in stream(7, 0..5, 0) {
+            natted.send_to(&packet, local).await.unwrap();
+        }
+        assert!(
+            receives_within(&natted, 500).await,
+            "no RTP back where the peer's came from"
+        );
+        media.stop().await;
+    }
+
+    /// An unspecified SDP address (c=0.0.0.0) gets no RTP (sent to 0.0.0.0, it would reach
+    /// this host: the socket on its port), until the peer's RTP shows where it is. A peer
+    /// that sends only, or nothing, gets none even then.
+    #[tokio::test]
+    async fn no_rtp_goes_to_an_unspecified_address_nor_to_a_peer_that_does_not_want_it() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let this_host = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let unspecified = SocketAddr::new(
+            "0.0.0.0".parse().unwrap(),
+            this_host.local_addr().unwrap().port(),
+        );
+        let media = Media::start(socket, config(unspecified), pcmu(), pcmu());
+        assert!(
+            !receives_within(&this_host, 300).await,
+            "RTP sent to 0.0.0.0"
+        );
+        for (_, packet) in stream(7, 0..5, 0) {
+            peer.send_to(&packet, local).await.unwrap();
+        }
+        assert!(
+            receives_within(&peer, 500).await,
+            "no RTP once the peer's came"
+        );
+        media.stop().await;
+
+        // The peer's a=sendonly or a=inactive, mirrored.
+        for direction in [Direction::RecvOnly, Direction::Inactive] {
+            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let local = socket.local_addr().unwrap();
+            let mut config = config(peer.local_addr().unwrap());
+            config.negotiated.direction = direction;
+            let media = Media::start(socket, config, pcmu(), pcmu());
+            for (_, packet) in stream(7, 0..5, 0) {
+                peer.send_to(&packet, local).await.unwrap();
+            }
+            assert!(
+                !receives_within(&peer, 300).await,
+                "RTP to a {direction:?} probe's peer"
+            );
+            media.stop().await;
+        }
     }
 
     /// The negotiated address always; another address of the peer's hosts (the SDP's, the

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use rsip::prelude::HeadersExt;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -15,7 +14,7 @@ use super::report::{Hangup, KeyReceived, KeysSent, Prompt, Report};
 use super::rtp::{Media, MediaEvent};
 use super::script::Action;
 use super::sdp;
-use super::sip::message::{cseq, response};
+use super::sip::message::{acknowledges, cseq, response};
 use super::sip::{transaction, Dialog, Endpoint, Inbound, Timers};
 
 /// How the established call is run.
@@ -292,7 +291,8 @@ async fn send_bye(endpoint: &mut Endpoint, dialog: &mut Dialog, timers: Timers) 
     }
 }
 
-/// Answers one in-dialog message; true when the peer hung up.
+/// Answers one in-dialog message; true when the peer hung up. A request of another dialog
+/// (another Call-ID, or not both tags of this one) gets 481, and changes nothing.
 async fn handle_inbound(
     endpoint: &mut Endpoint,
     dialog: &mut Dialog,
@@ -303,26 +303,24 @@ async fn handle_inbound(
 ) -> bool {
     let (request, from) = match inbound {
         Inbound::Request(request, from) => (request, from),
-        Inbound::Response(response, from) => {
-            // Our ACK was lost: the peer retransmits its 2xx to the INVITE.
+        Inbound::Response(response, _) => {
+            // Our ACK was lost: the peer retransmits its 2xx to the INVITE. The ACK goes where
+            // the first one went.
             let is_invite_ok = response.status_code.code() / 100 == 2
                 && cseq(&response).is_some_and(|(_, m)| m == "INVITE");
-            if let (true, Some(ack)) = (is_invite_ok, ack) {
-                let _ = endpoint.send(ack, from).await;
+            if let Some(ack) = ack.filter(|ack| is_invite_ok && acknowledges(ack, &response)) {
+                let _ = endpoint.send(ack, dialog.remote_addr).await;
             }
             return false;
         }
         Inbound::Malformed { .. } => return false,
     };
-    let same_call = request
-        .call_id_header()
-        .is_ok_and(|c| rsip::headers::UntypedHeader::value(c) == dialog.call_id);
     let reply = |code: u16, body: Option<String>| {
         response(&request, code, &dialog.local_tag, dialog.local_addr, body)
     };
     let (answer, hung_up) = match request.method {
         rsip::Method::Ack => return false,
-        _ if !same_call => (reply(481, None), false),
+        _ if !dialog.matches(&request) => (reply(481, None), false),
         rsip::Method::Bye => (reply(200, None), true),
         rsip::Method::Invite | rsip::Method::Update => {
             (renegotiate(&request, media, local, &reply), false)

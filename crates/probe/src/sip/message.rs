@@ -89,6 +89,17 @@ impl Dialog {
         })
     }
 
+    /// Whether a request from the peer belongs to this dialog (RFC 3261 §12.2.2): its
+    /// Call-ID, the peer's tag in From and ours in To. Only the peer and whoever it told
+    /// know our tag; a Call-ID alone may be guessed or overheard.
+    pub fn matches(&self, request: &rsip::Request) -> bool {
+        let call_id = request.call_id_header().ok().map(|c| c.value().to_string());
+        let from_tag = request.from_header().ok().and_then(|f| tag_of(f.value()));
+        call_id.as_deref() == Some(self.call_id.as_str())
+            && from_tag == self.remote_tag
+            && to_tag(request).as_deref() == Some(self.local_tag.as_str())
+    }
+
     /// Learns the peer's tag and Contact from a response (UAC) or request (UAS).
     pub fn learn_remote(&mut self, message: &impl HeadersExt, tag: Option<String>) {
         if tag.is_some() {
@@ -181,6 +192,18 @@ pub fn record_routes(message: &impl rsip::message::HasHeaders) -> Vec<String> {
 /// The To tag of a message, if any.
 pub fn to_tag(message: &impl HeadersExt) -> Option<String> {
     tag_of(message.to_header().ok()?.value())
+}
+
+/// Whether `ack` acknowledges `final_response` (or, the other way round, the response is a
+/// retransmission of the final response `ack` acknowledged): the same Call-ID and CSeq
+/// number, and the To tag the response gave, which only its receiver knows (RFC 3261
+/// §12.2.2, §17.2.1).
+pub fn acknowledges(ack: &rsip::Request, final_response: &rsip::Response) -> bool {
+    fn ids(m: &impl HeadersExt) -> Option<(String, u32, String)> {
+        let call_id = m.call_id_header().ok()?.value().to_string();
+        Some((call_id, cseq(m)?.0, to_tag(m)?))
+    }
+    ids(ack).is_some() && ids(ack) == ids(final_response)
 }
 
 /// The branch of the top Via.

@@ -156,7 +156,8 @@ mod tests {
     use crate::sip::Dialog;
 
     async fn setup(method: rsip::Method) -> (Endpoint, std::net::UdpSocket, rsip::Request) {
-        let endpoint = Endpoint::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1".parse().unwrap())
+        let ip = "127.0.0.1".parse().unwrap();
+        let endpoint = Endpoint::bind_to_peer("127.0.0.1:0".parse().unwrap(), ip, ip)
             .await
             .unwrap();
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

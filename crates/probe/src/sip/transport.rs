@@ -1,6 +1,6 @@
 //! The SIP socket: one UDP socket, a task that parses what arrives (from the allowed hosts
-//! only, when it has an allowlist), and a queue of the requests that came in while a
-//! transaction was waiting for its response.
+//! or the called host only), and a queue of the requests that came in while a transaction
+//! was waiting for its response.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -65,6 +65,33 @@ impl Refused {
     }
 }
 
+/// Whose datagrams an endpoint reads; those of any other host are dropped before they are
+/// parsed, and never answered.
+enum Senders {
+    /// The hosts allowed to call (`probe answer --allow`): those kept out are named in
+    /// warnings and counted (see [`Refused`]).
+    Allowed(Vec<Network>),
+    /// The host called (`probe call`): every request of the call goes to it (the route set
+    /// travels in Route headers), so nobody else has anything to say to the probe.
+    Peer(IpAddr),
+}
+
+impl Senders {
+    fn admit(&self, from: SocketAddr, refused: &Mutex<Refused>) -> bool {
+        match self {
+            Self::Allowed(allow) if !allowed(allow, from.ip()) => {
+                refused.lock().unwrap_or_else(|e| e.into_inner()).note(from);
+                false
+            }
+            Self::Peer(peer) if from.ip().to_canonical() != *peer => {
+                tracing::debug!("dropped SIP from {from}, not the called host {peer}");
+                false
+            }
+            _ => true,
+        }
+    }
+}
+
 impl Drop for Endpoint {
     fn drop(&mut self) {
         self.reader.abort();
@@ -72,34 +99,39 @@ impl Drop for Endpoint {
 }
 
 impl Endpoint {
-    /// Binds `bind` (port 0: any); `advertised_ip` is put in headers when `bind` is a
-    /// wildcard address. Datagrams from anywhere are read (a UAC: it sends first, and only
-    /// to the peer it calls).
-    pub async fn bind(bind: SocketAddr, advertised_ip: IpAddr) -> std::io::Result<Self> {
-        Self::open(bind, advertised_ip, None).await
+    /// Binds `bind` (port 0: any) for a call to `peer` (a UAC); `advertised_ip` is put in
+    /// headers when `bind` is a wildcard address. Datagrams from any other host are dropped
+    /// unread, with a debug line: a third party that learns the Call-ID cannot end or alter
+    /// the call, nor make the probe send anything anywhere.
+    pub async fn bind_to_peer(
+        bind: SocketAddr,
+        advertised_ip: IpAddr,
+        peer: IpAddr,
+    ) -> std::io::Result<Self> {
+        Self::open(bind, advertised_ip, Senders::Peer(peer.to_canonical())).await
     }
 
-    /// Like [`Endpoint::bind`], but a datagram from a host outside `allow` is dropped before
-    /// it is parsed, and never answered: no response for a scanner to fingerprint, none
-    /// reflected towards a forged source address.
+    /// Binds `bind` like [`Endpoint::bind_to_peer`] for calls from the hosts in `allow` (a
+    /// UAS); a datagram from any other is dropped unread and never answered: no response
+    /// for a scanner to fingerprint, none reflected towards a forged source address.
     pub async fn bind_allowing(
         bind: SocketAddr,
         advertised_ip: IpAddr,
         allow: Vec<Network>,
     ) -> std::io::Result<Self> {
-        Self::open(bind, advertised_ip, Some(allow)).await
+        Self::open(bind, advertised_ip, Senders::Allowed(allow)).await
     }
 
     async fn open(
         bind: SocketAddr,
         advertised_ip: IpAddr,
-        allow: Option<Vec<Network>>,
+        senders: Senders,
     ) -> std::io::Result<Self> {
         let socket = Arc::new(UdpSocket::bind(bind).await?);
         let local = SocketAddr::new(advertised_ip, socket.local_addr()?.port());
         let (tx, inbound) = mpsc::channel(64);
         let refused = Arc::new(Mutex::new(Refused::default()));
-        let reader = tokio::spawn(read_loop(socket.clone(), tx, allow, refused.clone()));
+        let reader = tokio::spawn(read_loop(socket.clone(), tx, senders, refused.clone()));
         Ok(Self {
             socket,
             local,
@@ -157,7 +189,7 @@ impl Endpoint {
 async fn read_loop(
     socket: Arc<UdpSocket>,
     tx: mpsc::Sender<Inbound>,
-    allow: Option<Vec<Network>>,
+    senders: Senders,
     refused: Arc<Mutex<Refused>>,
 ) {
     let mut buf = vec![0u8; 65536];
@@ -165,8 +197,7 @@ async fn read_loop(
         let Ok((len, from)) = socket.recv_from(&mut buf).await else {
             continue;
         };
-        if allow.as_ref().is_some_and(|a| !allowed(a, from.ip())) {
-            refused.lock().unwrap_or_else(|e| e.into_inner()).note(from);
+        if !senders.admit(from, &refused) {
             continue;
         }
         let data = &buf[..len];
