@@ -637,7 +637,7 @@ async fn the_desk_searches_pages_and_decides_with_confirmation() {
     assert_eq!(lines.len(), 2, "{csv}");
     assert!(
         lines[1].contains(&format!(
-            ",staff:alice,approve,{matched},verified {verification}"
+            r#","staff:alice","approve","{matched}","verified {verification}""#
         )),
         "{csv}"
     );

@@ -560,21 +560,22 @@ pub fn audit(a: &AuditPage<'_>, staff: (&str, &str)) -> String {
     page("Audit log", Some(staff), &body)
 }
 
-/// Decisions as CSV: one row each, oldest first. A field that a spreadsheet would take for
-/// a formula (`=`, `+`, `-`, `@`) is prefixed with `'`.
-pub fn decisions_csv(decisions: &[AuditEntry], times: &Times) -> String {
-    let field = |text: &str| -> String {
-        let text = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-            format!("'{text}")
-        } else {
-            text.to_owned()
-        };
-        if text.contains([',', '"', '\n', '\r']) {
-            format!("\"{}\"", text.replace('"', "\"\""))
-        } else {
-            text
-        }
+/// One CSV field, always quoted: a spreadsheet whose list separator is not the comma (`;`
+/// in many locales) would otherwise split an unquoted field and read what follows a `;` as
+/// a cell of its own. A field a spreadsheet would take for a formula (`=`, `+`, `-`, `@`)
+/// is prefixed with `'`.
+fn csv_field(text: &str) -> String {
+    let guard = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        "'"
+    } else {
+        ""
     };
+    format!("\"{guard}{}\"", text.replace('"', "\"\""))
+}
+
+/// Decisions as CSV: one row each, oldest first (fields: [`csv_field`]).
+pub fn decisions_csv(decisions: &[AuditEntry], times: &Times) -> String {
+    let field = csv_field;
     let mut out = String::from("at_utc,at_local,staff,decision,request,detail\r\n");
     for d in decisions {
         let local = jiff::Timestamp::from_millisecond(d.at)
@@ -618,6 +619,19 @@ mod tests {
         assert_eq!(
             escape(r#"<script>alert("x&'y")</script>"#),
             "&lt;script&gt;alert(&quot;x&amp;&#39;y&quot;)&lt;/script&gt;"
+        );
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_and_never_formulas() {
+        assert_eq!(csv_field("verified vf_1"), "\"verified vf_1\"");
+        // Split at the `;` by a spreadsheet of a semicolon locale, were it not quoted.
+        assert_eq!(csv_field("x;=1+1"), "\"x;=1+1\"");
+        assert_eq!(csv_field("=cmd|' /C calc'!A0"), "\"'=cmd|' /C calc'!A0\"");
+        assert_eq!(csv_field("-2"), "\"'-2\"");
+        assert_eq!(
+            csv_field("say \"hi\", then\nbye"),
+            "\"say \"\"hi\"\", then\nbye\""
         );
     }
 }
