@@ -164,7 +164,7 @@ impl Store {
                         finish.execute(&mut *c).await?;
                         return Ok(());
                     }
-                    // SQLite: one writer, whose group commit makes these one transaction.
+                    // SQLite: one writer, which runs the operation in a savepoint of its own.
                     let closed = query(CLOSE)
                         .bind(attempt)
                         .bind(now)
@@ -289,7 +289,7 @@ static CLAIM_WITH_ATTEMPT: LazyLock<String> = LazyLock::new(|| {
 
 /// SQLite, after the claim of verification `id`: the claimed row (read again: SQLite builds a
 /// temporary table for a RETURNING clause, which costs more than the read) and the new
-/// attempt's id. Should the attempt's row fail, the claim is undone.
+/// attempt's id. Should the attempt's row fail, the writer undoes the claim with it.
 async fn open_attempt(
     c: &mut Conn,
     id: &str,
@@ -304,7 +304,7 @@ async fn open_attempt(
     .bind(id)
     .fetch_one(&mut *c)
     .await?;
-    let inserted = query(
+    let attempt_id = query(
         "INSERT INTO call_attempts (verification_id, channel, uniqueid, daemon, started_at) \
          VALUES ($1, $2, $3, $4, $5)",
     )
@@ -314,19 +314,8 @@ async fn open_attempt(
     .bind(daemon)
     .bind(now)
     .insert_id(&mut *c)
-    .await;
-    match inserted {
-        Ok(attempt_id) => Ok((attempt_id, row)),
-        Err(e) => {
-            let _ = query(
-                "UPDATE verifications SET status = 'pending' WHERE id = $1 AND status = 'calling'",
-            )
-            .bind(id)
-            .execute(&mut *c)
-            .await;
-            Err(e)
-        }
-    }
+    .await?;
+    Ok((attempt_id, row))
 }
 
 /// Which call asks to release a `calling` verification.

@@ -4,9 +4,10 @@
 //! time anyway, and sqlx's pool costs more per statement (a ping on every release) than the
 //! statement itself; so one connection is owned by a writer thread that runs the operations
 //! waiting in its queue together in one transaction (group commit) and answers each
-//! operation only after that transaction has committed. Operations that need several
-//! statements to be atomic open a transaction of their own, which inside the group becomes
-//! a savepoint. A connection whose BEGIN or COMMIT failed (the disk full, say) is closed
+//! operation only after that transaction has committed. Each operation runs in a savepoint
+//! of the group's transaction, so that one that fails is undone whole while the others
+//! commit; on Postgres an operation of several statements that must be atomic opens a
+//! transaction of its own. A connection whose BEGIN or COMMIT failed (the disk full, say) is closed
 //! and a new one opened for the next group: after such a failure SQLite may have rolled the
 //! transaction back on its own, and the count of open transactions no longer says where
 //! the connection stands. The SQLite connection is rusqlite's, not sqlx's: sqlx hands every
@@ -94,7 +95,7 @@ impl Engine {
                 let job: Job = Box::new(move |conn| {
                     Box::pin(async move {
                         let result = match conn {
-                            Some(conn) => Some(op(conn).await),
+                            Some(conn) => Some(atomically(conn, op).await),
                             None => None,
                         };
                         Box::new(move |fate: Fate<'_>| {
@@ -132,6 +133,17 @@ impl Engine {
     }
 }
 
+/// `op` in a savepoint of the group's transaction: an operation that fails leaves nothing
+/// of itself behind, whatever it wrote before failing, while the group's others commit.
+async fn atomically<T>(conn: &mut Conn, op: Op<T>) -> Result<T, StoreError> {
+    let mut tx = conn.begin().await?;
+    let result = op(&mut tx).await;
+    if result.is_ok() {
+        tx.commit().await?;
+    }
+    result
+}
+
 /// The writer's connection: `None` after a failure, until one is opened again.
 struct Writer {
     conn: Option<Conn>,
@@ -148,10 +160,65 @@ impl Writer {
         Ok(self.conn.as_mut().expect("just opened"))
     }
 
+    /// Run `group` in one transaction (see [`commit_group`]), on a new connection if the last
+    /// one failed. Without a database to write to, every operation is refused unrun.
+    fn write(&mut self, group: Vec<Job>) -> Result<(), (Vec<Job>, StoreError)> {
+        use futures::executor::block_on;
+        let conn = match self.conn() {
+            Ok(conn) => conn,
+            Err(e) => {
+                let why = e.to_string();
+                tracing::error!(error = %why, "the database cannot be opened");
+                for job in group {
+                    (block_on(job(None)))(Fate::NotRun(&why));
+                }
+                return Ok(());
+            }
+        };
+        let outcome = commit_group(conn, group);
+        if !matches!(outcome, Ok(true)) {
+            self.discard();
+        }
+        outcome.map(drop)
+    }
+
     /// Close the connection: its state is not known any more.
     fn discard(&mut self) {
         self.conn = None;
     }
+}
+
+/// Run `group` in one transaction on `conn` and answer each operation once the commit's fate
+/// is known; `Ok(false)` when the commit failed (the connection is then to be discarded).
+/// When the transaction cannot begin, the operations come back unrun with why.
+fn commit_group(conn: &mut Conn, group: Vec<Job>) -> Result<bool, (Vec<Job>, StoreError)> {
+    use futures::executor::block_on;
+    // IMMEDIATE: take the write lock up front (waiting on busy_timeout), rather than fail on
+    // upgrading a read lock when another process (a CLI, a second daemon) wrote.
+    let mut tx = match block_on(conn.begin_with("BEGIN IMMEDIATE")) {
+        Ok(tx) => tx,
+        Err(e) => return Err((group, e)),
+    };
+    let mut finishes = Vec::with_capacity(group.len());
+    for job in group {
+        // SQLite rolls a transaction back on its own after some errors (a full disk): the
+        // rest of the group would run outside it, each statement committed alone. It is
+        // refused instead; the commit fails the others.
+        if tx.in_transaction() {
+            finishes.push(block_on(job(Some(&mut tx))));
+        } else {
+            (block_on(job(None)))(Fate::NotRun("the transaction was rolled back"));
+        }
+    }
+    let error = block_on(tx.commit()).err().map(|e| e.to_string());
+    if let Some(e) = &error {
+        tracing::error!(error = %e, "database commit failed");
+    }
+    let fate = error.as_deref().map_or(Fate::Committed, Fate::Failed);
+    for finish in finishes {
+        finish(fate);
+    }
+    Ok(error.is_none())
 }
 
 /// The writer's thread: each group of queued operations in one transaction. The
@@ -180,57 +247,18 @@ fn write_loop(mut writer: Writer, mut queue: mpsc::Receiver<Message>) {
         if group.is_empty() {
             continue;
         }
-        let conn = match writer.conn() {
-            Ok(conn) => conn,
-            Err(e) => {
-                // No database to write to: every operation of the group is refused, unrun.
-                let why = e.to_string();
-                tracing::error!(error = %why, "the database cannot be opened");
-                for job in group {
-                    (block_on(job(None)))(Fate::NotRun(&why));
-                }
-                continue;
-            }
-        };
-        // IMMEDIATE: take the write lock up front (waiting on busy_timeout), rather than
-        // fail on upgrading a read lock when another process (a CLI, a second daemon) wrote.
-        let (ungrouped, failed) = match block_on(conn.begin_with("BEGIN IMMEDIATE")) {
-            Ok(mut tx) => {
-                let mut finishes = Vec::with_capacity(group.len());
-                for job in group {
-                    // SQLite rolls a transaction back on its own after some errors (a full
-                    // disk): the rest of the group would run outside it, each statement
-                    // committed alone. It is refused instead; the commit fails the others.
-                    if tx.in_transaction() {
-                        finishes.push(block_on(job(Some(&mut tx))));
-                    } else {
-                        (block_on(job(None)))(Fate::NotRun("the transaction was rolled back"));
+        if let Err((group, e)) = writer.write(group) {
+            tracing::warn!(error = %e, "database BEGIN failed; writing without grouping");
+            // Each operation in a transaction of its own instead, on a new connection, so
+            // that none is ever half written; once none can begin, the rest are refused.
+            let mut jobs = group.into_iter();
+            while let Some(job) = jobs.next() {
+                if let Err((unrun, e)) = writer.write(vec![job]) {
+                    let why = e.to_string();
+                    for job in unrun.into_iter().chain(jobs.by_ref()) {
+                        (block_on(job(None)))(Fate::NotRun(&why));
                     }
                 }
-                let error = block_on(tx.commit()).err().map(|e| e.to_string());
-                if let Some(e) = &error {
-                    tracing::error!(error = %e, "database commit failed");
-                }
-                let fate = error.as_deref().map_or(Fate::Committed, Fate::Failed);
-                for finish in finishes {
-                    finish(fate);
-                }
-                (None, error.is_some())
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "database BEGIN failed; writing without grouping");
-                (Some(group), true)
-            }
-        };
-        if failed {
-            writer.discard();
-        }
-        // No transaction to be had: run each operation on its own instead, on a new
-        // connection.
-        for job in ungrouped.into_iter().flatten() {
-            match writer.conn() {
-                Ok(conn) => (block_on(job(Some(conn))))(Fate::Committed),
-                Err(e) => (block_on(job(None)))(Fate::NotRun(&e.to_string())),
             }
         }
     }
@@ -239,5 +267,88 @@ fn write_loop(mut writer: Writer, mut queue: mpsc::Receiver<Message>) {
     writer.discard();
     if let Some(done) = closing {
         let _ = done.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sql::query;
+
+    /// A writer on a new SQLite file with a table `t`; `first` is handed the writer's first
+    /// connection to leave it in some state.
+    fn writer(dir: &std::path::Path, first: impl FnOnce(&rusqlite::Connection)) -> Engine {
+        let path = dir.join("engine.db");
+        let open = move || -> Result<Conn, StoreError> {
+            Ok(Conn::sqlite(rusqlite::Connection::open(&path)?))
+        };
+        let db = rusqlite::Connection::open(dir.join("engine.db")).unwrap();
+        db.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+            .unwrap();
+        first(&db);
+        Engine::writer(Conn::sqlite(db), Arc::new(open))
+    }
+
+    /// Inserts `n`, then fails if `fail`.
+    fn insert(n: i64, fail: bool) -> Op<()> {
+        Box::new(move |c| {
+            Box::pin(async move {
+                query("INSERT INTO t (n) VALUES ($1)")
+                    .bind(n)
+                    .execute(&mut *c)
+                    .await?;
+                if fail {
+                    query("INSERT INTO nowhere VALUES (1)")
+                        .execute(&mut *c)
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+    }
+
+    async fn rows(engine: &Engine) -> Vec<i64> {
+        let read: Op<Vec<i64>> = Box::new(|c| {
+            Box::pin(async move {
+                query("SELECT n FROM t ORDER BY n")
+                    .fetch_all(&mut *c)
+                    .await?
+                    .iter()
+                    .map(|row| row.try_get("n"))
+                    .collect()
+            })
+        });
+        engine.run(read).await.unwrap()
+    }
+
+    /// Three operations at once, the middle one failing after its first write.
+    async fn run_three(engine: &Engine) {
+        let (a, b, c) = tokio::join!(
+            engine.run(insert(1, false)),
+            engine.run(insert(2, true)),
+            engine.run(insert(3, false)),
+        );
+        assert!(a.is_ok() && c.is_ok(), "{a:?} {c:?}");
+        assert!(b.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_operation_that_fails_leaves_nothing_and_its_group_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = writer(dir.path(), |_| {});
+        run_three(&engine).await;
+        assert_eq!(rows(&engine).await, [1, 3]);
+        engine.close().await;
+    }
+
+    /// A connection whose BEGIN fails (here: a transaction left open on it): the group's
+    /// operations run one by one on a new connection, each still whole or not at all.
+    #[tokio::test]
+    async fn without_a_group_transaction_each_operation_is_still_atomic() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = writer(dir.path(), |db| db.execute_batch("BEGIN").unwrap());
+        run_three(&engine).await;
+        assert_eq!(rows(&engine).await, [1, 3]);
+        engine.close().await;
     }
 }
