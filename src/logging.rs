@@ -80,7 +80,10 @@ impl<W: Write> Write for Escaping<W> {
 }
 
 /// `bytes` with C0 and C1 control characters and DEL escaped (`\n`, `\r`, `\x1b`, `\u{85}`);
-/// tabs and, with `keep_esc`, ESC stay as they are.
+/// tabs and, with `keep_esc`, colour codes (`ESC [ 0-9; m`) stay as they are. Any other
+/// escape sequence is escaped even on a terminal: the formatter colours only, and a peer's
+/// text (a `%Display` field is written as it is) could otherwise move the cursor, erase
+/// lines or set the clipboard.
 fn escape(bytes: &[u8], keep_esc: bool, out: &mut Vec<u8>) {
     let mut i = 0;
     while i < bytes.len() {
@@ -89,7 +92,12 @@ fn escape(bytes: &[u8], keep_esc: bool, out: &mut Vec<u8>) {
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\r' => out.extend_from_slice(b"\\r"),
             b'\t' => out.push(b),
-            0x1b if keep_esc => out.push(b),
+            0x1b if keep_esc && colour_code_len(&bytes[i..]) > 0 => {
+                let len = colour_code_len(&bytes[i..]);
+                out.extend_from_slice(&bytes[i..i + len]);
+                i += len;
+                continue;
+            }
             0x00..=0x1f | 0x7f => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
             // C1 controls, U+0080..U+009F, are 0xC2 0x80..0x9F in UTF-8.
             0xc2 if bytes.get(i + 1).is_some_and(|c| (0x80..=0x9f).contains(c)) => {
@@ -99,6 +107,22 @@ fn escape(bytes: &[u8], keep_esc: bool, out: &mut Vec<u8>) {
             _ => out.push(b),
         }
         i += 1;
+    }
+}
+
+/// The length of the colour code (SGR: `ESC [`, digits and `;`, `m`) `bytes` starts with,
+/// or 0.
+fn colour_code_len(bytes: &[u8]) -> usize {
+    let Some(rest) = bytes.strip_prefix(b"\x1b[") else {
+        return 0;
+    };
+    let params = rest
+        .iter()
+        .take_while(|b| b.is_ascii_digit() || **b == b';')
+        .count();
+    match rest.get(params) {
+        Some(b'm') => 2 + params + 1,
+        _ => 0,
     }
 }
 
@@ -138,6 +162,12 @@ mod tests {
         assert_eq!(
             escaped(b"\x1b[31mred\x1b[0m\n", true),
             "\x1b[31mred\x1b[0m\n"
+        );
+        // On a terminal too, a peer's other sequences are escaped: cursor up, erase the
+        // line, set the clipboard (OSC 52), and an ESC at the very end.
+        assert_eq!(
+            escaped(b"\x1b[2;1mok\x1b[1A\x1b[2K\x1b]52;c;aGk=\x07\x1b\n", true),
+            "\x1b[2;1mok\\x1b[1A\\x1b[2K\\x1b]52;c;aGk=\\x07\\x1b\n"
         );
     }
 
