@@ -253,7 +253,7 @@ impl Sender {
             .body(body)
             .send()
             .await
-            .map_err(|e| Undelivered::Retry(format!("POST failed: {}", causes(&e))))?;
+            .map_err(|e| Undelivered::Retry(post_failed(url, e)))?;
         if response.status().is_success() {
             tracing::debug!(event = event.id, "webhook delivered");
             Ok(())
@@ -267,6 +267,16 @@ impl Sender {
 }
 
 /// An error and its causes, `: `-separated (reqwest's own message leaves out why).
+/// Why a POST to `url` failed, naming its host only: a callback URL's path or query may hold
+/// the receiver's token, which is logged and stored with the attempt otherwise.
+fn post_failed(url: &str, e: reqwest::Error) -> String {
+    let host = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_else(|| "the receiver".into());
+    format!("POST to {host} failed: {}", causes(&e.without_url()))
+}
+
 fn causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
@@ -281,6 +291,15 @@ fn causes(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_post_names_the_host_not_the_url() {
+        let url = "http://127.0.0.1:1/hooks/T0KEN-PATH?token=S3CRET";
+        let e = reqwest::Client::new().post(url).send().await.unwrap_err();
+        let why = post_failed(url, e);
+        assert!(why.starts_with("POST to 127.0.0.1 failed: "), "{why}");
+        assert!(!why.contains("S3CRET") && !why.contains("T0KEN"), "{why}");
+    }
 
     #[test]
     fn signature_is_hmac_over_time_and_body() {
