@@ -354,6 +354,19 @@ pub(super) fn validate_user_ref(user_ref: &str) -> Result<&str, VerifyError> {
             "it contains control characters",
         ));
     }
+    // Strikes, lockouts and limits count per user_ref, compared byte for byte: spellings of
+    // one name that look alike must not count as other users.
+    if user_ref.trim() != user_ref {
+        return Err(VerifyError::InvalidUserRef(
+            "it starts or ends with white space",
+        ));
+    }
+    if !unicode_normalization::is_nfc(user_ref) {
+        return Err(VerifyError::InvalidUserRef(
+            "it is not in Unicode normal form C (compose it, e.g. NFC in your language's \
+             unicodedata)",
+        ));
+    }
     Ok(user_ref)
 }
 
@@ -390,6 +403,29 @@ pub(super) fn validate_locale(locale: Option<&str>) -> Result<String, VerifyErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lookalike spellings of one name would each get three attempts of their own.
+    #[test]
+    fn a_user_ref_has_one_spelling() {
+        assert_eq!(validate_user_ref("alice").ok(), Some("alice"));
+        assert_eq!(validate_user_ref("Zoë 42").ok(), Some("Zoë 42"));
+        for refused in [
+            "alice ",
+            " alice",
+            "\u{a0}alice",
+            "Zoe\u{308}",
+            "x".repeat(129).as_str(),
+            "",
+        ] {
+            assert!(
+                matches!(
+                    validate_user_ref(refused),
+                    Err(VerifyError::InvalidUserRef(_))
+                ),
+                "{refused:?}"
+            );
+        }
+    }
 
     #[test]
     fn locales_are_the_languages_calls_speak() {
