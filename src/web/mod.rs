@@ -5,11 +5,13 @@
 //! `http.max_connections` connections at once (more wait in the kernel's backlog, and the
 //! calls' FastAGI and AudioSocket places are never touched), a time limit on each request's
 //! headers and on the idle wait for the next one, another on each request's handling, its
-//! body included, and a graceful shutdown.
+//! body included, a write deadline (a client that reads nothing of its answers for that time
+//! is cut off, see [`write_deadline`]) and a graceful shutdown.
 
 pub mod api;
 pub mod console;
 pub mod request_view;
+mod write_deadline;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use tokio::sync::Semaphore;
 
 use api::{ApiError, ApiState};
 use console::ConsoleState;
+use write_deadline::WriteDeadline;
 
 /// Limits of the HTTP listener.
 #[derive(Debug, Clone)]
@@ -37,8 +40,8 @@ pub struct HttpLimits {
     /// Who may connect; others are closed at once.
     pub allow: Vec<IpNet>,
     pub max_connections: usize,
-    /// For a request's headers and the idle wait for the next one; and for a request's
-    /// handling, its body included.
+    /// For a request's headers and the idle wait for the next one; for a request's
+    /// handling, its body included; and for writes of its answer that make no progress.
     pub timeout: Duration,
 }
 
@@ -112,10 +115,10 @@ pub async fn serve(
             () = &mut shutdown => break,
             place = places.clone().acquire_owned() => place.expect("the semaphore is never closed"),
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) if allowed(&limits.allow, peer.ip()) => stream,
+                Ok((stream, peer)) if allowed(&limits.allow, peer.ip()) => (stream, peer),
                 Ok((_, peer)) => {
                     if let Some(suppressed) = refusals.allow() {
                         tracing::warn!(%peer, suppressed,
@@ -135,6 +138,9 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        // hyper has no write timeout: a client that pipelines requests and never reads the
+        // answers would otherwise hold its place for as long as it keeps the socket open.
+        let stream = WriteDeadline::new(stream, limits.timeout, peer);
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.timeout)

@@ -638,6 +638,43 @@ async fn slow_clients_are_timed_out() {
     d.stop().await;
 }
 
+/// A client that pipelines requests and never reads the answers holds its place only until
+/// the daemon's writes have been stuck for the time limit: then it is cut off, and the next
+/// client is served.
+#[tokio::test]
+async fn clients_that_never_read_are_cut_off() {
+    let d = tight_http(1).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stuck = socket.connect(d.http).await.unwrap();
+    let (mut never_read, mut requests) = stuck.into_split();
+    // 400 answers of 25 KB: about 10 MB, more than the daemon's send buffer (4 MB at most)
+    // and this tiny receive buffer hold. Written aside: the daemon stops reading them.
+    let writer = tokio::spawn(async move {
+        let request = b"GET /v1/openapi.json HTTP/1.1\r\nHost: t\r\n\r\n".repeat(400);
+        requests.write_all(&request).await.ok();
+        requests
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let mut late = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    late.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut late).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The reader that never read was closed by the daemon, not left open.
+    let mut rest = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        never_read.read_to_end(&mut rest),
+    )
+    .await
+    .expect("the daemon closed the stuck connection")
+    .ok();
+    writer.abort();
+    d.stop().await;
+}
+
 /// HTTP connections have a cap of their own: a flood of idle ones waits its turn and never
 /// takes a place from calls, which go on being served.
 #[tokio::test]
