@@ -4,8 +4,10 @@
 //!
 //! - [`verification`]: the entity, its policy and what the web app sees; checks on input.
 //! - [`verifications`]: the service: create, read, cancel; a call's start, code checks and
-//!   end; the web app's checks (read-code mode); the dialer's queue; upkeep; and (its
-//!   `cluster` part) this daemon's registration and heartbeat among the daemons on a store.
+//!   end; the web app's checks (read-code mode); the dialer's queue; upkeep; (its
+//!   `read_backs` part) the read-backs of wrong spoken codes a number and a user may have;
+//!   and (its `cluster` part) this daemon's registration and heartbeat among the daemons on
+//!   a store.
 //! - [`status`]: statuses and call outcomes, with their stored names.
 //! - [`codes`], [`sealed`], [`phone`], [`api_keys`], [`callback`]: codes, their keyed hashes and
 //!   the sealed codes a read-code call says; numbers,

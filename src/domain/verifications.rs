@@ -23,7 +23,9 @@ use crate::store::{
 };
 
 mod cluster;
+mod read_backs;
 use cluster::Registration;
+pub use read_backs::READ_BACKS;
 
 /// Verifications a purge of the history deletes at most in one transaction (every few
 /// seconds), so that it never holds the store for long.
@@ -374,7 +376,7 @@ impl Verifications {
     }
 
     /// Whether `entered` is the code, without using an attempt (a spoken code is checked so
-    /// before the caller is asked to confirm a wrong one).
+    /// before a wrong one is read back: see `read_backs`).
     pub fn code_matches(&self, call: &Call, entered: &str) -> bool {
         let v = &call.verification;
         self.hasher.matches(&v.id, entered, &v.code_hash)
@@ -600,8 +602,8 @@ impl Verifications {
     }
 
     /// Delete a batch of the ended history past the retention period (see
-    /// [`Policy::retention`]), and the wrong codes that no longer count: the verifications
-    /// deleted, fewer than a batch once none are left.
+    /// [`Policy::retention`]), and the wrong codes and read-backs of wrong spoken codes that
+    /// no longer count: the verifications deleted, fewer than a batch once none are left.
     pub async fn purge_history(&self) -> Result<u64, VerifyError> {
         let now = now_ms();
         let before = self

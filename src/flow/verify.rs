@@ -4,11 +4,16 @@
 //!
 //! A recognition slip must not cost an attempt as easily as a keyed mistake. The rule: a
 //! spoken code that is right verifies at once. Anything else heard (no digits, the wrong
-//! number of digits) costs nothing: "I did not catch that", and the caller tries again. A
-//! wrong code of the right length is read back ("I heard 4 8 2 ...") and counts as an attempt
-//! only if the caller confirms with 1 that it is what they said; 2 or silence costs nothing.
-//! After two spoken tries that cost nothing, the call asks for the keypad, so that unconfirmed
-//! guesses stay few.
+//! number of digits) costs nothing and tells nothing: "I did not catch that", and the caller
+//! tries again. A wrong code of the right length is read back ("I heard 4 8 2 ...") and counts
+//! as an attempt only if the caller confirms with 1 that it is what they said; 2 or silence
+//! costs nothing. But a read-back tells the caller the code was wrong: it is a guess, and
+//! uncounted. So read-backs are few: the domain keeps a budget of them per number and per
+//! user over the lockout window, across all their calls and verifications
+//! (`Verifications::read_backs_left`, `take_read_back`). The call offers spoken entry only
+//! while the budget has some left, and takes one before reading a code back; when it gets
+//! none (another call took the last), the code is checked as a spoken attempt instead. After
+//! two spoken tries that cost nothing in one call, the call asks for the keypad too.
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -97,8 +102,14 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let mut silences = 0;
     let mut free_spoken_tries = 0;
     let understood = hearing.understands(&call.verification.locale);
+    // Whether the number and user may still have wrong spoken codes read back: asked before
+    // each spoken round, until the answer is no (the budget does not grow within a call).
+    let mut read_backs_left = understood;
     loop {
-        let spoken = understood && free_spoken_tries < FREE_SPOKEN_TRIES;
+        if read_backs_left && free_spoken_tries < FREE_SPOKEN_TRIES {
+            read_backs_left = service.read_backs_left(call).await?;
+        }
+        let spoken = understood && free_spoken_tries < FREE_SPOKEN_TRIES && read_backs_left;
         let keypad_prompt = if understood {
             Prompt::UseKeypad
         } else {
@@ -154,13 +165,14 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin + Send>(
     }
 }
 
-/// Spoken tries that cost no attempt before the call asks for the keypad.
+/// Spoken tries that cost no attempt in one call before it asks for the keypad.
 const FREE_SPOKEN_TRIES: u32 = 2;
 /// How long the caller has to confirm a read-back code.
 const CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Whether a spoken code is to be checked as an attempt: it is right, or the caller confirms
-/// that the wrong code read back is what they said (see the module's rule).
+/// Whether a spoken code is to be checked as an attempt: it is right, or no read-back of it
+/// was left, or the caller confirms that the wrong code read back is what they said (see the
+/// module's rule).
 async fn spoken_counts<S: AsyncRead + AsyncWrite + Unpin + Send>(
     session: &mut Session<S>,
     service: &Verifications,
@@ -172,7 +184,7 @@ async fn spoken_counts<S: AsyncRead + AsyncWrite + Unpin + Send>(
         play(session, Prompt::NotUnderstood).await?;
         return Ok(false);
     }
-    if service.code_matches(call, digits) {
+    if service.code_matches(call, digits) || !service.take_read_back(call).await? {
         return Ok(true);
     }
     play(session, Prompt::YouSaid).await?;

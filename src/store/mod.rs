@@ -13,9 +13,9 @@
 //! `creation.rs`, the checked insert), `attempts.rs` (call attempts and lockouts),
 //! `dial_queue.rs`, `trunk.rs` (the trunk's caps), `daemons.rs` (heartbeats and takeover),
 //! `outbox.rs` (webhook events), `api_keys.rs`, `upkeep.rs`, `retention.rs` (the history's
-//! end), and the support line's `manual_requests.rs` and `staff.rs`, and `selftests.rs`
-//! (`callverify doctor`'s self-test calls). `subject_locks.rs` orders the operations on one
-//! number, user or API key.
+//! end), and the support line's `manual_requests.rs` and `staff.rs` (with `sign_ins.rs`, the
+//! console's sign-in attempts), and `selftests.rs` (`callverify doctor`'s self-test calls).
+//! `subject_locks.rs` orders the operations on one number, user, API key or sign-in name.
 
 mod api_keys;
 mod attempts;
@@ -28,8 +28,10 @@ mod lockouts;
 mod manual_requests;
 mod outbox;
 pub mod owner;
+mod read_backs;
 mod retention;
 mod selftests;
+mod sign_ins;
 mod sql;
 mod staff;
 mod subject_locks;
@@ -42,7 +44,9 @@ pub use creation::{Created, Earlier, IdempotencyKey, RateLimit, RateSubject};
 pub use daemons::{DaemonRow, TakenOver};
 pub use error::{redact_url, StoreError};
 pub use lockouts::{CheckRow, Checked, Checker, Checks, Standing, StrikeRule};
+pub use read_backs::ReadBackRule;
 pub use selftests::SelftestRow;
+pub use sign_ins::{Attempt, AttemptRule};
 pub use trunk::Trunk;
 
 use std::str::FromStr;

@@ -1,9 +1,11 @@
 //! The end of the history: ended verifications past the retention period are deleted with
 //! every row that names them (call attempts, code checks, webhook events, idempotency keys,
 //! ended lockouts, decided support requests), and so are decided support requests that
-//! matched no verification; and wrong codes that no longer count. What a rule still needs
+//! matched no verification; and the wrong codes, and the read-backs of wrong spoken codes,
+//! that no longer count (they count over the lockout window). What a rule still needs
 //! stays: a verification whose lockout is in force, one a support request still waits on,
-//! one whose webhook is still being sent.
+//! one whose webhook is still being sent. Sign-in attempts go once their window has passed,
+//! and the audit log's entries of failed sign-ins after the support line's retention.
 
 use super::sql::{query, Conn, Query};
 use super::{op, Store, StoreError};
@@ -33,8 +35,8 @@ const NAMING_TABLES: [&str; 6] = [
 impl Store {
     /// Delete up to `batch` ended verifications created before `before` (none: the
     /// history is kept), and what names them, and the decided support requests made before
-    /// it that matched none, and the wrong codes made before `strikes_before` (which no
-    /// longer count), in one transaction; on SQLite, the write-ahead log is then emptied of
+    /// it that matched none, and the wrong codes and the read-backs of wrong spoken codes
+    /// made before `strikes_before` (which no longer count), in one transaction; on SQLite, the write-ahead log is then emptied of
     /// what was deleted (see [`Store::settle_wal`]). Returns the verifications deleted
     /// (fewer than `batch`: no more are due).
     pub async fn purge_history(
@@ -53,6 +55,11 @@ impl Store {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
                     query("DELETE FROM wrong_codes WHERE at < $1")
+                        .bind(strikes_before)
+                        .execute(&mut tx)
+                        .await?;
+                    // Read-backs of wrong spoken codes count over the same window.
+                    query("DELETE FROM spoken_read_backs WHERE at < $1")
                         .bind(strikes_before)
                         .execute(&mut tx)
                         .await?;
@@ -101,6 +108,53 @@ impl Store {
             .await?;
         self.settle_wal(deleted + unmatched > 0).await;
         Ok(deleted)
+    }
+
+    /// Delete the console's sign-in attempts made at or before `attempts_before` (they no
+    /// longer count), and up to `batch` entries of the audit log with one of `actions` made
+    /// before `audit_before`; on SQLite, the write-ahead log is then emptied of what was
+    /// deleted (see [`Store::settle_wal`]). Returns the audit entries deleted (fewer than
+    /// `batch`: no more are due).
+    pub async fn purge_sign_ins(
+        &self,
+        attempts_before: i64,
+        actions: &'static [&'static str],
+        audit_before: i64,
+        batch: i64,
+    ) -> Result<u64, StoreError> {
+        let (attempts, audited) = self
+            .engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let mut tx = c.begin().await?;
+                    let attempts = query("DELETE FROM sign_in_attempts WHERE at <= $1")
+                        .bind(attempts_before)
+                        .execute(&mut tx)
+                        .await?
+                        .rows_affected();
+                    let list = (3..3 + actions.len())
+                        .map(|n| format!("${n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let delete = query(format!(
+                        "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log \
+                         WHERE at < $1 AND action IN ({list}) LIMIT $2)"
+                    ))
+                    .bind(audit_before)
+                    .bind(batch);
+                    let audited = actions
+                        .iter()
+                        .fold(delete, |delete, action| delete.bind(*action))
+                        .execute(&mut tx)
+                        .await?
+                        .rows_affected();
+                    tx.commit().await?;
+                    Ok((attempts, audited))
+                })
+            }))
+            .await?;
+        self.settle_wal(attempts + audited > 0).await;
+        Ok(audited)
     }
 
     /// Numbers and users deleted are gone from the database's pages (secure_delete); the

@@ -1,8 +1,8 @@
 //! The order of the operations on one subject of the rules: a number, a user, an API key's
-//! creations. Creating a verification, checking a code and a staff approval each read a
-//! subject's standing (its lockout, its wrong codes, its count in a rate limit) and change it
-//! in one transaction; two of them on one subject must run one after the other, or both could
-//! pass a rule together.
+//! creations, a name typed into the console's sign-in form. Creating a verification, checking
+//! a code, a staff approval and counting a sign-in attempt each read a subject's standing (its
+//! lockout, its wrong codes, its count in a rate limit) and change it in one transaction; two
+//! of them on one subject must run one after the other, or both could pass a rule together.
 //!
 //! On Postgres (several daemons on one database) each takes its subjects' transaction
 //! advisory locks as its first statement, all in one fixed order, so that none waits for
@@ -23,6 +23,11 @@ pub(super) fn number(phone: &str) -> String {
 /// The subject of a user's lockout and wrong codes.
 pub(super) fn user(user_ref: &str) -> String {
     format!("user:{user_ref}")
+}
+
+/// The subject of the sign-in attempts at a name.
+pub(super) fn sign_in(name: &str) -> String {
+    format!("sign-in:{name}")
 }
 
 /// Take the transaction advisory locks of `subjects` (on Postgres), in one statement and in

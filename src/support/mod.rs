@@ -359,9 +359,11 @@ impl Support {
         request.status == RequestStatus::Open && now.saturating_sub(request.created_at) >= after
     }
 
-    /// Delete recordings and transcripts past the retention period.
+    /// Delete recordings and transcripts past the retention period, and the console's
+    /// failed sign-ins with them (see [`staff`]); returns how many recordings went.
     pub async fn purge(&self, now: i64) -> Result<u64, StoreError> {
         let retention = i64::try_from(self.settings.retention.as_millis()).unwrap_or(i64::MAX);
+        staff::purge_sign_ins(&self.store, now, self.settings.retention).await?;
         self.store
             .purge_support(now.saturating_sub(retention), now)
             .await

@@ -1,10 +1,9 @@
 //! Support staff: accounts with Argon2id password hashes (memory-hard, so a stolen table
 //! resists guessing), and console sessions: a random token in an HttpOnly cookie, stored
-//! hashed, with its own CSRF token for forms.
+//! hashed, with its own CSRF token for forms. Sign-in attempts are counted per name typed in
+//! the store, by every daemon on it together, and throttled.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use argon2::password_hash::PasswordHasher;
 use argon2::Argon2;
@@ -13,10 +12,10 @@ use subtle::ConstantTimeEq;
 use super::account::{StaffAccount, StaffSession};
 use super::actor::Actor;
 use super::passwords::PasswordChecks;
-use crate::domain::clock::now_ms;
+use crate::domain::clock::{millis, now_ms};
 use crate::domain::ids::{random_token, token_hash};
 use crate::domain::status::StaffRole;
-use crate::store::{Store, StoreError};
+use crate::store::{Attempt, AttemptRule, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StaffError {
@@ -78,26 +77,44 @@ pub struct Staff {
     /// Password checks, two at a time on their own threads: each takes Argon2's 19 MiB
     /// and tens of milliseconds of a core, so a flood of sign-ins queues, its memory bounded.
     checks: PasswordChecks,
-    /// Recent sign-in attempts per name typed, existing or not (so that being throttled
-    /// tells nothing of which names exist), bounded by [`TRACKED_NAMES`].
-    failures: Mutex<HashMap<String, Failures>>,
 }
 
 /// Who the audit log names for account changes: they are made with `callverify staff`, by
 /// whoever may run it on the daemon's host.
 const ACCOUNTS_ACTOR: &str = "cli";
 
-/// Failed sign-ins allowed per name within [`FAILURE_WINDOW`].
-const MAX_FAILURES: u32 = 5;
-/// Names whose attempts are tracked at most; past it, names not throttled are forgotten
-/// first, so that a flood of made-up names cannot lift a throttle.
-const TRACKED_NAMES: usize = 10_000;
+/// Sign-in attempts allowed per name within [`FAILURE_WINDOW`] (a sliding window: each
+/// counts for the window's length after it was made); a successful one forgets them.
+const MAX_FAILURES: i64 = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
-#[derive(Debug, Clone, Copy)]
-struct Failures {
-    count: u32,
-    since: Instant,
+/// What every name not of a staff name's shape is counted and audited as, together: no
+/// account has such a name, and a password typed into the name field stays out of the log.
+const NOT_STAFF_NAME: &str = "(not a staff name)";
+
+/// The audit log's failed and refused sign-ins, which anyone can cause: deleted after
+/// `support.retention_days` ([`purge_sign_ins`]). Each name writes at most
+/// [`MAX_FAILURES`] `sign_in_failed` and one `sign_in_throttled` within a window.
+const FAILED_SIGN_INS: [&str; 2] = ["sign_in_failed", "sign_in_throttled"];
+
+/// Audit entries deleted at most per purge.
+const PURGE_BATCH: i64 = 10_000;
+
+/// Forget the sign-in attempts whose window has passed at `now`, and the audit log's failed
+/// and refused sign-ins older than `retention` (up to a batch); the audit entries deleted.
+pub(super) async fn purge_sign_ins(
+    store: &Store,
+    now: i64,
+    retention: Duration,
+) -> Result<u64, StoreError> {
+    store
+        .purge_sign_ins(
+            now.saturating_sub(millis(FAILURE_WINDOW)),
+            &FAILED_SIGN_INS,
+            now.saturating_sub(millis(retention)),
+            PURGE_BATCH,
+        )
+        .await
 }
 
 /// Whether `name` has the form of a staff name (so it may be written to the audit log).
@@ -114,7 +131,6 @@ impl Staff {
             store,
             session_length,
             checks: PasswordChecks::start(),
-            failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -198,14 +214,39 @@ impl Staff {
     }
 
     /// Check a password and open a session; `None` for a wrong name or password. After
-    /// [`MAX_FAILURES`] wrong passwords for an account within 15 minutes, its sign-ins are
-    /// refused until the window has passed. Sign-ins and failed ones are audited.
+    /// [`MAX_FAILURES`] attempts at a name (an account's or not) within 15 minutes, on any
+    /// daemon of the store, its sign-ins are refused until the first of them is 15 minutes
+    /// old; names not of a staff name's shape are counted together. Sign-ins and failed ones
+    /// are audited, and the first refusal of a name in a window; refused ones are not.
     pub async fn sign_in(
         &self,
         username: &str,
         password: &str,
     ) -> Result<Option<SignedIn>, StaffError> {
-        let signed_in = self.open_session(username, password).await?;
+        let shaped = is_staff_name(username);
+        let name = if shaped { username } else { NOT_STAFF_NAME };
+        let now = now_ms();
+        let rule = AttemptRule {
+            max: MAX_FAILURES,
+            since: now.saturating_sub(millis(FAILURE_WINDOW)),
+        };
+        // The attempt is counted before the password is checked, in one store operation
+        // under the name's lock: a burst of parallel guesses, on one daemon or several, gets
+        // MAX_FAILURES checks, not one each.
+        if let Attempt::Refused { first } = self.store.count_sign_in(name, rule, now).await? {
+            if first {
+                self.store
+                    .audit("console", "sign_in_throttled", name, "", now)
+                    .await?;
+            }
+            return Err(StaffError::Throttled(name.to_owned()));
+        }
+        // No account has a name of another shape: nothing to check.
+        let signed_in = if shaped {
+            self.open_session(username, password).await?
+        } else {
+            None
+        };
         let now = now_ms();
         match &signed_in {
             Some(SignedIn { session, .. }) => {
@@ -215,15 +256,8 @@ impl Staff {
                     .await?;
             }
             None => {
-                // Only a name of staff-name form: a password typed into the name field
-                // stays out of the log.
-                let subject = if is_staff_name(username) {
-                    username
-                } else {
-                    "(not a staff name)"
-                };
                 self.store
-                    .audit("console", "sign_in_failed", subject, "", now)
+                    .audit("console", "sign_in_failed", name, "", now)
                     .await?;
             }
         }
@@ -235,15 +269,6 @@ impl Staff {
         username: &str,
         password: &str,
     ) -> Result<Option<SignedIn>, StaffError> {
-        // No account has a name of another shape: nothing to check or to count.
-        if !is_staff_name(username) {
-            return Ok(None);
-        }
-        // The attempt is counted before the password is checked, in one step under the
-        // lock: a burst of parallel guesses gets MAX_FAILURES checks, not one each.
-        if !self.reserve_attempt(username) {
-            return Err(StaffError::Throttled(username.to_owned()));
-        }
         let account = self
             .store
             .staff_named(username)
@@ -257,7 +282,7 @@ impl Staff {
         if !matches {
             return Ok(None);
         }
-        self.failures_of(|f| f.remove(username));
+        self.store.forget_sign_ins(username).await?;
         let token = random_token("cvs_", 32);
         let csrf_token = random_token("", 32);
         let now = now_ms();
@@ -299,42 +324,6 @@ impl Staff {
             .audit(ACCOUNTS_ACTOR, "staff_set", username, &detail, now_ms())
             .await?;
         Ok(())
-    }
-
-    /// Count a sign-in attempt of `username`; false (not counted) when its tries within
-    /// [`FAILURE_WINDOW`] are used up.
-    fn reserve_attempt(&self, username: &str) -> bool {
-        self.failures_of(|f| {
-            if f.len() >= TRACKED_NAMES && !f.contains_key(username) {
-                f.retain(|_, n| n.since.elapsed() < FAILURE_WINDOW);
-                if f.len() >= TRACKED_NAMES {
-                    f.retain(|_, n| n.count >= MAX_FAILURES);
-                }
-                if f.len() >= TRACKED_NAMES {
-                    return false;
-                }
-            }
-            let now = Instant::now();
-            let entry = f.entry(username.to_owned()).or_insert(Failures {
-                count: 0,
-                since: now,
-            });
-            if entry.since.elapsed() >= FAILURE_WINDOW {
-                *entry = Failures {
-                    count: 0,
-                    since: now,
-                };
-            }
-            if entry.count >= MAX_FAILURES {
-                return false;
-            }
-            entry.count += 1;
-            true
-        })
-    }
-
-    fn failures_of<T>(&self, f: impl FnOnce(&mut HashMap<String, Failures>) -> T) -> T {
-        f(&mut self.failures.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The session a cookie names, if current.

@@ -671,3 +671,139 @@ fn urlencoded(text: &str) -> String {
         })
         .collect()
 }
+
+/// A client that sees the console's redirects (a signed-in form answers 303).
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// A sign-in form's token from the daemon at `http` (its cookie holds the same).
+async fn login_token(client: &reqwest::Client, http: std::net::SocketAddr) -> String {
+    let page = client
+        .get(format!("http://{http}/console/login"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = page.headers()["set-cookie"].to_str().unwrap();
+    let token = cookie.strip_prefix("cv_login=").unwrap().split(';').next();
+    token.unwrap().to_owned()
+}
+
+/// Post the sign-in form to the daemon at `http`: the answer's status.
+async fn post_sign_in(
+    client: &reqwest::Client,
+    http: std::net::SocketAddr,
+    token: &str,
+    username: &str,
+    password: &str,
+) -> u16 {
+    let body = format!(
+        "username={}&password={}&csrf={token}",
+        urlencoded(username),
+        urlencoded(password)
+    );
+    client
+        .post(format!("http://{http}/console/login"))
+        .header("cookie", format!("cv_login={token}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The rows of the audit log, read behind the store's back.
+async fn audit_rows(d: &Daemon) -> i64 {
+    use sqlx::Row;
+    let mut db = crate::common::raw_connection(&d.config.database.url)
+        .await
+        .unwrap();
+    sqlx::query("SELECT COUNT(*) AS n FROM audit_log")
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+        .get("n")
+}
+
+/// How many answers had each status.
+fn tally(statuses: impl IntoIterator<Item = u16>) -> std::collections::BTreeMap<u16, usize> {
+    let mut tally = std::collections::BTreeMap::new();
+    for status in statuses {
+        *tally.entry(status).or_insert(0) += 1;
+    }
+    tally
+}
+
+/// A flood of sign-ins with a name no account can have (a script, a password typed into the
+/// name field) is counted as one name: five are answered as wrong, the rest refused, and the
+/// audit log gets a handful of entries, not one each.
+async fn a_flood_of_sign_ins_without_a_staff_name_writes_a_handful_of_audit_entries(db: Db) {
+    let d = crate::common::start(db).await;
+    let client = no_redirects();
+    let token = login_token(&client, d.http).await;
+    let before = audit_rows(&d).await;
+    let mut statuses = Vec::new();
+    for _ in 0..1000 {
+        statuses.push(post_sign_in(&client, d.http, &token, "x y", "not the password").await);
+    }
+    let written = audit_rows(&d).await - before;
+    assert!(written <= 6, "{written} audit entries for 1,000 sign-ins");
+    assert_eq!(tally(statuses), [(401, 5), (429, 995)].into());
+    d.stop().await;
+}
+
+on_both_backends!(a_flood_of_sign_ins_without_a_staff_name_writes_a_handful_of_audit_entries);
+
+/// Two daemons on one Postgres count sign-in attempts together, and a restart forgets none:
+/// 40 parallel wrong passwords for one account, half to each daemon, get five password checks
+/// (401, five failed sign-ins audited) and 35 refusals (429, one audited); after a restart
+/// the right password is still refused.
+#[tokio::test]
+async fn two_daemons_give_a_burst_of_sign_ins_five_password_checks() {
+    let first = crate::common::start(Db::Postgres).await;
+    let second = crate::common::start_config(first.config.clone()).await;
+    Staff::new(first.store.clone(), Duration::from_secs(3600))
+        .add("dora", PASSWORD)
+        .await
+        .unwrap();
+    let client = no_redirects();
+    let burst: Vec<_> = (0..40)
+        .map(|i| {
+            let http = [first.http, second.http][i % 2];
+            let client = client.clone();
+            tokio::spawn(async move {
+                let token = login_token(&client, http).await;
+                post_sign_in(&client, http, &token, "dora", "not the password").await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for attempt in burst {
+        statuses.push(attempt.await.unwrap());
+    }
+    assert_eq!(tally(statuses), [(401, 5), (429, 35)].into());
+    let audit = first.store.audit_entries("dora").await.unwrap();
+    let actions = tally(audit.iter().map(|a| match a.action.as_str() {
+        "sign_in_failed" => 1,
+        "sign_in_throttled" => 2,
+        _ => 0,
+    }));
+    assert_eq!(actions, [(0, 1), (1, 5), (2, 1)].into(), "{audit:?}");
+
+    second.stop().await;
+    let (config, dir) = first.halt().await;
+    let again = crate::common::start_config(config).await;
+    let token = login_token(&client, again.http).await;
+    assert_eq!(
+        post_sign_in(&client, again.http, &token, "dora", PASSWORD).await,
+        429,
+        "the count survives a restart"
+    );
+    again.stop().await;
+    drop(dir);
+}

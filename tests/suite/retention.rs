@@ -1,6 +1,6 @@
 //! The history's end (`verification.retention_days`): ended verifications past it are
-//! deleted with what names them, and what a rule still needs is kept. On SQLite and
-//! Postgres.
+//! deleted with what names them, and what a rule still needs is kept; failed console
+//! sign-ins leave the audit log after `support.retention_days`. On SQLite and Postgres.
 
 use crate::common::{manual_request, manual_request_ids, Daemon, Db, PHONE};
 use callverify::domain::status::Status;
@@ -142,7 +142,81 @@ async fn no_retention_keeps_everything(db: Db) {
     d.stop().await;
 }
 
+/// Failed and refused console sign-ins, which anyone can cause, leave the audit log after
+/// `support.retention_days`; the rest of it (sign-ins, account changes, decisions) stays.
+/// Sign-in attempts go once they no longer count (15 minutes).
+async fn old_failed_sign_ins_leave_the_audit_log(db: Db) {
+    use sqlx::Row;
+    let d = crate::common::start_with(db, |c| c.support.retention_days = 1).await;
+    let support = callverify::support::Support::new(
+        d.store.clone(),
+        d.config.phone_policy(),
+        d.config.support_settings().unwrap(),
+        None,
+    );
+    let now = callverify::domain::clock::now_ms();
+    let old = now - 2 * DAY_MS;
+    let entries = [
+        ("sign_in_failed", "alice", old),
+        ("sign_in_failed", "(not a staff name)", old),
+        ("sign_in_throttled", "alice", old),
+        ("sign_in", "alice", old),
+        ("staff_add", "alice", old),
+        ("reject", "mr_old", old),
+        ("sign_in_failed", "alice", now),
+    ];
+    for (action, subject, at) in entries {
+        d.store
+            .audit("console", action, subject, "", at)
+            .await
+            .unwrap();
+    }
+    support.purge(now).await.unwrap();
+    let mut raw = crate::common::raw_connection(&d.config.database.url)
+        .await
+        .unwrap();
+    let left: Vec<(String, String, i64)> =
+        sqlx::query("SELECT action, subject, at FROM audit_log ORDER BY id")
+            .fetch_all(&mut raw)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get("action"), r.get("subject"), r.get("at")))
+            .collect();
+    let kept: Vec<(String, String, i64)> = entries[3..]
+        .iter()
+        .map(|&(action, subject, at)| (action.into(), subject.into(), at))
+        .collect();
+    assert_eq!(left, kept);
+
+    let minute = 60_000;
+    for (name, kind, at) in [
+        ("alice", "attempt", now - 16 * minute),
+        ("bob", "refused", now - 20 * minute),
+        ("alice", "attempt", now - minute),
+    ] {
+        sqlx::query("INSERT INTO sign_in_attempts (name, kind, at) VALUES ($1, $2, $3)")
+            .bind(name)
+            .bind(kind)
+            .bind(at)
+            .execute(&mut raw)
+            .await
+            .unwrap();
+    }
+    support.purge(now).await.unwrap();
+    let left: Vec<(String, i64)> = sqlx::query("SELECT name, at FROM sign_in_attempts")
+        .fetch_all(&mut raw)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get("name"), r.get("at")))
+        .collect();
+    assert_eq!(left, [("alice".to_owned(), now - minute)]);
+    d.stop().await;
+}
+
 on_both_backends!(
     ended_history_past_retention_is_deleted,
-    no_retention_keeps_everything
+    no_retention_keeps_everything,
+    old_failed_sign_ins_leave_the_audit_log
 );

@@ -53,6 +53,13 @@ async fn code_of(d: &Daemon, user: &str, code: &str) -> (String, String) {
     (v.id, code.to_owned())
 }
 
+/// Another code of the same length: each digit of `code` plus five.
+fn misheard(code: &str) -> String {
+    code.chars()
+        .map(|c| char::from(b'0' + (c as u8 - b'0' + 5) % 10))
+        .collect()
+}
+
 async fn outcomes(d: &Daemon, id: &str) -> Vec<Option<CallOutcome>> {
     let attempts = d.store.attempts(id).await.unwrap();
     attempts.iter().map(|a| a.outcome).collect()
@@ -93,13 +100,9 @@ async fn spoken_and_keyed_codes_verify(db: Db) {
 
     // A wrong code read back and not confirmed costs no attempt; then the right one.
     let (id, code) = code_of(&d, "corrected", "913857").await;
-    let wrong: String = code
-        .chars()
-        .map(|c| char::from(b'0' + (c as u8 - b'0' + 5) % 10))
-        .collect();
     let t = Call::verify(&id)
         .press("#")
-        .talk(Talk::new().say(voice.say(&wrong, 2)))
+        .talk(Talk::new().say(voice.say(&misheard(&code), 2)))
         .press("2")
         .talk(Talk::new().say(voice.say(&code, 3)))
         .run(d.addr)
@@ -357,7 +360,88 @@ async fn a_key_then_silence_ends_on_the_key_timeout(db: Db) {
     d.stop().await;
 }
 
+/// A read-back of a wrong spoken code tells the caller it was wrong: a guess that costs no
+/// attempt when declined. A number and a user have two in all within the lockout window,
+/// whatever the calls and verifications: a caller who says a wrong code in one call and
+/// again in another call of another verification, declining both read-backs, is then asked
+/// for the keypad, and so are the number's and the user's later calls.
+async fn read_backs_are_few_across_a_numbers_calls(db: Db) {
+    let d = crate::common::start_with(db, with_speech).await;
+    let wrong = voice().say(&misheard("913857"), 2);
+    let say_wrong_and_decline = |id: &str| {
+        Call::verify(id)
+            .press("#")
+            .talk(Talk::new().say(wrong.clone()))
+            .press("2")
+    };
+
+    // One read-back, declined; the caller hangs up at the next prompt.
+    let (first, _) = code_of(&d, "guesser", "913857").await;
+    let t = say_wrong_and_decline(&first)
+        .hang_up()
+        .run(d.addr)
+        .await
+        .unwrap();
+    assert_eq!(t.count_prompt("callverify/you-said"), 1, "{:?}", t.commands);
+    assert_eq!(
+        t.count_prompt("callverify/say-or-enter-code"),
+        2,
+        "one read-back is left: the call offers speech again"
+    );
+
+    // Another verification of the number and user: the second read-back, and then the
+    // keypad only.
+    let (second, code) = code_of(&d, "guesser", "913857").await;
+    let t = say_wrong_and_decline(&second)
+        .press(&code)
+        .run(d.addr)
+        .await
+        .unwrap();
+    assert_eq!(t.count_prompt("callverify/you-said"), 1, "{:?}", t.commands);
+    assert_eq!(
+        t.count_prompt("callverify/say-or-enter-code"),
+        1,
+        "{:?}",
+        t.commands
+    );
+    assert_eq!(
+        t.count_prompt("callverify/use-keypad"),
+        1,
+        "{:?}",
+        t.commands
+    );
+    let view = d.status(&second).await;
+    assert_eq!(view.status, Status::Verified);
+    assert_eq!(
+        view.attempts_remaining, 3,
+        "the declined read-backs cost nothing"
+    );
+
+    // Later calls of the number (another user), and of the user (another number), offer no
+    // spoken entry.
+    for (phone, user) in [(PHONE, "someone-else"), ("+14155550123", "guesser")] {
+        let v = d.new_verification(phone, user).await;
+        let t = Call::verify(&v.id)
+            .press("#")
+            .press(v.code.as_deref().unwrap())
+            .run(d.addr)
+            .await
+            .unwrap();
+        assert_eq!(t.count_prompt("callverify/say-or-enter-code"), 0, "{user}");
+        assert!(!t.commands.iter().any(|c| c.starts_with("EXEC AudioSocket")));
+        assert_eq!(
+            t.count_prompt("callverify/use-keypad"),
+            1,
+            "{:?}",
+            t.commands
+        );
+        assert_eq!(d.status(&v.id).await.status, Status::Verified);
+    }
+    d.stop().await;
+}
+
 on_both_backends!(
+    read_backs_are_few_across_a_numbers_calls,
     a_key_then_silence_ends_on_the_key_timeout,
     support_messages_get_a_transcript,
     spoken_and_keyed_codes_verify,

@@ -7,7 +7,7 @@ use crate::common::{pending_row as row, Db};
 use callverify::domain::clock::now_ms;
 use callverify::domain::status::{CallOutcome, Status};
 use callverify::domain::Verification;
-use callverify::store::{Begun, Checked, Checker, DaemonRow, Store, StrikeRule};
+use callverify::store::{Begun, Checked, Checker, DaemonRow, ReadBackRule, Store, StrikeRule};
 
 const DAY: i64 = 24 * 3600 * 1000;
 
@@ -638,7 +638,55 @@ async fn the_strike_window_slides(db: Db) {
     );
 }
 
+/// Read-backs of wrong spoken codes: calls of one number racing for them get two in all,
+/// for the number and for each user; they count over the lockout window, and the history
+/// purge deletes them once they no longer count.
+async fn read_backs_hold_under_concurrent_calls(db: Db) {
+    let (s, _dir) = store(db).await;
+    let s = Arc::new(s);
+    let phone = "+14155550101";
+    let mut calls = Vec::new();
+    for i in 0..5 {
+        calls.push(in_call(&s, &format!("vf_r{i}"), phone, &format!("u{i}")).await);
+    }
+    let now = now_ms();
+    let rule = |at: i64| ReadBackRule {
+        max: 2,
+        forget_before: at - DAY,
+    };
+    let tasks: Vec<_> = calls
+        .iter()
+        .cloned()
+        .flat_map(|call| std::iter::repeat_n(call, 4))
+        .map(|(attempt, v)| {
+            let s = s.clone();
+            tokio::spawn(async move { s.take_read_back(&v, attempt, rule(now), now).await })
+        })
+        .collect();
+    let mut taken = 0;
+    for t in tasks {
+        taken += usize::from(t.await.unwrap().unwrap());
+    }
+    assert_eq!(taken, 2, "read-backs taken of 20 racing for them");
+    assert_eq!(s.read_backs(phone, "u0", now - DAY).await.unwrap(), 2);
+    assert_eq!(s.read_backs("+14155550199", "nobody", 0).await.unwrap(), 0);
+
+    // A day later the window holds none of them: one is taken again, and the purge deletes
+    // those that no longer count.
+    let later = now + DAY + 1;
+    let (attempt, v) = &calls[0];
+    assert!(s
+        .take_read_back(v, *attempt, rule(later), later)
+        .await
+        .unwrap());
+    s.purge_history(None, later - DAY, later, 500)
+        .await
+        .unwrap();
+    assert_eq!(s.read_backs(phone, "u0", 0).await.unwrap(), 1);
+}
+
 on_both_backends!(
+    read_backs_hold_under_concurrent_calls,
     the_strike_window_slides,
     a_dead_daemon_is_taken_over_once_and_fenced,
     a_stranded_call_expires,
