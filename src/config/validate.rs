@@ -70,6 +70,22 @@ impl Config {
                 "must be at least twice database.heartbeat_secs, which must be at least 1",
             );
         }
+        // Sent to Asterisk as AMI fields, where a line break would end the field (and a
+        // `\r` left by a file with CRLF line ends makes every login fail).
+        for (key, value) in [
+            ("ami.username", &self.ami.username),
+            ("ami.secret", &self.ami.secret),
+            ("dialer.channel", &self.dialer.channel),
+            ("dialer.caller_id", &self.dialer.caller_id),
+        ] {
+            if value.chars().any(char::is_control) {
+                return invalid(
+                    key,
+                    "contains a control character (a line break, a tab, or a \\r left by a \
+                     file with CRLF line ends): remove it",
+                );
+            }
+        }
         if !self.ami.host.is_empty() && self.ami.secret.is_empty() {
             return invalid(
                 "ami.secret",
@@ -258,6 +274,39 @@ mod tests {
             error.starts_with("ami.secret: is the Asterisk kit's placeholder"),
             "{error}"
         );
+    }
+
+    /// They go to Asterisk as AMI fields: a control character is refused at load, and the
+    /// error does not repeat the value (a secret).
+    #[test]
+    fn ami_fields_with_control_characters_are_refused() {
+        let host = ("CALLVERIFY_AMI_HOST", "127.0.0.1");
+        for (name, key, value) in [
+            ("CALLVERIFY_AMI_SECRET", "ami.secret", "s3cret-from-crlf\r"),
+            ("CALLVERIFY_AMI_SECRET", "ami.secret", "s3cret\u{1b}"),
+            ("CALLVERIFY_AMI_USERNAME", "ami.username", "callverify\n"),
+            (
+                "CALLVERIFY_DIALER_CHANNEL",
+                "dialer.channel",
+                "PJSIP/{number}@trunk\r",
+            ),
+            (
+                "CALLVERIFY_DIALER_CALLER_ID",
+                "dialer.caller_id",
+                "\"Verify\"\t<+1415>",
+            ),
+        ] {
+            let secret = ("CALLVERIFY_AMI_SECRET", "a-long-random-secret");
+            let error = load_env(&[host, secret, (name, value)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with(&format!("{key}: contains a control character")),
+                "{name}: {error}"
+            );
+            assert!(!error.contains(value.trim_end()), "{error}");
+        }
+        load_env(&[host, ("CALLVERIFY_AMI_SECRET", "a-long-random-secret")]).unwrap();
     }
 
     /// Every webhook is signed with it, to `webhooks.url` and to `callback_url`s alike.

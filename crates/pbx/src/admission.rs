@@ -168,6 +168,13 @@ impl Admission {
         }
     }
 
+    /// The budget of this listener's warnings about its peers (refused, silent, or saying
+    /// something malformed): any allowed peer can repeat them, so they are counted and
+    /// summarised, not written one by one.
+    pub fn log_budget(&self) -> &LogBudget {
+        &self.refusals
+    }
+
     /// Count a connection that went away without saying who it was (logged sparingly:
     /// a flood of them must not flood the log).
     pub fn silent(&self, peer: SocketAddr, why: &'static str) {

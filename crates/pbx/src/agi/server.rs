@@ -129,8 +129,12 @@ async fn run_session<H: Handler>(
                 admission.silent(peer, "no environment block in time");
                 return;
             }
+            // Any allowed peer can send one, as often as it likes: counted, as refusals are.
             Err(e) => {
-                tracing::warn!(error = %e, "FastAGI session refused: bad environment block");
+                if let Some(suppressed) = admission.log_budget().allow() {
+                    tracing::warn!(error = %e, suppressed,
+                        "FastAGI session refused: bad environment block");
+                }
                 return;
             }
         };
@@ -150,4 +154,42 @@ async fn run_session<H: Handler>(
     }
     .instrument(span)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    struct Nothing;
+
+    impl Handler for Nothing {
+        async fn handle<S: AsyncRead + AsyncWrite + Unpin + Send>(
+            &self,
+            _session: &mut Session<S>,
+        ) {
+        }
+    }
+
+    /// An allowed local process sending malformed blocks in a loop: its warnings spend the
+    /// listener's log budget, as refusals do, instead of one line each.
+    #[tokio::test]
+    async fn bad_environment_blocks_are_logged_within_the_budget() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admission = Admission::new("FastAGI", vec!["127.0.0.1/32".parse().unwrap()], 4);
+        let timeouts = Timeouts {
+            env: Duration::from_secs(2),
+            reply: Duration::from_secs(2),
+        };
+        for _ in 0..12 {
+            let mut peer = TcpStream::connect(addr).await.unwrap();
+            peer.write_all(b"not an agi variable\n\n").await.unwrap();
+            let greeting = admission.accept(&listener).await;
+            run_session(greeting, &admission, timeouts, &Nothing).await;
+        }
+        assert_eq!(admission.log_budget().allow(), None, "budget not spent");
+    }
 }

@@ -10,6 +10,17 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::codec::Framed;
 
 use super::message::{AmiCodec, AmiCodecError, Frame, Message};
+use crate::admission::LogBudget;
+
+/// The events [`Ami::events`] passes on: what the dialer and `callverify doctor` read.
+/// `Events: call` brings every channel's events on the PBX; the rest are not kept.
+pub const EVENTS: [&str; 2] = ["OriginateResponse", "Hangup"];
+/// The fields kept of those events (with the `Event` name): what the dialer and the doctor
+/// read. Listeners blocked for a while (the dialer waits in each Originate) then hold a few
+/// hundred bytes per event, not a PBX's channel variables.
+pub const EVENT_FIELDS: [&str; 6] = [
+    "Event", "ActionID", "Response", "Reason", "Uniqueid", "Cause",
+];
 
 #[derive(Debug, Clone)]
 pub struct AmiConfig {
@@ -132,6 +143,7 @@ impl Ami {
         reached.map(drop).map_err(|_| AmiError::Closed)
     }
 
+    /// The [`EVENTS`] from now on, with their [`EVENT_FIELDS`] only.
     pub fn events(&self) -> broadcast::Receiver<Message> {
         self.events.subscribe()
     }
@@ -148,9 +160,10 @@ async fn manage(
     state: watch::Sender<AmiState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::new();
     let addr = format!("{}:{}", config.host, config.port);
-    while !*shutdown.borrow() {
+    let dropped = LogBudget::default();
+    while !stopping(&shutdown) {
         // A refused login stays the state while retrying, so that it shows.
         if *state.borrow() != AmiState::LoginFailed {
             let _ = state.send(AmiState::Connecting);
@@ -159,13 +172,23 @@ async fn manage(
             Ok(framed) => {
                 tracing::info!(%addr, "AMI connected and logged in");
                 let _ = state.send(AmiState::Connected);
-                backoff = Duration::from_millis(500);
-                let why = session(framed, &config, &mut queue, &events, &mut shutdown).await;
+                let began = tokio::time::Instant::now();
+                let why = session(
+                    framed,
+                    &config,
+                    &mut queue,
+                    &events,
+                    &mut shutdown,
+                    &dropped,
+                )
+                .await;
                 let _ = state.send(AmiState::Disconnected);
-                if *shutdown.borrow() {
+                if stopping(&shutdown) {
                     break;
                 }
-                tracing::warn!(%addr, reason = %why, "AMI connection lost; reconnecting");
+                backoff.session_lasted(began.elapsed());
+                tracing::warn!(%addr, reason = %why, retry_in = ?backoff.next,
+                    "AMI connection lost; reconnecting");
             }
             Err(AmiError::LoginFailed(message)) => {
                 let _ = state.send(AmiState::LoginFailed);
@@ -174,19 +197,73 @@ async fn manage(
             }
             Err(e) => {
                 let _ = state.send(AmiState::Disconnected);
-                tracing::warn!(%addr, error = %e, retry_in = ?backoff, "AMI unavailable");
+                tracing::warn!(%addr, error = %e, retry_in = ?backoff.next, "AMI unavailable");
             }
         }
         // Requests queued while down are answered at once rather than left waiting.
         while let Ok((_, reply)) = queue.try_recv() {
             let _ = reply.send(Err(AmiError::NotConnected));
         }
+        // An error (the sender gone) is a shutdown too: `stopping` says so.
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(backoff.take()) => {}
             _ = shutdown.changed() => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
+}
+
+/// Whether the connection should end: shutdown turned true, or its sender is gone (nobody
+/// is left to ask; waiting on it would return at once, forever).
+fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
+    *shutdown.borrow() || shutdown.has_changed().is_err()
+}
+
+/// The wait before each reconnection: doubling from [`Backoff::FIRST`] to [`Backoff::MAX`],
+/// back to the first only after a session that lasted [`Backoff::STABLE`]. A server that
+/// logs in and then drops each session at once (or sends what ends it) is retried less and
+/// less often, not twice a second.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(30);
+    const STABLE: Duration = Duration::from_secs(30);
+
+    fn new() -> Self {
+        Self { next: Self::FIRST }
+    }
+
+    /// A logged-in session ended after `lasted`.
+    fn session_lasted(&mut self, lasted: Duration) {
+        if lasted >= Self::STABLE {
+            self.next = Self::FIRST;
+        }
+    }
+
+    /// The wait before this attempt; the next one waits twice as long.
+    fn take(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (wait * 2).min(Self::MAX);
+        wait
+    }
+}
+
+/// What listeners get of a message from Asterisk: one of the [`EVENTS`] with its
+/// [`EVENT_FIELDS`]; nothing of the rest.
+fn for_listeners(m: Message) -> Option<Message> {
+    let name = m.event()?;
+    if !EVENTS.iter().any(|e| e.eq_ignore_ascii_case(name)) {
+        return None;
+    }
+    let headers = m
+        .headers
+        .into_iter()
+        .filter(|(k, _)| EVENT_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(k)))
+        .collect();
+    Some(Message { headers })
 }
 
 type Conn = Framed<TcpStream, AmiCodec>;
@@ -232,6 +309,7 @@ async fn session(
     queue: &mut mpsc::Receiver<(Message, Reply)>,
     events: &broadcast::Sender<Message>,
     shutdown: &mut watch::Receiver<bool>,
+    dropped: &LogBudget,
 ) -> String {
     let mut pending: HashMap<String, Reply> = HashMap::new();
     let mut keepalive = tokio::time::interval(config.keepalive);
@@ -244,9 +322,20 @@ async fn session(
                 None => break "closed by Asterisk".to_owned(),
                 Some(Err(e)) => break e.to_string(),
                 Some(Ok(Frame::Banner(_))) => {}
+                // One odd message (a long DialString, many channel variables): the
+                // connection goes on. Were it an event the dialer waits for, its sweep
+                // releases the call.
+                Some(Ok(Frame::Dropped { why, event })) => {
+                    if let Some(suppressed) = dropped.allow() {
+                        tracing::warn!(event = event.as_deref().unwrap_or("?"), suppressed,
+                            "AMI message dropped: {why}");
+                    }
+                }
                 Some(Ok(Frame::Message(m))) => {
                     if m.event().is_some() {
-                        let _ = events.send(m);
+                        if let Some(m) = for_listeners(m) {
+                            let _ = events.send(m);
+                        }
                     } else if let Some(reply) = m.action_id().and_then(|id| pending.remove(id)) {
                         let _ = reply.send(Ok(m));
                     } else if m.action_id().is_some_and(|id| id.starts_with("callverify-ping")) {
@@ -289,6 +378,7 @@ async fn session(
                 }
                 ping_sent = Some(tokio::time::Instant::now());
             }
+            // An error (the sender gone) is a shutdown too.
             _ = shutdown.changed() => {
                 let logoff = Message::action("Logoff", "callverify-logoff");
                 let _ = framed.send(&logoff).await;
@@ -323,5 +413,72 @@ mod tests {
         drop(gave_up);
         forget_abandoned(&mut pending);
         assert_eq!(pending.keys().collect::<Vec<_>>(), ["a-1"]);
+    }
+
+    /// A server that drops each session soon after the login (or sends what ends it) is
+    /// retried less and less often; a session that lasted starts the waits over.
+    #[test]
+    fn reconnections_back_off_unless_the_session_lasted() {
+        let mut backoff = Backoff::new();
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            backoff.session_lasted(Duration::from_millis(20));
+            waits.push(backoff.take().as_millis());
+        }
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
+        backoff.session_lasted(Backoff::STABLE);
+        assert_eq!(backoff.take(), Backoff::FIRST);
+    }
+
+    #[test]
+    fn listeners_get_the_events_they_read_with_the_fields_they_read() {
+        let mut hangup = Message::default();
+        hangup
+            .push("Event", "Hangup")
+            .push("Channel", "PJSIP/qa-00000001")
+            .push("ChanVariable(DIALSTRING)", "x".repeat(4000))
+            .push("Uniqueid", "qa-1")
+            .push("Cause", "16");
+        let kept = for_listeners(hangup).expect("Hangup is passed on");
+        assert_eq!(
+            kept.headers,
+            [
+                ("Event".to_owned(), "Hangup".to_owned()),
+                ("Uniqueid".to_owned(), "qa-1".to_owned()),
+                ("Cause".to_owned(), "16".to_owned()),
+            ]
+        );
+        let mut other = Message::default();
+        other.push("Event", "Newexten").push("Uniqueid", "qa-1");
+        assert_eq!(for_listeners(other), None);
+    }
+
+    /// The shutdown sender dropped (its owner gone without sending true): the connection
+    /// task ends instead of retrying in a loop that never waits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_shutdown_sender_ends_the_connection_task() {
+        // A port nothing listens on: every connection is refused at once.
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let config = AmiConfig {
+            host: "127.0.0.1".into(),
+            port,
+            username: "callverify".into(),
+            secret: "secret".into(),
+            keepalive: Duration::from_secs(10),
+            action_timeout: Duration::from_secs(1),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let ami = Ami::start(config, stopped);
+        let mut state = ami.state();
+        drop(stop);
+        // The task owns the state's sender: it is gone when the task ends.
+        let ended = tokio::time::timeout(Duration::from_secs(3), async {
+            while state.changed().await.is_ok() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the AMI task still runs");
     }
 }

@@ -88,13 +88,19 @@ async fn hand_over(greeting: Greeting, shared: &Shared) {
     };
     let uuid = match first {
         Ok(Some(Ok(Frame::Uuid(uuid)))) => uuid,
+        // Any allowed peer can send these, as often as it likes: counted, as refusals are.
         Ok(Some(Ok(other))) => {
-            tracing::warn!(%peer, kind = ?std::mem::discriminant(&other),
-                "AudioSocket connection closed: the first message was not the call's UUID");
+            if let Some(suppressed) = admission.log_budget().allow() {
+                tracing::warn!(%peer, kind = ?std::mem::discriminant(&other), suppressed,
+                    "AudioSocket connection closed: the first message was not the call's UUID");
+            }
             return;
         }
         Ok(Some(Err(e))) => {
-            tracing::warn!(%peer, error = %e, "AudioSocket connection closed: malformed first message");
+            if let Some(suppressed) = admission.log_budget().allow() {
+                tracing::warn!(%peer, error = %e, suppressed,
+                    "AudioSocket connection closed: malformed first message");
+            }
             return;
         }
         Ok(None) => {
@@ -124,5 +130,39 @@ async fn hand_over(greeting: Greeting, shared: &Shared) {
     if !hub.deliver(uuid, stream) {
         // The call stopped waiting while this connection waited for a place: close it.
         tracing::warn!(%peer, "AudioSocket connection closed: its call stopped waiting for it");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    /// An allowed local process sending malformed first messages in a loop: its warnings
+    /// spend the listener's log budget, as refusals do, instead of one line each.
+    #[tokio::test]
+    async fn malformed_first_messages_are_logged_within_the_budget() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Shared {
+            admission: Admission::new("AudioSocket", vec!["127.0.0.1/32".parse().unwrap()], 4),
+            hub: Hub::new("127.0.0.1:9092"),
+            uuid_timeout: Duration::from_secs(2),
+            strangers: LogBudget::default(),
+        };
+        for first in [[0x42, 0, 0], [0x10, 0, 0]].into_iter().cycle().take(12) {
+            // An unknown kind (malformed), and audio before the UUID (not the UUID).
+            let mut peer = TcpStream::connect(addr).await.unwrap();
+            peer.write_all(&first).await.unwrap();
+            let greeting = shared.admission.accept(&listener).await;
+            hand_over(greeting, &shared).await;
+        }
+        assert_eq!(
+            shared.admission.log_budget().allow(),
+            None,
+            "budget not spent"
+        );
     }
 }

@@ -338,6 +338,12 @@ impl AmiPeer {
         writer.abort();
     }
 
+    /// Send `message` (its lines each ending in CR LF, without the empty line that closes
+    /// it) to every logged-in connection, as Asterisk sends an event.
+    pub fn send_event(&self, message: &str) {
+        self.broadcast(message.to_owned());
+    }
+
     fn broadcast(&self, message: String) {
         let mut shared = self.shared.lock().unwrap();
         shared.listeners.retain(|l| l.send(message.clone()).is_ok());
@@ -487,5 +493,103 @@ impl AmiPeer {
         self.broadcast(format!(
             "Event: Hangup\r\nPrivilege: call,all\r\nChannel: {channel}\r\nChannelState: 6\r\nChannelStateDesc: Up\r\nCallerIDNum: selftest\r\nCallerIDName: callverify doctor\r\nConnectedLineNum: <unknown>\r\nConnectedLineName: <unknown>\r\nLanguage: en\r\nAccountCode: \r\nContext: \r\nExten: \r\nPriority: 1\r\nUniqueid: {uniqueid}\r\nLinkedid: {uniqueid}\r\nCause: 16\r\nCause-txt: Normal Clearing\r\n"
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use callverify_pbx::ami::{Ami, AmiConfig, AmiState, Message};
+
+    use super::*;
+
+    const SECRET: &str = "ami-secret";
+
+    fn config(peer: &AmiPeer) -> AmiConfig {
+        AmiConfig {
+            host: "127.0.0.1".into(),
+            port: peer.addr.port(),
+            username: "callverify".into(),
+            secret: SECRET.into(),
+            keepalive: Duration::from_secs(10),
+            action_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// A ring group's DialString over 8 KiB on some channel of the PBX: that event is
+    /// dropped, the connection and the next event are not.
+    #[tokio::test]
+    async fn an_overlong_line_costs_one_event_not_the_connection() {
+        let peer = AmiPeer::start("callverify", SECRET).await.unwrap();
+        let (_stop, stopped) = watch::channel(false);
+        let ami = Ami::start(config(&peer), stopped);
+        ami.connected(Duration::from_secs(5)).await.unwrap();
+        let mut events = ami.events();
+        peer.send_event(&format!(
+            "Event: DialBegin\r\nPrivilege: call,all\r\nDialString: {}\r\n",
+            "PJSIP/ext&".repeat(1000)
+        ));
+        peer.send_event(&hangup(
+            "PJSIP/qa-1",
+            "qa-1",
+            "ctx",
+            "16",
+            "Normal Clearing",
+        ));
+        let event = tokio::time::timeout(Duration::from_secs(2), events.recv())
+            .await
+            .expect("the next event comes")
+            .unwrap();
+        assert_eq!(event.get("Uniqueid"), Some("qa-1"));
+        // A reconnection would come within 500 ms.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(peer.logins().len(), 1);
+        assert_eq!(*ami.state().borrow(), AmiState::Connected);
+    }
+
+    /// A server that drops each session soon after the login is retried less and less
+    /// often, not every 500 ms.
+    #[tokio::test]
+    async fn sessions_dropped_at_once_are_retried_with_growing_waits() {
+        let peer = AmiPeer::start("callverify", SECRET).await.unwrap();
+        peer.callee("+15550000001", Callee::DropConnection);
+        let (_stop, stopped) = watch::channel(false);
+        let ami = Ami::start(config(&peer), stopped);
+        let mut state = ami.state();
+        let mut waits = Vec::new();
+        for i in 0..3 {
+            ami.connected(Duration::from_secs(10)).await.unwrap();
+            let mut originate = Message::action("Originate", &format!("drop-{i}"));
+            originate.push("Channel", "PJSIP/+15550000001@trunk");
+            let _ = ami.send(originate).await;
+            state.wait_for(|s| *s != AmiState::Connected).await.unwrap();
+            let lost = Instant::now();
+            state.wait_for(|s| *s == AmiState::Connected).await.unwrap();
+            waits.push(lost.elapsed());
+        }
+        assert!(
+            waits[2] >= Duration::from_millis(1800),
+            "reconnected after {waits:?}"
+        );
+    }
+
+    /// The shutdown sender dropped while connected: the connection ends, and is not
+    /// retried in a loop.
+    #[tokio::test]
+    async fn a_dropped_shutdown_sender_ends_the_session() {
+        let peer = AmiPeer::start("callverify", SECRET).await.unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let ami = Ami::start(config(&peer), stopped);
+        ami.connected(Duration::from_secs(5)).await.unwrap();
+        let mut state = ami.state();
+        drop(stop);
+        // The connection task owns the state's sender: it is gone when the task ends.
+        let ended = tokio::time::timeout(Duration::from_secs(3), async {
+            while state.changed().await.is_ok() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the AMI task still runs");
+        assert_eq!(peer.logins().len(), 1);
     }
 }
