@@ -25,7 +25,6 @@ use crate::store::{
 mod cluster;
 mod read_backs;
 use cluster::Registration;
-pub use read_backs::READ_BACKS;
 
 /// Verifications a purge of the history deletes at most in one transaction (every few
 /// seconds), so that it never holds the store for long.

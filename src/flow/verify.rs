@@ -109,7 +109,7 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin + Send>(
         if read_backs_left && free_spoken_tries < FREE_SPOKEN_TRIES {
             read_backs_left = service.read_backs_left(call).await?;
         }
-        let spoken = understood && free_spoken_tries < FREE_SPOKEN_TRIES && read_backs_left;
+        let spoken = read_backs_left && free_spoken_tries < FREE_SPOKEN_TRIES;
         let keypad_prompt = if understood {
             Prompt::UseKeypad
         } else {

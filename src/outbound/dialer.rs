@@ -79,6 +79,8 @@ impl Dialer {
 
     /// Run until `shutdown` turns true.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        // Only the events and fields in callverify_pbx::ami::{EVENTS, EVENT_FIELDS} arrive:
+        // what this reads must be listed there.
         let mut events = self.ami.events();
         let mut state = self.ami.state();
         // Ticks of 1/max_per_second: one new call per tick at most keeps the rate.

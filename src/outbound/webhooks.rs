@@ -266,7 +266,6 @@ impl Sender {
     }
 }
 
-/// An error and its causes, `: `-separated (reqwest's own message leaves out why).
 /// Why a POST to `url` failed, naming its host only: a callback URL's path or query may hold
 /// the receiver's token, which is logged and stored with the attempt otherwise.
 fn post_failed(url: &str, e: reqwest::Error) -> String {
@@ -277,6 +276,7 @@ fn post_failed(url: &str, e: reqwest::Error) -> String {
     format!("POST to {host} failed: {}", causes(&e.without_url()))
 }
 
+/// An error and its causes, `: `-separated (reqwest's own message leaves out why).
 fn causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();

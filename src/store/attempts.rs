@@ -46,10 +46,10 @@ impl Store {
     /// caller can say why without reading it again.
     ///
     /// On Postgres the claim and the attempt's row are one statement, so one round trip
-    /// and one commit. On SQLite they are two statements and no transaction of their own
-    /// (the writer's group commits them): if the second fails, the claim is undone here,
-    /// and a verification left `calling` with no open attempt by a crash is put back by
-    /// recovery at the next start.
+    /// and one commit. On SQLite they are two statements, which the writer runs in a
+    /// savepoint of their own: if the second fails, the claim is undone with it; a
+    /// verification left `calling` with no open attempt by a crash is put back by recovery
+    /// at the next start.
     pub async fn begin_attempt(
         &self,
         id: &str,

@@ -248,16 +248,13 @@ fn write_loop(mut writer: Writer, mut queue: mpsc::Receiver<Message>) {
             continue;
         }
         if let Err((group, e)) = writer.write(group) {
-            tracing::warn!(error = %e, "database BEGIN failed; writing without grouping");
-            // Each operation in a transaction of its own instead, on a new connection, so
-            // that none is ever half written; once none can begin, the rest are refused.
-            let mut jobs = group.into_iter();
-            while let Some(job) = jobs.next() {
-                if let Err((unrun, e)) = writer.write(vec![job]) {
-                    let why = e.to_string();
-                    for job in unrun.into_iter().chain(jobs.by_ref()) {
-                        (block_on(job(None)))(Fate::NotRun(&why));
-                    }
+            // Once more on a new connection (the last one's state is not known); then the
+            // operations are refused, unrun.
+            tracing::warn!(error = %e, "database BEGIN failed; trying a new connection");
+            if let Err((group, e)) = writer.write(group) {
+                let why = e.to_string();
+                for job in group {
+                    (block_on(job(None)))(Fate::NotRun(&why));
                 }
             }
         }
@@ -341,8 +338,8 @@ mod tests {
         engine.close().await;
     }
 
-    /// A connection whose BEGIN fails (here: a transaction left open on it): the group's
-    /// operations run one by one on a new connection, each still whole or not at all.
+    /// A connection whose BEGIN fails (here: a transaction left open on it): the group runs
+    /// again on a new connection, each operation still whole or not at all.
     #[tokio::test]
     async fn without_a_group_transaction_each_operation_is_still_atomic() {
         let dir = tempfile::tempdir().unwrap();

@@ -399,7 +399,7 @@ async fn changed_under(
 
 /// Why a code check does nothing: `by` may not check the verification (see [`Checker`]), or
 /// its number or user is locked out. `None`: it may go on.
-async fn refusal(
+pub(super) async fn refusal(
     c: &mut Conn,
     by: &Checker,
     id: &str,

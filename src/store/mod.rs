@@ -11,6 +11,7 @@
 //!
 //! One file per table family, each an `impl Store` block: `verifications.rs` (and
 //! `creation.rs`, the checked insert), `attempts.rs` (call attempts and lockouts),
+//! `lockouts.rs` (code checks, strikes) with `read_backs.rs` (spoken codes read back),
 //! `dial_queue.rs`, `trunk.rs` (the trunk's caps), `daemons.rs` (heartbeats and takeover),
 //! `outbox.rs` (webhook events), `api_keys.rs`, `upkeep.rs`, `retention.rs` (the history's
 //! end), and the support line's `manual_requests.rs` and `staff.rs` (with `sign_ins.rs`, the

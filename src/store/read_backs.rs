@@ -5,9 +5,11 @@
 //! a code check does, so that calls racing for the last one (even on several daemons on one
 //! Postgres) get it once. The history purge deletes those that no longer count.
 
+use super::lockouts::{refusal, Checker};
 use super::sql::{query, Conn};
 use super::subject_locks;
 use super::{op, Store, StoreError};
+use crate::domain::status::EntryMethod;
 use crate::domain::verification::Verification;
 
 /// How many read-backs a number and a user may have.
@@ -55,22 +57,15 @@ impl Store {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
                     subject_locks::lock_number_and_user(&mut tx, &phone, &user_ref).await?;
-                    let row = query(
-                        "SELECT (SELECT COUNT(*) FROM verifications v WHERE v.id = $1 \
-                             AND v.status = 'calling' AND EXISTS (SELECT 1 FROM call_attempts a \
-                                 WHERE a.id = $2 AND a.ended_at IS NULL)) AS checkable, \
-                         (SELECT COUNT(*) FROM lockouts WHERE locked_until > $3 AND \
-                             ((kind = 'phone' AND subject = $4) OR \
-                              (kind = 'user' AND subject = $5))) AS locked",
-                    )
-                    .bind(&id)
-                    .bind(attempt)
-                    .bind(now)
-                    .bind(&phone)
-                    .bind(&user_ref)
-                    .fetch_one(&mut tx)
-                    .await?;
-                    if row.try_get::<i64>("checkable")? == 0 || row.try_get::<i64>("locked")? > 0 {
+                    // The same refusals as the code check this read-back stands for.
+                    let by = Checker::Call {
+                        attempt,
+                        method: EntryMethod::Speech,
+                    };
+                    if refusal(&mut tx, &by, &id, &phone, &user_ref, now)
+                        .await?
+                        .is_some()
+                    {
                         return Ok(false);
                     }
                     if read_backs(&mut tx, &phone, &user_ref, rule.forget_before).await? >= rule.max

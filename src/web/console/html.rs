@@ -575,7 +575,6 @@ fn csv_field(text: &str) -> String {
 
 /// Decisions as CSV: one row each, oldest first (fields: [`csv_field`]).
 pub fn decisions_csv(decisions: &[AuditEntry], times: &Times) -> String {
-    let field = csv_field;
     let mut out = String::from("at_utc,at_local,staff,decision,request,detail\r\n");
     for d in decisions {
         let local = jiff::Timestamp::from_millisecond(d.at)
@@ -589,11 +588,11 @@ pub fn decisions_csv(decisions: &[AuditEntry], times: &Times) -> String {
             out,
             "{},{},{},{},{},{}\r\n",
             rfc3339(d.at),
-            field(&local),
-            field(&d.actor),
-            field(&d.action),
-            field(&d.subject),
-            field(&d.detail)
+            csv_field(&local),
+            csv_field(&d.actor),
+            csv_field(&d.action),
+            csv_field(&d.subject),
+            csv_field(&d.detail)
         );
     }
     out

@@ -41,7 +41,8 @@ pub struct Endpoint {
     reader: tokio::task::JoinHandle<()>,
 }
 
-/// What the allowlist kept out: datagrams dropped unread and unanswered.
+/// What the allowlist (or, calling, the called host's filter) kept out: datagrams dropped
+/// unread and unanswered.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Refused {
     pub datagrams: u64,
@@ -50,18 +51,17 @@ pub struct Refused {
 }
 
 impl Refused {
-    fn note(&mut self, from: SocketAddr) {
+    /// A datagram from `from` dropped, `why`: named in a warning the first time its host
+    /// is seen.
+    fn note(&mut self, from: SocketAddr, why: &str) {
         self.datagrams += 1;
         let host = from.ip().to_canonical();
         if self.hosts.contains(&host) || self.hosts.len() >= NAMED_REFUSED_HOSTS {
-            tracing::debug!("dropped SIP from {from}, outside the allowlist");
+            tracing::debug!("dropped SIP from {from}: {why}");
             return;
         }
         self.hosts.push(host);
-        tracing::warn!(
-            "dropped SIP from {from}: the host is not allowed to call the probe (--allow); \
-             it gets no answer"
-        );
+        tracing::warn!("dropped SIP from {from}: {why}; it gets no answer");
     }
 }
 
@@ -80,11 +80,21 @@ impl Senders {
     fn admit(&self, from: SocketAddr, refused: &Mutex<Refused>) -> bool {
         match self {
             Self::Allowed(allow) if !allowed(allow, from.ip()) => {
-                refused.lock().unwrap_or_else(|e| e.into_inner()).note(from);
+                let why = "the host is not allowed to call the probe (--allow)";
+                refused
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .note(from, why);
                 false
             }
             Self::Peer(peer) if from.ip().to_canonical() != *peer => {
-                tracing::debug!("dropped SIP from {from}, not the called host {peer}");
+                // Named, so that a peer answering from another address (a multi-homed PBX)
+                // shows why the call then times out.
+                let why = format!("only the called host {peer} is listened to");
+                refused
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .note(from, &why);
                 false
             }
             _ => true,
@@ -101,7 +111,7 @@ impl Drop for Endpoint {
 impl Endpoint {
     /// Binds `bind` (port 0: any) for a call to `peer` (a UAC); `advertised_ip` is put in
     /// headers when `bind` is a wildcard address. Datagrams from any other host are dropped
-    /// unread, with a debug line: a third party that learns the Call-ID cannot end or alter
+    /// unread (a warning names each such host once): a third party that learns the Call-ID cannot end or alter
     /// the call, nor make the probe send anything anywhere.
     pub async fn bind_to_peer(
         bind: SocketAddr,
