@@ -76,6 +76,7 @@ impl Config {
             secret: self.ami.secret.clone(),
             keepalive: Duration::from_secs(self.ami.keepalive_secs.max(1)),
             action_timeout: Duration::from_secs(self.ami.action_timeout_secs.max(1)),
+            events: crate::outbound::dialer::AMI_EVENTS,
         }
     }
 

@@ -413,7 +413,7 @@ async fn self_test(doctor: &mut Doctor, config: &Config, ami: &Ami, selftests: &
         .push("Timeout", "10000")
         .push("CallerID", "\"callverify doctor\" <selftest>")
         .push("Variable", format!("{TOKEN_VARIABLE}={token}"));
-    // Only callverify_pbx::ami::{EVENTS, EVENT_FIELDS} arrive: what this reads is listed there.
+    // Only the dialer's AMI_EVENTS arrive: what this reads is listed there.
     let mut events = ami.events();
     if let Err(e) = ami.send(originate).await {
         doctor.problem(

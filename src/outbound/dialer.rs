@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 use tracing::Instrument;
 
-use callverify_pbx::ami::{Ami, AmiError, AmiState, Message};
+use callverify_pbx::ami::{Ami, AmiError, AmiState, EventFilter, Message};
 use callverify_pbx::redact::mask_digit_runs;
 
 use crate::domain::{CallOutcome, DialJob, TrunkCaps, Verifications};
@@ -29,6 +29,13 @@ pub struct DialerConfig {
 
 /// Where Originate sends the answered call (DESIGN.md).
 pub const CONTEXT: &str = "callverify-outbound";
+
+/// The AMI events this dialer and `callverify doctor`'s self-test call read, with the
+/// fields they read: [`Ami::events`] passes on nothing else.
+pub const AMI_EVENTS: EventFilter = EventFilter {
+    events: &["OriginateResponse", "Hangup"],
+    fields: &["ActionID", "Response", "Reason", "Uniqueid", "Cause"],
+};
 
 struct InFlight {
     job: DialJob,
@@ -79,8 +86,7 @@ impl Dialer {
 
     /// Run until `shutdown` turns true.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        // Only the events and fields in callverify_pbx::ami::{EVENTS, EVENT_FIELDS} arrive:
-        // what this reads must be listed there.
+        // Only the events and fields of AMI_EVENTS arrive: what this reads is listed there.
         let mut events = self.ami.events();
         let mut state = self.ami.state();
         // Ticks of 1/max_per_second: one new call per tick at most keeps the rate.

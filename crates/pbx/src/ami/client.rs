@@ -12,15 +12,37 @@ use tokio_util::codec::Framed;
 use super::message::{AmiCodec, AmiCodecError, Frame, Message};
 use crate::admission::LogBudget;
 
-/// The events [`Ami::events`] passes on: what the dialer and `callverify doctor` read.
-/// `Events: call` brings every channel's events on the PBX; the rest are not kept.
-pub const EVENTS: [&str; 2] = ["OriginateResponse", "Hangup"];
-/// The fields kept of those events (with the `Event` name): what the dialer and the doctor
-/// read. Listeners blocked for a while (the dialer waits in each Originate) then hold a few
-/// hundred bytes per event, not a PBX's channel variables.
-pub const EVENT_FIELDS: [&str; 6] = [
-    "Event", "ActionID", "Response", "Reason", "Uniqueid", "Cause",
-];
+/// Which events [`Ami::events`] passes on, and which of their fields: what its listeners
+/// read. `Events: call` brings every channel's events on the PBX; listeners blocked for a
+/// while (the dialer waits in each Originate) then hold a few hundred bytes per event, not
+/// a PBX's channel variables.
+#[derive(Debug, Clone, Copy)]
+pub struct EventFilter {
+    /// Event names (`Event:`), as Asterisk spells them.
+    pub events: &'static [&'static str],
+    /// Fields kept of those events; `Event` always is.
+    pub fields: &'static [&'static str],
+}
+
+impl EventFilter {
+    /// What listeners get of a message from Asterisk: one of the events with its fields;
+    /// nothing of the rest.
+    fn keep(&self, m: Message) -> Option<Message> {
+        let name = m.event()?;
+        if !self.events.iter().any(|e| e.eq_ignore_ascii_case(name)) {
+            return None;
+        }
+        let headers = m
+            .headers
+            .into_iter()
+            .filter(|(k, _)| {
+                k.eq_ignore_ascii_case("Event")
+                    || self.fields.iter().any(|f| f.eq_ignore_ascii_case(k))
+            })
+            .collect();
+        Some(Message { headers })
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct AmiConfig {
@@ -31,6 +53,8 @@ pub struct AmiConfig {
     /// A `Ping` this often; no answer within `action_timeout` drops the connection.
     pub keepalive: Duration,
     pub action_timeout: Duration,
+    /// What [`Ami::events`] passes on.
+    pub events: EventFilter,
 }
 
 /// Where the connection stands, for the dialer and `/metrics`.
@@ -143,7 +167,7 @@ impl Ami {
         reached.map(drop).map_err(|_| AmiError::Closed)
     }
 
-    /// The [`EVENTS`] from now on, with their [`EVENT_FIELDS`] only.
+    /// The events of [`AmiConfig::events`] from now on, with their fields only.
     pub fn events(&self) -> broadcast::Receiver<Message> {
         self.events.subscribe()
     }
@@ -251,21 +275,6 @@ impl Backoff {
     }
 }
 
-/// What listeners get of a message from Asterisk: one of the [`EVENTS`] with its
-/// [`EVENT_FIELDS`]; nothing of the rest.
-fn for_listeners(m: Message) -> Option<Message> {
-    let name = m.event()?;
-    if !EVENTS.iter().any(|e| e.eq_ignore_ascii_case(name)) {
-        return None;
-    }
-    let headers = m
-        .headers
-        .into_iter()
-        .filter(|(k, _)| EVENT_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(k)))
-        .collect();
-    Some(Message { headers })
-}
-
 type Conn = Framed<TcpStream, AmiCodec>;
 
 async fn connect(addr: &str, config: &AmiConfig) -> Result<Conn, AmiError> {
@@ -333,7 +342,7 @@ async fn session(
                 }
                 Some(Ok(Frame::Message(m))) => {
                     if m.event().is_some() {
-                        if let Some(m) = for_listeners(m) {
+                        if let Some(m) = config.events.keep(m) {
                             let _ = events.send(m);
                         }
                     } else if let Some(reply) = m.action_id().and_then(|id| pending.remove(id)) {
@@ -439,7 +448,11 @@ mod tests {
             .push("ChanVariable(DIALSTRING)", "x".repeat(4000))
             .push("Uniqueid", "qa-1")
             .push("Cause", "16");
-        let kept = for_listeners(hangup).expect("Hangup is passed on");
+        let filter = EventFilter {
+            events: &["OriginateResponse", "Hangup"],
+            fields: &["Uniqueid", "Cause"],
+        };
+        let kept = filter.keep(hangup).expect("Hangup is passed on");
         assert_eq!(
             kept.headers,
             [
@@ -450,7 +463,7 @@ mod tests {
         );
         let mut other = Message::default();
         other.push("Event", "Newexten").push("Uniqueid", "qa-1");
-        assert_eq!(for_listeners(other), None);
+        assert_eq!(filter.keep(other), None);
     }
 
     /// The shutdown sender dropped (its owner gone without sending true): the connection
@@ -469,6 +482,10 @@ mod tests {
             secret: "secret".into(),
             keepalive: Duration::from_secs(10),
             action_timeout: Duration::from_secs(1),
+            events: EventFilter {
+                events: &[],
+                fields: &[],
+            },
         };
         let (stop, stopped) = watch::channel(false);
         let ami = Ami::start(config, stopped);

@@ -4,5 +4,5 @@
 pub mod client;
 pub mod message;
 
-pub use client::{Ami, AmiConfig, AmiError, AmiState};
+pub use client::{Ami, AmiConfig, AmiError, AmiState, EventFilter};
 pub use message::Message;

@@ -514,6 +514,7 @@ mod tests {
             secret: SECRET.into(),
             keepalive: Duration::from_secs(10),
             action_timeout: Duration::from_secs(2),
+            events: callverify::outbound::dialer::AMI_EVENTS,
         }
     }
 
