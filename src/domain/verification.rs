@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::clock::{millis, rfc3339};
 use super::phone::PhoneError;
 use super::status::{CallOutcome, Mode, Status};
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 
 /// A verification: the number, the user, the keyed hash of its code, where it stands.
 #[derive(Debug, Clone, PartialEq, Eq)]

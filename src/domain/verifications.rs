@@ -18,8 +18,8 @@ use super::verification::{
     Policy, Started, TrunkCaps, Verification, VerifyError, View,
 };
 use crate::store::{
-    Begun, Checked, Checker, Created, Earlier, IdempotencyKey, RateLimit, RateSubject, Recovered,
-    Store, StrikeRule, Trunk,
+    Begun, Checked, Checker, Created, Creation, Earlier, IdempotencyKey, Limits, RateSubject,
+    Recovered, Store, StrikeRule, Trunk,
 };
 
 mod cluster;
@@ -106,34 +106,13 @@ impl Verifications {
         if callback_url.is_some() && !self.policy.signs_webhooks {
             return Err(VerifyError::UnsignedCallbacks);
         }
-        let limits = [
-            (
-                RateSubject::Phone,
-                Some(phone.as_str()),
-                self.policy.per_number_per_hour,
-            ),
-            (
-                RateSubject::User,
-                Some(user_ref),
-                self.policy.per_user_per_hour,
-            ),
-            (
-                RateSubject::ApiKey,
-                new.api_key_id.as_deref(),
-                self.policy.per_key_per_hour,
-            ),
-        ]
-        .into_iter()
         // u32::MAX means no limit: no need to count.
-        .filter(|(_, _, max)| *max != u32::MAX)
-        .filter_map(|(subject, value, max)| {
-            Some(RateLimit {
-                subject,
-                value: value?.to_owned(),
-                max: i64::from(max),
-            })
-        })
-        .collect();
+        let limit = |max: u32| (max != u32::MAX).then_some(i64::from(max));
+        let limits = Limits {
+            per_number: limit(self.policy.per_number_per_hour),
+            per_user: limit(self.policy.per_user_per_hour),
+            per_api_key: limit(self.policy.per_key_per_hour),
+        };
         let code = codes::generate(code_length);
         let mode = new.mode.unwrap_or(Mode::EnterCode);
         let mut row = self.new_row(phone.as_str(), user_ref, &code, locale, false);
@@ -156,13 +135,13 @@ impl Verifications {
         // store looks the key up before it checks lockouts and limits.
         let created = self
             .store
-            .create_verification(
-                &row,
+            .create_verification(Creation {
+                window_start: row.created_at - hour,
+                strikes_since: self.strikes_since(row.created_at),
+                verification: row.clone(),
                 idempotency,
                 limits,
-                row.created_at - hour,
-                self.strikes_since(row.created_at),
-            )
+            })
             .await?;
         let strikes = match created {
             Created::Inserted { strikes } => strikes,

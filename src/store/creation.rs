@@ -1,16 +1,26 @@
-//! Creating a verification as one store operation: the idempotency key, the lockouts and the
-//! rate limits are checked and the row inserted together, so that parallel requests for one
-//! number, user or API key cannot pass a limit together: each counted subject is locked first
-//! ([`subject_locks`]).
+//! Creating verifications: the idempotency key, the lockouts and the rate limits are checked
+//! and the rows inserted in one transaction, so that parallel requests for one number, user
+//! or API key cannot pass a limit together: each counted subject is locked first
+//! ([`subject_locks`]). On Postgres, creations that arrive while others are being written
+//! wait and are then written together ([`Batcher`]): one transaction and a handful of
+//! statements for all of them, each checked as if it ran alone after those before it. (On
+//! SQLite the writer commits the operations waiting for it together already.)
 
-use super::sql::{query, Conn};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
+use super::batches::Batcher;
+use super::engine::Engine;
+use super::lockouts::{standing_columns, standing_from};
+use super::sql::{placeholder_rows, query, Conn};
 use super::subject_locks;
-
+use super::verifications::insert_verifications;
+use super::{op, Backend, Store, StoreError};
 use crate::domain::verification::Verification;
 
-use super::lockouts::{standing_from, STANDING_COLUMNS};
-use super::verifications::insert_verification;
-use super::{op, Store, StoreError};
+/// Most creations written in one transaction.
+const MAX_BATCH: usize = 64;
 
 /// An earlier use of an idempotency key: the request's hash and what it created.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +30,7 @@ pub struct Earlier {
 }
 
 /// Who a rate limit counts creations of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RateSubject {
     Phone,
     User,
@@ -28,6 +38,7 @@ pub enum RateSubject {
 }
 
 impl RateSubject {
+    /// The column of `verifications` that names the subject.
     fn column(self) -> &'static str {
         match self {
             RateSubject::Phone => "phone",
@@ -37,18 +48,29 @@ impl RateSubject {
     }
 }
 
-/// At most `max` creations for `subject` = `value` since the window's start.
-#[derive(Debug, Clone)]
-pub struct RateLimit {
-    pub subject: RateSubject,
-    pub value: String,
-    pub max: i64,
+/// The most creations since the window's start for the verification's number, its user and
+/// its API key (`None`: not limited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    pub per_number: Option<i64>,
+    pub per_user: Option<i64>,
+    pub per_api_key: Option<i64>,
 }
 
-impl RateLimit {
-    /// The subject whose lock serialises its counts ([`subject_locks`]).
-    fn lock_subject(&self) -> String {
-        format!("{}:{}", self.subject.column(), self.value)
+impl Limits {
+    /// The maxima, in the order [`admission_sql`] binds them.
+    fn maxima(self) -> [Option<i64>; 3] {
+        [self.per_number, self.per_user, self.per_api_key]
+    }
+
+    /// Which limits count: bit 0 the number's, 1 the user's, 2 the API key's.
+    fn counted(self) -> usize {
+        self.maxima()
+            .iter()
+            .enumerate()
+            .filter(|(_, max)| max.is_some())
+            .map(|(bit, _)| 1 << bit)
+            .sum()
     }
 }
 
@@ -58,6 +80,19 @@ pub struct IdempotencyKey {
     pub api_key_id: String,
     pub key: String,
     pub request_hash: String,
+}
+
+/// A verification to create, with what is checked before it is.
+#[derive(Debug, Clone)]
+pub struct Creation {
+    pub verification: Verification,
+    /// An earlier use of it wins over every check.
+    pub idempotency: Option<IdempotencyKey>,
+    pub limits: Limits,
+    /// Creations since then count against the limits.
+    pub window_start: i64,
+    /// Wrong codes since then are the number's and the user's strikes.
+    pub strikes_since: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,210 +110,354 @@ pub enum Created {
     },
 }
 
-const FIND_IDEMPOTENT: &str = "SELECT request_hash, verification_id FROM idempotency_keys \
-                               WHERE api_key_id = $1 AND idem_key = $2";
+/// The creations waiting to be written together.
+pub(super) type Creations = Arc<Batcher<Creation, Created>>;
+
+/// A new [`Creations`].
+pub(super) fn creations() -> Creations {
+    Arc::new(Batcher::new(
+        run_batch,
+        // One statement counts a batch's limits: they are the same for all of it.
+        |first, next| first.limits == next.limits,
+        MAX_BATCH,
+    ))
+}
 
 impl Store {
-    /// Insert `v` after the checks, all in one transaction: an earlier use of `idempotency`
-    /// wins, then lockouts of its number or user in force at `v.created_at`, then `limits`
-    /// counted since `window_start`. The strikes counted are those since `strikes_since`.
-    pub async fn create_verification(
-        &self,
-        v: &Verification,
-        idempotency: Option<IdempotencyKey>,
-        limits: Vec<RateLimit>,
-        window_start: i64,
-        strikes_since: i64,
-    ) -> Result<Created, StoreError> {
-        let v = v.clone();
-        self.engine
+    /// Insert the creation's verification after the checks: an earlier use of its
+    /// idempotency key wins, then lockouts of its number or user in force at its
+    /// `created_at`, then its limits.
+    pub async fn create_verification(&self, creation: Creation) -> Result<Created, StoreError> {
+        match self.backend {
+            Backend::Postgres => self.creations.run(&self.engine, creation).await,
+            // The writer commits the operations waiting for it together already, and keeps
+            // taking more while it writes (a batch at a time would leave it idle between
+            // batches).
+            Backend::Sqlite => run_batch(self.engine.clone(), vec![creation])
+                .await?
+                .pop()
+                .ok_or(StoreError::NoRow),
+        }
+    }
+}
+
+fn run_batch(
+    engine: Engine,
+    batch: Vec<Creation>,
+) -> futures::future::BoxFuture<'static, Result<Vec<Created>, StoreError>> {
+    Box::pin(async move {
+        engine
             .run(op(move |c| {
-                Box::pin(async move {
-                    if let Some(earlier) = earlier_use(c, idempotency.as_ref()).await? {
-                        return Ok(Created::Existing(earlier));
-                    }
-                    let created = checked_insert(
-                        c,
-                        &v,
-                        idempotency.as_ref(),
-                        &limits,
-                        window_start,
-                        strikes_since,
-                    )
-                    .await;
-                    match created {
-                        Err(e) => match earlier_use(c, idempotency.as_ref()).await? {
-                            // Another daemon won the race for this key: its creation stands.
-                            Some(earlier) => Ok(Created::Existing(earlier)),
-                            None => Err(e),
-                        },
-                        other => other,
-                    }
-                })
+                Box::pin(async move { create_all(c, &batch).await })
             }))
             .await
-    }
-}
-
-async fn earlier_use(
-    c: &mut Conn,
-    key: Option<&IdempotencyKey>,
-) -> Result<Option<Earlier>, StoreError> {
-    match key {
-        Some(key) => find_idempotent(c, &key.api_key_id, &key.key).await,
-        None => Ok(None),
-    }
-}
-
-/// The earlier use of `key` by `api_key_id`, if any.
-async fn find_idempotent(
-    c: &mut Conn,
-    api_key_id: &str,
-    key: &str,
-) -> Result<Option<Earlier>, StoreError> {
-    let row = query(FIND_IDEMPOTENT)
-        .bind(api_key_id)
-        .bind(key)
-        .fetch_optional(&mut *c)
-        .await?;
-    row.map(|r| {
-        Ok(Earlier {
-            request_hash: r.try_get("request_hash")?,
-            verification_id: r.try_get("verification_id")?,
-        })
     })
-    .transpose()
 }
 
-async fn checked_insert(
-    c: &mut Conn,
-    v: &Verification,
-    idempotency: Option<&IdempotencyKey>,
-    limits: &[RateLimit],
-    window_start: i64,
-    strikes_since: i64,
-) -> Result<Created, StoreError> {
+/// The creations in `batch`, in order, in one transaction.
+async fn create_all(c: &mut Conn, batch: &[Creation]) -> Result<Vec<Created>, StoreError> {
+    let Some(limits) = batch.first().map(|first| first.limits) else {
+        return Ok(Vec::new());
+    };
     let mut tx = c.begin().await?;
-    // The API key's subject is shared by all of a web app's creations: it is locked last, for
-    // the count and the insert only, so that creations of other numbers and users wait for
-    // each other as briefly as can be.
-    let (shared, own): (Vec<&RateLimit>, Vec<&RateLimit>) = limits
-        .iter()
-        .partition(|l| l.subject == RateSubject::ApiKey);
-    // The number and the user (lockouts) and whatever their limits count.
-    let subjects = [
-        subject_locks::number(&v.phone),
-        subject_locks::user(&v.user_ref),
-    ]
-    .into_iter()
-    .chain(own.iter().map(|l| l.lock_subject()));
-    subject_locks::lock(&mut tx, subjects).await?;
-    // Under those locks, one statement reads the number's and the user's standing and counts
-    // their limits.
-    let counts = (0..own.len())
-        .map(|i| {
-            format!(
-                ", {}",
-                count_sql(own[i].subject, 6 + 2 * i, 5, 7 + 2 * i, i)
-            )
-        })
-        .collect::<String>();
-    let mut admission = query(format!("SELECT {}{counts}", STANDING_COLUMNS.as_str()))
-        .bind(v.created_at)
-        .bind(&v.phone)
-        .bind(&v.user_ref)
-        .bind(strikes_since);
-    if !own.is_empty() {
-        admission = own.iter().fold(admission.bind(window_start), |q, limit| {
-            q.bind(&limit.value).bind(limit.max)
+    subject_locks::lock(&mut tx, batch.iter().flat_map(subjects)).await?;
+    let mut earlier = earlier_uses(&mut tx, batch).await?;
+    let admissions = admissions(&mut tx, batch, limits).await?;
+    let mut results = Vec::with_capacity(batch.len());
+    let mut inserted = Vec::with_capacity(batch.len());
+    let mut created_here = CreatedHere::default();
+    for (creation, admission) in batch.iter().zip(admissions) {
+        let v = &creation.verification;
+        let key = creation.idempotency.as_ref();
+        let used = key.and_then(|k| earlier.get(&(k.api_key_id.clone(), k.key.clone())));
+        if let Some(earlier) = used {
+            results.push(Created::Existing(earlier.clone()));
+            continue;
+        }
+        if let Some(until) = admission.locked_until {
+            results.push(Created::LockedOut(until));
+            continue;
+        }
+        let over = created_here.over_limit(v, limits, &admission);
+        if let Some((subject, value, oldest_here)) = over {
+            let oldest = oldest_stored(&mut tx, subject, value, creation.window_start).await?;
+            results.push(Created::Limited {
+                subject,
+                oldest: oldest.or(oldest_here),
+            });
+            continue;
+        }
+        created_here.add(v);
+        if let Some(k) = key {
+            let now_used = Earlier {
+                request_hash: k.request_hash.clone(),
+                verification_id: v.id.clone(),
+            };
+            earlier.insert((k.api_key_id.clone(), k.key.clone()), now_used);
+        }
+        inserted.push(creation);
+        results.push(Created::Inserted {
+            strikes: admission.strikes,
         });
     }
-    let row = admission.fetch_one(&mut tx).await?;
-    let standing = standing_from(&row)?;
-    if let Some(until) = standing.locked_until {
-        return Ok(Created::LockedOut(until));
-    }
-    for (i, limit) in own.iter().enumerate() {
-        if row.try_get::<i64>(&format!("n{i}"))? >= limit.max {
-            return limited(&mut tx, limit, window_start).await;
-        }
-    }
-    if !shared.is_empty() {
-        subject_locks::lock(&mut tx, shared.iter().map(|l| l.lock_subject())).await?;
-    }
-    for limit in shared {
-        if let Some(limited) = over_limit(&mut tx, limit, window_start).await? {
-            return Ok(limited);
-        }
-    }
-    insert_verification(&mut tx, v).await?;
-    if let Some(key) = idempotency {
-        query(
-            "INSERT INTO idempotency_keys \
-             (api_key_id, idem_key, request_hash, verification_id, created_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&key.api_key_id)
-        .bind(&key.key)
-        .bind(&key.request_hash)
-        .bind(&v.id)
-        .bind(v.created_at)
-        .execute(&mut tx)
-        .await?;
-    }
+    insert_verifications(
+        &mut tx,
+        &inserted.iter().map(|c| &c.verification).collect::<Vec<_>>(),
+    )
+    .await?;
+    remember_keys(&mut tx, &inserted).await?;
     tx.commit().await?;
-    Ok(Created::Inserted {
-        strikes: standing.strikes,
-    })
+    Ok(results)
 }
 
-/// The count of `subject`'s creations (value `$value`) since `$since`, as column `n{i}`:
-/// counted up to the limit (`$max`) only, so that a busy subject costs no more than its
-/// limit.
-fn count_sql(subject: RateSubject, value: usize, since: usize, max: usize, i: usize) -> String {
-    let column = subject.column();
+/// The subjects a creation locks: its number and user (their lockouts and limits), its
+/// idempotency key, its API key (that key's limit).
+fn subjects(creation: &Creation) -> Vec<String> {
+    let v = &creation.verification;
+    let mut subjects = vec![
+        subject_locks::number(&v.phone),
+        subject_locks::user(&v.user_ref),
+    ];
+    if let Some(k) = &creation.idempotency {
+        subjects.push(subject_locks::idempotency_key(&k.api_key_id, &k.key));
+    }
+    if let (Some(_), Some(id)) = (creation.limits.per_api_key, &v.api_key_id) {
+        subjects.push(subject_locks::api_key(id));
+    }
+    subjects
+}
+
+/// The batch's idempotency keys used before, by API key and key.
+async fn earlier_uses(
+    c: &mut Conn,
+    batch: &[Creation],
+) -> Result<HashMap<(String, String), Earlier>, StoreError> {
+    let keys: Vec<&IdempotencyKey> = batch
+        .iter()
+        .filter_map(|c| c.idempotency.as_ref())
+        .collect();
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let matches = (0..keys.len())
+        .map(|i| {
+            format!(
+                "(api_key_id = ${} AND idem_key = ${})",
+                2 * i + 1,
+                2 * i + 2
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let mut find = query(format!(
+        "SELECT api_key_id, idem_key, request_hash, verification_id FROM idempotency_keys \
+         WHERE {matches}"
+    ));
+    for k in &keys {
+        find = find.bind(&k.api_key_id).bind(&k.key);
+    }
+    find.fetch_all(c)
+        .await?
+        .iter()
+        .map(|r| {
+            let key = (r.try_get("api_key_id")?, r.try_get("idem_key")?);
+            let earlier = Earlier {
+                request_hash: r.try_get("request_hash")?,
+                verification_id: r.try_get("verification_id")?,
+            };
+            Ok((key, earlier))
+        })
+        .collect()
+}
+
+/// What the store says about one creation, under the batch's locks.
+struct Admission {
+    locked_until: Option<i64>,
+    strikes: i64,
+    /// Creations counted in each limit's window, up to the limit (0 when not limited), in
+    /// the order of [`Limits::maxima`].
+    counts: [i64; 3],
+}
+
+/// Values bound for each creation [`admissions`] reads.
+const ADMISSION_VALUES: usize = 7;
+
+/// For each creation of `batch`, in order: its number's and user's standing and its counts
+/// in `limits`, in one statement. Each count stops at its limit, so that a busy subject
+/// costs no more than its limit.
+async fn admissions(
+    c: &mut Conn,
+    batch: &[Creation],
+    limits: Limits,
+) -> Result<Vec<Admission>, StoreError> {
+    let statement = match batch.len() {
+        1 => Cow::Borrowed(ADMISSION_OF_ONE[limits.counted()].as_str()),
+        n => Cow::Owned(admission_sql(n, limits.counted())),
+    };
+    let mut read = query(statement);
+    for (i, creation) in batch.iter().enumerate() {
+        let v = &creation.verification;
+        read = read
+            .bind(i as i64)
+            .bind(v.created_at)
+            .bind(&v.phone)
+            .bind(&v.user_ref)
+            .bind(creation.strikes_since)
+            .bind(creation.window_start)
+            .bind(&v.api_key_id);
+    }
+    for max in limits.maxima().into_iter().flatten() {
+        read = read.bind(max);
+    }
+    let rows = read.fetch_all(c).await?;
+    if rows.len() != batch.len() {
+        return Err(StoreError::NoRow);
+    }
+    rows.iter()
+        .map(|r| {
+            let standing = standing_from(r)?;
+            Ok(Admission {
+                locked_until: standing.locked_until,
+                strikes: standing.strikes,
+                counts: [
+                    r.try_get("phone_count")?,
+                    r.try_get("user_ref_count")?,
+                    r.try_get("api_key_id_count")?,
+                ],
+            })
+        })
+        .collect()
+}
+
+/// The statement [`admissions`] runs for `n` creations, with the limits whose bits are set
+/// in `counted` ([`Limits::counted`]).
+fn admission_sql(n: usize, counted: usize) -> String {
+    let mut next = n * ADMISSION_VALUES;
+    let counts = [
+        (RateSubject::Phone, "t.phone"),
+        (RateSubject::User, "t.user_ref"),
+        (RateSubject::ApiKey, "t.api_key"),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(bit, (subject, value))| {
+        let column = subject.column();
+        if counted & (1 << bit) == 0 {
+            return format!(", 0 AS {column}_count");
+        }
+        next += 1;
+        format!(
+            ", (SELECT COUNT(*) FROM (SELECT 1 FROM verifications \
+             WHERE {column} = {value} AND created_at > t.window_start AND is_test = 0 \
+             LIMIT ${next}) AS w) AS {column}_count"
+        )
+    })
+    .collect::<String>();
     format!(
-        "(SELECT COUNT(*) FROM (SELECT 1 FROM verifications \
-         WHERE {column} = ${value} AND created_at > ${since} AND is_test = 0 LIMIT ${max}) \
-         AS w{i}) AS n{i}"
+        "WITH t (i, at, phone, user_ref, strikes_since, window_start, api_key) AS \
+         (VALUES {}) \
+         SELECT t.i AS i, {}{counts} FROM t ORDER BY t.i",
+        placeholder_rows(n, ADMISSION_VALUES),
+        standing_columns("t.at", "t.phone", "t.user_ref", "t.strikes_since")
     )
 }
 
-/// `Limited` if `limit` is reached.
-async fn over_limit(
-    c: &mut Conn,
-    limit: &RateLimit,
-    window_start: i64,
-) -> Result<Option<Created>, StoreError> {
-    let row = query(format!("SELECT {}", count_sql(limit.subject, 1, 2, 3, 0)))
-        .bind(&limit.value)
-        .bind(window_start)
-        .bind(limit.max)
-        .fetch_one(&mut *c)
-        .await?;
-    if row.try_get::<i64>("n0")? < limit.max {
-        return Ok(None);
+/// [`admission_sql`] for one creation, for each set of limits, built once: most creations
+/// run alone.
+static ADMISSION_OF_ONE: LazyLock<Vec<String>> =
+    LazyLock::new(|| (0..8).map(|counted| admission_sql(1, counted)).collect());
+
+/// The creations a batch has inserted so far, for each subject: how many, and the oldest's
+/// time.
+#[derive(Default)]
+struct CreatedHere(HashMap<(RateSubject, String), (i64, i64)>);
+
+impl CreatedHere {
+    /// The first of `limits` that `v` is over, counting the store's creations
+    /// (`admission`) and these: its subject, the subject's value, and the oldest of these.
+    fn over_limit<'v>(
+        &self,
+        v: &'v Verification,
+        limits: Limits,
+        admission: &Admission,
+    ) -> Option<(RateSubject, &'v str, Option<i64>)> {
+        let counted = subjects_of(v).into_iter().zip(limits.maxima());
+        counted
+            .zip(admission.counts)
+            .find_map(|(((subject, value), max), stored)| {
+                let (value, max) = (value?, max?);
+                let (here, oldest) = match self.0.get(&(subject, value.to_owned())) {
+                    Some(&(n, oldest)) => (n, Some(oldest)),
+                    None => (0, None),
+                };
+                (stored + here >= max).then_some((subject, value, oldest))
+            })
     }
-    limited(c, limit, window_start).await.map(Some)
+
+    fn add(&mut self, v: &Verification) {
+        for (subject, value) in subjects_of(v) {
+            if let Some(value) = value {
+                let entry = self
+                    .0
+                    .entry((subject, value.to_owned()))
+                    .or_insert((0, v.created_at));
+                entry.0 += 1;
+            }
+        }
+    }
 }
 
-/// `limit` is reached: since its oldest creation in the window.
-async fn limited(
+/// Who `v`'s creation counts for, in the order of [`Limits::maxima`]: its number, its user,
+/// its API key (if any).
+fn subjects_of(v: &Verification) -> [(RateSubject, Option<&str>); 3] {
+    [
+        (RateSubject::Phone, Some(v.phone.as_str())),
+        (RateSubject::User, Some(v.user_ref.as_str())),
+        (RateSubject::ApiKey, v.api_key_id.as_deref()),
+    ]
+}
+
+/// The oldest creation of `subject` = `value` in the window, in the store.
+async fn oldest_stored(
     c: &mut Conn,
-    limit: &RateLimit,
+    subject: RateSubject,
+    value: &str,
     window_start: i64,
-) -> Result<Created, StoreError> {
-    let column = limit.subject.column();
-    let row = query(format!(
+) -> Result<Option<i64>, StoreError> {
+    let column = subject.column();
+    query(format!(
         "SELECT MIN(created_at) AS oldest FROM verifications \
          WHERE {column} = $1 AND created_at > $2 AND is_test = 0"
     ))
-    .bind(&limit.value)
+    .bind(value)
     .bind(window_start)
-    .fetch_one(&mut *c)
-    .await?;
-    Ok(Created::Limited {
-        subject: limit.subject,
-        oldest: row.try_get("oldest")?,
-    })
+    .fetch_one(c)
+    .await?
+    .try_get("oldest")
+}
+
+/// Remember the idempotency keys of the `inserted` creations.
+async fn remember_keys(c: &mut Conn, inserted: &[&Creation]) -> Result<(), StoreError> {
+    let keyed: Vec<(&IdempotencyKey, &Verification)> = inserted
+        .iter()
+        .filter_map(|c| Some((c.idempotency.as_ref()?, &c.verification)))
+        .collect();
+    if keyed.is_empty() {
+        return Ok(());
+    }
+    let mut insert = query(format!(
+        "INSERT INTO idempotency_keys \
+         (api_key_id, idem_key, request_hash, verification_id, created_at) VALUES {}",
+        placeholder_rows(keyed.len(), 5)
+    ));
+    for (key, v) in keyed {
+        insert = insert
+            .bind(&key.api_key_id)
+            .bind(&key.key)
+            .bind(&key.request_hash)
+            .bind(&v.id)
+            .bind(v.created_at);
+    }
+    insert.execute(c).await?;
+    Ok(())
 }

@@ -259,7 +259,7 @@ pub struct Standing {
     pub strikes: i64,
 }
 
-/// [`Store::standing`] on a connection (also read in the creation's transaction).
+/// [`Store::standing`] on a connection.
 pub(super) async fn standing(
     c: &mut Conn,
     phone: &str,
@@ -277,7 +277,7 @@ pub(super) async fn standing(
     standing_from(&row)
 }
 
-/// A [`Standing`] from a row with [`STANDING_COLUMNS`].
+/// A [`Standing`] from a row with the [`standing_columns`].
 pub(super) fn standing_from(row: &Row) -> Result<Standing, StoreError> {
     Ok(Standing {
         locked_until: row.try_get("latest")?,
@@ -298,20 +298,21 @@ fn strikes_sql(phone: &str, user: &str, since: &str) -> String {
     )
 }
 
-/// The columns of a [`Standing`] ([`standing_from`] reads them): at `$1`, of number `$2`
-/// and user `$3`, the wrong codes since `$4`.
-pub(super) static STANDING_COLUMNS: LazyLock<String> = LazyLock::new(|| {
+/// The columns of a [`Standing`] ([`standing_from`] reads them): at `at`, of number `phone`
+/// and user `user`, the wrong codes since `since`; each a placeholder or a column.
+pub(super) fn standing_columns(at: &str, phone: &str, user: &str, since: &str) -> String {
     format!(
-        "(SELECT MAX(locked_until) FROM lockouts WHERE locked_until > $1 AND \
-             ((kind = 'phone' AND subject = $2) OR (kind = 'user' AND subject = $3))) AS latest, \
+        "(SELECT MAX(locked_until) FROM lockouts WHERE locked_until > {at} AND \
+             ((kind = 'phone' AND subject = {phone}) OR (kind = 'user' AND subject = {user}))) \
+             AS latest, \
          {} AS strikes",
-        strikes_sql("$2", "$3", "$4")
+        strikes_sql(phone, user, since)
     )
-});
+}
 
 /// [`standing`]'s statement.
 static STANDING: LazyLock<String> =
-    LazyLock::new(|| format!("SELECT {}", STANDING_COLUMNS.as_str()));
+    LazyLock::new(|| format!("SELECT {}", standing_columns("$1", "$2", "$3", "$4")));
 
 /// [`strikes_of`]: of number `$1` and user `$2` since `$3`.
 static STRIKES_OF: LazyLock<String> =

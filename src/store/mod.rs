@@ -20,11 +20,12 @@
 
 mod api_keys;
 mod attempts;
+mod batches;
 mod creation;
 mod daemons;
 mod dial_queue;
 mod engine;
-mod error;
+pub mod error;
 mod lockouts;
 mod manual_requests;
 mod outbox;
@@ -41,7 +42,7 @@ mod upkeep;
 mod verifications;
 
 pub use attempts::{Begun, Recovered};
-pub use creation::{Created, Earlier, IdempotencyKey, RateLimit, RateSubject};
+pub use creation::{Created, Creation, Earlier, IdempotencyKey, Limits, RateSubject};
 pub use daemons::{DaemonRow, TakenOver};
 pub use error::{redact_url, StoreError};
 pub use lockouts::{CheckRow, Checked, Checker, Checks, Standing, StrikeRule};
@@ -93,6 +94,8 @@ pub struct Store {
     url: Arc<str>,
     /// When the history purge last emptied SQLite's WAL, and whether it deleted since.
     history_wal: Arc<std::sync::Mutex<retention::WalDebt>>,
+    /// Creations waiting to be written together.
+    creations: creation::Creations,
 }
 
 /// Box an operation for the engine.
@@ -131,6 +134,7 @@ impl Store {
                 backend: Backend::Sqlite,
                 url: url.into(),
                 history_wal: Arc::default(),
+                creations: creation::creations(),
             });
         }
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -151,13 +155,17 @@ impl Store {
                     Ok(true)
                 })
             })
-            .connect_with(PgConnectOptions::from_str(url)?)
+            // Batched creations bring a statement for each batch size (up to 64 of each of
+            // their few kinds) beside the hundred or so the rest of the store uses: sqlx's
+            // default of 100 prepared statements a connection would evict the calls' own.
+            .connect_with(PgConnectOptions::from_str(url)?.statement_cache_capacity(512))
             .await?;
         Ok(Self {
             engine: Engine::Pool(pool),
             backend: Backend::Postgres,
             url: url.into(),
             history_wal: Arc::default(),
+            creations: creation::creations(),
         })
     }
 

@@ -156,6 +156,21 @@ impl<T: Decode> Decode for Option<T> {
     }
 }
 
+/// `rows` rows of `per_row` placeholders each, numbered on from `$1`, for a multi-row
+/// `VALUES`: `($1, $2), ($3, $4)`.
+pub fn placeholder_rows(rows: usize, per_row: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let values = (1..=per_row)
+                .map(|i| format!("${}", row * per_row + i))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("({values})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A row, its columns read by name (every expression a statement returns has one).
 #[derive(Debug, Clone)]
 pub struct Row {

@@ -6,13 +6,15 @@
 //!
 //! On Postgres (several daemons on one database) each takes its subjects' transaction
 //! advisory locks as its first statement, all in one fixed order, so that none waits for
-//! another's second lock. On SQLite the single writer already runs operations one at a time:
+//! another's second lock: sorted by name, an API key's subject last. A web app's creations
+//! all count against its API key: taking that lock last, none of them holds it while it waits
+//! for a number or a user. On SQLite the single writer already runs operations one at a time:
 //! nothing is taken there.
 
 use std::collections::BTreeSet;
 use std::sync::LazyLock;
 
-use super::sql::{query, Conn};
+use super::sql::{placeholder_rows, query, Conn};
 use super::StoreError;
 
 /// The subject of a number's lockout, wrong codes and rate limit.
@@ -25,13 +27,26 @@ pub(super) fn user(user_ref: &str) -> String {
     format!("user:{user_ref}")
 }
 
+/// The subject of an API key's creations (its rate limit).
+pub(super) fn api_key(id: &str) -> String {
+    format!("{API_KEY}{id}")
+}
+
+/// The subject of an API key's `Idempotency-Key`: one creation may use it.
+pub(super) fn idempotency_key(api_key_id: &str, key: &str) -> String {
+    format!("idempotency:{api_key_id}:{key}")
+}
+
+/// What an API key's subject begins with.
+const API_KEY: &str = "api_key_id:";
+
 /// The subject of the sign-in attempts at a name.
 pub(super) fn sign_in(name: &str) -> String {
     format!("sign-in:{name}")
 }
 
 /// Take the transaction advisory locks of `subjects` (on Postgres), in one statement and in
-/// a fixed order (a BTreeSet's).
+/// the fixed order: by name, API keys' subjects last.
 pub(super) async fn lock(
     c: &mut Conn,
     subjects: impl IntoIterator<Item = String>,
@@ -39,7 +54,10 @@ pub(super) async fn lock(
     if !c.is_postgres() {
         return Ok(());
     }
-    let subjects: BTreeSet<String> = subjects.into_iter().collect();
+    let subjects: BTreeSet<(bool, String)> = subjects
+        .into_iter()
+        .map(|s| (s.starts_with(API_KEY), s))
+        .collect();
     let cached = subjects
         .len()
         .checked_sub(1)
@@ -48,7 +66,7 @@ pub(super) async fn lock(
         Some(statement) => query(statement.as_str()),
         None => query(statement(subjects.len())),
     };
-    for subject in subjects {
+    for (_, subject) in subjects {
         locks = locks.bind(subject);
     }
     locks.execute(c).await?;
@@ -58,11 +76,10 @@ pub(super) async fn lock(
 /// The statement that locks `n` subjects, bound `$1` to `$n` in order (VALUES rows are
 /// taken in the order written).
 fn statement(n: usize) -> String {
-    let rows = (1..=n)
-        .map(|i| format!("(${i})"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!("SELECT pg_advisory_xact_lock(hashtextextended(s, 0)) FROM (VALUES {rows}) AS t (s)")
+    format!(
+        "SELECT pg_advisory_xact_lock(hashtextextended(s, 0)) FROM (VALUES {}) AS t (s)",
+        placeholder_rows(n, 1)
+    )
 }
 
 /// [`statement`] for 1 to 4 subjects (a check takes two, a creation up to four), built

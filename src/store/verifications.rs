@@ -1,15 +1,17 @@
 //! The `verifications` table: inserting and reading verifications, and their status changes
 //! outside the dialer (a transition, a read code delivered).
 
+use std::borrow::Cow;
 use std::str::FromStr;
+use std::sync::LazyLock;
 
-use super::sql::{query, Conn, Row};
+use super::sql::{placeholder_rows, query, Conn, Row};
 
 use super::{op, Store, StoreError};
 use crate::domain::status::Status;
 use crate::domain::verification::Verification;
 
-/// The columns [`verification_from_row`] reads, in the order [`insert_verification`] binds
+/// The columns [`verification_from_row`] reads, in the order [`insert_verifications`] binds
 /// them.
 pub(super) const VERIFICATION_COLUMNS: &str = "id, phone, user_ref, code_hash, code_length, \
      status, attempts_used, max_attempts, locale, is_test, created_at, updated_at, expires_at, \
@@ -104,38 +106,66 @@ impl Store {
     }
 }
 
-/// Insert `v`, due a call at once unless it is a test verification. Also run by
+/// Insert `v`, due a call at once unless it is a test verification.
+async fn insert_verification(c: &mut Conn, v: &Verification) -> Result<(), StoreError> {
+    insert_verifications(c, &[v]).await
+}
+
+/// Insert `rows` in one statement (see [`insert_verification`]). Also run by
 /// [`Store::create_verification`] inside its transaction.
-pub(super) async fn insert_verification(c: &mut Conn, v: &Verification) -> Result<(), StoreError> {
-    // Due a call at once, except test verifications, which the QA line calls itself.
-    query(format!(
-        "INSERT INTO verifications ({VERIFICATION_COLUMNS}, next_call_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
-    ))
-    .bind(&v.id)
-    .bind(&v.phone)
-    .bind(&v.user_ref)
-    .bind(&v.code_hash)
-    .bind(v.code_length)
-    .bind(v.status.as_str())
-    .bind(v.attempts_used)
-    .bind(v.max_attempts)
-    .bind(&v.locale)
-    .bind(i64::from(v.is_test))
-    .bind(v.created_at)
-    .bind(v.updated_at)
-    .bind(v.expires_at)
-    .bind(v.verified_at)
-    .bind(&v.api_key_id)
-    .bind(&v.callback_url)
-    .bind(v.mode.as_str())
-    .bind(&v.sealed_code)
-    .bind(v.code_delivered_at)
-    .bind((!v.is_test).then_some(v.created_at))
-    .execute(c)
-    .await?;
+pub(super) async fn insert_verifications(
+    c: &mut Conn,
+    rows: &[&Verification],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let statement = match rows.len() {
+        1 => Cow::Borrowed(INSERT_ONE.as_str()),
+        n => Cow::Owned(insert_sql(n)),
+    };
+    let mut insert = query(statement);
+    for v in rows {
+        insert = insert
+            .bind(&v.id)
+            .bind(&v.phone)
+            .bind(&v.user_ref)
+            .bind(&v.code_hash)
+            .bind(v.code_length)
+            .bind(v.status.as_str())
+            .bind(v.attempts_used)
+            .bind(v.max_attempts)
+            .bind(&v.locale)
+            .bind(i64::from(v.is_test))
+            .bind(v.created_at)
+            .bind(v.updated_at)
+            .bind(v.expires_at)
+            .bind(v.verified_at)
+            .bind(&v.api_key_id)
+            .bind(&v.callback_url)
+            .bind(v.mode.as_str())
+            .bind(&v.sealed_code)
+            .bind(v.code_delivered_at)
+            // Due a call at once, except test verifications, which the QA line calls itself.
+            .bind((!v.is_test).then_some(v.created_at));
+    }
+    insert.execute(c).await?;
     Ok(())
 }
+
+/// Values bound for each row [`insert_verifications`] inserts.
+const INSERTED_VALUES: usize = 20;
+
+/// The statement that inserts `n` verifications.
+fn insert_sql(n: usize) -> String {
+    format!(
+        "INSERT INTO verifications ({VERIFICATION_COLUMNS}, next_call_at) VALUES {}",
+        placeholder_rows(n, INSERTED_VALUES)
+    )
+}
+
+/// [`insert_sql`] for one row, built once: the QA line inserts one for every test call.
+static INSERT_ONE: LazyLock<String> = LazyLock::new(|| insert_sql(1));
 
 /// A verification from a row with the [`VERIFICATION_COLUMNS`].
 pub(super) fn verification_from_row(r: &Row) -> Result<Verification, StoreError> {

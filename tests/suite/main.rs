@@ -15,6 +15,7 @@ mod cli;
 mod cluster;
 mod configuration;
 mod console;
+mod creation;
 mod dialer;
 mod doctor;
 mod faults;

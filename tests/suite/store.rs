@@ -28,12 +28,12 @@ fn rule(now: i64) -> StrikeRule {
     }
 }
 
-/// Verification `id` of `phone` and `user`, in a call.
 /// The lockout in force for a number or a user at `now`.
 async fn locked_until(s: &Store, phone: &str, user: &str, now: i64) -> Option<i64> {
     s.standing(phone, user, now, 0).await.unwrap().locked_until
 }
 
+/// Verification `id` of `phone` and `user`, in a call.
 async fn in_call(s: &Store, id: &str, phone: &str, user: &str) -> (i64, Verification) {
     s.insert_verification(&row(id, phone, user)).await.unwrap();
     match s.begin_attempt(id, "c", id, "d1", now_ms()).await.unwrap() {
@@ -801,7 +801,9 @@ async fn checks_approvals_and_creations_of_a_number_wait_for_its_lock() {
             let s = s.clone();
             Box::pin(async move {
                 let new = row("vf_created", phone, "carol");
-                let created = s.create_verification(&new, None, Vec::new(), 0, 0).await;
+                let created = s
+                    .create_verification(crate::creation::creation(new, Default::default()))
+                    .await;
                 assert!(matches!(
                     created.unwrap(),
                     callverify::store::Created::Inserted { .. }

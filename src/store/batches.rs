@@ -1,0 +1,272 @@
+//! Operations of one kind that arrive while one of their kind runs wait for it, and then run
+//! together as one: one transaction, one commit, one round trip per statement for all of
+//! them, where each alone pays its own (on Postgres the commit's flush and the round trips
+//! are most of what an operation costs). An operation that arrives when none of its kind runs
+//! starts at once, so nothing waits for a batch to fill.
+//!
+//! A batch runs in a task of its own, so a caller that goes away (an HTTP client that hangs
+//! up) leaves the others' batch running. A batch that fails is run again one operation at a
+//! time, so that one operation's failure is only its own.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::future::BoxFuture;
+use tokio::sync::oneshot;
+
+use super::engine::Engine;
+use super::StoreError;
+
+/// Runs a batch of operations on `engine`: all of them or, on an error, none; one result for
+/// each, in order.
+pub(super) type RunBatch<T, R> =
+    fn(Engine, Vec<T>) -> BoxFuture<'static, Result<Vec<R>, StoreError>>;
+
+pub(super) struct Batcher<T, R> {
+    waiting: Mutex<Waiting<T, R>>,
+    run: RunBatch<T, R>,
+    /// Whether an operation may run in one batch with the batch's first.
+    joins: fn(&T, &T) -> bool,
+    /// Most operations in one batch.
+    max: usize,
+}
+
+struct Waiting<T, R> {
+    queue: VecDeque<Waiter<T, R>>,
+    /// A task is running batches.
+    running: bool,
+}
+
+struct Waiter<T, R> {
+    operation: T,
+    reply: oneshot::Sender<Result<R, StoreError>>,
+}
+
+impl<T, R> Batcher<T, R>
+where
+    T: Clone + Send + 'static,
+    R: Send + 'static,
+{
+    pub fn new(run: RunBatch<T, R>, joins: fn(&T, &T) -> bool, max: usize) -> Self {
+        Self {
+            waiting: Mutex::new(Waiting {
+                queue: VecDeque::new(),
+                running: false,
+            }),
+            run,
+            joins,
+            max: max.max(1),
+        }
+    }
+
+    /// Run `operation` on `engine`, in a batch with those waiting beside it.
+    pub async fn run(self: &Arc<Self>, engine: &Engine, operation: T) -> Result<R, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let start = {
+            let mut waiting = self.lock();
+            waiting.queue.push_back(Waiter { operation, reply });
+            !std::mem::replace(&mut waiting.running, true)
+        };
+        if start {
+            tokio::spawn(Arc::clone(self).drain(engine.clone()));
+        }
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting<T, R>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Run batches until none is waiting.
+    async fn drain(self: Arc<Self>, engine: Engine) {
+        let _panic = Unstick {
+            batcher: Arc::clone(&self),
+            engine: engine.clone(),
+        };
+        while let Some(batch) = self.next_batch() {
+            self.run_batch(&engine, batch).await;
+        }
+    }
+
+    /// The operations of the next batch: the first waiting and those after it that join it.
+    /// `None` when none waits, and the next to arrive starts a new task.
+    fn next_batch(&self) -> Option<Vec<Waiter<T, R>>> {
+        let mut waiting = self.lock();
+        let Some(first) = waiting.queue.pop_front() else {
+            waiting.running = false;
+            return None;
+        };
+        let mut batch = vec![first];
+        while batch.len() < self.max {
+            match waiting.queue.front() {
+                Some(next) if (self.joins)(&batch[0].operation, &next.operation) => {
+                    batch.extend(waiting.queue.pop_front());
+                }
+                _ => break,
+            }
+        }
+        Some(batch)
+    }
+
+    async fn run_batch(&self, engine: &Engine, batch: Vec<Waiter<T, R>>) {
+        let (operations, replies): (Vec<T>, Vec<_>) =
+            batch.into_iter().map(|w| (w.operation, w.reply)).unzip();
+        if operations.len() > 1 {
+            match (self.run)(engine.clone(), operations.clone()).await {
+                Ok(results) if results.len() == replies.len() => {
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(Ok(result));
+                    }
+                    return;
+                }
+                Ok(results) => tracing::error!(
+                    operations = replies.len(),
+                    results = results.len(),
+                    "a batch gave a result per operation, not one each: running them one at a time"
+                ),
+                Err(e) => tracing::warn!(
+                    operations = replies.len(),
+                    error = %e,
+                    "a batch of store operations failed: running them one at a time"
+                ),
+            }
+        }
+        let alone = operations
+            .into_iter()
+            .zip(replies)
+            .map(|(operation, reply)| {
+                let run = (self.run)(engine.clone(), vec![operation]);
+                async move {
+                    let result = run
+                        .await
+                        .and_then(|mut results| results.pop().ok_or(StoreError::NoRow));
+                    let _ = reply.send(result);
+                }
+            });
+        futures::future::join_all(alone).await;
+    }
+}
+
+/// If a batch panics, its callers get [`StoreError::Closed`] and a new task runs the
+/// operations waiting behind it.
+struct Unstick<T, R>
+where
+    T: Clone + Send + 'static,
+    R: Send + 'static,
+{
+    batcher: Arc<Batcher<T, R>>,
+    engine: Engine,
+}
+
+impl<T, R> Drop for Unstick<T, R>
+where
+    T: Clone + Send + 'static,
+    R: Send + 'static,
+{
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut waiting = self.batcher.lock();
+        if waiting.queue.is_empty() {
+            waiting.running = false;
+        } else {
+            drop(waiting);
+            tokio::spawn(Arc::clone(&self.batcher).drain(self.engine.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sql::Conn;
+
+    /// An operation: its number, and where its batch is noted.
+    #[derive(Clone)]
+    struct Numbered {
+        n: u32,
+        batches: Arc<Mutex<Vec<Vec<u32>>>>,
+    }
+
+    /// Notes the batch; fails a batch with 13 in it and panics in one with 99; answers each
+    /// number doubled. Odd and even numbers do not join.
+    fn batcher(max: usize) -> Arc<Batcher<Numbered, u32>> {
+        Arc::new(Batcher::new(
+            |_, batch| {
+                Box::pin(async move {
+                    let numbers: Vec<u32> = batch.iter().map(|o| o.n).collect();
+                    batch[0].batches.lock().unwrap().push(numbers.clone());
+                    if numbers.contains(&99) {
+                        panic!("a bug in a batch");
+                    }
+                    if numbers.contains(&13) {
+                        return Err(StoreError::NoRow);
+                    }
+                    Ok(numbers.iter().map(|n| n * 2).collect())
+                })
+            },
+            |first, next| first.n % 2 == next.n % 2,
+            max,
+        ))
+    }
+
+    fn engine() -> Engine {
+        let open = || Ok(Conn::sqlite(rusqlite::Connection::open_in_memory()?));
+        Engine::writer(open().unwrap(), Arc::new(open))
+    }
+
+    /// Run `numbers` at once (on this test's one thread, all wait before the first batch
+    /// runs); the batches, and each one's result.
+    async fn run_together(
+        max: usize,
+        numbers: &[u32],
+    ) -> (Vec<Vec<u32>>, Vec<Result<u32, StoreError>>) {
+        let (b, engine, batches) = (batcher(max), engine(), Arc::default());
+        let results = futures::future::join_all(numbers.iter().map(|&n| {
+            let op = Numbered {
+                n,
+                batches: Arc::clone(&batches),
+            };
+            let (b, engine) = (Arc::clone(&b), engine.clone());
+            async move { b.run(&engine, op).await }
+        }))
+        .await;
+        let batches = batches.lock().unwrap().clone();
+        (batches, results)
+    }
+
+    #[tokio::test]
+    async fn operations_waiting_together_run_as_one_batch_in_order() {
+        let (batches, results) = run_together(64, &[2, 4, 6, 8]).await;
+        assert_eq!(batches, vec![vec![2, 4, 6, 8]]);
+        let answers: Vec<u32> = results.into_iter().map(Result::unwrap).collect();
+        assert_eq!(answers, vec![4, 8, 12, 16]);
+    }
+
+    #[tokio::test]
+    async fn batches_hold_at_most_max_and_only_operations_that_join() {
+        let (batches, results) = run_together(3, &[2, 4, 6, 8, 1, 3, 10]).await;
+        assert_eq!(batches, vec![vec![2, 4, 6], vec![8], vec![1, 3], vec![10]]);
+        assert!(results.iter().all(Result::is_ok));
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_runs_again_one_operation_at_a_time() {
+        let (batches, results) = run_together(64, &[1, 13, 5]).await;
+        assert_eq!(batches, vec![vec![1, 13, 5], vec![1], vec![13], vec![5]]);
+        assert_eq!(results[0].as_ref().unwrap(), &2);
+        assert!(matches!(results[1], Err(StoreError::NoRow)));
+        assert_eq!(results[2].as_ref().unwrap(), &10);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_batch_fails_its_own_and_those_behind_it_still_run() {
+        let (batches, results) = run_together(2, &[1, 99, 3, 5]).await;
+        assert_eq!(batches, vec![vec![1, 99], vec![3, 5]]);
+        assert!(matches!(results[0], Err(StoreError::Closed)));
+        assert!(matches!(results[1], Err(StoreError::Closed)));
+        assert_eq!(results[2].as_ref().unwrap(), &6);
+        assert_eq!(results[3].as_ref().unwrap(), &10);
+    }
+}
