@@ -238,6 +238,10 @@ pub async fn hear_code<R: Recognise>(
         .await
 }
 
+/// Interim recognitions in one listening turn, at most: a caller pausing between digit
+/// groups and once more at the end needs two or three.
+const MAX_INTERIMS: u32 = 3;
+
 /// A listening turn whose audio has stopped, before its last recognition: the transport can
 /// end the stream (and the caller hears the call go on) before that recognition runs.
 pub struct Turn {
@@ -270,6 +274,7 @@ pub async fn listen_for_code<R: Recognise>(
     let mut endpointer = Endpointer::new(settings);
     endpointer.expect_words(code_length);
     let mut recognitions = 0;
+    let mut interims = 0;
     let mut interim: Option<(Option<Duration>, Recognition)> = None;
     // Received audio when an interim with the code's length began: it is the result unless
     // the audio that came while it ran (read without waiting) has speech again.
@@ -294,7 +299,11 @@ pub async fn listen_for_code<R: Recognise>(
             complete_at = None;
         }
         match event {
+            // Each interim costs a recognition or two: a caller making short noises with
+            // pauses between them cannot have more than a few.
+            Some(Endpoint::Pause) if interims == MAX_INTERIMS => {}
             Some(Endpoint::Pause) => {
+                interims += 1;
                 let started_at = endpointer.received();
                 let result = read(recogniser, &endpointer, code_length, &mut recognitions).await?;
                 let heard = result.digits.len();
@@ -588,6 +597,29 @@ mod tests {
         );
         let lengths = recogniser.heard_samples.lock().unwrap().clone();
         assert!(lengths[0] < lengths[1], "the end recognises all the audio");
+    }
+
+    #[tokio::test]
+    async fn short_noises_with_pauses_between_cost_a_few_recognitions() {
+        // Six digits, then 20 ms noises 0.3 s apart until the listening cap: each is
+        // followed by the early pause; none of the readings has the code's length.
+        let recogniser = Scripted::new(&["4 8 2"; 40]);
+        let mut audio = call_audio(6, 300);
+        audio.truncate(audio.len() - 150);
+        let noise: Vec<i16> = (0..160)
+            .map(|i| (8000.0 * (i as f32 * 0.3).sin()) as i16)
+            .collect();
+        for _ in 0..40 {
+            audio.push(noise.clone());
+            audio.extend(vec![vec![0; 160]; 15]);
+        }
+        let heard = hear(&recogniser, audio).await;
+        assert_eq!(heard.ending, Ending::Endpoint(EndReason::Cap));
+        assert!(
+            heard.recognitions <= 2 * MAX_INTERIMS + 2,
+            "{} recognitions",
+            heard.recognitions
+        );
     }
 
     #[tokio::test]
