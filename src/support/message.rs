@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use callverify_audio::SAMPLE_RATE;
 use callverify_pbx::audiosocket::{AudioStream, Heard};
+use callverify_speech::{self as speech, Sound};
+use futures::StreamExt;
 
 #[derive(Debug, Clone, Copy)]
 pub struct MessageLimits {
@@ -66,15 +68,32 @@ pub async fn record(mut stream: AudioStream, limits: MessageLimits) -> Message {
     let mut recorder = Recorder::new(limits);
     let backstop = limits.max + limits.no_speech + Duration::from_secs(10);
     let ended_by = tokio::time::timeout(backstop, async {
-        loop {
-            match stream.next().await {
-                None => return (MessageEnd::HungUp, false),
-                Some(heard) => {
-                    if let Some(end) = recorder.hear(heard) {
-                        return (end, true);
+        let mut pound = false;
+        let audio = futures::stream::unfold((&mut stream, &mut pound), |(stream, pound)| async {
+            loop {
+                match stream.next().await? {
+                    Heard::Audio(samples) => return Some((samples, (stream, pound))),
+                    Heard::Key('#') => {
+                        *pound = true;
+                        return None;
                     }
+                    // Other keys are not part of the message.
+                    Heard::Key(_) => {}
                 }
             }
+        });
+        // A channel that sends no frames while its caller is silent leaves gaps: silence
+        // as long as the wall clock says, so the message ends on it.
+        let mut sounds = speech::with_gaps(Box::pin(audio), speech::GAP_TICK);
+        while let Some(sound) = sounds.next().await {
+            if let Some(end) = recorder.hear(sound) {
+                return (end, true);
+            }
+        }
+        drop(sounds);
+        match pound {
+            true => (MessageEnd::Key, true),
+            false => (MessageEnd::HungUp, false),
         }
     })
     .await;
@@ -113,22 +132,25 @@ impl Recorder {
         }
     }
 
-    /// Take what was heard; the reason the message ends, if it does.
-    fn hear(&mut self, heard: Heard) -> Option<MessageEnd> {
-        let frame = match heard {
-            Heard::Key('#') => return Some(MessageEnd::Key),
-            // Other keys are not part of the message.
-            Heard::Key(_) => return None,
-            Heard::Audio(frame) => frame,
-        };
+    /// Take what was heard (a gap is silence: kept as such, so the pauses stay in the
+    /// message); the reason the message ends, if it does.
+    fn hear(&mut self, sound: Sound) -> Option<MessageEnd> {
         let max = duration_to_samples(self.limits.max);
         let room = max.saturating_sub(self.samples.len());
-        let frame = &frame[..frame.len().min(room)];
-        if dbfs(frame) > VOICE_DBFS {
-            self.first_voice.get_or_insert(self.samples.len());
-            self.last_voice = self.samples.len() + frame.len();
+        match sound {
+            Sound::Audio(frame) => {
+                let frame = &frame[..frame.len().min(room)];
+                if dbfs(frame) > VOICE_DBFS {
+                    self.first_voice.get_or_insert(self.samples.len());
+                    self.last_voice = self.samples.len() + frame.len();
+                }
+                self.samples.extend_from_slice(frame);
+            }
+            Sound::Gap(gap) => {
+                let silence = duration_to_samples(gap).min(room);
+                self.samples.resize(self.samples.len() + silence, 0);
+            }
         }
-        self.samples.extend_from_slice(frame);
         let heard = self.samples.len();
         if heard >= max {
             return Some(MessageEnd::Cap);
@@ -197,7 +219,7 @@ mod tests {
     fn feed(r: &mut Recorder, samples: &[i16]) -> Option<MessageEnd> {
         samples
             .chunks(160)
-            .find_map(|f| r.hear(Heard::Audio(f.to_vec())))
+            .find_map(|f| r.hear(Sound::Audio(f.to_vec())))
     }
 
     #[test]
@@ -226,15 +248,17 @@ mod tests {
     }
 
     #[test]
-    fn pound_ends_and_other_keys_are_ignored() {
+    fn a_gap_in_the_frames_is_silence_kept_in_the_message() {
         let mut r = Recorder::new(limits());
-        feed(&mut r, &voice(500));
-        assert_eq!(r.hear(Heard::Key('5')), None);
-        assert_eq!(r.hear(Heard::Key('#')), Some(MessageEnd::Key));
+        assert_eq!(feed(&mut r, &voice(500)), None);
+        assert_eq!(r.hear(Sound::Gap(Duration::from_millis(1000))), None);
+        assert_eq!(feed(&mut r, &voice(500)), None);
         assert_eq!(
-            r.finish(MessageEnd::Key).duration(),
-            Duration::from_millis(500)
+            r.hear(Sound::Gap(Duration::from_millis(3000))),
+            Some(MessageEnd::Silence)
         );
+        let m = r.finish(MessageEnd::Silence);
+        assert_eq!(m.duration(), Duration::from_millis(2300));
     }
 
     #[test]

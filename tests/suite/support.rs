@@ -888,6 +888,32 @@ async fn a_cli_verification_is_no_keys(db: Db) {
     d.stop().await;
 }
 
+/// Local channels, and SIP legs with silence suppression, send no frames while the caller is
+/// quiet: the message ends on that silence as on silent frames, not at the wall-clock
+/// backstop (here 3 + 10 + 10 s).
+#[tokio::test]
+async fn a_message_on_a_channel_that_sends_no_frames_in_silence_ends_on_it() {
+    let d = crate::common::start_with(Db::Sqlite, |c| {
+        closed(c);
+        c.support.max_message_secs = 3;
+        c.support.end_silence_secs = 1;
+    })
+    .await;
+    let api = api(&d).await;
+    let talk = Talk::new().say(voice(800)).then(AfterTalk::Quiet);
+    let t = run_support(&d, support_call("+14155550196", 0).talk(talk)).await;
+    assert_eq!(
+        t.count_prompt("callverify/support-thanks"),
+        1,
+        "{:?}",
+        t.commands
+    );
+    let listed = api.requests("open").await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["ended_by"], "silence");
+    d.stop().await;
+}
+
 on_both_backends!(
     the_support_line_takes_a_bounded_number_of_messages,
     a_cli_verification_is_no_keys,
