@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use layers::{anchor_paths, apply_env, merge};
+use layers::{anchor_paths, apply_env, merge, mistyped_secret};
 
 pub use sections::*;
 pub use source::{Source, DEFAULT_FILE, FILE_VARIABLE, SYSTEM_FILE};
@@ -69,11 +69,21 @@ impl Config {
         source: &Source,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        if let Source::Untrusted { path, why } = source {
-            return Err(ConfigError::Untrusted {
-                path: path.clone(),
-                why: why.clone(),
-            });
+        match source {
+            Source::Untrusted { path, why } => {
+                return Err(ConfigError::Untrusted {
+                    path: path.clone(),
+                    why: why.clone(),
+                })
+            }
+            // Not the defaults: the admin's file is there, or may be.
+            Source::Unreadable { path, kind, why } => {
+                return Err(ConfigError::Read {
+                    path: path.clone(),
+                    source: std::io::Error::new(*kind, why.clone()),
+                })
+            }
+            _ => {}
         }
         let mut tree = toml::Value::try_from(Config::default()).expect("defaults serialize");
         let file = source.file().map(Path::to_path_buf);
@@ -87,6 +97,14 @@ impl Config {
                     path: path.clone(),
                     message: e.message().to_owned(),
                 })?;
+            // Before the environment is laid over: a variable would be typed like the file's
+            // value, and serde's message would quote it.
+            if let Some(message) = mistyped_secret(&parsed, &tree) {
+                return Err(ConfigError::Parse {
+                    path: path.clone(),
+                    message,
+                });
+            }
             anchor_paths(&mut parsed, path.parent().unwrap_or(Path::new("")));
             merge(&mut tree, parsed);
         }
@@ -262,5 +280,81 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(missing.contains("nope.toml"), "{missing}");
+    }
+
+    /// A secret of the wrong type (an unquoted number) is named, its value not shown: the
+    /// error goes to the terminal and the journal.
+    #[test]
+    fn a_mistyped_secret_is_named_not_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        for (text, key, value, found) in [
+            (
+                "[ami]\nsecret = 73910384712\n",
+                "ami.secret",
+                "73910384712",
+                "an integer",
+            ),
+            (
+                "[ami]\nsecret = 7391.0384712\n",
+                "ami.secret",
+                "7391.0384712",
+                "a float",
+            ),
+            (
+                "[security]\nsecret = 0x7391abc\n",
+                "security.secret",
+                "121182908",
+                "an integer",
+            ),
+            (
+                "[webhooks]\nsecret = 73910384712\n",
+                "webhooks.secret",
+                "73910384712",
+                "an integer",
+            ),
+            (
+                "[database]\nurl = 73910384712\n",
+                "database.url",
+                "73910384712",
+                "an integer",
+            ),
+            ("[qa]\ncode = 739103\n", "qa.code", "739103", "an integer"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            // The environment's secret does not show either (it would be typed like the file's).
+            for vars in [
+                &[][..],
+                &[("CALLVERIFY_AMI_SECRET", "s3cret-in-the-environment")],
+            ] {
+                let error = Config::load(&Source::Flag(path.clone()), env(vars))
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    error.contains(&format!("{key}: expected a string, found {found}")),
+                    "{error}"
+                );
+                assert!(error.contains("c.toml"), "{error}");
+                assert!(
+                    !error.contains(value) && !error.contains("s3cret"),
+                    "{error}"
+                );
+            }
+        }
+        // A date-time is read as a string, as before.
+        std::fs::write(&path, "[qa]\ncode = 1979-05-27\n").unwrap();
+        let error = Config::load(&Source::Flag(path.clone()), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("qa.code: must be 4 to 10 digits"),
+            "{error}"
+        );
+        // Other settings' errors still quote the value.
+        std::fs::write(&path, "[ami]\nport = \"5038\"\n").unwrap();
+        let error = Config::load(&Source::Flag(path.clone()), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("5038"), "{error}");
     }
 }

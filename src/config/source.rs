@@ -23,6 +23,15 @@ pub enum Source {
         why: String,
     },
     System(PathBuf),
+    /// `./callverify.toml` or [`SYSTEM_FILE`] whose existence cannot be checked (a folder
+    /// this user may not search, as `/etc/callverify` is to users outside group
+    /// `callverify`): not taken for absent, which would mean the defaults and a store in the
+    /// working directory.
+    Unreadable {
+        path: PathBuf,
+        kind: std::io::ErrorKind,
+        why: String,
+    },
     /// No file: the built-in defaults and the environment.
     Defaults,
 }
@@ -40,12 +49,24 @@ impl Source {
     }
 
     /// The first of the places in order; a file named by the flag or the variable must exist
-    /// (reading it fails otherwise), `local` and `system` are taken only if they exist.
+    /// (reading it fails otherwise), `local` and `system` are taken only if they exist, and
+    /// are [`Self::Unreadable`] when whether they exist cannot be told.
     pub fn locate_in(
         flag: Option<&Path>,
         variable: Option<std::ffi::OsString>,
         local: &Path,
         system: &Path,
+    ) -> Self {
+        Self::locate_by(flag, variable, local, system, Path::try_exists)
+    }
+
+    /// [`Self::locate_in`], with `exists` telling whether a file exists.
+    fn locate_by(
+        flag: Option<&Path>,
+        variable: Option<std::ffi::OsString>,
+        local: &Path,
+        system: &Path,
+        exists: impl Fn(&Path) -> std::io::Result<bool>,
     ) -> Self {
         if let Some(path) = flag {
             return Self::Flag(path.to_owned());
@@ -53,19 +74,41 @@ impl Source {
         if let Some(path) = variable.filter(|v| !v.is_empty()) {
             return Self::Variable(path.into());
         }
-        if local.exists() {
-            return match untrusted(local) {
-                Some(why) => Self::Untrusted {
-                    path: local.to_owned(),
-                    why,
-                },
-                None => Self::WorkingDirectory(local.to_owned()),
-            };
+        match exists(local) {
+            Ok(true) => {
+                return match untrusted(local) {
+                    Some(why) => Self::Untrusted {
+                        path: local.to_owned(),
+                        why,
+                    },
+                    None => Self::WorkingDirectory(local.to_owned()),
+                }
+            }
+            Ok(false) => {}
+            Err(e) => return Self::unreadable(local, &e, "run the command from another folder"),
         }
-        if system.exists() {
-            return Self::System(system.to_owned());
+        match exists(system) {
+            Ok(true) => Self::System(system.to_owned()),
+            Ok(false) => Self::Defaults,
+            Err(e) => {
+                Self::unreadable(system, &e, "run as root or as a member of group callverify")
+            }
         }
-        Self::Defaults
+    }
+
+    /// `path`, whose existence `error` hides; `remedy` when the error is a permission's.
+    fn unreadable(path: &Path, error: &std::io::Error, remedy: &str) -> Self {
+        let why = match error.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                format!("permission denied; {remedy}, or name another file with --config")
+            }
+            _ => error.to_string(),
+        };
+        Self::Unreadable {
+            path: path.to_owned(),
+            kind: error.kind(),
+            why,
+        }
     }
 
     pub fn file(&self) -> Option<&Path> {
@@ -73,7 +116,7 @@ impl Source {
             Self::Flag(p) | Self::Variable(p) | Self::WorkingDirectory(p) | Self::System(p) => {
                 Some(p)
             }
-            Self::Untrusted { .. } | Self::Defaults => None,
+            Self::Untrusted { .. } | Self::Unreadable { .. } | Self::Defaults => None,
         }
     }
 }
@@ -147,6 +190,9 @@ impl std::fmt::Display for Source {
                 path.display()
             ),
             Self::System(p) => write!(f, "{} (the installed service's)", p.display()),
+            Self::Unreadable { path, why, .. } => {
+                write!(f, "{} (cannot be read: {why})", path.display())
+            }
             Self::Defaults => write!(
                 f,
                 "none: the defaults (no --config, no ${FILE_VARIABLE}, no ./{DEFAULT_FILE}, no {SYSTEM_FILE})"
@@ -188,6 +234,81 @@ mod tests {
         // Each says where it came from.
         assert!(Source::Defaults.to_string().contains(SYSTEM_FILE));
         assert!(locate(None, variable()).to_string().contains(FILE_VARIABLE));
+    }
+
+    /// A file whose existence cannot be checked (`/etc/callverify`, mode 750, to a user
+    /// outside group `callverify`) is reported, not taken for absent: the defaults would
+    /// start a store in the working directory.
+    #[test]
+    fn a_file_that_cannot_be_checked_is_not_taken_for_absent() {
+        use std::io::{Error, ErrorKind};
+        let (local, system) = (Path::new("local.toml"), Path::new("/etc/cv/cv.toml"));
+        let locate = |denied: &'static Path| {
+            Source::locate_by(None, None, local, system, |path| match path {
+                p if p == denied => Err(Error::from(ErrorKind::PermissionDenied)),
+                _ => Ok(false),
+            })
+        };
+        let source = locate(system);
+        assert!(
+            matches!(&source, Source::Unreadable { path, kind: ErrorKind::PermissionDenied, .. }
+                if path == system),
+            "{source:?}"
+        );
+        let error = Config::load(&source, env(&[])).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "cannot read config file /etc/cv/cv.toml: permission denied; run as root or as a \
+             member of group callverify, or name another file with --config"
+        );
+        assert!(
+            source
+                .to_string()
+                .contains("cannot be read: permission denied"),
+            "{source}"
+        );
+        // The working directory's file first, as when it exists.
+        let source = locate(local);
+        assert!(
+            matches!(&source, Source::Unreadable { path, .. } if path == local),
+            "{source:?}"
+        );
+        // Another error is said as it is.
+        let source = Source::locate_by(None, None, local, system, |path| match path {
+            p if p == system => Err(Error::from(ErrorKind::NotADirectory)),
+            _ => Ok(false),
+        });
+        let error = Config::load(&source, env(&[])).unwrap_err().to_string();
+        assert!(
+            error.starts_with("cannot read config file /etc/cv/cv.toml: "),
+            "{error}"
+        );
+        // The real file system, where the user is not root (mode 000 does not stop root).
+        if !rustix::process::geteuid().is_root() {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = tempfile::tempdir().unwrap();
+            let folder = dir.path().join("etc");
+            std::fs::create_dir(&folder).unwrap();
+            std::fs::write(folder.join("c.toml"), "").unwrap();
+            std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o000)).unwrap();
+            let source = Source::locate_in(
+                None,
+                None,
+                &dir.path().join("none.toml"),
+                &folder.join("c.toml"),
+            );
+            std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700)).unwrap();
+            assert!(
+                matches!(
+                    source,
+                    Source::Unreadable {
+                        kind: ErrorKind::PermissionDenied,
+                        ..
+                    }
+                ),
+                "{source:?}"
+            );
+        }
     }
 
     /// A command run as root in a folder another user controls must not act on a store (or

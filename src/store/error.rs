@@ -52,32 +52,113 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
 }
 
 /// A database URL without its password, for messages: neither in the user part nor as a
-/// `password` or `sslpassword` parameter (which sqlx takes too).
+/// parameter whose name holds `password` (sqlx takes `password` and `sslpassword`), nor an
+/// inline PEM key. The URL is read as sqlx reads it (the URL standard, through the `url`
+/// crate), so that whatever sqlx would take for a password is what is hidden; the fragment,
+/// which sqlx ignores and where the rest of a password with an unescaped `#` would be, is
+/// dropped. What cannot be read is shown as its scheme alone (`postgres://…`). SQLite URLs,
+/// a path and parameters, are shown as written, but for such parameters.
 pub fn redact_url(url: &str) -> String {
-    // The user part ends at the last @ (a password may hold / ? # unescaped).
-    let (head, rest) = match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let user = url[scheme + 3..at].split(':').next().unwrap_or_default();
-            (format!("{}{user}@", &url[..scheme + 3]), &url[at + 1..])
-        }
-        _ => (String::new(), url),
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        // As the store reads it (`sqlite_path`): the path, then the parameters.
+        return match rest.split_once('?') {
+            Some((path, query)) => format!("sqlite:{path}?{}", redact_query(query)),
+            None => url.to_owned(),
+        };
+    }
+    let Some((scheme, rest)) = url.split_once(':') else {
+        return "…".into();
     };
-    let Some((path, query)) = rest.split_once('?') else {
-        return format!("{head}{rest}");
+    let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    if !is_scheme {
+        return "…".into();
+    }
+    if !rest.starts_with("//") {
+        return format!("{scheme}:…");
+    }
+    let standard = url::Url::parse(url).ok();
+    let has_user_info = standard
+        .as_ref()
+        .is_some_and(|u| !u.username().is_empty() || u.password().is_some());
+    // A password holding an unescaped / ? or # ends the standard's user part early: then the
+    // URL does not parse (`cv:ab/cd@db`, "ab" is no port), or parses without a user part
+    // and with the rest of the password in the path, query or fragment (`cv:12/cd@db`).
+    let misread = match &standard {
+        None => unescaped_user_info(scheme, &rest[2..]),
+        Some(_) if !has_user_info => unescaped_user_info(scheme, &rest[2..]),
+        Some(_) => None,
     };
-    let params: Vec<String> = query
-        .split('&')
-        .map(|param| match param.split_once('=') {
-            Some((key, _))
-                if key.eq_ignore_ascii_case("password")
-                    || key.eq_ignore_ascii_case("sslpassword") =>
-            {
-                format!("{key}=***")
+    match misread.or(standard) {
+        Some(parsed) => shown(parsed).unwrap_or_else(|| format!("{scheme}://…")),
+        None => format!("{scheme}://…"),
+    }
+}
+
+/// `url`, parsed, without its password, password parameters and fragment; `None` if the
+/// password cannot be taken out.
+fn shown(mut url: url::Url) -> Option<String> {
+    if url.password().is_some() {
+        url.set_password(None).ok()?;
+    }
+    url.set_fragment(None);
+    if let Some(query) = url.query().map(redact_query) {
+        url.set_query(Some(&query));
+    }
+    Some(url.into())
+}
+
+/// `authority_on` (what follows `scheme://`) read as `USER:PASSWORD@HOST...` where the
+/// password holds / ? # unescaped, when it can be: the first `@` after which the rest is a
+/// URL with a host and no user part, before which a user name (no / ? # [ ] @) and a colon
+/// stand, and no `?` followed by `=` (which make it a query's, as in `?password=p@ss`).
+fn unescaped_user_info(scheme: &str, authority_on: &str) -> Option<url::Url> {
+    authority_on
+        .match_indices('@')
+        .find_map(|(at, _)| {
+            let (user, password) = authority_on[..at].split_once(':')?;
+            let user_ok = !user.is_empty() && !user.contains(['/', '?', '#', '[', ']']);
+            let query = password
+                .split_once('?')
+                .is_some_and(|(_, q)| q.contains('='));
+            if !user_ok || query {
+                return None;
             }
-            _ => param.to_owned(),
+            let rest = url::Url::parse(&format!("{scheme}://{}", &authority_on[at + 1..])).ok()?;
+            let plain = rest.username().is_empty() && rest.password().is_none();
+            (plain && rest.has_host()).then(|| (user, &authority_on[at + 1..]))
         })
-        .collect();
-    format!("{head}{path}?{}", params.join("&"))
+        .and_then(|(user, rest)| url::Url::parse(&format!("{scheme}://{user}@{rest}")).ok())
+}
+
+/// A query string with the value of each parameter whose name holds `password` (in any case,
+/// percent-encoded or not, as sqlx decodes it) and each inline PEM key shown as `***`. A
+/// parameter without `=` right after such a one is taken for the rest of its value (an
+/// unescaped `&`) and dropped.
+fn redact_query(query: &str) -> String {
+    let mut shown: Vec<String> = Vec::new();
+    let mut after_secret = false;
+    for param in query.split('&') {
+        let (key, value) = url::form_urlencoded::parse(param.as_bytes())
+            .next()
+            .unwrap_or_default();
+        let secret =
+            key.to_lowercase().contains("password") || value.trim_start().starts_with("-----BEGIN");
+        match param.split_once('=') {
+            Some((raw_key, _)) if secret => {
+                shown.push(format!("{raw_key}=***"));
+                after_secret = true;
+            }
+            None if after_secret => {}
+            _ => {
+                shown.push(param.to_owned());
+                after_secret = false;
+            }
+        }
+    }
+    shown.join("&")
 }
 
 #[cfg(test)]
@@ -106,7 +187,62 @@ mod tests {
                 "postgres://cv@db/cv?application_name=a@b",
                 "postgres://cv@db/cv?application_name=a@b",
             ),
+            // An @ after the host, or a password in the query, is no user part.
+            (
+                "postgres://cv@db/cv?password=p@ssw0rd",
+                "postgres://cv@db/cv?password=***",
+            ),
+            (
+                "postgres://db/cv?password=Hunter2&application_name=cv@host1",
+                "postgres://db/cv?password=***&application_name=cv@host1",
+            ),
+            (
+                "postgres://db/cv?sslmode=require&password=Hun:ter@2",
+                "postgres://db/cv?sslmode=require&password=***",
+            ),
+            (
+                "postgres://cv:Hunter2@db:5432/cv?application_name=a@b&sslpassword=k:e@y",
+                "postgres://cv@db:5432/cv?application_name=a@b&sslpassword=***",
+            ),
+            // Any parameter whose name holds "password", however spelt or encoded; the rest
+            // of a value cut by an unescaped & or #; an inline key.
+            (
+                "postgres://db/cv?db_Password=x&pass%77ord=y&sslmode=require",
+                "postgres://db/cv?db_Password=***&pass%77ord=***&sslmode=require",
+            ),
+            (
+                "postgres://db/cv?password=ab&cd&sslmode=require#ef@g",
+                "postgres://db/cv?password=***&sslmode=require",
+            ),
+            (
+                "postgres://db/cv?sslkey=-----BEGIN%20PRIVATE%20KEY-----x",
+                "postgres://db/cv?sslkey=***",
+            ),
+            ("postgres://:Hunter2@db/cv", "postgres://db/cv"),
+            // A password with an unescaped / ? or # that starts like a port.
+            ("postgres://cv:1234/x@db/cv", "postgres://cv@db/cv"),
+            ("postgres://cv:12#x@db/cv", "postgres://cv@db/cv"),
+            ("postgres://cv:12?x@db/cv", "postgres://cv@db/cv"),
+            // What cannot be read is shown as its scheme.
+            ("postgres://db:xx/cv?password=p@ss", "postgres://…"),
+            ("postgres://cv:pw@db:port/cv", "postgres://…"),
+            ("postgres:cv:pw@db/cv", "postgres:…"),
+            ("cv:pw@db/cv", "cv:…"),
+            ("Hunter2", "…"),
+            ("postgres://db/c@v", "postgres://db/c@v"),
+            ("postgres://cv@[::1]:5432/cv", "postgres://cv@[::1]:5432/cv"),
+            (
+                "postgresql:///cv?host=/run/postgresql&password=pw",
+                "postgresql:///cv?host=/run/postgresql&password=***",
+            ),
+            // Not a URL to sqlx either (a user part and no host).
+            (
+                "postgresql://cv:pw@/cv?host=/run/postgresql",
+                "postgresql://…",
+            ),
             ("sqlite://callverify.db", "sqlite://callverify.db"),
+            ("sqlite::memory:", "sqlite::memory:"),
+            ("sqlite:///srv/u@x/cv.db", "sqlite:///srv/u@x/cv.db"),
             (
                 "sqlite:///var/lib/callverify/x.db?mode=rwc",
                 "sqlite:///var/lib/callverify/x.db?mode=rwc",

@@ -270,3 +270,25 @@ fn staff_add_asks_for_the_password_without_echo_at_a_terminal() {
     let list = String::from_utf8_lossy(&out.stdout);
     assert!(list.contains("bob") && list.contains("carol"), "{list}");
 }
+
+/// A secret the file gives another type (an unquoted number) is named in the error, its
+/// value not shown: the error goes to the terminal and the journal, and to help's footer.
+#[test]
+fn a_mistyped_secret_is_not_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("callverify.toml");
+    std::fs::write(&file, "[ami]\nhost = \"pbx\"\nsecret = 73910384712\n").unwrap();
+    for args in [
+        &["--config", file.to_str().unwrap(), "migrate"][..],
+        &["--help"],
+    ] {
+        let out = run(callverify(dir.path()).args(args));
+        let said = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+        assert!(
+            said.contains("ami.secret: expected a string"),
+            "{args:?}: {said}"
+        );
+        assert!(!said.contains("73910384712"), "{args:?}: {said}");
+    }
+    assert!(!dir.path().join("callverify.db").exists());
+}
