@@ -4,23 +4,27 @@
 //! are most of what an operation costs). An operation that arrives when none of its kind runs
 //! starts at once, so nothing waits for a batch to fill.
 //!
-//! A batch runs in a task of its own, so a caller that goes away (an HTTP client that hangs
-//! up) leaves the others' batch running. A batch that fails is run again one operation at a
-//! time, so that one operation's failure is only its own.
+//! Batches run in a task of their own, so a caller that goes away (an HTTP client that hangs
+//! up, a request past its timeout) leaves the others' batch running; an operation whose
+//! caller went away before its batch began is not run. A batch that fails (or panics) before
+//! its commit runs again one operation at a time, so that one operation's failure is only its
+//! own; one whose commit failed does not, since it may have committed.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use tokio::sync::oneshot;
 
 use super::engine::Engine;
 use super::StoreError;
 
 /// Runs a batch of operations on `engine`: all of them or, on an error, none; one result for
-/// each, in order.
+/// each, in order. A failed commit is [`StoreError::Commit`].
 pub(super) type RunBatch<T, R> =
-    fn(Engine, Vec<T>) -> BoxFuture<'static, Result<Vec<R>, StoreError>>;
+    fn(Engine, Arc<Vec<T>>) -> BoxFuture<'static, Result<Vec<R>, StoreError>>;
 
 pub(super) struct Batcher<T, R> {
     waiting: Mutex<Waiting<T, R>>,
@@ -44,7 +48,7 @@ struct Waiter<T, R> {
 
 impl<T, R> Batcher<T, R>
 where
-    T: Clone + Send + 'static,
+    T: Clone + Send + Sync + 'static,
     R: Send + 'static,
 {
     pub fn new(run: RunBatch<T, R>, joins: fn(&T, &T) -> bool, max: usize) -> Self {
@@ -79,31 +83,40 @@ where
 
     /// Run batches until none is waiting.
     async fn drain(self: Arc<Self>, engine: Engine) {
-        let _panic = Unstick {
-            batcher: Arc::clone(&self),
-            engine: engine.clone(),
+        let mut draining = Draining {
+            batcher: &self,
+            done: false,
         };
         while let Some(batch) = self.next_batch() {
             self.run_batch(&engine, batch).await;
         }
+        draining.done = true;
     }
 
-    /// The operations of the next batch: the first waiting and those after it that join it.
-    /// `None` when none waits, and the next to arrive starts a new task.
+    /// The next batch: the first operation waiting and those after it that join it, leaving
+    /// out those whose caller went away. `None` when none waits: the next to arrive starts a
+    /// new task.
     fn next_batch(&self) -> Option<Vec<Waiter<T, R>>> {
         let mut waiting = self.lock();
-        let Some(first) = waiting.queue.pop_front() else {
+        let mut batch: Vec<Waiter<T, R>> = Vec::new();
+        while batch.len() < self.max {
+            let Some(next) = waiting.queue.pop_front() else {
+                break;
+            };
+            if next.reply.is_closed() {
+                continue;
+            }
+            if let Some(first) = batch.first() {
+                if !(self.joins)(&first.operation, &next.operation) {
+                    waiting.queue.push_front(next);
+                    break;
+                }
+            }
+            batch.push(next);
+        }
+        if batch.is_empty() {
             waiting.running = false;
             return None;
-        };
-        let mut batch = vec![first];
-        while batch.len() < self.max {
-            match waiting.queue.front() {
-                Some(next) if (self.joins)(&batch[0].operation, &next.operation) => {
-                    batch.extend(waiting.queue.pop_front());
-                }
-                _ => break,
-            }
         }
         Some(batch)
     }
@@ -111,68 +124,69 @@ where
     async fn run_batch(&self, engine: &Engine, batch: Vec<Waiter<T, R>>) {
         let (operations, replies): (Vec<T>, Vec<_>) =
             batch.into_iter().map(|w| (w.operation, w.reply)).unzip();
-        if operations.len() > 1 {
-            match (self.run)(engine.clone(), operations.clone()).await {
-                Ok(results) if results.len() == replies.len() => {
-                    for (reply, result) in replies.into_iter().zip(results) {
-                        let _ = reply.send(Ok(result));
-                    }
-                    return;
+        let operations = Arc::new(operations);
+        let failed = match self.attempt(engine, Arc::clone(&operations)).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
                 }
-                Ok(results) => tracing::error!(
-                    operations = replies.len(),
-                    results = results.len(),
-                    "a batch gave a result per operation, not one each: running them one at a time"
-                ),
-                Err(e) => tracing::warn!(
-                    operations = replies.len(),
-                    error = %e,
-                    "a batch of store operations failed: running them one at a time"
-                ),
+                return;
             }
+            Err(e) => e,
+        };
+        if replies.len() > 1 && failed.before_commit() {
+            tracing::warn!(
+                operations = replies.len(),
+                error = %failed,
+                "a batch of store operations failed: running them one at a time"
+            );
+            for (operation, reply) in operations.iter().zip(replies) {
+                let alone = self.attempt(engine, Arc::new(vec![operation.clone()]));
+                let _ = reply.send(alone.await.map(|mut results| results.remove(0)));
+            }
+            return;
         }
-        let alone = operations
-            .into_iter()
-            .zip(replies)
-            .map(|(operation, reply)| {
-                let run = (self.run)(engine.clone(), vec![operation]);
-                async move {
-                    let result = run
-                        .await
-                        .and_then(|mut results| results.pop().ok_or(StoreError::NoRow));
-                    let _ = reply.send(result);
-                }
-            });
-        futures::future::join_all(alone).await;
+        for reply in replies {
+            let _ = reply.send(Err(failed.again()));
+        }
+    }
+
+    /// Run `operations` as one batch: a result for each, or why not.
+    async fn attempt(
+        &self,
+        engine: &Engine,
+        operations: Arc<Vec<T>>,
+    ) -> Result<Vec<R>, StoreError> {
+        let expected = operations.len();
+        let run = (self.run)(engine.clone(), operations);
+        match AssertUnwindSafe(run).catch_unwind().await {
+            Ok(Ok(results)) if results.len() == expected => Ok(results),
+            Ok(Ok(results)) => Err(StoreError::Results {
+                operations: expected,
+                results: results.len(),
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StoreError::Panicked),
+        }
     }
 }
 
-/// If a batch panics, its callers get [`StoreError::Closed`] and a new task runs the
-/// operations waiting behind it.
-struct Unstick<T, R>
-where
-    T: Clone + Send + 'static,
-    R: Send + 'static,
-{
-    batcher: Arc<Batcher<T, R>>,
-    engine: Engine,
+/// While batches run: if their task ends before none waits (its runtime shut down), the next
+/// operation to arrive starts a new one.
+struct Draining<'a, T, R> {
+    batcher: &'a Batcher<T, R>,
+    done: bool,
 }
 
-impl<T, R> Drop for Unstick<T, R>
-where
-    T: Clone + Send + 'static,
-    R: Send + 'static,
-{
+impl<T, R> Drop for Draining<'_, T, R> {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let mut waiting = self.batcher.lock();
-        if waiting.queue.is_empty() {
+        if !self.done {
+            let mut waiting = self
+                .batcher
+                .waiting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             waiting.running = false;
-        } else {
-            drop(waiting);
-            tokio::spawn(Arc::clone(&self.batcher).drain(self.engine.clone()));
         }
     }
 }
@@ -189,8 +203,9 @@ mod tests {
         batches: Arc<Mutex<Vec<Vec<u32>>>>,
     }
 
-    /// Notes the batch; fails a batch with 13 in it and panics in one with 99; answers each
-    /// number doubled. Odd and even numbers do not join.
+    /// Notes the batch; fails a batch with 13 in it before its commit, one with 77 at its
+    /// commit, and panics in one with 99; answers each number doubled. Odd and even numbers
+    /// do not join.
     fn batcher(max: usize) -> Arc<Batcher<Numbered, u32>> {
         Arc::new(Batcher::new(
             |_, batch| {
@@ -202,6 +217,9 @@ mod tests {
                     }
                     if numbers.contains(&13) {
                         return Err(StoreError::NoRow);
+                    }
+                    if numbers.contains(&77) {
+                        return Err(StoreError::Commit("the connection was lost".into()));
                     }
                     Ok(numbers.iter().map(|n| n * 2).collect())
                 })
@@ -261,12 +279,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_panicking_batch_fails_its_own_and_those_behind_it_still_run() {
+    async fn a_batch_that_panics_runs_again_one_operation_at_a_time() {
         let (batches, results) = run_together(2, &[1, 99, 3, 5]).await;
-        assert_eq!(batches, vec![vec![1, 99], vec![3, 5]]);
-        assert!(matches!(results[0], Err(StoreError::Closed)));
-        assert!(matches!(results[1], Err(StoreError::Closed)));
+        assert_eq!(batches, vec![vec![1, 99], vec![1], vec![99], vec![3, 5]]);
+        assert_eq!(results[0].as_ref().unwrap(), &2);
+        assert!(matches!(results[1], Err(StoreError::Panicked)));
         assert_eq!(results[2].as_ref().unwrap(), &6);
         assert_eq!(results[3].as_ref().unwrap(), &10);
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_commit_failed_is_not_run_again() {
+        let (batches, results) = run_together(64, &[1, 77, 5]).await;
+        assert_eq!(batches, vec![vec![1, 77, 5]]);
+        assert!(results
+            .iter()
+            .all(|r| matches!(r, Err(StoreError::Commit(_)))));
+    }
+
+    #[tokio::test]
+    async fn operations_whose_callers_went_away_are_not_run() {
+        let (b, engine, batches) = (batcher(64), engine(), Arc::new(Mutex::new(Vec::new())));
+        let op = |n| Numbered {
+            n,
+            batches: Arc::clone(&batches),
+        };
+        // The first starts the batches' task, which has not run yet on this one thread; its
+        // caller goes away before it does.
+        let mut gone = Box::pin(b.run(&engine, op(4)));
+        assert!(futures::poll!(gone.as_mut()).is_pending());
+        drop(gone);
+        assert_eq!(b.run(&engine, op(6)).await.unwrap(), 12);
+        let batches = batches.lock().unwrap().clone();
+        assert!(batches.iter().flatten().all(|&n| n != 4), "{batches:?}");
     }
 }

@@ -6,7 +6,6 @@
 //! statements for all of them, each checked as if it ran alone after those before it. (On
 //! SQLite the writer commits the operations waiting for it together already.)
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
@@ -133,7 +132,7 @@ impl Store {
             // The writer commits the operations waiting for it together already, and keeps
             // taking more while it writes (a batch at a time would leave it idle between
             // batches).
-            Backend::Sqlite => run_batch(self.engine.clone(), vec![creation])
+            Backend::Sqlite => run_batch(self.engine.clone(), Arc::new(vec![creation]))
                 .await?
                 .pop()
                 .ok_or(StoreError::NoRow),
@@ -143,7 +142,7 @@ impl Store {
 
 fn run_batch(
     engine: Engine,
-    batch: Vec<Creation>,
+    batch: Arc<Vec<Creation>>,
 ) -> futures::future::BoxFuture<'static, Result<Vec<Created>, StoreError>> {
     Box::pin(async move {
         engine
@@ -159,6 +158,10 @@ async fn create_all(c: &mut Conn, batch: &[Creation]) -> Result<Vec<Created>, St
     let Some(limits) = batch.first().map(|first| first.limits) else {
         return Ok(Vec::new());
     };
+    debug_assert!(
+        batch.iter().all(|c| c.limits == limits),
+        "one batch, one set of limits"
+    );
     let mut tx = c.begin().await?;
     subject_locks::lock(&mut tx, batch.iter().flat_map(subjects)).await?;
     let mut earlier = earlier_uses(&mut tx, batch).await?;
@@ -166,6 +169,8 @@ async fn create_all(c: &mut Conn, batch: &[Creation]) -> Result<Vec<Created>, St
     let mut results = Vec::with_capacity(batch.len());
     let mut inserted = Vec::with_capacity(batch.len());
     let mut created_here = CreatedHere::default();
+    // The oldest stored creation of each subject over its limit, read once a batch.
+    let mut oldest: HashMap<(RateSubject, String), Option<i64>> = HashMap::new();
     for (creation, admission) in batch.iter().zip(admissions) {
         let v = &creation.verification;
         let key = creation.idempotency.as_ref();
@@ -180,11 +185,17 @@ async fn create_all(c: &mut Conn, batch: &[Creation]) -> Result<Vec<Created>, St
         }
         let over = created_here.over_limit(v, limits, &admission);
         if let Some((subject, value, oldest_here)) = over {
-            let oldest = oldest_stored(&mut tx, subject, value, creation.window_start).await?;
-            results.push(Created::Limited {
-                subject,
-                oldest: oldest.or(oldest_here),
-            });
+            let key = (subject, value.to_owned());
+            let stored = match oldest.get(&key) {
+                Some(&stored) => stored,
+                None => {
+                    let stored =
+                        oldest_stored(&mut tx, subject, value, creation.window_start).await?;
+                    *oldest.entry(key).or_insert(stored)
+                }
+            };
+            let oldest = [stored, oldest_here].into_iter().flatten().min();
+            results.push(Created::Limited { subject, oldest });
             continue;
         }
         created_here.add(v);
@@ -206,7 +217,10 @@ async fn create_all(c: &mut Conn, batch: &[Creation]) -> Result<Vec<Created>, St
     )
     .await?;
     remember_keys(&mut tx, &inserted).await?;
-    tx.commit().await?;
+    // Whether it committed may be unknown: the batch is not to be run again.
+    tx.commit()
+        .await
+        .map_err(|e| StoreError::Commit(e.to_string()))?;
     Ok(results)
 }
 
@@ -249,10 +263,11 @@ async fn earlier_uses(
         })
         .collect::<Vec<_>>()
         .join(" OR ");
-    let mut find = query(format!(
+    let find = query(format!(
         "SELECT api_key_id, idem_key, request_hash, verification_id FROM idempotency_keys \
          WHERE {matches}"
     ));
+    let mut find = if keys.len() > 1 { find.once() } else { find };
     for k in &keys {
         find = find.bind(&k.api_key_id).bind(&k.key);
     }
@@ -290,11 +305,10 @@ async fn admissions(
     batch: &[Creation],
     limits: Limits,
 ) -> Result<Vec<Admission>, StoreError> {
-    let statement = match batch.len() {
-        1 => Cow::Borrowed(ADMISSION_OF_ONE[limits.counted()].as_str()),
-        n => Cow::Owned(admission_sql(n, limits.counted())),
+    let mut read = match batch.len() {
+        1 => query(ADMISSION_OF_ONE[limits.counted()].as_str()),
+        n => query(admission_sql(n, limits.counted())).once(),
     };
-    let mut read = query(statement);
     for (i, creation) in batch.iter().enumerate() {
         let v = &creation.verification;
         read = read
@@ -445,11 +459,16 @@ async fn remember_keys(c: &mut Conn, inserted: &[&Creation]) -> Result<(), Store
     if keyed.is_empty() {
         return Ok(());
     }
-    let mut insert = query(format!(
+    let insert = query(format!(
         "INSERT INTO idempotency_keys \
          (api_key_id, idem_key, request_hash, verification_id, created_at) VALUES {}",
         placeholder_rows(keyed.len(), 5)
     ));
+    let mut insert = if keyed.len() > 1 {
+        insert.once()
+    } else {
+        insert
+    };
     for (key, v) in keyed {
         insert = insert
             .bind(&key.api_key_id)

@@ -31,6 +31,36 @@ pub enum StoreError {
     Unavailable(String),
     #[error("the store is closed")]
     Closed,
+    #[error("a batch of {operations} store operations gave {results} results")]
+    Results { operations: usize, results: usize },
+    #[error("a store operation panicked")]
+    Panicked,
+}
+
+impl StoreError {
+    /// Whether this failure came before the commit of what failed: nothing of it was
+    /// written, so it may be run again. After a failed commit, or a commit that gave
+    /// the wrong results, it may have been written.
+    pub(super) fn before_commit(&self) -> bool {
+        !matches!(self, StoreError::Commit(_) | StoreError::Results { .. })
+    }
+
+    /// This failure again, for another caller of the same operation: itself when it can be
+    /// said twice, else its message.
+    pub(super) fn again(&self) -> StoreError {
+        match self {
+            StoreError::Commit(why) => StoreError::Commit(why.clone()),
+            &StoreError::Results {
+                operations,
+                results,
+            } => StoreError::Results {
+                operations,
+                results,
+            },
+            StoreError::Panicked => StoreError::Panicked,
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {

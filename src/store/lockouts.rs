@@ -286,7 +286,7 @@ pub(super) fn standing_from(row: &Row) -> Result<Standing, StoreError> {
 }
 
 /// The wrong codes of number `phone` or of user `user` (the higher count) since `since`,
-/// each a placeholder.
+/// each a placeholder or a column.
 fn strikes_sql(phone: &str, user: &str, since: &str) -> String {
     format!(
         "(SELECT MAX(n) FROM (\

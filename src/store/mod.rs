@@ -155,10 +155,7 @@ impl Store {
                     Ok(true)
                 })
             })
-            // Batched creations bring a statement for each batch size (up to 64 of each of
-            // their few kinds) beside the hundred or so the rest of the store uses: sqlx's
-            // default of 100 prepared statements a connection would evict the calls' own.
-            .connect_with(PgConnectOptions::from_str(url)?.statement_cache_capacity(512))
+            .connect_with(PgConnectOptions::from_str(url)?)
             .await?;
         Ok(Self {
             engine: Engine::Pool(pool),

@@ -206,12 +206,15 @@ impl Done {
 pub struct Query<'q> {
     sql: Cow<'q, str>,
     args: Vec<Value>,
+    /// Kept prepared on the connection (Postgres), see [`Query::once`].
+    kept: bool,
 }
 
 pub fn query<'q>(sql: impl Into<Cow<'q, str>>) -> Query<'q> {
     Query {
         sql: sql.into(),
         args: Vec::new(),
+        kept: true,
     }
 }
 
@@ -221,13 +224,21 @@ impl<'q> Query<'q> {
         self
     }
 
+    /// A statement whose text is made for this use (a batch's size of rows): Postgres
+    /// plans it each time rather than keep one more prepared statement on the connection,
+    /// where it would push out those of every call. (SQLite keeps it in its cache like any.)
+    pub fn once(mut self) -> Self {
+        self.kept = false;
+        self
+    }
+
     pub async fn execute(self, c: &mut Conn) -> Result<Done, StoreError> {
-        let (_, rows_affected) = c.run(&self.sql, &self.args, false).await?;
+        let (_, rows_affected) = c.run(&self.sql, &self.args, false, self.kept).await?;
         Ok(Done { rows_affected })
     }
 
     pub async fn fetch_all(self, c: &mut Conn) -> Result<Vec<Row>, StoreError> {
-        Ok(c.run(&self.sql, &self.args, true).await?.0)
+        Ok(c.run(&self.sql, &self.args, true, self.kept).await?.0)
     }
 
     pub async fn fetch_optional(self, c: &mut Conn) -> Result<Option<Row>, StoreError> {
@@ -304,11 +315,12 @@ impl Conn {
         sql: &str,
         args: &[Value],
         rows: bool,
+        kept: bool,
     ) -> Result<(Vec<Row>, u64), StoreError> {
         self.settle().await?;
         match &mut self.db {
             Db::Sqlite(db) => sqlite_run(db, sql, args, rows),
-            Db::Postgres(pg) => postgres_run(pg, sql, args, rows).await,
+            Db::Postgres(pg) => postgres_run(pg, sql, args, rows, kept).await,
         }
     }
 
@@ -321,7 +333,7 @@ impl Conn {
             }
             Db::Postgres(pg) => {
                 let sql = format!("{sql} RETURNING id");
-                let (rows, _) = postgres_run(pg, &sql, args, true).await?;
+                let (rows, _) = postgres_run(pg, &sql, args, true, true).await?;
                 rows.first().ok_or(StoreError::NoRow)?.try_get("id")
             }
         }
@@ -345,7 +357,7 @@ impl Conn {
 
     /// A transaction begun by `sql` (`BEGIN IMMEDIATE`, say), or a savepoint inside one.
     pub async fn begin_with(&mut self, sql: &str) -> Result<Tx<'_>, StoreError> {
-        self.run(sql, &[], false).await?;
+        self.run(sql, &[], false, true).await?;
         self.depth += 1;
         Ok(Tx {
             conn: self,
@@ -360,7 +372,7 @@ impl Conn {
             Db::Sqlite(db) => db.execute_batch(&sql).map_err(StoreError::from),
             Db::Postgres(pg) => {
                 for statement in sql.split("; ") {
-                    postgres_run(pg, statement, &[], false).await?;
+                    postgres_run(pg, statement, &[], false, true).await?;
                 }
                 Ok(())
             }
@@ -413,7 +425,7 @@ impl Tx<'_> {
             0 => "COMMIT".to_owned(),
             n => format!("RELEASE sp{n}"),
         };
-        self.conn.run(&sql, &[], false).await?;
+        self.conn.run(&sql, &[], false, true).await?;
         self.conn.depth = depth;
         self.done = true;
         Ok(())
@@ -498,8 +510,9 @@ fn postgres_run<'a>(
     sql: &'a str,
     args: &'a [Value],
     rows: bool,
+    kept: bool,
 ) -> BoxFuture<'a, Result<(Vec<Row>, u64), StoreError>> {
-    Box::pin(postgres_rows(pg, sql, args, rows))
+    Box::pin(postgres_rows(pg, sql, args, rows, kept))
 }
 
 async fn postgres_rows(
@@ -507,9 +520,10 @@ async fn postgres_rows(
     sql: &str,
     args: &[Value],
     rows: bool,
+    kept: bool,
 ) -> Result<(Vec<Row>, u64), StoreError> {
     use sqlx::{Column, Row as _, TypeInfo, ValueRef};
-    let mut q = sqlx::query(sql);
+    let mut q = sqlx::query(sql).persistent(kept);
     for a in args {
         q = match a {
             Value::Null(Kind::Int) => q.bind(None::<i64>),

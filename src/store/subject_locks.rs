@@ -64,7 +64,7 @@ pub(super) async fn lock(
         .and_then(|i| STATEMENTS.get(i));
     let mut locks = match cached {
         Some(statement) => query(statement.as_str()),
-        None => query(statement(subjects.len())),
+        None => query(statement(subjects.len())).once(),
     };
     for (_, subject) in subjects {
         locks = locks.bind(subject);
@@ -82,8 +82,8 @@ fn statement(n: usize) -> String {
     )
 }
 
-/// [`statement`] for 1 to 4 subjects (a check takes two, a creation up to four), built
-/// once: a check is on every call's path.
+/// [`statement`] for 1 to 4 subjects (a check takes two, a creation alone two to four),
+/// built once: a check is on every call's path.
 static STATEMENTS: LazyLock<Vec<String>> = LazyLock::new(|| (1..=4).map(statement).collect());
 
 /// Take the locks of a number and a user (see [`lock`]).

@@ -1,7 +1,6 @@
 //! The `verifications` table: inserting and reading verifications, and their status changes
 //! outside the dialer (a transition, a read code delivered).
 
-use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::LazyLock;
 
@@ -120,11 +119,10 @@ pub(super) async fn insert_verifications(
     if rows.is_empty() {
         return Ok(());
     }
-    let statement = match rows.len() {
-        1 => Cow::Borrowed(INSERT_ONE.as_str()),
-        n => Cow::Owned(insert_sql(n)),
+    let mut insert = match rows.len() {
+        1 => query(INSERT_ONE.as_str()),
+        n => query(insert_sql(n)).once(),
     };
-    let mut insert = query(statement);
     for v in rows {
         insert = insert
             .bind(&v.id)

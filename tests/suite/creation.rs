@@ -248,4 +248,144 @@ on_both_backends!(
     an_idempotency_key_used_twice_together_creates_once,
     a_failing_creation_fails_alone,
     each_creation_of_a_batch_has_its_own_standing,
+    a_limited_creation_names_the_oldest_in_the_window,
 );
+
+/// Three daemons on one Postgres, each with its own batches, creating at once for shared
+/// numbers, users, an API key and idempotency keys: no limit is passed and no key used twice,
+/// however the creations fall into batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn daemons_creating_at_once_on_one_postgres_pass_no_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::common::fresh_database(Db::Postgres, dir.path()).await;
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        let s = Store::connect(&url, 8).await.unwrap();
+        s.migrate().await.unwrap();
+        stores.push(s);
+    }
+    for id in ["key_a", "key_b"] {
+        let key = callverify::domain::api_keys::ApiKey {
+            id: id.into(),
+            name: id.into(),
+            created_at: now_ms(),
+            revoked_at: None,
+        };
+        stores[0].insert_api_key(&key, id).await.unwrap();
+    }
+    let mut db = crate::common::raw_connection(&url).await.unwrap();
+
+    // 600 for 100 numbers and 150 users, a third of them with one of ten idempotency keys.
+    let limits = Limits {
+        per_number: Some(3),
+        per_user: Some(4),
+        per_api_key: None,
+    };
+    let results = create_on(&stores, 600, |i| {
+        let mut v = row(
+            &format!("vf_a{i}"),
+            &format!("+1415555{:04}", i % 100),
+            &format!("u{}", i % 150),
+        );
+        v.api_key_id = Some("key_a".into());
+        let mut c = creation(v, limits);
+        if i % 3 == 0 {
+            c.idempotency = Some(IdempotencyKey {
+                api_key_id: "key_a".into(),
+                key: format!("order-{}", i % 10),
+                request_hash: "h".into(),
+            });
+        }
+        c
+    })
+    .await;
+    let mut inserted_with_key = std::collections::HashMap::<String, usize>::new();
+    for (creation, created) in &results {
+        if let (Some(key), Ok(Created::Inserted { .. })) = (&creation.idempotency, created) {
+            *inserted_with_key.entry(key.key.clone()).or_default() += 1;
+        }
+    }
+    assert!(
+        inserted_with_key.values().all(|&n| n == 1),
+        "{inserted_with_key:?}"
+    );
+    assert!(most_for_one(&mut db, "phone").await <= 3);
+    assert!(most_for_one(&mut db, "user_ref").await <= 4);
+
+    // 600 of another API key, each for a number and user of its own.
+    let limits = Limits {
+        per_api_key: Some(150),
+        ..limits
+    };
+    create_on(&stores, 600, |i| {
+        let mut v = row(
+            &format!("vf_b{i}"),
+            &format!("+1628555{i:04}"),
+            &format!("b{i}"),
+        );
+        v.api_key_id = Some("key_b".into());
+        creation(v, limits)
+    })
+    .await;
+    let of_key_b = "SELECT COUNT(*) AS n FROM verifications WHERE api_key_id = 'key_b'";
+    let n: i64 = sqlx::Row::get(
+        &sqlx::query(of_key_b).fetch_one(&mut db).await.unwrap(),
+        "n",
+    );
+    assert_eq!(n, 150, "the API key's limit is reached, not passed");
+}
+
+/// `n` creations made by `make`, spread over `stores` and run at once.
+async fn create_on(
+    stores: &[Store],
+    n: u32,
+    make: impl Fn(u32) -> Creation,
+) -> Vec<(Creation, Result<Created, StoreError>)> {
+    let running = (0..n).map(|i| {
+        let (c, s) = (make(i), stores[i as usize % stores.len()].clone());
+        tokio::spawn(async move { (c.clone(), s.create_verification(c).await) })
+    });
+    join_all(running)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The most verifications stored for one value of `column`.
+async fn most_for_one(db: &mut sqlx::AnyConnection, column: &str) -> i64 {
+    let most = format!(
+        "SELECT CAST(COALESCE(MAX(n), 0) AS BIGINT) AS n FROM \
+         (SELECT COUNT(*) AS n FROM verifications GROUP BY {column}) AS c"
+    );
+    sqlx::Row::get(&sqlx::query(&most).fetch_one(db).await.unwrap(), "n")
+}
+
+async fn a_limited_creation_names_the_oldest_in_the_window(db: Db) {
+    let (s, _dir) = store(db).await;
+    let per_number = Limits {
+        per_number: Some(2),
+        ..Limits::default()
+    };
+    let mut first = row("vf_old", "+14155550101", "a");
+    first.created_at -= 60_000;
+    let stored_at = first.created_at;
+    s.create_verification(creation(first, per_number))
+        .await
+        .unwrap();
+    let for_one_number = |i| row(&format!("vf_n{i}"), "+14155550101", &format!("u{i}"));
+    let results = create_together(&s, batch(0..3, per_number, for_one_number)).await;
+    assert!(
+        matches!(results[0], Ok(Created::Inserted { .. })),
+        "{results:?}"
+    );
+    for result in &results[1..] {
+        assert_eq!(
+            result.as_ref().unwrap(),
+            &Created::Limited {
+                subject: RateSubject::Phone,
+                oldest: Some(stored_at)
+            }
+        );
+    }
+}
