@@ -74,10 +74,12 @@ pub enum DaemonError {
     NoKey { path: PathBuf },
 }
 
-/// Start the AMI connection and the dialer when `ami.host` is set.
+/// Start the AMI connection and the dialer when `ami.host` is set: the dialer places no more
+/// calls once `closing`, the connection stays up until `stopped`.
 fn start_dialer(
     config: &Config,
     service: &Arc<Verifications>,
+    closing: &tokio::sync::watch::Receiver<bool>,
     stopped: &tokio::sync::watch::Receiver<bool>,
 ) -> Option<Ami> {
     if config.ami.host.is_empty() {
@@ -96,7 +98,7 @@ fn start_dialer(
         service.clone(),
         ami.clone(),
     );
-    tokio::spawn(dialer.run(stopped.clone()));
+    tokio::spawn(dialer.run(closing.clone()));
     Some(ami)
 }
 
@@ -357,7 +359,14 @@ pub async fn run(
         verifications: service,
         key,
     } = app;
-    // One shutdown signal, seen by every part.
+    // A stop in two steps, each a signal every part it concerns sees. `closing`, on the
+    // shutdown signal: the FastAGI listener closes (Asterisk is refused at once and its
+    // dialplan apologises) and the dialer places no more calls. `stopped`, once the calls
+    // already accepted are done or the grace ran out: what those calls need until their end
+    // stops (AudioSocket for spoken codes and messages, the HTTP API for the web app's
+    // checks, the heartbeat that keeps their attempts from being taken over, webhooks, AMI,
+    // the upkeep).
+    let (close, closing) = tokio::sync::watch::channel(false);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     register(config, &service, &listeners.agi, &stopped).await?;
     let recovered = service.recover_interrupted().await?;
@@ -397,7 +406,7 @@ pub async fn run(
         hearing,
         Selftests::new(store.clone()),
     ));
-    let ami = start_dialer(config, &service, &stopped);
+    let ami = start_dialer(config, &service, &closing, &stopped);
     let api = Arc::new(ApiState::new(
         service.clone(),
         support.clone(),
@@ -439,7 +448,7 @@ pub async fn run(
     store
         .set_default_webhook(!config.webhooks.url.is_empty())
         .await?;
-    match Sender::new(
+    let webhooks = match Sender::new(
         WebhookConfig {
             url: config.webhooks.url.clone(),
             secret: config.webhooks.secret.clone(),
@@ -450,11 +459,12 @@ pub async fn run(
         store.clone(),
         service.daemon().to_owned(),
     ) {
-        Ok(sender) => {
-            tokio::spawn(sender.run(stopped.clone()));
+        Ok(sender) => Some(tokio::spawn(sender.run(stopped.clone()))),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the webhook sender");
+            None
         }
-        Err(e) => tracing::error!(error = %e, "cannot start the webhook sender"),
-    }
+    };
     tokio::spawn(janitor(service.clone(), support.clone(), stopped.clone()));
     let http = tokio::spawn(crate::web::serve(
         listeners.http,
@@ -478,19 +488,58 @@ pub async fn run(
         hub,
         wait(stopped.clone()),
     ));
-    let agi = callverify_pbx::agi::serve(listeners.agi, agi_server, router, wait(stopped));
+    let agi = callverify_pbx::agi::serve(listeners.agi, agi_server, router, wait(closing));
     let signal = async {
         shutdown.await;
-        let _ = stop.send(true);
+        let _ = close.send(true);
     };
-    tokio::join!(agi, signal);
+    let (cut_off, ()) = tokio::join!(agi, signal);
+    let _ = stop.send(true);
+    let closed = cut_off == 0 || close_cut_off_calls(&service, webhooks, cut_off).await;
     if let Err(e) = http.await {
         tracing::error!(error = %e, "the HTTP API task failed");
     }
-    // The calls are done: nothing of this daemon's is left to take over.
-    if let Err(e) = service.deregister().await {
-        tracing::error!(error = %e, "cannot leave the store's list of daemons");
+    // The calls are done or closed: nothing of this daemon's is left to take over. (Calls
+    // that could not be closed keep it on the list, unheard from now on: another daemon on
+    // the store takes them over, or this one's next start recovers them.)
+    if closed {
+        if let Err(e) = service.deregister().await {
+            tracing::error!(error = %e, "cannot leave the store's list of daemons");
+        }
     }
     tracing::info!("callverify stopped");
     Ok(())
+}
+
+/// After the grace: close the attempts of the `cut_off` calls it ended as interrupted, as a
+/// start after a crash does, so that their verifications are queued again at once rather than
+/// waiting for a takeover that never comes once this daemon has left the list (and holding
+/// their trunk places until they expire). The webhook sender (stopped) first ends its batch:
+/// its claims are released too. False when the store could not do it.
+async fn close_cut_off_calls(
+    service: &Verifications,
+    webhooks: Option<tokio::task::JoinHandle<()>>,
+    cut_off: usize,
+) -> bool {
+    if let Some(webhooks) = webhooks {
+        let _ = webhooks.await;
+    }
+    match service.recover_interrupted().await {
+        Ok(recovered) => {
+            tracing::warn!(
+                calls = cut_off,
+                attempts = recovered.attempts,
+                verifications = recovered.verifications,
+                webhooks = recovered.events,
+                "closed the call attempts cut off at the end of the grace as interrupted"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, calls = cut_off,
+                "cannot close the calls cut off at the end of the grace: left to a takeover \
+                 by another daemon, or to the next start");
+            false
+        }
+    }
 }

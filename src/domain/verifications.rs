@@ -74,7 +74,8 @@ impl Verifications {
         &self.metrics
     }
 
-    /// At start: close the call attempts an earlier run of this daemon left open.
+    /// At start, or after a stop's grace cut calls off: close the call attempts this daemon
+    /// (an earlier run of it, or this one) left open.
     pub async fn recover_interrupted(&self) -> Result<Recovered, VerifyError> {
         let now = now_ms();
         Ok(self

@@ -204,12 +204,14 @@ impl Store {
             .await
     }
 
-    /// After a crash: close as `interrupted` the attempts left open by `daemon` (which, now
-    /// starting, cannot have calls) and any attempt started before `stale_before`, and put
-    /// verifications left `calling` by a session without an open attempt back to `pending`
-    /// (dialer calls that may still ring are [`Store::maintain`]'s), and make the webhook
-    /// events `daemon` was sending due again. Wrong entries were counted as they happened and
-    /// stay counted. Other daemons' live calls on a shared database are left alone.
+    /// After a crash, or calls cut off at the end of a stop's grace: close as `interrupted`
+    /// the attempts left open by `daemon` (which, starting or stopping, has no calls) and any
+    /// attempt started before `stale_before`, forget their trunk calls (as the end of any
+    /// attempt does), put verifications left `calling` by a session without an open attempt
+    /// back to `pending` (dialer calls that may still ring are [`Store::maintain`]'s), and
+    /// make the webhook events `daemon` was sending due again. Wrong entries were counted as
+    /// they happened and stay counted. Other daemons' live calls on a shared database are
+    /// left alone.
     pub async fn recover_interrupted(
         &self,
         daemon: &str,
@@ -221,6 +223,17 @@ impl Store {
             .run(op(move |c| {
                 Box::pin(async move {
                     let mut tx = c.begin().await?;
+                    // The trunk calls of the attempts closed next (a call's ChannelId is its
+                    // attempt's uniqueid): over with them, they no longer hold a place.
+                    query(
+                        "DELETE FROM trunk_calls WHERE channel_id IN (SELECT uniqueid \
+                         FROM call_attempts WHERE ended_at IS NULL \
+                         AND (daemon = $1 OR started_at < $2))",
+                    )
+                    .bind(&daemon)
+                    .bind(stale_before)
+                    .execute(&mut tx)
+                    .await?;
                     let attempts = query(
                         "UPDATE call_attempts SET ended_at = $1, outcome = 'interrupted' \
                          WHERE ended_at IS NULL AND (daemon = $2 OR started_at < $3)",

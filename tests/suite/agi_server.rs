@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::common::{Daemon, Db, PHONE};
-use callverify::domain::status::Status;
+use callverify::domain::status::{CallOutcome, Status};
 use callverify_testkit::emulator::{outbound_env, Action, Call};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -277,8 +277,82 @@ async fn calls_past_the_grace_period_are_ended_and_recovered_as_interrupted() {
     d.signal_stop();
     d.join().await;
     in_progress.abort();
-    assert_eq!(d.status(&v.id).await.status, Status::Calling);
-    let recovered = d.service.recover_interrupted().await.unwrap();
-    assert_eq!((recovered.attempts, recovered.verifications), (1, 1));
+    // Recovered by the stop itself (the daemon then leaves the list of daemons, so no
+    // takeover would): queued again at once, not left `calling` until it expires.
     assert_eq!(d.status(&v.id).await.status, Status::Pending);
+    let attempts = d.store.attempts(&v.id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, Some(CallOutcome::Interrupted));
+    let recovered = d.service.recover_interrupted().await.unwrap();
+    assert_eq!(
+        (recovered.attempts, recovered.verifications),
+        (0, 0),
+        "nothing left for the next start"
+    );
 }
+
+/// The trunk calls counted on the store (every daemon's).
+async fn trunk_calls(d: &Daemon) -> i64 {
+    use sqlx::Row;
+    let mut db = crate::common::raw_connection(&d.config.database.url)
+        .await
+        .unwrap();
+    sqlx::query("SELECT COUNT(*) AS n FROM trunk_calls")
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+        .get("n")
+}
+
+/// A dialled call still in progress when the grace runs out: the stop itself closes its
+/// attempt as interrupted, gives its place on the trunk back (dialer.max_concurrent holds
+/// for every daemon on the store) and queues its verification again, since the daemon then
+/// leaves the list of daemons and no takeover would.
+async fn a_dialled_call_cut_off_after_the_grace_is_queued_again_and_frees_the_trunk(db: Db) {
+    use callverify_testkit::emulator::ami::{AmiPeer, Callee, Keys};
+    let peer = AmiPeer::start("callverify", "ami-test-secret")
+        .await
+        .unwrap();
+    let port = peer.addr.port();
+    let mut d = crate::common::start_with(db, |c| {
+        c.agi.shutdown_grace_secs = 1;
+        c.ami.host = "127.0.0.1".into();
+        c.ami.port = port;
+        c.ami.username = "callverify".into();
+        c.ami.secret = "ami-test-secret".into();
+        c.ami.keepalive_secs = 1;
+        c.ami.action_timeout_secs = 2;
+        c.dialer.max_per_second = 100;
+        c.dialer.max_concurrent = 5;
+        c.dialer.retry_delay_secs = 0;
+    })
+    .await;
+    peer.set_agi(d.addr);
+    let (_go, hold) = tokio::sync::watch::channel(false);
+    peer.callee(PHONE, Callee::AnswerHolding(Keys::default(), hold));
+    let v = d.new_verification(PHONE, "cut-off").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !d
+        .store
+        .attempts(&v.id)
+        .await
+        .unwrap()
+        .iter()
+        .any(|a| a.ended_at.is_none())
+    {
+        assert!(std::time::Instant::now() < deadline, "the call never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(trunk_calls(&d).await, 1);
+    d.signal_stop();
+    d.join().await;
+    assert_eq!(d.status(&v.id).await.status, Status::Pending);
+    let attempts = d.store.attempts(&v.id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, Some(CallOutcome::Interrupted));
+    assert_eq!(trunk_calls(&d).await, 0, "its trunk place given back");
+}
+
+crate::on_both_backends!(
+    a_dialled_call_cut_off_after_the_grace_is_queued_again_and_frees_the_trunk
+);

@@ -926,3 +926,62 @@ on_both_backends!(
     decisions_are_checked_and_scoped,
     recordings_are_deleted_after_retention,
 );
+
+/// A support call in progress when the daemon is told to stop (every package upgrade stops
+/// the service) is one the grace lets finish: thinking over the menu at the stop, the caller
+/// then leaves a message, whose AudioSocket leg is still accepted and which is kept; the web
+/// app's requests are answered meanwhile. Only new calls are refused.
+#[tokio::test]
+async fn a_support_call_in_progress_at_a_stop_still_leaves_its_message() {
+    use callverify_testkit::emulator::Action;
+    let mut d = crate::common::start_with(Db::Sqlite, |c| {
+        c.support.timezone = "UTC".into();
+        c.support.days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+            .map(String::from)
+            .into();
+        c.support.opens = "00:00".into();
+        c.support.closes = "23:59:59.999".into();
+    })
+    .await;
+    let (key, http) = (api_key(&d).await, d.http);
+    let (go, hold) = tokio::sync::watch::channel(false);
+    let call = support_call(PHONE, 0)
+        .then(Action::Hold(hold))
+        .talk(Talk::new().say(voice(500)));
+    let addr = d.addr;
+    let in_progress = tokio::spawn(async move { call.run(addr).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.signal_stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new calls after the stop signal"
+    );
+    let listed = reqwest::Client::new()
+        .get(format!("http://{http}/v1/manual-requests?status=open"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("the API answers during the grace");
+    assert_eq!(listed.status(), 200);
+    go.send(true).unwrap();
+    let t = tokio::time::timeout(Duration::from_secs(20), in_progress)
+        .await
+        .expect("the call ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.audio.len(), 1, "{:?}", t.commands);
+    assert!(
+        t.audio[0].connected,
+        "AudioSocket accepted during the grace"
+    );
+    assert_eq!(t.count_prompt("callverify/technical-problem"), 0);
+    assert_eq!(
+        t.count_prompt("callverify/support-thanks"),
+        1,
+        "{:?}",
+        t.commands
+    );
+    d.join().await;
+    assert_eq!(crate::common::manual_request_ids(&d).await.len(), 1);
+}

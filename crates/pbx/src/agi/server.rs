@@ -38,14 +38,17 @@ pub struct ServerConfig {
     pub grace: Duration,
 }
 
-/// Accept FastAGI sessions on `listener` until `shutdown` completes, then wait up to the
-/// grace period for calls in progress, and end the rest.
+/// Accept FastAGI sessions on `listener` until `shutdown` completes, then close the listener
+/// at once (a call Asterisk connects from then on is refused, and its dialplan goes on
+/// without the daemon), wait up to the grace period for the calls in progress, and end the
+/// rest. Returns how many calls were ended so, their work cut off wherever it was: the
+/// application closes what they left open.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     config: ServerConfig,
     handler: Arc<H>,
     shutdown: impl Future<Output = ()>,
-) {
+) -> usize {
     let admission = Arc::new(Admission::new(
         "FastAGI",
         config.allow.clone(),
@@ -68,9 +71,11 @@ pub async fn serve<H: Handler>(
             }
         }
     }
+    // Closed now, not once the calls are done: a connection waiting in the backlog of a
+    // socket nobody accepts on would hear silence until Asterisk gives up on it.
     drop(listener);
     if sessions.is_empty() {
-        return;
+        return 0;
     }
     tracing::info!(calls = sessions.len(), grace = ?config.grace,
         "shutting down: letting calls in progress finish");
@@ -78,13 +83,16 @@ pub async fn serve<H: Handler>(
         while sessions.join_next().await.is_some() {}
     })
     .await;
-    if drained.is_err() {
-        tracing::warn!(
-            calls = sessions.len(),
-            "grace period over: ending the remaining calls (recorded as interrupted at next start)"
-        );
-        sessions.shutdown().await;
+    if drained.is_ok() {
+        return 0;
     }
+    let cut_off = sessions.len();
+    tracing::warn!(
+        calls = cut_off,
+        "grace period over: ending the remaining calls (closed as interrupted)"
+    );
+    sessions.shutdown().await;
+    cut_off
 }
 
 async fn run_session<H: Handler>(
