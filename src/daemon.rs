@@ -103,7 +103,7 @@ fn start_dialer(
 }
 
 /// Every few seconds: release stale dialer claims, expire overdue verifications, delete the
-/// history past its retention.
+/// history past its retention, write support transcripts a stop left unwritten.
 async fn janitor(
     service: Arc<Verifications>,
     support: Arc<Support>,
@@ -126,6 +126,12 @@ async fn janitor(
                     Ok(0) => {}
                     Ok(n) => tracing::info!(recordings = n, "deleted support recordings past retention"),
                     Err(e) => tracing::error!(error = %e, "support upkeep failed"),
+                }
+                match support.transcribe_lost(crate::domain::clock::now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(requests = n,
+                        "writing the transcripts a stopped daemon left unwritten"),
+                    Err(e) => tracing::error!(error = %e, "cannot look for lost transcripts"),
                 }
             }
             _ = stopped.changed() => return,

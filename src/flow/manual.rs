@@ -60,6 +60,13 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         tracing::warn!(room = room.as_str(), "support line takes no message now");
         return goodbye(session, Prompt::SupportFull).await;
     }
+    // Far more callers recording at once than the line takes in an hour could not all be
+    // kept.
+    let Some(_recording) = support.recording_place() else {
+        metrics.support_message_refused(Room::LineFull);
+        tracing::warn!("support line takes no message now: as many callers are recording");
+        return goodbye(session, Prompt::SupportFull).await;
+    };
     for _ in 0..MESSAGE_TRIES {
         play(session, Prompt::SupportInstructions).await?;
         session.stream_file("beep", "").await?;
@@ -68,7 +75,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         match heard {
             Listened::Heard(message) if !message.is_empty() => {
                 let language = session.env().language().to_owned();
-                let thanks = match keep(support, &caller, &message, &language, metrics).await? {
+                let thanks = match keep(support, &caller, message, &language, metrics).await? {
                     Kept::Request(_) => Prompt::SupportThanks,
                     Kept::NoRoom(_) => Prompt::SupportFull,
                 };
@@ -82,7 +89,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 match message.filter(|m| !m.is_empty()) {
                     Some(message) => {
                         let language = session.env().language().to_owned();
-                        keep(support, &caller, &message, &language, metrics).await?;
+                        keep(support, &caller, message, &language, metrics).await?;
                     }
                     None => tracing::info!("support caller hung up before leaving a message"),
                 }
@@ -124,26 +131,27 @@ async fn identify<S: AsyncRead + AsyncWrite + Unpin + Send>(
 async fn keep(
     support: &Support,
     caller: &Caller,
-    message: &Message,
+    message: Message,
     language: &str,
     metrics: &Metrics,
 ) -> Result<Kept, FlowError> {
+    let (seconds, ended_by) = (message.duration().as_secs(), message.ended_by.as_str());
     let kept = support.keep(caller, message, language).await?;
-    if let Kept::NoRoom(room) = kept {
-        metrics.support_message_refused(room);
-    }
     match &kept {
         Kept::Request(id) => tracing::info!(
             request = %id,
-            seconds = message.duration().as_secs(),
-            ended_by = message.ended_by.as_str(),
+            seconds,
+            ended_by,
             "support message kept"
         ),
-        Kept::NoRoom(room) => tracing::warn!(
-            room = room.as_str(),
-            seconds = message.duration().as_secs(),
-            "support message not kept: the line took as many as it may meanwhile"
-        ),
+        Kept::NoRoom(room) => {
+            metrics.support_message_refused(*room);
+            tracing::warn!(
+                room = room.as_str(),
+                seconds,
+                "support message not kept: the line took as many as it may meanwhile"
+            )
+        }
     }
     Ok(kept)
 }

@@ -241,6 +241,41 @@ impl Store {
             .await
     }
 
+    /// Up to `limit` requests kept before `kept_before` whose transcript never came (a daemon
+    /// stopped while it was being written), oldest first: their ids, WAV files and
+    /// languages.
+    pub async fn untranscribed(
+        &self,
+        kept_before: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, Vec<u8>, String)>, StoreError> {
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let rows = query(
+                        "SELECT id, recording, language FROM manual_requests \
+                         WHERE transcript IS NULL AND recording IS NOT NULL \
+                         AND purged_at IS NULL AND created_at < $1 \
+                         ORDER BY created_at LIMIT $2",
+                    )
+                    .bind(kept_before)
+                    .bind(limit)
+                    .fetch_all(&mut *c)
+                    .await?;
+                    rows.iter()
+                        .map(|r| {
+                            Ok((
+                                r.try_get("id")?,
+                                r.try_get("recording")?,
+                                r.try_get("language")?,
+                            ))
+                        })
+                        .collect()
+                })
+            }))
+            .await
+    }
+
     /// The WAV file of a request, unless purged.
     pub async fn manual_recording(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let id = id.to_owned();

@@ -126,7 +126,8 @@ impl Recorder {
     fn new(limits: MessageLimits) -> Self {
         Self {
             limits,
-            samples: Vec::new(),
+            // The longest message, at once: growing by doubling would hold up to twice it.
+            samples: Vec::with_capacity(duration_to_samples(limits.max)),
             first_voice: None,
             last_voice: 0,
         }
@@ -163,15 +164,16 @@ impl Recorder {
     }
 
     fn finish(self, ended_by: MessageEnd) -> Message {
-        let samples = match self.first_voice {
-            None => Vec::new(),
+        let mut samples = self.samples;
+        match self.first_voice {
+            None => samples = Vec::new(),
+            // Trimmed in place: no second copy of a long message.
             Some(first) => {
                 let margin = duration_to_samples(MARGIN);
-                let start = first.saturating_sub(margin);
-                let end = (self.last_voice + margin).min(self.samples.len());
-                self.samples[start..end].to_vec()
+                samples.truncate(self.last_voice + margin);
+                samples.drain(..first.saturating_sub(margin));
             }
-        };
+        }
         Message { samples, ended_by }
     }
 }

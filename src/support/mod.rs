@@ -10,10 +10,13 @@ mod passwords;
 pub mod request;
 pub mod staff;
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use callverify_audio::SAMPLE_RATE;
 use callverify_speech::CodeRecogniser;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::domain::clock::now_ms;
 use crate::domain::ids::random_token;
@@ -98,6 +101,10 @@ pub struct Support {
     settings: SupportSettings,
     /// Writes transcripts of messages, when a recogniser is loaded.
     transcriber: Option<CodeRecogniser>,
+    /// When lost transcripts were last looked for ([`Support::transcribe_lost`]).
+    lost_looked_for: AtomicI64,
+    /// Messages being recorded ([`Support::recording_place`]).
+    recording_places: Arc<Semaphore>,
 }
 
 impl Support {
@@ -107,11 +114,14 @@ impl Support {
         settings: SupportSettings,
         transcriber: Option<CodeRecogniser>,
     ) -> Self {
+        let places = usize::try_from(settings.quota.per_hour.clamp(1, 10_000)).unwrap_or(1) * 2;
         Self {
             store,
             phones,
+            recording_places: Arc::new(Semaphore::new(places)),
             settings,
             transcriber,
+            lost_looked_for: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -173,11 +183,19 @@ impl Support {
             .await
     }
 
+    /// A place to record a message in: twice as many messages are recorded at once as the
+    /// line takes in an hour at most (each holds up to a minute and a half of audio in
+    /// memory until it is kept; twice, so that a flood whose messages will not be kept
+    /// leaves room for others); `None` when all are taken.
+    pub fn recording_place(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.recording_places).try_acquire_owned().ok()
+    }
+
     /// Keep a message as an open request, if the line still has room for it.
     pub async fn keep(
         &self,
         caller: &Caller,
-        message: &Message,
+        message: Message,
         language: &str,
     ) -> Result<Kept, StoreError> {
         let id = random_token("mr_", 20);
@@ -209,7 +227,7 @@ impl Support {
                 store,
                 recogniser,
                 id.clone(),
-                message.samples.clone(),
+                message.samples,
                 language.to_owned(),
             ));
         }
@@ -359,6 +377,41 @@ impl Support {
         request.status == RequestStatus::Open && now.saturating_sub(request.created_at) >= after
     }
 
+    /// Write again, in the background, the transcripts a stopped daemon left unwritten (a few
+    /// at a time, every ten minutes); returns how many. Nothing without a recogniser.
+    pub async fn transcribe_lost(&self, now: i64) -> Result<usize, StoreError> {
+        let Some(recogniser) = &self.transcriber else {
+            return Ok(0);
+        };
+        let last = self.lost_looked_for.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < LOST_TRANSCRIPTS_EVERY
+            || self
+                .lost_looked_for
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return Ok(0);
+        }
+        let lost = self
+            .store
+            .untranscribed(now - TRANSCRIPT_LOST_AFTER, LOST_TRANSCRIPTS_AT_ONCE)
+            .await?;
+        let count = lost.len();
+        let (store, recogniser) = (self.store.clone(), recogniser.clone());
+        tokio::spawn(async move {
+            for (id, wav, language) in lost {
+                match callverify_audio::wav::decode(&wav) {
+                    Ok((_, samples)) => {
+                        transcribe(store.clone(), recogniser.clone(), id, samples, language).await
+                    }
+                    Err(e) => tracing::error!(request = %id, error = %e,
+                        "a support recording cannot be read back to transcribe it"),
+                }
+            }
+        });
+        Ok(count)
+    }
+
     /// Delete recordings and transcripts past the retention period, and the console's
     /// failed sign-ins with them (see [`staff`]); returns how many recordings went.
     pub async fn purge(&self, now: i64) -> Result<u64, StoreError> {
@@ -372,6 +425,15 @@ impl Support {
             .await
     }
 }
+
+/// A message kept this long ago without a transcript lost it: its daemon stopped while the
+/// transcript was being written (a message waits behind the spoken codes, up to half a
+/// minute a part).
+const TRANSCRIPT_LOST_AFTER: i64 = 10 * 60_000;
+/// How often lost transcripts are looked for, and how many are written again each time: a
+/// message whose transcription fails for good costs that many recognitions at most.
+const LOST_TRANSCRIPTS_EVERY: i64 = 10 * 60_000;
+const LOST_TRANSCRIPTS_AT_ONCE: i64 = 5;
 
 /// Whisper reads 30 s at a time: longer messages are recognised in parts.
 const TRANSCRIBE_PART: usize = 25 * SAMPLE_RATE as usize;

@@ -307,12 +307,48 @@ async fn support_messages_get_a_transcript(db: Db) {
         .await
         .unwrap();
     assert_eq!(t.count_prompt("callverify/support-thanks"), 1);
+    let transcript = transcript_of_the_request(&d).await;
+    assert_eq!(callverify_speech::digits::digits_in(&transcript), "4829");
+    d.stop().await;
+}
+
+/// A daemon stopped while it wrote a message's transcript (it runs in the background, after
+/// the caller heard "thank you") leaves the request without one: the next daemon writes it.
+async fn a_transcript_a_stop_left_unwritten_is_written_later(db: Db) {
+    let d = crate::common::start_with(db, with_speech).await;
+    let kept_before_the_stop = callverify::domain::clock::now_ms() - 20 * 60_000;
+    let samples = voice().say("6175", 5);
+    let request = callverify::support::request::NewManualRequest {
+        id: "mr_lost".into(),
+        created_at: kept_before_the_stop,
+        caller: Some(PHONE.into()),
+        caller_match: callverify::domain::status::CallerMatch::Unmatched,
+        verification_id: None,
+        ended_by: "silence",
+        duration_ms: (samples.len() / 8) as i64,
+        recording: callverify_audio::wav::encode(&samples, 8000),
+        transcript: None,
+        language: "en".into(),
+    };
+    let quota = callverify::support::MessageQuota {
+        per_caller_per_day: 10,
+        per_hour: 10,
+        max_bytes: 10_000_000,
+    };
+    d.store.keep_manual_request(request, quota).await.unwrap();
+    let transcript = transcript_of_the_request(&d).await;
+    assert_eq!(callverify_speech::digits::digits_in(&transcript), "6175");
+    d.stop().await;
+}
+
+/// The transcript of the only support request, once it is written.
+async fn transcript_of_the_request(d: &Daemon) -> String {
     let filter = callverify::support::request::RequestFilter {
         limit: 10,
         ..Default::default()
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let transcript = loop {
+    loop {
         let requests = d
             .store
             .manual_requests(filter.clone())
@@ -320,13 +356,11 @@ async fn support_messages_get_a_transcript(db: Db) {
             .unwrap()
             .requests;
         if let Some(text) = requests[0].transcript.clone() {
-            break text;
+            return text;
         }
         assert!(std::time::Instant::now() < deadline, "no transcript");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(callverify_speech::digits::digits_in(&transcript), "4829");
-    d.stop().await;
+    }
 }
 
 /// A caller who keys one digit while the daemon listens and then waits, on a channel that
@@ -444,6 +478,7 @@ on_both_backends!(
     read_backs_are_few_across_a_numbers_calls,
     a_key_then_silence_ends_on_the_key_timeout,
     support_messages_get_a_transcript,
+    a_transcript_a_stop_left_unwritten_is_written_later,
     spoken_and_keyed_codes_verify,
     said_then_pound_over_noise_and_in_other_languages,
     without_a_working_audiosocket_the_keypad_takes_over,

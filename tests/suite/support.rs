@@ -888,6 +888,46 @@ async fn a_cli_verification_is_no_keys(db: Db) {
     d.stop().await;
 }
 
+/// Each message being recorded holds up to a minute and a half of audio in memory: twice as
+/// many callers record at once as the line takes in an hour, at most, and the next is told
+/// before the tone.
+#[tokio::test]
+async fn callers_recording_at_once_are_bounded_by_the_lines_quota() {
+    let d = crate::common::start_with(Db::Sqlite, |c| {
+        closed(c);
+        c.support.max_messages_per_hour = 1;
+    })
+    .await;
+    // Two recordings of 3 s, in real time.
+    let talking = |caller: &'static str| {
+        let talk = Talk::new()
+            .say(voice(3000))
+            .key('#')
+            .paced(std::time::Duration::from_millis(20));
+        tokio::spawn(support_call(caller, 0).talk(talk).run(d.addr))
+    };
+    let (first, second) = (talking("+14155550181"), talking("+14155550182"));
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let third = run_support(&d, support_call("+14155550183", 0).talk(Talk::new())).await;
+    assert_eq!(
+        third.count_prompt(Prompt::SupportFull.file()),
+        1,
+        "{:?}",
+        third.commands
+    );
+    assert_eq!(third.count_prompt("beep"), 0, "told before the tone");
+    let (first, second) = (
+        first.await.unwrap().unwrap(),
+        second.await.unwrap().unwrap(),
+    );
+    let thanked = [first, second]
+        .iter()
+        .map(|t| t.count_prompt(Prompt::SupportThanks.file()))
+        .sum::<usize>();
+    assert_eq!(thanked, 1, "the hour's one message");
+    d.stop().await;
+}
+
 /// Local channels, and SIP legs with silence suppression, send no frames while the caller is
 /// quiet: the message ends on that silence as on silent frames, not at the wall-clock
 /// backstop (here 3 + 10 + 10 s).
