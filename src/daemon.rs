@@ -152,6 +152,11 @@ pub struct App {
 pub async fn open(config: &Config) -> Result<App, DaemonError> {
     let store = Store::connect(&config.database.url, config.database.max_connections).await?;
     store.migrate().await?;
+    on(config, store)
+}
+
+/// The service on `store`.
+fn on(config: &Config, store: Store) -> Result<App, DaemonError> {
     let path = PathBuf::from(&config.security.secret_file);
     let key = server_key(&config.security.secret, &path)
         .map_err(|source| DaemonError::Key { path, source })?;
@@ -169,9 +174,11 @@ pub async fn open(config: &Config) -> Result<App, DaemonError> {
     })
 }
 
-/// [`open`] for the admin's commands: a store and key that are already there. Only the
-/// service (and `migrate`) create them, so a command run with another configuration than the
-/// service's cannot quietly write into a new, empty store.
+/// [`open`] for the admin's commands: a store and key that are already there, and a schema
+/// that is this release's. Only the service (and `migrate`) create or migrate them, so a
+/// command run with another configuration than the service's cannot quietly write into a
+/// new, empty store, and one run after an upgrade cannot change the schema under daemons of
+/// the release before.
 pub async fn open_existing(config: &Config) -> Result<App, DaemonError> {
     if let Some(path) = crate::store::sqlite_path(&config.database.url) {
         if !path.exists() {
@@ -184,7 +191,9 @@ pub async fn open_existing(config: &Config) -> Result<App, DaemonError> {
     if config.security.secret.is_empty() && !key.exists() {
         return Err(DaemonError::NoKey { path: key });
     }
-    open(config).await
+    let store = Store::connect(&config.database.url, config.database.max_connections).await?;
+    store.check_schema().await?;
+    on(config, store)
 }
 
 /// A daemon's name on its call attempts and in the store's list of daemons: the host and the

@@ -35,6 +35,27 @@ pub enum StoreError {
     Results { operations: usize, results: usize },
     #[error("a store operation panicked")]
     Panicked,
+    #[error(
+        "the store's schema is older than this callverify (migrations {} not applied): stop \
+         every daemon using it, run `callverify migrate`, then start them with this release",
+        versions(missing)
+    )]
+    SchemaBehind { missing: Vec<i64> },
+    #[error(
+        "the store was migrated by a newer callverify (migrations {} unknown to this one): use \
+         that release",
+        versions(unknown)
+    )]
+    SchemaAhead { unknown: Vec<i64> },
+}
+
+/// Migration versions, for a message: `17, 18`.
+fn versions(versions: &[i64]) -> String {
+    versions
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl StoreError {

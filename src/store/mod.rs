@@ -60,7 +60,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::Connection as _;
 
 use engine::{Connect, Engine, Op};
-use sql::Conn;
+use sql::{query, Conn};
 
 /// A pooled Postgres connection idle this long is pinged before it is used again.
 const PING_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -193,6 +193,46 @@ impl Store {
                     .await
             }
         }
+    }
+
+    /// Whether the store's schema is this binary's, without changing it: every migration
+    /// applied, none unknown. For the admin's commands, which must not migrate a store under
+    /// daemons of the release before (`serve` and `migrate` migrate).
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let known: Vec<i64> = match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.iter().map(|m| m.version).collect(),
+            Backend::Postgres => POSTGRES_MIGRATIONS.iter().map(|m| m.version).collect(),
+        };
+        let applied: Vec<i64> = self
+            .engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let rows = match query("SELECT version FROM _sqlx_migrations WHERE success")
+                        .fetch_all(&mut *c)
+                        .await
+                    {
+                        Ok(rows) => rows,
+                        // No table of migrations (both databases name it): no schema at all.
+                        Err(e) if e.to_string().contains("_sqlx_migrations") => Vec::new(),
+                        Err(e) => return Err(e),
+                    };
+                    rows.iter().map(|r| r.try_get("version")).collect()
+                })
+            }))
+            .await?;
+        let unknown: Vec<i64> = applied
+            .iter()
+            .copied()
+            .filter(|v| !known.contains(v))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(StoreError::SchemaAhead { unknown });
+        }
+        let missing: Vec<i64> = known.into_iter().filter(|v| !applied.contains(v)).collect();
+        if !missing.is_empty() {
+            return Err(StoreError::SchemaBehind { missing });
+        }
+        Ok(())
     }
 
     /// SQLite: copy the write-ahead log into the database and empty the `-wal` file (a

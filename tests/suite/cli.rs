@@ -782,3 +782,57 @@ fn a_speech_model_in_a_build_without_speech_is_refused_at_startup() {
         "refused before the store"
     );
 }
+
+/// The admin's commands never migrate: after an upgrade, a store one migration behind (as
+/// the release before left it, with its daemons perhaps still running) is refused with what
+/// to do and left as it was; one a newer release migrated is refused too.
+#[test]
+fn commands_other_than_serve_and_migrate_leave_the_schema_alone() {
+    let dir = with_store();
+    let db = rusqlite::Connection::open(dir.path().join("callverify.db")).unwrap();
+    let applied = |db: &rusqlite::Connection| -> i64 {
+        db.query_row("SELECT COUNT(*) FROM _sqlx_migrations", [], |r| r.get(0))
+            .unwrap()
+    };
+    let all = applied(&db);
+    let latest: i64 = db
+        .query_row("SELECT MAX(version) FROM _sqlx_migrations", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    db.execute(
+        "CREATE TEMP TABLE kept AS SELECT * FROM _sqlx_migrations WHERE version = ?1",
+        [latest],
+    )
+    .unwrap();
+    db.execute("DELETE FROM _sqlx_migrations WHERE version = ?1", [latest])
+        .unwrap();
+    let out = run(callverify(dir.path()).args(["keys", "list"]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("migrations {latest} not applied"))
+            && stderr(&out).contains("callverify migrate"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(applied(&db), all - 1, "the command applied nothing");
+    // As migrated: the command works.
+    db.execute("INSERT INTO _sqlx_migrations SELECT * FROM kept", [])
+        .unwrap();
+    let out = run(callverify(dir.path()).args(["keys", "list"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Migrated by a newer release.
+    db.execute(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99991231000000, 'from a newer release', 1, x'00', 0)",
+        [],
+    )
+    .unwrap();
+    let out = run(callverify(dir.path()).args(["verify", "status", "vf_x"]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("migrated by a newer callverify"),
+        "{}",
+        stderr(&out)
+    );
+}
