@@ -2,7 +2,9 @@
 //! together as one: one transaction, one commit, one round trip per statement for all of
 //! them, where each alone pays its own (on Postgres the commit's flush and the round trips
 //! are most of what an operation costs). An operation that arrives when none of its kind runs
-//! starts at once, so nothing waits for a batch to fill.
+//! starts at once, so nothing waits for a batch to fill. A batch holds 1, 2, 4, ... of them
+//! (those left over run in the next), so that the statements sized to a batch have a few
+//! sizes, each prepared once.
 //!
 //! Batches run in a task of their own, so a caller that goes away (an HTTP client that hangs
 //! up, a request past its timeout) leaves the others' batch running; an operation whose
@@ -117,6 +119,11 @@ where
         if batch.is_empty() {
             waiting.running = false;
             return None;
+        }
+        // A power of two: a statement sized to a batch has few sizes, each prepared once.
+        let size = 1 << batch.len().ilog2();
+        for later in batch.drain(size..).rev() {
+            waiting.queue.push_front(later);
         }
         Some(batch)
     }
@@ -263,19 +270,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn batches_hold_at_most_max_and_only_operations_that_join() {
-        let (batches, results) = run_together(3, &[2, 4, 6, 8, 1, 3, 10]).await;
-        assert_eq!(batches, vec![vec![2, 4, 6], vec![8], vec![1, 3], vec![10]]);
+    async fn batches_hold_a_power_of_two_up_to_max_and_only_operations_that_join() {
+        let (batches, results) = run_together(4, &[2, 4, 6, 8, 12, 14, 16, 1, 3, 10]).await;
+        // Four evens, then three: two of them, and one; two odds; the last even.
+        assert_eq!(
+            batches,
+            vec![
+                vec![2, 4, 6, 8],
+                vec![12, 14],
+                vec![16],
+                vec![1, 3],
+                vec![10]
+            ]
+        );
         assert!(results.iter().all(Result::is_ok));
     }
 
     #[tokio::test]
     async fn a_failed_batch_runs_again_one_operation_at_a_time() {
-        let (batches, results) = run_together(64, &[1, 13, 5]).await;
-        assert_eq!(batches, vec![vec![1, 13, 5], vec![1], vec![13], vec![5]]);
+        let (batches, results) = run_together(64, &[1, 13, 5, 7]).await;
+        assert_eq!(
+            batches,
+            vec![vec![1, 13, 5, 7], vec![1], vec![13], vec![5], vec![7]]
+        );
         assert_eq!(results[0].as_ref().unwrap(), &2);
         assert!(matches!(results[1], Err(StoreError::NoRow)));
         assert_eq!(results[2].as_ref().unwrap(), &10);
+        assert_eq!(results[3].as_ref().unwrap(), &14);
     }
 
     #[tokio::test]
@@ -290,8 +311,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_whose_commit_failed_is_not_run_again() {
-        let (batches, results) = run_together(64, &[1, 77, 5]).await;
-        assert_eq!(batches, vec![vec![1, 77, 5]]);
+        let (batches, results) = run_together(64, &[1, 77]).await;
+        assert_eq!(batches, vec![vec![1, 77]]);
         assert!(results
             .iter()
             .all(|r| matches!(r, Err(StoreError::Commit(_)))));

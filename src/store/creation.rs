@@ -307,7 +307,7 @@ async fn admissions(
 ) -> Result<Vec<Admission>, StoreError> {
     let mut read = match batch.len() {
         1 => query(ADMISSION_OF_ONE[limits.counted()].as_str()),
-        n => query(admission_sql(n, limits.counted())).once(),
+        n => query(admission_sql(n, limits.counted())),
     };
     for (i, creation) in batch.iter().enumerate() {
         let v = &creation.verification;

@@ -155,7 +155,10 @@ impl Store {
                     Ok(true)
                 })
             })
-            .connect_with(PgConnectOptions::from_str(url)?)
+            // A batch of creations adds a statement of each of its kinds for each batch
+            // size (1, 2, 4, ... 64) to the hundred or so of the rest of the store: more
+            // than sqlx's 100 a connection, which would evict the calls' own.
+            .connect_with(PgConnectOptions::from_str(url)?.statement_cache_capacity(256))
             .await?;
         Ok(Self {
             engine: Engine::Pool(pool),

@@ -224,9 +224,10 @@ impl<'q> Query<'q> {
         self
     }
 
-    /// A statement whose text is made for this use (a batch's size of rows): Postgres
-    /// plans it each time rather than keep one more prepared statement on the connection,
-    /// where it would push out those of every call. (SQLite keeps it in its cache like any.)
+    /// A statement whose text is made for this use (as many rows as a batch has subjects to
+    /// lock, say): Postgres plans it each time rather than keep one more prepared statement
+    /// on the connection, where it would push out those of every call. (SQLite keeps it in
+    /// its cache like any.)
     pub fn once(mut self) -> Self {
         self.kept = false;
         self

@@ -121,7 +121,7 @@ pub(super) async fn insert_verifications(
     }
     let mut insert = match rows.len() {
         1 => query(INSERT_ONE.as_str()),
-        n => query(insert_sql(n)).once(),
+        n => query(insert_sql(n)),
     };
     for v in rows {
         insert = insert
