@@ -25,6 +25,10 @@ use crate::web::api::ApiState;
 use crate::web::console::ConsoleState;
 use crate::web::HttpLimits;
 
+/// How long a stop waits for the webhook sender's batch before it closes the calls cut off
+/// (the unit gives a stop 45 s, the calls' grace 30 s of them).
+const WEBHOOKS_STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// Asterisk names the call's UUID at once after connecting.
 const AUDIOSOCKET_UUID_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -75,7 +79,8 @@ pub enum DaemonError {
 }
 
 /// Start the AMI connection and the dialer when `ami.host` is set: the dialer places no more
-/// calls once `closing`, the connection stays up until `stopped`.
+/// calls once `closing`, and follows those it placed until `stopped`, as the connection
+/// stays up.
 fn start_dialer(
     config: &Config,
     service: &Arc<Verifications>,
@@ -98,7 +103,7 @@ fn start_dialer(
         service.clone(),
         ami.clone(),
     );
-    tokio::spawn(dialer.run(closing.clone()));
+    tokio::spawn(dialer.run(closing.clone(), stopped.clone()));
     Some(ami)
 }
 
@@ -529,15 +534,23 @@ pub async fn run(
 /// After the grace: close the attempts of the `cut_off` calls it ended as interrupted, as a
 /// start after a crash does, so that their verifications are queued again at once rather than
 /// waiting for a takeover that never comes once this daemon has left the list (and holding
-/// their trunk places until they expire). The webhook sender (stopped) first ends its batch:
-/// its claims are released too. False when the store could not do it.
+/// their trunk places until they expire). The webhook sender (stopped) first ends its batch,
+/// or is ended after a few seconds: its claims are released too. False when the store could
+/// not do it.
 async fn close_cut_off_calls(
     service: &Verifications,
     webhooks: Option<tokio::task::JoinHandle<()>>,
     cut_off: usize,
 ) -> bool {
-    if let Some(webhooks) = webhooks {
-        let _ = webhooks.await;
+    if let Some(mut webhooks) = webhooks {
+        // Its batch may wait on slow receivers: past a few seconds it is ended where it is
+        // (what it was sending is made due again, and sent at least once).
+        if tokio::time::timeout(WEBHOOKS_STOP_WAIT, &mut webhooks)
+            .await
+            .is_err()
+        {
+            webhooks.abort();
+        }
     }
     match service.recover_interrupted().await {
         Ok(recovered) => {

@@ -166,7 +166,8 @@ async fn store_checks(doctor: &mut Doctor, config: &Config) -> Option<Selftests>
             doctor.problem(
                 "store",
                 format!("{store}: {e}"),
-                "check database.url; the service creates the store when it first starts",
+                "check database.url; the service creates the store when it first starts, and \
+                 `callverify migrate` brings its schema to this release",
             );
             return None;
         }

@@ -84,8 +84,9 @@ impl Dialer {
         }
     }
 
-    /// Run until `shutdown` turns true.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    /// Run until `stopped` turns true; place no more calls once `closing` does (a stop's
+    /// grace: the calls placed are still followed, their ends and failures recorded).
+    pub async fn run(mut self, closing: watch::Receiver<bool>, mut stopped: watch::Receiver<bool>) {
         // Only the events and fields of AMI_EVENTS arrive: what this reads is listed there.
         let mut events = self.ami.events();
         let mut state = self.ami.state();
@@ -96,7 +97,7 @@ impl Dialer {
         let mut next_call = Instant::now();
         loop {
             tokio::select! {
-                _ = shutdown.changed() => break,
+                _ = stopped.changed() => break,
                 event = events.recv() => match event {
                     Ok(m) => self.on_event(&m).await,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -106,7 +107,8 @@ impl Dialer {
                 },
                 _ = tick.tick() => {
                     self.sweep().await;
-                    let may_dial = *state.borrow_and_update() == AmiState::Connected
+                    let may_dial = !*closing.borrow()
+                        && *state.borrow_and_update() == AmiState::Connected
                         && self.calls.len() < self.config.max_concurrent
                         && Instant::now() >= next_call;
                     if may_dial && self.dial_one().await {

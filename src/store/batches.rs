@@ -153,8 +153,12 @@ where
             }
             return;
         }
+        // The first caller gets the error itself, the others its like.
+        let like = failed.again();
+        let mut first = Some(failed);
         for reply in replies {
-            let _ = reply.send(Err(failed.again()));
+            let error = first.take().unwrap_or_else(|| like.again());
+            let _ = reply.send(Err(error));
         }
     }
 

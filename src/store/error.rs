@@ -59,6 +59,16 @@ fn versions(versions: &[i64]) -> String {
 }
 
 impl StoreError {
+    /// Whether the statement read a table that does not exist.
+    pub(super) fn is_missing_table(&self) -> bool {
+        match self {
+            // undefined_table
+            StoreError::Database(sqlx::Error::Database(e)) => e.code().as_deref() == Some("42P01"),
+            StoreError::Sqlite(e) => e.to_string().starts_with("no such table"),
+            _ => false,
+        }
+    }
+
     /// Whether this failure came before the commit of what failed: nothing of it was
     /// written, so it may be run again. After a failed commit, or a commit that gave
     /// the wrong results, it may have been written.
@@ -79,6 +89,7 @@ impl StoreError {
                 results,
             },
             StoreError::Panicked => StoreError::Panicked,
+            StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
             other => StoreError::Unavailable(other.to_string()),
         }
     }

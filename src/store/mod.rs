@@ -215,8 +215,8 @@ impl Store {
                         .await
                     {
                         Ok(rows) => rows,
-                        // No table of migrations (both databases name it): no schema at all.
-                        Err(e) if e.to_string().contains("_sqlx_migrations") => Vec::new(),
+                        // No table of migrations: no schema at all.
+                        Err(e) if e.is_missing_table() => Vec::new(),
                         Err(e) => return Err(e),
                     };
                     rows.iter().map(|r| r.try_get("version")).collect()

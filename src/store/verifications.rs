@@ -121,7 +121,10 @@ pub(super) async fn insert_verifications(
     }
     let mut insert = match rows.len() {
         1 => query(INSERT_ONE.as_str()),
-        n => query(insert_sql(n)),
+        // Kept prepared for a batch's sizes (1, 2, 4, ...); creations a batch refused leave
+        // other counts, planned each time.
+        n if n.is_power_of_two() => query(insert_sql(n)),
+        n => query(insert_sql(n)).once(),
     };
     for v in rows {
         insert = insert

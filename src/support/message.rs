@@ -1,7 +1,9 @@
 //! Recording a support-line message from the caller's AudioSocket stream: it ends on `#`,
 //! on a long silence after speech, at the length cap, or when the caller hangs up; silence
-//! before and after the speech is trimmed. Durations count received audio, not the wall
-//! clock (Asterisk can stall), with a wall-clock backstop.
+//! before and after the speech is trimmed. Durations count received audio (frames that
+//! waited in the socket are not silence), and a gap in the frames counts as silence as long
+//! as the wall clock says (a channel that sends nothing while its caller is quiet); a
+//! wall-clock backstop ends a stalled stream.
 
 use std::time::Duration;
 

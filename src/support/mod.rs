@@ -223,13 +223,10 @@ impl Support {
         if let Some(recogniser) = &self.transcriber {
             // In the background: the caller hears "thank you" without waiting for it.
             let (store, recogniser) = (self.store.clone(), recogniser.clone());
-            tokio::spawn(transcribe(
-                store,
-                recogniser,
-                id.clone(),
-                message.samples,
-                language.to_owned(),
-            ));
+            let (id, language) = (id.clone(), language.to_owned());
+            tokio::spawn(async move {
+                transcribe(&store, &recogniser, id, message.samples, language, false).await
+            });
         }
         Ok(Kept::Request(id))
     }
@@ -378,11 +375,13 @@ impl Support {
     }
 
     /// Write again, in the background, the transcripts a stopped daemon left unwritten (a few
-    /// at a time, every ten minutes); returns how many. Nothing without a recogniser.
+    /// at a time, every ten minutes); returns how many. Nothing without a recogniser. A
+    /// message whose transcription fails again is left with an empty transcript, so that it
+    /// does not hold the others' turn for good.
     pub async fn transcribe_lost(&self, now: i64) -> Result<usize, StoreError> {
-        let Some(recogniser) = &self.transcriber else {
+        if self.transcriber.is_none() {
             return Ok(0);
-        };
+        }
         let last = self.lost_looked_for.load(Ordering::Relaxed);
         if now.saturating_sub(last) < LOST_TRANSCRIPTS_EVERY
             || self
@@ -397,18 +396,20 @@ impl Support {
             .untranscribed(now - TRANSCRIPT_LOST_AFTER, LOST_TRANSCRIPTS_AT_ONCE)
             .await?;
         let count = lost.len();
-        let (store, recogniser) = (self.store.clone(), recogniser.clone());
-        tokio::spawn(async move {
-            for (id, wav, language) in lost {
-                match callverify_audio::wav::decode(&wav) {
-                    Ok((_, samples)) => {
-                        transcribe(store.clone(), recogniser.clone(), id, samples, language).await
+        if let Some(recogniser) = &self.transcriber {
+            let (store, recogniser) = (self.store.clone(), recogniser.clone());
+            tokio::spawn(async move {
+                for (id, wav, language) in lost {
+                    match callverify_audio::wav::decode(&wav) {
+                        Ok((_, samples)) => {
+                            transcribe(&store, &recogniser, id, samples, language, true).await
+                        }
+                        Err(e) => tracing::error!(request = %id, error = %e,
+                            "a support recording cannot be read back to transcribe it"),
                     }
-                    Err(e) => tracing::error!(request = %id, error = %e,
-                        "a support recording cannot be read back to transcribe it"),
                 }
-            }
-        });
+            });
+        }
         Ok(count)
     }
 
@@ -430,8 +431,7 @@ impl Support {
 /// transcript was being written (a message waits behind the spoken codes, up to half a
 /// minute a part).
 const TRANSCRIPT_LOST_AFTER: i64 = 10 * 60_000;
-/// How often lost transcripts are looked for, and how many are written again each time: a
-/// message whose transcription fails for good costs that many recognitions at most.
+/// How often lost transcripts are looked for, and how many are written again each time.
 const LOST_TRANSCRIPTS_EVERY: i64 = 10 * 60_000;
 const LOST_TRANSCRIPTS_AT_ONCE: i64 = 5;
 
@@ -440,20 +440,28 @@ const TRANSCRIBE_PART: usize = 25 * SAMPLE_RATE as usize;
 
 /// Write the transcript of message `id` beside its recording, to help staff (what was said,
 /// the spelled username). Never logged: only its length.
+/// `last_try`: a recognition that fails leaves the transcript empty, not missing, so that the
+/// message is not tried again.
 async fn transcribe(
-    store: Store,
-    recogniser: CodeRecogniser,
+    store: &Store,
+    recogniser: &CodeRecogniser,
     id: String,
     samples: Vec<i16>,
     language: String,
+    last_try: bool,
 ) {
     let mut parts = Vec::new();
     for part in samples.chunks(TRANSCRIBE_PART) {
         match recogniser.transcribe(part.to_vec(), &language).await {
             Ok(text) => parts.push(text.trim().to_owned()),
             Err(e) => {
-                tracing::error!(request = %id, error = %e, "transcribing a support message failed");
-                return;
+                tracing::error!(request = %id, error = %e, last_try,
+                    "transcribing a support message failed");
+                if !last_try {
+                    return;
+                }
+                parts.clear();
+                break;
             }
         }
     }

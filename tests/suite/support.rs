@@ -898,15 +898,18 @@ async fn callers_recording_at_once_are_bounded_by_the_lines_quota() {
         c.support.max_messages_per_hour = 1;
     })
     .await;
-    // Two recordings of 3 s, in real time.
+    // Two recordings of 3.5 s, in real time (a call's AGI reply timeout here is 5 s).
     let talking = |caller: &'static str| {
         let talk = Talk::new()
-            .say(voice(3000))
+            .say(voice(3500))
             .key('#')
             .paced(std::time::Duration::from_millis(20));
         tokio::spawn(support_call(caller, 0).talk(talk).run(d.addr))
     };
     let (first, second) = (talking("+14155550181"), talking("+14155550182"));
+    // Both are being handled, and a second on from there they record (their prompts take
+    // no time here).
+    d.until_calls_in_progress(2).await;
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let third = run_support(&d, support_call("+14155550183", 0).talk(Talk::new())).await;
     assert_eq!(
@@ -990,13 +993,16 @@ async fn a_support_call_in_progress_at_a_stop_still_leaves_its_message() {
         .talk(Talk::new().say(voice(500)));
     let addr = d.addr;
     let in_progress = tokio::spawn(async move { call.run(addr).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.until_calls_in_progress(1).await;
     d.signal_stop();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "no new calls after the stop signal"
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new calls after the stop signal"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let listed = reqwest::Client::new()
         .get(format!("http://{http}/v1/manual-requests?status=open"))
         .bearer_auth(&key)

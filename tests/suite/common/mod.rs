@@ -257,6 +257,30 @@ impl Daemon {
         (self.config.clone(), self.dir.take())
     }
 
+    /// Returns once `n` FastAGI calls are being handled (the daemon's own gauge).
+    pub async fn until_calls_in_progress(&self, n: usize) {
+        let gauge = format!("callverify_calls_in_progress {n}\n");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let text = self
+                .service
+                .metrics()
+                .render(&callverify::domain::metrics::Snapshot {
+                    ami_state: None,
+                    queue_due: 0,
+                    webhooks_undelivered: 0,
+                });
+            if text.contains(&gauge) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never {n} calls: {text}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn signal_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
