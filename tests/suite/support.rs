@@ -276,14 +276,7 @@ async fn the_support_line_takes_a_bounded_number_of_messages(db: Db) {
     }
     assert_eq!(crate::common::manual_request_ids(&d).await.len(), 4);
     // Each refusal is counted for monitoring, by the limit reached.
-    let metrics = d
-        .service
-        .metrics()
-        .render(&callverify::domain::metrics::Snapshot {
-            ami_state: None,
-            queue_due: 0,
-            webhooks_undelivered: 0,
-        });
+    let metrics = d.metrics();
     for (limit, refused) in [("caller_full", 4), ("line_full", 2), ("storage_full", 0)] {
         let line =
             format!("callverify_support_messages_refused_total{{limit=\"{limit}\"}} {refused}\n");

@@ -257,19 +257,23 @@ impl Daemon {
         (self.config.clone(), self.dir.take())
     }
 
+    /// The daemon's metrics as `/metrics` shows them (without the store's gauges).
+    pub fn metrics(&self) -> String {
+        self.service
+            .metrics()
+            .render(&callverify::domain::metrics::Snapshot {
+                ami_state: None,
+                queue_due: 0,
+                webhooks_undelivered: 0,
+            })
+    }
+
     /// Returns once `n` FastAGI calls are being handled (the daemon's own gauge).
     pub async fn until_calls_in_progress(&self, n: usize) {
         let gauge = format!("callverify_calls_in_progress {n}\n");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
-            let text = self
-                .service
-                .metrics()
-                .render(&callverify::domain::metrics::Snapshot {
-                    ami_state: None,
-                    queue_due: 0,
-                    webhooks_undelivered: 0,
-                });
+            let text = self.metrics();
             if text.contains(&gauge) {
                 return;
             }
