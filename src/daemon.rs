@@ -14,6 +14,7 @@ use crate::config::{Config, ConfigError};
 use crate::doctor::selftest::Selftests;
 use crate::domain::api_keys::ApiKeys;
 use crate::domain::codes::{server_key, CodeHasher};
+use crate::domain::verifications::{migrate, Migration};
 use crate::domain::{Machine, Registered, Verifications, VerifyError};
 use crate::flow::{Hearing, Router, SpokenCodes};
 use crate::outbound::dialer::{Dialer, DialerConfig};
@@ -76,6 +77,18 @@ pub enum DaemonError {
         path.display()
     )]
     NoKey { path: PathBuf },
+    #[error(
+        "the store's schema is older than this release's (migrations {missing} to apply), and \
+         daemons of the release before still run on it: {daemons}. A migration under them \
+         would break their calls. Stop them first (`systemctl stop callverify` on their \
+         hosts; a daemon unheard for {dead_after} s counts as stopped), then run `callverify \
+         migrate` or start this daemon again, and upgrade them before they start again"
+    )]
+    SchemaInUse {
+        missing: String,
+        daemons: String,
+        dead_after: u64,
+    },
 }
 
 /// Start the AMI connection and the dialer when `ami.host` is set: the dialer places no more
@@ -153,10 +166,40 @@ pub struct App {
     key: Vec<u8>,
 }
 
-/// Open the store (applying migrations) and build the verification service on it.
+/// Open the store (creating it, or applying the migrations it lacks, unless daemons of an
+/// older release run on it) and build the verification service on it.
 pub async fn open(config: &Config) -> Result<App, DaemonError> {
     let store = Store::connect(&config.database.url, config.database.max_connections).await?;
-    store.migrate().await?;
+    let dead_after = Duration::from_secs(config.database.takeover_after_secs);
+    match migrate(&store, &machine(), dead_after).await {
+        Ok(Migration::Done) => {}
+        Ok(Migration::Refused { missing, daemons }) => {
+            store.close().await;
+            let now = crate::domain::clock::now_ms();
+            let list = |items: Vec<String>| items.join(", ");
+            return Err(DaemonError::SchemaInUse {
+                missing: list(missing.iter().map(i64::to_string).collect()),
+                daemons: list(
+                    daemons
+                        .iter()
+                        .map(|d| {
+                            format!(
+                                "{} (process {}, heard from {} s ago)",
+                                d.name,
+                                d.pid,
+                                (now - d.last_seen).max(0) / 1000
+                            )
+                        })
+                        .collect(),
+                ),
+                dead_after: config.database.takeover_after_secs,
+            });
+        }
+        Err(e) => {
+            store.close().await;
+            return Err(e.into());
+        }
+    }
     on(config, store)
 }
 
@@ -347,22 +390,19 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Resul
     result
 }
 
-/// Completes on Ctrl-C or SIGTERM. The handlers are installed at once, not when the daemon
-/// first waits on them, so that a SIGTERM while it starts up (a migration, a model loading)
-/// is a clean stop too.
+/// Completes on SIGTERM or Ctrl-C (SIGINT). The handlers are installed at once, not when
+/// the daemon first waits on them (as `tokio::signal::ctrl_c` would), so that a signal while
+/// it starts up (a migration, a model loading) is a clean stop once it has started, not the
+/// default action's kill.
 pub fn shutdown_signal() -> impl Future<Output = ()> {
-    #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    let ctrl_c = tokio::signal::ctrl_c();
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
     async move {
-        #[cfg(unix)]
         tokio::select! {
-            _ = ctrl_c => {}
+            _ = interrupt.recv() => {}
             _ = term.recv() => {}
         }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
         tracing::info!("shutdown requested");
     }
 }

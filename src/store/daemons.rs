@@ -2,7 +2,7 @@
 //! stopped heartbeating: its open call attempts closed as `interrupted`, their
 //! verifications released as at the end of a call, its trunk calls forgotten.
 
-use super::sql::query;
+use super::sql::{query, Row};
 
 use super::attempts::{release, Releaser};
 use super::outbox::release_claims;
@@ -22,6 +22,21 @@ pub struct DaemonRow {
     pub last_seen: i64,
     /// The live daemon that took this one over once it stopped heartbeating.
     pub taken_over_by: Option<String>,
+}
+
+const DAEMON_COLUMNS: &str =
+    "name, incarnation, boot_id, pid, started_at, last_seen, taken_over_by";
+
+fn daemon_row(r: &Row) -> Result<DaemonRow, StoreError> {
+    Ok(DaemonRow {
+        name: r.try_get("name")?,
+        incarnation: r.try_get("incarnation")?,
+        boot_id: r.try_get("boot_id")?,
+        pid: r.try_get("pid")?,
+        started_at: r.try_get("started_at")?,
+        last_seen: r.try_get("last_seen")?,
+        taken_over_by: r.try_get("taken_over_by")?,
+    })
 }
 
 /// What [`Store::take_over`] did.
@@ -45,25 +60,34 @@ impl Store {
         self.engine
             .run(op(move |c| {
                 Box::pin(async move {
-                    let row = query(
-                        "SELECT name, incarnation, boot_id, pid, started_at, last_seen, \
-                         taken_over_by FROM daemons WHERE name = $1",
-                    )
+                    let row = query(format!(
+                        "SELECT {DAEMON_COLUMNS} FROM daemons WHERE name = $1"
+                    ))
                     .bind(&name)
                     .fetch_optional(&mut *c)
                     .await?;
-                    row.map(|r| {
-                        Ok(DaemonRow {
-                            name: r.try_get("name")?,
-                            incarnation: r.try_get("incarnation")?,
-                            boot_id: r.try_get("boot_id")?,
-                            pid: r.try_get("pid")?,
-                            started_at: r.try_get("started_at")?,
-                            last_seen: r.try_get("last_seen")?,
-                            taken_over_by: r.try_get("taken_over_by")?,
-                        })
-                    })
-                    .transpose()
+                    row.as_ref().map(daemon_row).transpose()
+                })
+            }))
+            .await
+    }
+
+    /// Every daemon registered, live or not (none on a store older than the list, or
+    /// with no schema yet).
+    pub async fn daemons(&self) -> Result<Vec<DaemonRow>, StoreError> {
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let rows = query(format!(
+                        "SELECT {DAEMON_COLUMNS} FROM daemons ORDER BY name"
+                    ))
+                    .fetch_all(&mut *c)
+                    .await;
+                    match rows {
+                        Ok(rows) => rows.iter().map(daemon_row).collect(),
+                        Err(e) if e.is_missing_table() => Ok(Vec::new()),
+                        Err(e) => Err(e),
+                    }
                 })
             }))
             .await

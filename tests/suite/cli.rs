@@ -836,3 +836,40 @@ fn commands_other_than_serve_and_migrate_leave_the_schema_alone() {
         stderr(&out)
     );
 }
+
+/// A stop asked for while the daemon starts up (here while it checks and loads its speech
+/// model, seconds): SIGTERM as systemd sends it, or Ctrl-C at a terminal. It finishes
+/// starting, then stops cleanly with status 0; the signal does not kill it half-way.
+#[cfg(feature = "speech")]
+#[test]
+fn a_stop_asked_for_during_start_up_is_a_clean_stop() {
+    let model = std::env::var("CALLVERIFY_TEST_SPEECH_MODEL")
+        .expect("CALLVERIFY_TEST_SPEECH_MODEL: the directory ./scripts/fetch-speech-model prints");
+    for signal in ["-TERM", "-INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("callverify.toml"),
+            format!("[speech]\nmodel = \"{model}\"\n"),
+        )
+        .unwrap();
+        let served = serve(dir.path(), free_port(), "serve.log");
+        let log = || std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+        // Listening already, the model not loaded yet.
+        assert!(!log().contains("spoken codes on"), "{}", log());
+        let sent = Command::new("kill")
+            .args([signal, &served.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let mut served = served;
+        let exit = served.child.wait().unwrap();
+        assert!(exit.success(), "{signal}: {exit:?}: {}", log());
+        let log = log();
+        assert!(
+            log.contains("spoken codes on")
+                && log.contains("shutdown requested")
+                && log.contains("callverify stopped"),
+            "{signal}: {log}"
+        );
+    }
+}

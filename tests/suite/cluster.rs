@@ -428,3 +428,105 @@ fn a_name_another_live_daemon_holds_is_refused() {
         "a clean stop leaves"
     );
 }
+
+/// A package upgrade on one host of several on one Postgres: the new release's `migrate` and
+/// `serve` refuse to migrate the store while a daemon of the release before runs on it
+/// (another host's, heartbeating), say which and what to do, and change nothing; once it is
+/// unheard for `takeover_after_secs` (stopped) they migrate. And daemons of one release
+/// started at once on a new store all start: the one that migrates first is no older
+/// daemon to the others.
+#[test]
+fn an_upgrade_migrates_the_store_only_once_older_daemons_stopped() {
+    use sqlx::{Connection, Row};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = rt.block_on(crate::common::fresh_database(Db::Postgres, dir.path()));
+    std::fs::write(
+        dir.path().join("callverify.toml"),
+        format!("[database]\nurl = \"{url}\"\n{CLUSTER}"),
+    )
+    .unwrap();
+    // The store as the release before left it: every migration but the latest.
+    let mut before = sqlx::migrate!("sql/postgres");
+    let latest = before.iter().map(|m| m.version).max().unwrap();
+    before.migrations = before
+        .iter()
+        .filter(|m| m.version < latest)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    let mut pg = rt.block_on(sqlx::PgConnection::connect(&url)).unwrap();
+    rt.block_on(before.run_direct(&mut pg)).unwrap();
+    let applied = |pg: &mut sqlx::PgConnection| -> i64 {
+        rt.block_on(sqlx::query("SELECT MAX(version) AS v FROM _sqlx_migrations").fetch_one(pg))
+            .unwrap()
+            .get("v")
+    };
+    // A daemon of that release on another host, heartbeating.
+    let now = callverify::domain::clock::now_ms();
+    rt.block_on(
+        sqlx::query(
+            "INSERT INTO daemons (name, incarnation, boot_id, pid, started_at, last_seen) \
+             VALUES ('pbx-b/10.0.0.2:4573', 'run_b', 'another-machine', 4242, $1, $1)",
+        )
+        .bind(now)
+        .execute(&mut pg),
+    )
+    .unwrap();
+
+    for command in ["migrate", "serve"] {
+        let out = run(callverify(dir.path())
+            .arg(command)
+            .env("CALLVERIFY_AGI_LISTEN", free_port().to_string())
+            .env("CALLVERIFY_HTTP_LISTEN", "127.0.0.1:0")
+            .env("CALLVERIFY_SPEECH_LISTEN", "127.0.0.1:0"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {stderr}");
+        assert!(
+            stderr.contains(&format!("migrations {latest} to apply"))
+                && stderr.contains("daemons of the release before still run on it: pbx-b/10.0.0.2:4573 (process 4242")
+                && stderr.contains("Stop them first"),
+            "{command}: {stderr}"
+        );
+        assert_eq!(
+            applied(&mut pg),
+            before.iter().map(|m| m.version).max().unwrap(),
+            "{command} migrated"
+        );
+    }
+
+    // Stopped: unheard for longer than takeover_after_secs (3 s).
+    rt.block_on(
+        sqlx::query("UPDATE daemons SET last_seen = $1")
+            .bind(now - 10_000)
+            .execute(&mut pg),
+    )
+    .unwrap();
+    migrate(dir.path());
+    assert_eq!(applied(&mut pg), latest);
+
+    // Three daemons of this release started at once on a new store: all run.
+    let url = rt.block_on(crate::common::fresh_database(Db::Postgres, dir.path()));
+    std::fs::write(
+        dir.path().join("callverify.toml"),
+        format!("[database]\nurl = \"{url}\"\n{CLUSTER}"),
+    )
+    .unwrap();
+    let served: Vec<Served> = (0..3)
+        .map(|i| {
+            serve_in(
+                callverify(dir.path()),
+                dir.path(),
+                free_port(),
+                &format!("serve-{i}.log"),
+            )
+        })
+        .collect();
+    let store = rt.block_on(Store::connect(&url, 1)).unwrap();
+    wait("three registered daemons", Duration::from_secs(20), || {
+        rt.block_on(store.daemons()).unwrap().len() == 3
+    });
+    for s in served {
+        assert!(s.terminate().success());
+    }
+}

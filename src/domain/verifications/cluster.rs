@@ -1,11 +1,71 @@
 //! This daemon among the daemons on one store: its registration under its name, its
 //! heartbeat, and a clean leave (the takeover of a dead one is part of the queue upkeep).
 
+use std::time::Duration;
+
 use super::Verifications;
 use crate::domain::clock::{millis, now_ms};
 use crate::domain::ids::random_token;
 use crate::domain::verification::{Machine, Registered, VerifyError};
-use crate::store::DaemonRow;
+use crate::store::error::StoreError;
+use crate::store::{DaemonRow, Store};
+
+/// Whether the daemon `row` registered runs now, as seen from `machine` at `now`: heard
+/// from within `dead_after` and not taken over, and not an earlier run on this machine
+/// whose process is gone (nor this process).
+fn runs_now(row: &DaemonRow, machine: &Machine, dead_after: Duration, now: i64) -> bool {
+    let alive = row.taken_over_by.is_none() && row.last_seen >= now - millis(dead_after);
+    let earlier_run_here = row.boot_id == machine.boot_id
+        && (row.pid == machine.pid || !(machine.is_running)(row.pid));
+    alive && !earlier_run_here
+}
+
+/// What [`migrate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Migration {
+    /// The schema is this release's (now, or already).
+    Done,
+    /// Not migrated: daemons still run on the schema before, and a migration under them
+    /// would change the tables their statements are written for, in the middle of calls.
+    Refused {
+        /// The migrations the store lacks.
+        missing: Vec<i64>,
+        /// The daemons running on it.
+        daemons: Vec<DaemonRow>,
+    },
+}
+
+/// Bring the store's schema to this release's (or create it), unless daemons of an older
+/// release still run on it. The daemons are listed before the schema is read: a daemon of
+/// this release registers only after its own start migrated the store, so when one listed
+/// runs, the schema read after is this release's, and a store behind it with daemons
+/// running has only older ones on it (however many daemons start at once).
+pub async fn migrate(
+    store: &Store,
+    machine: &Machine,
+    dead_after: Duration,
+) -> Result<Migration, StoreError> {
+    let now = now_ms();
+    let running: Vec<DaemonRow> = store
+        .daemons()
+        .await?
+        .into_iter()
+        .filter(|row| runs_now(row, machine, dead_after, now))
+        .collect();
+    match store.check_schema().await {
+        Ok(()) => return Ok(Migration::Done),
+        Err(StoreError::SchemaBehind { missing }) if !running.is_empty() => {
+            return Ok(Migration::Refused {
+                missing,
+                daemons: running,
+            })
+        }
+        Err(StoreError::SchemaBehind { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    store.migrate().await?;
+    Ok(Migration::Done)
+}
 
 /// A daemon's registration in the store: its name and this run of it.
 #[derive(Debug, Clone)]
@@ -44,11 +104,7 @@ impl Verifications {
                     .await?
                     .then_some(Registered::Fresh),
                 Some(row) => {
-                    let alive = row.taken_over_by.is_none()
-                        && row.last_seen >= now - millis(self.policy.dead_after);
-                    let earlier_run_here = row.boot_id == machine.boot_id
-                        && (row.pid == machine.pid || !(machine.is_running)(row.pid));
-                    if alive && !earlier_run_here {
+                    if runs_now(row, machine, self.policy.dead_after, now) {
                         return Ok(Registered::InUse {
                             boot_id: row.boot_id.clone(),
                             pid: row.pid,
