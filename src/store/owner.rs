@@ -4,7 +4,7 @@
 //! out of its own store, and a root-owned new key file would be unreadable to it.
 
 use std::os::unix::fs::MetadataExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rustix::process::{Gid, Uid};
 
@@ -21,8 +21,9 @@ pub struct OwnerError {
     source: std::io::Error,
 }
 
-/// When this process runs as root and the SQLite store of `url` exists and belongs to another
-/// user, become that user: groups, then group, then user, for good. Must run before any other thread starts: Linux changes only the calling thread's
+/// When this process runs as root and the SQLite store of `url` (or, before there is one,
+/// its folder) belongs to another user, become that user: groups, then group, then user,
+/// for good. Must run before any other thread starts: Linux changes only the calling thread's
 /// identity, and threads started later inherit it.
 pub fn act_as_owner(url: &str) -> Result<(), OwnerError> {
     if !rustix::process::geteuid().is_root() {
@@ -31,8 +32,18 @@ pub fn act_as_owner(url: &str) -> Result<(), OwnerError> {
     let Some(path) = super::sqlite_path(url) else {
         return Ok(());
     };
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Ok(());
+    // The store, or where there is none yet the folder it is to be made in (the service's
+    // state directory): a store a root command creates there is its owner's too.
+    let folder = match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    };
+    let (path, meta) = match std::fs::metadata(path) {
+        Ok(meta) => (path, meta),
+        Err(_) => match std::fs::metadata(folder) {
+            Ok(meta) => (folder, meta),
+            Err(_) => return Ok(()),
+        },
     };
     if meta.uid() == 0 {
         return Ok(());

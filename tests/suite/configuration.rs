@@ -206,6 +206,39 @@ fn root_acts_as_the_owner_of_the_store() {
     );
 }
 
+/// Run as root where the service's store is to be (its state directory, before the first
+/// start), `migrate` makes the store and its key as the folder's owner, not as root, whom the
+/// service could not open them as.
+#[test]
+fn root_makes_a_new_store_as_the_owner_of_its_folder() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root (it hands a folder to another user); ./scripts/test and CI run as root"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // nobody:nogroup, a user that exists on every Debian system.
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    migrate(dir.path());
+    let made: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        made.iter().any(|p| p.ends_with("callverify.db"))
+            && made.iter().any(|p| p.ends_with("callverify.secret")),
+        "{made:?}"
+    );
+    for path in made {
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (65534, 65534),
+            "{}",
+            path.display()
+        );
+    }
+}
+
 /// At a terminal, `staff add` asks twice and shows nothing typed; piped, it reads one line.
 #[test]
 fn staff_add_asks_for_the_password_without_echo_at_a_terminal() {
