@@ -42,6 +42,7 @@ async fn collect(mut stream: AudioStream, enough: usize) -> Got {
 struct Rig {
     hub: Hub,
     agi: TcpListener,
+    audio: SocketAddr,
 }
 
 /// An AudioSocket listener (advertised as `advertise`, or its own address) and a FastAGI port.
@@ -50,13 +51,19 @@ async fn rig(advertise: Option<&str>) -> Rig {
 }
 
 async fn rig_allowing(advertise: Option<&str>, allow: &str) -> Rig {
+    rig_with(advertise, allow, Duration::from_secs(2)).await
+}
+
+/// Room for 10 calls' audio; a connection waits `uuid_timeout` for its UUID.
+async fn rig_with(advertise: Option<&str>, allow: &str, uuid_timeout: Duration) -> Rig {
     let audio = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let own = audio.local_addr().unwrap().to_string();
+    let audio_addr = audio.local_addr().unwrap();
+    let own = audio_addr.to_string();
     let hub = Hub::new(advertise.unwrap_or(&own));
     let config = ListenerConfig {
         allow: vec![allow.parse().unwrap()],
         max_connections: 10,
-        uuid_timeout: Duration::from_secs(2),
+        uuid_timeout,
     };
     tokio::spawn(audiosocket::serve(
         audio,
@@ -65,7 +72,11 @@ async fn rig_allowing(advertise: Option<&str>, allow: &str) -> Rig {
         std::future::pending(),
     ));
     let agi = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    Rig { hub, agi }
+    Rig {
+        hub,
+        agi,
+        audio: audio_addr,
+    }
 }
 
 /// Play `call` against one listening phase; then the flow plays one prompt, as a flow
@@ -119,6 +130,30 @@ async fn the_daemon_hears_audio_and_keys_and_ends_the_stream() {
     // EXEC answered 200 result=0 and the call went on.
     assert!(transcript.commands[0].starts_with("EXEC AudioSocket "));
     assert_eq!(transcript.commands[1], "STREAM FILE auth-thankyou \"\"");
+}
+
+/// Connections that say nothing (no UUID) hold one of the greeting places (giving it up to
+/// newer ones when all are taken), never a call's: three hundred of them, more than the 256
+/// greeting places and far more than the 10 calls' places, each left silent for as long as
+/// the UUID may take (30 s here, longer than the call waits for its audio), do not keep a
+/// call's audio out.
+#[tokio::test]
+async fn silent_connections_do_not_keep_a_calls_audio_out() {
+    let rig = rig_with(None, "127.0.0.0/8", Duration::from_secs(30)).await;
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(TcpStream::connect(rig.audio).await.unwrap());
+    }
+    let talk = Talk::new().say(tone(700)).pause(300).key('4').key('#');
+    let (listened, _) = run(rig, call().talk(talk), usize::MAX).await;
+    assert_eq!(
+        listened,
+        Listened::Heard(Got {
+            samples: 8000,
+            keys: "4#".into()
+        })
+    );
+    drop(silent);
 }
 
 #[tokio::test]
