@@ -2,7 +2,7 @@
 //! recordings and transcripts, staff decisions on them) and the audit trail.
 
 use super::lockouts::forget_strikes;
-use super::sql::{query, Conn, Query, Row};
+use super::sql::{placeholder_list, query, Conn, Query, Row};
 use super::subject_locks;
 
 use super::verifications::parse_column;
@@ -439,6 +439,65 @@ impl Store {
             .await
     }
 
+    /// Audit `action` on `subject` within `budget`: written while fewer than `budget.max`
+    /// entries of its actions with this `detail` were written since `budget.since`; past
+    /// that, the first refused writes `budget.over` instead (so the log says that some went
+    /// unaudited), and the rest write nothing. Counted and written in one transaction, one
+    /// after the other for one detail, on every daemon of the store. True when written.
+    pub async fn audit_within(
+        &self,
+        actor: &str,
+        action: &'static str,
+        subject: &str,
+        detail: &'static str,
+        now: i64,
+        budget: AuditBudget,
+    ) -> Result<bool, StoreError> {
+        let (actor, subject) = (actor.to_owned(), subject.to_owned());
+        self.engine
+            .run(op(move |c| {
+                Box::pin(async move {
+                    let mut tx = c.begin().await?;
+                    subject_locks::lock(&mut tx, [subject_locks::audit_budget(detail)]).await?;
+                    let list = placeholder_list(3, budget.actions.len());
+                    let count = query(format!(
+                        "SELECT COUNT(*) AS n FROM audit_log \
+                         WHERE detail = $1 AND at > $2 AND action IN ({list})"
+                    ))
+                    .bind(detail)
+                    .bind(budget.since);
+                    let written: i64 = budget
+                        .actions
+                        .iter()
+                        .fold(count, |count, action| count.bind(*action))
+                        .fetch_one(&mut tx)
+                        .await?
+                        .try_get("n")?;
+                    let within = written < budget.max;
+                    if within {
+                        insert_audit(&mut tx, now, &actor, action, &subject, detail).await?;
+                    } else {
+                        let (over, over_subject, over_detail) = budget.over;
+                        let noted: i64 = query(
+                            "SELECT COUNT(*) AS n FROM audit_log WHERE action = $1 AND at > $2",
+                        )
+                        .bind(over)
+                        .bind(budget.since)
+                        .fetch_one(&mut tx)
+                        .await?
+                        .try_get("n")?;
+                        if noted == 0 {
+                            insert_audit(&mut tx, now, &actor, over, over_subject, over_detail)
+                                .await?;
+                        }
+                    }
+                    tx.commit().await?;
+                    Ok(within)
+                })
+            }))
+            .await
+    }
+
     /// The audit trail of one subject (a request id, a staff name), oldest first.
     pub async fn audit_entries(&self, subject: &str) -> Result<Vec<AuditEntry>, StoreError> {
         let subject = subject.to_owned();
@@ -587,6 +646,19 @@ fn audit_from_row(r: &Row) -> Result<AuditEntry, StoreError> {
         subject: r.try_get("subject")?,
         detail: r.try_get("detail")?,
     })
+}
+
+/// How many audit entries of a kind anyone can cause are written: see
+/// [`Store::audit_within`].
+#[derive(Debug, Clone, Copy)]
+pub struct AuditBudget {
+    /// The actions counted (with the entry's detail).
+    pub actions: &'static [&'static str],
+    /// Entries written at most since `since`.
+    pub max: i64,
+    pub since: i64,
+    /// Past the budget, once since `since`: the action, subject and detail written.
+    pub over: (&'static str, &'static str, &'static str),
 }
 
 async fn insert_audit(

@@ -46,6 +46,7 @@ pub use creation::{Created, Creation, Earlier, IdempotencyKey, Limits, RateSubje
 pub use daemons::{DaemonRow, TakenOver};
 pub use error::{redact_url, StoreError};
 pub use lockouts::{CheckRow, Checked, Checker, Checks, Standing, StrikeRule};
+pub use manual_requests::AuditBudget;
 pub use read_backs::ReadBackRule;
 pub use selftests::SelftestRow;
 pub use sign_ins::{Attempt, AttemptRule};

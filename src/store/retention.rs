@@ -7,7 +7,7 @@
 //! one whose webhook is still being sent. Sign-in attempts go once their window has passed,
 //! and the audit log's entries of failed sign-ins after the support line's retention.
 
-use super::sql::{query, Conn, Query};
+use super::sql::{placeholder_list, query, Conn, Query};
 use super::{op, Store, StoreError};
 
 /// How often at most the history purge empties SQLite's WAL.
@@ -132,10 +132,7 @@ impl Store {
                         .execute(&mut tx)
                         .await?
                         .rows_affected();
-                    let list = (3..3 + actions.len())
-                        .map(|n| format!("${n}"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
+                    let list = placeholder_list(3, actions.len());
                     let delete = query(format!(
                         "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log \
                          WHERE at < $1 AND action IN ({list}) LIMIT $2)"
@@ -197,10 +194,7 @@ async fn delete_naming(
     column: &str,
     ids: &[String],
 ) -> Result<(), StoreError> {
-    let list = (1..=ids.len())
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = placeholder_list(1, ids.len());
     let delete: Query = query(format!("DELETE FROM {table} WHERE {column} IN ({list})"));
     ids.iter()
         .fold(delete, |delete, id| delete.bind(id))

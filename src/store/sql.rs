@@ -156,6 +156,14 @@ impl<T: Decode> Decode for Option<T> {
     }
 }
 
+/// `count` placeholders numbered on from `$first`, for an `IN` list: `$3, $4, $5`.
+pub fn placeholder_list(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `rows` rows of `per_row` placeholders each, numbered on from `$1`, for a multi-row
 /// `VALUES`: `($1, $2), ($3, $4)`.
 pub fn placeholder_rows(rows: usize, per_row: usize) -> String {

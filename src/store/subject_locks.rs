@@ -45,6 +45,11 @@ pub(super) fn sign_in(name: &str) -> String {
     format!("sign-in:{name}")
 }
 
+/// The subject of a budget of audit entries (see `Store::audit_within`).
+pub(super) fn audit_budget(detail: &str) -> String {
+    format!("audit:{detail}")
+}
+
 /// Take the transaction advisory locks of `subjects` (on Postgres), in one statement and in
 /// the fixed order: by name, API keys' subjects last.
 pub(super) async fn lock(

@@ -15,7 +15,7 @@ use super::passwords::PasswordChecks;
 use crate::domain::clock::{millis, now_ms};
 use crate::domain::ids::{random_token, token_hash};
 use crate::domain::status::StaffRole;
-use crate::store::{Attempt, AttemptRule, Store, StoreError};
+use crate::store::{Attempt, AttemptRule, AuditBudget, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StaffError {
@@ -94,8 +94,43 @@ const NOT_STAFF_NAME: &str = "(not a staff name)";
 
 /// The audit log's failed and refused sign-ins, which anyone can cause: deleted after
 /// `support.retention_days` ([`purge_sign_ins`]). Each name writes at most
-/// [`MAX_FAILURES`] `sign_in_failed` and one `sign_in_throttled` within a window.
-const FAILED_SIGN_INS: [&str; 2] = ["sign_in_failed", "sign_in_throttled"];
+/// [`MAX_FAILURES`] `sign_in_failed` and one `sign_in_throttled` within a window; names of
+/// no account, all together, [`NO_ACCOUNT_AUDITED`] an hour (and one `sign_in_unaudited`).
+const FAILED_SIGN_INS: [&str; 3] = ["sign_in_failed", "sign_in_throttled", "sign_in_unaudited"];
+
+/// The detail of the audit entries about names of no account.
+const NO_ACCOUNT: &str = "no such account";
+
+/// Failed and refused sign-ins at names of no account audited at most within an hour, all
+/// together: anyone who reaches the console can try endless names, five password checks
+/// each, and the log would keep every one for `support.retention_days` (hundreds of
+/// megabytes a day). Those at accounts are all audited.
+const NO_ACCOUNT_AUDITED: i64 = 100;
+const NO_ACCOUNT_SPAN: Duration = Duration::from_secs(3600);
+
+/// The budget of audit entries about names of no account, at `now`.
+fn no_account_budget(now: i64) -> AuditBudget {
+    AuditBudget {
+        actions: &["sign_in_failed", "sign_in_throttled"],
+        max: NO_ACCOUNT_AUDITED,
+        since: now.saturating_sub(millis(NO_ACCOUNT_SPAN)),
+        over: (
+            "sign_in_unaudited",
+            "(names of no account)",
+            "more than 100 failed or refused sign-ins at names of no account within an hour: \
+             the rest of the hour's are not audited",
+        ),
+    }
+}
+
+/// What a password check found.
+enum Opened {
+    Session(SignedIn),
+    /// An account's name (enabled or not) with a password that does not open it.
+    Refused,
+    /// No account has the name.
+    NoAccount,
+}
 
 /// Audit entries deleted at most per purge.
 const PURGE_BATCH: i64 = 10_000;
@@ -235,52 +270,76 @@ impl Staff {
         // MAX_FAILURES checks, not one each.
         if let Attempt::Refused { first } = self.store.count_sign_in(name, rule, now).await? {
             if first {
-                self.store
-                    .audit("console", "sign_in_throttled", name, "", now)
+                let account = shaped && self.store.staff_named(name).await?.is_some();
+                self.audit_failure("sign_in_throttled", name, account, now)
                     .await?;
             }
             return Err(StaffError::Throttled(name.to_owned()));
         }
         // No account has a name of another shape: nothing to check.
-        let signed_in = if shaped {
+        let opened = if shaped {
             self.open_session(username, password).await?
         } else {
-            None
+            Opened::NoAccount
         };
         let now = now_ms();
-        match &signed_in {
-            Some(SignedIn { session, .. }) => {
+        match opened {
+            Opened::Session(signed_in) => {
+                let session = &signed_in.session;
                 let actor = Actor::staff(&session.username);
                 self.store
                     .audit(actor.as_str(), "sign_in", &session.username, "", now)
                     .await?;
+                Ok(Some(signed_in))
             }
-            None => {
-                self.store
-                    .audit("console", "sign_in_failed", name, "", now)
+            Opened::Refused => {
+                self.audit_failure("sign_in_failed", name, true, now)
                     .await?;
+                Ok(None)
+            }
+            Opened::NoAccount => {
+                self.audit_failure("sign_in_failed", name, false, now)
+                    .await?;
+                Ok(None)
             }
         }
-        Ok(signed_in)
     }
 
-    async fn open_session(
+    /// Audit a failed or refused sign-in at `name`: always at an account's, within the
+    /// budget at a name of no account's.
+    async fn audit_failure(
         &self,
-        username: &str,
-        password: &str,
-    ) -> Result<Option<SignedIn>, StaffError> {
-        let account = self
-            .store
-            .staff_named(username)
-            .await?
-            .filter(|s| s.disabled_at.is_none());
+        action: &'static str,
+        name: &str,
+        account: bool,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        if account {
+            self.store.audit("console", action, name, "", now).await
+        } else {
+            let budget = no_account_budget(now);
+            self.store
+                .audit_within("console", action, name, NO_ACCOUNT, now, budget)
+                .await
+                .map(drop)
+        }
+    }
+
+    async fn open_session(&self, username: &str, password: &str) -> Result<Opened, StaffError> {
+        let named = self.store.staff_named(username).await?;
+        let exists = named.is_some();
+        let account = named.filter(|s| s.disabled_at.is_none());
         let hash = account.as_ref().map(|a| a.password_hash.clone());
         let matches = self.checks.matches(hash, password).await;
         let Some(account) = account else {
-            return Ok(None);
+            return Ok(if exists {
+                Opened::Refused
+            } else {
+                Opened::NoAccount
+            });
         };
         if !matches {
-            return Ok(None);
+            return Ok(Opened::Refused);
         }
         self.store.forget_sign_ins(username).await?;
         let token = random_token("cvs_", 32);
@@ -290,7 +349,7 @@ impl Staff {
         self.store
             .insert_staff_session(&token_hash(&token), &account.id, &csrf_token, now, expires)
             .await?;
-        Ok(Some(SignedIn {
+        Ok(Opened::Session(SignedIn {
             token,
             session: StaffSession {
                 staff_id: account.id,

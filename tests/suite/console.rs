@@ -757,7 +757,54 @@ async fn a_flood_of_sign_ins_without_a_staff_name_writes_a_handful_of_audit_entr
     d.stop().await;
 }
 
-on_both_backends!(a_flood_of_sign_ins_without_a_staff_name_writes_a_handful_of_audit_entries);
+/// Anyone who reaches the console can try endless names of a staff name's shape, each five
+/// times: failed sign-ins at names of no account are audited 100 an hour at most, all
+/// together, then noted once as unaudited, also when they come at once; those at an account
+/// are all audited still.
+async fn failed_sign_ins_at_names_of_no_account_are_audited_within_a_budget(db: Db) {
+    use callverify::support::request::AuditFilter;
+    let d = crate::common::start(db).await;
+    let staff = std::sync::Arc::new(Staff::new(d.store.clone(), Duration::from_secs(3600)));
+    staff.add("erin", PASSWORD).await.unwrap();
+    let tries: Vec<_> = (0..110)
+        .map(|i| {
+            let staff = staff.clone();
+            tokio::spawn(async move { staff.sign_in(&format!("ghost{i}"), "a guess").await })
+        })
+        .collect();
+    for t in tries {
+        assert!(t.await.unwrap().unwrap().is_none());
+    }
+    for _ in 0..3 {
+        assert!(staff.sign_in("erin", "a guess").await.unwrap().is_none());
+    }
+    let log = d
+        .store
+        .audit_log(AuditFilter {
+            limit: 1000,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let count = |action: &str, at_ghosts: bool| {
+        log.iter()
+            .filter(|e| e.action == action && e.subject.starts_with("ghost") == at_ghosts)
+            .count()
+    };
+    assert_eq!(count("sign_in_failed", true), 100, "{log:?}");
+    assert!(log
+        .iter()
+        .filter(|e| e.subject.starts_with("ghost"))
+        .all(|e| e.detail == "no such account"));
+    assert_eq!(count("sign_in_unaudited", false), 1, "{log:?}");
+    assert_eq!(count("sign_in_failed", false), 3, "{log:?}");
+    d.stop().await;
+}
+
+on_both_backends!(
+    a_flood_of_sign_ins_without_a_staff_name_writes_a_handful_of_audit_entries,
+    failed_sign_ins_at_names_of_no_account_are_audited_within_a_budget,
+);
 
 /// Two daemons on one Postgres count sign-in attempts together, and a restart forgets none:
 /// 40 parallel wrong passwords for one account, half to each daemon, get five password checks
