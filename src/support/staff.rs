@@ -306,7 +306,9 @@ impl Staff {
     }
 
     /// Audit a failed or refused sign-in at `name`: always at an account's, within the
-    /// budget at a name of no account's.
+    /// budget at a name of no account's. The same statements run either way (an account's
+    /// budget has no end), so that the answer's timing does not tell which names are
+    /// accounts.
     async fn audit_failure(
         &self,
         action: &'static str,
@@ -314,15 +316,20 @@ impl Staff {
         account: bool,
         now: i64,
     ) -> Result<(), StoreError> {
-        if account {
-            self.store.audit("console", action, name, "", now).await
+        let budget = no_account_budget(now);
+        let (detail, budget) = if account {
+            let unbounded = AuditBudget {
+                max: i64::MAX,
+                ..budget
+            };
+            ("", unbounded)
         } else {
-            let budget = no_account_budget(now);
-            self.store
-                .audit_within("console", action, name, NO_ACCOUNT, now, budget)
-                .await
-                .map(drop)
-        }
+            (NO_ACCOUNT, budget)
+        };
+        self.store
+            .audit_within("console", action, name, detail, now, budget)
+            .await
+            .map(drop)
     }
 
     async fn open_session(&self, username: &str, password: &str) -> Result<Opened, StaffError> {
