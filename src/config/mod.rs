@@ -88,7 +88,20 @@ impl Config {
         let mut tree = toml::Value::try_from(Config::default()).expect("defaults serialize");
         let file = source.file().map(Path::to_path_buf);
         if let Some(path) = &file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            let text = match source {
+                // Checked again on the file read: it may have changed since it was found.
+                Source::WorkingDirectory(_) => {
+                    let mut opened =
+                        source::open_trusted(path).map_err(|why| ConfigError::Untrusted {
+                            path: path.clone(),
+                            why,
+                        })?;
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut opened, &mut text).map(|_| text)
+                }
+                _ => std::fs::read_to_string(path),
+            }
+            .map_err(|source| ConfigError::Read {
                 path: path.clone(),
                 source,
             })?;

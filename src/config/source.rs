@@ -123,59 +123,73 @@ impl Source {
 
 /// Why the file in the working directory may not be the admin's own: a command run as root
 /// in a folder another user controls (`/tmp`) would otherwise act on whatever store, with
-/// whatever keys, that user's file names. The file and its folder must belong to this user
-/// or root, and neither may be writable by anyone else (others, or a group other than this
-/// user's own); a sticky folder (`/tmp`) lets nobody swap another's file. Then nobody else
-/// can change the file between this check and its reading. `None`: it may be read.
+/// whatever keys, that user's file names. `None`: it may be read (see [`open_trusted`]).
 fn untrusted(path: &Path) -> Option<String> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let (me, my_group) = (
-            rustix::process::geteuid().as_raw(),
-            rustix::process::getegid().as_raw(),
-        );
-        let folder = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let stat = |path: &Path| {
-            std::fs::metadata(path).map_err(|e| format!("{} cannot be read: {e}", path.display()))
-        };
-        let (file, folder) = match (stat(path), stat(folder)) {
-            (Ok(file), Ok(folder)) => (file, folder),
-            (Err(why), _) | (_, Err(why)) => return Some(why),
-        };
-        // Writable by someone else: by all, or by a group that is not this user's.
-        let others_write = |meta: &std::fs::Metadata| {
-            meta.mode() & 0o002 != 0 || (meta.mode() & 0o020 != 0 && meta.gid() != my_group)
-        };
-        if file.uid() != me && file.uid() != 0 {
-            return Some(format!(
-                "it belongs to user id {}, not to you or root",
-                file.uid()
-            ));
+    open_trusted(path).err()
+}
+
+/// The file in the working directory, opened, if it may be read: a regular file (not a
+/// symbolic link, whose target's folder would go unchecked), and the file and its folder
+/// belong to this user or root, and neither may be written by anyone else (others, or a
+/// group other than this user's own); a sticky folder (`/tmp`) lets nobody swap another's
+/// file. The checks are made on the file opened, which is the one then read: nobody else
+/// can change it or put another in its place between them. `Err`: why not.
+pub(crate) fn open_trusted(path: &Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let (me, my_group) = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path);
+    let opened = match opened {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Err("it is a symbolic link (name the file it points to with --config)".into())
         }
-        if others_write(&file) {
-            return Some(format!(
-                "others may write it (mode {:o})",
-                file.mode() & 0o7777
-            ));
-        }
-        // A folder's owner may replace any file in it, sticky or not.
-        if folder.uid() != me && folder.uid() != 0 {
-            return Some(format!(
-                "its folder belongs to user id {}, who may replace it",
-                folder.uid()
-            ));
-        }
-        if others_write(&folder) && folder.mode() & 0o1000 == 0 {
-            return Some("others may replace it: its folder is writable by them".into());
-        }
+        Err(e) => return Err(format!("{} cannot be read: {e}", path.display())),
+    };
+    let file = opened
+        .metadata()
+        .map_err(|e| format!("{} cannot be read: {e}", path.display()))?;
+    if !file.is_file() {
+        return Err("it is not a regular file".into());
     }
-    #[cfg(not(unix))]
-    let _ = path;
-    None
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let folder = std::fs::metadata(folder)
+        .map_err(|e| format!("{} cannot be read: {e}", folder.display()))?;
+    // Writable by someone else: by all, or by a group that is not this user's.
+    let others_write = |meta: &std::fs::Metadata| {
+        meta.mode() & 0o002 != 0 || (meta.mode() & 0o020 != 0 && meta.gid() != my_group)
+    };
+    if file.uid() != me && file.uid() != 0 {
+        return Err(format!(
+            "it belongs to user id {}, not to you or root",
+            file.uid()
+        ));
+    }
+    if others_write(&file) {
+        return Err(format!(
+            "others may write it (mode {:o})",
+            file.mode() & 0o7777
+        ));
+    }
+    // A folder's owner may replace any file in it, sticky or not.
+    if folder.uid() != me && folder.uid() != 0 {
+        return Err(format!(
+            "its folder belongs to user id {}, who may replace it",
+            folder.uid()
+        ));
+    }
+    if others_write(&folder) && folder.mode() & 0o1000 == 0 {
+        return Err("others may replace it: its folder is writable by them".into());
+    }
+    Ok(opened)
 }
 
 impl std::fmt::Display for Source {
@@ -335,6 +349,32 @@ mod tests {
         };
         mode(&local, 0o644);
         assert_eq!(locate(), Source::WorkingDirectory(local.clone()));
+        // Changed after it was found: the file read is checked again.
+        let found = locate();
+        mode(&local, 0o666);
+        let error = Config::load(&found, env(&[])).unwrap_err().to_string();
+        assert!(error.contains("others may write it"), "{error}");
+        refused("others may write it");
+        // A symbolic link, even to a file that may be read, is not followed.
+        mode(&local, 0o644);
+        std::fs::rename(&local, dir.path().join("target.toml")).unwrap();
+        std::os::unix::fs::symlink("target.toml", &local).unwrap();
+        refused("symbolic link");
+        std::fs::remove_file(&local).unwrap();
+        std::fs::rename(dir.path().join("target.toml"), &local).unwrap();
+        // Not a regular file (a pipe would block the reading).
+        std::fs::remove_file(&local).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &local,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        refused("not a regular file");
+        std::fs::remove_file(&local).unwrap();
+        std::fs::write(&local, "").unwrap();
         mode(&local, 0o666);
         refused("others may write it");
         // Group-writable is fine when the group is the user's own (a umask of 002).
