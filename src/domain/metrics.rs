@@ -12,7 +12,7 @@ pub struct Metrics {
     outcomes: [AtomicU64; 16],
     verifications_created: AtomicU64,
     /// Support messages not taken, by the limit reached (indexed as [`Room::ALL`]).
-    support_refused: [AtomicU64; 4],
+    support_refused: [AtomicU64; Room::ALL.len()],
 }
 
 /// Keeps a call counted as in progress while it lives.
@@ -127,6 +127,8 @@ mod tests {
         m.call_ended(CallOutcome::Verified);
         m.verification_created();
         m.support_message_refused(Room::LineFull);
+        m.support_message_refused(Room::RecordingFull);
+        m.support_message_refused(Room::RecordingFull);
         let text = m.render(&Snapshot {
             ami_state: Some("connected"),
             queue_due: 4,
@@ -140,6 +142,8 @@ mod tests {
         assert!(
             text.contains("callverify_support_messages_refused_total{limit=\"caller_full\"} 0\n")
         );
+        assert!(text
+            .contains("callverify_support_messages_refused_total{limit=\"recording_full\"} 2\n"));
         assert!(!text.contains("limit=\"open\""));
         assert!(text.contains("callverify_ami_connected{state=\"connected\"} 1\n"));
         drop(guard);

@@ -104,13 +104,14 @@ stored_enum! {
 
 stored_enum! {
     /// Whether the support line takes a message now, or which of its limits is reached:
-    /// the caller's messages of the last 24 hours, all callers' of the last hour, or the
-    /// space of the open requests' recordings.
+    /// the caller's messages of the last 24 hours, all callers' of the last hour, the space
+    /// of the open requests' recordings, or the callers recording at once.
     Room {
         Open => "open",
         CallerFull => "caller_full",
         LineFull => "line_full",
         StorageFull => "storage_full",
+        RecordingFull => "recording_full",
     }
 }
 

@@ -63,7 +63,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     // Far more callers recording at once than the line takes in an hour could not all be
     // kept.
     let Some(_recording) = support.recording_place() else {
-        metrics.support_message_refused(Room::LineFull);
+        metrics.support_message_refused(Room::RecordingFull);
         tracing::warn!("support line takes no message now: as many callers are recording");
         return goodbye(session, Prompt::SupportFull).await;
     };

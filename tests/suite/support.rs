@@ -921,6 +921,13 @@ async fn callers_recording_at_once_are_bounded_by_the_lines_quota() {
         .map(|t| t.count_prompt(Prompt::SupportThanks.file()))
         .sum::<usize>();
     assert_eq!(thanked, 1, "the hour's one message");
+    // Counted apart from the hour's quota (line_full: the second recording, not kept).
+    let metrics = d.metrics();
+    for (limit, refused) in [("recording_full", 1), ("line_full", 1)] {
+        let line =
+            format!("callverify_support_messages_refused_total{{limit=\"{limit}\"}} {refused}\n");
+        assert!(metrics.contains(&line), "{line}{metrics}");
+    }
     d.stop().await;
 }
 
