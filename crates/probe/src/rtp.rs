@@ -147,7 +147,7 @@ impl Media {
         let (negotiated, negotiated_rx) = watch::channel(config.negotiated);
         let (sending, sending_rx) = watch::channel(config.send_from_start);
         // The receiver's latched source (see [`Sources`]), which the sender sends to.
-        let (latched, latched_rx) = watch::channel(None);
+        let (latched, latched_rx) = watch::channel(None::<Latch>);
         let sender = tokio::spawn(send_loop(
             socket.clone(),
             config.clone(),
@@ -262,7 +262,7 @@ async fn send_loop(
     (negotiated, mut sending, latched): (
         watch::Receiver<Negotiated>,
         watch::Receiver<bool>,
-        watch::Receiver<Option<SocketAddr>>,
+        watch::Receiver<Option<Latch>>,
     ),
     stop: CancellationToken,
 ) -> SendCounters {
@@ -355,12 +355,33 @@ async fn send_loop(
 }
 
 /// Where the sender sends: where the peer's RTP comes from once the receiver has latched
-/// that address (symmetric RTP: the way back through the peer's NAT), else the SDP's
-/// address, unless it is unspecified (c=0.0.0.0 or ::, RFC 2543's hold or an offer or answer
-/// without an address yet): then nowhere until the peer's RTP shows where. (Sent to 0.0.0.0,
-/// RTP would reach this very host.)
-fn destination(negotiated: &Negotiated, latched: Option<SocketAddr>) -> Option<SocketAddr> {
-    latched.or(Some(negotiated.remote_rtp).filter(|a| !a.ip().is_unspecified()))
+/// that address under the SDP's address now in force (symmetric RTP: the way back through
+/// the peer's NAT), else the SDP's address, unless it is unspecified (c=0.0.0.0 or ::, RFC
+/// 2543's hold, or an offer or answer without an address yet): then nowhere until the peer's
+/// RTP shows where. A latch made under an earlier SDP is not followed: after a re-INVITE
+/// moved the stream, the sender may see the new SDP before the receiver has dropped the old
+/// latch, and not one packet goes to the old address; nor is anything sent on an RFC 2543
+/// hold. (Sent to 0.0.0.0, RTP would reach this very host.)
+fn destination(negotiated: &Negotiated, latch: Option<Latch>) -> Option<SocketAddr> {
+    let remote = canonical(negotiated.remote_rtp);
+    latch
+        .filter(|l| l.under == remote)
+        .map(|l| l.from)
+        .or(Some(remote).filter(|a| !a.ip().is_unspecified()))
+}
+
+/// Whether the stream is on hold: sendonly, recvonly or inactive, or RFC 2543's c=0.0.0.0
+/// (which says sendrecv): the peer may well send nothing then, and the RTP timeout waits.
+fn on_hold(negotiated: &Negotiated) -> bool {
+    negotiated.direction != Direction::SendRecv || negotiated.remote_rtp.ip().is_unspecified()
+}
+
+/// A latched source (see [`Sources`]): where the peer's RTP comes `from`, taken while the SDP
+/// named `under`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Latch {
+    under: SocketAddr,
+    from: SocketAddr,
 }
 
 /// The next 20 ms of the played file, or silence after its end.
@@ -676,7 +697,7 @@ async fn receive_loop(
     socket: Arc<UdpSocket>,
     config: MediaConfig,
     transcoder: Transcoder,
-    (events, latched): (mpsc::Sender<MediaEvent>, watch::Sender<Option<SocketAddr>>),
+    (events, latched): (mpsc::Sender<MediaEvent>, watch::Sender<Option<Latch>>),
     mut negotiated: watch::Receiver<Negotiated>,
     stop: CancellationToken,
 ) -> Received {
@@ -688,7 +709,8 @@ async fn receive_loop(
     let mut check = tokio::time::interval(Duration::from_millis(100));
     // Tells the sender where the peer's RTP now comes from, when that changed.
     let publish = |sources: &Sources| {
-        latched.send_if_modified(|to| std::mem::replace(to, sources.latched) != sources.latched);
+        let latch = sources.latch();
+        latched.send_if_modified(|to| std::mem::replace(to, latch) != latch);
     };
     // An event waits for room in the queue without holding up stop: nobody may be reading
     // while the session sends its BYE.
@@ -734,8 +756,8 @@ async fn receive_loop(
                 }
             }
             _ = check.tick() => {
-                // On hold (sendonly or inactive) the peer may well send nothing, music or not.
-                let held = rx.config.negotiated.direction != Direction::SendRecv;
+                // On hold the peer may well send nothing, music or not.
+                let held = on_hold(&rx.config.negotiated);
                 if let (Some(limit), false) = (config.rtp_timeout, held) {
                     let silent = last_packet.elapsed();
                     if silent >= limit && !timed_out {
@@ -789,6 +811,14 @@ impl Sources {
         if !remote.ip().is_unspecified() && canonical(remote) != self.negotiated {
             *self = Self::new(remote, self.peer_host);
         }
+    }
+
+    /// The latched source, and the SDP address it was latched under.
+    fn latch(&self) -> Option<Latch> {
+        self.latched.map(|from| Latch {
+            under: self.negotiated,
+            from,
+        })
     }
 
     fn admits(&mut self, from: SocketAddr) -> bool {
@@ -1196,6 +1226,42 @@ mod tests {
         natted.renegotiated(addr("192.0.2.20:5000"));
         assert!(!natted.admits(addr("192.0.2.10:31000")), "moved");
         assert!(natted.admits(addr("192.0.2.20:5000")));
+    }
+
+    /// The sender follows a latch only under the SDP address it was made under: after a
+    /// re-INVITE moved the stream, a latch the receiver has not dropped yet sends nothing to
+    /// the old address; on an RFC 2543 hold (c=0.0.0.0) nothing is sent, and an offer with
+    /// no address yet is answered where the peer's RTP came from.
+    #[test]
+    fn the_sender_follows_a_latch_only_under_its_own_sdp() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let sip_peer: IpAddr = "192.0.2.5".parse().unwrap();
+        let mut sources = Sources::new(addr("192.0.2.10:4000"), sip_peer);
+        assert!(sources.admits(addr("192.0.2.10:31000")));
+        let latch = sources.latch();
+        let mut n = config(addr("192.0.2.10:4000")).negotiated;
+        assert_eq!(destination(&n, latch), Some(addr("192.0.2.10:31000")));
+        assert!(!on_hold(&n));
+        // Moved: the old latch is still published, the new address is sent to.
+        n.remote_rtp = addr("192.0.2.20:5000");
+        assert_eq!(destination(&n, latch), Some(addr("192.0.2.20:5000")));
+        // RFC 2543's hold: sendrecv on c=0.0.0.0; the receiver keeps its sources.
+        n.remote_rtp = addr("0.0.0.0:4000");
+        sources.renegotiated(n.remote_rtp);
+        assert_eq!(destination(&n, sources.latch()), None);
+        assert!(on_hold(&n), "the RTP timeout waits on an RFC 2543 hold");
+        n.remote_rtp = addr("192.0.2.10:4000");
+        n.direction = Direction::SendOnly;
+        assert!(on_hold(&n));
+        // No address yet: the peer's RTP shows where.
+        let mut unaddressed = Sources::new(addr("0.0.0.0:4000"), sip_peer);
+        let n = config(addr("0.0.0.0:4000")).negotiated;
+        assert_eq!(destination(&n, unaddressed.latch()), None);
+        assert!(unaddressed.admits(addr("192.0.2.5:4100")));
+        assert_eq!(
+            destination(&n, unaddressed.latch()),
+            Some(addr("192.0.2.5:4100"))
+        );
     }
 
     /// With Opus each concealed 20 ms is a decode: a burst of packets whose timestamps skip
