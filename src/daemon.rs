@@ -14,7 +14,7 @@ use crate::config::{Config, ConfigError};
 use crate::doctor::selftest::Selftests;
 use crate::domain::api_keys::ApiKeys;
 use crate::domain::codes::{server_key, CodeHasher};
-use crate::domain::verifications::{migrate, Migration};
+use crate::domain::verifications::{migrate, Heartbeat, Migration};
 use crate::domain::{Machine, Registered, Verifications, VerifyError};
 use crate::flow::{Hearing, Router, SpokenCodes};
 use crate::outbound::dialer::{Dialer, DialerConfig};
@@ -272,12 +272,15 @@ fn machine() -> Machine {
     }
 }
 
-/// Register in the store under this daemon's name, and heartbeat until `stopped`.
+/// Register in the store under this daemon's name, and heartbeat until `stopped`; `outdated`
+/// is set to the migrations unknown to this release when a newer one migrated the store
+/// meanwhile, and the daemon is to stop.
 async fn register(
     config: &Config,
     service: &Arc<Verifications>,
     agi: &TcpListener,
     stopped: &tokio::sync::watch::Receiver<bool>,
+    outdated: tokio::sync::watch::Sender<Option<Vec<i64>>>,
 ) -> Result<(), DaemonError> {
     let name = daemon_name(config, agi.local_addr().ok());
     let machine = machine();
@@ -303,11 +306,18 @@ async fn register(
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
-                _ = tick.tick() => {
-                    if let Err(e) = service.heartbeat(&machine).await {
-                        tracing::error!(error = %e, "heartbeat to the store failed");
+                _ = tick.tick() => match service.heartbeat(&machine).await {
+                    Ok(Heartbeat::Beat) => {}
+                    Ok(Heartbeat::Outdated { unknown }) => {
+                        if outdated.borrow().is_none() {
+                            tracing::error!(?unknown,
+                                "a newer callverify migrated the store: this daemon stops (its \
+                                 statements are written for the schema before); upgrade it");
+                            outdated.send_replace(Some(unknown));
+                        }
                     }
-                }
+                    Err(e) => tracing::error!(error = %e, "heartbeat to the store failed"),
+                },
                 _ = stopped.changed() => return,
             }
         }
@@ -428,7 +438,8 @@ pub async fn run(
     // the upkeep).
     let (close, closing) = tokio::sync::watch::channel(false);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    register(config, &service, &listeners.agi, &stopped).await?;
+    let (outdated_tx, mut outdated) = tokio::sync::watch::channel(None);
+    register(config, &service, &listeners.agi, &stopped, outdated_tx).await?;
     let recovered = service.recover_interrupted().await?;
     if recovered.attempts > 0 || recovered.verifications > 0 || recovered.events > 0 {
         tracing::warn!(
@@ -550,7 +561,10 @@ pub async fn run(
     ));
     let agi = callverify_pbx::agi::serve(listeners.agi, agi_server, router, wait(closing));
     let signal = async {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            _ = outdated.wait_for(Option::is_some) => {}
+        }
         let _ = close.send(true);
     };
     let (cut_off, ()) = tokio::join!(agi, signal);
@@ -568,7 +582,11 @@ pub async fn run(
         }
     }
     tracing::info!("callverify stopped");
-    Ok(())
+    let outdated = outdated.borrow().clone();
+    match outdated {
+        Some(unknown) => Err(StoreError::SchemaAhead { unknown }.into()),
+        None => Ok(()),
+    }
 }
 
 /// After the grace: close the attempts of the `cut_off` calls it ended as interrupted, as a

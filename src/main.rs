@@ -237,7 +237,12 @@ fn main() -> ExitCode {
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
         eprintln!("{used}");
-        ExitCode::FAILURE
+        // Its own status, so that the package's configuration step can tell it from a store
+        // it could not reach (which the service retries by itself).
+        match e.downcast_ref::<callverify::daemon::DaemonError>() {
+            Some(callverify::daemon::DaemonError::SchemaInUse { .. }) => ExitCode::from(3),
+            _ => ExitCode::FAILURE,
+        }
     })
 }
 
@@ -274,7 +279,8 @@ fn here() -> String {
          Store: {store}\n\
          The service and every command look in the same order: --config FILE, \
          ${FILE_VARIABLE}, ./callverify.toml, {SYSTEM_FILE}.\n\n\
-         Exit status: 0 on success, 1 on an error, 2 on a usage error."
+         Exit status: 0 on success, 1 on an error, 2 on a usage error, 3 when `serve` or \
+         `migrate` will not migrate a store daemons of an older release still run on."
     )
 }
 

@@ -157,6 +157,14 @@ pub(crate) fn open_trusted(path: &Path) -> Result<std::fs::File, String> {
     if !file.is_file() {
         return Err("it is not a regular file".into());
     }
+    // Another name of a file elsewhere (where hard links to others' files are allowed, a
+    // user may link root's into a sticky folder).
+    if file.nlink() > 1 {
+        return Err(format!(
+            "it has {} names (hard links): name the file with --config",
+            file.nlink()
+        ));
+    }
     let folder = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -360,6 +368,10 @@ mod tests {
         std::fs::rename(&local, dir.path().join("target.toml")).unwrap();
         std::os::unix::fs::symlink("target.toml", &local).unwrap();
         refused("symbolic link");
+        std::fs::remove_file(&local).unwrap();
+        // Nor another name of a file.
+        std::fs::hard_link(dir.path().join("target.toml"), &local).unwrap();
+        refused("2 names (hard links)");
         std::fs::remove_file(&local).unwrap();
         std::fs::rename(dir.path().join("target.toml"), &local).unwrap();
         // Not a regular file (a pipe would block the reading).

@@ -25,7 +25,7 @@ use crate::store::{
 mod cluster;
 mod read_backs;
 use cluster::Registration;
-pub use cluster::{migrate, Migration};
+pub use cluster::{migrate, Heartbeat, Migration};
 
 /// Verifications a purge of the history deletes at most in one transaction (every few
 /// seconds), so that it never holds the store for long.

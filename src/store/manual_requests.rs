@@ -477,16 +477,20 @@ impl Store {
                     if within {
                         insert_audit(&mut tx, now, &actor, action, &subject, detail).await?;
                     } else {
+                        // The span's note, touched (a write, as an entry written is: a spent
+                        // budget does not make these answers faster than the others), or
+                        // written when there is none yet.
                         let (over, over_subject, over_detail) = budget.over;
-                        let noted: i64 = query(
-                            "SELECT COUNT(*) AS n FROM audit_log WHERE action = $1 AND at > $2",
+                        let touched = query(
+                            "UPDATE audit_log SET at = at WHERE id = (SELECT MAX(id) \
+                             FROM audit_log WHERE action = $1 AND at > $2)",
                         )
                         .bind(over)
                         .bind(budget.since)
-                        .fetch_one(&mut tx)
+                        .execute(&mut tx)
                         .await?
-                        .try_get("n")?;
-                        if noted == 0 {
+                        .rows_affected();
+                        if touched == 0 {
                             insert_audit(&mut tx, now, &actor, over, over_subject, over_detail)
                                 .await?;
                         }

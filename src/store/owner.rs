@@ -33,14 +33,15 @@ pub fn act_as_owner(url: &str) -> Result<(), OwnerError> {
         return Ok(());
     };
     // The store, or where there is none yet the folder it is to be made in (the service's
-    // state directory): a store a root command creates there is its owner's too.
+    // state directory): a store a root command creates there is its owner's too. A symbolic
+    // link is its own owner's: root does not follow another user's link as root.
     let folder = match path.parent() {
         Some(folder) if !folder.as_os_str().is_empty() => folder,
         _ => Path::new("."),
     };
-    let (path, meta) = match std::fs::metadata(path) {
+    let (path, meta) = match std::fs::symlink_metadata(path) {
         Ok(meta) => (path, meta),
-        Err(_) => match std::fs::metadata(folder) {
+        Err(_) => match std::fs::symlink_metadata(folder) {
             Ok(meta) => (folder, meta),
             Err(_) => return Ok(()),
         },

@@ -307,8 +307,8 @@ impl Staff {
 
     /// Audit a failed or refused sign-in at `name`: always at an account's, within the
     /// budget at a name of no account's. The same statements run either way (an account's
-    /// budget has no end), so that the answer's timing does not tell which names are
-    /// accounts.
+    /// budget has no end; past a budget its note is written to), so that the answer's timing
+    /// does not tell which names are accounts.
     async fn audit_failure(
         &self,
         action: &'static str,

@@ -304,6 +304,18 @@ impl Served {
         self.child.wait().unwrap();
     }
 
+    /// The daemon's exit status, once it ended by itself; panics after `within`.
+    pub(crate) fn exits_within(mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running after {within:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Stop the daemon with SIGTERM, as systemd does.
     pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
         let sent = Command::new("kill")

@@ -475,13 +475,20 @@ fn an_upgrade_migrates_the_store_only_once_older_daemons_stopped() {
     .unwrap();
 
     for command in ["migrate", "serve"] {
+        // Heard from just now (the daemon's takeover time here is 3 s).
+        rt.block_on(
+            sqlx::query("UPDATE daemons SET last_seen = $1")
+                .bind(callverify::domain::clock::now_ms())
+                .execute(&mut pg),
+        )
+        .unwrap();
         let out = run(callverify(dir.path())
             .arg(command)
             .env("CALLVERIFY_AGI_LISTEN", free_port().to_string())
             .env("CALLVERIFY_HTTP_LISTEN", "127.0.0.1:0")
             .env("CALLVERIFY_SPEECH_LISTEN", "127.0.0.1:0"));
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{command}: {stderr}");
+        assert_eq!(out.status.code(), Some(3), "{command}: {stderr}");
         assert!(
             stderr.contains(&format!("migrations {latest} to apply"))
                 && stderr.contains("daemons of the release before still run on it: pbx-b/10.0.0.2:4573 (process 4242")
@@ -526,7 +533,28 @@ fn an_upgrade_migrates_the_store_only_once_older_daemons_stopped() {
     wait("three registered daemons", Duration::from_secs(20), || {
         rt.block_on(store.daemons()).unwrap().len() == 3
     });
-    for s in served {
-        assert!(s.terminate().success());
+
+    // A newer release migrates the store under them (they were paused through its upgrade,
+    // or started as it migrated): each stops at its next heartbeat (1 s here), leaves the
+    // list, and exits with an error that says to upgrade it.
+    let mut pg = rt.block_on(sqlx::PgConnection::connect(&url)).unwrap();
+    rt.block_on(
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
+             execution_time) VALUES (99991231000000, 'from a newer release', true, '\\x00', 0)",
+        )
+        .execute(&mut pg),
+    )
+    .unwrap();
+    for (i, s) in served.into_iter().enumerate() {
+        let status = s.exits_within(Duration::from_secs(20));
+        let log = std::fs::read_to_string(dir.path().join(format!("serve-{i}.log"))).unwrap();
+        assert_eq!(status.code(), Some(1), "{log}");
+        assert!(
+            log.contains("a newer callverify migrated the store")
+                && log.contains("migrated by a newer callverify"),
+            "{log}"
+        );
     }
+    assert_eq!(rt.block_on(store.daemons()).unwrap(), Vec::new());
 }

@@ -239,6 +239,34 @@ fn root_makes_a_new_store_as_the_owner_of_its_folder() {
     }
 }
 
+/// A store that is another user's symbolic link (to a store root owns): a command run as
+/// root acts as the link's owner, who may not open what it points to, rather than following
+/// it as root.
+#[test]
+fn root_does_not_follow_another_users_link_to_a_store() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root (it hands a link to another user); ./scripts/test and CI run as root"
+    );
+    let roots = tempfile::tempdir().unwrap();
+    migrate(roots.path());
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    let link = dir.path().join("callverify.db");
+    std::os::unix::fs::symlink(roots.path().join("callverify.db"), &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+    std::fs::copy(
+        roots.path().join("callverify.secret"),
+        dir.path().join("callverify.secret"),
+    )
+    .unwrap();
+    let out = run(callverify(dir.path()).args(["keys", "list"]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // As root, in its own folder, the store opens.
+    let out = run(callverify(roots.path()).args(["keys", "list"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// At a terminal, `staff add` asks twice and shows nothing typed; piped, it reads one line.
 #[test]
 fn staff_add_asks_for_the_password_without_echo_at_a_terminal() {

@@ -20,6 +20,16 @@ fn runs_now(row: &DaemonRow, machine: &Machine, dead_after: Duration, now: i64) 
     alive && !earlier_run_here
 }
 
+/// What a [`Verifications::heartbeat`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heartbeat {
+    Beat,
+    /// A newer release migrated the store (its migrations `unknown` to this one).
+    Outdated {
+        unknown: Vec<i64>,
+    },
+}
+
 /// What [`migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Migration {
@@ -132,18 +142,32 @@ impl Verifications {
 
     /// The heartbeat of a registered daemon. When its registration is gone (it was declared
     /// dead and taken over, being unheard for too long), it registers again, and says so:
-    /// its calls of before were taken over, and their late writes are refused.
-    pub async fn heartbeat(&self, machine: &Machine) -> Result<(), VerifyError> {
+    /// its calls of before were taken over, and their late writes are refused. Then the
+    /// store's schema is read: `Outdated` when a newer release migrated it meanwhile (this
+    /// daemon was paused through an upgrade, or started as it was migrated), on which the
+    /// daemon must stop, as its statements are written for the schema before.
+    pub async fn heartbeat(&self, machine: &Machine) -> Result<Heartbeat, VerifyError> {
         let Some(r) = self.registration.get() else {
-            return Ok(());
+            return Ok(Heartbeat::Beat);
         };
-        if self
+        let beat = self
             .store
             .heartbeat(&r.name, &r.incarnation, now_ms())
-            .await?
-        {
-            return Ok(());
+            .await?;
+        match self.store.check_schema().await {
+            // Not registered again: it is to stop.
+            Err(StoreError::SchemaAhead { unknown }) => return Ok(Heartbeat::Outdated { unknown }),
+            Ok(()) | Err(StoreError::SchemaBehind { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
+        if !beat {
+            self.register_again(r, machine).await?;
+        }
+        Ok(Heartbeat::Beat)
+    }
+
+    /// [`Self::heartbeat`] found this daemon's registration gone.
+    async fn register_again(&self, r: &Registration, machine: &Machine) -> Result<(), VerifyError> {
         let row = self.store.daemon(&r.name).await?;
         if let Some(row) = row.as_ref().filter(|row| row.taken_over_by.is_none()) {
             // Another run of this name registered since: it has the name now.
