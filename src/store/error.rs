@@ -27,6 +27,11 @@ pub enum StoreError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot lock the store's folder {} to migrate it: {source}", path.display())]
+    MigrationLock {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
     #[error("the store is closed")]

@@ -178,8 +178,9 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self.backend {
             // On a connection of sqlx's own, while the writer waits (it holds no lock
-            // between groups).
+            // between groups), and while holding the store's folder (see `migration_lock`).
             Backend::Sqlite => {
+                let _lock = migration_lock(&self.url).await?;
                 let mut conn = sqlx::SqliteConnection::connect(&self.url).await?;
                 SQLITE_MIGRATIONS.run_direct(&mut conn).await?;
                 conn.close().await?;
@@ -295,6 +296,36 @@ pub fn sqlite_path(url: &str) -> Option<&std::path::Path> {
         .next()
         .filter(|p| !p.is_empty() && *p != ":memory:")?;
     Some(std::path::Path::new(path))
+}
+
+/// sqlx takes no lock to migrate SQLite (on Postgres, an advisory lock): processes
+/// migrating one new store at once (the service starting as an admin runs `migrate`) each
+/// applied the first migrations, and all but one failed ("table already exists"). They take
+/// turns on an exclusive `flock` of the store's folder, held until the returned file is
+/// dropped; the later ones find nothing left to apply. Not of the database file itself:
+/// closing another descriptor of it would drop this process's SQLite (POSIX) locks on it.
+async fn migration_lock(url: &str) -> Result<Option<std::fs::File>, StoreError> {
+    let Some(path) = sqlite_path(url) else {
+        return Ok(None);
+    };
+    let folder = match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder.to_owned(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let locking = folder.clone();
+    let locked = tokio::task::spawn_blocking(move || {
+        let dir = std::fs::File::open(&locking)?;
+        rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok::<_, std::io::Error>(dir)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    locked
+        .map(Some)
+        .map_err(|source| StoreError::MigrationLock {
+            path: folder,
+            source,
+        })
 }
 
 /// Create a missing SQLite file readable by its owner only: it holds phone numbers and voice

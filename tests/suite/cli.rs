@@ -885,3 +885,27 @@ fn a_stop_asked_for_during_start_up_is_a_clean_stop() {
         );
     }
 }
+
+/// Processes migrating one new SQLite store at once (the service starting as an admin runs
+/// `migrate`) take turns: all succeed, where each used to apply the first migrations and all
+/// but one failed ("table already exists").
+#[test]
+fn migrations_run_at_once_on_one_new_store_all_succeed() {
+    for _ in 0..8 {
+        let dir = tempfile::tempdir().unwrap();
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                callverify(dir.path())
+                    .arg("migrate")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+    }
+}
