@@ -563,7 +563,8 @@ pub async fn run(
     let signal = async {
         tokio::select! {
             () = shutdown => {}
-            _ = outdated.wait_for(Option::is_some) => {}
+            // (Not when the heartbeat task is gone: that is no reason to stop.)
+            Ok(_) = outdated.wait_for(Option::is_some) => {}
         }
         let _ = close.send(true);
     };

@@ -157,14 +157,6 @@ pub(crate) fn open_trusted(path: &Path) -> Result<std::fs::File, String> {
     if !file.is_file() {
         return Err("it is not a regular file".into());
     }
-    // Another name of a file elsewhere (where hard links to others' files are allowed, a
-    // user may link root's into a sticky folder).
-    if file.nlink() > 1 {
-        return Err(format!(
-            "it has {} names (hard links): name the file with --config",
-            file.nlink()
-        ));
-    }
     let folder = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -196,6 +188,15 @@ pub(crate) fn open_trusted(path: &Path) -> Result<std::fs::File, String> {
     }
     if others_write(&folder) && folder.mode() & 0o1000 == 0 {
         return Err("others may replace it: its folder is writable by them".into());
+    }
+    // In a sticky folder others write to (/tmp), another name of a file elsewhere: where
+    // hard links to others' files are allowed, a user may link root's there.
+    if others_write(&folder) && file.nlink() > 1 {
+        return Err(format!(
+            "it has {} names (hard links) in a folder others write to: name the file with \
+             --config",
+            file.nlink()
+        ));
     }
     Ok(opened)
 }
@@ -369,9 +370,13 @@ mod tests {
         std::os::unix::fs::symlink("target.toml", &local).unwrap();
         refused("symbolic link");
         std::fs::remove_file(&local).unwrap();
-        // Nor another name of a file.
+        // Another name of a file: one's own in one's own folder, but not in a folder others
+        // write to.
         std::fs::hard_link(dir.path().join("target.toml"), &local).unwrap();
-        refused("2 names (hard links)");
+        assert_eq!(locate(), Source::WorkingDirectory(local.clone()));
+        mode(dir.path(), 0o1777);
+        refused("2 names (hard links) in a folder others write to");
+        mode(dir.path(), 0o700);
         std::fs::remove_file(&local).unwrap();
         std::fs::rename(dir.path().join("target.toml"), &local).unwrap();
         // Not a regular file (a pipe would block the reading).

@@ -304,7 +304,11 @@ pub fn sqlite_path(url: &str) -> Option<&std::path::Path> {
 /// turns on an exclusive `flock` of the store's folder, held until the returned file is
 /// dropped; the later ones find nothing left to apply. Not of the database file itself:
 /// closing another descriptor of it would drop this process's SQLite (POSIX) locks on it.
+/// A folder that cannot be opened or locked (no read permission, a file system without
+/// flock) migrates without it, as before; one held for [`MIGRATION_LOCK_WAIT`] (a migration
+/// stopped half-way, another user holding the folder) is an error, not a start that hangs.
 async fn migration_lock(url: &str) -> Result<Option<std::fs::File>, StoreError> {
+    use rustix::fs::{flock, FlockOperation};
     let Some(path) = sqlite_path(url) else {
         return Ok(None);
     };
@@ -312,21 +316,36 @@ async fn migration_lock(url: &str) -> Result<Option<std::fs::File>, StoreError> 
         Some(folder) if !folder.as_os_str().is_empty() => folder.to_owned(),
         _ => std::path::PathBuf::from("."),
     };
-    let locking = folder.clone();
-    let locked = tokio::task::spawn_blocking(move || {
-        let dir = std::fs::File::open(&locking)?;
-        rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive)?;
-        Ok::<_, std::io::Error>(dir)
-    })
-    .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-    locked
-        .map(Some)
-        .map_err(|source| StoreError::MigrationLock {
-            path: folder,
-            source,
-        })
+    let Ok(dir) = std::fs::File::open(&folder) else {
+        return Ok(None);
+    };
+    let deadline = tokio::time::Instant::now() + MIGRATION_LOCK_WAIT;
+    loop {
+        match flock(&dir, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(Some(dir)),
+            Err(rustix::io::Errno::WOULDBLOCK) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(StoreError::MigrationLock {
+                    path: folder,
+                    source: std::io::Error::other(format!(
+                        "another process has held it for {} s",
+                        MIGRATION_LOCK_WAIT.as_secs()
+                    )),
+                })
+            }
+            Err(e) => {
+                tracing::debug!(folder = %folder.display(), error = %e,
+                    "migrating without the folder's lock");
+                return Ok(None);
+            }
+        }
+    }
 }
+
+/// How long a migration of a SQLite store waits for another's (see [`migration_lock`]).
+const MIGRATION_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Create a missing SQLite file readable by its owner only: it holds phone numbers and voice
 /// recordings. SQLite gives its `-wal` and `-shm` files the same mode. (Failing here is left

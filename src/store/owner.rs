@@ -33,15 +33,24 @@ pub fn act_as_owner(url: &str) -> Result<(), OwnerError> {
         return Ok(());
     };
     // The store, or where there is none yet the folder it is to be made in (the service's
-    // state directory): a store a root command creates there is its owner's too. A symbolic
-    // link is its own owner's: root does not follow another user's link as root.
+    // state directory): a store a root command creates there is its owner's too. Another
+    // user's symbolic link is that user's: root does not follow it as root; root's own link
+    // is followed to what it points to.
     let folder = match path.parent() {
         Some(folder) if !folder.as_os_str().is_empty() => folder,
         _ => Path::new("."),
     };
-    let (path, meta) = match std::fs::symlink_metadata(path) {
+    let owned = |path: &Path| {
+        let meta = std::fs::symlink_metadata(path)?;
+        if meta.is_symlink() && meta.uid() == 0 {
+            std::fs::metadata(path)
+        } else {
+            Ok(meta)
+        }
+    };
+    let (path, meta) = match owned(path) {
         Ok(meta) => (path, meta),
-        Err(_) => match std::fs::symlink_metadata(folder) {
+        Err(_) => match owned(folder) {
             Ok(meta) => (folder, meta),
             Err(_) => return Ok(()),
         },

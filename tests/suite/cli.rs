@@ -909,3 +909,22 @@ fn migrations_run_at_once_on_one_new_store_all_succeed() {
         }
     }
 }
+
+/// A migration waits while another holds the store's folder, and goes on once it is let go.
+#[test]
+fn a_migration_waits_for_the_one_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = std::fs::File::open(dir.path()).unwrap();
+    rustix::fs::flock(&folder, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let mut child = callverify(dir.path())
+        .arg("migrate")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(child.try_wait().unwrap().is_none(), "it waits");
+    drop(folder);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -241,9 +241,10 @@ fn root_makes_a_new_store_as_the_owner_of_its_folder() {
 
 /// A store that is another user's symbolic link (to a store root owns): a command run as
 /// root acts as the link's owner, who may not open what it points to, rather than following
-/// it as root.
+/// it as root. Root's own link to the service's store is followed: the daemon acts as the
+/// store's owner, and the files SQLite makes beside the store are the owner's.
 #[test]
-fn root_does_not_follow_another_users_link_to_a_store() {
+fn root_acts_as_a_links_owner_unless_the_link_is_roots() {
     assert!(
         rustix::process::geteuid().is_root(),
         "this test needs root (it hands a link to another user); ./scripts/test and CI run as root"
@@ -265,6 +266,46 @@ fn root_does_not_follow_another_users_link_to_a_store() {
     // As root, in its own folder, the store opens.
     let out = run(callverify(roots.path()).args(["keys", "list"]));
     assert!(out.status.success(), "{}", stderr(&out));
+
+    // Root's own link to the service's store (another user's) is followed: the command acts
+    // as the store's owner, and the files SQLite makes beside the store stay the owner's.
+    let service = tempfile::tempdir().unwrap();
+    migrate(service.path());
+    for path in [service.path().to_owned()].into_iter().chain(
+        std::fs::read_dir(service.path())
+            .unwrap()
+            .map(|e| e.unwrap().path()),
+    ) {
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    }
+    let admin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        service.path().join("callverify.db"),
+        admin.path().join("callverify.db"),
+    )
+    .unwrap();
+    std::fs::copy(
+        service.path().join("callverify.secret"),
+        admin.path().join("callverify.secret"),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(admin.path().join("callverify.secret"), Some(65534), None).unwrap();
+    let served = serve_in(
+        callverify(admin.path()),
+        admin.path(),
+        free_port(),
+        "serve.log",
+    );
+    let identity = std::fs::read_to_string(format!("/proc/{}/status", served.pid())).unwrap();
+    let uid = identity.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uid.split_whitespace().skip(1).collect::<Vec<_>>(),
+        ["65534"; 4],
+        "{identity}"
+    );
+    let wal = std::fs::metadata(service.path().join("callverify.db-wal")).unwrap();
+    assert_eq!(wal.uid(), 65534);
+    assert!(served.terminate().success());
 }
 
 /// At a terminal, `staff add` asks twice and shows nothing typed; piped, it reads one line.

@@ -356,12 +356,12 @@ async fn send_loop(
 
 /// Where the sender sends: where the peer's RTP comes from once the receiver has latched
 /// that address under the SDP's address now in force (symmetric RTP: the way back through
-/// the peer's NAT), else the SDP's address, unless it is unspecified (c=0.0.0.0 or ::, RFC
-/// 2543's hold, or an offer or answer without an address yet): then nowhere until the peer's
-/// RTP shows where. A latch made under an earlier SDP is not followed: after a re-INVITE
-/// moved the stream, the sender may see the new SDP before the receiver has dropped the old
-/// latch, and not one packet goes to the old address; nor is anything sent on an RFC 2543
-/// hold. (Sent to 0.0.0.0, RTP would reach this very host.)
+/// the peer's NAT), else the SDP's address, unless it is unspecified (c=0.0.0.0 or ::, an
+/// offer or answer without an address yet, or RFC 2543's hold, during which the receiver
+/// publishes no latch): then nowhere until the peer's RTP shows where. A latch made under
+/// an earlier SDP is not followed: after a re-INVITE moved the stream, the sender may see
+/// the new SDP before the receiver has dropped the old latch, and not one packet goes to the
+/// old address. (Sent to 0.0.0.0, RTP would reach this very host.)
 fn destination(negotiated: &Negotiated, latch: Option<Latch>) -> Option<SocketAddr> {
     let remote = canonical(negotiated.remote_rtp);
     latch
@@ -370,10 +370,11 @@ fn destination(negotiated: &Negotiated, latch: Option<Latch>) -> Option<SocketAd
         .or(Some(remote).filter(|a| !a.ip().is_unspecified()))
 }
 
-/// Whether the stream is on hold: sendonly, recvonly or inactive, or RFC 2543's c=0.0.0.0
-/// (which says sendrecv): the peer may well send nothing then, and the RTP timeout waits.
-fn on_hold(negotiated: &Negotiated) -> bool {
-    negotiated.direction != Direction::SendRecv || negotiated.remote_rtp.ip().is_unspecified()
+/// Whether the stream is on hold: sendonly, recvonly or inactive, or a re-INVITE's RFC 2543
+/// hold (c=0.0.0.0, which says sendrecv; a call whose first SDP had no address yet is not
+/// held): the peer may well send nothing then, and the RTP timeout waits.
+fn on_hold(negotiated: &Negotiated, sources: &Sources) -> bool {
+    negotiated.direction != Direction::SendRecv || sources.held
 }
 
 /// A latched source (see [`Sources`]): where the peer's RTP comes `from`, taken while the SDP
@@ -757,7 +758,7 @@ async fn receive_loop(
             }
             _ = check.tick() => {
                 // On hold the peer may well send nothing, music or not.
-                let held = on_hold(&rx.config.negotiated);
+                let held = on_hold(&rx.config.negotiated, &sources);
                 if let (Some(limit), false) = (config.rtp_timeout, held) {
                     let silent = last_packet.elapsed();
                     if silent >= limit && !timed_out {
@@ -788,6 +789,8 @@ struct Sources {
     peer_host: IpAddr,
     latched: Option<SocketAddr>,
     heard_negotiated: bool,
+    /// On RFC 2543's hold: a re-INVITE or UPDATE said c=0.0.0.0.
+    held: bool,
 }
 
 /// The address with an IPv4-mapped IPv6 address as IPv4.
@@ -802,20 +805,27 @@ impl Sources {
             peer_host: peer_host.to_canonical(),
             latched: None,
             heard_negotiated: false,
+            held: false,
         }
     }
 
     /// The SDP moved the stream (re-INVITE, UPDATE). An unspecified address (RFC 2543's hold,
-    /// c=0.0.0.0) keeps the sources as they are: music on hold comes from where RTP came.
+    /// c=0.0.0.0) keeps the sources as they are (music on hold comes from where RTP came)
+    /// until the stream resumes, to where it was or elsewhere.
     fn renegotiated(&mut self, remote: SocketAddr) {
-        if !remote.ip().is_unspecified() && canonical(remote) != self.negotiated {
+        if remote.ip().is_unspecified() {
+            self.held = true;
+        } else if canonical(remote) != self.negotiated {
             *self = Self::new(remote, self.peer_host);
+        } else {
+            self.held = false;
         }
     }
 
-    /// The latched source, and the SDP address it was latched under.
+    /// The latched source, and the SDP address it was latched under, for the sender: none on
+    /// hold.
     fn latch(&self) -> Option<Latch> {
-        self.latched.map(|from| Latch {
+        self.latched.filter(|_| !self.held).map(|from| Latch {
             under: self.negotiated,
             from,
         })
@@ -1241,7 +1251,7 @@ mod tests {
         let latch = sources.latch();
         let mut n = config(addr("192.0.2.10:4000")).negotiated;
         assert_eq!(destination(&n, latch), Some(addr("192.0.2.10:31000")));
-        assert!(!on_hold(&n));
+        assert!(!on_hold(&n, &sources));
         // Moved: the old latch is still published, the new address is sent to.
         n.remote_rtp = addr("192.0.2.20:5000");
         assert_eq!(destination(&n, latch), Some(addr("192.0.2.20:5000")));
@@ -1249,19 +1259,32 @@ mod tests {
         n.remote_rtp = addr("0.0.0.0:4000");
         sources.renegotiated(n.remote_rtp);
         assert_eq!(destination(&n, sources.latch()), None);
-        assert!(on_hold(&n), "the RTP timeout waits on an RFC 2543 hold");
+        assert!(
+            on_hold(&n, &sources),
+            "the RTP timeout waits on an RFC 2543 hold"
+        );
+        assert!(sources.admits(addr("192.0.2.10:31000")), "music on hold");
+        // Resumed where it was: the latch again.
         n.remote_rtp = addr("192.0.2.10:4000");
+        sources.renegotiated(n.remote_rtp);
+        assert_eq!(destination(&n, sources.latch()), latch.map(|l| l.from));
+        assert!(!on_hold(&n, &sources));
         n.direction = Direction::SendOnly;
-        assert!(on_hold(&n));
-        // No address yet: the peer's RTP shows where.
+        assert!(on_hold(&n, &sources));
+        // No address yet: not a hold (the RTP timeout runs); the peer's RTP shows where.
         let mut unaddressed = Sources::new(addr("0.0.0.0:4000"), sip_peer);
         let n = config(addr("0.0.0.0:4000")).negotiated;
+        assert!(!on_hold(&n, &unaddressed));
         assert_eq!(destination(&n, unaddressed.latch()), None);
         assert!(unaddressed.admits(addr("192.0.2.5:4100")));
         assert_eq!(
             destination(&n, unaddressed.latch()),
             Some(addr("192.0.2.5:4100"))
         );
+        // Then held with c=0.0.0.0 on that same port: nothing sent.
+        unaddressed.renegotiated(n.remote_rtp);
+        assert_eq!(destination(&n, unaddressed.latch()), None);
+        assert!(on_hold(&n, &unaddressed));
     }
 
     /// With Opus each concealed 20 ms is a decode: a burst of packets whose timestamps skip

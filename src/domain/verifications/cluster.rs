@@ -150,16 +150,17 @@ impl Verifications {
         let Some(r) = self.registration.get() else {
             return Ok(Heartbeat::Beat);
         };
-        let beat = self
-            .store
-            .heartbeat(&r.name, &r.incarnation, now_ms())
-            .await?;
+        // The schema first: a newer one may have changed what the heartbeat writes.
         match self.store.check_schema().await {
             // Not registered again: it is to stop.
             Err(StoreError::SchemaAhead { unknown }) => return Ok(Heartbeat::Outdated { unknown }),
             Ok(()) | Err(StoreError::SchemaBehind { .. }) => {}
             Err(e) => return Err(e.into()),
         }
+        let beat = self
+            .store
+            .heartbeat(&r.name, &r.incarnation, now_ms())
+            .await?;
         if !beat {
             self.register_again(r, machine).await?;
         }
