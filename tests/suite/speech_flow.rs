@@ -336,6 +336,12 @@ async fn a_transcript_a_stop_left_unwritten_is_written_later(db: Db) {
         max_bytes: 10_000_000,
     };
     d.store.keep_manual_request(request, quota).await.unwrap();
+    // The next daemon on the store: its upkeep looks for lost transcripts at once (this
+    // one's first look may have come before the request was there; the next is ten minutes
+    // on).
+    let (config, dir) = d.halt().await;
+    let mut d = crate::common::start_config(config).await;
+    d.dir = dir;
     let transcript = transcript_of_the_request(&d).await;
     assert_eq!(callverify_speech::digits::digits_in(&transcript), "6175");
     d.stop().await;
