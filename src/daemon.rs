@@ -272,14 +272,15 @@ fn machine() -> Machine {
     }
 }
 
-/// Register in the store under this daemon's name, and heartbeat until `stopped`; `outdated`
-/// is set to the migrations unknown to this release when a newer one migrated the store
-/// meanwhile, and the daemon is to stop.
+/// Register in the store under this daemon's name, and heartbeat until it `left` (its calls
+/// done or closed: until then another daemon must not take them over); `outdated` is set to
+/// the migrations unknown to this release when a newer one migrated the store meanwhile,
+/// and the daemon is to stop.
 async fn register(
     config: &Config,
     service: &Arc<Verifications>,
     agi: &TcpListener,
-    stopped: &tokio::sync::watch::Receiver<bool>,
+    left: &tokio::sync::watch::Receiver<bool>,
     outdated: tokio::sync::watch::Sender<Option<Vec<i64>>>,
 ) -> Result<(), DaemonError> {
     let name = daemon_name(config, agi.local_addr().ok());
@@ -300,7 +301,7 @@ async fn register(
         }
     }
     let service = service.clone();
-    let mut stopped = stopped.clone();
+    let mut left = left.clone();
     let every = Duration::from_secs(config.database.heartbeat_secs.max(1));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -318,7 +319,7 @@ async fn register(
                     }
                     Err(e) => tracing::error!(error = %e, "heartbeat to the store failed"),
                 },
-                _ = stopped.changed() => return,
+                _ = left.changed() => return,
             }
         }
     });
@@ -434,12 +435,14 @@ pub async fn run(
     // dialplan apologises) and the dialer places no more calls. `stopped`, once the calls
     // already accepted are done or the grace ran out: what those calls need until their end
     // stops (AudioSocket for spoken codes and messages, the HTTP API for the web app's
-    // checks, the heartbeat that keeps their attempts from being taken over, webhooks, AMI,
-    // the upkeep).
+    // checks, webhooks, AMI, the upkeep).
     let (close, closing) = tokio::sync::watch::channel(false);
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Last, the heartbeat, which keeps this daemon's calls from being taken over: once those
+    // cut off at the end of the grace are closed too.
+    let (leave, left) = tokio::sync::watch::channel(false);
     let (outdated_tx, mut outdated) = tokio::sync::watch::channel(None);
-    register(config, &service, &listeners.agi, &stopped, outdated_tx).await?;
+    register(config, &service, &listeners.agi, &left, outdated_tx).await?;
     let recovered = service.recover_interrupted().await?;
     if recovered.attempts > 0 || recovered.verifications > 0 || recovered.events > 0 {
         tracing::warn!(
@@ -571,6 +574,7 @@ pub async fn run(
     let (cut_off, ()) = tokio::join!(agi, signal);
     let _ = stop.send(true);
     let closed = cut_off == 0 || close_cut_off_calls(&service, webhooks, cut_off).await;
+    let _ = leave.send(true);
     if let Err(e) = http.await {
         tracing::error!(error = %e, "the HTTP API task failed");
     }

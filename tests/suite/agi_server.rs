@@ -291,6 +291,54 @@ async fn calls_past_the_grace_period_are_ended_and_recovered_as_interrupted() {
     );
 }
 
+/// A stop whose cut-off calls take a while to close (the webhook sender's batch hangs on a
+/// receiver that never answers, for up to 5 s) goes on heartbeating until they are closed:
+/// until then another daemon on the store must not take them over.
+#[tokio::test]
+async fn a_stop_heartbeats_until_its_cut_off_calls_are_closed() {
+    // Takes connections (the kernel's backlog) and never answers.
+    let silent_receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", silent_receiver.local_addr().unwrap());
+    let mut d = crate::common::start_with(Db::Sqlite, |c| {
+        c.agi.shutdown_grace_secs = 1;
+        c.database.heartbeat_secs = 1;
+        c.database.takeover_after_secs = 3;
+        c.webhooks.url = url;
+        c.webhooks.secret = crate::common::hooks::SECRET.into();
+        c.webhooks.timeout_secs = 60;
+    })
+    .await;
+    let v = d.new_verification(PHONE, "cut off").await;
+    let (_go, hold) = tokio::sync::watch::channel(false);
+    let call = Call::verify(&v.id).press("#").then(Action::Hold(hold));
+    let addr = d.addr;
+    let in_progress = tokio::spawn(async move { call.run(addr).await });
+    d.until_calls_in_progress(1).await;
+    let (name, store) = (d.service.daemon().to_owned(), d.store.clone());
+    let last_seen = || async {
+        store
+            .daemon(&name)
+            .await
+            .unwrap()
+            .expect("still on the list")
+            .last_seen
+    };
+    d.signal_stop();
+    // The grace (1 s) is over; the cut-off call is being closed behind the webhooks' wait.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = last_seen().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(last_seen().await > before, "no heartbeat while closing");
+    d.join().await;
+    in_progress.abort();
+    assert_eq!(
+        d.store.daemon(&name).await.unwrap(),
+        None,
+        "left once closed"
+    );
+    assert_eq!(d.status(&v.id).await.status, Status::Pending);
+}
+
 /// The trunk calls counted on the store (every daemon's).
 async fn trunk_calls(d: &Daemon) -> i64 {
     use sqlx::Row;
