@@ -278,13 +278,33 @@ impl Store {
 /// a second daemon), foreign keys, and secure_delete; statements prepared once.
 fn open_sqlite(path: &std::path::Path) -> Result<Conn, StoreError> {
     let db = rusqlite::Connection::open(path)?;
+    db.execute_batch("PRAGMA busy_timeout = 10000;")?;
+    set_wal(&db)?;
     db.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-         PRAGMA secure_delete = ON;",
+        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;",
     )?;
     db.set_prepared_statement_cache_capacity(256);
     Ok(Conn::sqlite(db))
+}
+
+/// Put the database in WAL mode (kept in the file: once for a store). Switching a new file
+/// takes its lock without SQLite's busy wait, so a process opening a new store while another
+/// switches it is told "database is locked" at once (1 in 40 of four `migrate`s at once):
+/// it tries again, for as long as the busy timeout.
+fn set_wal(db: &rusqlite::Connection) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match db.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+            Ok(_) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// The SQLite file of `url`, as a path; `None` for another database or an in-memory one.
