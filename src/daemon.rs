@@ -275,14 +275,15 @@ fn machine() -> Machine {
 /// Register in the store under this daemon's name, and heartbeat until it `left` (its calls
 /// done or closed: until then another daemon must not take them over); `outdated` is set to
 /// the migrations unknown to this release when a newer one migrated the store meanwhile,
-/// and the daemon is to stop.
+/// and the daemon is to stop. The heartbeat's task is returned, to be awaited once `left`
+/// is sent: no heartbeat may write (and register the daemon again) after it left the list.
 async fn register(
     config: &Config,
     service: &Arc<Verifications>,
     agi: &TcpListener,
     left: &tokio::sync::watch::Receiver<bool>,
     outdated: tokio::sync::watch::Sender<Option<Vec<i64>>>,
-) -> Result<(), DaemonError> {
+) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
     let name = daemon_name(config, agi.local_addr().ok());
     let machine = machine();
     match service.register(name.clone(), &machine).await? {
@@ -303,10 +304,12 @@ async fn register(
     let service = service.clone();
     let mut left = left.clone();
     let every = Duration::from_secs(config.database.heartbeat_secs.max(1));
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
+                biased;
+                _ = left.changed() => return,
                 _ = tick.tick() => match service.heartbeat(&machine).await {
                     Ok(Heartbeat::Beat) => {}
                     Ok(Heartbeat::Outdated { unknown }) => {
@@ -319,11 +322,9 @@ async fn register(
                     }
                     Err(e) => tracing::error!(error = %e, "heartbeat to the store failed"),
                 },
-                _ = left.changed() => return,
             }
         }
-    });
-    Ok(())
+    }))
 }
 
 /// The daemon's listening sockets, bound before it runs (so that a caller can learn the
@@ -442,7 +443,7 @@ pub async fn run(
     // cut off at the end of the grace are closed too.
     let (leave, left) = tokio::sync::watch::channel(false);
     let (outdated_tx, mut outdated) = tokio::sync::watch::channel(None);
-    register(config, &service, &listeners.agi, &left, outdated_tx).await?;
+    let heartbeat = register(config, &service, &listeners.agi, &left, outdated_tx).await?;
     let recovered = service.recover_interrupted().await?;
     if recovered.attempts > 0 || recovered.verifications > 0 || recovered.events > 0 {
         tracing::warn!(
@@ -574,9 +575,14 @@ pub async fn run(
     let (cut_off, ()) = tokio::join!(agi, signal);
     let _ = stop.send(true);
     let closed = cut_off == 0 || close_cut_off_calls(&service, webhooks, cut_off).await;
-    let _ = leave.send(true);
     if let Err(e) = http.await {
         tracing::error!(error = %e, "the HTTP API task failed");
+    }
+    // Heard until the end (the HTTP server's own close can last `http.timeout_secs`), and no
+    // heartbeat under way when the daemon leaves the list, which would put it back on.
+    let _ = leave.send(true);
+    if let Err(e) = heartbeat.await {
+        tracing::error!(error = %e, "the heartbeat task failed");
     }
     // The calls are done or closed: nothing of this daemon's is left to take over. (Calls
     // that could not be closed keep it on the list, unheard from now on: another daemon on

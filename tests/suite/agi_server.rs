@@ -315,26 +315,45 @@ async fn a_stop_heartbeats_until_its_cut_off_calls_are_closed() {
     let in_progress = tokio::spawn(async move { call.run(addr).await });
     d.until_calls_in_progress(1).await;
     let (name, store) = (d.service.daemon().to_owned(), d.store.clone());
-    let last_seen = || async {
-        store
-            .daemon(&name)
-            .await
-            .unwrap()
-            .expect("still on the list")
-            .last_seen
-    };
+    // The daemon's last heartbeat, read until it leaves the list.
+    let last_heartbeat = tokio::spawn({
+        let name = name.clone();
+        async move {
+            let mut last = 0;
+            while let Some(row) = store.daemon(&name).await.unwrap() {
+                last = row.last_seen;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            last
+        }
+    });
     d.signal_stop();
-    // The grace (1 s) is over; the cut-off call is being closed behind the webhooks' wait.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before = last_seen().await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(last_seen().await > before, "no heartbeat while closing");
     d.join().await;
     in_progress.abort();
-    assert_eq!(
-        d.store.daemon(&name).await.unwrap(),
-        None,
-        "left once closed"
+    let last_heartbeat = tokio::time::timeout(Duration::from_secs(5), last_heartbeat)
+        .await
+        .expect("left the list once the cut-off call was closed")
+        .unwrap();
+    // And no heartbeat put it back on the list after it left.
+    assert_eq!(d.store.daemon(&name).await.unwrap(), None, "left for good");
+    // The cut-off call was closed after the grace (1 s) and the webhooks' wait (5 s): the
+    // heartbeat (every second) went on until then.
+    let closed: i64 = {
+        use sqlx::Row;
+        let mut db = crate::common::raw_connection(&d.config.database.url)
+            .await
+            .unwrap();
+        sqlx::query("SELECT ended_at FROM call_attempts WHERE verification_id = ?")
+            .bind(&v.id)
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+            .get("ended_at")
+    };
+    assert!(
+        closed - last_heartbeat < 2_500,
+        "no heartbeat in the {} ms before the cut-off call was closed",
+        closed - last_heartbeat
     );
     assert_eq!(d.status(&v.id).await.status, Status::Pending);
 }
