@@ -125,7 +125,15 @@ impl Store {
                 .ok_or_else(|| StoreError::UnsupportedUrl(url.clone()))?
                 .to_owned();
             let connect: Connect = Arc::new(move || open_sqlite(&path));
-            let conn = match connect() {
+            // Off the runtime's threads: opening may wait for another process's lock.
+            let first = tokio::task::spawn_blocking({
+                let connect = connect.clone();
+                move || connect()
+            });
+            let conn = match first
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            {
                 Ok(conn) => conn,
                 // Say why in the file system's words, if that is where it fails.
                 Err(e) => return Err(sqlite_file_error(&url).unwrap_or(e)),
@@ -252,7 +260,7 @@ impl Store {
         };
         let checkpoint = tokio::task::spawn_blocking(move || {
             let db = rusqlite::Connection::open(&path)?;
-            db.busy_timeout(std::time::Duration::from_secs(10))?;
+            db.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
             db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
                 r.get::<_, i64>(0)
             })
@@ -274,11 +282,14 @@ impl Store {
     }
 }
 
+/// How long a SQLite connection waits for another process's lock (a CLI, a second daemon).
+const SQLITE_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A SQLite connection as the writer uses it: WAL, a busy timeout for other processes (a CLI,
 /// a second daemon), foreign keys, and secure_delete; statements prepared once.
 fn open_sqlite(path: &std::path::Path) -> Result<Conn, StoreError> {
     let db = rusqlite::Connection::open(path)?;
-    db.execute_batch("PRAGMA busy_timeout = 10000;")?;
+    db.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
     set_wal(&db)?;
     db.execute_batch(
         "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;",
@@ -290,12 +301,19 @@ fn open_sqlite(path: &std::path::Path) -> Result<Conn, StoreError> {
 /// Put the database in WAL mode (kept in the file: once for a store). Switching a new file
 /// takes its lock without SQLite's busy wait, so a process opening a new store while another
 /// switches it is told "database is locked" at once (1 in 40 of four `migrate`s at once):
-/// it tries again, for as long as the busy timeout.
+/// it tries again, for about as long as the busy timeout.
 fn set_wal(db: &rusqlite::Connection) -> Result<(), StoreError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + SQLITE_BUSY_TIMEOUT;
     loop {
         match db.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
-            Ok(_) => return Ok(()),
+            Ok(mode) => {
+                if !mode.eq_ignore_ascii_case("wal") {
+                    // (A file system without shared memory, for one.)
+                    tracing::warn!(mode = %mode,
+                        "the SQLite store is not in WAL mode: readers wait for the writer");
+                }
+                return Ok(());
+            }
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::DatabaseBusy
                     && std::time::Instant::now() < deadline =>
@@ -410,6 +428,31 @@ mod tests {
             db.execute_batch(&m.sql)
                 .unwrap_or_else(|e| panic!("migration {}: {e}", m.version));
         }
+    }
+
+    /// A process opening a new store while another holds its write lock (switching it to
+    /// WAL, migrating) waits for it: SQLite answers the switch "database is locked" at once,
+    /// without its busy wait.
+    #[test]
+    fn opening_a_new_store_waits_for_another_process_s_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other
+            .execute_batch("BEGIN IMMEDIATE; CREATE TABLE t (x INTEGER);")
+            .unwrap();
+        let commit = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            other.busy_timeout(super::SQLITE_BUSY_TIMEOUT).unwrap();
+            other.execute_batch("COMMIT").unwrap();
+        });
+        super::open_sqlite(&path).expect("opened once the other process committed");
+        commit.join().unwrap();
+        let db = rusqlite::Connection::open(&path).unwrap();
+        let mode: String = db
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
     }
 
     /// Migration 13 rebuilds `code_checks` (its CHECK written as comparisons): the rows, their
