@@ -336,6 +336,14 @@ pub fn sqlite_path(url: &str) -> Option<&std::path::Path> {
     Some(std::path::Path::new(path))
 }
 
+/// The folder a SQLite store's file is in (`.` for a bare file name).
+fn store_folder(path: &std::path::Path) -> &std::path::Path {
+    match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => std::path::Path::new("."),
+    }
+}
+
 /// sqlx takes no lock to migrate SQLite (on Postgres, an advisory lock): processes
 /// migrating one new store at once (the service starting as an admin runs `migrate`) each
 /// applied the first migrations, and all but one failed ("table already exists"). They take
@@ -350,10 +358,7 @@ async fn migration_lock(url: &str) -> Result<Option<std::fs::File>, StoreError> 
     let Some(path) = sqlite_path(url) else {
         return Ok(None);
     };
-    let folder = match path.parent() {
-        Some(folder) if !folder.as_os_str().is_empty() => folder.to_owned(),
-        _ => std::path::PathBuf::from("."),
-    };
+    let folder = store_folder(path).to_owned();
     let Ok(dir) = std::fs::File::open(&folder) else {
         return Ok(None);
     };

@@ -36,10 +36,7 @@ pub fn act_as_owner(url: &str) -> Result<(), OwnerError> {
     // state directory): a store a root command creates there is its owner's too. Another
     // user's symbolic link is that user's: root does not follow it as root; root's own link
     // is followed to what it points to.
-    let folder = match path.parent() {
-        Some(folder) if !folder.as_os_str().is_empty() => folder,
-        _ => Path::new("."),
-    };
+    let folder = super::store_folder(path);
     let owned = |path: &Path| {
         let meta = std::fs::symlink_metadata(path)?;
         if meta.is_symlink() && meta.uid() == 0 {
